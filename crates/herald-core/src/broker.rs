@@ -1,0 +1,161 @@
+//! The broker contract: what every engine (memory, Redis, NATS) promises.
+//!
+//! A broker owns each room's stream: it assigns offsets, keeps history, and
+//! hands every publication to the node's [`PublicationSink`]. The node keeps
+//! one subscription per room, shared by all its local members.
+
+use crate::RoomKey;
+use async_trait::async_trait;
+use herald_protocol::{Sender, StreamPosition};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How much of a room's stream to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryPolicy {
+    /// Events kept; 0 keeps none (offsets still count up).
+    pub size: usize,
+    /// How long a kept event lives.
+    pub ttl: Duration,
+}
+
+/// One event to publish.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// Target room.
+    pub room: RoomKey,
+    /// Event name.
+    pub event: String,
+    /// Payload, the publisher's JSON verbatim.
+    pub data: Box<RawValue>,
+    /// The sending connection, for `send_message`.
+    pub from: Option<Sender>,
+    /// A connection that must not receive this event.
+    pub exclude_connection: Option<String>,
+    /// Retries with the same key (per tenant) get the first outcome back.
+    pub idempotency_key: Option<String>,
+    /// History kept for the room.
+    pub history: HistoryPolicy,
+}
+
+/// A published event as delivered to nodes and kept in history.
+#[derive(Debug)]
+pub struct Publication {
+    /// The room.
+    pub room: RoomKey,
+    /// Its place in the room's stream.
+    pub position: StreamPosition,
+    /// Event name.
+    pub event: String,
+    /// Payload.
+    pub data: Box<RawValue>,
+    /// When it was accepted, ms since the Unix epoch.
+    pub ts: u64,
+    /// Unique id.
+    pub event_id: String,
+    /// Sender, for `message` frames.
+    pub from: Option<Sender>,
+    /// A connection that must not receive it.
+    pub exclude_connection: Option<String>,
+    /// When this process accepted it (local publications only), for the
+    /// publish-to-write latency histogram.
+    pub accepted_at: Option<Instant>,
+}
+
+/// What a publish returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// Where the event landed.
+    pub position: StreamPosition,
+    /// True when an earlier publish with the same idempotency key was found
+    /// and nothing new was published.
+    pub duplicate: bool,
+}
+
+/// Events read back from a room's stream.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The stream's current position (its last offset).
+    pub position: StreamPosition,
+    /// Stored events after the requested offset, oldest first.
+    pub publications: Vec<Arc<Publication>>,
+    /// Whether every event after the requested offset is in `publications`
+    /// (false when some were trimmed or expired, or the limit cut the page).
+    pub complete: bool,
+}
+
+/// Memory and size figures an engine reports for `/api/v1/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Rooms with a live stream.
+    pub streams: usize,
+    /// Events held in history.
+    pub stored_events: usize,
+    /// Approximate bytes held by history.
+    pub stored_bytes: usize,
+}
+
+/// Why a broker call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The engine's backing service cannot be reached; clients should retry.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; a bug or an unexpected reply.
+    #[error("broker error: {0}")]
+    Internal(String),
+}
+
+/// Receives publications from a broker.
+///
+/// Contract: for any one room, `deliver` is called in offset order and never
+/// concurrently with itself. It must not block: implementations only queue.
+pub trait PublicationSink: Send + Sync + 'static {
+    /// Hands one publication to the node.
+    fn deliver(&self, publication: Arc<Publication>);
+}
+
+/// A broker engine.
+///
+/// Contract:
+/// - `publish` is atomic per room: assigning the offset, storing the event
+///   in history and announcing it to subscribed nodes happen as one step, so
+///   offsets are gap-free and every node sees a room's events in offset order.
+/// - `publish` returns only once the event is durable in the engine (as far
+///   as the engine is durable) and announced; on error nothing was published.
+/// - Offsets start at 1 and count up by one; the epoch changes whenever the
+///   stream is recreated without its history.
+/// - After `subscribe(room)` returns, every later publication of that room
+///   reaches the sink; publications of unsubscribed rooms may or may not.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Short engine name for logs and stats (`memory`, `redis`, `nats`).
+    fn kind(&self) -> &'static str;
+
+    /// Publishes one event (see the trait contract).
+    async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError>;
+
+    /// Starts delivering `room`'s publications to this node's sink.
+    async fn subscribe(&self, room: &RoomKey) -> Result<(), BrokerError>;
+
+    /// Stops delivering `room`'s publications.
+    async fn unsubscribe(&self, room: &RoomKey) -> Result<(), BrokerError>;
+
+    /// The room's current position (offset 0 and a fresh epoch when new).
+    async fn position(&self, room: &RoomKey) -> Result<StreamPosition, BrokerError>;
+
+    /// Stored events of `room` with offset greater than `since`, at most `limit`.
+    async fn history(
+        &self,
+        room: &RoomKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    /// Whether the engine can serve requests now (readiness).
+    fn is_ready(&self) -> bool;
+
+    /// Size figures for stats and metrics.
+    fn stats(&self) -> BrokerStats;
+}

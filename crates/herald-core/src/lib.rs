@@ -1,0 +1,18 @@
+//! Herald's domain rules, independent of transports and engines: room names
+//! and tenants, namespace rules, the verified identity of a connection, and
+//! the [`Broker`] contract every engine (memory, Redis, NATS) implements.
+
+#![warn(missing_docs)]
+
+pub mod broker;
+mod identity;
+pub mod namespace;
+mod room;
+
+pub use broker::{
+    Broker, BrokerError, BrokerStats, HistoryPage, HistoryPolicy, Publication, PublicationSink,
+    PublishOutcome, PublishRequest,
+};
+pub use identity::Identity;
+pub use namespace::{NamespaceConfig, Namespaces, Rule, RuleError};
+pub use room::{RoomError, RoomKey, RoomName, Tenant, MAX_ROOM_NAME_BYTES};

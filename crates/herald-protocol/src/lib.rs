@@ -1,0 +1,18 @@
+//! Herald's wire contract (PROTOCOL.md sections 3 and 5): the JSON frames a
+//! client and the server exchange, the error and close codes, and stream
+//! positions. No I/O and no async here: every other crate builds on this one.
+
+#![warn(missing_docs)]
+
+mod client;
+mod codes;
+mod position;
+mod server;
+
+pub use client::{parse_client_frame, ClientRequest, FrameError, RequestId, MAX_REQUEST_ID_BYTES};
+pub use codes::{CloseCode, ErrorCode};
+pub use position::StreamPosition;
+pub use server::{
+    encode, encode_publication, Disconnect, JoinedRoom, MemberSummary, PublicationFrame, Sender,
+    ServerFrame,
+};
