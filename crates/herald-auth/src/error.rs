@@ -8,7 +8,6 @@ use std::sync::Arc;
 /// Messages are safe to log but say more than a client should learn; send
 /// clients only [`AuthError::reason`] or a generic "unauthorized".
 #[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
 pub enum AuthError {
     /// No token was presented (empty string).
     #[error("no token was presented")]
@@ -113,7 +112,6 @@ impl AuthError {
 ///
 /// The message starts with the config key at fault.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum KeyError {
     /// `auth.hs256_secret` is set but empty.
     #[error("auth.hs256_secret: must not be empty")]
@@ -121,6 +119,12 @@ pub enum KeyError {
     /// `auth.rs256_public_key_pem` does not hold an RSA public key.
     #[error("auth.rs256_public_key_pem: not a valid RSA public key PEM: {0}")]
     RsaPem(jsonwebtoken::errors::Error),
+    /// `auth.rs256_public_key_pem` holds an RSA key too short to trust.
+    #[error("auth.rs256_public_key_pem: the RSA key has {bits} bits; at least 2048 are required")]
+    WeakRsa {
+        /// The modulus length in bits.
+        bits: usize,
+    },
     /// `auth.es256_public_key_pem` does not hold a P-256 public key.
     #[error("auth.es256_public_key_pem: not a valid EC P-256 public key PEM: {0}")]
     EcPem(jsonwebtoken::errors::Error),
@@ -130,6 +134,9 @@ pub enum KeyError {
     /// The HTTP client for `auth.jwks_url` could not be built.
     #[error("auth.jwks_url: cannot build the HTTP client: {0}")]
     HttpClient(reqwest::Error),
+    /// `auth.leeway` is longer than any clock skew could be.
+    #[error("auth.leeway: {0:?} is more than the maximum of 1h")]
+    Leeway(std::time::Duration),
     /// The JWKS refresh interval is zero.
     #[error("auth.jwks_refresh: must be greater than zero")]
     JwksRefresh,
@@ -140,7 +147,6 @@ pub enum KeyError {
 
 /// Why the JWKS document could not be loaded.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum JwksError {
     /// The request failed (connect, TLS, timeout, reading the body).
     #[error("GET {url} failed")]

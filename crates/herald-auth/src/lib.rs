@@ -37,6 +37,9 @@ pub use mint::{MintRequest, MintedToken, TokenMinter};
 
 use jwks::Jwks;
 
+/// Clock skew beyond this is a misconfiguration, not skew.
+const MAX_LEEWAY: Duration = Duration::from_secs(3600);
+
 /// The auth section of the config, as plain data.
 #[derive(Clone)]
 pub struct AuthSettings {
@@ -78,7 +81,10 @@ impl fmt::Debug for AuthSettings {
     // Hand-written so the HS256 secret never reaches a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthSettings")
-            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "[redacted]"))
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("rs256_public_key_pem", &self.rs256_public_key_pem.is_some())
             .field("es256_public_key_pem", &self.es256_public_key_pem.is_some())
             .field("jwks_url", &self.jwks_url)
@@ -98,9 +104,9 @@ pub struct Authenticator {
 
 /// The parsed configuration behind an [`Authenticator`].
 pub(crate) struct Inner {
-    pub(crate) hs256: Option<DecodingKey>,
-    pub(crate) rs256: Option<DecodingKey>,
-    pub(crate) es256: Option<DecodingKey>,
+    pub(crate) hs256: Option<Arc<DecodingKey>>,
+    pub(crate) rs256: Option<Arc<DecodingKey>>,
+    pub(crate) es256: Option<Arc<DecodingKey>>,
     pub(crate) jwks: Option<Arc<Jwks>>,
     pub(crate) issuer: Option<String>,
     /// One `Validation` per accepted algorithm, each allowing only that one.
@@ -126,18 +132,32 @@ impl Authenticator {
     /// Parses every configured key up front; any unusable setting is an error
     /// naming its config key (fail closed, never a silent default).
     pub fn new(settings: AuthSettings) -> Result<Self, KeyError> {
-        for (name, value) in [("issuer", &settings.issuer), ("audience", &settings.audience)] {
+        for (name, value) in [
+            ("issuer", &settings.issuer),
+            ("audience", &settings.audience),
+        ] {
             if value.as_deref() == Some("") {
                 return Err(KeyError::Empty(name));
             }
         }
+        if settings.leeway > MAX_LEEWAY {
+            return Err(KeyError::Leeway(settings.leeway));
+        }
         let hs256 = match settings.hs256_secret.as_deref() {
             Some("") => return Err(KeyError::EmptySecret),
-            Some(secret) => Some(DecodingKey::from_secret(secret.as_bytes())),
+            Some(secret) => Some(Arc::new(DecodingKey::from_secret(secret.as_bytes()))),
             None => None,
         };
-        let rs256 = settings.rs256_public_key_pem.as_deref().map(rsa_pem).transpose()?;
-        let es256 = settings.es256_public_key_pem.as_deref().map(ec_pem).transpose()?;
+        let rs256 = settings
+            .rs256_public_key_pem
+            .as_deref()
+            .map(rsa_pem)
+            .transpose()?;
+        let es256 = settings
+            .es256_public_key_pem
+            .as_deref()
+            .map(ec_pem)
+            .transpose()?;
         let jwks = match settings.jwks_url.as_deref() {
             Some(url) => Some(Arc::new(Jwks::new(
                 url,
@@ -165,7 +185,10 @@ impl Authenticator {
     /// every [`verify`](Self::verify) fails with [`AuthError::NoKey`].
     pub fn has_keys(&self) -> bool {
         let inner = &self.inner;
-        inner.hs256.is_some() || inner.rs256.is_some() || inner.es256.is_some() || inner.jwks.is_some()
+        inner.hs256.is_some()
+            || inner.rs256.is_some()
+            || inner.es256.is_some()
+            || inner.jwks.is_some()
     }
 
     /// Starts the background JWKS refresher: it fetches at once, then every
@@ -182,19 +205,36 @@ impl Authenticator {
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
     }
+
+    /// Shortens the JWKS refetch rate limit; only before any clone exists.
+    #[cfg(test)]
+    pub(crate) fn set_jwks_min_refetch(&mut self, min_refetch: Duration) {
+        let jwks = Arc::get_mut(&mut self.inner)
+            .and_then(|inner| inner.jwks.as_mut())
+            .and_then(Arc::get_mut);
+        if let Some(jwks) = jwks {
+            jwks.set_min_refetch(min_refetch);
+        }
+    }
 }
 
 /// Parses an RSA public key PEM (SPKI `PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY`).
-fn rsa_pem(pem: &str) -> Result<DecodingKey, KeyError> {
+fn rsa_pem(pem: &str) -> Result<Arc<DecodingKey>, KeyError> {
     let key = DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(KeyError::RsaPem)?;
     // `from_rsa_pem` also accepts private keys and does not parse the key
     // itself; extracting (n, e) does, so a bad key fails here, not per token.
-    Jwk::from_decoding_key(&key, Some(Algorithm::RS256)).map_err(KeyError::RsaPem)?;
-    Ok(key)
+    let jwk = Jwk::from_decoding_key(&key, Some(Algorithm::RS256)).map_err(KeyError::RsaPem)?;
+    if let AlgorithmParameters::RSA(params) = &jwk.algorithm {
+        let bits = jwks::rsa_modulus_bits(&params.n);
+        if bits < jwks::MIN_RSA_BITS {
+            return Err(KeyError::WeakRsa { bits });
+        }
+    }
+    Ok(Arc::new(key))
 }
 
 /// Parses a P-256 public key PEM (SPKI `PUBLIC KEY`).
-fn ec_pem(pem: &str) -> Result<DecodingKey, KeyError> {
+fn ec_pem(pem: &str) -> Result<Arc<DecodingKey>, KeyError> {
     let key = DecodingKey::from_ec_pem(pem.as_bytes()).map_err(KeyError::EcPem)?;
     let jwk = Jwk::from_decoding_key(&key, Some(Algorithm::ES256)).map_err(KeyError::EcPem)?;
     match jwk.algorithm {
@@ -204,6 +244,7 @@ fn ec_pem(pem: &str) -> Result<DecodingKey, KeyError> {
     }
     // Building a verifier checks that the point lies on the curve; the probe
     // signature itself is meant not to verify.
-    jsonwebtoken::crypto::verify("AA", b"probe", &key, Algorithm::ES256).map_err(KeyError::EcPem)?;
-    Ok(key)
+    jsonwebtoken::crypto::verify("AA", b"probe", &key, Algorithm::ES256)
+        .map_err(KeyError::EcPem)?;
+    Ok(Arc::new(key))
 }

@@ -8,6 +8,7 @@ pub mod broker;
 mod identity;
 pub mod namespace;
 mod room;
+mod verify;
 
 pub use broker::{
     Broker, BrokerError, BrokerStats, HistoryPage, HistoryPolicy, Publication, PublicationSink,
@@ -15,4 +16,5 @@ pub use broker::{
 };
 pub use identity::Identity;
 pub use namespace::{NamespaceConfig, Namespaces, Rule, RuleError};
+pub use verify::{TokenVerifier, VerifyError};
 pub use room::{RoomError, RoomKey, RoomName, Tenant, MAX_ROOM_NAME_BYTES};

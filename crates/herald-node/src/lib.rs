@@ -1,1 +1,29 @@
-//! placeholder
+//! A Herald node: its local connections, their sessions, room membership and
+//! fan-out, and the limits that protect it. Transports (WebSocket, SSE) live
+//! in the server crate and talk to a [`Session`] and a [`Connection`]'s send
+//! queue, never the other way around.
+
+#![warn(missing_docs)]
+
+mod admission;
+mod conn;
+mod error;
+mod filter;
+mod housekeeping;
+mod limits;
+pub mod metrics;
+mod node;
+mod queue;
+mod rate;
+mod rooms;
+mod session;
+
+pub use admission::Admission;
+pub use conn::{Connection, ConnectionInfo, TransportKind};
+pub use error::NodeError;
+pub use filter::EventFilter;
+pub use limits::{Limits, PerUserPolicy};
+pub use node::{Node, NodeSettings, NodeStats, NodeSummary, PublishInput};
+pub use queue::{Outbound, PushResult, SendQueue};
+pub use rate::TokenBucket;
+pub use session::Session;

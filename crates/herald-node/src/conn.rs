@@ -1,0 +1,178 @@
+//! One client connection as the node sees it, whatever its transport.
+
+use crate::filter::EventFilter;
+use crate::queue::{PushResult, SendQueue};
+use bytes::Bytes;
+use herald_core::{Identity, RoomName, Tenant};
+use herald_protocol::CloseCode;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How a client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// WebSocket.
+    Websocket,
+    /// Server-Sent Events.
+    Sse,
+}
+
+/// A connection as listed by the connections API.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    /// Connection id.
+    pub connection_id: String,
+    /// Node holding it.
+    pub node_id: String,
+    /// `websocket` or `sse`.
+    pub transport: TransportKind,
+    /// Joined rooms.
+    pub rooms: Vec<String>,
+    /// When it connected, ms since the Unix epoch.
+    pub connected_at: u64,
+}
+
+/// State of one connection shared between its session, its writer, fan-out
+/// and housekeeping.
+#[derive(Debug)]
+pub struct Connection {
+    /// Unique id, sent to the client in `authenticated`.
+    pub id: Arc<str>,
+    /// The token's `sub`.
+    pub user_id: Arc<str>,
+    /// The token's tenant.
+    pub tenant: Tenant,
+    /// WebSocket or SSE.
+    pub transport: TransportKind,
+    /// When it connected, ms since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// Outbound frames.
+    pub queue: SendQueue,
+    filter: RwLock<EventFilter>,
+    rooms: Mutex<BTreeSet<RoomName>>,
+    identity: RwLock<Arc<Identity>>,
+    /// Node-clock ms when the client was last heard from.
+    last_seen_ms: AtomicU64,
+    /// Node-clock ms of the last ping sent.
+    last_ping_ms: AtomicU64,
+    /// Token expiry in seconds since the Unix epoch, 0 when none.
+    expires_at: AtomicU64,
+    epoch: Instant,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        id: String,
+        identity: Identity,
+        transport: TransportKind,
+        queue: SendQueue,
+        clock: Instant,
+        connected_at_ms: u64,
+    ) -> Self {
+        let now = clock.elapsed().as_millis() as u64;
+        Self {
+            id: Arc::from(id),
+            user_id: Arc::from(identity.user_id.as_str()),
+            tenant: Tenant::from_option(identity.tenant.as_deref()),
+            transport,
+            connected_at_ms,
+            queue,
+            filter: RwLock::new(EventFilter::default()),
+            rooms: Mutex::new(BTreeSet::new()),
+            expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
+            identity: RwLock::new(Arc::new(identity)),
+            last_seen_ms: AtomicU64::new(now),
+            last_ping_ms: AtomicU64::new(now),
+            epoch: clock,
+        }
+    }
+
+    /// Queues a control frame. A full queue cuts the connection (4011).
+    pub fn send(&self, bytes: Bytes) {
+        if self.queue.push_frame(bytes) == PushResult::Overflow {
+            self.close(CloseCode::SlowConsumer);
+        }
+    }
+
+    /// Starts closing with `code`; the writer sends `disconnect`, then the
+    /// close. Returns false when already closing.
+    pub fn close(&self, code: CloseCode) -> bool {
+        let first = self.queue.close(code);
+        if first && code == CloseCode::SlowConsumer {
+            crate::metrics::send_queue_overflow();
+        }
+        first
+    }
+
+    /// Records that the client was heard from (any frame or pong).
+    pub fn touch(&self) {
+        self.last_seen_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn silent_for_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn ping_due(&self, now_ms: u64, interval_ms: u64) -> bool {
+        let last = self.last_ping_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= interval_ms {
+            self.last_ping_ms.store(now_ms, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn expires_at(&self) -> Option<u64> {
+        match self.expires_at.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// The current identity (replaced on token refresh).
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity.read().clone()
+    }
+
+    pub(crate) fn set_identity(&self, identity: Identity) {
+        self.expires_at
+            .store(identity.expires_at.unwrap_or(0), Ordering::Relaxed);
+        *self.identity.write() = Arc::new(identity);
+    }
+
+    /// Whether an event named `event` passes this connection's filter.
+    pub fn wants(&self, event: &str) -> bool {
+        self.filter.read().matches(event)
+    }
+
+    pub(crate) fn filter(&self) -> &RwLock<EventFilter> {
+        &self.filter
+    }
+
+    pub(crate) fn rooms(&self) -> &Mutex<BTreeSet<RoomName>> {
+        &self.rooms
+    }
+
+    /// Whether `room` is joined.
+    pub fn in_room(&self, room: &RoomName) -> bool {
+        self.rooms.lock().contains(room)
+    }
+
+    /// A snapshot for the connections API.
+    pub fn info(&self, node_id: &str) -> ConnectionInfo {
+        ConnectionInfo {
+            connection_id: self.id.to_string(),
+            node_id: node_id.to_owned(),
+            transport: self.transport,
+            rooms: self.rooms.lock().iter().map(|r| r.to_string()).collect(),
+            connected_at: self.connected_at_ms,
+        }
+    }
+}

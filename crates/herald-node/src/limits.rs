@@ -1,0 +1,65 @@
+//! The limits that protect a node (PROTOCOL.md 1, `limits.*`).
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// What happens when a user opens more than `max_connections_per_user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PerUserPolicy {
+    /// Refuse the new connection (HTTP 429 at upgrade, close 4029 otherwise).
+    #[default]
+    Reject,
+    /// Admit it and close the user's oldest connection with 4010.
+    EvictOldest,
+    /// One connection per user: a new one closes every older one with 4010.
+    Exclusive,
+}
+
+/// Limits applied by a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Open sockets a node accepts (503 beyond).
+    pub max_connections: usize,
+    /// Connections a user may hold.
+    pub max_connections_per_user: usize,
+    /// What to do past `max_connections_per_user`.
+    pub per_user_policy: PerUserPolicy,
+    /// Rooms one connection may be in, auto-joined ones included.
+    pub max_rooms_per_connection: usize,
+    /// Largest client frame, in bytes (close 1009 beyond).
+    pub max_message_bytes: usize,
+    /// Sustained client frames per second.
+    pub messages_per_second: u32,
+    /// Bucket size for bursts of client frames.
+    pub burst: u32,
+    /// Frames a connection's send queue holds before it is cut (4011).
+    pub send_queue_messages: usize,
+    /// Bytes a connection's send queue holds before it is cut (4011).
+    pub send_queue_bytes: usize,
+    /// Time allowed for the `authenticate` frame.
+    pub auth_timeout: Duration,
+    /// Interval of server pings.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a connection is closed (4014).
+    pub stale_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_connections_per_user: 10,
+            per_user_policy: PerUserPolicy::Reject,
+            max_rooms_per_connection: 256,
+            max_message_bytes: 1_048_576,
+            messages_per_second: 100,
+            burst: 200,
+            send_queue_messages: 1024,
+            send_queue_bytes: 4_194_304,
+            auth_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(25),
+            stale_timeout: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The node's Prometheus metrics, registered through the `metrics` facade.
+//! Labels are bounded: close reasons and auth failure reasons, never room or
+//! user names.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use std::time::Duration;
+
+/// Describes every node metric once at start, so they show with help text.
+pub fn describe() {
+    describe_gauge!("herald_connections", "Open client connections on this node");
+    describe_counter!("herald_connections_opened_total", "Connections authenticated and admitted");
+    describe_counter!("herald_connections_closed_total", "Connections closed, by reason");
+    describe_counter!("herald_auth_failures_total", "Rejected tokens, by reason");
+    describe_counter!("herald_messages_received_total", "Client frames received");
+    describe_counter!("herald_messages_sent_total", "Frames written to clients");
+    describe_counter!("herald_publish_total", "Events accepted by the broker from this node");
+    describe_histogram!(
+        "herald_delivery_latency_seconds",
+        metrics::Unit::Seconds,
+        "Time from publish accepted to frame written to the socket"
+    );
+    describe_counter!("herald_send_queue_overflows_total", "Connections cut as slow consumers");
+    describe_gauge!("herald_rooms", "Rooms with at least one member on this node");
+    describe_counter!("herald_rate_limited_total", "Client frames refused by the rate limit");
+}
+
+/// Sets the open-connection gauge.
+pub fn connections(n: usize) {
+    gauge!("herald_connections").set(n as f64);
+}
+
+/// Counts an admitted connection.
+pub fn connection_opened() {
+    counter!("herald_connections_opened_total").increment(1);
+}
+
+/// Counts a closed connection by reason.
+pub fn connection_closed(reason: &'static str) {
+    counter!("herald_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// Counts a rejected token by reason.
+pub fn auth_failure(reason: &'static str) {
+    counter!("herald_auth_failures_total", "reason" => reason).increment(1);
+}
+
+/// Counts client frames received.
+pub fn message_received() {
+    counter!("herald_messages_received_total").increment(1);
+}
+
+/// Counts frames written to clients.
+pub fn messages_sent(n: u64) {
+    counter!("herald_messages_sent_total").increment(n);
+}
+
+/// Counts accepted publishes.
+pub fn published() {
+    counter!("herald_publish_total").increment(1);
+}
+
+/// Records one publish-to-write latency.
+pub fn delivery_latency(d: Duration) {
+    histogram!("herald_delivery_latency_seconds").record(d.as_secs_f64());
+}
+
+/// Counts a slow-consumer cut.
+pub fn send_queue_overflow() {
+    counter!("herald_send_queue_overflows_total").increment(1);
+}
+
+/// Sets the room gauge.
+pub fn rooms(n: usize) {
+    gauge!("herald_rooms").set(n as f64);
+}
+
+/// Counts a rate-limited frame.
+pub fn rate_limited() {
+    counter!("herald_rate_limited_total").increment(1);
+}

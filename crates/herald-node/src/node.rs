@@ -1,0 +1,405 @@
+//! The node: what transports and the HTTP API call into.
+
+use crate::admission::{evict, Admission, Registry};
+use crate::conn::{Connection, ConnectionInfo, TransportKind};
+use crate::error::NodeError;
+use crate::limits::Limits;
+use crate::metrics;
+use crate::queue::SendQueue;
+use crate::rooms::Rooms;
+use crate::session::Session;
+use herald_core::{
+    Broker, HistoryPolicy, TokenVerifier, VerifyError, Identity, Namespaces, PublicationSink, PublishOutcome, PublishRequest,
+    RoomKey, RoomName, Tenant,
+};
+use herald_protocol::{encode, CloseCode, JoinedRoom, MemberSummary, RequestId, ServerFrame, StreamPosition};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What a node needs to know.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// This node's id.
+    pub node_id: String,
+    /// Limits applied to connections.
+    pub limits: Limits,
+    /// Namespace rules.
+    pub namespaces: Namespaces,
+}
+
+/// One event to publish through the HTTP API.
+#[derive(Debug, Clone)]
+pub struct PublishInput {
+    /// Tenant of the room.
+    pub tenant: Tenant,
+    /// Room name as given.
+    pub room: String,
+    /// Event name.
+    pub event: String,
+    /// Payload.
+    pub data: Box<RawValue>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Connection that must not receive the event.
+    pub exclude_connection: Option<String>,
+}
+
+/// Per-node figures for `/api/v1/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSummary {
+    /// Node id.
+    pub node_id: String,
+    /// Open connections.
+    pub connections: usize,
+    /// Distinct users connected.
+    pub users: usize,
+    /// Rooms with local members.
+    pub rooms: usize,
+}
+
+/// Figures for `/api/v1/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStats {
+    /// Open connections (cluster total).
+    pub connections: usize,
+    /// Distinct users (cluster total).
+    pub users: usize,
+    /// Rooms with members (cluster total).
+    pub rooms: usize,
+    /// Per node.
+    pub nodes: Vec<NodeSummary>,
+    /// Broker engine and its history figures (an extension).
+    pub broker: BrokerSummary,
+}
+
+/// Broker figures in stats.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerSummary {
+    /// Engine kind.
+    pub kind: &'static str,
+    /// Streams held.
+    pub streams: usize,
+    /// Events held in history.
+    pub history_events: usize,
+    /// Approximate bytes held by history.
+    pub history_bytes: usize,
+}
+
+pub(crate) struct Inner {
+    pub(crate) node_id: Arc<str>,
+    pub(crate) limits: Limits,
+    pub(crate) namespaces: Namespaces,
+    pub(crate) broker: Arc<dyn Broker>,
+    verifier: Arc<dyn TokenVerifier>,
+    pub(crate) rooms: Arc<Rooms>,
+    pub(crate) registry: Registry,
+    pub(crate) clock: Instant,
+    /// Sockets open or being opened (authenticated or not), for `max_connections`.
+    sockets: AtomicUsize,
+    draining: AtomicBool,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// A Herald node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// A reserved socket slot; released when dropped.
+#[derive(Debug)]
+pub struct SocketSlot {
+    node: std::sync::Weak<Inner>,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        if let Some(n) = self.node.upgrade() {
+            n.sockets.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Node {
+    /// A node whose broker is built by `make_broker` from the node's sink.
+    pub fn new(
+        settings: NodeSettings,
+        verifier: Arc<dyn TokenVerifier>,
+        make_broker: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>,
+    ) -> Self {
+        let node_id: Arc<str> = Arc::from(settings.node_id.as_str());
+        let rooms = Arc::new(Rooms::new(
+            node_id.clone(),
+            settings.limits.send_queue_messages,
+        ));
+        let broker = make_broker(rooms.clone());
+        metrics::describe();
+        let node = Self {
+            inner: Arc::new(Inner {
+                node_id,
+                limits: settings.limits,
+                namespaces: settings.namespaces,
+                broker,
+                verifier,
+                rooms,
+                registry: Registry::default(),
+                clock: Instant::now(),
+                sockets: AtomicUsize::new(0),
+                draining: AtomicBool::new(false),
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        };
+        crate::housekeeping::spawn(&node);
+        node
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The namespace rules.
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.inner.namespaces
+    }
+
+    /// The broker engine.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// Reserves a socket slot, or `None` at `max_connections` or while draining.
+    pub fn reserve_socket(&self) -> Option<SocketSlot> {
+        if self.is_draining() {
+            return None;
+        }
+        let max = self.inner.limits.max_connections;
+        let prev = self.inner.sockets.fetch_add(1, Ordering::AcqRel);
+        let slot = SocketSlot {
+            node: Arc::downgrade(&self.inner),
+        };
+        if prev >= max {
+            drop(slot);
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// Verifies a bearer token, counting failures by reason.
+    pub async fn verify_token(&self, token: &str) -> Result<Identity, VerifyError> {
+        let result = self.inner.verifier.verify(token).await;
+        if let Err(e) = &result {
+            metrics::auth_failure(e.reason);
+        }
+        result
+    }
+
+    /// Whether a new connection of this identity would be refused by the
+    /// per-user `reject` policy.
+    pub fn would_refuse_user(&self, identity: &Identity) -> bool {
+        let tenant = Tenant::from_option(identity.tenant.as_deref());
+        self.inner
+            .registry
+            .would_refuse(&tenant, &identity.user_id, &self.inner.limits)
+    }
+
+    /// Admits an authenticated connection: registers it under the per-user
+    /// policy, joins its auto-join rooms and queues `authenticated`
+    /// (answering `reply_to` when the token came in a frame).
+    pub async fn open_session(
+        &self,
+        identity: Identity,
+        transport: TransportKind,
+        reply_to: Option<RequestId>,
+    ) -> Result<Session, CloseCode> {
+        let limits = &self.inner.limits;
+        let conn = Arc::new(Connection::new(
+            format!("{:032x}", rand::random::<u128>()),
+            identity.clone(),
+            transport,
+            SendQueue::new(limits.send_queue_messages, limits.send_queue_bytes),
+            self.inner.clock,
+            now_ms(),
+        ));
+        match self.inner.registry.admit(&conn, limits) {
+            Admission::TooManyForUser => return Err(CloseCode::TooManyConnections),
+            Admission::Admitted(victims) => evict(&victims),
+        }
+        metrics::connection_opened();
+        metrics::connections(self.inner.registry.len());
+        let session = Session::new(self.clone(), conn.clone());
+        let rooms = session.auto_join().await;
+        conn.send(encode(&ServerFrame::Authenticated {
+            id: reply_to,
+            connection_id: conn.id.to_string(),
+            user_id: conn.user_id.to_string(),
+            node_id: self.inner.node_id.to_string(),
+            rooms: rooms.0,
+            heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
+        }));
+        session.finish_auto_join(rooms.1);
+        Ok(session)
+    }
+
+    /// The history policy of `room`.
+    pub fn history_policy(&self, room: &RoomName) -> HistoryPolicy {
+        let ns = self.inner.namespaces.for_room(room);
+        HistoryPolicy {
+            size: ns.history_size,
+            ttl: ns.history_ttl,
+        }
+    }
+
+    /// Publishes one event from the HTTP API.
+    pub async fn publish(&self, input: PublishInput) -> Result<PublishOutcome, NodeError> {
+        let name = RoomName::parse(&input.room)?;
+        let history = self.history_policy(&name);
+        let outcome = self
+            .inner
+            .broker
+            .publish(PublishRequest {
+                room: RoomKey::new(input.tenant, name),
+                event: input.event,
+                data: input.data,
+                from: None,
+                exclude_connection: input.exclude_connection,
+                idempotency_key: input.idempotency_key,
+                history,
+            })
+            .await?;
+        if !outcome.duplicate {
+            metrics::published();
+        }
+        Ok(outcome)
+    }
+
+    /// Closes every connection of `user` with 4013; returns how many.
+    pub fn disconnect_user(&self, tenant: &Tenant, user: &str) -> usize {
+        let conns = self.inner.registry.of_user(tenant, user);
+        for c in &conns {
+            c.close(CloseCode::DisconnectedByApi);
+        }
+        conns.len()
+    }
+
+    /// The connections of `user`.
+    pub fn user_connections(&self, tenant: &Tenant, user: &str) -> Vec<ConnectionInfo> {
+        self.inner
+            .registry
+            .of_user(tenant, user)
+            .iter()
+            .map(|c| c.info(&self.inner.node_id))
+            .collect()
+    }
+
+    /// Members of `room`.
+    pub fn presence(&self, room: &RoomKey) -> Vec<MemberSummary> {
+        self.inner.rooms.members(room)
+    }
+
+    /// Stored events of `room` after `since`, at most `limit`, with the
+    /// stream's position.
+    pub async fn history(
+        &self,
+        room: &RoomKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<herald_core::HistoryPage, NodeError> {
+        Ok(self.inner.broker.history(room, since, limit).await?)
+    }
+
+    /// The room's current position.
+    pub async fn position(&self, room: &RoomKey) -> Result<StreamPosition, NodeError> {
+        Ok(self.inner.broker.position(room).await?)
+    }
+
+    /// Figures for `/api/v1/stats`.
+    pub fn stats(&self) -> NodeStats {
+        let here = NodeSummary {
+            node_id: self.inner.node_id.to_string(),
+            connections: self.inner.registry.len(),
+            users: self.inner.registry.users(),
+            rooms: self.inner.rooms.len(),
+        };
+        let b = self.inner.broker.stats();
+        NodeStats {
+            connections: here.connections,
+            users: here.users,
+            rooms: here.rooms,
+            nodes: vec![here],
+            broker: BrokerSummary {
+                kind: self.inner.broker.kind(),
+                streams: b.streams,
+                history_events: b.stored_events,
+                history_bytes: b.stored_bytes,
+            },
+        }
+    }
+
+    /// Open connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// Whether the node accepts connections and its broker is reachable.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.inner.broker.is_ready()
+    }
+
+    /// Whether the node is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// A token cancelled when the node shuts down.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.inner.cancel.clone()
+    }
+
+    /// The tracker that owns the node's background tasks.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    /// Drains the node: refuses new connections, then closes every open
+    /// one with 1001 (`reconnect: true`), spread evenly over `spread` so
+    /// clients do not all reconnect at once, and waits until they are gone
+    /// or `spread` plus a grace period has passed.
+    pub async fn drain(&self, spread: Duration) {
+        self.inner.draining.store(true, Ordering::Release);
+        let conns = self.inner.registry.all();
+        let n = conns.len().max(1) as u32;
+        let start = tokio::time::Instant::now();
+        for (i, c) in conns.iter().enumerate() {
+            tokio::time::sleep_until(start + spread * (i as u32) / n).await;
+            c.close(CloseCode::GoingAway);
+        }
+        let deadline = start + spread + Duration::from_secs(5);
+        while self.inner.registry.len() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.tasks.wait()).await;
+    }
+}
+
+pub(crate) type AutoJoined = (Vec<JoinedRoom>, Vec<(RoomKey, StreamPosition)>);

@@ -1,0 +1,209 @@
+//! A connection's bounded send queue.
+//!
+//! Fan-out pushes without waiting; the connection's writer drains it in
+//! batches. A push that would pass either bound does not wait either: it
+//! reports an overflow and the connection is cut (4011), so one slow client
+//! never slows anyone else.
+
+use bytes::Bytes;
+use herald_protocol::CloseCode;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::time::Instant;
+use tokio::sync::Notify;
+
+/// One item for a connection's writer.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A JSON text frame. `accepted_at` is set for room events, to measure
+    /// publish-to-write latency.
+    Frame {
+        /// The frame's JSON, shared between recipients.
+        bytes: Bytes,
+        /// When the broker accepted the event, for room events.
+        accepted_at: Option<Instant>,
+    },
+    /// A keep-alive (a WebSocket ping, an SSE comment).
+    Ping,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushResult {
+    /// Queued.
+    Queued,
+    /// The queue is full; the caller should cut the connection.
+    Overflow,
+    /// The connection is closing; the frame was dropped.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Outbound>,
+    bytes: usize,
+    closing: Option<CloseCode>,
+}
+
+/// A bounded, single-consumer queue of outbound frames.
+#[derive(Debug)]
+pub struct SendQueue {
+    state: Mutex<State>,
+    notify: Notify,
+    max_items: usize,
+    max_bytes: usize,
+}
+
+impl SendQueue {
+    /// A queue holding at most `max_items` frames and `max_bytes` bytes.
+    pub fn new(max_items: usize, max_bytes: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            max_items: max_items.max(1),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    /// Queues a frame unless that would pass a bound.
+    pub fn push(&self, item: Outbound) -> PushResult {
+        let len = match &item {
+            Outbound::Frame { bytes, .. } => bytes.len(),
+            Outbound::Ping => 0,
+        };
+        {
+            let mut s = self.state.lock();
+            if s.closing.is_some() {
+                return PushResult::Closed;
+            }
+            if s.items.len() >= self.max_items || s.bytes + len > self.max_bytes {
+                return PushResult::Overflow;
+            }
+            s.bytes += len;
+            s.items.push_back(item);
+        }
+        self.notify.notify_one();
+        PushResult::Queued
+    }
+
+    /// Queues a control frame (no latency tracking).
+    pub fn push_frame(&self, bytes: Bytes) -> PushResult {
+        self.push(Outbound::Frame {
+            bytes,
+            accepted_at: None,
+        })
+    }
+
+    /// Marks the queue closing with `code`. The first call wins and returns
+    /// true. For a slow consumer the queued frames are dropped, since the
+    /// client is not reading them; otherwise they are still written first.
+    pub fn close(&self, code: CloseCode) -> bool {
+        let first = {
+            let mut s = self.state.lock();
+            if s.closing.is_some() {
+                false
+            } else {
+                s.closing = Some(code);
+                if code == CloseCode::SlowConsumer {
+                    s.items.clear();
+                    s.bytes = 0;
+                }
+                true
+            }
+        };
+        if first {
+            self.notify.notify_one();
+        }
+        first
+    }
+
+    /// The close code, once closing.
+    pub fn closing(&self) -> Option<CloseCode> {
+        self.state.lock().closing
+    }
+
+    /// Number of queued frames.
+    pub fn len(&self) -> usize {
+        self.state.lock().items.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits for work, then moves every queued item into `batch`. Returns
+    /// the close code once the queue is closing and drained.
+    pub async fn next_batch(&self, batch: &mut Vec<Outbound>) -> Option<CloseCode> {
+        loop {
+            {
+                let mut s = self.state.lock();
+                if !s.items.is_empty() {
+                    batch.extend(s.items.drain(..));
+                    s.bytes = 0;
+                    return None;
+                }
+                if let Some(code) = s.closing {
+                    return Some(code);
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Resolves once the queue is closing.
+    pub async fn closed(&self) -> CloseCode {
+        loop {
+            if let Some(code) = self.closing() {
+                return code;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Outbound {
+        Outbound::Frame {
+            bytes: Bytes::from(vec![b'x'; n]),
+            accepted_at: None,
+        }
+    }
+
+    #[test]
+    fn bounds_by_items_and_bytes() {
+        let q = SendQueue::new(2, 100);
+        assert_eq!(q.push(frame(10)), PushResult::Queued);
+        assert_eq!(q.push(frame(10)), PushResult::Queued);
+        assert_eq!(q.push(frame(10)), PushResult::Overflow);
+        let q = SendQueue::new(10, 15);
+        assert_eq!(q.push(frame(10)), PushResult::Queued);
+        assert_eq!(q.push(frame(10)), PushResult::Overflow);
+    }
+
+    #[tokio::test]
+    async fn drains_in_batches_then_reports_close() {
+        let q = SendQueue::new(10, 1000);
+        q.push(frame(1));
+        q.push(frame(2));
+        let mut batch = Vec::new();
+        assert_eq!(q.next_batch(&mut batch).await, None);
+        assert_eq!(batch.len(), 2);
+        assert!(q.close(CloseCode::Normal));
+        assert!(!q.close(CloseCode::Stale), "first close wins");
+        assert_eq!(q.push(frame(1)), PushResult::Closed);
+        batch.clear();
+        assert_eq!(q.next_batch(&mut batch).await, Some(CloseCode::Normal));
+    }
+
+    #[test]
+    fn slow_consumer_close_drops_backlog() {
+        let q = SendQueue::new(10, 1000);
+        q.push(frame(5));
+        q.close(CloseCode::SlowConsumer);
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,257 @@
+//! Room membership on this node and fan-out.
+//!
+//! One entry per room with local members, in a sharded map. Fan-out takes a
+//! shard's read lock, encodes the event once and pushes the same bytes to
+//! every member's queue; pushes never wait, so the lock is held briefly and
+//! a slow client holds nothing up.
+//!
+//! Joining is a two-phase handshake that makes resume gap-free (documented
+//! in docs/architecture.md): the member is first registered as *pending*,
+//! which buffers every publication fanned out to it; then the stream's
+//! position (or history) is read from the broker; then, under the shard's
+//! write lock, `room_joined`, the replay and the buffered publications newer
+//! than the replay are queued and the member turns live. Live delivery skips
+//! offsets the join already covered, so nothing arrives twice.
+
+use crate::conn::Connection;
+use crate::metrics;
+use crate::queue::{Outbound, PushResult};
+use herald_core::{Publication, PublicationSink, RoomKey};
+use herald_protocol::{encode, encode_publication, CloseCode, MemberSummary, ServerFrame, StreamPosition};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+const SHARDS: usize = 64;
+
+struct Member {
+    conn: Arc<Connection>,
+    /// Epoch and offset announced in `room_joined`; live events at or below
+    /// it in that epoch were covered by the join.
+    start: StreamPosition,
+    /// Publications seen while the join handshake runs.
+    pending: Option<Mutex<Vec<Arc<Publication>>>>,
+}
+
+#[derive(Default)]
+struct RoomEntry {
+    members: Vec<Member>,
+    presence: bool,
+}
+
+/// Result of registering a pending member.
+pub(crate) struct JoinTicket {
+    /// True when this node had no member in the room before: the caller
+    /// must subscribe the node to the room at the broker.
+    pub created: bool,
+}
+
+/// Result of removing a member.
+pub(crate) struct Removed {
+    /// Whether the room has no local member left (unsubscribe at the broker).
+    pub emptied: bool,
+}
+
+pub(crate) struct Rooms {
+    shards: Box<[RwLock<HashMap<RoomKey, RoomEntry>>]>,
+    node_id: Arc<str>,
+    pending_limit: usize,
+    count: AtomicUsize,
+}
+
+impl Rooms {
+    pub(crate) fn new(node_id: Arc<str>, pending_limit: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            node_id,
+            pending_limit: pending_limit.max(1),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, room: &RoomKey) -> &RwLock<HashMap<RoomKey, RoomEntry>> {
+        let mut h = std::hash::DefaultHasher::new();
+        room.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Rooms with at least one local member.
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Phase 1: register `conn` as a pending member of `room`.
+    pub(crate) fn begin_join(&self, room: &RoomKey, conn: &Arc<Connection>, presence: bool) -> JoinTicket {
+        let mut shard = self.shard(room).write();
+        let created = !shard.contains_key(room);
+        let entry = shard.entry(room.clone()).or_default();
+        entry.presence = presence;
+        entry.members.retain(|m| !Arc::ptr_eq(&m.conn, conn));
+        entry.members.push(Member {
+            conn: conn.clone(),
+            start: StreamPosition::default(),
+            pending: Some(Mutex::new(Vec::new())),
+        });
+        if created {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            metrics::rooms(self.len());
+        }
+        JoinTicket { created }
+    }
+
+    /// Phase 2: queue `first` (the `room_joined` frame, if any), then
+    /// `replay`, then every buffered publication after `position`, and turn
+    /// the member live. Returns the members for presence, or `None` when the
+    /// member vanished meanwhile (the connection left or closed).
+    pub(crate) fn complete_join(
+        &self,
+        room: &RoomKey,
+        conn: &Arc<Connection>,
+        position: &StreamPosition,
+        first: Option<bytes::Bytes>,
+        replay: &[Arc<Publication>],
+    ) -> Option<()> {
+        let mut shard = self.shard(room).write();
+        let entry = shard.get_mut(room)?;
+        let idx = entry.members.iter().position(|m| Arc::ptr_eq(&m.conn, conn))?;
+        if let Some(frame) = first {
+            conn.send(frame);
+        }
+        let mut last = position.offset;
+        for p in replay {
+            push_publication(conn, p, &encode_for(p));
+            last = last.max(p.position.offset);
+        }
+        let member = &mut entry.members[idx];
+        if let Some(buffer) = member.pending.take() {
+            for p in buffer.into_inner() {
+                if p.position.epoch != position.epoch || p.position.offset > last {
+                    push_publication(conn, &p, &encode_for(&p));
+                    last = p.position.offset;
+                }
+            }
+        }
+        member.start = StreamPosition::new(position.epoch.clone(), last);
+        if entry.presence {
+            let frame = encode(&ServerFrame::MemberJoined {
+                room: room.name.to_string(),
+                user_id: conn.user_id.to_string(),
+                connection_id: conn.id.to_string(),
+            });
+            for m in entry.members.iter().filter(|m| !Arc::ptr_eq(&m.conn, conn)) {
+                if m.pending.is_none() {
+                    m.conn.send(frame.clone());
+                }
+            }
+        }
+        Some(())
+    }
+
+    /// Removes `conn` from `room`, telling the others when presence is on.
+    pub(crate) fn remove(&self, room: &RoomKey, conn: &Arc<Connection>) -> Removed {
+        let mut shard = self.shard(room).write();
+        let Some(entry) = shard.get_mut(room) else {
+            return Removed { emptied: false };
+        };
+        let before = entry.members.len();
+        entry.members.retain(|m| !Arc::ptr_eq(&m.conn, conn));
+        let was_member = entry.members.len() != before;
+        if was_member && entry.presence {
+            let frame = encode(&ServerFrame::MemberLeft {
+                room: room.name.to_string(),
+                user_id: conn.user_id.to_string(),
+                connection_id: conn.id.to_string(),
+            });
+            for m in entry.members.iter().filter(|m| m.pending.is_none()) {
+                m.conn.send(frame.clone());
+            }
+        }
+        let emptied = entry.members.is_empty();
+        if emptied {
+            shard.remove(room);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            metrics::rooms(self.len());
+        }
+        Removed { emptied }
+    }
+
+    /// The local members of `room`.
+    pub(crate) fn members(&self, room: &RoomKey) -> Vec<MemberSummary> {
+        let shard = self.shard(room).read();
+        shard.get(room).map_or_else(Vec::new, |e| {
+            e.members
+                .iter()
+                .map(|m| MemberSummary {
+                    user_id: m.conn.user_id.to_string(),
+                    connection_id: m.conn.id.to_string(),
+                    node_id: self.node_id.to_string(),
+                })
+                .collect()
+        })
+    }
+}
+
+fn encode_for(p: &Publication) -> bytes::Bytes {
+    encode_publication(
+        p.room.name.as_str(),
+        &p.event,
+        &p.data,
+        &p.position,
+        p.ts,
+        &p.event_id,
+        p.from.as_ref(),
+    )
+}
+
+/// Queues one publication for `conn`, applying exclusion and the filter.
+/// Returns whether it was queued.
+fn push_publication(conn: &Connection, p: &Publication, frame: &bytes::Bytes) -> bool {
+    if p.exclude_connection.as_deref() == Some(&*conn.id) {
+        return false;
+    }
+    if p.from.is_none() && !conn.wants(&p.event) {
+        return false;
+    }
+    match conn.queue.push(Outbound::Frame {
+        bytes: frame.clone(),
+        accepted_at: p.accepted_at,
+    }) {
+        PushResult::Queued => true,
+        PushResult::Overflow => {
+            conn.close(CloseCode::SlowConsumer);
+            false
+        }
+        PushResult::Closed => false,
+    }
+}
+
+impl PublicationSink for Rooms {
+    fn deliver(&self, p: Arc<Publication>) {
+        let shard = self.shard(&p.room).read();
+        let Some(entry) = shard.get(&p.room) else {
+            return;
+        };
+        // Encoded lazily: a room whose members are all pending or filtered
+        // out costs no encoding.
+        let mut frame: Option<bytes::Bytes> = None;
+        for m in &entry.members {
+            if let Some(buffer) = &m.pending {
+                let mut buffer = buffer.lock();
+                if buffer.len() >= self.pending_limit {
+                    drop(buffer);
+                    m.conn.close(CloseCode::SlowConsumer);
+                } else {
+                    buffer.push(p.clone());
+                }
+                continue;
+            }
+            if p.position.offset <= m.start.offset && p.position.epoch == m.start.epoch {
+                continue;
+            }
+            let bytes = frame.get_or_insert_with(|| encode_for(&p));
+            push_publication(&m.conn, &p, bytes);
+        }
+    }
+}

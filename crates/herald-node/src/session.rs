@@ -1,0 +1,406 @@
+//! The per-connection protocol state machine (PROTOCOL.md 3), independent
+//! of the transport: a transport feeds it frames and drains the
+//! connection's queue.
+
+use crate::conn::Connection;
+use crate::error::NodeError;
+use crate::metrics;
+use crate::node::{AutoJoined, Node};
+use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
+use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
+use herald_protocol::{
+    encode, parse_client_frame, ClientRequest, CloseCode, ErrorCode, JoinedRoom, RequestId,
+    Sender, ServerFrame, StreamPosition,
+};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most patterns one `subscribe` may carry, and longest pattern.
+const MAX_PATTERNS: usize = 64;
+const MAX_PATTERN_BYTES: usize = 255;
+/// Most events replayed by one recovering join.
+const MAX_REPLAY: usize = 10_000;
+/// A new rate-limit episode starts after this long without a refusal.
+const EPISODE_GAP: Duration = Duration::from_secs(1);
+
+/// One client's session.
+pub struct Session {
+    node: Node,
+    conn: Arc<Connection>,
+    bucket: TokenBucket,
+    limited_since: Option<Instant>,
+    last_limited: Option<Instant>,
+}
+
+impl Session {
+    pub(crate) fn new(node: Node, conn: Arc<Connection>) -> Self {
+        let limits = node.limits();
+        Self {
+            bucket: TokenBucket::new(limits.messages_per_second, limits.burst),
+            node,
+            conn,
+            limited_since: None,
+            last_limited: None,
+        }
+    }
+
+    /// The connection this session drives.
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+
+    /// Handles one text frame from the client.
+    pub async fn handle_text(&mut self, text: &str) {
+        self.conn.touch();
+        metrics::message_received();
+        if !self.admit_rate() {
+            return;
+        }
+        match parse_client_frame(text) {
+            Ok((id, request)) => {
+                if let Err(e) = self.dispatch(id.clone(), request).await {
+                    self.reply_error(id, e.code(), e.to_string());
+                }
+            }
+            Err(e) => self.reply_error(e.id, e.code, e.message),
+        }
+    }
+
+    /// Handles a binary frame, which the protocol does not use.
+    pub fn handle_binary(&mut self) {
+        self.conn.touch();
+        metrics::message_received();
+        if self.admit_rate() {
+            self.reply_error(
+                None,
+                ErrorCode::BadRequest,
+                "binary frames are not supported; send JSON text frames".into(),
+            );
+        }
+    }
+
+    /// Token bucket with the 4008 escalation: refusals keep coming for
+    /// [`RATE_LIMIT_GRACE`] (with no quiet second in between) close the
+    /// connection.
+    fn admit_rate(&mut self) -> bool {
+        let now = Instant::now();
+        if self.bucket.try_take(now) {
+            return true;
+        }
+        metrics::rate_limited();
+        let new_episode = self
+            .last_limited
+            .is_none_or(|t| now.duration_since(t) > EPISODE_GAP);
+        if new_episode {
+            self.limited_since = Some(now);
+        }
+        self.last_limited = Some(now);
+        if self
+            .limited_since
+            .is_some_and(|s| now.duration_since(s) >= RATE_LIMIT_GRACE)
+        {
+            self.conn.close(CloseCode::RateLimited);
+        } else {
+            self.reply_error(
+                None,
+                ErrorCode::RateLimited,
+                "too many frames; slow down".into(),
+            );
+        }
+        false
+    }
+
+    fn reply(&self, frame: ServerFrame) {
+        self.conn.send(encode(&frame));
+    }
+
+    fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
+        self.reply(ServerFrame::Error { id, code, message });
+    }
+
+    async fn dispatch(&mut self, id: Option<RequestId>, request: ClientRequest) -> Result<(), NodeError> {
+        match request {
+            ClientRequest::Ping => self.reply(ServerFrame::Pong { id }),
+            ClientRequest::Authenticate { token } => self.refresh(id, &token).await?,
+            ClientRequest::JoinRoom { room, since } => self.join(id, &room, since).await?,
+            ClientRequest::LeaveRoom { room } => self.leave(id, &room).await?,
+            ClientRequest::Subscribe { events } => {
+                check_patterns(&events)?;
+                self.conn.filter().write().subscribe(&events);
+                self.ack(id, None);
+            }
+            ClientRequest::Unsubscribe { events } => {
+                check_patterns(&events)?;
+                self.conn.filter().write().unsubscribe(&events);
+                self.ack(id, None);
+            }
+            ClientRequest::SendMessage { room, event, data } => {
+                self.send_message(id, &room, event, data).await?
+            }
+        }
+        Ok(())
+    }
+
+    fn ack(&self, id: Option<RequestId>, position: Option<StreamPosition>) {
+        if let Some(id) = id {
+            let (epoch, offset) = position.map_or((None, None), |p| (Some(p.epoch), Some(p.offset)));
+            self.reply(ServerFrame::Ack { id, epoch, offset });
+        }
+    }
+
+    async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), NodeError> {
+        let identity = match self.node.verify_token(token).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.reply_error(id, ErrorCode::Unauthorized, e.message);
+                return Ok(());
+            }
+        };
+        let current = self.conn.identity();
+        if identity.user_id != current.user_id
+            || Tenant::from_option(identity.tenant.as_deref()) != self.conn.tenant
+        {
+            metrics::auth_failure("subject_changed");
+            return Err(NodeError::Forbidden(
+                "a refreshed token must carry the same `sub` and `tenant`".into(),
+            ));
+        }
+        self.conn.set_identity(identity);
+        self.reply(ServerFrame::Authenticated {
+            id,
+            connection_id: self.conn.id.to_string(),
+            user_id: self.conn.user_id.to_string(),
+            node_id: self.node.id().to_owned(),
+            rooms: Vec::new(),
+            heartbeat_interval_ms: self.node.limits().heartbeat_interval.as_millis() as u64,
+        });
+        Ok(())
+    }
+
+    fn room_key(&self, room: &str) -> Result<(RoomName, RoomKey), NodeError> {
+        let name = RoomName::parse(room)?;
+        let key = RoomKey::new(self.conn.tenant.clone(), name.clone());
+        Ok((name, key))
+    }
+
+    async fn join(
+        &mut self,
+        id: Option<RequestId>,
+        room: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<(), NodeError> {
+        let (name, key) = self.room_key(room)?;
+        let identity = self.conn.identity();
+        if !self.node.namespaces().can_join(&identity, &name) {
+            return Err(NodeError::Forbidden(format!("not allowed to join room `{name}`")));
+        }
+        let rejoin = self.conn.in_room(&name);
+        if !rejoin {
+            let mut rooms = self.conn.rooms().lock();
+            if rooms.len() >= self.node.limits().max_rooms_per_connection {
+                return Err(NodeError::LimitExceeded(format!(
+                    "at most {} rooms per connection",
+                    self.node.limits().max_rooms_per_connection
+                )));
+            }
+            rooms.insert(name.clone());
+        }
+        let ns = self.node.namespaces().for_room(&name).clone();
+        let inner = &self.node.inner;
+        let ticket = inner.rooms.begin_join(&key, &self.conn, ns.presence);
+        let resolved = self.resolve(&key, ticket.created, since.as_ref(), ns.history_size).await;
+        let (position, replay, recovered) = match resolved {
+            Ok(r) => r,
+            Err(e) => {
+                self.drop_membership(&name, &key).await;
+                return Err(e);
+            }
+        };
+        let members = ns.presence.then(|| inner.rooms.members(&key));
+        let frame = encode(&ServerFrame::RoomJoined {
+            id,
+            room: name.to_string(),
+            epoch: position.epoch.clone(),
+            offset: position.offset,
+            recovered: since.as_ref().map(|_| recovered),
+            replayed: since.as_ref().map(|_| replay.len() as u64),
+            members,
+        });
+        inner
+            .rooms
+            .complete_join(&key, &self.conn, &position, Some(frame), &replay);
+        Ok(())
+    }
+
+    /// Phase two of a join: subscribe the node when it is the room's first
+    /// local member, then read the position, or the history after `since`.
+    async fn resolve(
+        &self,
+        key: &RoomKey,
+        created: bool,
+        since: Option<&StreamPosition>,
+        history_size: usize,
+    ) -> Result<(StreamPosition, Vec<Arc<Publication>>, bool), NodeError> {
+        let broker = self.node.broker();
+        if created {
+            broker.subscribe(key).await?;
+        }
+        let Some(since) = since else {
+            return Ok((broker.position(key).await?, Vec::new(), false));
+        };
+        let limit = history_size.clamp(1, MAX_REPLAY);
+        let page = broker.history(key, since.offset, limit).await?;
+        let recovered = page.position.epoch == since.epoch
+            && since.offset <= page.position.offset
+            && page.complete;
+        if recovered {
+            Ok((page.position, page.publications, true))
+        } else {
+            Ok((page.position, Vec::new(), false))
+        }
+    }
+
+    async fn drop_membership(&self, name: &RoomName, key: &RoomKey) {
+        self.conn.rooms().lock().remove(name);
+        let removed = self.node.inner.rooms.remove(key, &self.conn);
+        if removed.emptied {
+            if let Err(e) = self.node.broker().unsubscribe(key).await {
+                tracing::warn!(room = %key, error = %e, "unsubscribe failed");
+            }
+        }
+    }
+
+    async fn leave(&mut self, id: Option<RequestId>, room: &str) -> Result<(), NodeError> {
+        let (name, key) = self.room_key(room)?;
+        if !self.conn.in_room(&name) {
+            return Err(NodeError::NotJoined(name.to_string()));
+        }
+        self.drop_membership(&name, &key).await;
+        self.reply(ServerFrame::RoomLeft {
+            id,
+            room: name.to_string(),
+            reason: None,
+        });
+        Ok(())
+    }
+
+    async fn send_message(
+        &mut self,
+        id: Option<RequestId>,
+        room: &str,
+        event: Option<String>,
+        data: Box<RawValue>,
+    ) -> Result<(), NodeError> {
+        let (name, key) = self.room_key(room)?;
+        if !self.conn.in_room(&name) {
+            return Err(NodeError::NotJoined(name.to_string()));
+        }
+        if !self.node.namespaces().can_send(&self.conn.identity(), &name) {
+            return Err(NodeError::Forbidden(format!("not allowed to send to room `{name}`")));
+        }
+        let event = event.unwrap_or_else(|| "message".to_owned());
+        if event.is_empty() || event.len() > 255 {
+            return Err(NodeError::BadRequest(
+                "send_message: `event` must be 1 to 255 bytes".into(),
+            ));
+        }
+        let outcome = self
+            .node
+            .broker()
+            .publish(PublishRequest {
+                room: key,
+                event,
+                data,
+                from: Some(Sender {
+                    user_id: self.conn.user_id.to_string(),
+                    connection_id: self.conn.id.to_string(),
+                }),
+                exclude_connection: None,
+                idempotency_key: None,
+                history: self.node.history_policy(&name),
+            })
+            .await?;
+        metrics::published();
+        self.ack(id, Some(outcome.position));
+        Ok(())
+    }
+
+    /// Joins the auto-join rooms as pending members and reads their
+    /// positions; events arriving meanwhile are buffered until
+    /// [`Session::finish_auto_join`], so they follow `authenticated`.
+    pub(crate) async fn auto_join(&self) -> AutoJoined {
+        let identity = self.conn.identity();
+        let max = self.node.limits().max_rooms_per_connection;
+        let mut listed = Vec::new();
+        let mut pending = Vec::new();
+        for name in self.node.namespaces().auto_join_rooms(&identity).into_iter().take(max) {
+            let key = RoomKey::new(self.conn.tenant.clone(), name.clone());
+            let ns = self.node.namespaces().for_room(&name);
+            self.conn.rooms().lock().insert(name.clone());
+            let ticket = self.node.inner.rooms.begin_join(&key, &self.conn, ns.presence);
+            match self.resolve(&key, ticket.created, None, 0).await {
+                Ok((position, _, _)) => {
+                    listed.push(JoinedRoom {
+                        room: name.to_string(),
+                        epoch: position.epoch.clone(),
+                        offset: position.offset,
+                    });
+                    pending.push((key, position));
+                }
+                Err(e) => {
+                    tracing::warn!(room = %key, error = %e, "auto-join failed");
+                    self.drop_membership(&name, &key).await;
+                }
+            }
+        }
+        (listed, pending)
+    }
+
+    pub(crate) fn finish_auto_join(&self, pending: Vec<(RoomKey, StreamPosition)>) {
+        for (key, position) in pending {
+            self.node
+                .inner
+                .rooms
+                .complete_join(&key, &self.conn, &position, None, &[]);
+        }
+    }
+
+    /// Ends the session: leaves every room (telling presence members),
+    /// forgets the connection and records why it closed.
+    pub async fn end(self, reason: &'static str) {
+        let rooms: Vec<RoomName> = std::mem::take(&mut *self.conn.rooms().lock())
+            .into_iter()
+            .collect();
+        for name in rooms {
+            let key = RoomKey::new(self.conn.tenant.clone(), name.clone());
+            let removed = self.node.inner.rooms.remove(&key, &self.conn);
+            if removed.emptied {
+                if let Err(e) = self.node.broker().unsubscribe(&key).await {
+                    tracing::warn!(room = %key, error = %e, "unsubscribe failed");
+                }
+            }
+        }
+        self.node.inner.registry.remove(&self.conn);
+        metrics::connection_closed(reason);
+        metrics::connections(self.node.inner.registry.len());
+    }
+}
+
+fn check_patterns(events: &[String]) -> Result<(), NodeError> {
+    if events.len() > MAX_PATTERNS {
+        return Err(NodeError::BadRequest(format!(
+            "at most {MAX_PATTERNS} patterns per request"
+        )));
+    }
+    if let Some(bad) = events
+        .iter()
+        .find(|p| p.is_empty() || p.len() > MAX_PATTERN_BYTES)
+    {
+        return Err(NodeError::BadRequest(format!(
+            "pattern `{}` must be 1 to {MAX_PATTERN_BYTES} bytes",
+            bad.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
+}
