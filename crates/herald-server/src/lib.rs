@@ -1,1 +1,19 @@
-//! placeholder
+//! The Herald server: configuration, the HTTP surface (WebSocket upgrade,
+//! HTTP API, health, metrics), and the node's lifecycle from start to a
+//! graceful drain. Only this crate knows the HTTP framework.
+
+#![warn(missing_docs)]
+
+mod api;
+mod app;
+mod auth;
+pub mod config;
+mod error;
+mod ops;
+mod serve;
+mod ws;
+
+pub use app::AppState;
+pub use auth::{build_authenticator, dev_mode};
+pub use config::{Config, ConfigError};
+pub use serve::{serve, ServeError};

@@ -1,1 +1,138 @@
-fn main() {}
+//! The `herald` binary: parses the command line, sets up logging and hands
+//! over to the server crate.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use herald_server::{build_authenticator, Config};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Herald: a real-time gateway for WebSocket and SSE clients")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "HERALD_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve {
+        /// TOML config file; HERALD_<SECTION>__<KEY> variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Mint a user token with the configured HS256 secret (for development).
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Roles, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime, e.g. 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Extra claims as a JSON object, e.g. '{"projects":[7]}'.
+        #[arg(long)]
+        claims: Option<String>,
+        /// TOML config file holding auth.hs256_secret.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config and print the effective config with secrets masked.
+    Check {
+        /// TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(config.as_deref()).context("invalid configuration")?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(herald_server::serve(config))?;
+            // Background tasks were cancelled by the drain; do not wait on stragglers.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            Ok(())
+        }
+        Command::Token {
+            sub,
+            roles,
+            tenant,
+            ttl,
+            claims,
+            config,
+        } => {
+            let config = Config::load(config.as_deref()).context("invalid configuration")?;
+            let (_, secret) = build_authenticator(&config)?;
+            let secret = secret.context(
+                "no auth.hs256_secret configured (set it in the config or HERALD_AUTH__HS256_SECRET); \
+                 tokens for RS256/ES256 keys are minted by your identity provider",
+            )?;
+            let ttl = herald_server::config::parse_duration(&ttl).map_err(anyhow::Error::msg)?;
+            let claims = match claims {
+                None => serde_json::Map::new(),
+                Some(text) => serde_json::from_str(&text).context("--claims must be a JSON object")?,
+            };
+            let minted = herald_auth::TokenMinter::hs256(&secret).mint(&herald_auth::MintRequest {
+                sub,
+                roles,
+                tenant,
+                ttl,
+                claims,
+            })?;
+            println!("{}", minted.token);
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            let config = Config::load(config.as_deref()).context("invalid configuration")?;
+            build_authenticator(&config)?;
+            print!("{}", config.to_masked_toml());
+            eprintln!("config OK");
+            Ok(())
+        }
+    }
+}

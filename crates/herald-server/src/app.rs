@@ -1,0 +1,39 @@
+//! Shared state of the HTTP handlers and the router.
+
+use crate::auth::ApiKeys;
+use crate::{api, ops, ws};
+use axum::routing::{get, post};
+use axum::Router;
+use herald_auth::TokenMinter;
+use herald_node::Node;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) node: Node,
+    pub(crate) api_keys: Arc<ApiKeys>,
+    pub(crate) minter: Option<Arc<TokenMinter>>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+}
+
+/// Every route of PROTOCOL.md 2.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/api/v1/publish", post(api::publish))
+        .route("/api/v1/broadcast", post(api::broadcast))
+        .route("/api/v1/users/{user_id}/disconnect", post(api::disconnect_user))
+        .route("/api/v1/users/{user_id}/connections", get(api::user_connections))
+        .route("/api/v1/rooms/{room}/presence", get(api::presence))
+        .route("/api/v1/rooms/{room}/history", get(api::history))
+        .route("/api/v1/stats", get(api::stats))
+        .route("/api/v1/tokens", post(api::mint_token))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/ws/health", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .with_state(state)
+}

@@ -1,0 +1,375 @@
+//! Configuration: TOML plus `HERALD_<SECTION>__<KEY>` environment overrides
+//! (PROTOCOL.md 1). Unknown keys and bad values are refused before any port
+//! is bound, each error naming its key.
+
+pub(crate) mod duration;
+mod namespaces;
+
+use herald_core::Namespaces;
+use herald_node::{Limits, PerUserPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+pub use duration::parse as parse_duration;
+pub use namespaces::NamespaceToml;
+
+/// Everything a node is configured with.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[auth]`
+    pub auth: AuthConfig,
+    /// `[limits]`
+    pub limits: LimitsConfig,
+    /// `[broker]`
+    pub broker: BrokerConfig,
+    /// `[namespaces.<name>]`, merged over the shipped ones.
+    pub namespaces: BTreeMap<String, NamespaceToml>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// This node's id; hostname plus a random suffix when unset.
+    pub node_id: Option<String>,
+    /// Time over which clients are disconnected on shutdown.
+    #[serde(with = "duration")]
+    pub shutdown_drain: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            node_id: None,
+            shutdown_drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One API key and what it may do.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The secret key, sent as `Authorization: Bearer <key>`.
+    pub key: String,
+    /// `publish` and/or `admin`.
+    pub scopes: Vec<Scope>,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Publish and broadcast.
+    Publish,
+    /// Every API call.
+    Admin,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 shared secret.
+    pub hs256_secret: Option<String>,
+    /// File holding the HS256 secret.
+    pub hs256_secret_file: Option<String>,
+    /// RS256 public key, PEM text.
+    pub rs256_public_key_pem: Option<String>,
+    /// File holding the RS256 public key.
+    pub rs256_public_key_pem_file: Option<String>,
+    /// ES256 public key, PEM text.
+    pub es256_public_key_pem: Option<String>,
+    /// File holding the ES256 public key.
+    pub es256_public_key_pem_file: Option<String>,
+    /// JWKS endpoint.
+    pub jwks_url: Option<String>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "duration")]
+    pub leeway: Duration,
+    /// How often JWKS keys are refreshed (an extension).
+    #[serde(with = "duration")]
+    pub jwks_refresh: Duration,
+    /// API keys.
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            hs256_secret: None,
+            hs256_secret_file: None,
+            rs256_public_key_pem: None,
+            rs256_public_key_pem_file: None,
+            es256_public_key_pem: None,
+            es256_public_key_pem_file: None,
+            jwks_url: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::ZERO,
+            jwks_refresh: Duration::from_secs(300),
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub per_user_policy: PerUserPolicy,
+    pub max_rooms_per_connection: usize,
+    pub max_message_bytes: usize,
+    pub messages_per_second: u32,
+    pub burst: u32,
+    pub send_queue_messages: usize,
+    pub send_queue_bytes: usize,
+    #[serde(with = "duration")]
+    pub auth_timeout: Duration,
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "duration")]
+    pub stale_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            max_connections: l.max_connections,
+            max_connections_per_user: l.max_connections_per_user,
+            per_user_policy: l.per_user_policy,
+            max_rooms_per_connection: l.max_rooms_per_connection,
+            max_message_bytes: l.max_message_bytes,
+            messages_per_second: l.messages_per_second,
+            burst: l.burst,
+            send_queue_messages: l.send_queue_messages,
+            send_queue_bytes: l.send_queue_bytes,
+            auth_timeout: l.auth_timeout,
+            heartbeat_interval: l.heartbeat_interval,
+            stale_timeout: l.stale_timeout,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The node's limits.
+    pub fn to_limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_connections_per_user: self.max_connections_per_user,
+            per_user_policy: self.per_user_policy,
+            max_rooms_per_connection: self.max_rooms_per_connection,
+            max_message_bytes: self.max_message_bytes,
+            messages_per_second: self.messages_per_second,
+            burst: self.burst,
+            send_queue_messages: self.send_queue_messages,
+            send_queue_bytes: self.send_queue_bytes,
+            auth_timeout: self.auth_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            stale_timeout: self.stale_timeout,
+        }
+    }
+}
+
+/// Which broker engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// Embedded, single node.
+    #[default]
+    Memory,
+    /// Redis cluster engine.
+    Redis,
+    /// NATS cluster engine.
+    Nats,
+}
+
+/// `[broker]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Engine.
+    pub kind: BrokerKind,
+    /// Redis URL for `kind = "redis"`.
+    pub redis_url: Option<String>,
+    /// NATS URL for `kind = "nats"`.
+    pub nats_url: Option<String>,
+    /// Prefix of every key and subject.
+    pub prefix: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            kind: BrokerKind::Memory,
+            redis_url: None,
+            nats_url: None,
+            prefix: "herald".into(),
+        }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Parsing or type errors from the file or the environment.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value that parses but is not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The offending key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Loads `path` (if any) and the `HERALD_` environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        use figment::providers::{Env, Format, Serialized, Toml};
+        let mut fig = figment::Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(invalid("--config", format!("{} does not exist", p.display())));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        fig = fig.merge(Env::prefixed("HERALD_").split("__"));
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no environment), then validates. For tests and
+    /// `config check` of inline text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        use figment::providers::{Format, Serialized, Toml};
+        let config: Config = figment::Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| invalid("server.listen", format!("`{}`: {e}", self.server.listen)))?;
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_user", l.max_connections_per_user),
+            ("limits.max_message_bytes", l.max_message_bytes),
+            ("limits.send_queue_messages", l.send_queue_messages),
+            ("limits.send_queue_bytes", l.send_queue_bytes),
+            ("limits.burst", l.burst as usize),
+            ("limits.messages_per_second", l.messages_per_second as usize),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        for (key, d) in [
+            ("limits.auth_timeout", l.auth_timeout),
+            ("limits.heartbeat_interval", l.heartbeat_interval),
+            ("limits.stale_timeout", l.stale_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be longer than 0s"));
+            }
+        }
+        if l.stale_timeout <= l.heartbeat_interval {
+            return Err(invalid(
+                "limits.stale_timeout",
+                "must be longer than limits.heartbeat_interval",
+            ));
+        }
+        for (i, k) in self.auth.api_keys.iter().enumerate() {
+            if k.key.len() < 16 {
+                return Err(invalid(
+                    format!("auth.api_keys[{i}].key"),
+                    "must be at least 16 characters",
+                ));
+            }
+            if k.scopes.is_empty() {
+                return Err(invalid(format!("auth.api_keys[{i}].scopes"), "must not be empty"));
+            }
+        }
+        match self.broker.kind {
+            BrokerKind::Memory => {}
+            kind => {
+                return Err(invalid(
+                    "broker.kind",
+                    format!("`{kind:?}` is not available in this build yet; use `memory`")
+                        .to_lowercase(),
+                ))
+            }
+        }
+        self.namespace_rules()?;
+        Ok(())
+    }
+
+    /// The shipped namespaces with the configured ones merged over them.
+    pub fn namespace_rules(&self) -> Result<Namespaces, ConfigError> {
+        namespaces::merge(&self.namespaces)
+    }
+
+    /// The effective config as TOML with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        let mask = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some("********".into());
+            }
+        };
+        mask(&mut c.auth.hs256_secret);
+        for k in &mut c.auth.api_keys {
+            k.key = "********".into();
+        }
+        if let Some(url) = &mut c.broker.redis_url {
+            *url = mask_url(url);
+        }
+        if let Some(url) = &mut c.broker.nats_url {
+            *url = mask_url(url);
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// Hides the password of `scheme://user:pass@host` URLs.
+fn mask_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://********{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

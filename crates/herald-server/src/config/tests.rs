@@ -1,0 +1,65 @@
+use super::*;
+
+#[test]
+fn defaults_match_the_contract() {
+    let c = Config::from_toml("").expect("empty config is valid");
+    assert_eq!(c.server.listen, "127.0.0.1:8080");
+    assert_eq!(c.server.shutdown_drain, Duration::from_secs(10));
+    assert_eq!(c.limits.max_connections, 100_000);
+    assert_eq!(c.limits.per_user_policy, PerUserPolicy::Reject);
+    assert_eq!(c.limits.heartbeat_interval, Duration::from_secs(25));
+    assert_eq!(c.broker.prefix, "herald");
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let err = Config::from_toml("[limits]\nmax_conections = 5\n").unwrap_err();
+    assert!(err.to_string().contains("max_conections"), "{err}");
+    let err = Config::from_toml("[bogus]\nx = 1\n").unwrap_err();
+    assert!(err.to_string().contains("bogus"), "{err}");
+}
+
+#[test]
+fn bad_durations_are_named() {
+    let err = Config::from_toml("[limits]\nauth_timeout = \"ten seconds\"\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("auth_timeout") && text.contains("ten seconds"), "{text}");
+}
+
+#[test]
+fn namespaces_merge_over_shipped() {
+    let c = Config::from_toml(
+        "[namespaces.chat]\njoin = \"any\"\nsend = \"any\"\npresence = true\n\
+         [namespaces.project]\nhistory_size = 5\n",
+    )
+    .expect("valid");
+    let ns = c.namespace_rules().expect("rules");
+    let chat = ns.get("chat").expect("chat");
+    assert_eq!(chat.join, Rule::Any);
+    assert!(chat.presence);
+    let project = ns.get("project").expect("project");
+    assert_eq!(project.history_size, 5);
+    assert_eq!(project.join, Rule::Claim("projects".into()), "unset keys keep shipped values");
+}
+
+#[test]
+fn bad_rules_are_named() {
+    let err = Config::from_toml("[namespaces.chat]\njoin = \"everyone\"\n").unwrap_err();
+    assert!(err.to_string().contains("namespaces.chat.join"), "{err}");
+}
+
+#[test]
+fn masks_secrets() {
+    let c = Config::from_toml(
+        "[auth]\nhs256_secret = \"topsecret\"\n[[auth.api_keys]]\nkey = \"0123456789abcdefXYZ\"\nscopes = [\"admin\"]\n",
+    )
+    .expect("valid");
+    let text = c.to_masked_toml();
+    assert!(!text.contains("topsecret") && !text.contains("0123456789abcdefXYZ"), "{text}");
+}
+
+#[test]
+fn unavailable_broker_kinds_are_refused() {
+    let err = Config::from_toml("[broker]\nkind = \"redis\"\n").unwrap_err();
+    assert!(err.to_string().contains("broker.kind"), "{err}");
+}

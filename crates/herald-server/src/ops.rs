@@ -1,0 +1,55 @@
+//! Health, readiness and metrics endpoints.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_protocol::ErrorCode;
+use serde_json::json;
+
+/// `GET /health`: 200 while the process runs.
+pub(crate) async fn health() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /ready` and `/ws/health`: 200 when accepting connections and the
+/// broker is reachable, else 503.
+pub(crate) async fn ready(State(app): State<AppState>) -> Response {
+    if app.node.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "draining"}))).into_response()
+    } else if !app.node.broker().is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "broker_unavailable"})),
+        )
+            .into_response()
+    } else {
+        axum::Json(json!({"status": "ready", "node_id": app.node.id()})).into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
+    let stats = app.node.stats();
+    metrics::gauge!("herald_history_bytes").set(stats.broker.history_bytes as f64);
+    metrics::gauge!("herald_history_events").set(stats.broker.history_events as f64);
+    match &app.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "metrics recorder not installed",
+        )
+        .into_response(),
+    }
+}
+
+/// Unknown paths: a JSON 404.
+pub(crate) async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route").into_response()
+}

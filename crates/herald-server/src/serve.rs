@@ -1,0 +1,183 @@
+//! Starting a node and draining it on SIGTERM / SIGINT.
+
+use crate::app::{router, AppState};
+use crate::auth::{build_authenticator, dev_mode, ApiKeys, JwtVerifier};
+use crate::config::{ApiKeyConfig, Config, ConfigError, Scope};
+use herald_auth::TokenMinter;
+use herald_broker_memory::MemoryBroker;
+use herald_node::{Node, NodeSettings};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr} (server.listen): {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Idle streams without history are forgotten after this long.
+const STREAM_IDLE: Duration = Duration::from_secs(3600);
+/// Latency histogram buckets, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".to_owned());
+    format!("{host}-{}", random_hex(3))
+}
+
+fn install_metrics() -> Option<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("herald_delivery_latency_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .ok()?
+        .install_recorder()
+        .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+        .ok()
+}
+
+/// In development mode (no key configured) a random HS256 secret and admin
+/// API key are generated and announced, so `herald serve` works alone.
+fn apply_dev_mode(config: &mut Config) {
+    if !dev_mode(&config.auth) {
+        if config.auth.api_keys.is_empty() {
+            tracing::warn!("no auth.api_keys configured: every HTTP API call will be refused");
+        }
+        return;
+    }
+    let secret = random_hex(32);
+    config.auth.hs256_secret = Some(secret.clone());
+    let mut api_key = None;
+    if config.auth.api_keys.is_empty() {
+        let key = format!("dev-{}", random_hex(16));
+        config.auth.api_keys.push(ApiKeyConfig {
+            key: key.clone(),
+            scopes: vec![Scope::Admin],
+        });
+        api_key = Some(key);
+    }
+    tracing::warn!(
+        hs256_secret = %secret,
+        admin_api_key = api_key.as_deref().unwrap_or("(configured)"),
+        "DEVELOPMENT MODE: no token key configured, so a random HS256 secret and admin API key \
+         were generated for this run only. Set a real one with auth.hs256_secret (or \
+         HERALD_AUTH__HS256_SECRET), auth.rs256_public_key_pem, auth.es256_public_key_pem or \
+         auth.jwks_url, and auth.api_keys, before serving real users."
+    );
+}
+
+/// Runs a node until SIGTERM or SIGINT, then drains it and returns.
+pub async fn serve(mut config: Config) -> Result<(), ServeError> {
+    apply_dev_mode(&mut config);
+    let (authenticator, hs256) = build_authenticator(&config)?;
+    let namespaces = config.namespace_rules()?;
+    let metrics = install_metrics();
+    let node_id = config.server.node_id.clone().unwrap_or_else(default_node_id);
+    let settings = NodeSettings {
+        node_id: node_id.clone(),
+        limits: config.limits.to_limits(),
+        namespaces,
+    };
+    let mut memory: Option<Arc<MemoryBroker>> = None;
+    let node = Node::new(
+        settings,
+        Arc::new(JwtVerifier(authenticator.clone())),
+        |sink| {
+            let broker = Arc::new(MemoryBroker::new(sink));
+            memory = Some(broker.clone());
+            broker
+        },
+    );
+    if let Some(broker) = memory {
+        spawn_sweeper(&node, broker);
+    }
+    if let Some(handle) = authenticator.spawn_jwks_refresh(node.cancellation()) {
+        node.tasks().spawn(async move {
+            let _ = handle.await;
+        });
+    }
+    let state = AppState {
+        node: node.clone(),
+        api_keys: Arc::new(ApiKeys::new(&config.auth)),
+        minter: hs256.as_deref().map(|s| Arc::new(TokenMinter::hs256(s))),
+        metrics,
+    };
+    let addr = config.server.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_or(addr, |a| a.to_string());
+    tracing::info!(listen = %local, node_id = %node_id, broker = node.broker().kind(), "herald serving");
+    let drain = config.server.shutdown_drain;
+    let draining = node.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!(connections = draining.connection_count(), drain = ?drain, "shutting down: draining connections");
+            draining.drain(drain).await;
+        })
+        .await
+        .map_err(ServeError::Http)?;
+    tracing::info!("herald stopped");
+    Ok(())
+}
+
+fn spawn_sweeper(node: &Node, broker: Arc<MemoryBroker>) {
+    let cancel = node.cancellation();
+    node.tasks().spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => broker.sweep(STREAM_IDLE),
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers, Ctrl-C is the only way to stop.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The WebSocket transport (PROTOCOL.md 3): upgrade checks, the
+//! `authenticate` handshake, and one task per connection that reads frames
+//! into the session and writes the send queue in batches.
+
+use crate::api::bearer;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use herald_core::Identity;
+use herald_node::{metrics, Outbound, Session, SocketSlot, TransportKind};
+use herald_protocol::{
+    encode, parse_client_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, RequestId,
+    ServerFrame,
+};
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+
+/// Read buffer per connection. tungstenite's 128 KiB default is zero-filled
+/// and stays resident; 4 KiB is the difference between ~134 KB and ~6 KB per
+/// idle connection (docs/architecture.md).
+const READ_BUFFER: usize = 4096;
+/// Bytes buffered before a write reaches the socket; a batch is flushed at
+/// its end anyway.
+const WRITE_BUFFER: usize = 16 * 1024;
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Deserialize)]
+pub(crate) struct WsQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`
+pub(crate) async fn upgrade(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(slot) = app.node.reserve_socket() else {
+        let message = if app.node.is_draining() {
+            "node is shutting down; connect to another node"
+        } else {
+            "node is at limits.max_connections"
+        };
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message)
+            .into_response();
+    };
+    let token = bearer(&headers).map(str::to_owned).or(q.token);
+    let identity = match token {
+        None => None,
+        Some(t) => match app.node.verify_token(&t).await {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                return ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.message)
+                    .into_response()
+            }
+        },
+    };
+    if identity.as_ref().is_some_and(|i| app.node.would_refuse_user(i)) {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::LimitExceeded,
+            "this user is at limits.max_connections_per_user",
+        )
+        .into_response();
+    }
+    let max = app.node.limits().max_message_bytes;
+    let tasks = app.node.tasks().clone();
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tasks.track_future(run(app, socket, identity, slot)))
+}
+
+async fn run(app: AppState, mut socket: WebSocket, identity: Option<Identity>, _slot: SocketSlot) {
+    let (identity, reply_to) = match identity {
+        Some(i) => (i, None),
+        None => match await_authenticate(&app, &mut socket).await {
+            Some(pair) => pair,
+            None => return,
+        },
+    };
+    let mut session = match app
+        .node
+        .open_session(identity, TransportKind::Websocket, reply_to)
+        .await
+    {
+        Ok(s) => s,
+        Err(code) => {
+            close(&mut socket, code).await;
+            return;
+        }
+    };
+    let conn = session.connection().clone();
+    let started = Instant::now();
+    tracing::info!(
+        connection_id = %conn.id, user_id = %conn.user_id, tenant = conn.tenant.as_str(),
+        transport = "websocket", "connection opened"
+    );
+    let reason = pump(&mut socket, &mut session).await;
+    let reason = reason.unwrap_or_else(|| conn.queue.closing().map_or("client_closed", CloseCode::reason));
+    session.end(reason).await;
+    tracing::info!(
+        connection_id = %conn.id, user_id = %conn.user_id, reason,
+        duration_ms = started.elapsed().as_millis() as u64, "connection closed"
+    );
+}
+
+/// Waits for a valid `authenticate` frame within `limits.auth_timeout`.
+async fn await_authenticate(
+    app: &AppState,
+    socket: &mut WebSocket,
+) -> Option<(Identity, Option<RequestId>)> {
+    let deadline = tokio::time::Instant::now() + app.node.limits().auth_timeout;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, socket.recv()).await {
+            Err(_) => {
+                metrics::auth_failure("timeout");
+                close(socket, CloseCode::Unauthorized).await;
+                return None;
+            }
+            Ok(None) | Ok(Some(Err(_))) => return None,
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(_) => return None,
+            Message::Binary(_) => {
+                send(socket, error(None, ErrorCode::BadRequest, "binary frames are not supported")).await;
+                continue;
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        match parse_client_frame(&text) {
+            Ok((id, ClientRequest::Authenticate { token })) => match app.node.verify_token(&token).await {
+                Ok(identity) => return Some((identity, id)),
+                Err(e) => {
+                    send(socket, error(id, ErrorCode::Unauthorized, &e.message)).await;
+                    close(socket, CloseCode::Unauthorized).await;
+                    return None;
+                }
+            },
+            Ok((id, ClientRequest::Ping)) => send(socket, encode(&ServerFrame::Pong { id })).await,
+            Ok((id, _)) => {
+                send(socket, error(id, ErrorCode::Unauthorized, "send `authenticate` first")).await
+            }
+            Err(e) => send(socket, error(e.id, e.code, &e.message)).await,
+        }
+    }
+}
+
+fn error(id: Option<RequestId>, code: ErrorCode, message: &str) -> bytes::Bytes {
+    encode(&ServerFrame::Error {
+        id,
+        code,
+        message: message.to_owned(),
+    })
+}
+
+async fn send(socket: &mut WebSocket, frame: bytes::Bytes) {
+    if let Ok(text) = Utf8Bytes::try_from(frame) {
+        let _ = socket.send(Message::Text(text)).await;
+    }
+}
+
+/// Sends `disconnect`, then the close frame, within [`CLOSE_TIMEOUT`].
+async fn close(socket: &mut WebSocket, code: CloseCode) {
+    let frame = encode(&ServerFrame::Disconnect(Disconnect {
+        code: code.code(),
+        reason: code.reason().to_owned(),
+        reconnect: code.reconnect(),
+    }));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if let Ok(text) = Utf8Bytes::try_from(frame) {
+            let _ = socket.feed(Message::Text(text)).await;
+        }
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code: code.code(),
+                reason: Utf8Bytes::from_static(code.reason()),
+            })))
+            .await;
+    })
+    .await;
+}
+
+/// Runs the connection until it ends. Returns a close reason when the
+/// transport decided it; `None` when the queue's close code says why.
+async fn pump(socket: &mut WebSocket, session: &mut Session) -> Option<&'static str> {
+    let conn = session.connection().clone();
+    let mut batch: Vec<Outbound> = Vec::with_capacity(16);
+    loop {
+        tokio::select! {
+            closing = conn.queue.next_batch(&mut batch) => {
+                if !batch.is_empty() {
+                    let write = write_batch(socket, &mut batch);
+                    tokio::select! {
+                        result = write => if result.is_err() { return Some("write_failed") },
+                        code = conn.queue.closed() => if code == CloseCode::SlowConsumer {
+                            // Blocked on a client that does not read: drop it.
+                            return None;
+                        },
+                    }
+                }
+                if let Some(code) = closing {
+                    close(socket, code).await;
+                    return None;
+                }
+            }
+            msg = socket.recv() => match msg {
+                None => return Some("client_closed"),
+                Some(Ok(Message::Text(text))) => session.handle_text(&text).await,
+                Some(Ok(Message::Binary(_))) => session.handle_binary(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => conn.touch(),
+                Some(Ok(Message::Close(_))) => return Some("client_closed"),
+                Some(Err(e)) => {
+                    if let Some(code) = read_error_close(&e) {
+                        conn.close(code);
+                    } else {
+                        return Some("transport_error");
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Maps a read error to the close it deserves, if the socket is still usable.
+fn read_error_close(e: &axum::Error) -> Option<CloseCode> {
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big") {
+        Some(CloseCode::TooBig)
+    } else {
+        None
+    }
+}
+
+/// Writes every queued item, then flushes once.
+async fn write_batch(socket: &mut WebSocket, batch: &mut Vec<Outbound>) -> Result<(), axum::Error> {
+    let mut sent = 0u64;
+    let mut latencies: Vec<Instant> = Vec::new();
+    for item in batch.drain(..) {
+        match item {
+            Outbound::Frame { bytes, accepted_at } => {
+                let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
+                socket.feed(Message::Text(text)).await?;
+                sent += 1;
+                if let Some(t) = accepted_at {
+                    latencies.push(t);
+                }
+            }
+            Outbound::Ping => socket.feed(Message::Ping(bytes::Bytes::new())).await?,
+        }
+    }
+    socket.flush().await?;
+    metrics::messages_sent(sent);
+    for t in latencies {
+        metrics::delivery_latency(t.elapsed());
+    }
+    Ok(())
+}
