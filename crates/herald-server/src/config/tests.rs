@@ -1,4 +1,5 @@
 use super::*;
+use herald_core::Rule;
 
 #[test]
 fn defaults_match_the_contract() {
