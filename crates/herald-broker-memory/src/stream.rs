@@ -94,9 +94,7 @@ impl RoomStream {
             .take(limit)
             .map(|s| s.publication.clone())
             .collect();
-        let last_returned = publications
-            .last()
-            .map_or(since, |p| p.position.offset);
+        let last_returned = publications.last().map_or(since, |p| p.position.offset);
         // Complete when nothing after `since` was lost and the page reaches
         // the stream's head.
         let complete = since + 1 >= oldest && last_returned >= self.offset.max(since);

@@ -38,10 +38,19 @@ async fn offsets_count_per_room_and_tenant() {
     let sink = Arc::new(Collect::default());
     let broker = MemoryBroker::new(sink.clone());
     for _ in 0..3 {
-        broker.publish(request(room(None, "a"), 0)).await.expect("publish");
+        broker
+            .publish(request(room(None, "a"), 0))
+            .await
+            .expect("publish");
     }
-    let b = broker.publish(request(room(None, "b"), 0)).await.expect("publish");
-    let t = broker.publish(request(room(Some("t"), "a"), 0)).await.expect("publish");
+    let b = broker
+        .publish(request(room(None, "b"), 0))
+        .await
+        .expect("publish");
+    let t = broker
+        .publish(request(room(Some("t"), "a"), 0))
+        .await
+        .expect("publish");
     assert_eq!(b.position.offset, 1);
     assert_eq!(t.position.offset, 1);
     let pos = broker.position(&room(None, "a")).await.expect("position");
@@ -72,10 +81,17 @@ async fn history_is_bounded_and_reports_completeness() {
     let broker = MemoryBroker::new(Arc::new(Collect::default()));
     let r = room(None, "h");
     for _ in 0..5 {
-        broker.publish(request(r.clone(), 3)).await.expect("publish");
+        broker
+            .publish(request(r.clone(), 3))
+            .await
+            .expect("publish");
     }
     let page = broker.history(&r, 2, 100).await.expect("history");
-    let offsets: Vec<u64> = page.publications.iter().map(|p| p.position.offset).collect();
+    let offsets: Vec<u64> = page
+        .publications
+        .iter()
+        .map(|p| p.position.offset)
+        .collect();
     assert_eq!(offsets, vec![3, 4, 5]);
     assert!(page.complete);
     let page = broker.history(&r, 1, 100).await.expect("history");

@@ -16,5 +16,5 @@ pub use broker::{
 };
 pub use identity::Identity;
 pub use namespace::{NamespaceConfig, Namespaces, Rule, RuleError};
-pub use verify::{TokenVerifier, VerifyError};
 pub use room::{RoomError, RoomKey, RoomName, Tenant, MAX_ROOM_NAME_BYTES};
+pub use verify::{TokenVerifier, VerifyError};

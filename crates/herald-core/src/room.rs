@@ -140,7 +140,10 @@ mod tests {
     #[test]
     fn rejects_bad_names() {
         assert_eq!(RoomName::parse(""), Err(RoomError::Empty));
-        assert_eq!(RoomName::parse(&"a".repeat(256)), Err(RoomError::TooLong(256)));
+        assert_eq!(
+            RoomName::parse(&"a".repeat(256)),
+            Err(RoomError::TooLong(256))
+        );
         assert!(RoomName::parse(&"a".repeat(255)).is_ok());
         assert_eq!(RoomName::parse("a b"), Err(RoomError::ForbiddenByte(1)));
         assert_eq!(RoomName::parse("x\u{0}"), Err(RoomError::ForbiddenByte(1)));

@@ -45,7 +45,9 @@ impl EventFilter {
 
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &str) -> bool {
-        self.patterns.iter().any(|p| glob(p.as_bytes(), event.as_bytes()))
+        self.patterns
+            .iter()
+            .any(|p| glob(p.as_bytes(), event.as_bytes()))
     }
 }
 

@@ -46,7 +46,9 @@ fn sweep(node: &Node) {
             conn.close(CloseCode::TokenExpired);
         } else if conn.silent_for_ms(now) >= stale_ms {
             conn.close(CloseCode::Stale);
-        } else if conn.ping_due(now, ping_ms) && conn.queue.push(Outbound::Ping) == PushResult::Overflow {
+        } else if conn.ping_due(now, ping_ms)
+            && conn.queue.push(Outbound::Ping) == PushResult::Overflow
+        {
             conn.close(CloseCode::SlowConsumer);
         }
     }

@@ -23,7 +23,9 @@ pub use conn::{Connection, ConnectionInfo, TransportKind};
 pub use error::NodeError;
 pub use filter::EventFilter;
 pub use limits::{Limits, PerUserPolicy};
-pub use node::{BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, PublishInput, SocketSlot};
+pub use node::{
+    BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, PublishInput, SocketSlot,
+};
 pub use queue::{Outbound, PushResult, SendQueue};
 pub use rate::TokenBucket;
 pub use session::Session;

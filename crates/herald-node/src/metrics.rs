@@ -8,20 +8,38 @@ use std::time::Duration;
 /// Describes every node metric once at start, so they show with help text.
 pub fn describe() {
     describe_gauge!("herald_connections", "Open client connections on this node");
-    describe_counter!("herald_connections_opened_total", "Connections authenticated and admitted");
-    describe_counter!("herald_connections_closed_total", "Connections closed, by reason");
+    describe_counter!(
+        "herald_connections_opened_total",
+        "Connections authenticated and admitted"
+    );
+    describe_counter!(
+        "herald_connections_closed_total",
+        "Connections closed, by reason"
+    );
     describe_counter!("herald_auth_failures_total", "Rejected tokens, by reason");
     describe_counter!("herald_messages_received_total", "Client frames received");
     describe_counter!("herald_messages_sent_total", "Frames written to clients");
-    describe_counter!("herald_publish_total", "Events accepted by the broker from this node");
+    describe_counter!(
+        "herald_publish_total",
+        "Events accepted by the broker from this node"
+    );
     describe_histogram!(
         "herald_delivery_latency_seconds",
         metrics::Unit::Seconds,
         "Time from publish accepted to frame written to the socket"
     );
-    describe_counter!("herald_send_queue_overflows_total", "Connections cut as slow consumers");
-    describe_gauge!("herald_rooms", "Rooms with at least one member on this node");
-    describe_counter!("herald_rate_limited_total", "Client frames refused by the rate limit");
+    describe_counter!(
+        "herald_send_queue_overflows_total",
+        "Connections cut as slow consumers"
+    );
+    describe_gauge!(
+        "herald_rooms",
+        "Rooms with at least one member on this node"
+    );
+    describe_counter!(
+        "herald_rate_limited_total",
+        "Client frames refused by the rate limit"
+    );
 }
 
 /// Sets the open-connection gauge.

@@ -9,10 +9,12 @@ use crate::queue::SendQueue;
 use crate::rooms::Rooms;
 use crate::session::Session;
 use herald_core::{
-    Broker, HistoryPolicy, TokenVerifier, VerifyError, Identity, Namespaces, PublicationSink, PublishOutcome, PublishRequest,
-    RoomKey, RoomName, Tenant,
+    Broker, HistoryPolicy, Identity, Namespaces, PublicationSink, PublishOutcome, PublishRequest,
+    RoomKey, RoomName, Tenant, TokenVerifier, VerifyError,
 };
-use herald_protocol::{encode, CloseCode, JoinedRoom, MemberSummary, RequestId, ServerFrame, StreamPosition};
+use herald_protocol::{
+    encode, CloseCode, JoinedRoom, MemberSummary, RequestId, ServerFrame, StreamPosition,
+};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

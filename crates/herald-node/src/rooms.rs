@@ -17,7 +17,9 @@ use crate::conn::Connection;
 use crate::metrics;
 use crate::queue::{Outbound, PushResult};
 use herald_core::{Publication, PublicationSink, RoomKey};
-use herald_protocol::{encode, encode_publication, CloseCode, MemberSummary, ServerFrame, StreamPosition};
+use herald_protocol::{
+    encode, encode_publication, CloseCode, MemberSummary, ServerFrame, StreamPosition,
+};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -83,7 +85,12 @@ impl Rooms {
     }
 
     /// Phase 1: register `conn` as a pending member of `room`.
-    pub(crate) fn begin_join(&self, room: &RoomKey, conn: &Arc<Connection>, presence: bool) -> JoinTicket {
+    pub(crate) fn begin_join(
+        &self,
+        room: &RoomKey,
+        conn: &Arc<Connection>,
+        presence: bool,
+    ) -> JoinTicket {
         let mut shard = self.shard(room).write();
         let created = !shard.contains_key(room);
         let entry = shard.entry(room.clone()).or_default();
@@ -103,8 +110,9 @@ impl Rooms {
 
     /// Phase 2: queue `first` (the `room_joined` frame, if any), then
     /// `replay`, then every buffered publication after `position`, and turn
-    /// the member live. Returns the members for presence, or `None` when the
-    /// member vanished meanwhile (the connection left or closed).
+    /// the member live; with `announce`, tell the other members (presence).
+    /// Returns `None` when the member vanished meanwhile (the connection
+    /// left or closed).
     pub(crate) fn complete_join(
         &self,
         room: &RoomKey,
@@ -112,10 +120,14 @@ impl Rooms {
         position: &StreamPosition,
         first: Option<bytes::Bytes>,
         replay: &[Arc<Publication>],
+        announce: bool,
     ) -> Option<()> {
         let mut shard = self.shard(room).write();
         let entry = shard.get_mut(room)?;
-        let idx = entry.members.iter().position(|m| Arc::ptr_eq(&m.conn, conn))?;
+        let idx = entry
+            .members
+            .iter()
+            .position(|m| Arc::ptr_eq(&m.conn, conn))?;
         if let Some(frame) = first {
             conn.send(frame);
         }
@@ -134,7 +146,7 @@ impl Rooms {
             }
         }
         member.start = StreamPosition::new(position.epoch.clone(), last);
-        if entry.presence {
+        if entry.presence && announce {
             let frame = encode(&ServerFrame::MemberJoined {
                 room: room.name.to_string(),
                 user_id: conn.user_id.to_string(),

@@ -9,8 +9,8 @@ use crate::node::{AutoJoined, Node};
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
 use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
 use herald_protocol::{
-    encode, parse_client_frame, ClientRequest, CloseCode, ErrorCode, JoinedRoom, RequestId,
-    Sender, ServerFrame, StreamPosition,
+    encode, parse_client_frame, ClientRequest, CloseCode, ErrorCode, JoinedRoom, RequestId, Sender,
+    ServerFrame, StreamPosition,
 };
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -80,6 +80,19 @@ impl Session {
         }
     }
 
+    /// Answers a text frame that was not valid UTF-8.
+    pub fn reply_invalid_utf8(&mut self) {
+        self.conn.touch();
+        metrics::message_received();
+        if self.admit_rate() {
+            self.reply_error(
+                None,
+                ErrorCode::BadRequest,
+                "text frame is not valid UTF-8".into(),
+            );
+        }
+    }
+
     /// Token bucket with the 4008 escalation: refusals keep coming for
     /// [`RATE_LIMIT_GRACE`] (with no quiet second in between) close the
     /// connection.
@@ -119,7 +132,11 @@ impl Session {
         self.reply(ServerFrame::Error { id, code, message });
     }
 
-    async fn dispatch(&mut self, id: Option<RequestId>, request: ClientRequest) -> Result<(), NodeError> {
+    async fn dispatch(
+        &mut self,
+        id: Option<RequestId>,
+        request: ClientRequest,
+    ) -> Result<(), NodeError> {
         match request {
             ClientRequest::Ping => self.reply(ServerFrame::Pong { id }),
             ClientRequest::Authenticate { token } => self.refresh(id, &token).await?,
@@ -144,7 +161,8 @@ impl Session {
 
     fn ack(&self, id: Option<RequestId>, position: Option<StreamPosition>) {
         if let Some(id) = id {
-            let (epoch, offset) = position.map_or((None, None), |p| (Some(p.epoch), Some(p.offset)));
+            let (epoch, offset) =
+                position.map_or((None, None), |p| (Some(p.epoch), Some(p.offset)));
             self.reply(ServerFrame::Ack { id, epoch, offset });
         }
     }
@@ -193,7 +211,9 @@ impl Session {
         let (name, key) = self.room_key(room)?;
         let identity = self.conn.identity();
         if !self.node.namespaces().can_join(&identity, &name) {
-            return Err(NodeError::Forbidden(format!("not allowed to join room `{name}`")));
+            return Err(NodeError::Forbidden(format!(
+                "not allowed to join room `{name}`"
+            )));
         }
         let rejoin = self.conn.in_room(&name);
         if !rejoin {
@@ -209,7 +229,9 @@ impl Session {
         let ns = self.node.namespaces().for_room(&name).clone();
         let inner = &self.node.inner;
         let ticket = inner.rooms.begin_join(&key, &self.conn, ns.presence);
-        let resolved = self.resolve(&key, ticket.created, since.as_ref(), ns.history_size).await;
+        let resolved = self
+            .resolve(&key, ticket.created, since.as_ref(), ns.history_size)
+            .await;
         let (position, replay, recovered) = match resolved {
             Ok(r) => r,
             Err(e) => {
@@ -229,7 +251,7 @@ impl Session {
         });
         inner
             .rooms
-            .complete_join(&key, &self.conn, &position, Some(frame), &replay);
+            .complete_join(&key, &self.conn, &position, Some(frame), &replay, !rejoin);
         Ok(())
     }
 
@@ -296,8 +318,14 @@ impl Session {
         if !self.conn.in_room(&name) {
             return Err(NodeError::NotJoined(name.to_string()));
         }
-        if !self.node.namespaces().can_send(&self.conn.identity(), &name) {
-            return Err(NodeError::Forbidden(format!("not allowed to send to room `{name}`")));
+        if !self
+            .node
+            .namespaces()
+            .can_send(&self.conn.identity(), &name)
+        {
+            return Err(NodeError::Forbidden(format!(
+                "not allowed to send to room `{name}`"
+            )));
         }
         let event = event.unwrap_or_else(|| "message".to_owned());
         if event.is_empty() || event.len() > 255 {
@@ -334,11 +362,21 @@ impl Session {
         let max = self.node.limits().max_rooms_per_connection;
         let mut listed = Vec::new();
         let mut pending = Vec::new();
-        for name in self.node.namespaces().auto_join_rooms(&identity).into_iter().take(max) {
+        for name in self
+            .node
+            .namespaces()
+            .auto_join_rooms(&identity)
+            .into_iter()
+            .take(max)
+        {
             let key = RoomKey::new(self.conn.tenant.clone(), name.clone());
             let ns = self.node.namespaces().for_room(&name);
             self.conn.rooms().lock().insert(name.clone());
-            let ticket = self.node.inner.rooms.begin_join(&key, &self.conn, ns.presence);
+            let ticket = self
+                .node
+                .inner
+                .rooms
+                .begin_join(&key, &self.conn, ns.presence);
             match self.resolve(&key, ticket.created, None, 0).await {
                 Ok((position, _, _)) => {
                     listed.push(JoinedRoom {
@@ -362,7 +400,7 @@ impl Session {
             self.node
                 .inner
                 .rooms
-                .complete_join(&key, &self.conn, &position, None, &[]);
+                .complete_join(&key, &self.conn, &position, None, &[], true);
         }
     }
 

@@ -15,8 +15,8 @@ use herald_node::PublishInput;
 use herald_protocol::{encode_publication, ErrorCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::json;
+use serde_json::value::RawValue;
 use std::time::Duration;
 
 /// Most rooms one broadcast may name.
@@ -26,9 +26,14 @@ const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// The bearer token of a request, if any.
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 fn require(app: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
@@ -52,7 +57,8 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 }
 
 fn room_key(tenant: Option<&str>, room: &str) -> Result<RoomKey, ApiError> {
-    let name = RoomName::parse(room).map_err(|e| ApiError::bad_request(format!("room `{}`: {e}", shorten(room))))?;
+    let name = RoomName::parse(room)
+        .map_err(|e| ApiError::bad_request(format!("room `{}`: {e}", shorten(room))))?;
     Ok(RoomKey::new(Tenant::from_option(tenant), name))
 }
 
@@ -95,8 +101,13 @@ pub(crate) async fn publish(
     let b: PublishBody = parse_body(&body)?;
     check_event(&b.event)?;
     let key = room_key(b.tenant.as_deref(), &b.room)?;
-    if b.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
-        return Err(ApiError::bad_request("`idempotency_key` must be 1 to 255 bytes"));
+    if b.idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 255)
+    {
+        return Err(ApiError::bad_request(
+            "`idempotency_key` must be 1 to 255 bytes",
+        ));
     }
     let outcome = app
         .node
@@ -269,7 +280,10 @@ pub(crate) async fn history(
 }
 
 /// `GET /api/v1/stats`
-pub(crate) async fn stats(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(crate) async fn stats(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     require(&app, &headers, Scope::Admin)?;
     Ok(Json(app.node.stats()).into_response())
 }
@@ -306,7 +320,8 @@ pub(crate) async fn mint_token(
     };
     let ttl = match &b.ttl {
         None => Duration::from_secs(3600),
-        Some(t) => crate::config::parse_duration(t).map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?,
+        Some(t) => crate::config::parse_duration(t)
+            .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?,
     };
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
         return Err(ApiError::bad_request("ttl must be between 1s and 30 days"));

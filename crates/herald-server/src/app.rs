@@ -24,8 +24,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/api/v1/publish", post(api::publish))
         .route("/api/v1/broadcast", post(api::broadcast))
-        .route("/api/v1/users/{user_id}/disconnect", post(api::disconnect_user))
-        .route("/api/v1/users/{user_id}/connections", get(api::user_connections))
+        .route(
+            "/api/v1/users/{user_id}/disconnect",
+            post(api::disconnect_user),
+        )
+        .route(
+            "/api/v1/users/{user_id}/connections",
+            get(api::user_connections),
+        )
         .route("/api/v1/rooms/{room}/presence", get(api::presence))
         .route("/api/v1/rooms/{room}/history", get(api::history))
         .route("/api/v1/stats", get(api::stats))

@@ -55,7 +55,9 @@ pub fn dev_mode(auth: &AuthConfig) -> bool {
 
 /// Reads the key files and builds the authenticator, returning it with the
 /// HS256 secret (for minting tokens) when one is configured.
-pub fn build_authenticator(config: &Config) -> Result<(Authenticator, Option<String>), ConfigError> {
+pub fn build_authenticator(
+    config: &Config,
+) -> Result<(Authenticator, Option<String>), ConfigError> {
     let a = &config.auth;
     let hs256 = read_key(&a.hs256_secret, &a.hs256_secret_file, "hs256_secret")?;
     let settings = AuthSettings {

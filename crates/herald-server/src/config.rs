@@ -255,7 +255,10 @@ impl Config {
         let mut fig = figment::Figment::from(Serialized::defaults(Config::default()));
         if let Some(p) = path {
             if !p.exists() {
-                return Err(invalid("--config", format!("{} does not exist", p.display())));
+                return Err(invalid(
+                    "--config",
+                    format!("{} does not exist", p.display()),
+                ));
             }
             fig = fig.merge(Toml::file(p));
         }
@@ -285,7 +288,10 @@ impl Config {
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections),
-            ("limits.max_connections_per_user", l.max_connections_per_user),
+            (
+                "limits.max_connections_per_user",
+                l.max_connections_per_user,
+            ),
             ("limits.max_message_bytes", l.max_message_bytes),
             ("limits.send_queue_messages", l.send_queue_messages),
             ("limits.send_queue_bytes", l.send_queue_bytes),
@@ -319,7 +325,10 @@ impl Config {
                 ));
             }
             if k.scopes.is_empty() {
-                return Err(invalid(format!("auth.api_keys[{i}].scopes"), "must not be empty"));
+                return Err(invalid(
+                    format!("auth.api_keys[{i}].scopes"),
+                    "must not be empty",
+                ));
             }
         }
         match self.broker.kind {

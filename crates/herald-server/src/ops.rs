@@ -17,7 +17,11 @@ pub(crate) async fn health() -> Response {
 /// broker is reachable, else 503.
 pub(crate) async fn ready(State(app): State<AppState>) -> Response {
     if app.node.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "draining"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "draining"})),
+        )
+            .into_response()
     } else if !app.node.broker().is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -38,7 +38,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 fn default_node_id() -> String {
@@ -98,7 +100,11 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     let (authenticator, hs256) = build_authenticator(&config)?;
     let namespaces = config.namespace_rules()?;
     let metrics = install_metrics();
-    let node_id = config.server.node_id.clone().unwrap_or_else(default_node_id);
+    let node_id = config
+        .server
+        .node_id
+        .clone()
+        .unwrap_or_else(default_node_id);
     let settings = NodeSettings {
         node_id: node_id.clone(),
         limits: config.limits.to_limits(),

@@ -47,8 +47,12 @@ pub(crate) async fn upgrade(
         } else {
             "node is at limits.max_connections"
         };
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message)
-            .into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
+        .into_response();
     };
     let token = bearer(&headers).map(str::to_owned).or(q.token);
     let identity = match token {
@@ -61,7 +65,10 @@ pub(crate) async fn upgrade(
             }
         },
     };
-    if identity.as_ref().is_some_and(|i| app.node.would_refuse_user(i)) {
+    if identity
+        .as_ref()
+        .is_some_and(|i| app.node.would_refuse_user(i))
+    {
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::LimitExceeded,
@@ -104,7 +111,11 @@ async fn run(app: AppState, mut socket: WebSocket, identity: Option<Identity>, _
         transport = "websocket", "connection opened"
     );
     let reason = pump(&mut socket, &mut session).await;
-    let reason = reason.unwrap_or_else(|| conn.queue.closing().map_or("client_closed", CloseCode::reason));
+    let reason = reason.unwrap_or_else(|| {
+        conn.queue
+            .closing()
+            .map_or("client_closed", CloseCode::reason)
+    });
     session.end(reason).await;
     tracing::info!(
         connection_id = %conn.id, user_id = %conn.user_id, reason,
@@ -132,23 +143,37 @@ async fn await_authenticate(
             Message::Text(t) => t,
             Message::Close(_) => return None,
             Message::Binary(_) => {
-                send(socket, error(None, ErrorCode::BadRequest, "binary frames are not supported")).await;
+                send(
+                    socket,
+                    error(
+                        None,
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported",
+                    ),
+                )
+                .await;
                 continue;
             }
             Message::Ping(_) | Message::Pong(_) => continue,
         };
         match parse_client_frame(&text) {
-            Ok((id, ClientRequest::Authenticate { token })) => match app.node.verify_token(&token).await {
-                Ok(identity) => return Some((identity, id)),
-                Err(e) => {
-                    send(socket, error(id, ErrorCode::Unauthorized, &e.message)).await;
-                    close(socket, CloseCode::Unauthorized).await;
-                    return None;
+            Ok((id, ClientRequest::Authenticate { token })) => {
+                match app.node.verify_token(&token).await {
+                    Ok(identity) => return Some((identity, id)),
+                    Err(e) => {
+                        send(socket, error(id, ErrorCode::Unauthorized, &e.message)).await;
+                        close(socket, CloseCode::Unauthorized).await;
+                        return None;
+                    }
                 }
-            },
+            }
             Ok((id, ClientRequest::Ping)) => send(socket, encode(&ServerFrame::Pong { id })).await,
             Ok((id, _)) => {
-                send(socket, error(id, ErrorCode::Unauthorized, "send `authenticate` first")).await
+                send(
+                    socket,
+                    error(id, ErrorCode::Unauthorized, "send `authenticate` first"),
+                )
+                .await
             }
             Err(e) => send(socket, error(e.id, e.code, &e.message)).await,
         }
@@ -197,6 +222,9 @@ async fn pump(socket: &mut WebSocket, session: &mut Session) -> Option<&'static 
     let mut batch: Vec<Outbound> = Vec::with_capacity(16);
     loop {
         tokio::select! {
+            // The queue first: once closing, the close is sent before more
+            // input is read.
+            biased;
             closing = conn.queue.next_batch(&mut batch) => {
                 if !batch.is_empty() {
                     let write = write_batch(socket, &mut batch);
@@ -219,25 +247,36 @@ async fn pump(socket: &mut WebSocket, session: &mut Session) -> Option<&'static 
                 Some(Ok(Message::Binary(_))) => session.handle_binary(),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => conn.touch(),
                 Some(Ok(Message::Close(_))) => return Some("client_closed"),
-                Some(Err(e)) => {
-                    if let Some(code) = read_error_close(&e) {
-                        conn.close(code);
-                    } else {
-                        return Some("transport_error");
+                Some(Err(e)) => match read_error(e) {
+                    ReadError::TooBig => {
+                        conn.close(CloseCode::TooBig);
                     }
-                }
+                    ReadError::InvalidUtf8 => session.reply_invalid_utf8(),
+                    ReadError::Fatal => return Some("transport_error"),
+                },
             },
         }
     }
 }
 
-/// Maps a read error to the close it deserves, if the socket is still usable.
-fn read_error_close(e: &axum::Error) -> Option<CloseCode> {
-    let text = e.to_string();
-    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big") {
-        Some(CloseCode::TooBig)
-    } else {
-        None
+enum ReadError {
+    /// A frame over `limits.max_message_bytes`: close with 1009.
+    TooBig,
+    /// A text frame that is not UTF-8: the frame was consumed whole, so the
+    /// connection stays usable and the client gets `bad_request`.
+    InvalidUtf8,
+    /// Anything else: the socket is unusable.
+    Fatal,
+}
+
+fn read_error(e: axum::Error) -> ReadError {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(inner) => match *inner {
+            tungstenite::Error::Capacity(_) => ReadError::TooBig,
+            tungstenite::Error::Utf8(_) => ReadError::InvalidUtf8,
+            _ => ReadError::Fatal,
+        },
+        Err(_) => ReadError::Fatal,
     }
 }
 
@@ -248,7 +287,9 @@ async fn write_batch(socket: &mut WebSocket, batch: &mut Vec<Outbound>) -> Resul
     for item in batch.drain(..) {
         match item {
             Outbound::Frame { bytes, accepted_at } => {
-                let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
+                let Ok(text) = Utf8Bytes::try_from(bytes) else {
+                    continue;
+                };
                 socket.feed(Message::Text(text)).await?;
                 sent += 1;
                 if let Some(t) = accepted_at {

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Herald: a real-time gateway for WebSocket and SSE clients")]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: a real-time gateway for WebSocket and SSE clients"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "HERALD_LOG_FORMAT")]
@@ -113,15 +117,18 @@ fn main() -> anyhow::Result<()> {
             let ttl = herald_server::config::parse_duration(&ttl).map_err(anyhow::Error::msg)?;
             let claims = match claims {
                 None => serde_json::Map::new(),
-                Some(text) => serde_json::from_str(&text).context("--claims must be a JSON object")?,
+                Some(text) => {
+                    serde_json::from_str(&text).context("--claims must be a JSON object")?
+                }
             };
-            let minted = herald_auth::TokenMinter::hs256(&secret).mint(&herald_auth::MintRequest {
-                sub,
-                roles,
-                tenant,
-                ttl,
-                claims,
-            })?;
+            let minted =
+                herald_auth::TokenMinter::hs256(&secret).mint(&herald_auth::MintRequest {
+                    sub,
+                    roles,
+                    tenant,
+                    ttl,
+                    claims,
+                })?;
             println!("{}", minted.token);
             Ok(())
         }

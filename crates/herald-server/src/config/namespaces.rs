@@ -20,7 +20,11 @@ pub struct NamespaceToml {
     /// Events kept.
     pub history_size: Option<usize>,
     /// How long kept events live.
-    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub history_ttl: Option<Duration>,
     /// Auto-joined room template, `""` to turn a shipped one off.
     pub auto_join: Option<String>,
@@ -40,7 +44,9 @@ mod opt_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text = String::deserialize(d)?;
-        duration::parse(&text).map(Some).map_err(serde::de::Error::custom)
+        duration::parse(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -52,21 +58,34 @@ pub(super) fn merge(tables: &BTreeMap<String, NamespaceToml>) -> Result<Namespac
     for (name, t) in tables {
         let key = |k: &str| format!("namespaces.{name}.{k}");
         if name.is_empty() || name.contains(':') || herald_core::RoomName::parse(name).is_err() {
-            return Err(invalid(format!("namespaces.{name}"), "is not a valid namespace name"));
+            return Err(invalid(
+                format!("namespaces.{name}"),
+                "is not a valid namespace name",
+            ));
         }
-        let mut cfg = ns.get(name).cloned().unwrap_or_else(NamespaceConfig::default);
+        let mut cfg = ns
+            .get(name)
+            .cloned()
+            .unwrap_or_else(NamespaceConfig::default);
         if let Some(rule) = &t.join {
-            cfg.join = rule.parse::<Rule>().map_err(|e| invalid(key("join"), e.to_string()))?;
+            cfg.join = rule
+                .parse::<Rule>()
+                .map_err(|e| invalid(key("join"), e.to_string()))?;
         }
         if let Some(rule) = &t.send {
-            cfg.send = rule.parse::<Rule>().map_err(|e| invalid(key("send"), e.to_string()))?;
+            cfg.send = rule
+                .parse::<Rule>()
+                .map_err(|e| invalid(key("send"), e.to_string()))?;
         }
         if let Some(p) = t.presence {
             cfg.presence = p;
         }
         if let Some(size) = t.history_size {
             if size > MAX_HISTORY_SIZE {
-                return Err(invalid(key("history_size"), format!("at most {MAX_HISTORY_SIZE}")));
+                return Err(invalid(
+                    key("history_size"),
+                    format!("at most {MAX_HISTORY_SIZE}"),
+                ));
             }
             cfg.history_size = size;
         }
@@ -90,7 +109,10 @@ pub(super) fn merge(tables: &BTreeMap<String, NamespaceToml>) -> Result<Namespac
             }
         }
         if cfg.history_size > 0 && cfg.history_ttl.is_zero() {
-            return Err(invalid(key("history_ttl"), "must be set when history_size > 0"));
+            return Err(invalid(
+                key("history_ttl"),
+                "must be set when history_size > 0",
+            ));
         }
         ns.insert(name.clone(), cfg);
     }

@@ -24,7 +24,10 @@ fn unknown_keys_are_named() {
 fn bad_durations_are_named() {
     let err = Config::from_toml("[limits]\nauth_timeout = \"ten seconds\"\n").unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("auth_timeout") && text.contains("ten seconds"), "{text}");
+    assert!(
+        text.contains("auth_timeout") && text.contains("ten seconds"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -40,7 +43,11 @@ fn namespaces_merge_over_shipped() {
     assert!(chat.presence);
     let project = ns.get("project").expect("project");
     assert_eq!(project.history_size, 5);
-    assert_eq!(project.join, Rule::Claim("projects".into()), "unset keys keep shipped values");
+    assert_eq!(
+        project.join,
+        Rule::Claim("projects".into()),
+        "unset keys keep shipped values"
+    );
 }
 
 #[test]
@@ -56,7 +63,10 @@ fn masks_secrets() {
     )
     .expect("valid");
     let text = c.to_masked_toml();
-    assert!(!text.contains("topsecret") && !text.contains("0123456789abcdefXYZ"), "{text}");
+    assert!(
+        !text.contains("topsecret") && !text.contains("0123456789abcdefXYZ"),
+        "{text}"
+    );
 }
 
 #[test]
