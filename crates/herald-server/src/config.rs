@@ -229,7 +229,7 @@ impl Default for BrokerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Parsing or type errors from the file or the environment.
-    #[error("{0}")]
+    #[error(transparent)]
     Load(#[from] Box<figment::Error>),
     /// A value that parses but is not acceptable.
     #[error("{key}: {message}")]
@@ -262,7 +262,8 @@ impl Config {
             }
             fig = fig.merge(Toml::file(p));
         }
-        fig = fig.merge(Env::prefixed("HERALD_").split("__"));
+        // HERALD_LOG_FORMAT belongs to the command line, not the config.
+        fig = fig.merge(Env::prefixed("HERALD_").ignore(&["log_format"]).split("__"));
         let config: Config = fig.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)

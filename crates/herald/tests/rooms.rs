@@ -75,11 +75,17 @@ async fn join_project_requires_the_projects_claim() {
     assert!(j["members"].is_array(), "project has presence on: {j}");
     assert!(j.get("recovered").is_none(), "no since, no recovered: {j}");
     c.join("project:9").await;
-    c.request_error(json!({"type": "join_room", "room": "project:8"}), "forbidden")
-        .await;
+    c.request_error(
+        json!({"type": "join_room", "room": "project:8"}),
+        "forbidden",
+    )
+    .await;
     let (mut d, _) = node.connect_user("bob").await;
-    d.request_error(json!({"type": "join_room", "room": "project:7"}), "forbidden")
-        .await;
+    d.request_error(
+        json!({"type": "join_room", "room": "project:7"}),
+        "forbidden",
+    )
+    .await;
     // The joined member receives project events.
     node.publish("project:7", "project.updated", json!({"v": 1}))
         .await;
@@ -94,9 +100,13 @@ async fn joining_another_users_room_is_forbidden_and_leaks_nothing() {
     let (mut alice, _) = node.connect_user("alice").await;
     let (mut bob, _) = node.connect_user("bob").await;
     alice
-        .request_error(json!({"type": "join_room", "room": "user:bob"}), "forbidden")
+        .request_error(
+            json!({"type": "join_room", "room": "user:bob"}),
+            "forbidden",
+        )
         .await;
-    node.publish("user:bob", "secret", json!({"for": "bob"})).await;
+    node.publish("user:bob", "secret", json!({"for": "bob"}))
+        .await;
     let ev = bob.expect_type("event", FRAME_WAIT).await;
     assert_eq!(ev["room"], "user:bob");
     alice.expect_silence(SILENCE).await;
@@ -106,10 +116,16 @@ async fn joining_another_users_room_is_forbidden_and_leaks_nothing() {
 async fn unknown_namespace_is_forbidden_but_admin_passes_every_rule() {
     let node = TestNode::start("").await;
     let (mut c, _) = node.connect_user("alice").await;
-    c.request_error(json!({"type": "join_room", "room": "secret:1"}), "forbidden")
-        .await;
-    c.request_error(json!({"type": "join_room", "room": "barename"}), "forbidden")
-        .await;
+    c.request_error(
+        json!({"type": "join_room", "room": "secret:1"}),
+        "forbidden",
+    )
+    .await;
+    c.request_error(
+        json!({"type": "join_room", "room": "barename"}),
+        "forbidden",
+    )
+    .await;
     let t = node.token("root", &["admin"], None, json!({}), HOUR);
     let (mut a, _) = node.connect_token(&t).await;
     a.join("secret:1").await;
@@ -125,8 +141,11 @@ async fn role_rule_admits_listed_roles_only() {
     sre.join("ops:pager").await;
     let t = node.token("d", &["dev"], None, json!({}), HOUR);
     let (mut dev, _) = node.connect_token(&t).await;
-    dev.request_error(json!({"type": "join_room", "room": "ops:pager"}), "forbidden")
-        .await;
+    dev.request_error(
+        json!({"type": "join_room", "room": "ops:pager"}),
+        "forbidden",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,18 +192,31 @@ async fn leave_room_stops_delivery_and_leaving_again_is_not_joined() {
     c.join("project:7").await;
     let again = c.join("project:7").await;
     assert_eq!(again["type"], "room_joined", "re-join answers room_joined");
-    let left = c.request(json!({"type": "leave_room", "room": "project:7"})).await;
+    let left = c
+        .request(json!({"type": "leave_room", "room": "project:7"}))
+        .await;
     assert_eq!(left["type"], "room_left", "{left}");
     assert_eq!(left["room"], "project:7", "{left}");
-    assert!(left.get("reason").is_none(), "client-initiated leave has no reason: {left}");
+    assert!(
+        left.get("reason").is_none(),
+        "client-initiated leave has no reason: {left}"
+    );
     node.publish("project:7", "after.leave", json!(1)).await;
     c.expect_silence(SILENCE).await;
-    c.request_error(json!({"type": "leave_room", "room": "project:7"}), "not_joined")
-        .await;
-    c.request_error(json!({"type": "leave_room", "room": "project:99"}), "not_joined")
-        .await;
+    c.request_error(
+        json!({"type": "leave_room", "room": "project:7"}),
+        "not_joined",
+    )
+    .await;
+    c.request_error(
+        json!({"type": "leave_room", "room": "project:99"}),
+        "not_joined",
+    )
+    .await;
     // Leaving an auto-joined room works too.
-    let left = c.request(json!({"type": "leave_room", "room": "global"})).await;
+    let left = c
+        .request(json!({"type": "leave_room", "room": "global"}))
+        .await;
     assert_eq!(left["type"], "room_left", "{left}");
     node.publish("global", "after.leave", json!(1)).await;
     c.expect_silence(SILENCE).await;
@@ -213,7 +245,9 @@ async fn send_message_acks_with_position_and_members_get_message_with_from() {
     assert_eq!(m["from"]["connection_id"], aauth["connection_id"], "{m}");
     assert!(m["ts"].is_u64() && m["event_id"].is_string(), "{m}");
     let ack = alice
-        .request(json!({"type": "send_message", "room": "chat:lobby", "event": "typing", "data": null}))
+        .request(
+            json!({"type": "send_message", "room": "chat:lobby", "event": "typing", "data": null}),
+        )
         .await;
     assert_eq!(ack["offset"], 2, "{ack}");
     let m = bob.expect_type("message", FRAME_WAIT).await;
@@ -233,10 +267,16 @@ async fn send_message_to_unjoined_system_or_global_room_is_refused() {
     )
     .await;
     c.join("system").await;
-    c.request_error(json!({"type": "send_message", "room": "system", "data": 1}), "forbidden")
-        .await;
-    c.request_error(json!({"type": "send_message", "room": "global", "data": 1}), "forbidden")
-        .await;
+    c.request_error(
+        json!({"type": "send_message", "room": "system", "data": 1}),
+        "forbidden",
+    )
+    .await;
+    c.request_error(
+        json!({"type": "send_message", "room": "global", "data": 1}),
+        "forbidden",
+    )
+    .await;
     c.request_error(
         json!({"type": "send_message", "room": "user:alice", "data": 1}),
         "forbidden",
@@ -287,7 +327,10 @@ async fn rooms_without_presence_send_no_member_frames() {
     let node = TestNode::start(CHAT).await;
     let (mut alice, _) = node.connect_user("alice").await;
     let j = alice.join("quiet:1").await;
-    assert!(j.get("members").is_none(), "no members without presence: {j}");
+    assert!(
+        j.get("members").is_none(),
+        "no members without presence: {j}"
+    );
     let (mut bob, _) = node.connect_user("bob").await;
     bob.join("quiet:1").await;
     alice.expect_silence(SILENCE).await;
@@ -328,10 +371,21 @@ async fn offsets_count_up_by_one_per_room_and_events_arrive_in_order() {
         all.extend(h.await.expect("publisher"));
     }
     all.sort_unstable();
-    assert_eq!(all, (1..=200).collect::<Vec<u64>>(), "publish answers offsets 1..=200");
+    assert_eq!(
+        all,
+        (1..=200).collect::<Vec<u64>>(),
+        "publish answers offsets 1..=200"
+    );
     let evs = c.collect_type("event", 200, Duration::from_secs(20)).await;
-    let got: Vec<u64> = evs.iter().map(|e| e["offset"].as_u64().unwrap_or(0)).collect();
-    assert_eq!(got, (1..=200).collect::<Vec<u64>>(), "events arrive in offset order");
+    let got: Vec<u64> = evs
+        .iter()
+        .map(|e| e["offset"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        got,
+        (1..=200).collect::<Vec<u64>>(),
+        "events arrive in offset order"
+    );
     let epoch = &evs[0]["epoch"];
     assert!(evs.iter().all(|e| &e["epoch"] == epoch), "one epoch");
     // Per-worker order is publish order.
@@ -358,7 +412,11 @@ async fn event_frames_carry_every_contract_field() {
     let (mut c, _) = node.connect_user("alice").await;
     let before = now_ms();
     let p = node
-        .publish("user:alice", "order.shipped", json!({"id": 5, "tags": ["a"], "x": null}))
+        .publish(
+            "user:alice",
+            "order.shipped",
+            json!({"id": 5, "tags": ["a"], "x": null}),
+        )
         .await;
     assert_eq!(p["room"], "user:alice", "{p}");
     assert!(p["epoch"].is_string(), "{p}");
@@ -375,7 +433,10 @@ async fn event_frames_carry_every_contract_field() {
         "ts is ms since the epoch at publish: {ts} vs {before}"
     );
     assert!(e["event_id"].as_str().is_some_and(|s| !s.is_empty()), "{e}");
-    assert!(e.get("from").is_none(), "published events have no from: {e}");
+    assert!(
+        e.get("from").is_none(),
+        "published events have no from: {e}"
+    );
     let e2 = {
         node.publish("user:alice", "order.shipped", json!(2)).await;
         c.expect_type("event", FRAME_WAIT).await
@@ -394,7 +455,13 @@ async fn event_filter_subscribe_adds_unsubscribe_removes_messages_unfiltered() {
         .request(json!({"type": "subscribe", "events": ["project.*"]}))
         .await;
     assert_eq!(ack["type"], "ack", "{ack}");
-    for ev in ["task.created", "project.updated", "project", "project.deep.nested", "xproject.y"] {
+    for ev in [
+        "task.created",
+        "project.updated",
+        "project",
+        "project.deep.nested",
+        "xproject.y",
+    ] {
         node.publish("user:alice", ev, json!({"ev": ev})).await;
     }
     node.publish("user:alice", "end.marker", json!(0)).await;
@@ -409,20 +476,24 @@ async fn event_filter_subscribe_adds_unsubscribe_removes_messages_unfiltered() {
     c.request(json!({"type": "subscribe", "events": ["task.*"]}))
         .await;
     node.publish("user:alice", "task.created", json!(1)).await;
-    node.publish("user:alice", "project.updated", json!(2)).await;
+    node.publish("user:alice", "project.updated", json!(2))
+        .await;
     let evs = c.collect_type("event", 2, FRAME_WAIT).await;
     assert_eq!(evs[0]["event"], "task.created");
     assert_eq!(evs[1]["event"], "project.updated");
     // Unsubscribe removes.
     c.request(json!({"type": "unsubscribe", "events": ["project.*"]}))
         .await;
-    node.publish("user:alice", "project.updated", json!(3)).await;
+    node.publish("user:alice", "project.updated", json!(3))
+        .await;
     node.publish("user:alice", "task.done", json!(4)).await;
     let e = c.expect_type("event", FRAME_WAIT).await;
     assert_eq!(e["event"], "task.done", "project.* removed: {e}");
     // Messages are not filtered.
     other
-        .request(json!({"type": "send_message", "room": "chat:f", "event": "chat.text", "data": "yo"}))
+        .request(
+            json!({"type": "send_message", "room": "chat:f", "event": "chat.text", "data": "yo"}),
+        )
         .await;
     let m = c.expect_type("message", FRAME_WAIT).await;
     assert_eq!(m["event"], "chat.text", "{m}");
@@ -432,11 +503,18 @@ async fn event_filter_subscribe_adds_unsubscribe_removes_messages_unfiltered() {
 async fn max_rooms_per_connection_counts_auto_joined_rooms() {
     let node = TestNode::start(&format!("[limits]\nmax_rooms_per_connection = 4\n{CHAT}")).await;
     let (mut c, auth) = node.connect_user("alice").await;
-    assert_eq!(room_names(&auth).len(), 2, "user and global auto-joined: {auth}");
+    assert_eq!(
+        room_names(&auth).len(),
+        2,
+        "user and global auto-joined: {auth}"
+    );
     c.join("chat:a").await;
     c.join("chat:b").await;
-    c.request_error(json!({"type": "join_room", "room": "chat:c"}), "limit_exceeded")
-        .await;
+    c.request_error(
+        json!({"type": "join_room", "room": "chat:c"}),
+        "limit_exceeded",
+    )
+    .await;
     // Re-joining a joined room is not a new room.
     c.join("chat:b").await;
     c.request(json!({"type": "leave_room", "room": "chat:a"}))

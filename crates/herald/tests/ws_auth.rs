@@ -12,9 +12,14 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 fn check_authenticated(auth: &serde_json::Value, sub: &str) {
     assert_eq!(auth["type"], "authenticated", "{auth}");
-    assert_eq!(auth["user_id"], sub, "authenticated.user_id is the sub: {auth}");
+    assert_eq!(
+        auth["user_id"], sub,
+        "authenticated.user_id is the sub: {auth}"
+    );
     assert!(
-        auth["connection_id"].as_str().is_some_and(|s| !s.is_empty()),
+        auth["connection_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
         "authenticated.connection_id: {auth}"
     );
     assert!(
@@ -37,7 +42,10 @@ async fn token_in_authorization_header_gets_unprompted_authenticated() {
         .expect("upgrade with header token");
     let first = c.next_json(FRAME_WAIT).await;
     check_authenticated(&first, "alice");
-    assert!(first.get("id").is_none(), "unprompted frame has no id: {first}");
+    assert!(
+        first.get("id").is_none(),
+        "unprompted frame has no id: {first}"
+    );
     c.ping_ok().await;
 }
 
@@ -63,7 +71,10 @@ async fn authenticate_frame_is_answered_with_its_id_and_outlives_auth_timeout() 
         .await;
     let reply = c.next_json(FRAME_WAIT).await;
     check_authenticated(&reply, "carol");
-    assert_eq!(reply["id"], "a1", "authenticated carries the request id: {reply}");
+    assert_eq!(
+        reply["id"], "a1",
+        "authenticated carries the request id: {reply}"
+    );
     // Past the auth timeout the authenticated connection stays open.
     c.expect_silence(Duration::from_millis(1000)).await;
     c.ping_ok().await;
@@ -126,7 +137,10 @@ fn bad_tokens(node: &TestNode) -> Vec<(&'static str, String)> {
 async fn bad_tokens_at_upgrade_get_http_401_in_header_and_query() {
     let node = TestNode::start("").await;
     for (what, token) in bad_tokens(&node) {
-        for token_in in [TokenIn::Header(token.clone()), TokenIn::Query(token.clone())] {
+        for token_in in [
+            TokenIn::Header(token.clone()),
+            TokenIn::Query(token.clone()),
+        ] {
             let how = format!("{what} token via {token_in:?}");
             match WsClient::connect(&node.ws_url(), token_in).await {
                 Ok(_) => panic!("{how}: upgrade was accepted"),
@@ -154,7 +168,10 @@ async fn bad_token_in_authenticate_frame_gets_error_and_close_4001() {
         c.send_json(json!({"type": "authenticate", "id": 9, "token": token}))
             .await;
         let first = c.next_json(FRAME_WAIT).await;
-        assert_eq!(first["type"], "error", "{what}: reply to authenticate: {first}");
+        assert_eq!(
+            first["type"], "error",
+            "{what}: reply to authenticate: {first}"
+        );
         assert_eq!(first["id"], 9, "{what}: error carries the id: {first}");
         assert_eq!(first["code"], "unauthorized", "{what}: {first}");
         let close = c.expect_close(FRAME_WAIT).await;
@@ -204,7 +221,10 @@ async fn refresh_with_different_sub_is_refused() {
     c.send_json(json!({"type": "authenticate", "id": "swap", "token": node.user_token("mallory")}))
         .await;
     let reply = c.expect_reply(&json!("swap"), FRAME_WAIT).await;
-    assert_eq!(reply["type"], "error", "changing sub must be refused: {reply}");
+    assert_eq!(
+        reply["type"], "error",
+        "changing sub must be refused: {reply}"
+    );
     assert!(
         reply["code"] == "unauthorized" || reply["code"] == "forbidden",
         "refusal code: {reply}"
@@ -234,7 +254,10 @@ async fn refresh_with_different_tenant_is_refused() {
     c.send_json(json!({"type": "authenticate", "id": "t", "token": other}))
         .await;
     let reply = c.expect_reply(&json!("t"), FRAME_WAIT).await;
-    assert_eq!(reply["type"], "error", "changing tenant must be refused: {reply}");
+    assert_eq!(
+        reply["type"], "error",
+        "changing tenant must be refused: {reply}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +272,8 @@ async fn leeway_allows_slightly_expired_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_and_audience_are_checked_when_configured() {
-    let node = TestNode::start("[auth]\nissuer = \"https://idp.test\"\naudience = \"herald\"\n").await;
+    let node =
+        TestNode::start("[auth]\nissuer = \"https://idp.test\"\naudience = \"herald\"\n").await;
     let now = now_secs();
     let good = node.token_with_claims(
         &json!({"sub": "i", "exp": now + 600, "iss": "https://idp.test", "aud": "herald"}),
@@ -257,8 +281,14 @@ async fn issuer_and_audience_are_checked_when_configured() {
     let (mut c, _) = node.connect_token(&good).await;
     c.ping_ok().await;
     for (what, claims) in [
-        ("wrong iss", json!({"sub": "i", "exp": now + 600, "iss": "https://evil", "aud": "herald"})),
-        ("wrong aud", json!({"sub": "i", "exp": now + 600, "iss": "https://idp.test", "aud": "other"})),
+        (
+            "wrong iss",
+            json!({"sub": "i", "exp": now + 600, "iss": "https://evil", "aud": "herald"}),
+        ),
+        (
+            "wrong aud",
+            json!({"sub": "i", "exp": now + 600, "iss": "https://idp.test", "aud": "other"}),
+        ),
         ("no iss/aud", json!({"sub": "i", "exp": now + 600})),
     ] {
         let t = node.token_with_claims(&claims);
@@ -266,6 +296,11 @@ async fn issuer_and_audience_are_checked_when_configured() {
             .await
             .err()
             .unwrap_or_else(|| panic!("{what}: upgrade accepted"));
-        assert_eq!(upgrade_status(&err), Some(401), "{what}: {}", describe_ws_error(&err));
+        assert_eq!(
+            upgrade_status(&err),
+            Some(401),
+            "{what}: {}",
+            describe_ws_error(&err)
+        );
     }
 }

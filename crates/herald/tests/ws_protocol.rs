@@ -24,21 +24,54 @@ async fn node_still_serves(node: &TestNode, offender: &mut WsClient, bystander: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_with_an_id_gets_exactly_one_reply() {
     let node = TestNode::start("").await;
-    let t = node.token("alice", &[], None, json!({"projects": [7]}), Duration::from_secs(3600));
+    let t = node.token(
+        "alice",
+        &[],
+        None,
+        json!({"projects": [7]}),
+        Duration::from_secs(3600),
+    );
     let (mut c, _) = node.connect_token(&t).await;
     let requests: Vec<(Value, &str)> = vec![
-        (json!({"type": "join_room", "id": 1, "room": "project:7"}), "room_joined"),
-        (json!({"type": "join_room", "id": 2, "room": "project:7"}), "room_joined"),
-        (json!({"type": "join_room", "id": 3, "room": "project:8"}), "error"),
-        (json!({"type": "subscribe", "id": 4, "events": ["*"]}), "ack"),
-        (json!({"type": "unsubscribe", "id": 5, "events": ["nothing.*"]}), "ack"),
-        (json!({"type": "send_message", "id": 6, "room": "global", "data": 1}), "error"),
+        (
+            json!({"type": "join_room", "id": 1, "room": "project:7"}),
+            "room_joined",
+        ),
+        (
+            json!({"type": "join_room", "id": 2, "room": "project:7"}),
+            "room_joined",
+        ),
+        (
+            json!({"type": "join_room", "id": 3, "room": "project:8"}),
+            "error",
+        ),
+        (
+            json!({"type": "subscribe", "id": 4, "events": ["*"]}),
+            "ack",
+        ),
+        (
+            json!({"type": "unsubscribe", "id": 5, "events": ["nothing.*"]}),
+            "ack",
+        ),
+        (
+            json!({"type": "send_message", "id": 6, "room": "global", "data": 1}),
+            "error",
+        ),
         (json!({"type": "ping", "id": 7}), "pong"),
         (json!({"type": "dance", "id": 8}), "error"),
         (json!({"type": "join_room", "id": 9}), "error"),
-        (json!({"type": "leave_room", "id": 10, "room": "project:7"}), "room_left"),
-        (json!({"type": "leave_room", "id": 11, "room": "project:7"}), "error"),
-        (json!({"type": "authenticate", "id": 12, "token": t}), "authenticated"),
+        (
+            json!({"type": "leave_room", "id": 10, "room": "project:7"}),
+            "room_left",
+        ),
+        (
+            json!({"type": "leave_room", "id": 11, "room": "project:7"}),
+            "error",
+        ),
+        (
+            json!({"type": "authenticate", "id": 12, "token": t}),
+            "authenticated",
+        ),
         (json!({"type": "ping", "id": "str-id"}), "pong"),
     ];
     for (r, _) in &requests {
@@ -67,7 +100,11 @@ async fn every_request_with_an_id_gets_exactly_one_reply() {
     for (r, ty) in &requests {
         let id = r["id"].to_string();
         let got = replies.get(&id).cloned().unwrap_or_default();
-        assert_eq!(got.len(), 1, "request {r} must get exactly one reply, got {got:?}");
+        assert_eq!(
+            got.len(),
+            1,
+            "request {r} must get exactly one reply, got {got:?}"
+        );
         assert_eq!(got[0]["type"], *ty, "reply to {r}: {}", got[0]);
     }
     assert_eq!(replies.len(), want, "replies with unknown ids: {replies:?}");
@@ -89,7 +126,11 @@ async fn ping_gets_pong_with_and_without_id() {
     let (mut c, _) = node.connect_user("p").await;
     c.send_json(json!({"type": "ping"})).await;
     let p = c.next_json(FRAME_WAIT).await;
-    assert_eq!(p, json!({"type": "pong"}), "pong without id has no id field");
+    assert_eq!(
+        p,
+        json!({"type": "pong"}),
+        "pong without id has no id field"
+    );
     c.send_json(json!({"type": "ping", "id": 42})).await;
     let p = c.next_json(FRAME_WAIT).await;
     assert_eq!(p["type"], "pong");
@@ -124,17 +165,41 @@ async fn malformed_frames_get_bad_request_and_the_node_keeps_serving() {
         (r#"{"type": 5, "id": 6}"#.into(), json!(6)),
         (r#"{"type": null, "id": 60}"#.into(), json!(60)),
         (r#"{"type": "join_room", "id": 7}"#.into(), json!(7)),
-        (r#"{"type": "join_room", "id": 8, "room": 5}"#.into(), json!(8)),
-        (r#"{"type": "join_room", "id": 80, "room": "global", "since": 3}"#.into(), json!(80)),
+        (
+            r#"{"type": "join_room", "id": 8, "room": 5}"#.into(),
+            json!(8),
+        ),
+        (
+            r#"{"type": "join_room", "id": 80, "room": "global", "since": 3}"#.into(),
+            json!(80),
+        ),
         (r#"{"type": "leave_room", "id": 81}"#.into(), json!(81)),
-        (r#"{"type": "subscribe", "id": 9, "events": "x"}"#.into(), json!(9)),
+        (
+            r#"{"type": "subscribe", "id": 9, "events": "x"}"#.into(),
+            json!(9),
+        ),
         (r#"{"type": "subscribe", "id": 90}"#.into(), json!(90)),
-        (r#"{"type": "unsubscribe", "id": 91, "events": [1, 2]}"#.into(), json!(91)),
-        (r#"{"type": "send_message", "id": 10, "room": "global"}"#.into(), json!(10)),
-        (r#"{"type": "send_message", "id": 11, "data": 1}"#.into(), json!(11)),
+        (
+            r#"{"type": "unsubscribe", "id": 91, "events": [1, 2]}"#.into(),
+            json!(91),
+        ),
+        (
+            r#"{"type": "send_message", "id": 10, "room": "global"}"#.into(),
+            json!(10),
+        ),
+        (
+            r#"{"type": "send_message", "id": 11, "data": 1}"#.into(),
+            json!(11),
+        ),
         (r#"{"type": "authenticate", "id": 12}"#.into(), json!(12)),
-        (r#"{"type": "authenticate", "id": 13, "token": 5}"#.into(), json!(13)),
-        (format!(r#"{{"type": "ping", "id": "{long_id}"}}"#), Value::Null),
+        (
+            r#"{"type": "authenticate", "id": 13, "token": 5}"#.into(),
+            json!(13),
+        ),
+        (
+            format!(r#"{{"type": "ping", "id": "{long_id}"}}"#),
+            Value::Null,
+        ),
         (r#"{"type": "ping", "id": [1]}"#.into(), Value::Null),
         (r#"{"type": "ping", "id": {"a": 1}}"#.into(), Value::Null),
         (r#"{"type": "ping", "id": 1} trailing"#.into(), Value::Null),
@@ -144,7 +209,11 @@ async fn malformed_frames_get_bad_request_and_the_node_keeps_serving() {
         let reply = c.next_json(FRAME_WAIT).await;
         assert_eq!(reply["type"], "error", "{text:?} → {reply}");
         assert_eq!(reply["code"], "bad_request", "{text:?} → {reply}");
-        assert_eq!(reply.get("id").cloned().unwrap_or(Value::Null), *id, "{text:?} → {reply}");
+        assert_eq!(
+            reply.get("id").cloned().unwrap_or(Value::Null),
+            *id,
+            "{text:?} → {reply}"
+        );
     }
     node_still_serves(&node, &mut c, &mut b).await;
 }
@@ -207,12 +276,17 @@ async fn frame_over_max_message_bytes_closes_1009_and_others_unaffected() {
     let (mut b, _) = node.connect_user("bystander").await;
     // Just under the limit is fine.
     let pad = "p".repeat(900);
-    c.send_json(json!({"type": "ping", "id": 1, "pad": pad})).await;
+    c.send_json(json!({"type": "ping", "id": 1, "pad": pad}))
+        .await;
     let reply = c.next_json(FRAME_WAIT).await;
-    assert_eq!(reply["type"], "pong", "a 930-byte frame is under 1024: {reply}");
+    assert_eq!(
+        reply["type"], "pong",
+        "a 930-byte frame is under 1024: {reply}"
+    );
     // Over it closes with 1009.
     let pad = "p".repeat(2000);
-    c.send_json(json!({"type": "ping", "id": 2, "pad": pad})).await;
+    c.send_json(json!({"type": "ping", "id": 2, "pad": pad}))
+        .await;
     let close = c.expect_close(FRAME_WAIT).await;
     assert_eq!(close.code, 1009, "oversized frame close: {close:?}");
     b.ping_ok().await;

@@ -26,10 +26,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// HS256 secret every test node is configured with (unless overridden).
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
-/// API key with scope `admin`.
-pub const ADMIN_KEY: &str = "test-admin-key";
+/// API key with scope `admin` (the server wants keys of 16+ characters).
+pub const ADMIN_KEY: &str = "test-admin-key-0000000000";
 /// API key with scope `publish` only.
-pub const PUBLISH_KEY: &str = "test-publish-key";
+pub const PUBLISH_KEY: &str = "test-publish-key-000000000";
 
 /// Wait for an expected frame.
 pub const FRAME_WAIT: Duration = Duration::from_secs(10);
@@ -181,7 +181,11 @@ impl TestNode {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 let log = node.log();
                 node.child = None;
                 return Err(format!("herald exited early with {status}:\n{log}"));
@@ -350,7 +354,12 @@ impl TestNode {
     /// Publishes a full body with the admin key; panics unless 200.
     pub async fn publish_body(&self, body: Value) -> Value {
         let (status, answer) = self
-            .api("POST", "/api/v1/publish", Some(ADMIN_KEY), Some(body.clone()))
+            .api(
+                "POST",
+                "/api/v1/publish",
+                Some(ADMIN_KEY),
+                Some(body.clone()),
+            )
             .await;
         assert_eq!(status, 200, "publish {body} answered {status}: {answer}");
         answer
@@ -417,8 +426,7 @@ impl TestNode {
         }
     }
 
-    /// The value of a Prometheus sample line starting with `prefix`, summed
-    /// over matching lines.
+    /// The sum of the samples of metric `prefix` (exact name, any labels).
     pub async fn metric_sum(&self, prefix: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics").await;
         let mut found = None;
@@ -426,7 +434,10 @@ impl TestNode {
             if line.starts_with('#') {
                 continue;
             }
-            if line.starts_with(prefix) {
+            let exact = line
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'));
+            if exact {
                 if let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
                     *found.get_or_insert(0.0) += v;
                 }
@@ -699,8 +710,14 @@ impl WsClient {
     /// Sends `req` and asserts the reply is an `error` with `code`.
     pub async fn request_error(&mut self, req: Value, code: &str) -> Value {
         let reply = self.request(req.clone()).await;
-        assert_eq!(reply["type"], "error", "{req} should fail with {code}, got {reply}");
-        assert_eq!(reply["code"], code, "{req} should fail with {code}, got {reply}");
+        assert_eq!(
+            reply["type"], "error",
+            "{req} should fail with {code}, got {reply}"
+        );
+        assert_eq!(
+            reply["code"], code,
+            "{req} should fail with {code}, got {reply}"
+        );
         assert!(
             reply["message"].is_string(),
             "error frames carry a message: {reply}"
@@ -710,7 +727,9 @@ impl WsClient {
 
     /// `join_room` that must succeed; returns `room_joined`.
     pub async fn join(&mut self, room: &str) -> Value {
-        let reply = self.request(json!({"type": "join_room", "room": room})).await;
+        let reply = self
+            .request(json!({"type": "join_room", "room": room}))
+            .await;
         assert_eq!(reply["type"], "room_joined", "join {room}: {reply}");
         assert_eq!(reply["room"], room, "join {room}: {reply}");
         reply
@@ -907,7 +926,10 @@ impl RawWs {
         let req = format!(
             "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        stream.write_all(req.as_bytes()).await.expect("write handshake");
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .expect("write handshake");
         let mut buf = Vec::new();
         let deadline = tokio::time::Instant::now() + FRAME_WAIT;
         let header_end = loop {
@@ -1009,8 +1031,8 @@ impl RawWs {
                     } else {
                         1005
                     };
-                    let reason = String::from_utf8_lossy(f.payload.get(2..).unwrap_or(&[]))
-                        .into_owned();
+                    let reason =
+                        String::from_utf8_lossy(f.payload.get(2..).unwrap_or(&[])).into_owned();
                     out.close = Some((code, reason));
                     out.frames.push(f);
                     return out;
@@ -1045,5 +1067,7 @@ pub fn read_file(path: &std::path::Path) -> String {
 
 /// Percent-encodes a room name for a URL path.
 pub fn enc(room: &str) -> String {
-    room.replace(':', "%3A").replace('/', "%2F").replace('@', "%40")
+    room.replace(':', "%3A")
+        .replace('/', "%2F")
+        .replace('@', "%40")
 }
