@@ -41,5 +41,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ws/health", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
+        .layer(axum::middleware::map_response(ops::json_errors))
         .with_state(state)
 }
