@@ -24,7 +24,8 @@ pub use error::NodeError;
 pub use filter::EventFilter;
 pub use limits::{Limits, PerUserPolicy};
 pub use node::{
-    BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, PublishInput, SocketSlot,
+    BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, OpenOptions, PublishInput,
+    SocketSlot,
 };
 pub use queue::{Outbound, PushResult, SendQueue};
 pub use rate::TokenBucket;

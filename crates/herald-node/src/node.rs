@@ -17,6 +17,7 @@ use herald_protocol::{
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +33,20 @@ pub struct NodeSettings {
     pub limits: Limits,
     /// Namespace rules.
     pub namespaces: Namespaces,
+}
+
+/// How a session opens.
+#[derive(Debug, Default)]
+pub struct OpenOptions {
+    /// The `authenticate` request being answered, when the token came in a frame.
+    pub reply_to: Option<RequestId>,
+    /// Positions to resume auto-joined rooms from (SSE `Last-Event-ID`).
+    pub resume: HashMap<RoomName, StreamPosition>,
+    /// Queue a `room_joined` per auto-joined room after `authenticated`
+    /// (SSE streams announce every room).
+    pub announce_rooms: bool,
+    /// Event filter to start with instead of `*`.
+    pub events: Option<Vec<String>>,
 }
 
 /// One event to publish through the HTTP API.
@@ -230,7 +245,7 @@ impl Node {
         &self,
         identity: Identity,
         transport: TransportKind,
-        reply_to: Option<RequestId>,
+        options: OpenOptions,
     ) -> Result<Session, CloseCode> {
         let limits = &self.inner.limits;
         let conn = Arc::new(Connection::new(
@@ -247,17 +262,27 @@ impl Node {
         }
         metrics::connection_opened();
         metrics::connections(self.inner.registry.len());
+        if let Some(patterns) = &options.events {
+            conn.filter().write().subscribe(patterns);
+        }
         let session = Session::new(self.clone(), conn.clone());
-        let rooms = session.auto_join().await;
+        let pending = session.auto_join(&options.resume).await;
         conn.send(encode(&ServerFrame::Authenticated {
-            id: reply_to,
+            id: options.reply_to,
             connection_id: conn.id.to_string(),
             user_id: conn.user_id.to_string(),
             node_id: self.inner.node_id.to_string(),
-            rooms: rooms.0,
+            rooms: pending
+                .iter()
+                .map(|p| JoinedRoom {
+                    room: p.key.name.to_string(),
+                    epoch: p.position.epoch.clone(),
+                    offset: p.position.offset,
+                })
+                .collect(),
             heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
         }));
-        session.finish_auto_join(rooms.1);
+        session.finish_auto_join(pending, options.announce_rooms);
         Ok(session)
     }
 
@@ -403,5 +428,3 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.tasks.wait()).await;
     }
 }
-
-pub(crate) type AutoJoined = (Vec<JoinedRoom>, Vec<(RoomKey, StreamPosition)>);

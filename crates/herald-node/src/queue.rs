@@ -6,22 +6,23 @@
 //! never slows anyone else.
 
 use bytes::Bytes;
+use herald_core::Publication;
 use herald_protocol::CloseCode;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// One item for a connection's writer.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A JSON text frame. `accepted_at` is set for room events, to measure
-    /// publish-to-write latency.
+    /// A JSON text frame.
     Frame {
         /// The frame's JSON, shared between recipients.
         bytes: Bytes,
-        /// When the broker accepted the event, for room events.
-        accepted_at: Option<Instant>,
+        /// The room event this frame carries, if it is one: its position
+        /// (SSE ids) and acceptance time (latency histogram).
+        publication: Option<Arc<Publication>>,
     },
     /// A keep-alive (a WebSocket ping, an SSE comment).
     Ping,
@@ -90,7 +91,7 @@ impl SendQueue {
     pub fn push_frame(&self, bytes: Bytes) -> PushResult {
         self.push(Outbound::Frame {
             bytes,
-            accepted_at: None,
+            publication: None,
         })
     }
 
@@ -169,7 +170,7 @@ mod tests {
     fn frame(n: usize) -> Outbound {
         Outbound::Frame {
             bytes: Bytes::from(vec![b'x'; n]),
-            accepted_at: None,
+            publication: None,
         }
     }
 

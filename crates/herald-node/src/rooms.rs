@@ -219,7 +219,7 @@ fn encode_for(p: &Publication) -> bytes::Bytes {
 
 /// Queues one publication for `conn`, applying exclusion and the filter.
 /// Returns whether it was queued.
-fn push_publication(conn: &Connection, p: &Publication, frame: &bytes::Bytes) -> bool {
+fn push_publication(conn: &Connection, p: &Arc<Publication>, frame: &bytes::Bytes) -> bool {
     if p.exclude_connection.as_deref() == Some(&*conn.id) {
         return false;
     }
@@ -228,7 +228,7 @@ fn push_publication(conn: &Connection, p: &Publication, frame: &bytes::Bytes) ->
     }
     match conn.queue.push(Outbound::Frame {
         bytes: frame.clone(),
-        accepted_at: p.accepted_at,
+        publication: Some(p.clone()),
     }) {
         PushResult::Queued => true,
         PushResult::Overflow => {

@@ -5,14 +5,15 @@
 use crate::conn::Connection;
 use crate::error::NodeError;
 use crate::metrics;
-use crate::node::{AutoJoined, Node};
+use crate::node::Node;
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
 use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
 use herald_protocol::{
-    encode, parse_client_frame, ClientRequest, CloseCode, ErrorCode, JoinedRoom, RequestId, Sender,
+    encode, parse_client_frame, ClientRequest, CloseCode, ErrorCode, RequestId, Sender,
     ServerFrame, StreamPosition,
 };
 use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,15 @@ const MAX_PATTERN_BYTES: usize = 255;
 const MAX_REPLAY: usize = 10_000;
 /// A new rate-limit episode starts after this long without a refusal.
 const EPISODE_GAP: Duration = Duration::from_secs(1);
+
+/// An auto-joined room between the two phases of its join.
+pub(crate) struct PendingJoin {
+    pub(crate) key: RoomKey,
+    presence: bool,
+    pub(crate) position: StreamPosition,
+    replay: Vec<Arc<Publication>>,
+    recovered: Option<bool>,
+}
 
 /// One client's session.
 pub struct Session {
@@ -355,12 +365,15 @@ impl Session {
     }
 
     /// Joins the auto-join rooms as pending members and reads their
-    /// positions; events arriving meanwhile are buffered until
-    /// [`Session::finish_auto_join`], so they follow `authenticated`.
-    pub(crate) async fn auto_join(&self) -> AutoJoined {
+    /// positions (or, with a `resume` position, their history); events
+    /// arriving meanwhile are buffered until [`Session::finish_auto_join`],
+    /// so they follow `authenticated`.
+    pub(crate) async fn auto_join(
+        &self,
+        resume: &HashMap<RoomName, StreamPosition>,
+    ) -> Vec<PendingJoin> {
         let identity = self.conn.identity();
         let max = self.node.limits().max_rooms_per_connection;
-        let mut listed = Vec::new();
         let mut pending = Vec::new();
         for name in self
             .node
@@ -371,37 +384,61 @@ impl Session {
         {
             let key = RoomKey::new(self.conn.tenant.clone(), name.clone());
             let ns = self.node.namespaces().for_room(&name);
+            let since = resume.get(&name);
             self.conn.rooms().lock().insert(name.clone());
             let ticket = self
                 .node
                 .inner
                 .rooms
                 .begin_join(&key, &self.conn, ns.presence);
-            match self.resolve(&key, ticket.created, None, 0).await {
-                Ok((position, _, _)) => {
-                    listed.push(JoinedRoom {
-                        room: name.to_string(),
-                        epoch: position.epoch.clone(),
-                        offset: position.offset,
-                    });
-                    pending.push((key, position));
-                }
+            match self
+                .resolve(&key, ticket.created, since, ns.history_size)
+                .await
+            {
+                Ok((position, replay, recovered)) => pending.push(PendingJoin {
+                    key,
+                    presence: ns.presence,
+                    position,
+                    replay,
+                    recovered: since.map(|_| recovered),
+                }),
                 Err(e) => {
                     tracing::warn!(room = %key, error = %e, "auto-join failed");
                     self.drop_membership(&name, &key).await;
                 }
             }
         }
-        (listed, pending)
+        pending
     }
 
-    pub(crate) fn finish_auto_join(&self, pending: Vec<(RoomKey, StreamPosition)>) {
-        for (key, position) in pending {
-            self.node
-                .inner
-                .rooms
-                .complete_join(&key, &self.conn, &position, None, &[], true);
+    /// Turns the auto-joined rooms live; with `announce`, each gets a
+    /// `room_joined` first (SSE streams list every room that way).
+    pub(crate) fn finish_auto_join(&self, pending: Vec<PendingJoin>, announce: bool) {
+        let rooms = &self.node.inner.rooms;
+        for p in pending {
+            let first = announce.then(|| {
+                encode(&ServerFrame::RoomJoined {
+                    id: None,
+                    room: p.key.name.to_string(),
+                    epoch: p.position.epoch.clone(),
+                    offset: p.position.offset,
+                    recovered: p.recovered,
+                    replayed: p.recovered.map(|_| p.replay.len() as u64),
+                    members: p.presence.then(|| rooms.members(&p.key)),
+                })
+            });
+            rooms.complete_join(&p.key, &self.conn, &p.position, first, &p.replay, true);
         }
+    }
+
+    /// Joins `room` as if the client sent `join_room` without an id (SSE
+    /// streams join the rooms of their query this way).
+    pub async fn join_room(
+        &mut self,
+        room: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<(), NodeError> {
+        self.join(None, room, since).await
     }
 
     /// Ends the session: leaves every room (telling presence members),

@@ -6,7 +6,8 @@ use herald_broker_memory::MemoryBroker;
 use herald_core::Tenant;
 use herald_core::{Identity, Namespaces, TokenVerifier, VerifyError};
 use herald_node::{
-    Limits, Node, NodeSettings, Outbound, PerUserPolicy, PublishInput, Session, TransportKind,
+    Limits, Node, NodeSettings, OpenOptions, Outbound, PerUserPolicy, PublishInput, Session,
+    TransportKind,
 };
 use herald_protocol::CloseCode;
 use serde_json::{json, Value};
@@ -67,9 +68,13 @@ fn identity(sub: &str, claims: Value) -> Identity {
 }
 
 async fn open(node: &Node, sub: &str, claims: Value) -> Session {
-    node.open_session(identity(sub, claims), TransportKind::Websocket, None)
-        .await
-        .expect("admitted")
+    node.open_session(
+        identity(sub, claims),
+        TransportKind::Websocket,
+        OpenOptions::default(),
+    )
+    .await
+    .expect("admitted")
 }
 
 /// Every JSON frame queued so far (waits up to 2 s for the first).
@@ -327,7 +332,11 @@ async fn per_user_policies() {
     });
     let _a = open(&reject, "u", json!({})).await;
     let refused = reject
-        .open_session(identity("u", json!({})), TransportKind::Websocket, None)
+        .open_session(
+            identity("u", json!({})),
+            TransportKind::Websocket,
+            OpenOptions::default(),
+        )
         .await;
     assert_eq!(refused.err(), Some(CloseCode::TooManyConnections));
 

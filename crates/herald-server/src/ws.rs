@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use herald_core::Identity;
-use herald_node::{metrics, Outbound, Session, SocketSlot, TransportKind};
+use herald_node::{metrics, OpenOptions, Outbound, Session, SocketSlot, TransportKind};
 use herald_protocol::{
     encode, parse_client_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, RequestId,
     ServerFrame,
@@ -95,7 +95,14 @@ async fn run(app: AppState, mut socket: WebSocket, identity: Option<Identity>, _
     };
     let mut session = match app
         .node
-        .open_session(identity, TransportKind::Websocket, reply_to)
+        .open_session(
+            identity,
+            TransportKind::Websocket,
+            OpenOptions {
+                reply_to,
+                ..OpenOptions::default()
+            },
+        )
         .await
     {
         Ok(s) => s,
@@ -286,13 +293,13 @@ async fn write_batch(socket: &mut WebSocket, batch: &mut Vec<Outbound>) -> Resul
     let mut latencies: Vec<Instant> = Vec::new();
     for item in batch.drain(..) {
         match item {
-            Outbound::Frame { bytes, accepted_at } => {
+            Outbound::Frame { bytes, publication } => {
                 let Ok(text) = Utf8Bytes::try_from(bytes) else {
                     continue;
                 };
                 socket.feed(Message::Text(text)).await?;
                 sent += 1;
-                if let Some(t) = accepted_at {
+                if let Some(t) = publication.and_then(|p| p.accepted_at) {
                     latencies.push(t);
                 }
             }
