@@ -1,7 +1,7 @@
 //! Shared state of the HTTP handlers and the router.
 
 use crate::auth::ApiKeys;
-use crate::{api, ops, ws};
+use crate::{api, ops, sse, ws};
 use axum::routing::{get, post};
 use axum::Router;
 use herald_auth::TokenMinter;
@@ -22,6 +22,7 @@ pub struct AppState {
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
+        .route("/sse", get(sse::stream))
         .route("/api/v1/publish", post(api::publish))
         .route("/api/v1/broadcast", post(api::broadcast))
         .route(

@@ -11,6 +11,7 @@ pub mod config;
 mod error;
 mod ops;
 mod serve;
+mod sse;
 mod ws;
 
 pub use app::AppState;

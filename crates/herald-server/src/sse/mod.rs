@@ -1,0 +1,320 @@
+//! The Server-Sent Events transport (PROTOCOL.md 6): the same session and
+//! frames as WebSocket, one-way. Each SSE message has `event:` set to the
+//! frame type, `data:` the frame JSON, and an `id:` holding the position of
+//! every room of the stream (see [`last_event_id`]).
+
+mod last_event_id;
+
+use crate::api::bearer;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use herald_core::RoomName;
+use herald_node::{metrics, Connection, OpenOptions, Outbound, Session, SocketSlot, TransportKind};
+use herald_protocol::{CloseCode, Disconnect, ErrorCode, ServerFrame, StreamPosition};
+use last_event_id::Positions;
+use serde::Deserialize;
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Comment heartbeat period, so proxies keep the stream open.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Reconnect delay advised to `EventSource`.
+const RETRY: Duration = Duration::from_secs(2);
+/// Most patterns in `events`.
+const MAX_PATTERNS: usize = 64;
+
+#[derive(Deserialize)]
+pub(crate) struct SseQuery {
+    token: Option<String>,
+    rooms: Option<String>,
+    events: Option<String>,
+    /// For clients that cannot set headers on reconnect (an extension).
+    last_event_id: Option<String>,
+}
+
+fn bad_request(message: String) -> Response {
+    ApiError::bad_request(message).into_response()
+}
+
+fn split_list(text: Option<&str>) -> Vec<&str> {
+    text.map(|t| t.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+/// `GET /sse`
+pub(crate) async fn stream(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<SseQuery>,
+) -> Response {
+    let Some(slot) = app.node.reserve_socket() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "node is at limits.max_connections or shutting down",
+        )
+        .into_response();
+    };
+    let Some(token) = bearer(&headers).map(str::to_owned).or(q.token) else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "send the token as Authorization: Bearer <jwt> or ?token=<jwt>",
+        )
+        .into_response();
+    };
+    let identity = match app.node.verify_token(&token).await {
+        Ok(i) => i,
+        Err(e) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.message)
+                .into_response()
+        }
+    };
+    // Every check that can fail is done before the stream opens, so a bad
+    // request gets an HTTP status instead of a stream that closes at once.
+    let namespaces = app.node.namespaces();
+    let mut rooms = Vec::new();
+    for raw in split_list(q.rooms.as_deref()) {
+        let room = match RoomName::parse(raw) {
+            Ok(r) => r,
+            Err(e) => return bad_request(format!("rooms: `{}`: {e}", raw.chars().take(64).collect::<String>())),
+        };
+        if !namespaces.can_join(&identity, &room) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("not allowed to join room `{room}`"),
+            )
+            .into_response();
+        }
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+    }
+    let auto = namespaces.auto_join_rooms(&identity);
+    let total = rooms.iter().filter(|r| !auto.contains(r)).count() + auto.len();
+    let max_rooms = app.node.limits().max_rooms_per_connection;
+    if total > max_rooms {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::LimitExceeded,
+            format!("{total} rooms requested (auto-joined included); at most {max_rooms} per connection"),
+        )
+        .into_response();
+    }
+    let events: Vec<String> = split_list(q.events.as_deref()).into_iter().map(str::to_owned).collect();
+    if events.len() > MAX_PATTERNS || events.iter().any(|p| p.len() > 255) {
+        return bad_request(format!("events: at most {MAX_PATTERNS} patterns of 1 to 255 bytes"));
+    }
+    let last_id = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| "Last-Event-ID is not ASCII".to_owned())
+        .map(|h| h.or(q.last_event_id));
+    let resume = match last_id.and_then(|id| id.as_deref().map_or(Ok(Positions::new()), last_event_id::parse)) {
+        Ok(r) => r,
+        Err(message) => return bad_request(message),
+    };
+    if app.node.would_refuse_user(&identity) {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::LimitExceeded,
+            "this user is at limits.max_connections_per_user",
+        )
+        .into_response();
+    }
+    let options = OpenOptions {
+        reply_to: None,
+        resume: resume
+            .iter()
+            .filter(|(room, _)| auto.contains(room))
+            .map(|(r, p)| (r.clone(), p.clone()))
+            .collect::<HashMap<_, _>>(),
+        announce_rooms: true,
+        events: (!events.is_empty()).then_some(events),
+    };
+    let mut session = match app.node.open_session(identity, TransportKind::Sse, options).await {
+        Ok(s) => s,
+        Err(code) => {
+            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::LimitExceeded, code.reason())
+                .into_response()
+        }
+    };
+    for room in rooms.iter().filter(|r| !auto.contains(r)) {
+        if let Err(e) = session.join_room(room.as_str(), resume.get(room).cloned()).await {
+            session.end("join_failed").await;
+            return ApiError::from(e).into_response();
+        }
+    }
+    let conn = session.connection().clone();
+    tracing::info!(
+        connection_id = %conn.id, user_id = %conn.user_id, tenant = conn.tenant.as_str(),
+        transport = "sse", "connection opened"
+    );
+    let state = StreamState {
+        conn,
+        session: Some(session),
+        app,
+        _slot: slot,
+        ready: VecDeque::new(),
+        batch: Vec::new(),
+        positions: Positions::new(),
+        first: true,
+        done: false,
+        started: Instant::now(),
+    };
+    let mut response = Sse::new(events_of(state))
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
+        .into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Everything one open stream holds. Dropping it (the client went away or
+/// the stream ended) ends the session.
+struct StreamState {
+    conn: Arc<Connection>,
+    session: Option<Session>,
+    app: AppState,
+    _slot: SocketSlot,
+    ready: VecDeque<Event>,
+    batch: Vec<Outbound>,
+    positions: Positions,
+    first: bool,
+    done: bool,
+    started: Instant,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else { return };
+        let reason = self.conn.queue.closing().map_or("client_closed", CloseCode::reason);
+        let conn = self.conn.clone();
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        self.app.node.tasks().spawn(async move {
+            session.end(reason).await;
+            tracing::info!(
+                connection_id = %conn.id, user_id = %conn.user_id, reason, duration_ms,
+                "connection closed"
+            );
+        });
+    }
+}
+
+/// The peek of a control frame needed to track positions.
+#[derive(Deserialize)]
+struct Peek {
+    #[serde(rename = "type")]
+    kind: String,
+    room: Option<String>,
+    epoch: Option<String>,
+    offset: Option<u64>,
+    replayed: Option<u64>,
+    #[serde(default)]
+    rooms: Vec<PeekRoom>,
+}
+
+#[derive(Deserialize)]
+struct PeekRoom {
+    room: String,
+    epoch: String,
+    offset: u64,
+}
+
+impl StreamState {
+    fn track(&mut self, room: &str, epoch: &str, offset: u64) {
+        if let Ok(name) = RoomName::parse(room) {
+            self.positions.insert(name, StreamPosition::new(epoch, offset));
+        }
+    }
+
+    /// Turns one queued frame into an SSE message, tracking positions.
+    fn to_event(&mut self, item: Outbound) -> Option<Event> {
+        let Outbound::Frame { bytes, publication } = item else {
+            return None;
+        };
+        let kind = match &publication {
+            Some(p) => {
+                self.track(p.room.name.as_str(), &p.position.epoch, p.position.offset);
+                if let Some(t) = p.accepted_at {
+                    metrics::delivery_latency(t.elapsed());
+                }
+                if p.from.is_some() { "message" } else { "event" }.to_owned()
+            }
+            None => {
+                let peek: Peek = serde_json::from_slice(&bytes).ok()?;
+                match (peek.kind.as_str(), &peek.room, &peek.epoch, peek.offset) {
+                    // Replayed events follow a recovering `room_joined`: until
+                    // they arrive the stream stands where the client was.
+                    ("room_joined", Some(r), Some(e), Some(o)) => {
+                        self.track(r, e, o.saturating_sub(peek.replayed.unwrap_or(0)))
+                    }
+                    ("room_left", Some(r), _, _) => {
+                        if let Ok(name) = RoomName::parse(r) {
+                            self.positions.remove(&name);
+                        }
+                    }
+                    _ => {}
+                }
+                for r in &peek.rooms {
+                    self.track(&r.room, &r.epoch, r.offset);
+                }
+                peek.kind
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let mut event = Event::default().event(kind).data(text).id(last_event_id::encode(&self.positions));
+        if self.first {
+            event = event.retry(RETRY);
+            self.first = false;
+        }
+        metrics::messages_sent(1);
+        Some(event)
+    }
+
+    fn disconnect(code: CloseCode) -> Event {
+        let frame = herald_protocol::encode(&ServerFrame::Disconnect(Disconnect {
+            code: code.code(),
+            reason: code.reason().to_owned(),
+            reconnect: code.reconnect(),
+        }));
+        Event::default()
+            .event("disconnect")
+            .data(String::from_utf8_lossy(&frame))
+    }
+}
+
+fn events_of(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(event) = st.ready.pop_front() {
+                return Some((Ok(event), st));
+            }
+            if st.done {
+                return None;
+            }
+            let conn = st.conn.clone();
+            let closing = conn.queue.next_batch(&mut st.batch).await;
+            let batch = std::mem::take(&mut st.batch);
+            for item in batch {
+                if let Some(e) = st.to_event(item) {
+                    st.ready.push_back(e);
+                }
+            }
+            if let Some(code) = closing {
+                st.ready.push_back(StreamState::disconnect(code));
+                st.done = true;
+            }
+        }
+    })
+}
