@@ -44,6 +44,9 @@ enum Cmd {
         /// Tokio worker threads.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Set TCP_NODELAY on accepted sockets (off by default, as in axum::serve and Herald).
+        #[arg(long)]
+        nodelay: bool,
     },
     /// Open N connections, measure the server, trigger M broadcasts, count deliveries.
     Client {
@@ -85,13 +88,13 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Server { stack, port, chan_cap, max_secs, workers } => {
+        Cmd::Server { stack, port, chan_cap, max_secs, workers, nodelay } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(server::run(stack, port, chan_cap, Duration::from_secs(max_secs)));
+            rt.block_on(server::run(stack, port, chan_cap, Duration::from_secs(max_secs), nodelay));
         }
         Cmd::Client {
             port,
@@ -189,15 +192,15 @@ mod server {
     use std::convert::Infallible;
     use tokio::net::TcpListener;
 
-    pub async fn run(stack: Stack, port: u16, chan_cap: usize, max: Duration) {
+    pub async fn run(stack: Stack, port: u16, chan_cap: usize, max: Duration, nodelay: bool) {
         let (tx, _) = broadcast::channel(chan_cap);
         let hub = Arc::new(Hub { tx, seq: AtomicU64::new(0) });
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
-        println!("listening stack={stack:?} addr=127.0.0.1:{port} pid={}", std::process::id());
+        println!("listening stack={stack:?} addr=127.0.0.1:{port} nodelay={nodelay} pid={}", std::process::id());
         let serve = async {
             match stack {
-                Stack::Axum => axum_stack::serve(listener, hub).await,
-                Stack::Fastws => fastws_stack::serve(listener, hub).await,
+                Stack::Axum => axum_stack::serve(listener, hub, nodelay).await,
+                Stack::Fastws => fastws_stack::serve(listener, hub, nodelay).await,
             }
         };
         tokio::select! {
@@ -216,7 +219,13 @@ mod server {
         use axum::Router;
         use futures_util::SinkExt;
 
-        pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
+        pub async fn serve(listener: TcpListener, hub: Arc<Hub>, nodelay: bool) {
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(move |tcp| {
+                if nodelay {
+                    let _ = tcp.set_nodelay(true);
+                }
+            });
             let app = Router::new()
                 .route("/ws", get(ws_handler))
                 .route("/broadcast", post(broadcast_handler))
@@ -286,7 +295,7 @@ mod server {
 
         type Ws = WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
 
-        pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
+        pub async fn serve(listener: TcpListener, hub: Arc<Hub>, nodelay: bool) {
             loop {
                 let (stream, _) = match listener.accept().await {
                     Ok(s) => s,
@@ -297,6 +306,9 @@ mod server {
                         continue;
                     }
                 };
+                if nodelay {
+                    let _ = stream.set_nodelay(true);
+                }
                 let hub = hub.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(req, hub.clone()));
@@ -405,6 +417,7 @@ mod client {
     struct Snap {
         rss_kb: u64,
         cpu_ticks: u64,
+        utime: u64,
     }
 
     fn snap(pid: u32) -> Snap {
@@ -421,7 +434,7 @@ mod client {
         let f: Vec<&str> = rest.split_whitespace().collect();
         let utime: u64 = f[11].parse().expect("utime");
         let stime: u64 = f[12].parse().expect("stime");
-        Snap { rss_kb, cpu_ticks: utime + stime }
+        Snap { rss_kb, cpu_ticks: utime + stime, utime }
     }
 
     fn tick_us() -> f64 {
@@ -522,6 +535,7 @@ mod client {
 
         // ---- broadcast phase ----
         let (mut deliveries, mut bcast_s, mut cpu_per_delivery_us, mut cpu_ms) = (0u64, 0.0, 0.0, 0.0);
+        let mut user_per_delivery_us = 0.0;
         let mut rss_after_bcast = s1.rss_kb;
         if o.frames > 0 {
             let expected = ok as u64 * o.frames;
@@ -563,6 +577,7 @@ mod client {
             deliveries = counter.load(Ordering::Relaxed);
             cpu_ms = (s3.cpu_ticks - s2.cpu_ticks) as f64 * tus / 1e3;
             cpu_per_delivery_us = cpu_ms * 1e3 / deliveries.max(1) as f64;
+            user_per_delivery_us = (s3.utime - s2.utime) as f64 * tus / deliveries.max(1) as f64;
             rss_after_bcast = s3.rss_kb;
             println!(
                 "broadcast: {deliveries}/{expected} deliveries in {bcast_s:.3} s => {:.0} deliveries/s{}",
@@ -571,9 +586,11 @@ mod client {
             );
             println!(
                 "server cpu during broadcast: {cpu_ms:.0} ms (before {:.0} ms, after {:.0} ms) => \
-                 {cpu_per_delivery_us:.3} us per delivery; rss after broadcast {} KB",
+                 {cpu_per_delivery_us:.3} us per delivery ({user_per_delivery_us:.3} us user, {:.3} us system); \
+                 rss after broadcast {} KB",
                 s2.cpu_ticks as f64 * tus / 1e3,
                 s3.cpu_ticks as f64 * tus / 1e3,
+                cpu_per_delivery_us - user_per_delivery_us,
                 s3.rss_kb
             );
             if timed_out {
@@ -584,7 +601,7 @@ mod client {
             "RESULT label={} conns={} ok={ok} frames={} burst={} connect_s={connect_s:.3} \
              rss_before_kb={} rss_after_kb={} kb_per_conn={kb_per_conn:.2} cpu_per_connect_us={cpu_conn_us:.1} \
              deliveries={deliveries} bcast_s={bcast_s:.3} deliveries_per_s={:.0} server_cpu_ms={cpu_ms:.0} \
-             cpu_us_per_delivery={cpu_per_delivery_us:.3} rss_after_bcast_kb={rss_after_bcast}",
+             cpu_us_per_delivery={cpu_per_delivery_us:.3} user_us_per_delivery={user_per_delivery_us:.3} rss_after_bcast_kb={rss_after_bcast}",
             if o.label.is_empty() { "-" } else { &o.label },
             o.conns,
             o.frames,

@@ -8,15 +8,17 @@ use std::time::{Duration, Instant};
 
 pub(crate) type Key = (Tenant, String);
 
+/// Keys live at least `min_ttl`, and as long as the room's history, so a
+/// retry within the history window still finds its first outcome.
 pub(crate) struct IdempotencyCache {
-    ttl: Duration,
+    min_ttl: Duration,
     entries: Mutex<HashMap<Key, (StreamPosition, Instant)>>,
 }
 
 impl IdempotencyCache {
-    pub(crate) fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(min_ttl: Duration) -> Self {
         Self {
-            ttl,
+            min_ttl,
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -25,17 +27,18 @@ impl IdempotencyCache {
         let entries = self.entries.lock();
         entries
             .get(key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .filter(|(_, expires)| *expires > Instant::now())
             .map(|(p, _)| p.clone())
     }
 
-    pub(crate) fn insert(&self, key: Key, position: StreamPosition) {
-        self.entries.lock().insert(key, (position, Instant::now()));
+    pub(crate) fn insert(&self, key: Key, position: StreamPosition, history_ttl: Duration) {
+        let expires = Instant::now() + self.min_ttl.max(history_ttl);
+        self.entries.lock().insert(key, (position, expires));
     }
 
     pub(crate) fn sweep(&self, now: Instant) {
         self.entries
             .lock()
-            .retain(|_, (_, at)| now.duration_since(*at) < self.ttl);
+            .retain(|_, (_, expires)| *expires > now);
     }
 }

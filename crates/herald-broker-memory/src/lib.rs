@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stream::RoomStream;
 
-/// How long an idempotency key is remembered.
+/// How long an idempotency key is remembered at least (longer in rooms
+/// whose history lives longer).
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(300);
 
 /// Number of independently locked shards of the room map.
@@ -133,7 +134,8 @@ impl Broker for MemoryBroker {
         });
         stream.store(publication.clone(), request.history);
         if let Some(key) = idem {
-            self.idempotency.insert(key, position.clone());
+            self.idempotency
+                .insert(key, position.clone(), request.history.ttl);
         }
         self.sink.deliver(publication);
         Ok(PublishOutcome {

@@ -87,9 +87,15 @@ impl TestNode {
 
     /// Starts a node with extra environment variables.
     pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> TestNode {
+        Self::start_custom(toml, env, true).await
+    }
+
+    /// Starts a node; without `with_secret` no default HS256 secret is added
+    /// (for nodes that trust only asymmetric keys).
+    pub async fn start_custom(toml: &str, env: &[(&str, &str)], with_secret: bool) -> TestNode {
         let mut last_log = String::new();
         for _attempt in 0..3 {
-            match Self::try_start(toml, env).await {
+            match Self::try_start(toml, env, with_secret).await {
                 Ok(node) => return node,
                 Err(log) => last_log = log,
             }
@@ -100,6 +106,11 @@ impl TestNode {
     /// Writes the config file for `toml` (merged with harness defaults on a
     /// fresh port) into a fresh temp dir; returns (dir, config path, port).
     pub fn write_config(toml: &str) -> (PathBuf, PathBuf, u16) {
+        Self::write_config_opts(toml, true)
+    }
+
+    /// `write_config`, optionally without the default HS256 secret.
+    pub fn write_config_opts(toml: &str, with_secret: bool) -> (PathBuf, PathBuf, u16) {
         let dir = std::env::temp_dir().join(unique("herald-it"));
         fs::create_dir_all(&dir).expect("create temp dir");
         let port = free_port();
@@ -118,8 +129,10 @@ impl TestNode {
             .or_insert_with(|| toml::Value::Table(Default::default()))
             .as_table_mut()
             .expect("[auth] is a table");
-        auth.entry("hs256_secret")
-            .or_insert_with(|| toml::Value::String(SECRET.into()));
+        if with_secret {
+            auth.entry("hs256_secret")
+                .or_insert_with(|| toml::Value::String(SECRET.into()));
+        }
         auth.entry("api_keys").or_insert_with(|| {
             let mut admin = toml::Table::new();
             admin.insert("key".into(), toml::Value::String(ADMIN_KEY.into()));
@@ -141,15 +154,20 @@ impl TestNode {
         (dir, config_path, port)
     }
 
-    async fn try_start(toml: &str, env: &[(&str, &str)]) -> Result<TestNode, String> {
-        let (dir, config_path, port) = Self::write_config(toml);
+    async fn try_start(
+        toml: &str,
+        env: &[(&str, &str)],
+        with_secret: bool,
+    ) -> Result<TestNode, String> {
+        let (dir, config_path, port) = Self::write_config_opts(toml, with_secret);
         let secret = {
             let t: toml::Table = fs::read_to_string(&config_path)
                 .expect("read config")
                 .parse()
                 .expect("toml");
-            t["auth"]["hs256_secret"]
-                .as_str()
+            t["auth"]
+                .get("hs256_secret")
+                .and_then(|v| v.as_str())
                 .unwrap_or(SECRET)
                 .to_owned()
         };
