@@ -177,6 +177,9 @@ pub(crate) async fn stream(
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // Browser apps live on other origins; the token travels in the query,
+    // never in cookies, so any origin may read its own stream.
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     response
 }
 
