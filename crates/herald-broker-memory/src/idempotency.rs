@@ -37,8 +37,6 @@ impl IdempotencyCache {
     }
 
     pub(crate) fn sweep(&self, now: Instant) {
-        self.entries
-            .lock()
-            .retain(|_, (_, expires)| *expires > now);
+        self.entries.lock().retain(|_, (_, expires)| *expires > now);
     }
 }

@@ -8,18 +8,22 @@ use crate::queue::{Outbound, PushResult};
 use herald_protocol::CloseCode;
 use std::time::Duration;
 
-/// Housekeeping period; also the precision of expiry and staleness.
-const TICK: Duration = Duration::from_millis(500);
+/// Longest housekeeping period; also the precision of expiry and staleness.
+const MAX_TICK: Duration = Duration::from_millis(500);
+/// Shortest period, for very short heartbeat intervals (tests, LANs).
+const MIN_TICK: Duration = Duration::from_millis(20);
 
 pub(crate) fn spawn(node: &Node) {
     // No runtime (a unit test constructing a node synchronously): nothing to tick.
     if tokio::runtime::Handle::try_current().is_err() {
         return;
     }
+    // A quarter of the heartbeat keeps pings within 25 % of their period.
+    let period = (node.limits().heartbeat_interval / 4).clamp(MIN_TICK, MAX_TICK);
     let weak = std::sync::Arc::downgrade(&node.inner);
     let cancel = node.inner.cancel.clone();
     node.inner.tasks.spawn(async move {
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -40,6 +40,20 @@ pub fn describe() {
         "herald_rate_limited_total",
         "Client frames refused by the rate limit"
     );
+    // Registered at zero so dashboards and alerts see every series from
+    // the start, not after the first incident.
+    for name in [
+        "herald_connections_opened_total",
+        "herald_messages_received_total",
+        "herald_messages_sent_total",
+        "herald_publish_total",
+        "herald_send_queue_overflows_total",
+        "herald_rate_limited_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    gauge!("herald_connections").set(0.0);
+    gauge!("herald_rooms").set(0.0);
 }
 
 /// Sets the open-connection gauge.

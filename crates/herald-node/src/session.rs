@@ -64,11 +64,18 @@ impl Session {
     pub async fn handle_text(&mut self, text: &str) {
         self.conn.touch();
         metrics::message_received();
-        if !self.admit_rate() {
+        // Parsed before the rate check so a refusal can carry the request's
+        // id: every request with an id gets exactly one reply.
+        let parsed = parse_client_frame(text);
+        let id = match &parsed {
+            Ok((id, _)) => id.clone(),
+            Err(e) => e.id.clone(),
+        };
+        if !self.admit_rate(id.clone()) {
             return;
         }
-        match parse_client_frame(text) {
-            Ok((id, request)) => {
+        match parsed {
+            Ok((_, request)) => {
                 if let Err(e) = self.dispatch(id.clone(), request).await {
                     self.reply_error(id, e.code(), e.to_string());
                 }
@@ -81,7 +88,7 @@ impl Session {
     pub fn handle_binary(&mut self) {
         self.conn.touch();
         metrics::message_received();
-        if self.admit_rate() {
+        if self.admit_rate(None) {
             self.reply_error(
                 None,
                 ErrorCode::BadRequest,
@@ -90,23 +97,24 @@ impl Session {
         }
     }
 
-    /// Answers a text frame that was not valid UTF-8.
-    pub fn reply_invalid_utf8(&mut self) {
+    /// Answers a text frame that was not valid UTF-8, then closes with
+    /// 1007: RFC 6455 (8.1) requires failing such a connection, and the
+    /// WebSocket reader cannot go on after it anyway.
+    pub fn reject_invalid_utf8(&mut self) {
         self.conn.touch();
         metrics::message_received();
-        if self.admit_rate() {
-            self.reply_error(
-                None,
-                ErrorCode::BadRequest,
-                "text frame is not valid UTF-8".into(),
-            );
-        }
+        self.reply_error(
+            None,
+            ErrorCode::BadRequest,
+            "text frame is not valid UTF-8".into(),
+        );
+        self.conn.close(CloseCode::InvalidPayload);
     }
 
     /// Token bucket with the 4008 escalation: refusals keep coming for
     /// [`RATE_LIMIT_GRACE`] (with no quiet second in between) close the
     /// connection.
-    fn admit_rate(&mut self) -> bool {
+    fn admit_rate(&mut self, id: Option<RequestId>) -> bool {
         let now = Instant::now();
         if self.bucket.try_take(now) {
             return true;
@@ -126,7 +134,7 @@ impl Session {
             self.conn.close(CloseCode::RateLimited);
         } else {
             self.reply_error(
-                None,
+                id,
                 ErrorCode::RateLimited,
                 "too many frames; slow down".into(),
             );

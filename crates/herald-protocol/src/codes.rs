@@ -66,6 +66,9 @@ pub enum CloseCode {
     Normal,
     /// 1001: the node is shutting down; reconnect elsewhere.
     GoingAway,
+    /// 1007: a text frame was not valid UTF-8 (RFC 6455 8.1 requires
+    /// failing the connection; an extension to the contract's list).
+    InvalidPayload,
     /// 1009: a frame exceeded `limits.max_message_bytes`.
     TooBig,
     /// 4001: no valid token, or none arrived within `limits.auth_timeout`.
@@ -92,6 +95,7 @@ impl CloseCode {
         match self {
             Self::Normal => 1000,
             Self::GoingAway => 1001,
+            Self::InvalidPayload => 1007,
             Self::TooBig => 1009,
             Self::Unauthorized => 4001,
             Self::RateLimited => 4008,
@@ -120,6 +124,7 @@ impl CloseCode {
         match self {
             Self::Normal => "normal",
             Self::GoingAway => "shutdown",
+            Self::InvalidPayload => "invalid_utf8",
             Self::TooBig => "message_too_big",
             Self::Unauthorized => "unauthorized",
             Self::RateLimited => "rate_limited",

@@ -93,20 +93,26 @@ async fn run(app: AppState, mut socket: WebSocket, identity: Option<Identity>, _
             None => return,
         },
     };
+    let options = OpenOptions {
+        reply_to: reply_to.clone(),
+        ..OpenOptions::default()
+    };
     let mut session = match app
         .node
-        .open_session(
-            identity,
-            TransportKind::Websocket,
-            OpenOptions {
-                reply_to,
-                ..OpenOptions::default()
-            },
-        )
+        .open_session(identity, TransportKind::Websocket, options)
         .await
     {
         Ok(s) => s,
         Err(code) => {
+            // The `authenticate` request still gets its one reply.
+            if let Some(id) = reply_to {
+                let message = "this user is at limits.max_connections_per_user";
+                send(
+                    &mut socket,
+                    error(Some(id), ErrorCode::LimitExceeded, message),
+                )
+                .await;
+            }
             close(&mut socket, code).await;
             return;
         }
@@ -258,7 +264,7 @@ async fn pump(socket: &mut WebSocket, session: &mut Session) -> Option<&'static 
                     ReadError::TooBig => {
                         conn.close(CloseCode::TooBig);
                     }
-                    ReadError::InvalidUtf8 => session.reply_invalid_utf8(),
+                    ReadError::InvalidUtf8 => session.reject_invalid_utf8(),
                     ReadError::Fatal => return Some("transport_error"),
                 },
             },
@@ -269,8 +275,7 @@ async fn pump(socket: &mut WebSocket, session: &mut Session) -> Option<&'static 
 enum ReadError {
     /// A frame over `limits.max_message_bytes`: close with 1009.
     TooBig,
-    /// A text frame that is not UTF-8: the frame was consumed whole, so the
-    /// connection stays usable and the client gets `bad_request`.
+    /// A text frame that is not UTF-8: `bad_request`, then close 1007.
     InvalidUtf8,
     /// Anything else: the socket is unusable.
     Fatal,

@@ -251,7 +251,7 @@ async fn binary_frame_gets_bad_request_and_connection_survives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_utf8_text_frame_gets_bad_request_and_connection_survives() {
+async fn invalid_utf8_text_frame_gets_bad_request_then_1007_and_node_keeps_serving() {
     let node = TestNode::start("").await;
     let (mut c, _) = node.connect_user("utf").await;
     let (mut b, _) = node.connect_user("bystander").await;
@@ -264,9 +264,19 @@ async fn invalid_utf8_text_frame_gets_bad_request_and_connection_survives() {
             assert_eq!(reply["type"], "error", "invalid UTF-8: {reply}");
             assert_eq!(reply["code"], "bad_request", "invalid UTF-8: {reply}");
         }
-        other => panic!("invalid UTF-8 text frame: expected error bad_request and an open connection, got {other:?}"),
+        other => panic!("invalid UTF-8 text frame: expected error bad_request, got {other:?}"),
     }
-    node_still_serves(&node, &mut c, &mut b).await;
+    // RFC 6455 8.1: an endpoint that finds invalid UTF-8 in a text frame
+    // must fail the connection; Herald says why first, then closes 1007.
+    let close = c.expect_close(FRAME_WAIT).await;
+    assert_eq!(close.code, 1007, "invalid UTF-8 close: {close:?}");
+    let d = close
+        .disconnect
+        .as_ref()
+        .expect("disconnect frame before the close");
+    assert_eq!(d["code"], 1007, "{d}");
+    let (mut c2, _) = node.connect_user("utf2").await;
+    node_still_serves(&node, &mut c2, &mut b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,6 +299,11 @@ async fn frame_over_max_message_bytes_closes_1009_and_others_unaffected() {
         .await;
     let close = c.expect_close(FRAME_WAIT).await;
     assert_eq!(close.code, 1009, "oversized frame close: {close:?}");
+    let d = close
+        .disconnect
+        .as_ref()
+        .unwrap_or_else(|| panic!("a disconnect frame precedes 1009: {close:?}"));
+    assert_eq!(d["code"], 1009, "{d}");
     b.ping_ok().await;
     node.publish("global", "still.here", json!(1)).await;
     let ev = b.expect_type("event", FRAME_WAIT).await;

@@ -37,14 +37,22 @@ pub(crate) fn encode(positions: &Positions) -> String {
 /// Parses a `Last-Event-ID`; the error names the bad entry.
 pub(crate) fn parse(text: &str) -> Result<Positions, String> {
     if text.len() > MAX_LAST_EVENT_ID {
-        return Err(format!("Last-Event-ID is longer than {MAX_LAST_EVENT_ID} bytes"));
+        return Err(format!(
+            "Last-Event-ID is longer than {MAX_LAST_EVENT_ID} bytes"
+        ));
     }
     let mut positions = Positions::new();
     if text.trim().is_empty() {
         return Ok(positions);
     }
     for (i, entry) in text.split(',').enumerate() {
-        let bad = |why: &str| format!("Last-Event-ID entry {} (`{}`): {why}", i + 1, shorten(entry));
+        let bad = |why: &str| {
+            format!(
+                "Last-Event-ID entry {} (`{}`): {why}",
+                i + 1,
+                shorten(entry)
+            )
+        };
         let mut parts = entry.split('~');
         let (Some(room), Some(epoch), Some(offset), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())

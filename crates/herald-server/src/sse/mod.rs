@@ -44,8 +44,13 @@ fn bad_request(message: String) -> Response {
 }
 
 fn split_list(text: Option<&str>) -> Vec<&str> {
-    text.map(|t| t.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default()
+    text.map(|t| {
+        t.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// `GET /sse`
@@ -84,7 +89,12 @@ pub(crate) async fn stream(
     for raw in split_list(q.rooms.as_deref()) {
         let room = match RoomName::parse(raw) {
             Ok(r) => r,
-            Err(e) => return bad_request(format!("rooms: `{}`: {e}", raw.chars().take(64).collect::<String>())),
+            Err(e) => {
+                return bad_request(format!(
+                    "rooms: `{}`: {e}",
+                    raw.chars().take(64).collect::<String>()
+                ))
+            }
         };
         if !namespaces.can_join(&identity, &room) {
             return ApiError::new(
@@ -109,9 +119,14 @@ pub(crate) async fn stream(
         )
         .into_response();
     }
-    let events: Vec<String> = split_list(q.events.as_deref()).into_iter().map(str::to_owned).collect();
+    let events: Vec<String> = split_list(q.events.as_deref())
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     if events.len() > MAX_PATTERNS || events.iter().any(|p| p.len() > 255) {
-        return bad_request(format!("events: at most {MAX_PATTERNS} patterns of 1 to 255 bytes"));
+        return bad_request(format!(
+            "events: at most {MAX_PATTERNS} patterns of 1 to 255 bytes"
+        ));
     }
     let last_id = headers
         .get("last-event-id")
@@ -119,7 +134,10 @@ pub(crate) async fn stream(
         .transpose()
         .map_err(|_| "Last-Event-ID is not ASCII".to_owned())
         .map(|h| h.or(q.last_event_id));
-    let resume = match last_id.and_then(|id| id.as_deref().map_or(Ok(Positions::new()), last_event_id::parse)) {
+    let resume = match last_id.and_then(|id| {
+        id.as_deref()
+            .map_or(Ok(Positions::new()), last_event_id::parse)
+    }) {
         Ok(r) => r,
         Err(message) => return bad_request(message),
     };
@@ -141,15 +159,26 @@ pub(crate) async fn stream(
         announce_rooms: true,
         events: (!events.is_empty()).then_some(events),
     };
-    let mut session = match app.node.open_session(identity, TransportKind::Sse, options).await {
+    let mut session = match app
+        .node
+        .open_session(identity, TransportKind::Sse, options)
+        .await
+    {
         Ok(s) => s,
         Err(code) => {
-            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::LimitExceeded, code.reason())
-                .into_response()
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::LimitExceeded,
+                code.reason(),
+            )
+            .into_response()
         }
     };
     for room in rooms.iter().filter(|r| !auto.contains(r)) {
-        if let Err(e) = session.join_room(room.as_str(), resume.get(room).cloned()).await {
+        if let Err(e) = session
+            .join_room(room.as_str(), resume.get(room).cloned())
+            .await
+        {
             session.end("join_failed").await;
             return ApiError::from(e).into_response();
         }
@@ -179,7 +208,10 @@ pub(crate) async fn stream(
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     // Browser apps live on other origins; the token travels in the query,
     // never in cookies, so any origin may read its own stream.
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     response
 }
 
@@ -200,8 +232,14 @@ struct StreamState {
 
 impl Drop for StreamState {
     fn drop(&mut self) {
-        let Some(session) = self.session.take() else { return };
-        let reason = self.conn.queue.closing().map_or("client_closed", CloseCode::reason);
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let reason = self
+            .conn
+            .queue
+            .closing()
+            .map_or("client_closed", CloseCode::reason);
         let conn = self.conn.clone();
         let duration_ms = self.started.elapsed().as_millis() as u64;
         self.app.node.tasks().spawn(async move {
@@ -237,7 +275,8 @@ struct PeekRoom {
 impl StreamState {
     fn track(&mut self, room: &str, epoch: &str, offset: u64) {
         if let Ok(name) = RoomName::parse(room) {
-            self.positions.insert(name, StreamPosition::new(epoch, offset));
+            self.positions
+                .insert(name, StreamPosition::new(epoch, offset));
         }
     }
 
@@ -276,7 +315,10 @@ impl StreamState {
             }
         };
         let text = String::from_utf8_lossy(&bytes);
-        let mut event = Event::default().event(kind).data(text).id(last_event_id::encode(&self.positions));
+        let mut event = Event::default()
+            .event(kind)
+            .data(text)
+            .id(last_event_id::encode(&self.positions));
         if self.first {
             event = event.retry(RETRY);
             self.first = false;

@@ -808,11 +808,8 @@ impl WsClient {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.recv(left).await {
-                Incoming::Json(v) => {
-                    if v["type"] == "disconnect" {
-                        disconnect = Some(v);
-                    }
-                }
+                Incoming::Json(v) if v["type"] == "disconnect" => disconnect = Some(v),
+                Incoming::Json(_) => {}
                 Incoming::Close(f) => {
                     let (code, reason) = f.unwrap_or((1005, String::new()));
                     return Some(CloseInfo {
