@@ -23,8 +23,13 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
 enum Stack {
+    /// axum 0.8 `ws` (tungstenite 0.29), feed + flush.
     Axum,
+    /// fastwebsockets 0.10 over hyper 1 upgrade, write_frame per frame.
     Fastws,
+    /// Extra variant (the PERFORMANCE.md idea): fastwebsockets reads; the server owns the
+    /// TCP write half and writes frames pre-built once per event with one writev per batch.
+    Raw,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +174,26 @@ fn query_n(query: Option<&str>) -> u64 {
 struct Hub {
     tx: broadcast::Sender<Bytes>,
     seq: AtomicU64,
+    /// Channel carries complete server text frames (header + payload), built once per event.
+    preframed: bool,
+}
+
+/// An unmasked server text frame around `payload`.
+fn text_frame(payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut v = Vec::with_capacity(len + 10);
+    v.push(0x81);
+    if len < 126 {
+        v.push(len as u8);
+    } else if len < 65536 {
+        v.push(126);
+        v.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        v.push(127);
+        v.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    v.extend_from_slice(payload);
+    Bytes::from(v)
 }
 
 impl Hub {
@@ -178,7 +203,9 @@ impl Hub {
         let mut receivers = 0;
         for _ in 0..n {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            receivers = self.tx.send(encode_event(seq)).unwrap_or(0);
+            let payload = encode_event(seq);
+            let msg = if self.preframed { text_frame(&payload) } else { payload };
+            receivers = self.tx.send(msg).unwrap_or(0);
         }
         receivers
     }
@@ -194,13 +221,14 @@ mod server {
 
     pub async fn run(stack: Stack, port: u16, chan_cap: usize, max: Duration, nodelay: bool) {
         let (tx, _) = broadcast::channel(chan_cap);
-        let hub = Arc::new(Hub { tx, seq: AtomicU64::new(0) });
+        let preframed = matches!(stack, Stack::Raw);
+        let hub = Arc::new(Hub { tx, seq: AtomicU64::new(0), preframed });
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         println!("listening stack={stack:?} addr=127.0.0.1:{port} nodelay={nodelay} pid={}", std::process::id());
         let serve = async {
             match stack {
                 Stack::Axum => axum_stack::serve(listener, hub, nodelay).await,
-                Stack::Fastws => fastws_stack::serve(listener, hub, nodelay).await,
+                Stack::Fastws | Stack::Raw => fastws_stack::serve(listener, hub, nodelay).await,
             }
         };
         tokio::select! {
@@ -328,9 +356,14 @@ mod server {
                 "/ws" => match fastwebsockets::upgrade::upgrade(&mut req) {
                     Ok((resp, fut)) => {
                         let rx = hub.tx.subscribe();
+                        let raw = hub.preframed;
                         tokio::spawn(async move {
                             if let Ok(ws) = fut.await {
-                                conn(ws, rx).await;
+                                if raw {
+                                    raw_conn(ws, rx).await;
+                                } else {
+                                    conn(ws, rx).await;
+                                }
                             }
                         });
                         let (parts, _) = resp.into_parts();
@@ -350,6 +383,100 @@ mod server {
             let mut r = Response::new(Full::default());
             *r.status_mut() = s;
             r
+        }
+
+        /// Take the TCP stream back from hyper, split it without a lock, let fastwebsockets
+        /// parse the read half, and write pre-framed `Bytes` with one writev per batch.
+        async fn raw_conn(ws: Ws, mut rx: broadcast::Receiver<Bytes>) {
+            use tokio::io::AsyncWriteExt;
+            use tokio::net::TcpStream;
+            let parts = match ws.into_inner().into_inner().downcast::<TokioIo<TcpStream>>() {
+                Ok(p) => p,
+                Err(_) => {
+                    eprintln!("raw: upgraded io is not a TcpStream");
+                    return;
+                }
+            };
+            if !parts.read_buf.is_empty() {
+                // Bytes the client sent right behind its handshake; the bench clients send none.
+                eprintln!("raw: dropping {} pre-read bytes", parts.read_buf.len());
+            }
+            // Drop it now: even empty, it can pin hyper's whole read buffer for the connection's life.
+            drop(parts.read_buf);
+            let (rd, mut wr) = parts.io.into_inner().into_split();
+            let (mut rd, _unused_wr) =
+                fastwebsockets::after_handshake_split(rd, tokio::io::sink(), fastwebsockets::Role::Server);
+            // Control replies (pong, close echo) the reader owes; written by this task.
+            let owed = std::sync::Mutex::new(Vec::<Bytes>::new());
+            let mut owe = |f: Frame<'_>| {
+                let mut buf = Vec::new();
+                let mut f = f;
+                let b = Bytes::copy_from_slice(f.write(&mut buf));
+                owed.lock().unwrap().push(b);
+                std::future::ready(Ok::<(), std::io::Error>(()))
+            };
+            let mut batch: Vec<Bytes> = Vec::new();
+            loop {
+                tokio::select! {
+                    f = rd.read_frame(&mut owe) => {
+                        let close = !matches!(&f, Ok(fr) if fr.opcode != OpCode::Close);
+                        let ctrl: Vec<Bytes> = std::mem::take(&mut *owed.lock().unwrap());
+                        if !ctrl.is_empty() && Box::pin(write_all_vectored(&mut wr, ctrl)).await.is_err() { break; }
+                        if close { break; }
+                    },
+                    r = rx.recv() => match r {
+                        Ok(b) => {
+                            batch.push(b);
+                            while batch.len() < DRAIN_MAX {
+                                match rx.try_recv() {
+                                    Ok(b) => batch.push(b),
+                                    Err(_) => break,
+                                }
+                            }
+                            if Box::pin(write_all_vectored(&mut wr, std::mem::take(&mut batch))).await.is_err() { break; }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+            let _ = wr.shutdown().await;
+        }
+
+        /// Called through `Box::pin`: its 1 KiB iovec array then lives on the heap only while
+        /// writing, instead of in every idle connection's task.
+        async fn write_all_vectored(
+            wr: &mut tokio::net::tcp::OwnedWriteHalf,
+            bufs: Vec<Bytes>,
+        ) -> std::io::Result<()> {
+            use std::io::IoSlice;
+            use tokio::io::AsyncWriteExt;
+            let (mut idx, mut off) = (0usize, 0usize);
+            // Bounded: every pass writes at least one byte or fails.
+            while idx < bufs.len() {
+                let mut iov: [IoSlice<'_>; DRAIN_MAX] = [IoSlice::new(&[]); DRAIN_MAX];
+                let mut k = 0;
+                for (j, b) in bufs[idx..].iter().enumerate().take(DRAIN_MAX) {
+                    iov[k] = IoSlice::new(if j == 0 { &b[off..] } else { &b[..] });
+                    k += 1;
+                }
+                let mut n = wr.write_vectored(&iov[..k]).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                while n > 0 && idx < bufs.len() {
+                    let rem = bufs[idx].len() - off;
+                    if n >= rem {
+                        n -= rem;
+                        idx += 1;
+                        off = 0;
+                    } else {
+                        off += n;
+                        n = 0;
+                    }
+                }
+            }
+            Ok(())
         }
 
         async fn conn(mut ws: Ws, mut rx: broadcast::Receiver<Bytes>) {

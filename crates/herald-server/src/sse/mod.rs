@@ -281,7 +281,7 @@ impl StreamState {
     }
 
     /// Turns one queued frame into an SSE message, tracking positions.
-    fn to_event(&mut self, item: Outbound) -> Option<Event> {
+    fn frame_event(&mut self, item: Outbound) -> Option<Event> {
         let Outbound::Frame { bytes, publication } = item else {
             return None;
         };
@@ -352,7 +352,7 @@ fn events_of(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>
             let closing = conn.queue.next_batch(&mut st.batch).await;
             let batch = std::mem::take(&mut st.batch);
             for item in batch {
-                if let Some(e) = st.to_event(item) {
+                if let Some(e) = st.frame_event(item) {
                     st.ready.push_back(e);
                 }
             }
