@@ -149,7 +149,22 @@ async fn await_authenticate(
                 close(socket, CloseCode::Unauthorized).await;
                 return None;
             }
-            Ok(None) | Ok(Some(Err(_))) => return None,
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                // The same answers as after authentication: 1009 for an
+                // oversized frame, `bad_request` then 1007 for bad UTF-8.
+                match read_error(e) {
+                    ReadError::TooBig => close(socket, CloseCode::TooBig).await,
+                    ReadError::InvalidUtf8 => {
+                        let frame =
+                            error(None, ErrorCode::BadRequest, "text frame is not valid UTF-8");
+                        send(socket, frame).await;
+                        close(socket, CloseCode::InvalidPayload).await;
+                    }
+                    ReadError::Fatal => {}
+                }
+                return None;
+            }
             Ok(Some(Ok(m))) => m,
         };
         let text = match msg {
