@@ -339,3 +339,25 @@ async fn client_close_is_answered_and_node_keeps_serving() {
     let (mut b, _) = node.connect_user("leaver").await;
     b.ping_ok().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_before_authentication_get_their_close_codes() {
+    let node = TestNode::start("[limits]\nmax_message_bytes = 1024\n").await;
+    let mut big = WsClient::connect(&node.ws_url(), TokenIn::None)
+        .await
+        .expect("upgrade without a token");
+    big.send_json(json!({"type": "authenticate", "token": "x".repeat(4000)}))
+        .await;
+    let close = big.expect_close(FRAME_WAIT).await;
+    assert_eq!(close.code, 1009, "oversized frame before auth: {close:?}");
+
+    let mut bad = WsClient::connect(&node.ws_url(), TokenIn::None)
+        .await
+        .expect("upgrade without a token");
+    bad.send_raw(WsClient::raw_text_frame(vec![b'{', 0xff, b'}']))
+        .await;
+    let reply = bad.next_json(FRAME_WAIT).await;
+    assert_eq!(reply["code"], "bad_request", "{reply}");
+    let close = bad.expect_close(FRAME_WAIT).await;
+    assert_eq!(close.code, 1007, "invalid UTF-8 before auth: {close:?}");
+}
