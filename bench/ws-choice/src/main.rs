@@ -412,7 +412,7 @@ mod server {
                 let mut buf = Vec::new();
                 let mut f = f;
                 let b = Bytes::copy_from_slice(f.write(&mut buf));
-                owed.lock().unwrap().push(b);
+                owed.lock().unwrap_or_else(|e| e.into_inner()).push(b);
                 std::future::ready(Ok::<(), std::io::Error>(()))
             };
             let mut batch: Vec<Bytes> = Vec::new();
@@ -420,7 +420,7 @@ mod server {
                 tokio::select! {
                     f = rd.read_frame(&mut owe) => {
                         let close = !matches!(&f, Ok(fr) if fr.opcode != OpCode::Close);
-                        let ctrl: Vec<Bytes> = std::mem::take(&mut *owed.lock().unwrap());
+                        let ctrl: Vec<Bytes> = std::mem::take(&mut *owed.lock().unwrap_or_else(|e| e.into_inner()));
                         if !ctrl.is_empty() && Box::pin(write_all_vectored(&mut wr, ctrl)).await.is_err() { break; }
                         if close { break; }
                     },
