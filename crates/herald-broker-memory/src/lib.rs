@@ -68,6 +68,26 @@ impl MemoryBroker {
         self.shard(room).lock().get(room).cloned()
     }
 
+    /// The outcome of an earlier publish with the same idempotency key: its
+    /// position, or a conflict when that publish went to another room.
+    fn earlier(
+        &self,
+        key: &Option<idempotency::Key>,
+        room: &RoomKey,
+    ) -> Option<Result<PublishOutcome, BrokerError>> {
+        let (first_room, position) = self.idempotency.get(key.as_ref()?)?;
+        Some(if first_room == room.name {
+            Ok(PublishOutcome {
+                position,
+                duplicate: true,
+            })
+        } else {
+            Err(BrokerError::IdempotencyConflict {
+                room: first_room.to_string(),
+            })
+        })
+    }
+
     /// Drops streams that hold no events and were idle for `idle`, and
     /// expired idempotency keys. Called periodically by the node.
     pub fn sweep(&self, idle: Duration) {
@@ -100,25 +120,15 @@ impl Broker for MemoryBroker {
             .idempotency_key
             .as_ref()
             .map(|k| (request.room.tenant.clone(), k.clone()));
-        if let Some(key) = &idem {
-            if let Some(position) = self.idempotency.get(key) {
-                return Ok(PublishOutcome {
-                    position,
-                    duplicate: true,
-                });
-            }
+        if let Some(outcome) = self.earlier(&idem, &request.room) {
+            return outcome;
         }
         let stream = self.stream(&request.room);
         let mut stream = stream.lock();
         // Checked again under the room lock so two concurrent retries with
         // one key cannot both publish.
-        if let Some(key) = &idem {
-            if let Some(position) = self.idempotency.get(key) {
-                return Ok(PublishOutcome {
-                    position,
-                    duplicate: true,
-                });
-            }
+        if let Some(outcome) = self.earlier(&idem, &request.room) {
+            return outcome;
         }
         let position = stream.next_position();
         let publication = Arc::new(Publication {
@@ -134,8 +144,9 @@ impl Broker for MemoryBroker {
         });
         stream.store(publication.clone(), request.history);
         if let Some(key) = idem {
+            let room = publication.room.name.clone();
             self.idempotency
-                .insert(key, position.clone(), request.history.ttl);
+                .insert(key, room, position.clone(), request.history.ttl);
         }
         self.sink.deliver(publication);
         Ok(PublishOutcome {

@@ -71,6 +71,13 @@ async fn idempotency_returns_first_outcome_and_delivers_once() {
     assert!(again.duplicate);
     assert_eq!(first.position, again.position);
     assert_eq!(sink.0.lock().len(), 1);
+    let mut elsewhere = req.clone();
+    elsewhere.room = room(None, "b");
+    let conflict = broker.publish(elsewhere).await;
+    assert!(
+        matches!(conflict, Err(BrokerError::IdempotencyConflict { ref room }) if room == "a"),
+        "{conflict:?}"
+    );
     req.room = room(Some("other"), "a");
     let other = broker.publish(req).await.expect("publish");
     assert!(!other.duplicate, "keys are per tenant");

@@ -102,6 +102,12 @@ pub enum BrokerError {
     /// The engine's backing service cannot be reached; clients should retry.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The idempotency key was already used, for another room.
+    #[error("idempotency_key was already used for room `{room}`")]
+    IdempotencyConflict {
+        /// The room the key was first used for.
+        room: String,
+    },
     /// Anything else; a bug or an unexpected reply.
     #[error("broker error: {0}")]
     Internal(String),

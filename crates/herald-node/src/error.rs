@@ -39,6 +39,7 @@ impl NodeError {
             Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
             Self::TooLarge(_) => ErrorCode::TooLarge,
             Self::Broker(BrokerError::Unavailable(_)) => ErrorCode::Unavailable,
+            Self::Broker(BrokerError::IdempotencyConflict { .. }) => ErrorCode::BadRequest,
             Self::Broker(BrokerError::Internal(_)) => ErrorCode::Internal,
         }
     }

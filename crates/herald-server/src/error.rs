@@ -32,6 +32,13 @@ impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let code = e.code();
         let status = match code {
+            _ if matches!(
+                e,
+                NodeError::Broker(herald_core::BrokerError::IdempotencyConflict { .. })
+            ) =>
+            {
+                StatusCode::CONFLICT
+            }
             ErrorCode::BadRequest | ErrorCode::UnknownType => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,

@@ -575,3 +575,29 @@ async fn presence_and_connections_are_scoped_by_tenant() {
     assert_eq!(mj["user_id"], "amy");
     b.expect_silence(SILENCE).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_reused_for_another_room_is_a_conflict() {
+    let node = TestNode::start("").await;
+    let first = node
+        .publish_body(
+            json!({"room": "user:alice", "event": "e", "data": 1, "idempotency_key": "k-9"}),
+        )
+        .await;
+    assert_eq!(first["offset"], 1, "{first}");
+    let (status, body) = node
+        .api(
+            "POST",
+            "/api/v1/publish",
+            Some(ADMIN_KEY),
+            Some(json!({"room": "user:bob", "event": "e", "data": 1, "idempotency_key": "k-9"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("user:alice"),
+        "names the first room: {message}"
+    );
+}
