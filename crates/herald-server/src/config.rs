@@ -231,6 +231,9 @@ pub enum ConfigError {
     /// Parsing or type errors from the file or the environment.
     #[error(transparent)]
     Load(#[from] Box<figment::Error>),
+    /// Several problems, each naming its key.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Many(Vec<ConfigError>),
     /// A value that parses but is not acceptable.
     #[error("{key}: {message}")]
     Invalid {
@@ -281,11 +284,16 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks every value that parses but is not acceptable, reporting all
+    /// problems at once so an operator fixes them in one pass.
     fn validate(&self) -> Result<(), ConfigError> {
-        self.server
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|e| invalid("server.listen", format!("`{}`: {e}", self.server.listen)))?;
+        let mut problems = Vec::new();
+        if let Err(e) = self.server.listen.parse::<std::net::SocketAddr>() {
+            problems.push(invalid(
+                "server.listen",
+                format!("`{}`: {e}", self.server.listen),
+            ));
+        }
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections),
@@ -300,7 +308,7 @@ impl Config {
             ("limits.messages_per_second", l.messages_per_second as usize),
         ] {
             if v == 0 {
-                return Err(invalid(key, "must be greater than 0"));
+                problems.push(invalid(key, "must be greater than 0"));
             }
         }
         for (key, d) in [
@@ -309,41 +317,44 @@ impl Config {
             ("limits.stale_timeout", l.stale_timeout),
         ] {
             if d.is_zero() {
-                return Err(invalid(key, "must be longer than 0s"));
+                problems.push(invalid(key, "must be longer than 0s"));
             }
         }
         if l.stale_timeout <= l.heartbeat_interval {
-            return Err(invalid(
+            problems.push(invalid(
                 "limits.stale_timeout",
                 "must be longer than limits.heartbeat_interval",
             ));
         }
         for (i, k) in self.auth.api_keys.iter().enumerate() {
             if k.key.len() < 16 {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("auth.api_keys[{i}].key"),
                     "must be at least 16 characters",
                 ));
             }
             if k.scopes.is_empty() {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("auth.api_keys[{i}].scopes"),
                     "must not be empty",
                 ));
             }
         }
-        match self.broker.kind {
-            BrokerKind::Memory => {}
-            kind => {
-                return Err(invalid(
-                    "broker.kind",
-                    format!("`{kind:?}` is not available in this build yet; use `memory`")
-                        .to_lowercase(),
-                ))
-            }
+        if self.broker.kind != BrokerKind::Memory {
+            let kind = format!("{:?}", self.broker.kind).to_lowercase();
+            problems.push(invalid(
+                "broker.kind",
+                format!("`{kind}` is not available in this build yet; use `memory`"),
+            ));
         }
-        self.namespace_rules()?;
-        Ok(())
+        if let Err(e) = self.namespace_rules() {
+            problems.push(e);
+        }
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Many(problems)),
+        }
     }
 
     /// The shipped namespaces with the configured ones merged over them.

@@ -74,3 +74,15 @@ fn unavailable_broker_kinds_are_refused() {
     let err = Config::from_toml("[broker]\nkind = \"redis\"\n").unwrap_err();
     assert!(err.to_string().contains("broker.kind"), "{err}");
 }
+
+#[test]
+fn every_bad_value_is_reported_at_once() {
+    let err = Config::from_toml(
+        "[server]\nlisten = \"nowhere\"\n[limits]\nburst = 0\nmax_connections = 0\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for key in ["server.listen", "limits.burst", "limits.max_connections"] {
+        assert!(text.contains(key), "{key} missing from: {text}");
+    }
+}
