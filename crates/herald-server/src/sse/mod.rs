@@ -17,6 +17,7 @@ use herald_core::RoomName;
 use herald_node::{metrics, Connection, OpenOptions, Outbound, Session, SocketSlot, TransportKind};
 use herald_protocol::{CloseCode, Disconnect, ErrorCode, ServerFrame, StreamPosition};
 use last_event_id::Positions;
+use parking_lot::Mutex;
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -188,9 +189,11 @@ pub(crate) async fn stream(
         connection_id = %conn.id, user_id = %conn.user_id, tenant = conn.tenant.as_str(),
         transport = "sse", "connection opened"
     );
+    let session: SessionSlot = Arc::new(Mutex::new(Some(session)));
+    spawn_slow_reader_watch(&app, &conn, &session);
     let state = StreamState {
         conn,
-        session: Some(session),
+        session,
         app,
         _slot: slot,
         ready: VecDeque::new(),
@@ -219,7 +222,7 @@ pub(crate) async fn stream(
 /// the stream ended) ends the session.
 struct StreamState {
     conn: Arc<Connection>,
-    session: Option<Session>,
+    session: SessionSlot,
     app: AppState,
     _slot: SocketSlot,
     ready: VecDeque<Event>,
@@ -232,24 +235,64 @@ struct StreamState {
 
 impl Drop for StreamState {
     fn drop(&mut self) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
         let reason = self
             .conn
             .queue
             .closing()
             .map_or("client_closed", CloseCode::reason);
-        let conn = self.conn.clone();
-        let duration_ms = self.started.elapsed().as_millis() as u64;
-        self.app.node.tasks().spawn(async move {
-            session.end(reason).await;
-            tracing::info!(
-                connection_id = %conn.id, user_id = %conn.user_id, reason, duration_ms,
-                "connection closed"
-            );
-        });
+        // Wakes the slow-reader watch so it ends too.
+        self.conn.close(CloseCode::Normal);
+        end_session(&self.app, &self.session, &self.conn, reason, self.started);
     }
+}
+
+/// The session of one stream, ended by whichever comes first: the stream's
+/// end, or the slow-reader watch.
+type SessionSlot = Arc<Mutex<Option<Session>>>;
+
+/// How long a closing stream may take to write its `disconnect` before its
+/// session is ended without it.
+const SLOW_READER_GRACE: Duration = Duration::from_secs(5);
+
+fn end_session(
+    app: &AppState,
+    slot: &SessionSlot,
+    conn: &Arc<Connection>,
+    reason: &'static str,
+    started: Instant,
+) {
+    let Some(session) = slot.lock().take() else {
+        return;
+    };
+    let conn = conn.clone();
+    let duration_ms = started.elapsed().as_millis() as u64;
+    app.node.tasks().spawn(async move {
+        session.end(reason).await;
+        tracing::info!(
+            connection_id = %conn.id, user_id = %conn.user_id, reason, duration_ms,
+            "connection closed"
+        );
+    });
+}
+
+/// A reader that stops reading blocks the HTTP body writer, so the stream
+/// is never polled again and cannot end itself. Once the connection is
+/// closing (a 4011 overflow, a kick, a drain), this watch gives the stream
+/// [`SLOW_READER_GRACE`] to finish, then ends the session anyway: it leaves
+/// its rooms and frees its per-user slot. The socket itself goes when the
+/// kernel gives up on it.
+fn spawn_slow_reader_watch(app: &AppState, conn: &Arc<Connection>, slot: &SessionSlot) {
+    let (app2, conn, slot) = (app.clone(), conn.clone(), slot.clone());
+    let cancel = app.node.cancellation();
+    let started = Instant::now();
+    app.node.tasks().spawn(async move {
+        let code = tokio::select! {
+            code = conn.queue.closed() => code,
+            _ = cancel.cancelled() => return,
+        };
+        tokio::time::sleep(SLOW_READER_GRACE).await;
+        end_session(&app2, &slot, &conn, code.reason(), started);
+    });
 }
 
 /// The peek of a control frame needed to track positions.
