@@ -41,6 +41,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ready", get(ops::ready))
         .route("/ws/health", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .merge(crate::dashboard::routes())
         .fallback(ops::not_found)
         .layer(axum::middleware::map_response(ops::json_errors))
         .with_state(state)

@@ -8,6 +8,7 @@ mod api;
 mod app;
 mod auth;
 pub mod config;
+mod dashboard;
 mod error;
 mod ops;
 mod serve;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod cdp;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::fs;
@@ -175,6 +177,14 @@ impl TestNode {
         let log = fs::File::create(&log_path).expect("create log file");
         let log2 = log.try_clone().expect("clone log handle");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        // The node reads every HERALD_* variable as config: keep the
+        // developer's shell (and test switches like HERALD_SKIP_BROWSER)
+        // out of it; tests pass their own overrides below.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("HERALD_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
