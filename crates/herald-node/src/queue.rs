@@ -50,7 +50,11 @@ struct State {
 #[derive(Debug)]
 pub struct SendQueue {
     state: Mutex<State>,
+    /// Wakes the one writer waiting in `next_batch`.
     notify: Notify,
+    /// Wakes everyone waiting in `closed`; kept apart from `notify` so a
+    /// close watcher can never swallow a wake-up meant for the writer.
+    close_notify: Notify,
     max_items: usize,
     max_bytes: usize,
 }
@@ -61,6 +65,7 @@ impl SendQueue {
         Self {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            close_notify: Notify::new(),
             max_items: max_items.max(1),
             max_bytes: max_bytes.max(1),
         }
@@ -114,6 +119,7 @@ impl SendQueue {
         };
         if first {
             self.notify.notify_one();
+            self.close_notify.notify_waiters();
         }
         first
     }
@@ -155,10 +161,15 @@ impl SendQueue {
     /// Resolves once the queue is closing.
     pub async fn closed(&self) -> CloseCode {
         loop {
+            // Registered before the check, so a close between the check
+            // and the wait is not missed (`notify_waiters` keeps no permit).
+            let notified = self.close_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if let Some(code) = self.closing() {
                 return code;
             }
-            self.notify.notified().await;
+            notified.await;
         }
     }
 }
@@ -198,6 +209,52 @@ mod tests {
         assert_eq!(q.push(frame(1)), PushResult::Closed);
         batch.clear();
         assert_eq!(q.next_batch(&mut batch).await, Some(CloseCode::Normal));
+    }
+
+    /// A task watching for the close must not take the writer's wake-up:
+    /// the writer waits in `next_batch` while frames arrive one by one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_watcher_does_not_steal_writer_wakeups() {
+        use std::sync::Arc;
+        use std::time::Duration;
+        let q = Arc::new(SendQueue::new(100, 10_000));
+        let watcher = {
+            let q = q.clone();
+            tokio::spawn(async move { q.closed().await })
+        };
+        let writer = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut seen = 0;
+                let mut batch = Vec::new();
+                while q.next_batch(&mut batch).await.is_none() {
+                    seen += batch.len();
+                    batch.clear();
+                }
+                seen
+            })
+        };
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            q.push(frame(1));
+        }
+        // Every frame must reach the writer without another push.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !q.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(q.is_empty(), "a frame was left waiting for a wake-up");
+        q.close(CloseCode::Normal);
+        let seen = tokio::time::timeout(Duration::from_secs(2), writer)
+            .await
+            .expect("writer ends")
+            .expect("join");
+        assert_eq!(seen, 50);
+        let code = tokio::time::timeout(Duration::from_secs(2), watcher)
+            .await
+            .expect("watcher woken")
+            .expect("join");
+        assert_eq!(code, CloseCode::Normal);
     }
 
     #[test]

@@ -217,13 +217,16 @@ fn encode_for(p: &Publication) -> bytes::Bytes {
     )
 }
 
+/// Whether `conn` receives `p`: not excluded, and (for events, not
+/// messages) passing its filter.
+pub(crate) fn passes(conn: &Connection, p: &Publication) -> bool {
+    p.exclude_connection.as_deref() != Some(&*conn.id) && (p.from.is_some() || conn.wants(&p.event))
+}
+
 /// Queues one publication for `conn`, applying exclusion and the filter.
 /// Returns whether it was queued.
 fn push_publication(conn: &Connection, p: &Arc<Publication>, frame: &bytes::Bytes) -> bool {
-    if p.exclude_connection.as_deref() == Some(&*conn.id) {
-        return false;
-    }
-    if p.from.is_none() && !conn.wants(&p.event) {
+    if !passes(conn, p) {
         return false;
     }
     match conn.queue.push(Outbound::Frame {

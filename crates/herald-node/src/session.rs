@@ -7,6 +7,7 @@ use crate::error::NodeError;
 use crate::metrics;
 use crate::node::Node;
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
+use crate::rooms::passes;
 use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
 use herald_protocol::{
     encode, parse_client_frame, ClientRequest, CloseCode, ErrorCode, RequestId, Sender,
@@ -264,7 +265,11 @@ impl Session {
             epoch: position.epoch.clone(),
             offset: position.offset,
             recovered: since.as_ref().map(|_| recovered),
-            replayed: since.as_ref().map(|_| replay.len() as u64),
+            replayed: since.as_ref().map(|_| {
+                // What the client will actually receive: the filter and
+                // exclusions apply to replayed events too.
+                replay.iter().filter(|p| passes(&self.conn, p)).count() as u64
+            }),
             members,
         });
         inner
@@ -431,7 +436,9 @@ impl Session {
                     epoch: p.position.epoch.clone(),
                     offset: p.position.offset,
                     recovered: p.recovered,
-                    replayed: p.recovered.map(|_| p.replay.len() as u64),
+                    replayed: p
+                        .recovered
+                        .map(|_| p.replay.iter().filter(|e| passes(&self.conn, e)).count() as u64),
                     members: p.presence.then(|| rooms.members(&p.key)),
                 })
             });

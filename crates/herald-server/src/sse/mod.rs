@@ -4,6 +4,7 @@
 //! every room of the stream (see [`last_event_id`]).
 
 mod last_event_id;
+mod tracker;
 
 use crate::api::bearer;
 use crate::error::ApiError;
@@ -15,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use herald_core::RoomName;
 use herald_node::{metrics, Connection, OpenOptions, Outbound, Session, SocketSlot, TransportKind};
-use herald_protocol::{CloseCode, Disconnect, ErrorCode, ServerFrame, StreamPosition};
+use herald_protocol::{CloseCode, Disconnect, ErrorCode, ServerFrame};
 use last_event_id::Positions;
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -23,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracker::Tracker;
 
 /// Comment heartbeat period, so proxies keep the stream open.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -198,7 +200,14 @@ pub(crate) async fn stream(
         _slot: slot,
         ready: VecDeque::new(),
         batch: Vec::new(),
-        positions: Positions::new(),
+        // Where the client stands in each of this stream's rooms: a room
+        // that recovers keeps this until its replayed events move it on.
+        positions: Tracker::resuming(
+            resume
+                .into_iter()
+                .filter(|(room, _)| rooms.contains(room) || auto.contains(room))
+                .collect(),
+        ),
         first: true,
         done: false,
         started: Instant::now(),
@@ -227,7 +236,7 @@ struct StreamState {
     _slot: SocketSlot,
     ready: VecDeque<Event>,
     batch: Vec<Outbound>,
-    positions: Positions,
+    positions: Tracker,
     first: bool,
     done: bool,
     started: Instant,
@@ -295,34 +304,7 @@ fn spawn_slow_reader_watch(app: &AppState, conn: &Arc<Connection>, slot: &Sessio
     });
 }
 
-/// The peek of a control frame needed to track positions.
-#[derive(Deserialize)]
-struct Peek {
-    #[serde(rename = "type")]
-    kind: String,
-    room: Option<String>,
-    epoch: Option<String>,
-    offset: Option<u64>,
-    replayed: Option<u64>,
-    #[serde(default)]
-    rooms: Vec<PeekRoom>,
-}
-
-#[derive(Deserialize)]
-struct PeekRoom {
-    room: String,
-    epoch: String,
-    offset: u64,
-}
-
 impl StreamState {
-    fn track(&mut self, room: &str, epoch: &str, offset: u64) {
-        if let Ok(name) = RoomName::parse(room) {
-            self.positions
-                .insert(name, StreamPosition::new(epoch, offset));
-        }
-    }
-
     /// Turns one queued frame into an SSE message, tracking positions.
     fn frame_event(&mut self, item: Outbound) -> Option<Event> {
         let Outbound::Frame { bytes, publication } = item else {
@@ -330,38 +312,18 @@ impl StreamState {
         };
         let kind = match &publication {
             Some(p) => {
-                self.track(p.room.name.as_str(), &p.position.epoch, p.position.offset);
                 if let Some(t) = p.accepted_at {
                     metrics::delivery_latency(t.elapsed());
                 }
-                if p.from.is_some() { "message" } else { "event" }.to_owned()
+                self.positions.on_publication(p)
             }
-            None => {
-                let peek: Peek = serde_json::from_slice(&bytes).ok()?;
-                match (peek.kind.as_str(), &peek.room, &peek.epoch, peek.offset) {
-                    // Replayed events follow a recovering `room_joined`: until
-                    // they arrive the stream stands where the client was.
-                    ("room_joined", Some(r), Some(e), Some(o)) => {
-                        self.track(r, e, o.saturating_sub(peek.replayed.unwrap_or(0)))
-                    }
-                    ("room_left", Some(r), _, _) => {
-                        if let Ok(name) = RoomName::parse(r) {
-                            self.positions.remove(&name);
-                        }
-                    }
-                    _ => {}
-                }
-                for r in &peek.rooms {
-                    self.track(&r.room, &r.epoch, r.offset);
-                }
-                peek.kind
-            }
+            None => self.positions.on_control(&bytes)?,
         };
         let text = String::from_utf8_lossy(&bytes);
         let mut event = Event::default()
             .event(kind)
             .data(text)
-            .id(last_event_id::encode(&self.positions));
+            .id(self.positions.id());
         if self.first {
             event = event.retry(RETRY);
             self.first = false;
