@@ -1,0 +1,24 @@
+export { connect, HeraldClient } from './client.js';
+export type { ConnectOptions, ClientEvents } from './client.js';
+export { Room } from './room.js';
+export type { RoomLifecycleEvents } from './room.js';
+export { HeraldError, TimeoutError, UnsupportedError } from './errors.js';
+export type { HeraldErrorCode, ProtocolErrorCode, ClientErrorCode } from './errors.js';
+export { backoffDelay } from './backoff.js';
+export type { BackoffOptions } from './backoff.js';
+export { decodeJwtPayload, tokenExpiryMs } from './jwt.js';
+export type { Unsubscribe } from './emitter.js';
+export type {
+  ConnectionState,
+  EventSourceConstructor,
+  EventSourceLike,
+  HeraldEvent,
+  Member,
+  Position,
+  RecoveryFailed,
+  ServerFrame,
+  StateChange,
+  TransportKind,
+  WebSocketConstructor,
+  WebSocketLike,
+} from './types.js';
