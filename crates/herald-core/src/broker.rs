@@ -63,6 +63,22 @@ pub struct Publication {
     pub accepted_at: Option<Instant>,
 }
 
+impl Publication {
+    /// The `event` (or, with a sender, `message`) frame clients receive,
+    /// encoded once and shared by every recipient.
+    pub fn encode(&self) -> bytes::Bytes {
+        herald_protocol::encode_publication(
+            self.room.name.as_str(),
+            &self.event,
+            &self.data,
+            &self.position,
+            self.ts,
+            &self.event_id,
+            self.from.as_ref(),
+        )
+    }
+}
+
 /// What a publish returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishOutcome {

@@ -17,9 +17,7 @@ use crate::conn::Connection;
 use crate::metrics;
 use crate::queue::{Outbound, PushResult};
 use herald_core::{Publication, PublicationSink, RoomKey};
-use herald_protocol::{
-    encode, encode_publication, CloseCode, MemberSummary, ServerFrame, StreamPosition,
-};
+use herald_protocol::{encode, CloseCode, MemberSummary, ServerFrame, StreamPosition};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -133,14 +131,14 @@ impl Rooms {
         }
         let mut last = position.offset;
         for p in replay {
-            push_publication(conn, p, &encode_for(p));
+            push_publication(conn, p, &p.encode());
             last = last.max(p.position.offset);
         }
         let member = &mut entry.members[idx];
         if let Some(buffer) = member.pending.take() {
             for p in buffer.into_inner() {
                 if p.position.epoch != position.epoch || p.position.offset > last {
-                    push_publication(conn, &p, &encode_for(&p));
+                    push_publication(conn, &p, &p.encode());
                     last = p.position.offset;
                 }
             }
@@ -205,18 +203,6 @@ impl Rooms {
     }
 }
 
-fn encode_for(p: &Publication) -> bytes::Bytes {
-    encode_publication(
-        p.room.name.as_str(),
-        &p.event,
-        &p.data,
-        &p.position,
-        p.ts,
-        &p.event_id,
-        p.from.as_ref(),
-    )
-}
-
 /// Whether `conn` receives `p`: not excluded, and (for events, not
 /// messages) passing its filter.
 pub(crate) fn passes(conn: &Connection, p: &Publication) -> bool {
@@ -265,7 +251,7 @@ impl PublicationSink for Rooms {
             if p.position.offset <= m.start.offset && p.position.epoch == m.start.epoch {
                 continue;
             }
-            let bytes = frame.get_or_insert_with(|| encode_for(&p));
+            let bytes = frame.get_or_insert_with(|| p.encode());
             push_publication(&m.conn, &p, bytes);
         }
     }

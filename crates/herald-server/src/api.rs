@@ -12,7 +12,7 @@ use axum::Json;
 use herald_auth::MintRequest;
 use herald_core::{RoomKey, RoomName, Tenant};
 use herald_node::PublishInput;
-use herald_protocol::{encode_publication, ErrorCode};
+use herald_protocol::ErrorCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
@@ -252,15 +252,7 @@ pub(crate) async fn history(
         page.publications
             .iter()
             .filter_map(|p| {
-                let bytes = encode_publication(
-                    p.room.name.as_str(),
-                    &p.event,
-                    &p.data,
-                    &p.position,
-                    p.ts,
-                    &p.event_id,
-                    p.from.as_ref(),
-                );
+                let bytes = p.encode();
                 String::from_utf8(bytes.to_vec())
                     .ok()
                     .and_then(|s| RawValue::from_string(s).ok())
