@@ -37,6 +37,36 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../dashboard/app.js"),
     },
     Asset {
+        name: "api.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../dashboard/api.js"),
+    },
+    Asset {
+        name: "chart.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../dashboard/chart.js"),
+    },
+    Asset {
+        name: "format.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../dashboard/format.js"),
+    },
+    Asset {
+        name: "inspector.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../dashboard/inspector.js"),
+    },
+    Asset {
+        name: "playground.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../dashboard/playground.js"),
+    },
+    Asset {
+        name: "prometheus.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../dashboard/prometheus.js"),
+    },
+    Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../dashboard/style.css"),
@@ -116,7 +146,10 @@ mod tests {
         assert!(csp.contains("connect-src 'self' ws:"), "{csp}");
         assert!(!csp.contains("unsafe-inline"), "{csp}");
         let body = body_of(r).await;
-        assert!(body.contains("<script src=\"/dashboard/app.js\""), "{body}");
+        assert!(
+            body.contains("<script type=\"module\" src=\"/dashboard/app.js\""),
+            "{body}"
+        );
         assert!(body.contains("/dashboard/style.css"), "{body}");
     }
 
@@ -125,6 +158,12 @@ mod tests {
         for (name, ty) in [
             ("index.html", "text/html; charset=utf-8"),
             ("app.js", "text/javascript; charset=utf-8"),
+            ("api.js", "text/javascript; charset=utf-8"),
+            ("chart.js", "text/javascript; charset=utf-8"),
+            ("format.js", "text/javascript; charset=utf-8"),
+            ("inspector.js", "text/javascript; charset=utf-8"),
+            ("playground.js", "text/javascript; charset=utf-8"),
+            ("prometheus.js", "text/javascript; charset=utf-8"),
             ("style.css", "text/css; charset=utf-8"),
         ] {
             let r = file(Path(name.to_owned())).await;
@@ -134,6 +173,26 @@ mod tests {
             assert_eq!(header_of(&r, header::X_CONTENT_TYPE_OPTIONS), "nosniff");
             assert!(!body_of(r).await.is_empty(), "{name} is empty");
         }
+    }
+
+    /// Every `import … from "/dashboard/x.js"` in a served module names a
+    /// served asset, so the module graph loads whole.
+    #[test]
+    fn module_imports_are_all_served() {
+        let mut imports = 0;
+        for a in ASSETS.iter().filter(|a| a.name.ends_with(".js")) {
+            let text = std::str::from_utf8(a.body).expect("utf-8 script");
+            for rest in text.split("from \"/dashboard/").skip(1) {
+                let target = rest.split('"').next().unwrap_or_default();
+                assert!(
+                    ASSETS.iter().any(|b| b.name == target),
+                    "{} imports unserved /dashboard/{target}",
+                    a.name
+                );
+                imports += 1;
+            }
+        }
+        assert!(imports > 0, "app.js imports its modules");
     }
 
     #[tokio::test]
