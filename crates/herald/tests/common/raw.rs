@@ -1,0 +1,183 @@
+//! `RawWs`: a hand-made WebSocket client on a raw TCP socket for
+//! misbehaving-client tests, and `RawOutcome`, what reading it to the end
+//! produced.
+
+use super::FRAME_WAIT;
+use serde_json::Value;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A hand-made WebSocket client on a raw socket: it never answers pings and
+/// reads only when told to.
+pub struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One frame parsed from the server.
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// What reading a raw socket until the end produced.
+#[derive(Debug, Default)]
+pub struct RawOutcome {
+    pub frames: Vec<RawFrame>,
+    pub close: Option<(u16, String)>,
+    pub eof: bool,
+    pub error: Option<String>,
+}
+
+impl RawOutcome {
+    /// Text frames parsed as JSON.
+    pub fn json(&self) -> Vec<Value> {
+        self.frames
+            .iter()
+            .filter(|f| f.opcode == 1)
+            .filter_map(|f| serde_json::from_slice(&f.payload).ok())
+            .collect()
+    }
+}
+
+impl RawWs {
+    /// Connects and upgrades `path_and_query` (e.g. `/ws?token=...`).
+    pub async fn connect(addr: &str, path_and_query: &str) -> RawWs {
+        let mut stream = tokio::time::timeout(FRAME_WAIT, TcpStream::connect(addr))
+            .await
+            .expect("tcp connect timed out")
+            .expect("tcp connect");
+        let req = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .expect("write handshake");
+        let mut buf = Vec::new();
+        let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+        let header_end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+                .await
+                .expect("handshake answer timed out")
+                .expect("read handshake");
+            assert!(n > 0, "server closed during handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "raw upgrade refused: {head}"
+        );
+        buf.drain(..header_end);
+        RawWs { stream, buf }
+    }
+
+    /// Writes one masked client frame.
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+        let mut out = vec![0x80 | opcode];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if len <= 0xffff {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&out).await
+    }
+
+    fn parse_one(&mut self) -> Option<RawFrame> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        let opcode = b[0] & 0x0f;
+        let masked = b[1] & 0x80 != 0;
+        let mut len = (b[1] & 0x7f) as usize;
+        let mut pos = 2;
+        if len == 126 {
+            if b.len() < 4 {
+                return None;
+            }
+            len = u16::from_be_bytes([b[2], b[3]]) as usize;
+            pos = 4;
+        } else if len == 127 {
+            if b.len() < 10 {
+                return None;
+            }
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[2..10]);
+            len = u64::from_be_bytes(a) as usize;
+            pos = 10;
+        }
+        let mask = if masked {
+            if b.len() < pos + 4 {
+                return None;
+            }
+            let m = [b[pos], b[pos + 1], b[pos + 2], b[pos + 3]];
+            pos += 4;
+            Some(m)
+        } else {
+            None
+        };
+        if b.len() < pos + len {
+            return None;
+        }
+        let mut payload = b[pos..pos + len].to_vec();
+        if let Some(m) = mask {
+            for (i, x) in payload.iter_mut().enumerate() {
+                *x ^= m[i % 4];
+            }
+        }
+        self.buf.drain(..pos + len);
+        Some(RawFrame { opcode, payload })
+    }
+
+    /// Reads frames until a close frame, EOF, an error or `timeout`.
+    pub async fn read_until_end(&mut self, timeout: Duration) -> RawOutcome {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = RawOutcome::default();
+        loop {
+            while let Some(f) = self.parse_one() {
+                if f.opcode == 8 {
+                    let code = if f.payload.len() >= 2 {
+                        u16::from_be_bytes([f.payload[0], f.payload[1]])
+                    } else {
+                        1005
+                    };
+                    let reason =
+                        String::from_utf8_lossy(f.payload.get(2..).unwrap_or(&[])).into_owned();
+                    out.close = Some((code, reason));
+                    out.frames.push(f);
+                    return out;
+                }
+                out.frames.push(f);
+            }
+            let mut chunk = vec![0u8; 65536];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return out,
+                Ok(Ok(0)) => {
+                    out.eof = true;
+                    return out;
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => {
+                    out.error = Some(e.to_string());
+                    return out;
+                }
+            }
+        }
+    }
+}
