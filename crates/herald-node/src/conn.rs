@@ -8,7 +8,7 @@ use herald_protocol::CloseCode;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -54,6 +54,9 @@ pub struct Connection {
     /// Outbound frames.
     pub queue: SendQueue,
     filter: RwLock<EventFilter>,
+    /// True while the filter is the initial `*`: fan-out then skips the
+    /// filter's lock and glob match for this connection.
+    wants_all: AtomicBool,
     rooms: Mutex<BTreeSet<RoomName>>,
     identity: RwLock<Arc<Identity>>,
     /// Node-clock ms when the client was last heard from.
@@ -83,6 +86,7 @@ impl Connection {
             connected_at_ms,
             queue,
             filter: RwLock::new(EventFilter::default()),
+            wants_all: AtomicBool::new(true),
             rooms: Mutex::new(BTreeSet::new()),
             expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
             identity: RwLock::new(Arc::new(identity)),
@@ -149,11 +153,15 @@ impl Connection {
 
     /// Whether an event named `event` passes this connection's filter.
     pub fn wants(&self, event: &str) -> bool {
-        self.filter.read().matches(event)
+        self.wants_all.load(Ordering::Relaxed) || self.filter.read().matches(event)
     }
 
-    pub(crate) fn filter(&self) -> &RwLock<EventFilter> {
-        &self.filter
+    /// Changes the event filter.
+    pub(crate) fn update_filter(&self, change: impl FnOnce(&mut EventFilter)) {
+        let mut filter = self.filter.write();
+        change(&mut filter);
+        self.wants_all
+            .store(filter.matches_everything(), Ordering::Relaxed);
     }
 
     pub(crate) fn rooms(&self) -> &Mutex<BTreeSet<RoomName>> {

@@ -43,6 +43,11 @@ impl EventFilter {
         &self.patterns
     }
 
+    /// Whether every event passes (the filter holds a lone `*`).
+    pub fn matches_everything(&self) -> bool {
+        self.patterns.iter().any(|p| p == "*")
+    }
+
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &str) -> bool {
         self.patterns

@@ -3,6 +3,8 @@
 //! user names.
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Histogram};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Describes every node metric once at start, so they show with help text.
@@ -83,7 +85,10 @@ pub fn message_received() {
 
 /// Counts frames written to clients.
 pub fn messages_sent(n: u64) {
-    counter!("herald_messages_sent_total").increment(n);
+    static HANDLE: OnceLock<Counter> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| counter!("herald_messages_sent_total"))
+        .increment(n);
 }
 
 /// Counts accepted publishes.
@@ -93,7 +98,11 @@ pub fn published() {
 
 /// Records one publish-to-write latency.
 pub fn delivery_latency(d: Duration) {
-    histogram!("herald_delivery_latency_seconds").record(d.as_secs_f64());
+    // Per delivered frame: a cached handle skips the registry lookup.
+    static HANDLE: OnceLock<Histogram> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| histogram!("herald_delivery_latency_seconds"))
+        .record(d.as_secs_f64());
 }
 
 /// Counts a slow-consumer cut.

@@ -263,7 +263,7 @@ impl Node {
         metrics::connection_opened();
         metrics::connections(self.inner.registry.len());
         if let Some(patterns) = &options.events {
-            conn.filter().write().subscribe(patterns);
+            conn.update_filter(|f| f.subscribe(patterns));
         }
         let session = Session::new(self.clone(), conn.clone());
         let pending = session.auto_join(&options.resume).await;

@@ -163,12 +163,12 @@ impl Session {
             ClientRequest::LeaveRoom { room } => self.leave(id, &room).await?,
             ClientRequest::Subscribe { events } => {
                 check_patterns(&events)?;
-                self.conn.filter().write().subscribe(&events);
+                self.conn.update_filter(|f| f.subscribe(&events));
                 self.ack(id, None);
             }
             ClientRequest::Unsubscribe { events } => {
                 check_patterns(&events)?;
-                self.conn.filter().write().unsubscribe(&events);
+                self.conn.update_filter(|f| f.unsubscribe(&events));
                 self.ack(id, None);
             }
             ClientRequest::SendMessage { room, event, data } => {

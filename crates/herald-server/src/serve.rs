@@ -123,6 +123,9 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     if let Some(broker) = memory {
         spawn_sweeper(&node, broker);
     }
+    if let Some(handle) = &metrics {
+        spawn_metrics_upkeep(&node, handle.clone());
+    }
     if let Some(handle) = authenticator.spawn_jwks_refresh(node.cancellation()) {
         node.tasks().spawn(async move {
             let _ = handle.await;
@@ -135,12 +138,10 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         metrics,
     };
     let addr = config.server.listen.clone();
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
+    let listener = listen(&addr).map_err(|source| ServeError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
     let local = listener.local_addr().map_or(addr, |a| a.to_string());
     tracing::info!(listen = %local, node_id = %node_id, broker = node.broker().kind(), "herald serving");
     let drain = config.server.shutdown_drain;
@@ -155,6 +156,41 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         .map_err(ServeError::Http)?;
     tracing::info!("herald stopped");
     Ok(())
+}
+
+/// Pending connections the kernel queues before `accept`. tokio's default
+/// of 128 overflows in a reconnect storm, and every overflowed client waits
+/// a full second for its SYN retry.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Histogram samples are buffered in the recorder until upkeep folds them
+/// into buckets; without this they pile up between scrapes (or forever,
+/// when nobody scrapes).
+fn spawn_metrics_upkeep(node: &Node, handle: PrometheusHandle) {
+    let cancel = node.cancellation();
+    node.tasks().spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => handle.run_upkeep(),
+            }
+        }
+    });
 }
 
 fn spawn_sweeper(node: &Node, broker: Arc<MemoryBroker>) {
