@@ -1,0 +1,189 @@
+//! Publishers over the HTTP API at a fixed total rate: a few concurrent
+//! clients, event `i` due at `start + i / rate`, rooms taken round robin.
+
+use crate::client::stamped_data;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub struct PublishPlan {
+    /// Rooms, used round robin.
+    pub rooms: Vec<String>,
+    /// Events per second over all publishers.
+    pub rate: f64,
+    /// Events in total.
+    pub count: u64,
+    /// Payload bytes per event's `data`.
+    pub payload: usize,
+    /// Concurrent HTTP clients.
+    pub publishers: usize,
+}
+
+/// What the publishers did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PublishReport {
+    /// Events accepted.
+    pub ok: u64,
+    /// Events refused or failed, by reason.
+    pub failed: BTreeMap<String, u64>,
+    /// Seconds from first to last publish.
+    pub elapsed_s: f64,
+    /// Accepted events per second.
+    pub rate: f64,
+    /// Worst lateness of a publish behind its schedule, ms.
+    pub max_behind_ms: f64,
+    /// Last offset per room.
+    #[serde(skip)]
+    pub finals: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize)]
+struct Published {
+    offset: u64,
+}
+
+/// An HTTP client for the API.
+pub fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .build()
+        .context("building the HTTP client")
+}
+
+/// Publishes the plan; stops early when `stop` flips. Bounded by `count`.
+pub async fn run(
+    http: &reqwest::Client,
+    base: &str,
+    api_key: &str,
+    plan: &PublishPlan,
+    stop: watch::Receiver<bool>,
+) -> PublishReport {
+    let start = Instant::now();
+    let url = format!("{base}/api/v1/publish");
+    let n = plan.publishers.max(1);
+    let mut tasks = Vec::with_capacity(n);
+    for k in 0..n {
+        let (http, url, key, plan, stop) = (
+            http.clone(),
+            url.clone(),
+            api_key.to_string(),
+            plan.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            one_publisher(k as u64, n as u64, &http, &url, &key, &plan, start, stop).await
+        }));
+    }
+    let mut total = PublishReport::default();
+    for t in tasks {
+        if let Ok(r) = t.await {
+            total.ok += r.ok;
+            for (k, v) in r.failed {
+                *total.failed.entry(k).or_default() += v;
+            }
+            total.max_behind_ms = total.max_behind_ms.max(r.max_behind_ms);
+            for (room, off) in r.finals {
+                let e = total.finals.entry(room).or_default();
+                *e = (*e).max(off);
+            }
+        }
+    }
+    total.elapsed_s = start.elapsed().as_secs_f64();
+    total.rate = total.ok as f64 / total.elapsed_s.max(1e-9);
+    total
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_publisher(
+    k: u64,
+    n: u64,
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    plan: &PublishPlan,
+    start: Instant,
+    stop: watch::Receiver<bool>,
+) -> PublishReport {
+    let mut r = PublishReport::default();
+    let mut i = k;
+    while i < plan.count {
+        if *stop.borrow() {
+            break;
+        }
+        let due = start + Duration::from_secs_f64(i as f64 / plan.rate.max(1e-6));
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep_until(due).await;
+        } else {
+            r.max_behind_ms = r.max_behind_ms.max((now - due).as_secs_f64() * 1000.0);
+        }
+        let room = &plan.rooms[(i % plan.rooms.len() as u64) as usize];
+        let body = format!(
+            r#"{{"room":"{room}","event":"bench","data":{}}}"#,
+            stamped_data(i, plan.payload)
+        );
+        let res = http
+            .post(url)
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        match res {
+            Ok(resp) if resp.status().is_success() => match resp.json::<Published>().await {
+                Ok(p) => {
+                    r.ok += 1;
+                    let e = r.finals.entry(room.clone()).or_default();
+                    *e = (*e).max(p.offset);
+                }
+                Err(_) => *r.failed.entry("bad response body".into()).or_default() += 1,
+            },
+            Ok(resp) => {
+                *r.failed
+                    .entry(format!("http {}", resp.status().as_u16()))
+                    .or_default() += 1
+            }
+            Err(e) => {
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "request error"
+                };
+                *r.failed.entry(kind.into()).or_default() += 1
+            }
+        }
+        i += n;
+    }
+    r
+}
+
+/// `history_bytes` and `history_events` from `/api/v1/stats` (admin key).
+pub async fn history_stats(
+    http: &reqwest::Client,
+    base: &str,
+    api_key: &str,
+) -> Result<(u64, u64)> {
+    let v: serde_json::Value = http
+        .get(format!("{base}/api/v1/stats"))
+        .bearer_auth(api_key)
+        .send()
+        .await
+        .context("GET /api/v1/stats")?
+        .error_for_status()
+        .context("GET /api/v1/stats (needs an admin API key)")?
+        .json()
+        .await
+        .context("stats body")?;
+    let b = &v["broker"];
+    Ok((
+        b["history_bytes"].as_u64().unwrap_or(0),
+        b["history_events"].as_u64().unwrap_or(0),
+    ))
+}

@@ -1,0 +1,109 @@
+//! `fanout`: N subscribers over R rooms; HTTP publishers at a fixed total
+//! rate for T seconds. Deliveries/s, end-to-end latency, loss, duplicates,
+//! order, and deliveries per server CPU-second.
+
+use crate::conn::ConnSpec;
+use crate::publish::{self, PublishPlan};
+use crate::report::Report;
+use crate::run::{account, Run};
+use crate::Common;
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// `fanout` arguments.
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Rooms they are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Events per second published, over all rooms.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Bytes of each event's `data`.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Concurrent HTTP publishers.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+}
+
+/// Runs `fanout`.
+pub async fn run(c: &Common, a: &FanoutArgs) -> Result<Report> {
+    if a.rate <= 0.0 || a.rooms == 0 {
+        bail!("--rate and --rooms must be positive");
+    }
+    let ns = c.ns("bench");
+    let n = a.conns as u64;
+    let rooms: Vec<String> = (0..a.rooms).map(|r| format!("{ns}:{r}")).collect();
+    let limit = Duration::from_secs(300 + a.duration + 60);
+    let mut run = Run::new("fanout", c.ctx(a.conns)?, c.server()?, limit, c.concurrency);
+    for i in 0..n {
+        run.spawn(ConnSpec::listener(
+            i,
+            rooms[(i % a.rooms as u64) as usize].clone(),
+        ));
+    }
+    run.wait_until(Duration::from_secs(300), |s| {
+        s.joined.load(Ordering::Relaxed) + s.failure_count() >= n
+    })
+    .await;
+    let joined = run.sh.joined.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.sh.recorder.reset();
+    let http = publish::http_client()?;
+    let plan = PublishPlan {
+        rooms: rooms.clone(),
+        rate: a.rate,
+        count: (a.rate * a.duration as f64).ceil() as u64,
+        payload: a.payload,
+        publishers: a.publishers,
+    };
+    let before = run.server_sample();
+    let bench0 = super::bench_cpu_s();
+    let t0 = run.elapsed_s();
+    let pubs = publish::run(&http, &c.url_base(), &c.api_key, &plan, run.sh.stop.clone()).await;
+    run.drain(Duration::from_secs(10)).await;
+    let after = run.server_sample();
+    let bench1 = super::bench_cpu_s();
+    let window_s = run.elapsed_s() - t0;
+    let latency = run.sh.recorder.total();
+    let deliveries = run.sh.recorder.deliveries();
+    let failures = super::failure_figures(&run);
+    let mut server = super::server_delta(&run, &before, &after);
+    if run.server.is_some() {
+        let cpu = after.cpu_s - before.cpu_s;
+        server["deliveries_per_cpu_s"] = json!(deliveries as f64 / cpu.max(1e-9));
+        server["cpu_us_per_delivery"] = json!(cpu * 1e6 / deliveries.max(1) as f64);
+        server["cpu_share_of_one_core"] = json!(cpu / window_s.max(1e-9));
+    }
+    let (reports, timeline) = run.finish().await;
+    let acc = account(&reports, &pubs.finals);
+    Ok(Report {
+        scenario: "fanout",
+        params: json!({
+            "conns": a.conns, "rooms": a.rooms, "rate": a.rate,
+            "duration_s": a.duration, "payload": a.payload, "namespace": ns,
+        }),
+        figures: json!({
+            "subscribers_joined": joined,
+            "members_per_room": a.conns as f64 / a.rooms as f64,
+            "published": pubs,
+            "deliveries": deliveries,
+            "deliveries_per_s": deliveries as f64 / pubs.elapsed_s.max(1e-9),
+            "delivery": super::delivery_figures(latency, &acc),
+            "server": server,
+            "bench_cpu_s": bench1 - bench0,
+            "failures": failures,
+        }),
+        timeline,
+    })
+}
