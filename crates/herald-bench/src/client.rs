@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn loopback_targets_only() {
-        let t = parse_target("http://127.0.0.1:8080").unwrap();
+        let t = parse_target("http://127.0.0.1:8080").expect("test input");
         assert_eq!(t.ws_url, "ws://127.0.0.1:8080/ws");
         assert!(parse_target("http://localhost:9000/").is_ok());
         assert!(parse_target("ws://127.3.2.1:1").is_ok());
@@ -279,9 +279,9 @@ mod tests {
     fn stamped_data_has_size_and_fields() {
         let d = stamped_data(7, 100);
         assert_eq!(d.len(), 100);
-        let s: Stamp = serde_json::from_str(&d).unwrap();
+        let s: Stamp = serde_json::from_str(&d).expect("test input");
         assert!(s.t > 0);
-        let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&d).expect("test input");
         assert_eq!(v["s"], 7);
     }
 
@@ -290,10 +290,10 @@ mod tests {
         let f: Frame = serde_json::from_str(
             r#"{"type":"event","room":"bench:1","event":"e","data":{"t":5,"s":1},"epoch":"ab","offset":3,"ts":1,"event_id":"x"}"#,
         )
-        .unwrap();
+        .expect("test input");
         assert_eq!(f.kind, "event");
         assert_eq!(f.offset, Some(3));
-        let s: Stamp = serde_json::from_str(f.data.unwrap().get()).unwrap();
+        let s: Stamp = serde_json::from_str(f.data.expect("data").get()).expect("test input");
         assert_eq!(s.t, 5);
     }
 }

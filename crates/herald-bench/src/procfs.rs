@@ -95,19 +95,19 @@ mod tests {
     #[test]
     fn reads_vmrss() {
         let s = "Name:\therald\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
-        assert_eq!(parse_vmrss_kib(s).unwrap(), 12345);
+        assert_eq!(parse_vmrss_kib(s).expect("test input"), 12345);
         assert!(parse_vmrss_kib("Name: x\n").is_err());
     }
 
     #[test]
     fn reads_cpu_ticks_past_odd_names() {
         let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0";
-        assert_eq!(parse_cpu_ticks(stat).unwrap(), 325);
+        assert_eq!(parse_cpu_ticks(stat).expect("test input"), 325);
     }
 
     #[test]
     fn samples_this_process() {
-        let s = Proc::myself().sample().unwrap();
+        let s = Proc::myself().sample().expect("test input");
         assert!(s.rss_kib > 0);
         assert!(s.fds > 0);
     }

@@ -113,7 +113,7 @@ mod tests {
         assert!(s.contains("  big: 123457\n"), "{s}");
         assert!(s.contains("  fail: none\n"), "{s}");
         assert!(s.contains("  server:\n    rss_kib: 5\n"), "{s}");
-        let j: Value = serde_json::from_str(&r.to_json()).unwrap();
+        let j: Value = serde_json::from_str(&r.to_json()).expect("test input");
         assert_eq!(j["figures"]["server"]["rss_kib"], 5);
     }
 }
