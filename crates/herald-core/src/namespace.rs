@@ -223,6 +223,20 @@ impl Namespaces {
         self.map.get(room.namespace()).unwrap_or(&self.fallback)
     }
 
+    /// The claims any `claim:<name>` rule reads. A connection needs to
+    /// keep only these of its token's claims.
+    pub fn rule_claims(&self) -> std::collections::BTreeSet<String> {
+        self.map
+            .values()
+            .chain(std::iter::once(&self.fallback))
+            .flat_map(|ns| [&ns.join, &ns.send])
+            .filter_map(|rule| match rule {
+                Rule::Claim(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether `who` may join `room`.
     pub fn can_join(&self, who: &Identity, room: &RoomName) -> bool {
         self.for_room(room).join.allows(who, room)
@@ -301,6 +315,12 @@ mod tests {
         assert_eq!(names, vec!["global", "user:42"]);
         let rooms = ns.auto_join_rooms(&who("bad sub"));
         assert_eq!(rooms.len(), 1, "invalid generated names are skipped");
+    }
+
+    #[test]
+    fn rule_claims_lists_every_claim_rule() {
+        let names: Vec<String> = Namespaces::shipped().rule_claims().into_iter().collect();
+        assert_eq!(names, vec!["agents", "collections", "projects"]);
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub(crate) struct Inner {
     pub(crate) node_id: Arc<str>,
     pub(crate) limits: Limits,
     pub(crate) namespaces: Namespaces,
+    /// The only token claims connections keep: those `claim:` rules read.
+    rule_claims: std::collections::BTreeSet<String>,
     pub(crate) broker: Arc<dyn Broker>,
     verifier: Arc<dyn TokenVerifier>,
     pub(crate) rooms: Arc<Rooms>,
@@ -167,6 +169,7 @@ impl Node {
             inner: Arc::new(Inner {
                 node_id,
                 limits: settings.limits,
+                rule_claims: settings.namespaces.rule_claims(),
                 namespaces: settings.namespaces,
                 broker,
                 verifier,
@@ -229,6 +232,15 @@ impl Node {
         result
     }
 
+    /// Drops the token claims no namespace rule reads: a connection holds
+    /// its identity for its whole life, and tokens can carry many claims.
+    pub(crate) fn trim_claims(&self, mut identity: Identity) -> Identity {
+        identity
+            .claims
+            .retain(|name, _| self.inner.rule_claims.contains(name));
+        identity
+    }
+
     /// Whether a new connection of this identity would be refused by the
     /// per-user `reject` policy.
     pub fn would_refuse_user(&self, identity: &Identity) -> bool {
@@ -248,9 +260,10 @@ impl Node {
         options: OpenOptions,
     ) -> Result<Session, CloseCode> {
         let limits = &self.inner.limits;
+        let identity = self.trim_claims(identity);
         let conn = Arc::new(Connection::new(
             format!("{:032x}", rand::random::<u128>()),
-            identity.clone(),
+            identity,
             transport,
             SendQueue::new(limits.send_queue_messages, limits.send_queue_bytes),
             self.inner.clock,

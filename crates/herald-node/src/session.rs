@@ -203,7 +203,7 @@ impl Session {
                 "a refreshed token must carry the same `sub` and `tenant`".into(),
             ));
         }
-        self.conn.set_identity(identity);
+        self.conn.set_identity(self.node.trim_claims(identity));
         self.reply(ServerFrame::Authenticated {
             id,
             connection_id: self.conn.id.to_string(),

@@ -20,9 +20,10 @@ use serde::Deserialize;
 use std::time::{Duration, Instant};
 
 /// Read buffer per connection. tungstenite's 128 KiB default is zero-filled
-/// and stays resident; 4 KiB is the difference between ~134 KB and ~6 KB per
-/// idle connection (docs/architecture.md).
-const READ_BUFFER: usize = 4096;
+/// and stays resident (~134 KB per idle connection). Client frames are small
+/// requests, so 1 KiB holds them in one read; a larger frame is still read
+/// whole, over more reads (docs/architecture.md).
+const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write reaches the socket; a batch is flushed at
 /// its end anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
@@ -88,7 +89,10 @@ pub(crate) async fn upgrade(
 async fn run(app: AppState, mut socket: WebSocket, identity: Option<Identity>, _slot: SocketSlot) {
     let (identity, reply_to) = match identity {
         Some(i) => (i, None),
-        None => match await_authenticate(&app, &mut socket).await {
+        // The handshake, session opening and ending are boxed: an async
+        // fn's state is as large as its largest phase, and every idle
+        // connection would otherwise carry their state for its whole life.
+        None => match Box::pin(await_authenticate(&app, &mut socket)).await {
             Some(pair) => pair,
             None => return,
         },
@@ -97,11 +101,10 @@ async fn run(app: AppState, mut socket: WebSocket, identity: Option<Identity>, _
         reply_to: reply_to.clone(),
         ..OpenOptions::default()
     };
-    let mut session = match app
+    let opening = app
         .node
-        .open_session(identity, TransportKind::Websocket, options)
-        .await
-    {
+        .open_session(identity, TransportKind::Websocket, options);
+    let mut session = match Box::pin(opening).await {
         Ok(s) => s,
         Err(code) => {
             // The `authenticate` request still gets its one reply.
@@ -113,7 +116,7 @@ async fn run(app: AppState, mut socket: WebSocket, identity: Option<Identity>, _
                 )
                 .await;
             }
-            close(&mut socket, code).await;
+            Box::pin(close(&mut socket, code)).await;
             return;
         }
     };
@@ -129,7 +132,7 @@ async fn run(app: AppState, mut socket: WebSocket, identity: Option<Identity>, _
             .closing()
             .map_or("client_closed", CloseCode::reason)
     });
-    session.end(reason).await;
+    Box::pin(session.end(reason)).await;
     tracing::info!(
         connection_id = %conn.id, user_id = %conn.user_id, reason,
         duration_ms = started.elapsed().as_millis() as u64, "connection closed"
@@ -247,7 +250,9 @@ async fn close(socket: &mut WebSocket, code: CloseCode) {
 /// transport decided it; `None` when the queue's close code says why.
 async fn pump(socket: &mut WebSocket, session: &mut Session) -> Option<&'static str> {
     let conn = session.connection().clone();
-    let mut batch: Vec<Outbound> = Vec::with_capacity(16);
+    // Grows to the largest batch seen; starts empty so idle connections
+    // carry nothing.
+    let mut batch: Vec<Outbound> = Vec::new();
     loop {
         tokio::select! {
             // The queue first: once closing, the close is sent before more
