@@ -13,7 +13,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -104,7 +105,7 @@ impl Chromium {
                     if let Some(rest) = line.split("DevTools listening on ").nth(1) {
                         let _ = tx.send(rest.trim().to_owned());
                     }
-                    let mut l = lines.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut l = lines.lock();
                     l.push_back(line);
                     if l.len() > 200 {
                         l.pop_front();
@@ -145,7 +146,7 @@ impl Chromium {
 
     /// The last lines Chromium wrote to stderr.
     pub fn stderr_tail(&self) -> String {
-        let l = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        let l = self.stderr.lock();
         l.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
