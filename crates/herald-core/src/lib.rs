@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod duration;
 mod identity;
 pub mod namespace;
 mod room;

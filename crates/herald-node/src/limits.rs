@@ -16,8 +16,10 @@ pub enum PerUserPolicy {
     Exclusive,
 }
 
-/// Limits applied by a node.
-#[derive(Debug, Clone, PartialEq)]
+/// Limits applied by a node: the `[limits]` table of the config, with the
+/// defaults of the contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Open sockets a node accepts (503 beyond).
     pub max_connections: usize,
@@ -38,10 +40,13 @@ pub struct Limits {
     /// Bytes a connection's send queue holds before it is cut (4011).
     pub send_queue_bytes: usize,
     /// Time allowed for the `authenticate` frame.
+    #[serde(with = "herald_core::duration")]
     pub auth_timeout: Duration,
     /// Interval of server pings.
+    #[serde(with = "herald_core::duration")]
     pub heartbeat_interval: Duration,
     /// Silence after which a connection is closed (4014).
+    #[serde(with = "herald_core::duration")]
     pub stale_timeout: Duration,
 }
 

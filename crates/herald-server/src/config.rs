@@ -2,17 +2,17 @@
 //! (PROTOCOL.md 1). Unknown keys and bad values are refused before any port
 //! is bound, each error naming its key.
 
-pub(crate) mod duration;
 mod namespaces;
 
 use herald_core::Namespaces;
-use herald_node::{Limits, PerUserPolicy};
+use herald_node::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-pub use duration::parse as parse_duration;
+use herald_core::duration;
+pub use herald_core::duration::parse as parse_duration;
 pub use namespaces::NamespaceToml;
 
 /// Everything a node is configured with.
@@ -24,7 +24,7 @@ pub struct Config {
     /// `[auth]`
     pub auth: AuthConfig,
     /// `[limits]`
-    pub limits: LimitsConfig,
+    pub limits: Limits,
     /// `[broker]`
     pub broker: BrokerConfig,
     /// `[namespaces.<name>]`, merged over the shipped ones.
@@ -121,68 +121,6 @@ impl Default for AuthConfig {
             leeway: Duration::ZERO,
             jwks_refresh: Duration::from_secs(300),
             api_keys: Vec::new(),
-        }
-    }
-}
-
-/// `[limits]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
-pub struct LimitsConfig {
-    pub max_connections: usize,
-    pub max_connections_per_user: usize,
-    pub per_user_policy: PerUserPolicy,
-    pub max_rooms_per_connection: usize,
-    pub max_message_bytes: usize,
-    pub messages_per_second: u32,
-    pub burst: u32,
-    pub send_queue_messages: usize,
-    pub send_queue_bytes: usize,
-    #[serde(with = "duration")]
-    pub auth_timeout: Duration,
-    #[serde(with = "duration")]
-    pub heartbeat_interval: Duration,
-    #[serde(with = "duration")]
-    pub stale_timeout: Duration,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        let l = Limits::default();
-        Self {
-            max_connections: l.max_connections,
-            max_connections_per_user: l.max_connections_per_user,
-            per_user_policy: l.per_user_policy,
-            max_rooms_per_connection: l.max_rooms_per_connection,
-            max_message_bytes: l.max_message_bytes,
-            messages_per_second: l.messages_per_second,
-            burst: l.burst,
-            send_queue_messages: l.send_queue_messages,
-            send_queue_bytes: l.send_queue_bytes,
-            auth_timeout: l.auth_timeout,
-            heartbeat_interval: l.heartbeat_interval,
-            stale_timeout: l.stale_timeout,
-        }
-    }
-}
-
-impl LimitsConfig {
-    /// The node's limits.
-    pub fn to_limits(&self) -> Limits {
-        Limits {
-            max_connections: self.max_connections,
-            max_connections_per_user: self.max_connections_per_user,
-            per_user_policy: self.per_user_policy,
-            max_rooms_per_connection: self.max_rooms_per_connection,
-            max_message_bytes: self.max_message_bytes,
-            messages_per_second: self.messages_per_second,
-            burst: self.burst,
-            send_queue_messages: self.send_queue_messages,
-            send_queue_bytes: self.send_queue_bytes,
-            auth_timeout: self.auth_timeout,
-            heartbeat_interval: self.heartbeat_interval,
-            stale_timeout: self.stale_timeout,
         }
     }
 }

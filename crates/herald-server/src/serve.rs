@@ -107,7 +107,7 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         .unwrap_or_else(default_node_id);
     let settings = NodeSettings {
         node_id: node_id.clone(),
-        limits: config.limits.to_limits(),
+        limits: config.limits.clone(),
         namespaces,
     };
     let mut memory: Option<Arc<MemoryBroker>> = None;

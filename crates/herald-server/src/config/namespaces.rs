@@ -1,6 +1,7 @@
 //! `[namespaces.<name>]` tables, merged over the shipped namespaces.
 
-use super::{duration, invalid, ConfigError};
+use super::{invalid, ConfigError};
+use herald_core::duration;
 use herald_core::{NamespaceConfig, Namespaces, Rule};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
 use super::*;
 use herald_core::Rule;
+use herald_node::PerUserPolicy;
 
 #[test]
 fn defaults_match_the_contract() {
