@@ -27,6 +27,8 @@ const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write reaches the socket; a batch is flushed at
 /// its end anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
+/// Frames a socket may send before it authenticates.
+const MAX_FRAMES_BEFORE_AUTH: usize = 16;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -145,6 +147,7 @@ async fn await_authenticate(
     socket: &mut WebSocket,
 ) -> Option<(Identity, Option<RequestId>)> {
     let deadline = tokio::time::Instant::now() + app.node.limits().auth_timeout;
+    let mut frames = 0usize;
     loop {
         let msg = match tokio::time::timeout_at(deadline, socket.recv()).await {
             Err(_) => {
@@ -170,6 +173,16 @@ async fn await_authenticate(
             }
             Ok(Some(Ok(m))) => m,
         };
+        // No rate limit applies yet, so an unauthenticated socket gets a
+        // fixed budget of frames instead.
+        frames += 1;
+        if frames > MAX_FRAMES_BEFORE_AUTH {
+            metrics::auth_failure("too_many_frames");
+            let message = "too many frames before `authenticate`";
+            send(socket, error(None, ErrorCode::Unauthorized, message)).await;
+            close(socket, CloseCode::Unauthorized).await;
+            return None;
+        }
         let text = match msg {
             Message::Text(t) => t,
             Message::Close(_) => return None,

@@ -361,3 +361,22 @@ async fn bad_frames_before_authentication_get_their_close_codes() {
     let close = bad.expect_close(FRAME_WAIT).await;
     assert_eq!(close.code, 1007, "invalid UTF-8 before auth: {close:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_sockets_get_a_fixed_frame_budget() {
+    let node = TestNode::start("").await;
+    let mut c = WsClient::connect(&node.ws_url(), TokenIn::None)
+        .await
+        .expect("upgrade without a token");
+    for i in 0..16 {
+        c.send_json(json!({"type": "ping", "id": i})).await;
+        let pong = c.next_json(FRAME_WAIT).await;
+        assert_eq!(pong["type"], "pong", "frame {i} within the budget: {pong}");
+    }
+    c.send_json(json!({"type": "ping", "id": 16})).await;
+    let close = c.expect_close(FRAME_WAIT).await;
+    assert_eq!(
+        close.code, 4001,
+        "17th frame before authenticate: {close:?}"
+    );
+}
