@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use herald_core::Identity;
-use herald_node::{metrics, OpenOptions, Outbound, Session, SocketSlot, TransportKind};
+use herald_node::{metrics, OpenOptions, Outbound, SendQueue, Session, SocketSlot, TransportKind};
 use herald_protocol::{
     encode, parse_client_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, RequestId,
     ServerFrame,
@@ -276,10 +276,11 @@ async fn pump(socket: &mut WebSocket, session: &mut Session) -> Option<&'static 
                     let write = write_batch(socket, &mut batch);
                     tokio::select! {
                         result = write => if result.is_err() { return Some("write_failed") },
-                        code = conn.queue.closed() => if code == CloseCode::SlowConsumer {
-                            // Blocked on a client that does not read: drop it.
-                            return None;
-                        },
+                        // Blocked on a client that does not read: drop it.
+                        // Any other close lets the write finish, so frames
+                        // queued before the close (an error saying why)
+                        // still reach the client.
+                        _ = cut_as_slow_consumer(&conn.queue) => return None,
                     }
                 }
                 if let Some(code) = closing {
@@ -322,6 +323,14 @@ fn read_error(e: axum::Error) -> ReadError {
             _ => ReadError::Fatal,
         },
         Err(_) => ReadError::Fatal,
+    }
+}
+
+/// Resolves only if the connection is cut as a slow consumer; the first
+/// close code is final, so any other one never resolves.
+async fn cut_as_slow_consumer(queue: &SendQueue) {
+    if queue.closed().await != CloseCode::SlowConsumer {
+        std::future::pending::<()>().await;
     }
 }
 
