@@ -24,53 +24,32 @@ struct Asset {
     body: &'static [u8],
 }
 
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// One embedded file of `crates/herald-server/dashboard/`.
+macro_rules! asset {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            body: include_bytes!(concat!("../dashboard/", $name)),
+        }
+    };
+}
+
 /// Every file the dashboard serves.
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "index.html",
-        content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../dashboard/index.html"),
-    },
-    Asset {
-        name: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../dashboard/app.js"),
-    },
-    Asset {
-        name: "api.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../dashboard/api.js"),
-    },
-    Asset {
-        name: "chart.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../dashboard/chart.js"),
-    },
-    Asset {
-        name: "format.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../dashboard/format.js"),
-    },
-    Asset {
-        name: "inspector.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../dashboard/inspector.js"),
-    },
-    Asset {
-        name: "playground.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../dashboard/playground.js"),
-    },
-    Asset {
-        name: "prometheus.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../dashboard/prometheus.js"),
-    },
-    Asset {
-        name: "style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../dashboard/style.css"),
-    },
+    asset!("index.html", HTML),
+    asset!("app.js", JS),
+    asset!("api.js", JS),
+    asset!("chart.js", JS),
+    asset!("format.js", JS),
+    asset!("inspector.js", JS),
+    asset!("playground.js", JS),
+    asset!("prometheus.js", JS),
+    asset!("style.css", CSS),
 ];
 
 /// `GET /dashboard` and `GET /dashboard/{file}`.
