@@ -382,22 +382,7 @@ impl TestNode {
         self.signal("TERM");
     }
 
-    /// Waits (bounded) for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = self.child.as_mut()?;
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Async-friendly `wait_exit`.
+    /// Waits (bounded) for the process to exit, without blocking the runtime.
     pub async fn wait_exit_async(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
