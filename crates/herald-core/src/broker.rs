@@ -129,6 +129,22 @@ pub enum BrokerError {
     Internal(String),
 }
 
+/// A connection joined or left a room with presence on, announced to the
+/// other nodes holding members of that room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// The room.
+    pub room: RoomKey,
+    /// True for `member_joined`, false for `member_left`.
+    pub joined: bool,
+    /// The member's user.
+    pub user_id: String,
+    /// The member's connection.
+    pub connection_id: String,
+    /// The node holding the connection.
+    pub node_id: String,
+}
+
 /// Receives publications from a broker.
 ///
 /// Contract: for any one room, `deliver` is called in offset order and never
@@ -136,6 +152,11 @@ pub enum BrokerError {
 pub trait PublicationSink: Send + Sync + 'static {
     /// Hands one publication to the node.
     fn deliver(&self, publication: Arc<Publication>);
+
+    /// A presence change announced by another node (see [`Broker::announce`]).
+    fn presence(&self, change: &PresenceChange) {
+        let _ = change;
+    }
 }
 
 /// A broker engine.
@@ -148,8 +169,13 @@ pub trait PublicationSink: Send + Sync + 'static {
 ///   as the engine is durable) and announced; on error nothing was published.
 /// - Offsets start at 1 and count up by one; the epoch changes whenever the
 ///   stream is recreated without its history.
-/// - After `subscribe(room)` returns, every later publication of that room
-///   reaches the sink; publications of unsubscribed rooms may or may not.
+/// - `subscribe` and `unsubscribe` are counted: the node calls `subscribe`
+///   once for every local member joining a room and `unsubscribe` once for
+///   every member leaving it. The engine listens to the room while the count
+///   is above zero, and `subscribe` returns only once listening is live, even
+///   when a concurrent caller started it. After `subscribe(room)` returns,
+///   every later publication of that room reaches the sink; publications of
+///   rooms not listened to may or may not.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Short engine name for logs and stats (`memory`, `redis`, `nats`).
@@ -174,6 +200,14 @@ pub trait Broker: Send + Sync + 'static {
         since: u64,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError>;
+
+    /// Tells the other nodes listening to `change.room` that a member joined
+    /// or left; they hand it to their sink's [`PublicationSink::presence`].
+    /// An engine serving one node has nobody to tell.
+    async fn announce(&self, change: &PresenceChange) -> Result<(), BrokerError> {
+        let _ = change;
+        Ok(())
+    }
 
     /// Whether the engine can serve requests now (readiness).
     fn is_ready(&self) -> bool;

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod cluster;
 pub mod duration;
 mod identity;
 pub mod namespace;
@@ -12,8 +13,12 @@ mod room;
 mod verify;
 
 pub use broker::{
-    Broker, BrokerError, BrokerStats, HistoryPage, HistoryPolicy, Publication, PublicationSink,
-    PublishOutcome, PublishRequest,
+    Broker, BrokerError, BrokerStats, HistoryPage, HistoryPolicy, PresenceChange, Publication,
+    PublicationSink, PublishOutcome, PublishRequest,
+};
+pub use cluster::{
+    Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef, MemberRecord,
+    NodeFigures, PerUserPolicy,
 };
 pub use identity::Identity;
 pub use namespace::{NamespaceConfig, Namespaces, Rule, RuleError};

@@ -67,7 +67,19 @@ fn allowed(b: u8) -> bool {
 
 /// A tenant; the default tenant is the empty string, which no token can
 /// claim explicitly (an empty `tenant` claim is treated as absent).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Tenant(Arc<str>);
 
 impl Tenant {

@@ -3,18 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// What happens when a user opens more than `max_connections_per_user`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum PerUserPolicy {
-    /// Refuse the new connection (HTTP 429 at upgrade, close 4029 otherwise).
-    #[default]
-    Reject,
-    /// Admit it and close the user's oldest connection with 4010.
-    EvictOldest,
-    /// One connection per user: a new one closes every older one with 4010.
-    Exclusive,
-}
+pub use herald_core::PerUserPolicy;
 
 /// Limits applied by a node: the `[limits]` table of the config, with the
 /// defaults of the contract.

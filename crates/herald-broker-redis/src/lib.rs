@@ -1,0 +1,21 @@
+//! Herald's Redis engine: many nodes, one system.
+//!
+//! - [`RedisBroker`] keeps each room's stream in Redis (offsets, epochs,
+//!   history) and fans publications out over pub/sub to the nodes with
+//!   members in the room.
+//! - [`RedisCluster`] keeps the cluster-wide registry: nodes and their
+//!   heartbeats, connections per user, presence, exclusive-session locks,
+//!   and the control channel that carries disconnects between nodes.
+//! - [`IngestConsumer`] publishes entries services append to the
+//!   `<prefix>:ingest` stream, once each, as one consumer group.
+//!
+//! Keys of one room share a hash tag, so everything works on Redis Cluster
+//! too, where room channels use sharded pub/sub.
+
+#![warn(missing_docs)]
+
+mod client;
+pub mod keys;
+pub mod wire;
+
+pub use client::{RedisClients, RedisSettings, RedisSetupError};
