@@ -2,7 +2,7 @@
 //! node, both reconnecting on their own with exponential backoff and jitter.
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface};
+use fred::interfaces::ClientLike;
 use fred::types::config::{Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy};
 use fred::types::Builder;
 use std::time::Duration;
