@@ -19,3 +19,11 @@ pub mod keys;
 pub mod wire;
 
 pub use client::{RedisClients, RedisSettings, RedisSetupError};
+
+mod broker;
+mod cluster;
+mod ingest;
+
+pub use broker::RedisBroker;
+pub use cluster::RedisCluster;
+pub use ingest::{IngestConsumer, IngestFailure, IngestTarget};
