@@ -69,6 +69,20 @@ impl Registry {
         Admission::Admitted(victims)
     }
 
+    /// Adds `conn` without applying a policy (in a cluster, the cluster
+    /// registry applies it).
+    pub(crate) fn insert(&self, conn: &Arc<Connection>) {
+        let mut inner = self.inner.lock();
+        let key = (conn.tenant.clone(), conn.user_id.clone());
+        inner.by_user.entry(key).or_default().push(conn.clone());
+        inner.by_id.insert(conn.id.clone(), conn.clone());
+    }
+
+    /// The connection `id`, if it is here.
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Connection>> {
+        self.inner.lock().by_id.get(id).cloned()
+    }
+
     /// Forgets `conn` (idempotent).
     pub(crate) fn remove(&self, conn: &Arc<Connection>) {
         let mut inner = self.inner.lock();

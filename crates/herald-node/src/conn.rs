@@ -22,6 +22,25 @@ pub enum TransportKind {
     Sse,
 }
 
+impl TransportKind {
+    /// `websocket` or `sse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Websocket => "websocket",
+            Self::Sse => "sse",
+        }
+    }
+
+    /// The transport named `name` (`sse`, else WebSocket).
+    pub fn parse(name: &str) -> Self {
+        if name == "sse" {
+            Self::Sse
+        } else {
+            Self::Websocket
+        }
+    }
+}
+
 /// A connection as listed by the connections API.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionInfo {

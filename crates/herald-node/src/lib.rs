@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod admission;
+mod cluster;
 mod conn;
 mod error;
 mod filter;

@@ -1,7 +1,7 @@
 //! The node: what transports and the HTTP API call into.
 
 use crate::admission::{evict, Admission, Registry};
-use crate::conn::{Connection, ConnectionInfo, TransportKind};
+use crate::conn::{Connection, TransportKind};
 use crate::error::NodeError;
 use crate::limits::Limits;
 use crate::metrics;
@@ -9,11 +9,11 @@ use crate::queue::SendQueue;
 use crate::rooms::Rooms;
 use crate::session::Session;
 use herald_core::{
-    Broker, HistoryPolicy, Identity, Namespaces, PublicationSink, PublishOutcome, PublishRequest,
+    Broker, Cluster, HistoryPolicy, Identity, Namespaces, PublicationSink, PublishOutcome, PublishRequest,
     RoomKey, RoomName, Tenant, TokenVerifier, VerifyError,
 };
 use herald_protocol::{
-    encode, CloseCode, JoinedRoom, MemberSummary, RequestId, ServerFrame, StreamPosition,
+    encode, CloseCode, JoinedRoom, RequestId, ServerFrame, StreamPosition,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -114,6 +114,8 @@ pub(crate) struct Inner {
     /// The only token claims connections keep: those `claim:` rules read.
     rule_claims: std::collections::BTreeSet<String>,
     pub(crate) broker: Arc<dyn Broker>,
+    /// The cluster registry; `None` on a node that runs alone.
+    pub(crate) cluster: Option<Arc<dyn Cluster>>,
     verifier: Arc<dyn TokenVerifier>,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) registry: Registry,
@@ -152,10 +154,23 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Node {
-    /// A node whose broker is built by `make_broker` from the node's sink.
+    /// A node that runs alone, whose broker is built by `make_broker` from
+    /// the node's sink.
     pub fn new(
         settings: NodeSettings,
         verifier: Arc<dyn TokenVerifier>,
+        make_broker: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>,
+    ) -> Self {
+        Self::with_cluster(settings, verifier, None, make_broker)
+    }
+
+    /// A node of a cluster: per-user limits, presence, the connections
+    /// list, stats and disconnects go through `cluster`. Hand the engine
+    /// [`Node::cluster_handle`] once the node exists.
+    pub fn with_cluster(
+        settings: NodeSettings,
+        verifier: Arc<dyn TokenVerifier>,
+        cluster: Option<Arc<dyn Cluster>>,
         make_broker: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>,
     ) -> Self {
         let node_id: Arc<str> = Arc::from(settings.node_id.as_str());
@@ -172,6 +187,7 @@ impl Node {
                 rule_claims: settings.namespaces.rule_claims(),
                 namespaces: settings.namespaces,
                 broker,
+                cluster,
                 verifier,
                 rooms,
                 registry: Registry::default(),
@@ -241,15 +257,6 @@ impl Node {
         identity
     }
 
-    /// Whether a new connection of this identity would be refused by the
-    /// per-user `reject` policy.
-    pub fn would_refuse_user(&self, identity: &Identity) -> bool {
-        let tenant = Tenant::from_option(identity.tenant.as_deref());
-        self.inner
-            .registry
-            .would_refuse(&tenant, &identity.user_id, &self.inner.limits)
-    }
-
     /// Admits an authenticated connection: registers it under the per-user
     /// policy, joins its auto-join rooms and queues `authenticated`
     /// (answering `reply_to` when the token came in a frame).
@@ -269,9 +276,18 @@ impl Node {
             self.inner.clock,
             now_ms(),
         ));
-        match self.inner.registry.admit(&conn, limits) {
-            Admission::TooManyForUser => return Err(CloseCode::TooManyConnections),
-            Admission::Admitted(victims) => evict(&victims),
+        if self.inner.cluster.is_some() {
+            // The policy holds cluster-wide: the cluster registry applies it.
+            self.inner.registry.insert(&conn);
+            if let Err(code) = self.cluster_admit(&conn).await {
+                self.inner.registry.remove(&conn);
+                return Err(code);
+            }
+        } else {
+            match self.inner.registry.admit(&conn, limits) {
+                Admission::TooManyForUser => return Err(CloseCode::TooManyConnections),
+                Admission::Admitted(victims) => evict(&victims),
+            }
         }
         metrics::connection_opened();
         metrics::connections(self.inner.registry.len());
@@ -295,7 +311,8 @@ impl Node {
                 .collect(),
             heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
         }));
-        session.finish_auto_join(pending, options.announce_rooms);
+        let presence_rooms = session.finish_auto_join(pending, options.announce_rooms);
+        session.announce_joined(&presence_rooms).await;
         Ok(session)
     }
 
@@ -331,30 +348,6 @@ impl Node {
         Ok(outcome)
     }
 
-    /// Closes every connection of `user` with 4013; returns how many.
-    pub fn disconnect_user(&self, tenant: &Tenant, user: &str) -> usize {
-        let conns = self.inner.registry.of_user(tenant, user);
-        for c in &conns {
-            c.close(CloseCode::DisconnectedByApi);
-        }
-        conns.len()
-    }
-
-    /// The connections of `user`.
-    pub fn user_connections(&self, tenant: &Tenant, user: &str) -> Vec<ConnectionInfo> {
-        self.inner
-            .registry
-            .of_user(tenant, user)
-            .iter()
-            .map(|c| c.info(&self.inner.node_id))
-            .collect()
-    }
-
-    /// Members of `room`.
-    pub fn presence(&self, room: &RoomKey) -> Vec<MemberSummary> {
-        self.inner.rooms.members(room)
-    }
-
     /// Stored events of `room` after `since`, at most `limit`, with the
     /// stream's position.
     pub async fn history(
@@ -371,29 +364,6 @@ impl Node {
         Ok(self.inner.broker.position(room).await?)
     }
 
-    /// Figures for `/api/v1/stats`.
-    pub fn stats(&self) -> NodeStats {
-        let here = NodeSummary {
-            node_id: self.inner.node_id.to_string(),
-            connections: self.inner.registry.len(),
-            users: self.inner.registry.users(),
-            rooms: self.inner.rooms.len(),
-        };
-        let b = self.inner.broker.stats();
-        NodeStats {
-            connections: here.connections,
-            users: here.users,
-            rooms: here.rooms,
-            nodes: vec![here],
-            broker: BrokerSummary {
-                kind: self.inner.broker.kind(),
-                streams: b.streams,
-                history_events: b.stored_events,
-                history_bytes: b.stored_bytes,
-            },
-        }
-    }
-
     /// Open connections on this node.
     pub fn connection_count(&self) -> usize {
         self.inner.registry.len()
@@ -401,7 +371,9 @@ impl Node {
 
     /// Whether the node accepts connections and its broker is reachable.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.inner.broker.is_ready()
+        !self.is_draining()
+            && self.inner.broker.is_ready()
+            && self.inner.cluster.as_ref().is_none_or(|c| c.is_ready())
     }
 
     /// Whether the node is shutting down.

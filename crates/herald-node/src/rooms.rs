@@ -16,7 +16,7 @@
 use crate::conn::Connection;
 use crate::metrics;
 use crate::queue::{Outbound, PushResult};
-use herald_core::{Publication, PublicationSink, RoomKey};
+use herald_core::{PresenceChange, Publication, PublicationSink, RoomKey};
 use herald_protocol::{encode, CloseCode, MemberSummary, ServerFrame, StreamPosition};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -39,19 +39,6 @@ struct Member {
 struct RoomEntry {
     members: Vec<Member>,
     presence: bool,
-}
-
-/// Result of registering a pending member.
-pub(crate) struct JoinTicket {
-    /// True when this node had no member in the room before: the caller
-    /// must subscribe the node to the room at the broker.
-    pub created: bool,
-}
-
-/// Result of removing a member.
-pub(crate) struct Removed {
-    /// Whether the room has no local member left (unsubscribe at the broker).
-    pub emptied: bool,
 }
 
 pub(crate) struct Rooms {
@@ -88,7 +75,7 @@ impl Rooms {
         room: &RoomKey,
         conn: &Arc<Connection>,
         presence: bool,
-    ) -> JoinTicket {
+    ) {
         let mut shard = self.shard(room).write();
         let created = !shard.contains_key(room);
         let entry = shard.entry(room.clone()).or_default();
@@ -103,7 +90,6 @@ impl Rooms {
             self.count.fetch_add(1, Ordering::Relaxed);
             metrics::rooms(self.len());
         }
-        JoinTicket { created }
     }
 
     /// Phase 2: queue `first` (the `room_joined` frame, if any), then
@@ -160,10 +146,10 @@ impl Rooms {
     }
 
     /// Removes `conn` from `room`, telling the others when presence is on.
-    pub(crate) fn remove(&self, room: &RoomKey, conn: &Arc<Connection>) -> Removed {
+    pub(crate) fn remove(&self, room: &RoomKey, conn: &Arc<Connection>) {
         let mut shard = self.shard(room).write();
         let Some(entry) = shard.get_mut(room) else {
-            return Removed { emptied: false };
+            return;
         };
         let before = entry.members.len();
         entry.members.retain(|m| !Arc::ptr_eq(&m.conn, conn));
@@ -178,13 +164,11 @@ impl Rooms {
                 m.conn.send(frame.clone());
             }
         }
-        let emptied = entry.members.is_empty();
-        if emptied {
+        if entry.members.is_empty() {
             shard.remove(room);
             self.count.fetch_sub(1, Ordering::Relaxed);
             metrics::rooms(self.len());
         }
-        Removed { emptied }
     }
 
     /// The local members of `room`.
@@ -229,6 +213,32 @@ fn push_publication(conn: &Connection, p: &Arc<Publication>, frame: &bytes::Byte
 }
 
 impl PublicationSink for Rooms {
+    fn presence(&self, change: &PresenceChange) {
+        let shard = self.shard(&change.room).read();
+        let Some(entry) = shard.get(&change.room) else {
+            return;
+        };
+        let room = change.room.name.to_string();
+        let user_id = change.user_id.clone();
+        let connection_id = change.connection_id.clone();
+        let frame = encode(&if change.joined {
+            ServerFrame::MemberJoined {
+                room,
+                user_id,
+                connection_id,
+            }
+        } else {
+            ServerFrame::MemberLeft {
+                room,
+                user_id,
+                connection_id,
+            }
+        });
+        for m in entry.members.iter().filter(|m| m.pending.is_none()) {
+            m.conn.send(frame.clone());
+        }
+    }
+
     fn deliver(&self, p: Arc<Publication>) {
         let shard = self.shard(&p.room).read();
         let Some(entry) = shard.get(&p.room) else {

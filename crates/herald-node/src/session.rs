@@ -29,7 +29,8 @@ const EPISODE_GAP: Duration = Duration::from_secs(1);
 /// An auto-joined room between the two phases of its join.
 pub(crate) struct PendingJoin {
     pub(crate) key: RoomKey,
-    presence: bool,
+    /// Members (cluster-wide) when presence is on in the room.
+    members: Option<Vec<herald_protocol::MemberSummary>>,
     pub(crate) position: StreamPosition,
     replay: Vec<Arc<Publication>>,
     recovered: Option<bool>,
@@ -247,18 +248,22 @@ impl Session {
         }
         let ns = self.node.namespaces().for_room(&name).clone();
         let inner = &self.node.inner;
-        let ticket = inner.rooms.begin_join(&key, &self.conn, ns.presence);
+        inner.rooms.begin_join(&key, &self.conn, ns.presence);
         let resolved = self
-            .resolve(&key, ticket.created, since.as_ref(), ns.history_size)
+            .resolve(&key, since.as_ref(), ns.history_size, ns.presence, !rejoin)
             .await;
         let (position, replay, recovered) = match resolved {
             Ok(r) => r,
-            Err(e) => {
-                self.drop_membership(&name, &key).await;
+            Err((e, subscribed)) => {
+                self.drop_membership(&name, &key, subscribed, false).await;
                 return Err(e);
             }
         };
-        let members = ns.presence.then(|| inner.rooms.members(&key));
+        let members = if ns.presence {
+            Some(self.members(&key).await)
+        } else {
+            None
+        };
         let frame = encode(&ServerFrame::RoomJoined {
             id,
             room: name.to_string(),
@@ -275,27 +280,52 @@ impl Session {
         inner
             .rooms
             .complete_join(&key, &self.conn, &position, Some(frame), &replay, !rejoin);
+        if ns.presence && !rejoin {
+            self.node.announce_presence(&key, &self.conn, true).await;
+        }
         Ok(())
     }
 
-    /// Phase two of a join: subscribe the node when it is the room's first
-    /// local member, then read the position, or the history after `since`.
+    /// The room's members, cluster-wide when the registry answers, else
+    /// this node's.
+    async fn members(&self, key: &RoomKey) -> Vec<herald_protocol::MemberSummary> {
+        match self.node.presence(key).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(room = %key, error = %e, "cluster presence unavailable");
+                self.node.inner.rooms.members(key)
+            }
+        }
+    }
+
+    /// Phase two of a join: subscribe the node (counted per member, see
+    /// the `Broker` contract), record the membership cluster-wide, then read
+    /// the position, or the history after `since`. On error, tells whether
+    /// the subscription was taken (and must be released).
     async fn resolve(
         &self,
         key: &RoomKey,
-        created: bool,
         since: Option<&StreamPosition>,
         history_size: usize,
-    ) -> Result<(StreamPosition, Vec<Arc<Publication>>, bool), NodeError> {
+        presence: bool,
+        new_member: bool,
+    ) -> Result<(StreamPosition, Vec<Arc<Publication>>, bool), (NodeError, bool)> {
         let broker = self.node.broker();
-        if created {
-            broker.subscribe(key).await?;
+        if new_member {
+            broker.subscribe(key).await.map_err(|e| (e.into(), false))?;
+            self.node
+                .cluster_membership(key, &self.conn, presence, true)
+                .await;
         }
         let Some(since) = since else {
-            return Ok((broker.position(key).await?, Vec::new(), false));
+            let position = broker.position(key).await.map_err(|e| (e.into(), true))?;
+            return Ok((position, Vec::new(), false));
         };
         let limit = history_size.clamp(1, MAX_REPLAY);
-        let page = broker.history(key, since.offset, limit).await?;
+        let page = broker
+            .history(key, since.offset, limit)
+            .await
+            .map_err(|e| (e.into(), true))?;
         let recovered = page.position.epoch == since.epoch
             && since.offset <= page.position.offset
             && page.complete;
@@ -306,13 +336,31 @@ impl Session {
         }
     }
 
-    async fn drop_membership(&self, name: &RoomName, key: &RoomKey) {
+    /// Removes this connection from `room`: locally (telling local presence
+    /// members), and, when the join got as far as `subscribed`, at the
+    /// broker and in the cluster registry; `was_live` members are announced
+    /// as having left to the other nodes.
+    async fn drop_membership(
+        &self,
+        name: &RoomName,
+        key: &RoomKey,
+        subscribed: bool,
+        was_live: bool,
+    ) {
         self.conn.rooms().lock().remove(name);
-        let removed = self.node.inner.rooms.remove(key, &self.conn);
-        if removed.emptied {
-            if let Err(e) = self.node.broker().unsubscribe(key).await {
-                tracing::warn!(room = %key, error = %e, "unsubscribe failed");
-            }
+        self.node.inner.rooms.remove(key, &self.conn);
+        if !subscribed {
+            return;
+        }
+        if let Err(e) = self.node.broker().unsubscribe(key).await {
+            tracing::warn!(room = %key, error = %e, "unsubscribe failed");
+        }
+        let presence = self.node.namespaces().for_room(name).presence;
+        self.node
+            .cluster_membership(key, &self.conn, presence, false)
+            .await;
+        if presence && was_live {
+            self.node.announce_presence(key, &self.conn, false).await;
         }
     }
 
@@ -321,7 +369,7 @@ impl Session {
         if !self.conn.in_room(&name) {
             return Err(NodeError::NotJoined(name.to_string()));
         }
-        self.drop_membership(&name, &key).await;
+        self.drop_membership(&name, &key, true, true).await;
         self.reply(ServerFrame::RoomLeft {
             id,
             room: name.to_string(),
@@ -399,25 +447,31 @@ impl Session {
             let ns = self.node.namespaces().for_room(&name);
             let since = resume.get(&name);
             self.conn.rooms().lock().insert(name.clone());
-            let ticket = self
-                .node
+            self.node
                 .inner
                 .rooms
                 .begin_join(&key, &self.conn, ns.presence);
             match self
-                .resolve(&key, ticket.created, since, ns.history_size)
+                .resolve(&key, since, ns.history_size, ns.presence, true)
                 .await
             {
-                Ok((position, replay, recovered)) => pending.push(PendingJoin {
-                    key,
-                    presence: ns.presence,
-                    position,
-                    replay,
-                    recovered: since.map(|_| recovered),
-                }),
-                Err(e) => {
+                Ok((position, replay, recovered)) => {
+                    let members = if ns.presence {
+                        Some(self.members(&key).await)
+                    } else {
+                        None
+                    };
+                    pending.push(PendingJoin {
+                        key,
+                        members,
+                        position,
+                        replay,
+                        recovered: since.map(|_| recovered),
+                    });
+                }
+                Err((e, subscribed)) => {
                     tracing::warn!(room = %key, error = %e, "auto-join failed");
-                    self.drop_membership(&name, &key).await;
+                    self.drop_membership(&name, &key, subscribed, false).await;
                 }
             }
         }
@@ -426,8 +480,10 @@ impl Session {
 
     /// Turns the auto-joined rooms live; with `announce`, each gets a
     /// `room_joined` first (SSE streams list every room that way).
-    pub(crate) fn finish_auto_join(&self, pending: Vec<PendingJoin>, announce: bool) {
+    /// Returns the rooms with presence on, to announce the member in.
+    pub(crate) fn finish_auto_join(&self, pending: Vec<PendingJoin>, announce: bool) -> Vec<RoomKey> {
         let rooms = &self.node.inner.rooms;
+        let mut presence_rooms = Vec::new();
         for p in pending {
             let first = announce.then(|| {
                 encode(&ServerFrame::RoomJoined {
@@ -439,10 +495,21 @@ impl Session {
                     replayed: p
                         .recovered
                         .map(|_| p.replay.iter().filter(|e| passes(&self.conn, e)).count() as u64),
-                    members: p.presence.then(|| rooms.members(&p.key)),
+                    members: p.members.clone(),
                 })
             });
             rooms.complete_join(&p.key, &self.conn, &p.position, first, &p.replay, true);
+            if p.members.is_some() {
+                presence_rooms.push(p.key);
+            }
+        }
+        presence_rooms
+    }
+
+    /// Tells the other nodes about this member in `rooms` (presence).
+    pub(crate) async fn announce_joined(&self, rooms: &[RoomKey]) {
+        for key in rooms {
+            self.node.announce_presence(key, &self.conn, true).await;
         }
     }
 
@@ -459,19 +526,24 @@ impl Session {
     /// Ends the session: leaves every room (telling presence members),
     /// forgets the connection and records why it closed.
     pub async fn end(self, reason: &'static str) {
+        // The record still lists the rooms: the registry drops the
+        // connection's presence entries with it.
+        let record = self.node.record_of(&self.conn);
         let rooms: Vec<RoomName> = std::mem::take(&mut *self.conn.rooms().lock())
             .into_iter()
             .collect();
         for name in rooms {
             let key = RoomKey::new(self.conn.tenant.clone(), name.clone());
-            let removed = self.node.inner.rooms.remove(&key, &self.conn);
-            if removed.emptied {
-                if let Err(e) = self.node.broker().unsubscribe(&key).await {
-                    tracing::warn!(room = %key, error = %e, "unsubscribe failed");
-                }
+            self.node.inner.rooms.remove(&key, &self.conn);
+            if let Err(e) = self.node.broker().unsubscribe(&key).await {
+                tracing::warn!(room = %key, error = %e, "unsubscribe failed");
+            }
+            if self.node.namespaces().for_room(&name).presence {
+                self.node.announce_presence(&key, &self.conn, false).await;
             }
         }
         self.node.inner.registry.remove(&self.conn);
+        self.node.cluster_remove(&record).await;
         metrics::connection_closed(reason);
         metrics::connections(self.node.inner.registry.len());
     }

@@ -87,9 +87,35 @@ pub enum CloseCode {
     Stale,
     /// 4029: over `limits.max_connections_per_user` under the `reject` policy.
     TooManyConnections,
+    /// 1013: the node cannot admit the connection now (its cluster registry
+    /// is unreachable); try again later, maybe on another node (RFC 6455's
+    /// "Try Again Later"; an extension to the contract's list).
+    TryAgainLater,
 }
 
 impl CloseCode {
+    /// Every close code.
+    pub const ALL: [CloseCode; 13] = [
+        Self::Normal,
+        Self::GoingAway,
+        Self::InvalidPayload,
+        Self::TooBig,
+        Self::Unauthorized,
+        Self::RateLimited,
+        Self::SessionReplaced,
+        Self::SlowConsumer,
+        Self::TokenExpired,
+        Self::DisconnectedByApi,
+        Self::Stale,
+        Self::TooManyConnections,
+        Self::TryAgainLater,
+    ];
+
+    /// The close code numbered `code`, if Herald uses it.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
     /// The numeric close code.
     pub fn code(self) -> u16 {
         match self {
@@ -105,6 +131,7 @@ impl CloseCode {
             Self::DisconnectedByApi => 4013,
             Self::Stale => 4014,
             Self::TooManyConnections => 4029,
+            Self::TryAgainLater => 1013,
         }
     }
 
@@ -114,7 +141,11 @@ impl CloseCode {
     pub fn reconnect(self) -> bool {
         matches!(
             self,
-            Self::GoingAway | Self::SlowConsumer | Self::TokenExpired | Self::Stale
+            Self::GoingAway
+                | Self::SlowConsumer
+                | Self::TokenExpired
+                | Self::Stale
+                | Self::TryAgainLater
         )
     }
 
@@ -134,6 +165,7 @@ impl CloseCode {
             Self::DisconnectedByApi => "disconnected",
             Self::Stale => "stale",
             Self::TooManyConnections => "too_many_connections",
+            Self::TryAgainLater => "try_again_later",
         }
     }
 }

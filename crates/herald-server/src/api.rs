@@ -91,14 +91,8 @@ pub(crate) struct PublishBody {
     exclude_connection: Option<String>,
 }
 
-/// `POST /api/v1/publish`
-pub(crate) async fn publish(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    require(&app, &headers, Scope::Publish)?;
-    let b: PublishBody = parse_body(&body)?;
+/// Checks a publish body (shared by the HTTP API and the ingest stream).
+pub(crate) fn publish_input(b: PublishBody) -> Result<PublishInput, ApiError> {
     check_event(&b.event)?;
     let key = room_key(b.tenant.as_deref(), &b.room)?;
     if b.idempotency_key
@@ -109,19 +103,35 @@ pub(crate) async fn publish(
             "`idempotency_key` must be 1 to 255 bytes",
         ));
     }
-    let outcome = app
-        .node
-        .publish(PublishInput {
-            tenant: key.tenant,
-            room: b.room,
-            event: b.event,
-            data: b.data,
-            idempotency_key: b.idempotency_key,
-            exclude_connection: b.exclude_connection,
-        })
-        .await?;
+    Ok(PublishInput {
+        tenant: key.tenant,
+        room: b.room,
+        event: b.event,
+        data: b.data,
+        idempotency_key: b.idempotency_key,
+        exclude_connection: b.exclude_connection,
+    })
+}
+
+/// Parses and checks a publish body given as JSON text.
+pub(crate) fn parse_publish(json: &[u8]) -> Result<PublishInput, ApiError> {
+    publish_input(serde_json::from_slice(json).map_err(|e| {
+        ApiError::bad_request(format!("invalid body: {e}"))
+    })?)
+}
+
+/// `POST /api/v1/publish`
+pub(crate) async fn publish(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require(&app, &headers, Scope::Publish)?;
+    let input = publish_input(parse_body(&body)?)?;
+    let room = input.room.clone();
+    let outcome = app.node.publish(input).await?;
     Ok(Json(json!({
-        "room": key.name.as_str(),
+        "room": room,
         "epoch": outcome.position.epoch,
         "offset": outcome.position.offset,
         "duplicate": outcome.duplicate,
@@ -197,7 +207,8 @@ pub(crate) async fn disconnect_user(
     require(&app, &headers, Scope::Admin)?;
     let n = app
         .node
-        .disconnect_user(&Tenant::from_option(q.tenant.as_deref()), &user_id);
+        .disconnect_user(&Tenant::from_option(q.tenant.as_deref()), &user_id)
+        .await?;
     Ok(Json(json!({"user_id": user_id, "disconnected": n})).into_response())
 }
 
@@ -211,7 +222,8 @@ pub(crate) async fn user_connections(
     require(&app, &headers, Scope::Admin)?;
     let conns = app
         .node
-        .user_connections(&Tenant::from_option(q.tenant.as_deref()), &user_id);
+        .user_connections(&Tenant::from_option(q.tenant.as_deref()), &user_id)
+        .await?;
     Ok(Json(json!({"user_id": user_id, "connections": conns})).into_response())
 }
 
@@ -224,7 +236,7 @@ pub(crate) async fn presence(
 ) -> Result<Response, ApiError> {
     require(&app, &headers, Scope::Admin)?;
     let key = room_key(q.tenant.as_deref(), &room)?;
-    let members = app.node.presence(&key);
+    let members = app.node.presence(&key).await?;
     Ok(Json(json!({"room": key.name.as_str(), "members": members})).into_response())
 }
 
@@ -277,7 +289,7 @@ pub(crate) async fn stats(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require(&app, &headers, Scope::Admin)?;
-    Ok(Json(app.node.stats()).into_response())
+    Ok(Json(app.node.stats().await?).into_response())
 }
 
 #[derive(Deserialize)]

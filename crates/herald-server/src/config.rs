@@ -150,6 +150,13 @@ pub struct BrokerConfig {
     pub nats_url: Option<String>,
     /// Prefix of every key and subject.
     pub prefix: String,
+    /// How often a node renews its cluster registry entry; survivors clean
+    /// up a node silent for two periods.
+    #[serde(with = "duration")]
+    pub node_heartbeat: Duration,
+    /// Longest wait for one Redis command before answering `unavailable`.
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -159,6 +166,8 @@ impl Default for BrokerConfig {
             redis_url: None,
             nats_url: None,
             prefix: "herald".into(),
+            node_heartbeat: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -278,13 +287,7 @@ impl Config {
                 ));
             }
         }
-        if self.broker.kind != BrokerKind::Memory {
-            let kind = format!("{:?}", self.broker.kind).to_lowercase();
-            problems.push(invalid(
-                "broker.kind",
-                format!("`{kind}` is not available in this build yet; use `memory`"),
-            ));
-        }
+        self.validate_broker(&mut problems);
         if let Err(e) = self.namespace_rules() {
             problems.push(e);
         }
@@ -292,6 +295,43 @@ impl Config {
             0 => Ok(()),
             1 => Err(problems.remove(0)),
             _ => Err(ConfigError::Many(problems)),
+        }
+    }
+
+    fn validate_broker(&self, problems: &mut Vec<ConfigError>) {
+        let b = &self.broker;
+        match b.kind {
+            BrokerKind::Memory => {}
+            BrokerKind::Redis => match b.redis_url.as_deref() {
+                None | Some("") => problems.push(invalid(
+                    "broker.redis_url",
+                    "is required with broker.kind = \"redis\" (redis://host:port or \
+                     redis-cluster://host:port?node=host:port)",
+                )),
+                Some(url) if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) => {
+                    problems.push(invalid(
+                        "broker.redis_url",
+                        "must start with redis:// or redis-cluster://",
+                    ))
+                }
+                Some(_) => {}
+            },
+            BrokerKind::Nats => problems.push(invalid(
+                "broker.kind",
+                "`nats` is not available in this build yet; use `memory` or `redis`",
+            )),
+        }
+        if b.prefix.is_empty() || b.prefix.contains(['{', '}', ' ']) {
+            problems.push(invalid(
+                "broker.prefix",
+                "must be non-empty, without spaces or braces",
+            ));
+        }
+        if b.node_heartbeat < Duration::from_millis(100) {
+            problems.push(invalid("broker.node_heartbeat", "must be at least 100ms"));
+        }
+        if b.command_timeout < Duration::from_millis(10) {
+            problems.push(invalid("broker.command_timeout", "must be at least 10ms"));
         }
     }
 

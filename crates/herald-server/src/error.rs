@@ -26,6 +26,16 @@ impl ApiError {
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
+
+    /// Whether retrying later may succeed (503 `unavailable`).
+    pub(crate) fn is_unavailable(&self) -> bool {
+        self.status == StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    /// The message, naming what was wrong.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl From<NodeError> for ApiError {

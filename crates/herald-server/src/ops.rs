@@ -22,7 +22,7 @@ pub(crate) async fn ready(State(app): State<AppState>) -> Response {
             axum::Json(json!({"status": "draining"})),
         )
             .into_response()
-    } else if !app.node.broker().is_ready() {
+    } else if !app.node.is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"status": "broker_unavailable"})),
@@ -33,11 +33,27 @@ pub(crate) async fn ready(State(app): State<AppState>) -> Response {
     }
 }
 
+/// Reserves a socket slot for a new WebSocket or SSE client, or the 503
+/// that refuses it: the node is draining, at `limits.max_connections`, or
+/// cannot reach its broker (a client is better served by another node).
+pub(crate) fn reserve_socket(app: &AppState) -> Result<herald_node::SocketSlot, Response> {
+    let message = if app.node.is_draining() {
+        "node is shutting down; connect to another node"
+    } else if !app.node.is_ready() {
+        "node cannot reach its broker; connect to another node or retry shortly"
+    } else if let Some(slot) = app.node.reserve_socket() {
+        return Ok(slot);
+    } else {
+        "node is at limits.max_connections"
+    };
+    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message).into_response())
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
-    let stats = app.node.stats();
-    metrics::gauge!("herald_history_bytes").set(stats.broker.history_bytes as f64);
-    metrics::gauge!("herald_history_events").set(stats.broker.history_events as f64);
+    let stats = app.node.broker().stats();
+    metrics::gauge!("herald_history_bytes").set(stats.stored_bytes as f64);
+    metrics::gauge!("herald_history_events").set(stats.stored_events as f64);
     match &app.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -2,7 +2,7 @@
 
 use crate::app::{router, AppState};
 use crate::auth::{build_authenticator, dev_mode, ApiKeys, JwtVerifier};
-use crate::config::{ApiKeyConfig, Config, ConfigError, Scope};
+use crate::config::{ApiKeyConfig, BrokerKind, Config, ConfigError, Scope};
 use herald_auth::TokenMinter;
 use herald_broker_memory::MemoryBroker;
 use herald_node::{Node, NodeSettings};
@@ -24,6 +24,9 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The Redis engine could not be set up.
+    #[error(transparent)]
+    Redis(herald_broker_redis::RedisSetupError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
@@ -110,19 +113,27 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         limits: config.limits.clone(),
         namespaces,
     };
-    let mut memory: Option<Arc<MemoryBroker>> = None;
-    let node = Node::new(
-        settings,
-        Arc::new(JwtVerifier(authenticator.clone())),
-        |sink| {
-            let broker = Arc::new(MemoryBroker::new(sink));
-            memory = Some(broker.clone());
-            broker
-        },
-    );
-    if let Some(broker) = memory {
-        spawn_sweeper(&node, broker);
-    }
+    let verifier = Arc::new(JwtVerifier(authenticator.clone()));
+    let (node, redis) = match config.broker.kind {
+        BrokerKind::Redis => {
+            let (node, side) = crate::cluster::build(&config, &node_id, settings, verifier)
+                .map_err(ServeError::Redis)?;
+            (node, Some(side))
+        }
+        // `nats` is refused by config validation.
+        BrokerKind::Memory | BrokerKind::Nats => {
+            let mut memory: Option<Arc<MemoryBroker>> = None;
+            let node = Node::new(settings, verifier, |sink| {
+                let broker = Arc::new(MemoryBroker::new(sink));
+                memory = Some(broker.clone());
+                broker
+            });
+            if let Some(broker) = memory {
+                spawn_sweeper(&node, broker);
+            }
+            (node, None)
+        }
+    };
     if let Some(handle) = &metrics {
         spawn_metrics_upkeep(&node, handle.clone());
     }
@@ -154,6 +165,10 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         })
         .await
         .map_err(ServeError::Http)?;
+    node.leave_cluster().await;
+    if let Some(redis) = redis {
+        redis.close().await;
+    }
     tracing::info!("herald stopped");
     Ok(())
 }

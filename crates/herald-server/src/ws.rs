@@ -44,18 +44,9 @@ pub(crate) async fn upgrade(
     Query(q): Query<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(slot) = app.node.reserve_socket() else {
-        let message = if app.node.is_draining() {
-            "node is shutting down; connect to another node"
-        } else {
-            "node is at limits.max_connections"
-        };
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            message,
-        )
-        .into_response();
+    let slot = match crate::ops::reserve_socket(&app) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal,
     };
     let token = bearer(&headers).map(str::to_owned).or(q.token);
     let identity = match token {
@@ -68,10 +59,11 @@ pub(crate) async fn upgrade(
             }
         },
     };
-    if identity
-        .as_ref()
-        .is_some_and(|i| app.node.would_refuse_user(i))
-    {
+    let refused = match &identity {
+        Some(i) => app.node.would_refuse_user(i).await,
+        None => false,
+    };
+    if refused {
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::LimitExceeded,

@@ -72,8 +72,22 @@ fn masks_secrets() {
 
 #[test]
 fn unavailable_broker_kinds_are_refused() {
-    let err = Config::from_toml("[broker]\nkind = \"redis\"\n").unwrap_err();
+    let err = Config::from_toml("[broker]\nkind = \"nats\"\n").unwrap_err();
     assert!(err.to_string().contains("broker.kind"), "{err}");
+}
+
+#[test]
+fn redis_needs_a_redis_url() {
+    let err = Config::from_toml("[broker]\nkind = \"redis\"\n").unwrap_err();
+    assert!(err.to_string().contains("broker.redis_url"), "{err}");
+    let err = Config::from_toml("[broker]\nkind = \"redis\"\nredis_url = \"http://x\"\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("broker.redis_url"), "{err}");
+    let c = Config::from_toml(
+        "[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nnode_heartbeat = \"1s\"\n",
+    )
+    .expect("valid");
+    assert_eq!(c.broker.node_heartbeat, std::time::Duration::from_secs(1));
 }
 
 #[test]

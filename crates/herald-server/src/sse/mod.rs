@@ -62,13 +62,9 @@ pub(crate) async fn stream(
     headers: HeaderMap,
     Query(q): Query<SseQuery>,
 ) -> Response {
-    let Some(slot) = app.node.reserve_socket() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "node is at limits.max_connections or shutting down",
-        )
-        .into_response();
+    let slot = match crate::ops::reserve_socket(&app) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal,
     };
     let Some(token) = bearer(&headers).map(str::to_owned).or(q.token) else {
         return ApiError::new(
@@ -144,7 +140,7 @@ pub(crate) async fn stream(
         Ok(r) => r,
         Err(message) => return bad_request(message),
     };
-    if app.node.would_refuse_user(&identity) {
+    if app.node.would_refuse_user(&identity).await {
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::LimitExceeded,
