@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod cdp;
+pub mod cluster;
 mod node;
 mod raw;
 pub mod sse;

@@ -1,0 +1,414 @@
+//! Failures under load (issue #4): a node SIGKILLed while events flow (its
+//! clients resume on a survivor with nothing lost; survivors reap its
+//! connections and presence), and Redis restarted empty under load
+//! (readiness, 503s, and every publish answered 200 delivered).
+
+mod common;
+
+use common::cluster::*;
+use common::*;
+use herald_testkit::RedisServer;
+use serde_json::{json, Value};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Slack on top of two heartbeat periods for the survivors' cleanup.
+const REAP_SLACK: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Default)]
+struct Follow {
+    name: String,
+    offsets: Vec<u64>,
+    reconnects: usize,
+    /// `member_left` frames: connection id and when it arrived.
+    left: Vec<(String, Instant)>,
+    errors: Vec<String>,
+}
+
+/// Reads `room` until offset `total`; when its socket dies, reconnects to
+/// `fallback` and resumes with `since` from the last offset seen.
+async fn follow(
+    c: &TestCluster,
+    name: String,
+    mut ws: WsClient,
+    room: &str,
+    epoch: &str,
+    total: u64,
+    fallback: usize,
+) -> Follow {
+    let mut rep = Follow {
+        name,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(50);
+    loop {
+        let last = rep.offsets.last().copied().unwrap_or(0);
+        if last >= total {
+            return rep;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ws.recv(left).await {
+            Incoming::Json(v) if v["type"] == "event" => {
+                if v["epoch"] != epoch {
+                    rep.errors.push(format!("event of another epoch: {v}"));
+                    return rep;
+                }
+                rep.offsets.push(offset_of(&v));
+            }
+            Incoming::Json(v) if v["type"] == "member_left" => {
+                let id = v["connection_id"].as_str().unwrap_or_default().to_owned();
+                rep.left.push((id, Instant::now()));
+            }
+            Incoming::Json(_) => {}
+            Incoming::Timeout => {
+                rep.errors.push(format!("stuck at offset {last}"));
+                return rep;
+            }
+            _ended if rep.reconnects < 3 => {
+                rep.reconnects += 1;
+                let node = c.node(fallback);
+                let token = node.user_token(&rep.name);
+                ws = match WsClient::connect(&node.ws_url(), TokenIn::Header(token)).await {
+                    Ok(ws) => ws,
+                    Err(e) => {
+                        rep.errors
+                            .push(format!("reconnect: {}", describe_ws_error(&e)));
+                        return rep;
+                    }
+                };
+                ws.expect_type("authenticated", FRAME_WAIT).await;
+                let j = join_since(&mut ws, room, epoch, last).await;
+                if j["recovered"] != true || j["epoch"] != epoch {
+                    rep.errors.push(format!("since {last} not recovered: {j}"));
+                    return rep;
+                }
+            }
+            other => {
+                rep.errors.push(format!("lost again: {other:?}"));
+                return rep;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_node_loses_nothing_and_is_reaped() {
+    const N: u64 = 2000;
+    const KILL_AT: u64 = 600;
+    let (publisher, victim, rescue) = (0usize, 1usize, 2usize);
+    let redis = RedisServer::start();
+    let c = TestCluster::start(3, &redis.url(), "").await;
+    let room = "live:k";
+    let mut clients = Vec::new();
+    let mut epoch = String::new();
+    let mut dead_conns = Vec::new();
+    // Three clients on the victim, two on the rescuer, one on the publisher.
+    for (i, at) in [victim, victim, victim, rescue, rescue, publisher]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("k-{i}");
+        let (mut ws, auth) = c.node(at).connect_user(&name).await;
+        epoch = epoch_of(&ws.join(room).await);
+        if at == victim {
+            dead_conns.push(auth["connection_id"].as_str().expect("id").to_owned());
+        }
+        clients.push((name, ws, at));
+    }
+    // Let every member_joined settle before the run.
+    for (_, ws, _) in &mut clients {
+        ws.collect_for(Duration::from_millis(300)).await;
+    }
+    let published = Cell::new(0u64);
+    let killed_at: Cell<Option<Instant>> = Cell::new(None);
+    let (cr, ep, pb, ka) = (&c, epoch.as_str(), &published, &killed_at);
+    let followers = clients
+        .into_iter()
+        .map(|(name, ws, _)| follow(cr, name, ws, room, ep, N, rescue));
+    let publish = async move {
+        for n in 1..=N {
+            let a = cr
+                .node(publisher)
+                .publish(room, "tick", json!({"n": n}))
+                .await;
+            assert_eq!(offset_of(&a), n, "{a}");
+            pb.set(n);
+            if n == KILL_AT {
+                cr.kill(victim);
+                ka.set(Some(Instant::now()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    // Survivors forget the victim's connections, presence and figures.
+    let dead = &dead_conns;
+    let reaped = async move {
+        while ka.get().is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let within = (2 * HEARTBEAT + REAP_SLACK).saturating_sub(ka.get().expect("set").elapsed());
+        for survivor in [publisher, rescue] {
+            let node = cr.node(survivor);
+            eventually("victim reaped", within, || async move {
+                let members = presence(node, room).await?;
+                if members.iter().any(|m| m.2 == cr.id(victim)) {
+                    return Err(format!("presence {members:?}"));
+                }
+                for i in 0..3 {
+                    let list = connections(node, &format!("k-{i}")).await?;
+                    if list.iter().any(|e| e["node_id"] == cr.id(victim)) {
+                        return Err(format!("connections of k-{i}: {list:?}"));
+                    }
+                }
+                let (_, stats) = node
+                    .api("GET", "/api/v1/stats", Some(ADMIN_KEY), None)
+                    .await;
+                let ids: Vec<&Value> = stats["nodes"]
+                    .as_array()
+                    .map(|a| a.iter().map(|n| &n["node_id"]).collect())
+                    .unwrap_or_default();
+                if ids.iter().any(|id| **id == cr.id(victim)) || ids.len() != 2 {
+                    return Err(format!("stats {stats}"));
+                }
+                Ok(())
+            })
+            .await;
+        }
+        Instant::now()
+    };
+    let (reports, (), reaped_by) = tokio::time::timeout(
+        Duration::from_secs(55),
+        futures_util::future::join3(futures_util::future::join_all(followers), publish, reaped),
+    )
+    .await
+    .expect("run within 55 s");
+    let kill = killed_at.get().expect("victim killed");
+    eprintln!("victim reaped {:?} after the kill", reaped_by - kill);
+    let want: Vec<u64> = (1..=N).collect();
+    for (i, r) in reports.iter().enumerate() {
+        assert!(r.errors.is_empty(), "{}: {:?}", r.name, r.errors);
+        assert_eq!(r.reconnects, usize::from(i < 3), "{}: reconnects", r.name);
+        if r.offsets != want {
+            let at = r.offsets.iter().zip(&want).position(|(a, b)| a != b);
+            panic!(
+                "{}: {} offsets, first divergence at {at:?}",
+                r.name,
+                r.offsets.len()
+            );
+        }
+        if i < 3 {
+            continue;
+        }
+        // Watchers on survivors hear each dead member leave, once, in time.
+        for id in dead {
+            let seen: Vec<&Instant> = r
+                .left
+                .iter()
+                .filter(|(c, _)| c == id)
+                .map(|(_, t)| t)
+                .collect();
+            assert_eq!(
+                seen.len(),
+                1,
+                "{}: member_left for {id}: {:?}",
+                r.name,
+                r.left
+            );
+            let after = seen[0].saturating_duration_since(kill);
+            assert!(
+                after <= 2 * HEARTBEAT + REAP_SLACK,
+                "{}: member_left {after:?} after the kill",
+                r.name
+            );
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Received {
+    events: Vec<(String, u64)>,
+    errors: Vec<String>,
+}
+
+/// Records every event of a subscriber until `expected` is known and all
+/// of it arrived (or 60 s passed); the connection must stay open.
+async fn record(ws: &mut WsClient, expected: &RefCell<Option<HashSet<(String, u64)>>>) -> Received {
+    let mut got = Received::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match ws.recv(Duration::from_millis(100)).await {
+            Incoming::Json(v) if v["type"] == "event" => {
+                got.events.push((epoch_of(&v), offset_of(&v)))
+            }
+            Incoming::Json(_) => {}
+            Incoming::Timeout => {
+                if let Some(want) = expected.borrow().as_ref() {
+                    let have: HashSet<&(String, u64)> = got.events.iter().collect();
+                    if want.iter().all(|e| have.contains(e)) {
+                        return got;
+                    }
+                }
+                if Instant::now() > deadline {
+                    got.errors.push("deadline".into());
+                    return got;
+                }
+            }
+            other => {
+                got.errors.push(format!("connection lost: {other:?}"));
+                return got;
+            }
+        }
+    }
+}
+
+/// Publishes through node `n % 3`: (status, body).
+async fn publish_via(c: &TestCluster, n: usize, room: &str) -> (u16, Value) {
+    let body = json!({"room": room, "event": "tick", "data": {"n": n}});
+    c.node(n % 3)
+        .api("POST", "/api/v1/publish", Some(ADMIN_KEY), Some(body))
+        .await
+}
+
+async fn all_ready(c: &TestCluster, status: u16) -> bool {
+    for node in c.nodes() {
+        if node.get("/ready").await.0 != status {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_load_delivers_every_accepted_publish() {
+    let mut redis = RedisServer::start();
+    let c = TestCluster::start(3, &redis.url(), "").await;
+    let room = "stream:rr";
+    let mut subs = Vec::new();
+    for i in 0..6 {
+        let (mut ws, _) = c.node(i % 3).connect_user(&format!("s-{i}")).await;
+        ws.join(room).await;
+        subs.push(ws);
+    }
+    let expected: RefCell<Option<HashSet<(String, u64)>>> = RefCell::new(None);
+    let (cr, ex, rd) = (&c, &expected, &mut redis);
+    let recorders = subs.iter_mut().map(|ws| record(ws, ex));
+    let publisher = async move {
+        let mut answers: Vec<(u16, Value, &'static str)> = Vec::new();
+        let mut n = 0usize;
+        let mut step = |phase| {
+            n += 1;
+            (n, phase)
+        };
+        for _ in 0..150 {
+            let (n, phase) = step("before");
+            let (s, b) = publish_via(cr, n, room).await;
+            assert_eq!(s, 200, "publish {n} before the outage: {b}");
+            answers.push((s, b, phase));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        rd.kill();
+        let went_down = Instant::now();
+        while !all_ready(cr, 503).await {
+            assert!(
+                went_down.elapsed() < Duration::from_secs(15),
+                "/ready never 503: {}",
+                cr.logs()
+            );
+            let (n, phase) = step("going down");
+            let (s, b) = publish_via(cr, n, room).await;
+            answers.push((s, b, phase));
+        }
+        for _ in 0..6 {
+            let (n, phase) = step("down");
+            let (s, b) = publish_via(cr, n, room).await;
+            assert_eq!(
+                (s, &b["error"]["code"]),
+                (503, &json!("unavailable")),
+                "publish {n} while Redis is away: {b}"
+            );
+            answers.push((s, b, phase));
+        }
+        rd.restart();
+        let came_back = Instant::now();
+        while !all_ready(cr, 200).await {
+            assert!(
+                came_back.elapsed() < Duration::from_secs(30),
+                "/ready never 200 again: {}",
+                cr.logs()
+            );
+            let (n, phase) = step("coming back");
+            let (s, b) = publish_via(cr, n, room).await;
+            answers.push((s, b, phase));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..150 {
+            let (n, phase) = step("after");
+            let (s, b) = publish_via(cr, n, room).await;
+            assert_eq!(s, 200, "publish {n} after recovery: {b}");
+            answers.push((s, b, phase));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let accepted: HashSet<(String, u64)> = answers
+            .iter()
+            .filter(|(s, _, _)| *s == 200)
+            .map(|(_, b, _)| (epoch_of(b), offset_of(b)))
+            .collect();
+        *ex.borrow_mut() = Some(accepted);
+        answers
+    };
+    let (got, answers) =
+        futures_util::future::join(futures_util::future::join_all(recorders), publisher).await;
+
+    let mut by_phase: HashMap<&str, Vec<u16>> = HashMap::new();
+    for (s, b, phase) in &answers {
+        by_phase.entry(phase).or_default().push(*s);
+        if *s != 200 {
+            assert_eq!(
+                (*s, &b["error"]["code"]),
+                (503, &json!("unavailable")),
+                "{phase}: {b}"
+            );
+        }
+    }
+    eprintln!("publish statuses by phase: {by_phase:?}");
+    let accepted: Vec<(String, u64)> = answers
+        .iter()
+        .filter(|(s, _, _)| *s == 200)
+        .map(|(_, b, _)| (epoch_of(b), offset_of(b)))
+        .collect();
+    let epochs: HashSet<&String> = accepted.iter().map(|(e, _)| e).collect();
+    assert_eq!(
+        epochs.len(),
+        2,
+        "a flushed Redis starts a new epoch: {epochs:?}"
+    );
+    for (i, r) in got.iter().enumerate() {
+        assert!(
+            r.errors.is_empty(),
+            "subscriber {i}: {:?}\n{}",
+            r.errors,
+            c.logs()
+        );
+        let have: HashSet<&(String, u64)> = r.events.iter().collect();
+        assert_eq!(have.len(), r.events.len(), "subscriber {i}: duplicates");
+        let missing: Vec<&(String, u64)> = accepted.iter().filter(|e| !have.contains(e)).collect();
+        assert!(
+            missing.is_empty(),
+            "subscriber {i} missed {} accepted publishes: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for (e, o) in &r.events {
+            let prev = last.insert(e, *o).unwrap_or(0);
+            assert!(
+                *o > prev,
+                "subscriber {i}: offset {o} after {prev} in epoch {e}"
+            );
+        }
+    }
+    for ws in &mut subs {
+        ws.ping_ok().await;
+    }
+}
