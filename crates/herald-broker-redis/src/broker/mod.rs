@@ -1,34 +1,230 @@
-//! The Redis broker engine (being written): rooms' streams in Redis, fanned
-//! out over pub/sub.
+//! The Redis broker engine: rooms' streams in Redis, fanned out over
+//! pub/sub to the nodes with members in the room.
+//!
+//! - A room's stream is three keys in one hash slot: a meta hash (epoch,
+//!   last offset), a Redis stream holding history (entry id `0-<offset>`,
+//!   so reads seek by offset), and idempotency records. One Lua script per
+//!   publish does everything atomically, PUBLISH (SPUBLISH on a cluster)
+//!   included, so offset order is channel order ([`publish`]).
+//! - Subscriptions are counted per room; the channel is subscribed on the
+//!   first count and unsubscribed after the last ([`rooms`]).
+//! - One reader task delivers channel messages to the sink in offset order,
+//!   filling gaps from history, and catches up after reconnects ([`reader`]).
+//!
+//! History lives in Redis, so [`Broker::stats`] reports the rooms this node
+//! listens to as `streams` and 0 stored events and bytes.
 
-use crate::{RedisClients, RedisSettings};
-use herald_core::PublicationSink;
+mod error;
+mod metrics;
+mod publish;
+mod read;
+mod reader;
+mod rooms;
+mod script;
+
+use crate::keys::Keys;
+use crate::{wire, RedisClients, RedisSettings};
+use async_trait::async_trait;
+use error::{from_redis, not_connected};
+use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::types::Value;
+use herald_core::{
+    Broker, BrokerError, BrokerStats, HistoryPage, PresenceChange, PublicationSink, PublishOutcome,
+    PublishRequest, RoomKey,
+};
+use herald_protocol::StreamPosition;
+use parking_lot::Mutex;
+use rooms::Rooms;
+use script::LuaScript;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Rooms' streams in Redis (see the crate docs).
+/// Rooms' streams in Redis (see the module docs).
 pub struct RedisBroker {
-    _clients: RedisClients,
-    _sink: Arc<dyn PublicationSink>,
+    clients: RedisClients,
+    keys: Keys,
+    /// `<prefix>:room:`, what every room channel starts with.
+    channel_prefix: String,
+    node_id: String,
+    sink: Arc<dyn PublicationSink>,
+    rooms: Rooms,
+    publish_script: LuaScript,
+    read_script: LuaScript,
+    receivers: Mutex<Option<reader::Receivers>>,
 }
 
 impl RedisBroker {
-    /// A broker over `clients`, delivering to `sink`.
+    /// A broker over `clients`, delivering to `sink`. It starts listening
+    /// to the subscriber's messages at once, so publications received
+    /// before [`RedisBroker::spawn`] wait (in the subscriber's buffer) for
+    /// the reader instead of being lost.
     pub fn new(
         clients: RedisClients,
         settings: &RedisSettings,
         sink: Arc<dyn PublicationSink>,
     ) -> Arc<Self> {
-        let _ = settings;
+        metrics::describe();
+        let keys = Keys::new(&settings.prefix);
         Arc::new(Self {
-            _clients: clients,
-            _sink: sink,
+            receivers: Mutex::new(Some(reader::Receivers::new(&clients))),
+            channel_prefix: format!("{}:room:", keys.prefix()),
+            keys,
+            node_id: settings.node_id.clone(),
+            clients,
+            sink,
+            rooms: Rooms::default(),
+            publish_script: LuaScript::new(script::PUBLISH),
+            read_script: LuaScript::new(script::READ),
         })
     }
 
-    /// Starts the pub/sub reader; it stops when `cancel` fires.
+    /// Starts the pub/sub reader (and its reconnect catch-up); it stops
+    /// when `cancel` fires. Call it once; later calls do nothing.
     pub fn spawn(self: &Arc<Self>, cancel: CancellationToken, tasks: &TaskTracker) {
-        let _ = (cancel, tasks);
+        let Some(receivers) = self.receivers.lock().take() else {
+            tracing::warn!("RedisBroker::spawn called twice; the reader already runs");
+            return;
+        };
+        tasks.spawn(reader::run(self.clone(), receivers, cancel));
+    }
+
+    /// Starts listening to a room whose channel is not subscribed: reads
+    /// the position first (delivery starts after it; publications between
+    /// that read and the subscription are filled from history), then
+    /// subscribes.
+    async fn listen(&self, room: &RoomKey) -> Result<(), BrokerError> {
+        let page = self.read(room, 0, 0).await?;
+        self.rooms.set_baseline(room, page.position);
+        self.subscribe_channel(room).await
+    }
+
+    async fn unlisten(&self, room: &RoomKey) -> Result<(), BrokerError> {
+        // A dead connection holds no subscription, and the reconnect
+        // re-issues only the rooms still listened to.
+        if !self.clients.subscriber.is_connected() {
+            return Ok(());
+        }
+        let channel = self.keys.room_channel(room);
+        let subscriber = &self.clients.subscriber;
+        let result = if self.clients.clustered {
+            subscriber.sunsubscribe(channel).await
+        } else {
+            subscriber.unsubscribe(channel).await
+        };
+        result.map_err(from_redis)
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    /// See [`publish`]. A timeout is answered `Unavailable` although the
+    /// script may have run: Redis gives no way to know.
+    async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
+        let result = self.publish_once(request).await;
+        match &result {
+            Err(BrokerError::Unavailable(_)) => metrics::publish_failed("unavailable"),
+            Err(BrokerError::Internal(_)) => metrics::publish_failed("internal"),
+            _ => {}
+        }
+        result
+    }
+
+    /// Counted: returns once the room's channel subscription is live, even
+    /// when a concurrent call started it. On error the count is not kept
+    /// (do not `unsubscribe` for a failed `subscribe`).
+    async fn subscribe(&self, room: &RoomKey) -> Result<(), BrokerError> {
+        if !self.clients.is_connected() {
+            return Err(not_connected());
+        }
+        let gate = self.rooms.join(room);
+        let mut live = gate.lock().await;
+        if *live {
+            return Ok(());
+        }
+        match self.listen(room).await {
+            Ok(()) => {
+                *live = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.rooms.undo_join(room, &gate);
+                Err(e)
+            }
+        }
+    }
+
+    /// Counted: the channel is unsubscribed when the last count goes. The
+    /// room stops being delivered even when the UNSUBSCRIBE command fails
+    /// (the error is returned; the stray subscription's messages are
+    /// ignored and it ends with the connection).
+    async fn unsubscribe(&self, room: &RoomKey) -> Result<(), BrokerError> {
+        let Some(gate) = self.rooms.leave(room) else {
+            return Ok(());
+        };
+        let mut live = gate.lock().await;
+        // A subscribe may have come in since the count reached zero.
+        if !self.rooms.is_idle(room, &gate) {
+            return Ok(());
+        }
+        let result = if *live {
+            self.unlisten(room).await
+        } else {
+            Ok(())
+        };
+        *live = false;
+        self.rooms.forget_if_idle(room, &gate);
+        result
+    }
+
+    async fn position(&self, room: &RoomKey) -> Result<StreamPosition, BrokerError> {
+        Ok(self.read(room, 0, 0).await?.position)
+    }
+
+    /// At most 10 000 publications per page (a cut page is incomplete).
+    async fn history(
+        &self,
+        room: &RoomKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let page = self.read(room, since, limit).await?;
+        let complete = read::is_complete(since, page.position.offset, &page.publications);
+        Ok(HistoryPage {
+            position: page.position,
+            publications: page.publications,
+            complete,
+        })
+    }
+
+    async fn announce(&self, change: &PresenceChange) -> Result<(), BrokerError> {
+        if !self.clients.commands.is_connected() {
+            return Err(not_connected());
+        }
+        let channel = self.keys.room_channel(&change.room);
+        let message = Value::Bytes(wire::encode_presence(change).into());
+        let commands = &self.clients.commands;
+        let result: Result<Value, _> = if self.clients.clustered {
+            commands.spublish(channel, message).await
+        } else {
+            commands.publish(channel, message).await
+        };
+        result.map(drop).map_err(from_redis)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.clients.is_connected()
+    }
+
+    fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            streams: self.rooms.listened_count(),
+            stored_events: 0,
+            stored_bytes: 0,
+        }
     }
 }

@@ -1,0 +1,32 @@
+
+-- Reads a room's position and stored events after an offset, creating the
+-- epoch when the room has none, so every node agrees on it.
+-- KEYS: 1 meta hash, 2 stream
+-- ARGV: 1 epoch to create when the room has none, 2 since, 3 limit,
+--       4 now (ms), 5 meta idle ttl (ms)
+-- Returns {epoch, offset, message...}: unexpired messages after `since`.
+
+local meta, stream = KEYS[1], KEYS[2]
+local epoch, created = ensure_epoch(meta, stream, ARGV[1], ARGV[5])
+if created then
+  return {epoch, 0}
+end
+local offset = tonumber(redis.call('HGET', meta, 'offset') or '0')
+local out = {epoch, offset}
+local since, limit, now = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if limit > 0 and since < offset then
+  local from = '(0-' .. ARGV[2]
+  while #out - 2 < limit do
+    local batch = redis.call('XRANGE', stream, from, '+', 'COUNT', limit - (#out - 2))
+    if #batch == 0 then
+      break
+    end
+    for _, entry in ipairs(batch) do
+      if expires_at(entry) > now then
+        out[#out + 1] = field(entry, 'm')
+      end
+      from = '(' .. entry[1]
+    end
+  end
+end
+return out
