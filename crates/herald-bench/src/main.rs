@@ -39,6 +39,10 @@ pub struct Common {
     /// Server base URL; only 127.0.0.0/8 or localhost are accepted.
     #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Where publishers send (default: `--url`). Point it at another node
+    /// of a cluster to measure cross-node latency; loopback only.
+    #[arg(long, global = true)]
+    pub publish_url: Option<String>,
     /// The server's auth.hs256_secret, to mint client tokens locally.
     #[arg(long, global = true, env = "HBENCH_SECRET", default_value = "")]
     pub secret: String,
@@ -93,6 +97,9 @@ fn main() -> Result<()> {
     let c = &cli.common;
     // Validate before any work: loopback only, credentials present.
     client::parse_target(&c.url)?;
+    if let Some(url) = &c.publish_url {
+        client::parse_target(url)?;
+    }
     if c.secret.is_empty() && !matches!(cli.scenario, Scenario::History(_)) {
         bail!("--secret (the server's auth.hs256_secret) is required to mint client tokens");
     }
@@ -160,6 +167,13 @@ impl Common {
     /// `http://host:port` of the target (validated loopback).
     pub fn url_base(&self) -> String {
         client::parse_target(&self.url)
+            .map(|t| t.http_base)
+            .unwrap_or_default()
+    }
+
+    /// Base URL publishers post to.
+    pub fn publish_base(&self) -> String {
+        client::parse_target(self.publish_url.as_deref().unwrap_or(&self.url))
             .map(|t| t.http_base)
             .unwrap_or_default()
     }
