@@ -205,6 +205,28 @@ async fn a_taken_over_lock_closes_its_session_without_any_message() {
     );
     // The lock stays with its new holder.
     assert_eq!(server.cli(&["GET", &lock]).trim(), "someone-else");
+
+    // A holder the registry has no record of is displaced too; its node is
+    // unknown, so the close goes to whichever node holds it.
+    let x3 = a.record("x3", "u1", 300);
+    let displaced = match a.connect(&x3, PerUserPolicy::Exclusive, 1).await {
+        Ok(ClusterAdmission::Admitted(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        displaced,
+        vec![
+            ConnectionRef {
+                node_id: "a".into(),
+                connection_id: "x1".into()
+            },
+            ConnectionRef {
+                node_id: String::new(),
+                connection_id: "someone-else".into()
+            },
+        ]
+    );
+    assert_eq!(server.cli(&["GET", &lock]).trim(), "x3");
 }
 
 #[tokio::test]

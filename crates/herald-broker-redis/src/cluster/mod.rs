@@ -1,20 +1,7 @@
-//! The cluster registry over Redis.
-//!
-//! What lives where (names from [`Keys`]):
-//! - `nodes()`: ZSET node id → last heartbeat (the server's clock, ms);
-//!   `node_figures(id)`: the node's [`NodeFigures`] JSON, expiring.
-//! - `user_connections(tenant, user)`: hash connection id → record JSON,
-//!   the per-user count and the connections API; `user_lock(..)` in the same
-//!   slot names the connection holding an `exclusive` session.
-//! - `node_connections(id)`: the same records per node, so survivors can
-//!   clean up after a dead node.
-//! - `room_presence(room)`: hash connection id → [`MemberRecord`] JSON.
-//! - `control_channel()`: JSON commands between nodes (see [`control`]).
-//!
-//! The node stays the authority: its heartbeat re-registers everything from
-//! [`ClusterNode::snapshot`] whenever Redis forgot it, a periodic sweep
-//! drops entries of its own that it no longer holds, and the survivors reap
-//! a node that stopped beating.
+//! The cluster registry over Redis (see [`RedisCluster`]). One file per
+//! concern: `registry` (connections and the views), `control` (the command
+//! channel), `liveness` (heartbeat, re-registration, lock renewal, sweep),
+//! `cleanup` (purging, the reaper, leaving), `scripts` (Lua).
 
 mod cleanup;
 mod control;
@@ -42,7 +29,30 @@ use tokio_util::task::TaskTracker;
 /// Close code for a connection replaced by a newer one (the contract's 4010).
 const SESSION_REPLACED: u16 = 4010;
 
-/// The cluster-wide registry (see the module docs).
+/// The cluster-wide registry: nodes, connections per user and per node,
+/// presence, exclusive-session locks, and the control channel.
+///
+/// What lives where (names from [`Keys`]):
+/// - `nodes()`: ZSET node id → last heartbeat (the clock of the server
+///   holding it, ms); `node_figures(id)`: the node's [`NodeFigures`] JSON,
+///   expiring after three heartbeats.
+/// - `user_connections(tenant, user)`: hash connection id → record JSON,
+///   the per-user count the admission script holds atomically;
+///   `user_lock(..)`, in the same slot, names the connection holding an
+///   `exclusive` session (TTL three heartbeats, renewed every heartbeat).
+/// - `node_connections(id)`: the same records per node, for cleanup.
+/// - `room_presence(room)`: hash connection id → [`MemberRecord`] JSON.
+/// - `control_channel()`: JSON commands between nodes, plain PUBLISH:
+///   `{"op":"close","node","conn","code"}` (an empty `node` means whichever
+///   node holds it) and `{"op":"disconnect_user","tenant","user","code","from"}`.
+///
+/// The node stays the authority. Its heartbeat re-registers everything
+/// from [`ClusterNode::snapshot`] when Redis forgot the node (flushed,
+/// restarted, or a survivor wrongly reaped it), and every tenth heartbeat
+/// drops this node's entries for connections it no longer holds. A node
+/// silent for 1.5 heartbeats counts as dead: reads skip its entries, and a
+/// survivor (checking every quarter heartbeat) removes them, publishing
+/// `member_left` for its members.
 pub struct RedisCluster {
     clients: RedisClients,
     keys: Keys,
