@@ -98,10 +98,10 @@ impl RedisClients {
         })
     }
 
-    /// Starts the connection tasks. They run until [`RedisClients::quit`].
-    pub fn start(&self) {
-        let _ = self.commands.connect();
-        let _ = self.subscriber.connect();
+    /// Starts the connection tasks and returns their handles, which finish
+    /// after [`RedisClients::quit`]; the caller owns them.
+    pub fn start(&self) -> [fred::types::ConnectHandle; 2] {
+        [self.commands.connect(), self.subscriber.connect()]
     }
 
     /// Whether both connections are up.
