@@ -50,7 +50,8 @@ pub struct ConnectionRecord {
 /// A connection somewhere in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConnectionRef {
-    /// Node holding it.
+    /// Node holding it; empty when the registry does not know (an
+    /// exclusive lock whose holder has no record): every node checks.
     pub node_id: String,
     /// Its id.
     pub connection_id: String,
