@@ -4,12 +4,20 @@
 //! - A room's stream is three keys in one hash slot: a meta hash (epoch,
 //!   last offset), a Redis stream holding history (entry id `0-<offset>`,
 //!   so reads seek by offset), and idempotency records. One Lua script per
-//!   publish does everything atomically, PUBLISH (SPUBLISH on a cluster)
-//!   included, so offset order is channel order ([`publish`]).
+//!   publish does everything atomically, announcing included, so offset
+//!   order is channel order ([`publish`]).
 //! - Subscriptions are counted per room; the channel is subscribed on the
 //!   first count and unsubscribed after the last ([`rooms`]).
 //! - One reader task delivers channel messages to the sink in offset order,
 //!   filling gaps from history, and catches up after reconnects ([`reader`]).
+//!
+//! Room channels use sharded pub/sub (SSUBSCRIBE, SPUBLISH), on a single
+//! server as on a Redis Cluster, so Redis 7.0 or later is required. On a
+//! cluster that is what keeps a room's messages on its slot's shard; on a
+//! single server it is what makes `subscribe` wait for the server's
+//! confirmation: fred answers a plain SUBSCRIBE as soon as it is written
+//! (its confirmation arrives out of band, and a refusal such as an ACL's
+//! NOPERM is dropped), while SSUBSCRIBE is a request with a reply.
 //!
 //! History lives in Redis, so [`Broker::stats`] reports the rooms this node
 //! listens to as `streams` and 0 stored events and bytes.
@@ -106,13 +114,8 @@ impl RedisBroker {
             return Ok(());
         }
         let channel = self.keys.room_channel(room);
-        let subscriber = &self.clients.subscriber;
-        let result = if self.clients.clustered {
-            subscriber.sunsubscribe(channel).await
-        } else {
-            subscriber.unsubscribe(channel).await
-        };
-        result.map_err(from_redis)
+        let unsubscribed = self.clients.subscriber.sunsubscribe(channel).await;
+        unsubscribed.map_err(from_redis)
     }
 }
 
@@ -207,13 +210,8 @@ impl Broker for RedisBroker {
         }
         let channel = self.keys.room_channel(&change.room);
         let message = Value::Bytes(wire::encode_presence(change).into());
-        let commands = &self.clients.commands;
-        let result: Result<Value, _> = if self.clients.clustered {
-            commands.spublish(channel, message).await
-        } else {
-            commands.publish(channel, message).await
-        };
-        result.map(drop).map_err(from_redis)
+        let published: Result<Value, _> = self.clients.commands.spublish(channel, message).await;
+        published.map(drop).map_err(from_redis)
     }
 
     fn is_ready(&self) -> bool {

@@ -5,7 +5,7 @@
 -- ARGV: 1 epoch to create when the room has none,
 --       2 the publication JSON after its opening brace,
 --       3 history size, 4 history ttl (ms), 5 now (ms),
---       6 meta idle ttl (ms), 7 PUBLISH or SPUBLISH, 8 idempotency ttl (ms)
+--       6 meta idle ttl (ms), 7 idempotency ttl (ms)
 -- Returns {epoch, offset, duplicate (0/1)}.
 
 -- Drops entries whose time is up from the head of the stream. Bounded per
@@ -58,7 +58,7 @@ if size > 0 and ttl > 0 then
 end
 redis.call('PEXPIRE', meta, ARGV[6])
 if idem then
-  redis.call('SET', idem, epoch .. ' ' .. string.format('%d', offset), 'PX', ARGV[8])
+  redis.call('SET', idem, epoch .. ' ' .. string.format('%d', offset), 'PX', ARGV[7])
 end
-redis.call(ARGV[7], channel, message)
+redis.call('SPUBLISH', channel, message)
 return {epoch, offset, 0}

@@ -1,6 +1,7 @@
 //! Publishing: one script assigns the offset, stores the entry, sets the
-//! keys' expiries and announces the message, so that offset order is
-//! channel order and nothing is half-done.
+//! keys' expiries and announces the message (SPUBLISH, see the module docs
+//! of [`super`]), so that offset order is channel order and nothing is
+//! half-done.
 //!
 //! The node serializes the publication without its position
 //! (`{"t":..,"r":..,...}`); the script splices `p{"o":<offset>,"e":"<epoch>",`
@@ -125,11 +126,6 @@ impl RedisBroker {
             Value::Integer(millis(ttl)),
             Value::Integer(i64::try_from(ts).unwrap_or(i64::MAX)),
             Value::Integer(millis(META_IDLE.max(ttl))),
-            Value::from(if self.clients.clustered {
-                "SPUBLISH"
-            } else {
-                "PUBLISH"
-            }),
             Value::Integer(millis(idempotency_ttl)),
         ];
         let reply = self

@@ -301,19 +301,14 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// SUBSCRIBE (SSUBSCRIBE on a cluster) the room's channel.
+    /// SSUBSCRIBE the room's channel; returns once the server confirmed.
     pub(super) async fn subscribe_channel(&self, room: &RoomKey) -> Result<(), BrokerError> {
         use fred::interfaces::PubsubInterface;
         if !self.clients.subscriber.is_connected() {
             return Err(not_connected());
         }
         let channel = self.keys.room_channel(room);
-        let subscriber = &self.clients.subscriber;
-        let result = if self.clients.clustered {
-            subscriber.ssubscribe(channel).await
-        } else {
-            subscriber.subscribe(channel).await
-        };
-        result.map_err(super::error::from_redis)
+        let subscribed = self.clients.subscriber.ssubscribe(channel).await;
+        subscribed.map_err(super::error::from_redis)
     }
 }

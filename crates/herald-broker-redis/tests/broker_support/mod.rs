@@ -1,0 +1,165 @@
+//! Shared by the broker tests: nodes (a `RedisBroker` with its own clients
+//! and a collecting sink) on a real Redis, and the core scenarios that run
+//! against both a single server and a Redis Cluster.
+
+// Each test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+pub mod scenarios;
+
+use herald_broker_redis::{RedisBroker, RedisClients, RedisSettings};
+use herald_core::{
+    Broker, HistoryPolicy, PresenceChange, Publication, PublicationSink, PublishRequest, RoomKey,
+    RoomName, Tenant,
+};
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Collects what a broker delivers.
+#[derive(Default)]
+pub struct Collect {
+    pub publications: Mutex<Vec<Arc<Publication>>>,
+    pub presence: Mutex<Vec<PresenceChange>>,
+}
+
+impl PublicationSink for Collect {
+    fn deliver(&self, publication: Arc<Publication>) {
+        self.publications.lock().push(publication);
+    }
+
+    fn presence(&self, change: &PresenceChange) {
+        self.presence.lock().push(change.clone());
+    }
+}
+
+impl Collect {
+    /// Offsets delivered for `room`, in delivery order.
+    pub fn offsets(&self, room: &RoomKey) -> Vec<u64> {
+        self.publications
+            .lock()
+            .iter()
+            .filter(|p| &p.room == room)
+            .map(|p| p.position.offset)
+            .collect()
+    }
+
+    /// (epoch, offset) delivered for `room`, in delivery order.
+    pub fn positions(&self, room: &RoomKey) -> Vec<(String, u64)> {
+        self.publications
+            .lock()
+            .iter()
+            .filter(|p| &p.room == room)
+            .map(|p| (p.position.epoch.clone(), p.position.offset))
+            .collect()
+    }
+
+    pub fn count(&self, room: &RoomKey) -> usize {
+        self.offsets(room).len()
+    }
+}
+
+/// One "node": a broker with its own connections.
+pub struct Node {
+    pub broker: Arc<RedisBroker>,
+    pub sink: Arc<Collect>,
+    pub clients: RedisClients,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Node {
+    pub async fn start(url: &str, prefix: &str, node_id: &str) -> Self {
+        Self::start_with_timeout(url, prefix, node_id, Duration::from_secs(2)).await
+    }
+
+    pub async fn start_with_timeout(
+        url: &str,
+        prefix: &str,
+        node_id: &str,
+        command_timeout: Duration,
+    ) -> Self {
+        let settings = RedisSettings {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            node_id: node_id.to_owned(),
+            node_heartbeat: Duration::from_secs(1),
+            command_timeout,
+        };
+        let clients = RedisClients::connect(&settings).expect("redis url");
+        let sink = Arc::new(Collect::default());
+        let broker = RedisBroker::new(clients.clone(), &settings, sink.clone());
+        clients.start();
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        broker.spawn(cancel.clone(), &tasks);
+        let ready = broker.clone();
+        wait_until("the broker connects", || ready.is_ready()).await;
+        Self {
+            broker,
+            sink,
+            clients,
+            cancel,
+            tasks,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), self.tasks.wait())
+            .await
+            .expect("the reader stops on cancel");
+        self.clients.quit().await;
+    }
+}
+
+static PREFIXES: AtomicU64 = AtomicU64::new(0);
+
+/// A key prefix of its own for one test.
+pub fn prefix(tag: &str) -> String {
+    let n = PREFIXES.fetch_add(1, Ordering::Relaxed);
+    format!("t{}-{tag}-{n}", std::process::id())
+}
+
+pub fn room(name: &str) -> RoomKey {
+    room_of(None, name)
+}
+
+pub fn room_of(tenant: Option<&str>, name: &str) -> RoomKey {
+    RoomKey::new(
+        Tenant::from_option(tenant),
+        RoomName::parse(name).expect("room"),
+    )
+}
+
+pub fn request(room: &RoomKey, size: usize, ttl: Duration) -> PublishRequest {
+    request_with(room, "{}", size, ttl)
+}
+
+pub fn request_with(room: &RoomKey, data: &str, size: usize, ttl: Duration) -> PublishRequest {
+    PublishRequest {
+        room: room.clone(),
+        event: "e".into(),
+        data: RawValue::from_string(data.into()).expect("raw json"),
+        from: None,
+        exclude_connection: None,
+        idempotency_key: None,
+        history: HistoryPolicy { size, ttl },
+    }
+}
+
+/// Polls `check` every 10 ms; panics naming `what` after 10 s.
+pub async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub const MINUTE: Duration = Duration::from_secs(60);
