@@ -26,4 +26,4 @@ mod ingest;
 
 pub use broker::RedisBroker;
 pub use cluster::RedisCluster;
-pub use ingest::{IngestConsumer, IngestFailure, IngestTarget};
+pub use ingest::{IngestConsumer, IngestFailure, IngestOptions, IngestTarget};
