@@ -68,6 +68,7 @@ pub struct Node {
     pub broker: Arc<RedisBroker>,
     pub sink: Arc<Collect>,
     pub clients: RedisClients,
+    connections: [fred::types::ConnectHandle; 2],
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -93,7 +94,7 @@ impl Node {
         let clients = RedisClients::connect(&settings).expect("redis url");
         let sink = Arc::new(Collect::default());
         let broker = RedisBroker::new(clients.clone(), &settings, sink.clone());
-        clients.start();
+        let connections = clients.start();
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         broker.spawn(cancel.clone(), &tasks);
@@ -103,6 +104,7 @@ impl Node {
             broker,
             sink,
             clients,
+            connections,
             cancel,
             tasks,
         }
@@ -115,6 +117,10 @@ impl Node {
             .await
             .expect("the reader stops on cancel");
         self.clients.quit().await;
+        for handle in self.connections {
+            let closed = tokio::time::timeout(Duration::from_secs(5), handle).await;
+            closed.expect("the connection tasks end after quit").ok();
+        }
     }
 }
 
