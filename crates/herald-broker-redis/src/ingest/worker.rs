@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// Longest wait for the shutdown steps together (leaving the group, which
-/// may queue behind a blocking read, and closing the connection).
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+/// may queue behind a blocking read, and closing the connection); under
+/// the 2 s a draining node gives its tasks.
+const SHUTDOWN_WAIT: Duration = Duration::from_millis(1500);
 
 /// Deletes this consumer from the group if nothing is pending on it, in one
 /// atomic step: `XGROUP DELCONSUMER` drops the consumer's pending entries,
@@ -170,11 +171,25 @@ impl Worker {
         self.close(connection).await;
     }
 
-    /// Leaves the group when nothing is pending here (entries still pending
-    /// stay with this consumer for another node to claim), then closes the
-    /// connection.
+    /// Leaves the group (when connected: otherwise it would only wait for
+    /// the deadline), then closes the connection.
     async fn close(self, mut connection: ConnectHandle) {
         let deadline = Instant::now() + SHUTDOWN_WAIT;
+        if self.client.is_connected() {
+            self.leave_group(deadline).await;
+        }
+        let _ = tokio::time::timeout_at(deadline, self.client.quit()).await;
+        if tokio::time::timeout_at(deadline, &mut connection)
+            .await
+            .is_err()
+        {
+            connection.abort();
+        }
+    }
+
+    /// Deletes this consumer when nothing is pending on it; entries still
+    /// pending stay with it for another node to claim.
+    async fn leave_group(&self, deadline: Instant) {
         let leave = self.client.eval::<Value, _, _, _>(
             LEAVE_GROUP,
             self.stream.as_str(),
@@ -191,13 +206,6 @@ impl Worker {
                 "ingest: could not leave the consumer group"
             ),
             Err(_) => warn!(node = %self.node, "ingest: leaving the consumer group timed out"),
-        }
-        let _ = tokio::time::timeout_at(deadline, self.client.quit()).await;
-        if tokio::time::timeout_at(deadline, &mut connection)
-            .await
-            .is_err()
-        {
-            connection.abort();
         }
     }
 
