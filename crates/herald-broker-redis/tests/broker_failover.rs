@@ -8,6 +8,7 @@ use broker_support::{prefix, request, room, wait_until, Node, MINUTE};
 use fred::interfaces::ClientLike;
 use herald_core::{Broker, BrokerError};
 use herald_testkit::RedisServer;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -140,6 +141,7 @@ async fn a_deaf_node_catches_up_from_history_after_reconnecting() {
         .await
         .expect("publish");
     wait_until("b is live again", || b.sink.count(&r) == 9).await;
+    wait_until("a has them all", || a.sink.count(&r) == 9).await;
     assert_eq!(b.sink.offsets(&r), (1..=9).collect::<Vec<u64>>());
     assert_eq!(a.sink.offsets(&r), (1..=9).collect::<Vec<u64>>());
     a.stop().await;
@@ -173,6 +175,40 @@ async fn killed_subscriber_connections_lose_and_repeat_nothing() {
         b.sink.offsets(&r),
         (1..=published as u64).collect::<Vec<u64>>()
     );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A reader that falls more than the subscriber's buffer behind loses
+/// messages off the channel; it catches up on them from history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_reader_catches_up_from_history() {
+    let server = RedisServer::start();
+    let prefix = prefix("lag");
+    let a = Node::start(&server.url(), &prefix, "a").await;
+    let b = Node::start(&server.url(), &prefix, "b").await;
+    let r = room("l:1");
+    b.broker.subscribe(&r).await.expect("subscribe");
+    // More than the subscriber's buffer of 65 536 messages.
+    const TOTAL: u64 = 70_000;
+    const PUBLISHERS: u64 = 50;
+    b.sink.hold.store(true, Ordering::Release);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..PUBLISHERS {
+        let (broker, r) = (a.broker.clone(), r.clone());
+        tasks.spawn(async move {
+            for _ in 0..TOTAL / PUBLISHERS {
+                let req = request(&r, TOTAL as usize, MINUTE);
+                broker.publish(req).await.expect("publish");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("publisher");
+    }
+    b.sink.hold.store(false, Ordering::Release);
+    wait_until("b has everything", || b.sink.count(&r) == TOTAL as usize).await;
+    assert_eq!(b.sink.offsets(&r), (1..=TOTAL).collect::<Vec<u64>>());
     a.stop().await;
     b.stop().await;
 }

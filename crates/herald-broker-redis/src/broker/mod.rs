@@ -1,26 +1,6 @@
-//! The Redis broker engine: rooms' streams in Redis, fanned out over
-//! pub/sub to the nodes with members in the room.
-//!
-//! - A room's stream is three keys in one hash slot: a meta hash (epoch,
-//!   last offset), a Redis stream holding history (entry id `0-<offset>`,
-//!   so reads seek by offset), and idempotency records. One Lua script per
-//!   publish does everything atomically, announcing included, so offset
-//!   order is channel order ([`publish`]).
-//! - Subscriptions are counted per room; the channel is subscribed on the
-//!   first count and unsubscribed after the last ([`rooms`]).
-//! - One reader task delivers channel messages to the sink in offset order,
-//!   filling gaps from history, and catches up after reconnects ([`reader`]).
-//!
-//! Room channels use sharded pub/sub (SSUBSCRIBE, SPUBLISH), on a single
-//! server as on a Redis Cluster, so Redis 7.0 or later is required. On a
-//! cluster that is what keeps a room's messages on its slot's shard; on a
-//! single server it is what makes `subscribe` wait for the server's
-//! confirmation: fred answers a plain SUBSCRIBE as soon as it is written
-//! (its confirmation arrives out of band, and a refusal such as an ACL's
-//! NOPERM is dropped), while SSUBSCRIBE is a request with a reply.
-//!
-//! History lives in Redis, so [`Broker::stats`] reports the rooms this node
-//! listens to as `streams` and 0 stored events and bytes.
+//! The Redis broker engine (its design is documented on [`RedisBroker`]):
+//! `publish` and `read` hold the two Lua scripts' callers, `rooms` the
+//! counted subscriptions, `reader` the pub/sub reader and its catch-up.
 
 mod error;
 mod metrics;
@@ -48,7 +28,39 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Rooms' streams in Redis (see the module docs).
+/// Rooms' streams in Redis, fanned out over pub/sub to the nodes with
+/// members in the room.
+///
+/// - A room's stream is three keys in one hash slot: a meta hash (epoch,
+///   last offset), a Redis stream holding history (entry id `0-<offset>`,
+///   so reads seek by offset) and idempotency records. One Lua script per
+///   publish assigns the offset, stores the entry, sets expiries and
+///   announces it, atomically, so offset order is channel order and a
+///   failed publish left nothing behind. The stored entry and the channel
+///   message are the same bytes, the payload verbatim.
+/// - A room's epoch lives `max(history ttl, 1 hour)` after its last publish
+///   (like the memory engine's sweep of idle streams); a quiet room then
+///   starts a new epoch. `position` and `history` create the epoch when the
+///   room has none, so every node and the next publish agree on it.
+/// - Idempotency keys are kept `max(5 minutes, history ttl)`, per tenant.
+/// - `subscribe`/`unsubscribe` are counted per room: the channel is
+///   subscribed on the first count and unsubscribed after the last.
+/// - One reader task (see [`RedisBroker::spawn`]) delivers each room in
+///   offset order, once: it drops duplicates, fills gaps from the stream,
+///   and after a reconnect of the subscriber (or a lag) re-subscribes every
+///   listened room and catches up on what was published meanwhile.
+/// - While a connection is down, calls answer `Unavailable` at once.
+///
+/// Room channels use sharded pub/sub (SSUBSCRIBE, SPUBLISH), on a single
+/// server as on a Redis Cluster, so Redis 7.0 or later is required. On a
+/// cluster that keeps a room's messages on its slot's shard; on a single
+/// server it is what lets `subscribe` wait for the server's confirmation:
+/// fred answers a plain SUBSCRIBE as soon as it is written (the
+/// confirmation comes out of band, and a refusal such as an ACL's NOPERM is
+/// dropped), while SSUBSCRIBE is a request with a reply.
+///
+/// History lives in Redis, so [`Broker::stats`] reports the rooms this node
+/// listens to as `streams` and 0 stored events and bytes.
 pub struct RedisBroker {
     clients: RedisClients,
     keys: Keys,
@@ -125,8 +137,9 @@ impl Broker for RedisBroker {
         "redis"
     }
 
-    /// See [`publish`]. A timeout is answered `Unavailable` although the
-    /// script may have run: Redis gives no way to know.
+    /// One atomic script (see [`RedisBroker`]). A timeout is answered
+    /// `Unavailable` although the script may have run: Redis gives no way
+    /// to know.
     async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
         let result = self.publish_once(request).await;
         match &result {

@@ -1,13 +1,20 @@
 //! Publishing: one script assigns the offset, stores the entry, sets the
-//! keys' expiries and announces the message (SPUBLISH, see the module docs
-//! of [`super`]), so that offset order is channel order and nothing is
-//! half-done.
+//! keys' expiries and announces the message (SPUBLISH, see
+//! [`super::RedisBroker`]), so that offset order is channel order and
+//! nothing is half-done.
 //!
 //! The node serializes the publication without its position
 //! (`{"t":..,"r":..,...}`); the script splices `p{"o":<offset>,"e":"<epoch>",`
 //! in front of the rest. The payload is never decoded by Lua, so it stays
 //! byte for byte what the publisher sent, and the stored entry and the
 //! channel message are the same bytes.
+//!
+//! History: an entry is stored only when `history.size` and `history.ttl`
+//! are both above zero (as in the memory engine), with id `0-<offset>` and
+//! its own expiry time (publish time + ttl, by the publishing node's
+//! clock), so reads skip expired entries without knowing the room's policy
+//! and each publish trims expired entries off the head (XTRIM MINID) and
+//! the stream to `history.size` (XADD MAXLEN =).
 //!
 //! Expiries: the stream lives `history.ttl` after the last publish (every
 //! entry in it has expired by then); the meta hash (epoch, offset) lives

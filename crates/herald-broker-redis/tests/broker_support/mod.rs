@@ -14,7 +14,7 @@ use herald_core::{
 };
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -25,10 +25,16 @@ use tokio_util::task::TaskTracker;
 pub struct Collect {
     pub publications: Mutex<Vec<Arc<Publication>>>,
     pub presence: Mutex<Vec<PresenceChange>>,
+    /// While set, `deliver` blocks (breaking the sink contract on purpose,
+    /// to stall the reader).
+    pub hold: AtomicBool,
 }
 
 impl PublicationSink for Collect {
     fn deliver(&self, publication: Arc<Publication>) {
+        while self.hold.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         self.publications.lock().push(publication);
     }
 
