@@ -19,6 +19,8 @@ pub mod keys;
 pub mod wire;
 
 pub use client::{RedisClients, RedisSettings, RedisSetupError};
+/// A Redis connection task's handle (see [`RedisClients::start`]).
+pub use fred::types::ConnectHandle;
 
 mod broker;
 mod cluster;
