@@ -308,7 +308,9 @@ impl Config {
                     "is required with broker.kind = \"redis\" (redis://host:port or \
                      redis-cluster://host:port?node=host:port)",
                 )),
-                Some(url) if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) => {
+                Some(url)
+                    if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) =>
+                {
                     problems.push(invalid(
                         "broker.redis_url",
                         "must start with redis:// or redis-cluster://",

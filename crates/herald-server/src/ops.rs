@@ -46,7 +46,12 @@ pub(crate) fn reserve_socket(app: &AppState) -> Result<herald_node::SocketSlot, 
     } else {
         "node is at limits.max_connections"
     };
-    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message).into_response())
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable,
+        message,
+    )
+    .into_response())
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -80,8 +80,8 @@ fn unavailable_broker_kinds_are_refused() {
 fn redis_needs_a_redis_url() {
     let err = Config::from_toml("[broker]\nkind = \"redis\"\n").unwrap_err();
     assert!(err.to_string().contains("broker.redis_url"), "{err}");
-    let err = Config::from_toml("[broker]\nkind = \"redis\"\nredis_url = \"http://x\"\n")
-        .unwrap_err();
+    let err =
+        Config::from_toml("[broker]\nkind = \"redis\"\nredis_url = \"http://x\"\n").unwrap_err();
     assert!(err.to_string().contains("broker.redis_url"), "{err}");
     let c = Config::from_toml(
         "[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nnode_heartbeat = \"1s\"\n",
