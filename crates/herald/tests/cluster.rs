@@ -8,7 +8,7 @@ mod common;
 use common::cluster::*;
 use common::*;
 use herald_testkit::RedisServer;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,6 +54,7 @@ struct HopReport {
     offsets: Vec<u64>,
     resumes: usize,
     resumes_while_publishing: usize,
+    abandoned: usize,
     errors: Vec<String>,
 }
 
@@ -112,25 +113,31 @@ async fn hopping_client(
             rep.errors.push(format!("deadline with last offset {last}"));
             return rep;
         }
-        let node = c.node(rng.below(3) as usize);
-        let token = node.user_token(&name);
-        client = match WsClient::connect(&node.ws_url(), TokenIn::Header(token)).await {
-            Ok(ws) => ws,
-            Err(e) => {
-                rep.errors
-                    .push(format!("reconnect: {}", describe_ws_error(&e)));
-                return rep;
+        client = loop {
+            let node = c.node(rng.below(3) as usize);
+            let token = node.user_token(&name);
+            let mut ws = match WsClient::connect(&node.ws_url(), TokenIn::Header(token)).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    rep.errors
+                        .push(format!("reconnect: {}", describe_ws_error(&e)));
+                    return rep;
+                }
+            };
+            ws.expect_type("authenticated", FRAME_WAIT).await;
+            ws.send_json(json!({"type": "join_room", "id": "j", "room": room,
+                "since": {"epoch": epoch, "offset": last}}))
+                .await;
+            // Now and then the socket goes away before the join's reply.
+            if rng.below(10) != 0 {
+                break ws;
             }
+            rep.abandoned += 1;
         };
-        client.expect_type("authenticated", FRAME_WAIT).await;
         rep.resumes += 1;
         if publishing.load(std::sync::atomic::Ordering::Relaxed) {
             rep.resumes_while_publishing += 1;
         }
-        client
-            .send_json(json!({"type": "join_room", "id": "j", "room": room,
-                "since": {"epoch": epoch, "offset": last}}))
-            .await;
         let joined = loop {
             match client.recv(FRAME_WAIT).await {
                 Incoming::Json(v) if v["id"] == "j" => break v,
@@ -155,7 +162,7 @@ async fn hopping_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_stress_hopping_between_nodes() {
-    const TOTAL: u64 = 1500;
+    const TOTAL: u64 = 6000;
     let redis = RedisServer::start();
     let c = TestCluster::start(3, &redis.url(), "").await;
     let publishing = std::sync::atomic::AtomicBool::new(true);
@@ -202,8 +209,8 @@ async fn resume_stress_hopping_between_nodes() {
     let want: Vec<u64> = (1..=TOTAL).collect();
     for (i, r) in reports.iter().enumerate() {
         eprintln!(
-            "hopper-{i}: {} resumes ({} while publishing)",
-            r.resumes, r.resumes_while_publishing
+            "hopper-{i}: {} resumes ({} while publishing), {} abandoned joins",
+            r.resumes, r.resumes_while_publishing, r.abandoned
         );
         assert!(r.errors.is_empty(), "hopper-{i}: {:?}", r.errors);
         if r.offsets != want {
@@ -215,28 +222,6 @@ async fn resume_stress_hopping_between_nodes() {
         }
         assert!(r.resumes_while_publishing >= 3, "hopper-{i}: {r:?}");
     }
-}
-
-/// `GET /api/v1/stats` of `node`: totals and `(node_id, connections, users,
-/// rooms)` per node, sorted.
-async fn stats(node: &TestNode) -> Result<(Value, Vec<(String, u64, u64, u64)>), String> {
-    let (s, b) = node
-        .api("GET", "/api/v1/stats", Some(ADMIN_KEY), None)
-        .await;
-    if s != 200 {
-        return Err(format!("{s} {b}"));
-    }
-    let nodes = b["nodes"].as_array().ok_or_else(|| format!("{b}"))?;
-    let mut per: Vec<(String, u64, u64, u64)> = nodes
-        .iter()
-        .map(|n| {
-            let f = |k: &str| n[k].as_u64().unwrap_or(u64::MAX);
-            let id = n["node_id"].as_str().unwrap_or_default().to_owned();
-            (id, f("connections"), f("users"), f("rooms"))
-        })
-        .collect();
-    per.sort();
-    Ok((b, per))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,18 +360,6 @@ async fn disconnect_api_reaches_every_node() {
     .await;
 }
 
-async fn upgrade_refused(node: &TestNode, user: &str, status: u16) {
-    match WsClient::connect(&node.ws_url(), TokenIn::Header(node.user_token(user))).await {
-        Ok(_) => panic!("upgrade on {} accepted, expected HTTP {status}", node.url()),
-        Err(e) => assert_eq!(
-            upgrade_status(&e),
-            Some(status),
-            "{}",
-            describe_ws_error(&e)
-        ),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_reject_is_cluster_wide() {
     let limits = "[limits]\nmax_connections_per_user = 2\nper_user_policy = \"reject\"\n";
@@ -429,14 +402,10 @@ async fn exclusive_session_is_cluster_wide() {
     let (mut c1, _) = c.node(0).connect_user("alice").await;
     let (mut bob, _) = c.node(0).connect_user("bob").await;
     let (mut c2, _) = c.node(1).connect_user("alice").await;
-    for old in [&mut c1] {
-        let close = old.expect_close(FRAME_WAIT).await;
-        assert_eq!(close.code, 4010, "{close:?}");
-        let d = close
-            .disconnect
-            .unwrap_or_else(|| panic!("disconnect before 4010"));
-        assert_eq!(d["code"], 4010, "{d}");
-    }
+    let close = c1.expect_close(FRAME_WAIT).await;
+    assert_eq!(close.code, 4010, "{close:?}");
+    let d = close.disconnect.expect("disconnect before 4010");
+    assert_eq!(d["code"], 4010, "{d}");
     c2.ping_ok().await;
     let (mut c3, a3) = c.node(2).connect_user("alice").await;
     let close = c2.expect_close(FRAME_WAIT).await;
@@ -539,10 +508,11 @@ async fn ingest_stream_delivers_each_entry_once() {
     .await;
     assert!(entries.contains("this is not json"), "{entries}");
     assert!(entries.contains("bad room!"), "{entries}");
-    assert!(
-        entries.to_lowercase().contains("reason"),
-        "dead letters say why: {entries}"
-    );
+    // docs/protocol.md: fields `payload`, `reason`, `id` and `node`.
+    for field in ["payload", "reason", "id", "node"] {
+        let n = entries.lines().filter(|l| l.trim() == field).count();
+        assert_eq!(n, 2, "each dead letter has `{field}`: {entries}");
+    }
     eventually("every entry acknowledged", FRAME_WAIT, || async move {
         let pending = group_pending(r, st);
         pending

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Slack on top of two heartbeat periods for the survivors' cleanup.
 const REAP_SLACK: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Follow {
     name: String,
     offsets: Vec<u64>,
@@ -24,6 +24,8 @@ struct Follow {
     /// `member_left` frames: connection id and when it arrived.
     left: Vec<(String, Instant)>,
     errors: Vec<String>,
+    /// The connection it ended on, kept open for the checks after the run.
+    ws: Option<WsClient>,
 }
 
 /// Reads `room` until offset `total`; when its socket dies, reconnects to
@@ -45,6 +47,7 @@ async fn follow(
     loop {
         let last = rep.offsets.last().copied().unwrap_or(0);
         if last >= total {
+            rep.ws = Some(ws);
             return rep;
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -223,6 +226,15 @@ async fn sigkill_of_a_node_loses_nothing_and_is_reaped() {
             );
         }
     }
+    // The victim's users now hold exactly their one new connection, on the
+    // rescuing node.
+    for i in 0..3 {
+        let list = connections(c.node(publisher), &format!("k-{i}"))
+            .await
+            .expect("connections");
+        let nodes: Vec<&Value> = list.iter().map(|e| &e["node_id"]).collect();
+        assert_eq!(nodes, vec![c.id(rescue)], "k-{i}: {list:?}");
+    }
 }
 
 #[derive(Debug, Default)]
@@ -360,10 +372,16 @@ async fn redis_restart_under_load_delivers_every_accepted_publish() {
     let (got, answers) =
         futures_util::future::join(futures_util::future::join_all(recorders), publisher).await;
 
-    let mut by_phase: HashMap<&str, Vec<u16>> = HashMap::new();
+    let mut by_phase: Vec<(&str, usize, usize)> = Vec::new();
     for (s, b, phase) in &answers {
-        by_phase.entry(phase).or_default().push(*s);
-        if *s != 200 {
+        if by_phase.last().map(|p| p.0) != Some(*phase) {
+            by_phase.push((phase, 0, 0));
+        }
+        let counts = by_phase.last_mut().expect("pushed");
+        if *s == 200 {
+            counts.1 += 1;
+        } else {
+            counts.2 += 1;
             assert_eq!(
                 (*s, &b["error"]["code"]),
                 (503, &json!("unavailable")),
@@ -371,7 +389,7 @@ async fn redis_restart_under_load_delivers_every_accepted_publish() {
             );
         }
     }
-    eprintln!("publish statuses by phase: {by_phase:?}");
+    eprintln!("publishes (phase, 200s, 503s): {by_phase:?}");
     let accepted: Vec<(String, u64)> = answers
         .iter()
         .filter(|(s, _, _)| *s == 200)

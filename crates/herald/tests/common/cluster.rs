@@ -4,7 +4,7 @@
 //! kinds of Redis (`cluster.rs` and `cluster_sharded.rs`).
 
 use super::node::TestNode;
-use super::ws::WsClient;
+use super::ws::{describe_ws_error, upgrade_status, TokenIn, WsClient};
 use super::{enc, ADMIN_KEY, FRAME_WAIT, SILENCE};
 use serde_json::{json, Value};
 use std::future::Future;
@@ -465,4 +465,39 @@ pub async fn expect_member(c: &mut WsClient, ty: &str, user: &str, conn: &Value)
     let f = c.expect_type(ty, FRAME_WAIT).await;
     assert_eq!(f["user_id"], user, "{ty}: {f}");
     assert_eq!(&f["connection_id"], conn, "{ty}: {f}");
+}
+
+/// `GET /api/v1/stats` of `node`: totals and `(node_id, connections, users,
+/// rooms)` per node, sorted.
+pub async fn stats(node: &TestNode) -> Result<(Value, Vec<(String, u64, u64, u64)>), String> {
+    let (s, b) = node
+        .api("GET", "/api/v1/stats", Some(ADMIN_KEY), None)
+        .await;
+    if s != 200 {
+        return Err(format!("{s} {b}"));
+    }
+    let nodes = b["nodes"].as_array().ok_or_else(|| format!("{b}"))?;
+    let mut per: Vec<(String, u64, u64, u64)> = nodes
+        .iter()
+        .map(|n| {
+            let f = |k: &str| n[k].as_u64().unwrap_or(u64::MAX);
+            let id = n["node_id"].as_str().unwrap_or_default().to_owned();
+            (id, f("connections"), f("users"), f("rooms"))
+        })
+        .collect();
+    per.sort();
+    Ok((b, per))
+}
+
+/// Asserts that an upgrade of `user` on `node` is refused with `status`.
+pub async fn upgrade_refused(node: &TestNode, user: &str, status: u16) {
+    match WsClient::connect(&node.ws_url(), TokenIn::Header(node.user_token(user))).await {
+        Ok(_) => panic!("upgrade on {} accepted, expected HTTP {status}", node.url()),
+        Err(e) => assert_eq!(
+            upgrade_status(&e),
+            Some(status),
+            "{}",
+            describe_ws_error(&e)
+        ),
+    }
 }
