@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 /// Scheduling slack on top of a promised delay (no speed is asserted).
 const SLACK: Duration = Duration::from_millis(300);
 
+/// Room channels are sharded channels, on a single server too.
 async fn subscriber(url: &str, channel: &str) -> SubscriberClient {
     let config = Config::from_url(url).expect("url");
     let sub = Builder::from_config(config)
         .build_subscriber_client()
         .expect("subscriber");
     sub.init().await.expect("connect");
-    sub.subscribe(channel).await.expect("subscribe");
+    sub.ssubscribe(channel).await.expect("ssubscribe");
     sub
 }
 

@@ -50,11 +50,15 @@ impl RedisCluster {
         for chunk in records.chunks(BATCH) {
             let pipe = c.pipeline();
             let mut members: Vec<(&ConnectionRecord, RoomKey)> = Vec::new();
+            // Every user-hash HDEL first, then the presence ones: the reply
+            // loop below relies on that order.
             for rec in chunk {
                 let user_key = self.keys.user_connections(&rec.tenant, &rec.user_id);
                 pipe.hdel::<(), _, _>(user_key, rec.connection_id.as_str())
                     .await
                     .map_err(redis_error)?;
+            }
+            for rec in chunk {
                 for room in rooms_of(rec) {
                     pipe.hdel::<(), _, _>(
                         self.keys.room_presence(&room),
@@ -99,12 +103,11 @@ impl RedisCluster {
                 node_id: node_id.to_owned(),
             });
             let channel = self.keys.room_channel(room);
-            if self.clients.clustered {
-                pipe.spublish::<(), _, _>(channel, message).await
-            } else {
-                pipe.publish::<(), _, _>(channel, message).await
-            }
-            .map_err(redis_error)?;
+            // Room channels are sharded channels (SSUBSCRIBE) on a single
+            // server too, so that one code path serves both deployments.
+            pipe.spublish::<(), _, _>(channel, message)
+                .await
+                .map_err(redis_error)?;
         }
         pipe.all::<Value>().await.map_err(redis_error)?;
         Ok(())
