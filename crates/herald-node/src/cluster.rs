@@ -90,14 +90,14 @@ impl ClusterNode for Handle {
     }
 
     fn figures(&self) -> NodeFigures {
-        self.node.upgrade().map_or_else(NodeFigures::default, |n| {
-            NodeFigures {
+        self.node
+            .upgrade()
+            .map_or_else(NodeFigures::default, |n| NodeFigures {
                 node_id: n.node_id.to_string(),
                 connections: n.registry.len(),
                 users: n.registry.users(),
                 rooms: n.rooms.len(),
-            }
-        })
+            })
     }
 }
 

@@ -9,12 +9,10 @@ use crate::queue::SendQueue;
 use crate::rooms::Rooms;
 use crate::session::Session;
 use herald_core::{
-    Broker, Cluster, HistoryPolicy, Identity, Namespaces, PublicationSink, PublishOutcome, PublishRequest,
-    RoomKey, RoomName, Tenant, TokenVerifier, VerifyError,
+    Broker, Cluster, HistoryPolicy, Identity, Namespaces, PublicationSink, PublishOutcome,
+    PublishRequest, RoomKey, RoomName, Tenant, TokenVerifier, VerifyError,
 };
-use herald_protocol::{
-    encode, CloseCode, JoinedRoom, RequestId, ServerFrame, StreamPosition,
-};
+use herald_protocol::{encode, CloseCode, JoinedRoom, RequestId, ServerFrame, StreamPosition};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;

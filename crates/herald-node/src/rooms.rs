@@ -70,12 +70,7 @@ impl Rooms {
     }
 
     /// Phase 1: register `conn` as a pending member of `room`.
-    pub(crate) fn begin_join(
-        &self,
-        room: &RoomKey,
-        conn: &Arc<Connection>,
-        presence: bool,
-    ) {
+    pub(crate) fn begin_join(&self, room: &RoomKey, conn: &Arc<Connection>, presence: bool) {
         let mut shard = self.shard(room).write();
         let created = !shard.contains_key(room);
         let entry = shard.entry(room.clone()).or_default();

@@ -481,7 +481,11 @@ impl Session {
     /// Turns the auto-joined rooms live; with `announce`, each gets a
     /// `room_joined` first (SSE streams list every room that way).
     /// Returns the rooms with presence on, to announce the member in.
-    pub(crate) fn finish_auto_join(&self, pending: Vec<PendingJoin>, announce: bool) -> Vec<RoomKey> {
+    pub(crate) fn finish_auto_join(
+        &self,
+        pending: Vec<PendingJoin>,
+        announce: bool,
+    ) -> Vec<RoomKey> {
         let rooms = &self.node.inner.rooms;
         let mut presence_rooms = Vec::new();
         for p in pending {

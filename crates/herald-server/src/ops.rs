@@ -36,7 +36,7 @@ pub(crate) async fn ready(State(app): State<AppState>) -> Response {
 /// Reserves a socket slot for a new WebSocket or SSE client, or the 503
 /// that refuses it: the node is draining, at `limits.max_connections`, or
 /// cannot reach its broker (a client is better served by another node).
-pub(crate) fn reserve_socket(app: &AppState) -> Result<herald_node::SocketSlot, Response> {
+pub(crate) fn reserve_socket(app: &AppState) -> Result<herald_node::SocketSlot, ApiError> {
     let message = if app.node.is_draining() {
         "node is shutting down; connect to another node"
     } else if !app.node.is_ready() {
@@ -50,8 +50,7 @@ pub(crate) fn reserve_socket(app: &AppState) -> Result<herald_node::SocketSlot, 
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Unavailable,
         message,
-    )
-    .into_response())
+    ))
 }
 
 /// `GET /metrics`: Prometheus text format.

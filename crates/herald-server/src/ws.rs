@@ -46,7 +46,7 @@ pub(crate) async fn upgrade(
 ) -> Response {
     let slot = match crate::ops::reserve_socket(&app) {
         Ok(slot) => slot,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let token = bearer(&headers).map(str::to_owned).or(q.token);
     let identity = match token {

@@ -70,7 +70,14 @@ pub async fn run(c: &Common, a: &FanoutArgs) -> Result<Report> {
     let before = run.server_sample();
     let bench0 = super::bench_cpu_s();
     let t0 = run.elapsed_s();
-    let pubs = publish::run(&http, &c.publish_base(), &c.api_key, &plan, run.sh.stop.clone()).await;
+    let pubs = publish::run(
+        &http,
+        &c.publish_base(),
+        &c.api_key,
+        &plan,
+        run.sh.stop.clone(),
+    )
+    .await;
     run.drain(Duration::from_secs(10)).await;
     let after = run.server_sample();
     let bench1 = super::bench_cpu_s();

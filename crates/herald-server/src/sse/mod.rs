@@ -64,7 +64,7 @@ pub(crate) async fn stream(
 ) -> Response {
     let slot = match crate::ops::reserve_socket(&app) {
         Ok(slot) => slot,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let Some(token) = bearer(&headers).map(str::to_owned).or(q.token) else {
         return ApiError::new(
