@@ -306,6 +306,15 @@ pub async fn scenario_cross_node_delivery(redis_url: &str) {
     assert_eq!(m["from"]["connection_id"], bauth["connection_id"], "{m}");
     assert_eq!(m["epoch"], ack["epoch"], "{m} vs {ack}");
     assert_eq!(m["offset"], 1, "{m}");
+    // An idempotency key holds cluster-wide: a retry through another node
+    // answers the first offset and delivers nothing again.
+    let body = json!({"room": "project:7", "event": "paid", "data": {}, "idempotency_key": "k7"});
+    let first = a.publish_body(body.clone()).await;
+    let retry = b.publish_body(body).await;
+    assert_eq!((offset_of(&first), offset_of(&retry)), (2, 2), "{retry}");
+    let ev = alice.expect_type("event", FRAME_WAIT).await;
+    assert_eq!((offset_of(&ev), &ev["event"]), (2, &json!("paid")), "{ev}");
+    alice.expect_silence(SILENCE).await;
     outsider.expect_silence(SILENCE).await;
 }
 
