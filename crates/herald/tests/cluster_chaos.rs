@@ -123,9 +123,8 @@ async fn sigkill_of_a_node_loses_nothing_and_is_reaped() {
     for (_, ws, _) in &mut clients {
         ws.collect_for(Duration::from_millis(300)).await;
     }
-    let published = Cell::new(0u64);
     let killed_at: Cell<Option<Instant>> = Cell::new(None);
-    let (cr, ep, pb, ka) = (&c, epoch.as_str(), &published, &killed_at);
+    let (cr, ep, ka) = (&c, epoch.as_str(), &killed_at);
     let followers = clients
         .into_iter()
         .map(|(name, ws, _)| follow(cr, name, ws, room, ep, N, rescue));
@@ -136,7 +135,6 @@ async fn sigkill_of_a_node_loses_nothing_and_is_reaped() {
                 .publish(room, "tick", json!({"n": n}))
                 .await;
             assert_eq!(offset_of(&a), n, "{a}");
-            pb.set(n);
             if n == KILL_AT {
                 cr.kill(victim);
                 ka.set(Some(Instant::now()));
