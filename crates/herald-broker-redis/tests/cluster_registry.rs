@@ -398,7 +398,9 @@ async fn every_call_answers_unavailable_while_redis_is_down() {
     let mut server = RedisServer::start();
     let p = prefix("down");
     let a = TestNode::start(&server.url(), &p, "a").await;
-    assert!(a.cluster.is_ready());
+    // Ready once connected and subscribed to the control channel.
+    let up = eventually(Duration::from_secs(5), || async { a.cluster.is_ready() }).await;
+    assert!(up, "never ready");
     server.kill();
     let down = eventually(Duration::from_secs(5), || async { !a.cluster.is_ready() }).await;
     assert!(down, "still ready with Redis gone");

@@ -7,6 +7,7 @@ use super::{json_error, redis_error, RedisCluster};
 use fred::interfaces::{EventInterface, PubsubInterface};
 use herald_core::{BrokerError, ClusterNode, ConnectionRef, Tenant};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -34,7 +35,9 @@ enum ControlCommand {
 
 /// Waits between attempts to subscribe while the subscriber is down.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// At most this long: the very first connect may happen before the
+/// reconnect receiver exists, and only this retry notices it.
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl RedisCluster {
     async fn publish_control(&self, commands: &[ControlCommand]) -> Result<(), BrokerError> {
@@ -159,6 +162,7 @@ impl RedisCluster {
                 match sub.subscribe(channel.as_str()).await {
                     Ok(()) => {
                         subscribed = true;
+                        self.control_live.store(true, Ordering::Release);
                         retry = RETRY_FIRST;
                     }
                     Err(e) => tracing::debug!(error = %e, "control channel subscribe failed"),
@@ -185,6 +189,7 @@ impl RedisCluster {
                 },
                 event = reconnects.recv() => {
                     subscribed = false;
+                    self.control_live.store(false, Ordering::Release);
                     if let Err(RecvError::Closed) = event {
                         pause(&cancel, wait).await;
                         reconnects = sub.reconnect_rx();

@@ -20,7 +20,7 @@ use herald_core::{
 use parking_lot::Mutex;
 use scripts::Scripts;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -69,6 +69,10 @@ pub struct RedisCluster {
     /// The nodes set listed this node at least once: its entries are
     /// visible to the others and a reaper can find them.
     enlisted: AtomicBool,
+    /// The control channel is subscribed on the current subscriber
+    /// connection: until then a disconnect or a displacement sent by
+    /// another node would not reach this one, so the node is not ready.
+    control_live: AtomicBool,
     /// Serializes a heartbeat's re-registration with `leave`.
     beat: tokio::sync::Mutex<()>,
     /// When this process's registry started (ms): entries of this node id
@@ -91,6 +95,7 @@ impl RedisCluster {
             locks: Mutex::new(HashMap::new()),
             left: AtomicBool::new(false),
             enlisted: AtomicBool::new(false),
+            control_live: AtomicBool::new(false),
             beat: tokio::sync::Mutex::new(()),
             started_at: now_ms(),
         })
@@ -250,7 +255,7 @@ impl Cluster for RedisCluster {
     }
 
     fn is_ready(&self) -> bool {
-        self.clients.is_connected()
+        self.clients.is_connected() && self.control_live.load(Ordering::Acquire)
     }
 
     async fn leave(&self) {
