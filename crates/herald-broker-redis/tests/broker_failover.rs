@@ -203,9 +203,12 @@ async fn a_lagging_reader_catches_up_from_history() {
             }
         });
     }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("publisher");
-    }
+    let published = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("publisher");
+        }
+    });
+    published.await.expect("the publishes finish");
     b.sink.hold.store(false, Ordering::Release);
     wait_until("b has everything", || b.sink.count(&r) == TOTAL as usize).await;
     assert_eq!(b.sink.offsets(&r), (1..=TOTAL).collect::<Vec<u64>>());

@@ -108,8 +108,8 @@ pub(super) async fn run(broker: Arc<RedisBroker>, mut rx: Receivers, cancel: Can
     let mut watch_commands = true;
     loop {
         // Checked on every turn so a busy channel cannot starve it.
-        if resync.is_due() {
-            broker.resync(&mut resync).await;
+        if resync.is_due() && !until_cancelled(&cancel, broker.resync(&mut resync)).await {
+            return;
         }
         let wake = resync.due;
         tokio::select! {
@@ -119,7 +119,11 @@ pub(super) async fn run(broker: Arc<RedisBroker>, mut rx: Receivers, cancel: Can
             biased;
             () = cancel.cancelled() => return,
             message = rx.messages.recv() => match message {
-                Ok(message) => broker.on_message(message).await,
+                Ok(message) => {
+                    if !until_cancelled(&cancel, broker.on_message(message)).await {
+                        return;
+                    }
+                }
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(skipped = n, "redis broker reader lagged; catching up from history");
                     resync.request(false, Duration::ZERO);
@@ -143,6 +147,19 @@ pub(super) async fn run(broker: Arc<RedisBroker>, mut rx: Receivers, cancel: Can
             },
             () = sleep_until(wake), if wake.is_some() => {}
         }
+    }
+}
+
+/// Runs `work` unless `cancel` fires first (a history read may wait for
+/// the command timeout; shutdown should not). Returns whether it ran.
+async fn until_cancelled(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = ()>,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => false,
+        () = work => true,
     }
 }
 

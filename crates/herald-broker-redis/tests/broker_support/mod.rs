@@ -32,8 +32,15 @@ pub struct Collect {
 
 impl PublicationSink for Collect {
     fn deliver(&self, publication: Arc<Publication>) {
-        while self.hold.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(1));
+        if self.hold.load(Ordering::Acquire) {
+            // Hands this worker's queued tasks to another thread first:
+            // a blocked worker would otherwise sit on the connection tasks
+            // the publishers wait for.
+            tokio::task::block_in_place(|| {
+                while self.hold.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
         }
         self.publications.lock().push(publication);
     }
