@@ -48,9 +48,24 @@ pub struct PublicationWire<'a> {
     /// Connection that must not receive it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x: Option<String>,
-    /// Node that published it (for the latency histogram's local clock).
+    /// Node that published it.
     #[serde(borrow)]
     pub nd: std::borrow::Cow<'a, str>,
+    /// Accepted at, µs since the Unix epoch: the delivering node's latency
+    /// histogram measures from it (across hosts, as exact as their clocks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tu: Option<u64>,
+}
+
+/// When a publication accepted at `accepted_us` (µs since the Unix epoch,
+/// by the wall clock) was accepted, on this process's monotonic clock.
+fn local_instant(accepted_us: u64) -> Option<std::time::Instant> {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_micros();
+    let age = u64::try_from(now_us).ok()?.saturating_sub(accepted_us);
+    std::time::Instant::now().checked_sub(std::time::Duration::from_micros(age))
 }
 
 /// Why a message on a room channel could not be read.
@@ -81,7 +96,7 @@ impl PublicationWire<'_> {
             event_id: self.id.into_owned(),
             from: self.f,
             exclude_connection: self.x,
-            accepted_at: None,
+            accepted_at: self.tu.and_then(local_instant),
         })
     }
 }

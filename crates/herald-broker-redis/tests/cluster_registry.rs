@@ -213,18 +213,21 @@ async fn a_taken_over_lock_closes_its_session_without_any_message() {
         Ok(ClusterAdmission::Admitted(d)) => d,
         other => panic!("{other:?}"),
     };
-    assert_eq!(
-        displaced,
-        vec![
-            ConnectionRef {
-                node_id: "a".into(),
-                connection_id: "x1".into()
-            },
-            ConnectionRef {
-                node_id: String::new(),
-                connection_id: "someone-else".into()
-            },
-        ]
+    // x1 was closed; its record is displaced too unless the node's sweep
+    // (which drops records of connections the node no longer holds) got
+    // there first.
+    let lock_holder = ConnectionRef {
+        node_id: String::new(),
+        connection_id: "someone-else".into(),
+    };
+    let x1_ref = ConnectionRef {
+        node_id: "a".into(),
+        connection_id: "x1".into(),
+    };
+    assert!(displaced.contains(&lock_holder), "{displaced:?}");
+    assert!(
+        displaced.iter().all(|d| *d == lock_holder || *d == x1_ref),
+        "{displaced:?}"
     );
     assert_eq!(server.cli(&["GET", &lock]).trim(), "x3");
 }

@@ -21,6 +21,18 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// A free loopback port P whose cluster-bus port P + 10000 is free too
+/// (Redis Cluster listens on both; above 55535 the bus port cannot exist).
+pub fn free_cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair P, P + 10000 on loopback");
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("herald-{tag}-{}-{n}", std::process::id()));
@@ -67,9 +79,14 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = temp_dir("redis");
+        let clustered = extra.contains(&"--cluster-enabled");
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port: if clustered {
+                free_cluster_port()
+            } else {
+                free_port()
+            },
             dir,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };

@@ -54,6 +54,7 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     x: Option<&'a str>,
     nd: &'a str,
+    tu: u64,
 }
 
 /// The JSON the script splices its position in front of: the body without
@@ -74,6 +75,9 @@ pub(super) fn encode_body(
         f: request.from.as_ref(),
         x: request.exclude_connection.as_deref(),
         nd: node_id,
+        tu: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
     };
     let json = serde_json::to_vec(&body).map_err(|e| BrokerError::Internal(e.to_string()))?;
     Ok(bytes::Bytes::from(json).slice(1..))
