@@ -15,22 +15,31 @@ use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A free loopback TCP port (bound, then released).
+/// A free loopback TCP port (bound, then released), from the kernel's
+/// ephemeral range: for clients that connect from it right away.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
 }
 
-/// A free loopback port P whose cluster-bus port P + 10000 is free too
-/// (Redis Cluster listens on both; above 55535 the bus port cannot exist).
-pub fn free_cluster_port() -> u16 {
-    for _ in 0..1000 {
-        let port = free_port();
-        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+/// A free loopback port for a server to listen on, below the kernel's
+/// ephemeral range (32768 and up) so that no client socket of a concurrent
+/// test takes it between this check and the server's bind. With
+/// `cluster_bus`, P + 10000 (Redis Cluster's bus port) is free too.
+pub fn free_server_port(cluster_bus: bool) -> u16 {
+    let seed = std::process::id() as u64 * 7919
+        + COUNTER.fetch_add(1, Ordering::SeqCst) * 104_729
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+    for i in 0..2000u64 {
+        let port = 20_000 + ((seed + i * 7_561) % 12_000) as u16;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && (!cluster_bus || free(port + 10_000)) {
             return port;
         }
     }
-    panic!("no free port pair P, P + 10000 on loopback");
+    panic!("no free server port between 20000 and 32000 on loopback");
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -82,11 +91,7 @@ impl RedisServer {
         let clustered = extra.contains(&"--cluster-enabled");
         let mut server = Self {
             child: None,
-            port: if clustered {
-                free_cluster_port()
-            } else {
-                free_port()
-            },
+            port: free_server_port(clustered),
             dir,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };

@@ -1,7 +1,10 @@
 //! The control channel: small JSON commands every node receives, carrying
-//! closes to whatever node holds the connection. Plain PUBLISH (not
-//! sharded): it is low volume and every node must see it. A lost message
-//! only delays an `exclusive` replacement until the lock renewal notices.
+//! closes to whatever node holds the connection. A sharded channel
+//! (SSUBSCRIBE/SPUBLISH, on one server too): its one slot means one shard
+//! of a Redis Cluster carries it, and SSUBSCRIBE answers only once the
+//! server confirmed it, so "subscribed" (and so readiness) is true. A lost
+//! message only delays an `exclusive` replacement until the lock renewal
+//! notices.
 
 use super::{json_error, redis_error, RedisCluster};
 use fred::interfaces::{EventInterface, PubsubInterface};
@@ -46,7 +49,7 @@ impl RedisCluster {
         let pipe = self.clients.commands.pipeline();
         for command in commands {
             let json = serde_json::to_string(command).map_err(json_error)?;
-            pipe.publish::<(), _, _>(channel.as_str(), json)
+            pipe.spublish::<(), _, _>(channel.as_str(), json)
                 .await
                 .map_err(redis_error)?;
         }
@@ -159,7 +162,7 @@ impl RedisCluster {
         let mut retry = RETRY_FIRST;
         loop {
             if !subscribed && fred::interfaces::ClientLike::is_connected(&sub) {
-                match sub.subscribe(channel.as_str()).await {
+                match sub.ssubscribe(channel.as_str()).await {
                     Ok(()) => {
                         subscribed = true;
                         self.control_live.store(true, Ordering::Release);
