@@ -95,6 +95,8 @@ pub struct Ctx {
     /// Added to connection numbers to form user ids (`bench-{n}`), so
     /// several processes never share a user.
     pub id_offset: u64,
+    /// The peer under test instead of Herald (`--target`), if any.
+    pub peer: Option<crate::peers::Peer>,
 }
 
 impl Ctx {
@@ -105,7 +107,14 @@ impl Ctx {
             key: EncodingKey::from_secret(secret.as_bytes()),
             sources,
             id_offset,
+            peer: None,
         }
+    }
+
+    /// The same context aimed at `peer` (or Herald with `None`).
+    pub fn with_peer(mut self, peer: Option<crate::peers::Peer>) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// The user id of connection `i`.
@@ -138,26 +147,8 @@ impl Ctx {
         let token = self
             .token(&self.user_id(i))
             .map_err(|e| format!("token: {e}"))?;
-        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {:?}", e.kind()))?;
-        let src = SocketAddr::new(IpAddr::V4(source_addr(i, self.sources)), 0);
-        socket
-            .bind(src)
-            .map_err(|e| format!("bind: {:?}", e.kind()))?;
-        let stream = socket
-            .connect(self.target.addr)
-            .await
-            .map_err(|e| format!("tcp: {:?}", e.kind()))?;
-        let _ = stream.set_nodelay(true);
         let url = format!("{}?token={token}", self.target.ws_url);
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let (mut ws, _resp) =
-            tokio_tungstenite::client_async_with_config(url, stream, Some(config))
-                .await
-                .map_err(|e| match e {
-                    tungstenite::Error::Http(r) => format!("http {}", r.status().as_u16()),
-                    tungstenite::Error::Io(e) => format!("ws io: {:?}", e.kind()),
-                    other => format!("ws: {other}"),
-                })?;
+        let mut ws = self.open_ws(i, url).await?;
         use futures_util::StreamExt;
         while let Some(msg) = ws.next().await {
             match msg {
@@ -182,6 +173,31 @@ impl Ctx {
             }
         }
         Err("closed before authenticated".into())
+    }
+
+    /// TCP from connection `i`'s source address to the target, then the
+    /// WebSocket upgrade to `url` (any server: Herald or a peer). Errors
+    /// are short reasons fit to be counted.
+    pub async fn open_ws(&self, i: u64, url: String) -> Result<Ws, String> {
+        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {:?}", e.kind()))?;
+        let src = SocketAddr::new(IpAddr::V4(source_addr(i, self.sources)), 0);
+        socket
+            .bind(src)
+            .map_err(|e| format!("bind: {:?}", e.kind()))?;
+        let stream = socket
+            .connect(self.target.addr)
+            .await
+            .map_err(|e| format!("tcp: {:?}", e.kind()))?;
+        let _ = stream.set_nodelay(true);
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+            .await
+            .map_err(|e| match e {
+                tungstenite::Error::Http(r) => format!("http {}", r.status().as_u16()),
+                tungstenite::Error::Io(e) => format!("ws io: {:?}", e.kind()),
+                other => format!("ws: {other}"),
+            })?;
+        Ok(ws)
     }
 }
 
@@ -223,8 +239,8 @@ pub struct Frame<'a> {
 /// What the bench puts in every event's `data`: send time and sequence.
 #[derive(Debug, Deserialize)]
 pub struct Stamp {
-    /// Send time, µs since the Unix epoch. (`s`, the sequence number, is
-    /// for humans reading frames: loss is counted by room offset.)
+    /// Send time, µs since the Unix epoch. (`s`, the room's sequence
+    /// number, counts loss for peers; Herald's loss is counted by offset.)
     pub t: u64,
 }
 

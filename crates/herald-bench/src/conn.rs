@@ -95,6 +95,10 @@ struct State {
 /// Runs one client until the run stops; bounded by the run's deadline and
 /// [`MAX_ATTEMPTS`].
 pub async fn run(spec: ConnSpec, sh: Arc<Shared>) -> ConnReport {
+    // A peer speaks its own protocol: a listener in its one room.
+    if let (Some(peer), Some(room)) = (sh.ctx.peer.clone(), spec.rooms.first()) {
+        return crate::peers::listen(&peer, spec.index, room.clone(), sh).await;
+    }
     let mut st = State {
         rooms: BTreeMap::new(),
         replay_left: BTreeMap::new(),

@@ -9,6 +9,7 @@
 mod client;
 mod conn;
 mod metrics;
+mod peers;
 mod plot;
 mod procfs;
 mod publish;
@@ -18,6 +19,7 @@ mod scenarios;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
+use peers::{Peer, TargetKind};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -74,6 +76,24 @@ pub struct Common {
     /// `benchstore` for storm and soak, `benchhist` for history).
     #[arg(long, global = true)]
     pub namespace: Option<String>,
+    /// The server under test: Herald, or a peer for side-by-side figures
+    /// (`idle` and `fanout` only; see bench/peers/).
+    #[arg(long, global = true, value_enum, default_value_t = TargetKind::Herald)]
+    pub target: TargetKind,
+    /// `--target sockudo`: the Pusher app id.
+    #[arg(long, global = true, default_value = "herald-bench")]
+    pub pusher_app_id: String,
+    /// `--target sockudo`: the Pusher app key.
+    #[arg(long, global = true, default_value = "herald-bench-key")]
+    pub pusher_key: String,
+    /// `--target sockudo`: the Pusher app secret (signs API requests).
+    #[arg(
+        long,
+        global = true,
+        env = "HBENCH_PUSHER_SECRET",
+        default_value = "herald-bench-secret"
+    )]
+    pub pusher_secret: String,
 }
 
 #[derive(Subcommand)]
@@ -100,10 +120,14 @@ fn main() -> Result<()> {
     if let Some(url) = &c.publish_url {
         client::parse_target(url)?;
     }
-    if c.secret.is_empty() && !matches!(cli.scenario, Scenario::History(_)) {
+    let herald = c.target == TargetKind::Herald;
+    if !herald && !matches!(cli.scenario, Scenario::Idle(_) | Scenario::Fanout(_)) {
+        bail!("--target {:?} supports only `idle` and `fanout`", c.target);
+    }
+    if herald && c.secret.is_empty() && !matches!(cli.scenario, Scenario::History(_)) {
         bail!("--secret (the server's auth.hs256_secret) is required to mint client tokens");
     }
-    if c.api_key.is_empty() && !matches!(cli.scenario, Scenario::Idle(_)) {
+    if herald && c.api_key.is_empty() && !matches!(cli.scenario, Scenario::Idle(_)) {
         bail!("--api-key (an API key with scope admin) is required for this scenario");
     }
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -144,12 +168,40 @@ impl Common {
         let sources = self
             .sources
             .unwrap_or_else(|| client::default_sources(conns));
-        Ok(client::Ctx::new(
-            target,
-            &self.secret,
-            sources,
-            self.id_offset,
-        ))
+        Ok(client::Ctx::new(target, &self.secret, sources, self.id_offset).with_peer(self.peer()))
+    }
+
+    /// The peer under test, or `None` for Herald.
+    pub fn peer(&self) -> Option<Peer> {
+        match self.target {
+            TargetKind::Herald => None,
+            TargetKind::Socketio => Some(Peer::SocketIo),
+            TargetKind::Sockudo => Some(Peer::Pusher(peers::pusher::PusherApp {
+                id: self.pusher_app_id.clone(),
+                key: self.pusher_key.clone(),
+                secret: self.pusher_secret.clone(),
+            })),
+        }
+    }
+
+    /// Room `n` of namespace `ns`, named as the target wants it.
+    pub fn room(&self, ns: &str, n: u64) -> String {
+        match self.peer() {
+            Some(p) => p.room(ns, n),
+            None => format!("{ns}:{n}"),
+        }
+    }
+
+    /// Where publishers send, in the target's API.
+    pub fn publish_api(&self) -> publish::Api {
+        let base = self.publish_base();
+        match self.peer() {
+            Some(peer) => publish::Api::Peer { base, peer },
+            None => publish::Api::Herald {
+                base,
+                key: self.api_key.clone(),
+            },
+        }
     }
 
     /// The server process, when `--server-pid` was given.

@@ -1,7 +1,9 @@
 //! Publishers over the HTTP API at a fixed total rate: a few concurrent
 //! clients, event `i` due at `start + i / rate`, rooms taken round robin.
+//! Each event's `s` is its room's sequence number (1, 2, … per room).
 
 use crate::client::stamped_data;
+use crate::peers::Peer;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -47,6 +49,66 @@ struct Published {
     offset: u64,
 }
 
+/// Where events are published: Herald's API or a peer's.
+#[derive(Debug, Clone)]
+pub enum Api {
+    /// Herald's `POST /api/v1/publish` with an API key.
+    Herald {
+        /// `http://host:port`.
+        base: String,
+        /// API key with a publish scope.
+        key: String,
+    },
+    /// A peer's publish endpoint.
+    Peer {
+        /// `http://host:port`.
+        base: String,
+        /// Its protocol.
+        peer: Peer,
+    },
+}
+
+impl Api {
+    /// Publishes one event; the room position it got (Herald's offset, a
+    /// peer's sequence number `seq`), or a failure reason.
+    async fn publish(
+        &self,
+        http: &reqwest::Client,
+        room: &str,
+        data: &str,
+        seq: u64,
+    ) -> Result<u64, String> {
+        let req = match self {
+            Api::Herald { base, key } => http
+                .post(format!("{base}/api/v1/publish"))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"room":"{room}","event":"bench","data":{data}}}"#
+                )),
+            Api::Peer { base, peer } => peer.publish_request(http, base, room, "bench", data),
+        };
+        let resp = req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                "timeout".to_string()
+            } else {
+                "request error".to_string()
+            }
+        })?;
+        if !resp.status().is_success() {
+            return Err(format!("http {}", resp.status().as_u16()));
+        }
+        match self {
+            Api::Herald { .. } => resp
+                .json::<Published>()
+                .await
+                .map(|p| p.offset)
+                .map_err(|_| "bad response body".to_string()),
+            Api::Peer { .. } => Ok(seq),
+        }
+    }
+}
+
 /// An HTTP client for the API.
 pub fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
@@ -57,7 +119,7 @@ pub fn http_client() -> Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-/// Publishes the plan; stops early when `stop` flips. Bounded by `count`.
+/// Publishes the plan to Herald; stops early when `stop` flips. Bounded by `count`.
 pub async fn run(
     http: &reqwest::Client,
     base: &str,
@@ -65,20 +127,27 @@ pub async fn run(
     plan: &PublishPlan,
     stop: watch::Receiver<bool>,
 ) -> PublishReport {
+    let api = Api::Herald {
+        base: base.to_string(),
+        key: api_key.to_string(),
+    };
+    run_to(http, &api, plan, stop).await
+}
+
+/// Publishes the plan to `api`; stops early when `stop` flips. Bounded by `count`.
+pub async fn run_to(
+    http: &reqwest::Client,
+    api: &Api,
+    plan: &PublishPlan,
+    stop: watch::Receiver<bool>,
+) -> PublishReport {
     let start = Instant::now();
-    let url = format!("{base}/api/v1/publish");
     let n = plan.publishers.max(1);
     let mut tasks = Vec::with_capacity(n);
     for k in 0..n {
-        let (http, url, key, plan, stop) = (
-            http.clone(),
-            url.clone(),
-            api_key.to_string(),
-            plan.clone(),
-            stop.clone(),
-        );
+        let (http, api, plan, stop) = (http.clone(), api.clone(), plan.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            one_publisher(k as u64, n as u64, &http, &url, &key, &plan, start, stop).await
+            one_publisher(k as u64, n as u64, &http, &api, &plan, start, stop).await
         }));
     }
     let mut total = PublishReport::default();
@@ -100,18 +169,17 @@ pub async fn run(
     total
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn one_publisher(
     k: u64,
     n: u64,
     http: &reqwest::Client,
-    url: &str,
-    key: &str,
+    api: &Api,
     plan: &PublishPlan,
     start: Instant,
     stop: watch::Receiver<bool>,
 ) -> PublishReport {
     let mut r = PublishReport::default();
+    let rooms = plan.rooms.len().max(1) as u64;
     let mut i = k;
     while i < plan.count {
         if *stop.borrow() {
@@ -124,40 +192,20 @@ async fn one_publisher(
         } else {
             r.max_behind_ms = r.max_behind_ms.max((now - due).as_secs_f64() * 1000.0);
         }
-        let room = &plan.rooms[(i % plan.rooms.len() as u64) as usize];
-        let body = format!(
-            r#"{{"room":"{room}","event":"bench","data":{}}}"#,
-            stamped_data(i, plan.payload)
-        );
-        let res = http
-            .post(url)
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await;
-        match res {
-            Ok(resp) if resp.status().is_success() => match resp.json::<Published>().await {
-                Ok(p) => {
-                    r.ok += 1;
-                    let e = r.finals.entry(room.clone()).or_default();
-                    *e = (*e).max(p.offset);
-                }
-                Err(_) => *r.failed.entry("bad response body".into()).or_default() += 1,
-            },
-            Ok(resp) => {
-                *r.failed
-                    .entry(format!("http {}", resp.status().as_u16()))
-                    .or_default() += 1
+        let Some(room) = plan.rooms.get((i % rooms) as usize) else {
+            break;
+        };
+        let seq = i / rooms + 1;
+        match api
+            .publish(http, room, &stamped_data(seq, plan.payload), seq)
+            .await
+        {
+            Ok(offset) => {
+                r.ok += 1;
+                let e = r.finals.entry(room.clone()).or_default();
+                *e = (*e).max(offset);
             }
-            Err(e) => {
-                let kind = if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "request error"
-                };
-                *r.failed.entry(kind.into()).or_default() += 1
-            }
+            Err(reason) => *r.failed.entry(reason).or_default() += 1,
         }
         i += n;
     }

@@ -43,7 +43,7 @@ pub async fn run(c: &Common, a: &FanoutArgs) -> Result<Report> {
     }
     let ns = c.ns("bench");
     let n = a.conns as u64;
-    let rooms: Vec<String> = (0..a.rooms).map(|r| format!("{ns}:{r}")).collect();
+    let rooms: Vec<String> = (0..a.rooms as u64).map(|r| c.room(ns, r)).collect();
     let limit = Duration::from_secs(300 + a.duration + 60);
     let mut run = Run::new("fanout", c.ctx(a.conns)?, c.server()?, limit, c.concurrency);
     for i in 0..n {
@@ -70,14 +70,7 @@ pub async fn run(c: &Common, a: &FanoutArgs) -> Result<Report> {
     let before = run.server_sample();
     let bench0 = super::bench_cpu_s();
     let t0 = run.elapsed_s();
-    let pubs = publish::run(
-        &http,
-        &c.publish_base(),
-        &c.api_key,
-        &plan,
-        run.sh.stop.clone(),
-    )
-    .await;
+    let pubs = publish::run_to(&http, &c.publish_api(), &plan, run.sh.stop.clone()).await;
     run.drain(Duration::from_secs(10)).await;
     let after = run.server_sample();
     let bench1 = super::bench_cpu_s();
@@ -97,7 +90,7 @@ pub async fn run(c: &Common, a: &FanoutArgs) -> Result<Report> {
     Ok(Report {
         scenario: "fanout",
         params: json!({
-            "conns": a.conns, "rooms": a.rooms, "rate": a.rate,
+            "target": c.target, "conns": a.conns, "rooms": a.rooms, "rate": a.rate,
             "duration_s": a.duration, "payload": a.payload, "namespace": ns,
         }),
         figures: json!({

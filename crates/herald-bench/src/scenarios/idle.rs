@@ -40,10 +40,7 @@ pub async fn run(c: &Common, a: &IdleArgs) -> Result<Report> {
     let bench_cpu0 = super::bench_cpu_s();
     let t0 = Instant::now();
     for i in 0..n {
-        run.spawn(ConnSpec::listener(
-            i,
-            format!("{ns}:{}", i % a.rooms.max(1) as u64),
-        ));
+        run.spawn(ConnSpec::listener(i, c.room(ns, i % a.rooms.max(1) as u64)));
     }
     let ramp = Duration::from_secs(a.ramp_limit);
     run.wait_until(ramp, |s| {
@@ -86,7 +83,10 @@ pub async fn run(c: &Common, a: &IdleArgs) -> Result<Report> {
     let (_reports, timeline) = run.finish().await;
     Ok(Report {
         scenario: "idle",
-        params: json!({"conns": a.conns, "rooms": a.rooms, "hold_s": a.hold, "namespace": ns}),
+        params: json!({
+            "target": c.target, "conns": a.conns, "rooms": a.rooms, "hold_s": a.hold,
+            "namespace": ns,
+        }),
         figures: json!({
             "connected": connects,
             "joined": joined,
