@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Runs the same herald-bench `idle` and `fanout` commands against Herald
+# (release build, memory broker, the config of docs/benchmarks.md), Node's
+# Socket.IO (bench/peers/socketio) and Sockudo (bench/peers/sockudo), one
+# after another on free loopback ports. Each server is started fresh for each
+# scenario and stopped right after it; every server this script started is
+# stopped on exit. herald-bench reads each server's RSS and CPU from /proc
+# (--server-pid). Loopback only; every step is bounded in time.
+#
+#   bench/peers/compare.sh                 # 10,000 connections, as in the docs
+#   CONNS=2000 DURATION=10 bench/peers/compare.sh
+#   TARGETS="herald socketio" bench/peers/compare.sh
+#
+# Environment: CONNS (10000), ROOMS (10), HOLD (10 s), RATE (20 events/s),
+# DURATION (30 s), PAYLOAD (100 B), TARGETS ("herald socketio sockudo"),
+# SCENARIOS ("idle fanout"), SOCKUDO (the sockudo binary; default: on PATH),
+# OUT (results folder; default target/peers-<time>). Each run's --json goes
+# to $OUT/<scenario>-<target>.json and a table is printed at the end.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HERE="$ROOT/bench/peers"
+CONNS=${CONNS:-10000}
+ROOMS=${ROOMS:-10}
+HOLD=${HOLD:-10}
+RATE=${RATE:-20}
+DURATION=${DURATION:-30}
+PAYLOAD=${PAYLOAD:-100}
+TARGETS=${TARGETS:-herald socketio sockudo}
+SCENARIOS=${SCENARIOS:-idle fanout}
+OUT=${OUT:-$ROOT/target/peers-$(date +%Y%m%d-%H%M%S)}
+SOCKUDO=${SOCKUDO:-$(command -v sockudo || true)}
+RUN_LIMIT=900 # seconds one bench run may take
+
+SECRET=bench-secret-0123456789abcdef0123456789
+API_KEY=bench-admin-key-0123456789
+HERALD="$ROOT/target/release/herald"
+BENCH="$ROOT/target/release/herald-bench"
+
+mkdir -p "$OUT"
+SPID=""
+
+stop_server() {
+  [ -n "$SPID" ] || return 0
+  if kill -0 "$SPID" 2>/dev/null; then
+    kill "$SPID" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$SPID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$SPID" 2>/dev/null || true
+  fi
+  wait "$SPID" 2>/dev/null || true
+  SPID=""
+}
+trap stop_server EXIT INT TERM
+
+# A loopback port nobody listens on.
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((20000 + RANDOM % 20000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  echo "no free port found" >&2
+  return 1
+}
+
+# Waits (at most 30 s) until something listens on $1.
+wait_port() {
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+      return 0
+    fi
+    kill -0 "$SPID" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# Starts server $1 on port $2 with its log in $3; sets SPID to the
+# server's own pid (exec, so that /proc figures are the server's).
+start_server() {
+  local target=$1 port=$2 log=$3 dir
+  case "$target" in
+    herald)
+      dir=$(mktemp -d)
+      sed "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$HERE/herald.toml" >"$dir/bench.toml"
+      "$HERALD" serve --config "$dir/bench.toml" >"$log" 2>&1 &
+      ;;
+    socketio)
+      (cd "$HERE/socketio" && PORT=$port exec node server.js) >"$log" 2>&1 &
+      ;;
+    sockudo)
+      dir=$(mktemp -d)
+      (cd "$dir" && PORT=$port HOST=127.0.0.1 exec "$SOCKUDO" --config "$HERE/sockudo/config.json") >"$log" 2>&1 &
+      ;;
+  esac
+  SPID=$!
+  if ! wait_port "$port"; then
+    echo "$target did not listen on $port; log:" >&2
+    tail -20 "$log" >&2
+    stop_server
+    return 1
+  fi
+}
+
+run_bench() {
+  local target=$1 scenario=$2 port=$3
+  local args=(--url "http://127.0.0.1:$port" --target "$target" --server-pid "$SPID" --json)
+  case "$scenario" in
+    idle) args+=(idle --conns "$CONNS" --rooms "$ROOMS" --hold "$HOLD") ;;
+    fanout) args+=(fanout --conns "$CONNS" --rooms "$ROOMS" --rate "$RATE"
+      --duration "$DURATION" --payload "$PAYLOAD") ;;
+  esac
+  echo "\$ herald-bench ${args[*]}" | sed "s/--server-pid [0-9]*/--server-pid \$SPID/" \
+    >"$OUT/$scenario-$target.cmd"
+  HBENCH_SECRET=$SECRET HBENCH_API_KEY=$API_KEY timeout "$RUN_LIMIT" \
+    "$BENCH" "${args[@]}" >"$OUT/$scenario-$target.json" 2>"$OUT/$scenario-$target.err"
+}
+
+# Preconditions.
+[ -x "$HERALD" ] && [ -x "$BENCH" ] || {
+  echo "build first: cargo build --release -p herald -p herald-bench" >&2
+  exit 1
+}
+case " $TARGETS " in *" socketio "*)
+  [ -d "$HERE/socketio/node_modules" ] || (cd "$HERE/socketio" && npm ci --no-audit --no-fund)
+  ;;
+esac
+case " $TARGETS " in *" sockudo "*)
+  [ -n "$SOCKUDO" ] && [ -x "$SOCKUDO" ] || {
+    echo "sockudo not found: cargo install sockudo, or SOCKUDO=/path/to/sockudo" >&2
+    exit 1
+  }
+  ;;
+esac
+
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "herald: $(git -C "$ROOT" rev-parse --short HEAD) $(git -C "$ROOT" status --porcelain | grep -c . || true) files changed in the tree"
+  echo "socket.io: $(cd "$HERE/socketio" && node -p 'require("socket.io/package.json").version') on node $(node --version)"
+  [ -n "$SOCKUDO" ] && echo "sockudo: $("$SOCKUDO" --version 2>/dev/null || echo '?')"
+  echo "cpus: $(nproc); conns=$CONNS rooms=$ROOMS hold=$HOLD rate=$RATE duration=$DURATION payload=$PAYLOAD"
+} | tee "$OUT/versions.txt"
+
+for scenario in $SCENARIOS; do
+  for target in $TARGETS; do
+    port=$(free_port)
+    echo "== $scenario / $target on 127.0.0.1:$port (load: $(cut -d' ' -f1-3 /proc/loadavg))" \
+      | tee -a "$OUT/runs.txt"
+    if start_server "$target" "$port" "$OUT/$scenario-$target.server.log"; then
+      run_bench "$target" "$scenario" "$port" || echo "   bench exited $?" | tee -a "$OUT/runs.txt"
+      stop_server
+    fi
+    echo "   load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/runs.txt"
+  done
+done
+
+python3 "$HERE/table.py" "$OUT" | tee "$OUT/table.md"
+echo "results in $OUT"

@@ -1,0 +1,70 @@
+// Socket.IO peer for herald-bench: WebSocket transport only, each socket
+// joins the room named by its `room` query parameter, and
+// `POST /publish {room, event, data}` emits `event` with `data` to that room.
+// Listens on 127.0.0.1:$PORT (loopback only).
+'use strict';
+
+const http = require('http');
+const { Server } = require('socket.io');
+
+const port = Number(process.env.PORT || 18081);
+const host = '127.0.0.1';
+const MAX_BODY = 64 * 1024;
+
+const httpServer = http.createServer((req, res) => {
+  if (req.method !== 'POST' || req.url !== '/publish') {
+    res.writeHead(404).end();
+    return;
+  }
+  let body = '';
+  let tooBig = false;
+  req.setEncoding('utf8');
+  req.on('data', (chunk) => {
+    body += chunk;
+    if (body.length > MAX_BODY) tooBig = true;
+  });
+  req.on('end', () => {
+    if (tooBig) {
+      res.writeHead(413).end();
+      return;
+    }
+    let msg;
+    try {
+      msg = JSON.parse(body);
+    } catch {
+      res.writeHead(400).end();
+      return;
+    }
+    if (typeof msg.room !== 'string' || typeof msg.event !== 'string') {
+      res.writeHead(400).end();
+      return;
+    }
+    io.to(msg.room).emit(msg.event, msg.data);
+    res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+  });
+});
+
+const io = new Server(httpServer, {
+  transports: ['websocket'],
+  serveClient: false,
+  perMessageDeflate: false,
+});
+
+io.on('connection', (socket) => {
+  const room = socket.handshake.query.room;
+  if (typeof room === 'string' && room.length > 0) {
+    socket.join(room);
+  }
+});
+
+httpServer.listen(port, host, () => {
+  console.log(`socket.io ${require('socket.io/package.json').version} on ${host}:${port}`);
+});
+
+function stop() {
+  io.close();
+  httpServer.close();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
