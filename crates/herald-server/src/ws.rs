@@ -77,56 +77,103 @@ pub(crate) async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tasks.track_future(run(app, socket, identity, slot)))
+        .on_upgrade(move |socket| {
+            let start = Box::new(Start {
+                app,
+                socket,
+                identity,
+            });
+            tasks.track_future(run(start, slot))
+        })
 }
 
-async fn run(app: AppState, mut socket: WebSocket, identity: Option<Identity>, _slot: SocketSlot) {
+/// What a connection starts with. Boxed: an async fn keeps its arguments
+/// for its whole life, so a connection's task would carry a second socket
+/// and the token's identity while idle.
+struct Start {
+    app: AppState,
+    socket: WebSocket,
+    identity: Option<Identity>,
+}
+
+/// One WebSocket connection, start to end. Only the socket, the session
+/// and the idle loop live in this future for the connection's whole life:
+/// opening and ending run boxed, since an async fn's state is as large as
+/// its largest phase and every idle connection would carry it (2.6 KB per
+/// connection before, 0.7 KB after; docs/benchmarks.md).
+async fn run(start: Box<Start>, _slot: SocketSlot) {
+    let Start {
+        app,
+        socket,
+        identity,
+    } = *start;
+    let Some((mut socket, mut session)) = Box::pin(open(app, socket, identity)).await else {
+        return;
+    };
+    let started = Instant::now();
+    let reason = pump(&mut socket, &mut session).await;
+    Box::pin(finish(session, reason, started)).await;
+}
+
+/// Authenticates (unless the upgrade carried the token) and opens the
+/// session; `None` when the connection ended instead.
+async fn open(
+    app: AppState,
+    mut socket: WebSocket,
+    identity: Option<Identity>,
+) -> Option<(WebSocket, Session)> {
     let (identity, reply_to) = match identity {
         Some(i) => (i, None),
-        // The handshake, session opening and ending are boxed: an async
-        // fn's state is as large as its largest phase, and every idle
-        // connection would otherwise carry their state for its whole life.
-        None => match Box::pin(await_authenticate(&app, &mut socket)).await {
-            Some(pair) => pair,
-            None => return,
-        },
+        None => await_authenticate(&app, &mut socket).await?,
     };
     let options = OpenOptions {
         reply_to: reply_to.clone(),
         ..OpenOptions::default()
     };
-    let opening = app
+    let opened = app
         .node
-        .open_session(identity, TransportKind::Websocket, options);
-    let mut session = match Box::pin(opening).await {
-        Ok(s) => s,
+        .open_session(identity, TransportKind::Websocket, options)
+        .await;
+    match opened {
+        Ok(session) => {
+            let conn = session.connection();
+            tracing::info!(
+                connection_id = %conn.id, user_id = %conn.user_id, tenant = conn.tenant.as_str(),
+                transport = "websocket", "connection opened"
+            );
+            Some((socket, session))
+        }
         Err(code) => {
             // The `authenticate` request still gets its one reply.
             if let Some(id) = reply_to {
-                let message = "this user is at limits.max_connections_per_user";
-                send(
-                    &mut socket,
-                    error(Some(id), ErrorCode::LimitExceeded, message),
-                )
-                .await;
+                let (code_of_error, message) = if code == CloseCode::TryAgainLater {
+                    (
+                        ErrorCode::Unavailable,
+                        "the cluster registry is unreachable; retry shortly",
+                    )
+                } else {
+                    (
+                        ErrorCode::LimitExceeded,
+                        "this user is at limits.max_connections_per_user",
+                    )
+                };
+                send(&mut socket, error(Some(id), code_of_error, message)).await;
             }
-            Box::pin(close(&mut socket, code)).await;
-            return;
+            close(&mut socket, code).await;
+            None
         }
-    };
+    }
+}
+
+/// Ends the session (leaving rooms, forgetting the connection) and logs why.
+async fn finish(session: Session, reason: Option<&'static str>, started: Instant) {
     let conn = session.connection().clone();
-    let started = Instant::now();
-    tracing::info!(
-        connection_id = %conn.id, user_id = %conn.user_id, tenant = conn.tenant.as_str(),
-        transport = "websocket", "connection opened"
-    );
-    let reason = pump(&mut socket, &mut session).await;
     let reason = reason.unwrap_or_else(|| {
         conn.queue
             .closing()
             .map_or("client_closed", CloseCode::reason)
     });
-    Box::pin(session.end(reason)).await;
+    session.end(reason).await;
     tracing::info!(
         connection_id = %conn.id, user_id = %conn.user_id, reason,
         duration_ms = started.elapsed().as_millis() as u64, "connection closed"
@@ -263,26 +310,28 @@ async fn pump(socket: &mut WebSocket, session: &mut Session) -> Option<&'static 
             // The queue first: once closing, the close is sent before more
             // input is read.
             biased;
+            // The write, request handling and close phases are boxed: the
+            // idle loop's state is what every connection carries, and
+            // inline they would make it as large as the largest of them
+            // (measured: 2.6 KB per connection's task before, see
+            // docs/benchmarks.md). One allocation per batch or request is
+            // noise next to the write itself.
             closing = conn.queue.next_batch(&mut batch) => {
                 if !batch.is_empty() {
-                    let write = write_batch(socket, &mut batch);
-                    tokio::select! {
-                        result = write => if result.is_err() { return Some("write_failed") },
-                        // Blocked on a client that does not read: drop it.
-                        // Any other close lets the write finish, so frames
-                        // queued before the close (an error saying why)
-                        // still reach the client.
-                        _ = cut_as_slow_consumer(&conn.queue) => return None,
+                    match Box::pin(write_or_cut(socket, &mut batch, &conn.queue)).await {
+                        Written::Yes => {}
+                        Written::Failed => return Some("write_failed"),
+                        Written::Cut => return None,
                     }
                 }
                 if let Some(code) = closing {
-                    close(socket, code).await;
+                    Box::pin(close(socket, code)).await;
                     return None;
                 }
             }
             msg = socket.recv() => match msg {
                 None => return Some("client_closed"),
-                Some(Ok(Message::Text(text))) => session.handle_text(&text).await,
+                Some(Ok(Message::Text(text))) => Box::pin(session.handle_text(&text)).await,
                 Some(Ok(Message::Binary(_))) => session.handle_binary(),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => conn.touch(),
                 Some(Ok(Message::Close(_))) => return Some("client_closed"),
@@ -315,6 +364,32 @@ fn read_error(e: axum::Error) -> ReadError {
             _ => ReadError::Fatal,
         },
         Err(_) => ReadError::Fatal,
+    }
+}
+
+/// How a batch write ended.
+enum Written {
+    Yes,
+    Failed,
+    /// The connection was cut as a slow consumer while the write waited.
+    Cut,
+}
+
+/// Writes a batch unless the connection is cut as a slow consumer first.
+/// Blocked on a client that does not read, the write is dropped; any other
+/// close lets it finish, so frames queued before the close (an error saying
+/// why) still reach the client.
+async fn write_or_cut(
+    socket: &mut WebSocket,
+    batch: &mut Vec<Outbound>,
+    queue: &SendQueue,
+) -> Written {
+    tokio::select! {
+        result = write_batch(socket, batch) => match result {
+            Ok(()) => Written::Yes,
+            Err(_) => Written::Failed,
+        },
+        () = cut_as_slow_consumer(queue) => Written::Cut,
     }
 }
 
