@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 /// Read buffer per connection. tungstenite's 128 KiB default is zero-filled
 /// and stays resident (~134 KB per idle connection). Client frames are small
-/// requests, so 1 KiB holds them in one read; a larger frame is still read
-/// whole, over more reads (docs/architecture.md).
-const READ_BUFFER: usize = 1024;
+/// requests: 512 B holds a join or a send in one read; a larger frame (an
+/// `authenticate` with its token) is still read whole, over more reads.
+/// 1 KiB cost 0.5 KiB more per idle connection (docs/benchmarks.md).
+const READ_BUFFER: usize = 512;
 /// Bytes buffered before a write reaches the socket; a batch is flushed at
 /// its end anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
