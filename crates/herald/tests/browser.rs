@@ -6,7 +6,7 @@
 //! `Last-Event-ID`.
 //!
 //! Needs Debian's `chromium` at /usr/bin/chromium; fails clearly without
-//! it unless `HERALD_SKIP_BROWSER=1`.
+//! it unless `SKIP_BROWSER_TESTS=1`.
 
 mod common;
 

@@ -23,11 +23,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Where Debian's `chromium` package puts the browser.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Set to `1` to skip browser tests on machines without Chromium.
-pub const SKIP_ENV: &str = "HERALD_SKIP_BROWSER";
+pub const SKIP_ENV: &str = "SKIP_BROWSER_TESTS";
 /// Longest wait for one CDP reply.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether browser tests should be skipped: `HERALD_SKIP_BROWSER=1`.
+/// Whether browser tests should be skipped: `SKIP_BROWSER_TESTS=1`.
 /// Without it, a missing Chromium fails the test with a clear message.
 pub fn skip_browser_tests(test: &str) -> bool {
     if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
