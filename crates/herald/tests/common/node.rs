@@ -136,8 +136,7 @@ impl TestNode {
         let log2 = log.try_clone().expect("clone log handle");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
         // The node reads every HERALD_* variable as config: keep the
-        // developer's shell (and test switches like SKIP_BROWSER_TESTS)
-        // out of it; tests pass their own overrides below.
+        // developer's shell out of it; tests pass their own overrides below.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("HERALD_") {
                 cmd.env_remove(k);
