@@ -69,13 +69,24 @@ impl Rooms {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Phase 1: register `conn` as a pending member of `room`.
-    pub(crate) fn begin_join(&self, room: &RoomKey, conn: &Arc<Connection>, presence: bool) {
+    /// Phase 1: register `conn` as a pending member of `room`; a `rejoin`
+    /// replaces its current entry. Only a rejoin scans the members: a room
+    /// like `global` holds every connection, and a scan per connect would
+    /// make connecting N clients cost O(N²).
+    pub(crate) fn begin_join(
+        &self,
+        room: &RoomKey,
+        conn: &Arc<Connection>,
+        presence: bool,
+        rejoin: bool,
+    ) {
         let mut shard = self.shard(room).write();
         let created = !shard.contains_key(room);
         let entry = shard.entry(room.clone()).or_default();
         entry.presence = presence;
-        entry.members.retain(|m| !Arc::ptr_eq(&m.conn, conn));
+        if rejoin {
+            entry.members.retain(|m| !Arc::ptr_eq(&m.conn, conn));
+        }
         entry.members.push(Member {
             conn: conn.clone(),
             start: StreamPosition::default(),
@@ -106,7 +117,8 @@ impl Rooms {
         let idx = entry
             .members
             .iter()
-            .position(|m| Arc::ptr_eq(&m.conn, conn))?;
+            // Joining members were pushed last: search from the end.
+            .rposition(|m| Arc::ptr_eq(&m.conn, conn))?;
         if let Some(frame) = first {
             conn.send(frame);
         }

@@ -248,7 +248,9 @@ impl Session {
         }
         let ns = self.node.namespaces().for_room(&name).clone();
         let inner = &self.node.inner;
-        inner.rooms.begin_join(&key, &self.conn, ns.presence);
+        inner
+            .rooms
+            .begin_join(&key, &self.conn, ns.presence, rejoin);
         let resolved = self
             .resolve(&key, since.as_ref(), ns.history_size, ns.presence, !rejoin)
             .await;
@@ -450,7 +452,7 @@ impl Session {
             self.node
                 .inner
                 .rooms
-                .begin_join(&key, &self.conn, ns.presence);
+                .begin_join(&key, &self.conn, ns.presence, false);
             match self
                 .resolve(&key, since, ns.history_size, ns.presence, true)
                 .await
