@@ -66,6 +66,10 @@ pub enum CloseCode {
     Normal,
     /// 1001: the node is shutting down; reconnect elsewhere.
     GoingAway,
+    /// 1002: the client broke RFC 6455 framing (an unmasked or reserved
+    /// frame, a bad continuation, an oversized control frame); an
+    /// extension to the contract's list.
+    ProtocolError,
     /// 1007: a text frame was not valid UTF-8 (RFC 6455 8.1 requires
     /// failing the connection; an extension to the contract's list).
     InvalidPayload,
@@ -95,9 +99,10 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every close code.
-    pub const ALL: [CloseCode; 13] = [
+    pub const ALL: [CloseCode; 14] = [
         Self::Normal,
         Self::GoingAway,
+        Self::ProtocolError,
         Self::InvalidPayload,
         Self::TooBig,
         Self::Unauthorized,
@@ -121,6 +126,7 @@ impl CloseCode {
         match self {
             Self::Normal => 1000,
             Self::GoingAway => 1001,
+            Self::ProtocolError => 1002,
             Self::InvalidPayload => 1007,
             Self::TooBig => 1009,
             Self::Unauthorized => 4001,
@@ -155,6 +161,7 @@ impl CloseCode {
         match self {
             Self::Normal => "normal",
             Self::GoingAway => "shutdown",
+            Self::ProtocolError => "protocol_error",
             Self::InvalidPayload => "invalid_utf8",
             Self::TooBig => "message_too_big",
             Self::Unauthorized => "unauthorized",
