@@ -1,7 +1,7 @@
 //! One client connection as the node sees it, whatever its transport.
 
 use crate::filter::EventFilter;
-use crate::queue::{PushResult, SendQueue};
+use crate::queue::{Outbound, PushResult, SendQueue};
 use bytes::Bytes;
 use herald_core::{Identity, RoomName, Tenant};
 use herald_protocol::CloseCode;
@@ -115,9 +115,14 @@ impl Connection {
         }
     }
 
-    /// Queues a control frame. A full queue cuts the connection (4011).
+    /// Queues a control frame, written at once when the socket takes it. A
+    /// full queue cuts the connection (4011).
     pub fn send(&self, bytes: Bytes) {
-        if self.queue.push_frame(bytes) == PushResult::Overflow {
+        let frame = Outbound::Frame {
+            bytes,
+            publication: None,
+        };
+        if self.queue.push(frame) == PushResult::Overflow {
             self.close(CloseCode::SlowConsumer);
         }
     }

@@ -10,6 +10,7 @@ mod cluster;
 mod conn;
 mod error;
 mod filter;
+mod flush;
 mod housekeeping;
 mod limits;
 pub mod metrics;
@@ -28,6 +29,6 @@ pub use node::{
     BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, OpenOptions, PublishInput,
     SocketSlot,
 };
-pub use queue::{Outbound, PushResult, SendQueue};
+pub use queue::{Drain, Duty, Outbound, PushResult, SendQueue, SocketWriter};
 pub use rate::TokenBucket;
 pub use session::Session;

@@ -3,9 +3,10 @@
 use crate::admission::{evict, Admission, Registry};
 use crate::conn::{Connection, TransportKind};
 use crate::error::NodeError;
+use crate::flush::Flusher;
 use crate::limits::Limits;
 use crate::metrics;
-use crate::queue::SendQueue;
+use crate::queue::{SendQueue, SocketWriter};
 use crate::rooms::Rooms;
 use crate::session::Session;
 use herald_core::{
@@ -45,6 +46,9 @@ pub struct OpenOptions {
     pub announce_rooms: bool,
     /// Event filter to start with instead of `*`.
     pub events: Option<Vec<String>>,
+    /// Writes the connection's frames straight to its socket as they are
+    /// queued (WebSocket); without one the transport drains the queue.
+    pub writer: Option<Arc<dyn SocketWriter>>,
 }
 
 /// One event to publish through the HTTP API.
@@ -172,9 +176,11 @@ impl Node {
         make_broker: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>,
     ) -> Self {
         let node_id: Arc<str> = Arc::from(settings.node_id.as_str());
+        let tasks = TaskTracker::new();
         let rooms = Arc::new(Rooms::new(
             node_id.clone(),
             settings.limits.send_queue_messages,
+            Flusher::new(tasks.clone()),
         ));
         let broker = make_broker(rooms.clone());
         metrics::describe();
@@ -193,7 +199,7 @@ impl Node {
                 sockets: AtomicUsize::new(0),
                 draining: AtomicBool::new(false),
                 cancel: CancellationToken::new(),
-                tasks: TaskTracker::new(),
+                tasks,
             }),
         };
         crate::housekeeping::spawn(&node);
@@ -270,7 +276,14 @@ impl Node {
             format!("{:032x}", rand::random::<u128>()),
             identity,
             transport,
-            SendQueue::new(limits.send_queue_messages, limits.send_queue_bytes),
+            match options.writer.clone() {
+                Some(writer) => SendQueue::with_writer(
+                    limits.send_queue_messages,
+                    limits.send_queue_bytes,
+                    writer,
+                ),
+                None => SendQueue::new(limits.send_queue_messages, limits.send_queue_bytes),
+            },
             self.inner.clock,
             now_ms(),
         ));

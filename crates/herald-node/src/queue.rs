@@ -1,14 +1,28 @@
-//! A connection's bounded send queue.
+//! A connection's bounded send queue, and how its frames reach the socket.
 //!
-//! Fan-out pushes without waiting; the connection's writer drains it in
-//! batches. A push that would pass either bound does not wait either: it
-//! reports an overflow and the connection is cut (4011), so one slow client
-//! never slows anyone else.
+//! Fan-out and sessions queue frames without waiting. A transport whose
+//! socket can be written without waiting (WebSocket) attaches a
+//! [`SocketWriter`]: whoever queued a frame then writes it at once, from its
+//! own task, together with anything else queued (one vectored write), so a
+//! delivery costs one system call and no wake-up of the connection's task.
+//! Only when the socket is full does the connection's task take over: it
+//! waits until the socket drains, then resumes writing ([`SendQueue::duty`],
+//! [`SendQueue::resume`]). Transports without a writer (SSE) drain the queue
+//! from their own task with [`SendQueue::next_batch`].
+//!
+//! One writer at a time: the `writing` flag, taken under the queue's lock,
+//! makes every other pusher only queue, and the writer loops until the queue
+//! is empty before letting go, so frames reach the socket in queue order.
+//!
+//! A push that would pass either bound does not wait either: it reports an
+//! overflow and the connection is cut (4011), so one slow client never
+//! slows anyone else.
 
+use crate::metrics;
 use bytes::Bytes;
 use herald_core::Publication;
 use herald_protocol::CloseCode;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -26,12 +40,35 @@ pub enum Outbound {
     },
     /// A keep-alive (a WebSocket ping, an SSE comment).
     Ping,
+    /// Bytes the transport framed itself (a WebSocket pong or close frame),
+    /// written as they are.
+    Raw(Bytes),
+}
+
+impl Outbound {
+    /// Payload bytes, counted against `limits.send_queue_bytes`.
+    fn len(&self) -> usize {
+        match self {
+            Self::Frame { bytes, .. } | Self::Raw(bytes) => bytes.len(),
+            Self::Ping => 0,
+        }
+    }
+}
+
+/// Writes queued items to a client's socket without waiting.
+pub trait SocketWriter: Send + Sync + std::fmt::Debug {
+    /// Writes as much of `items` as the socket takes right now, the first
+    /// one from byte `*offset` of its encoding on. Returns how many items
+    /// were written whole and leaves in `*offset` how far the next one got;
+    /// fewer than all means the socket is full. An error means the socket
+    /// is unusable.
+    fn write_now(&self, items: &[Outbound], offset: &mut usize) -> std::io::Result<usize>;
 }
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushResult {
-    /// Queued.
+    /// Queued (and, with a writer, written if the socket took it).
     Queued,
     /// The queue is full; the caller should cut the connection.
     Overflow,
@@ -39,28 +76,65 @@ pub enum PushResult {
     Closed,
 }
 
+/// What a connection's own task must do for its writer-backed queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duty {
+    /// The socket was full: wait until it is writable, then call
+    /// [`SendQueue::resume`].
+    AwaitWritable,
+    /// A write failed; the socket is dead.
+    Failed,
+    /// The connection is closing with this code.
+    Close(CloseCode),
+}
+
+/// Where the last frames of a closing connection stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Everything queued was written.
+    Done,
+    /// Writing failed; nothing more will be written.
+    Failed,
+    /// The socket is full: wait until it is writable, then `resume`.
+    Blocked,
+    /// Another task is writing right now; wait with [`SendQueue::duty`]'s
+    /// wake-up ([`SendQueue::wait`]).
+    Busy,
+}
+
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Outbound>,
     bytes: usize,
+    /// Bytes of the front item already written (a partial write).
+    offset: usize,
     closing: Option<CloseCode>,
+    /// Someone is writing; others only queue.
+    writing: bool,
+    /// The socket was full; the connection's task waits for it to drain.
+    blocked: bool,
+    /// A write failed, or the writer was detached.
+    failed: bool,
+    writer: Option<Arc<dyn SocketWriter>>,
 }
 
-/// A bounded, single-consumer queue of outbound frames.
+/// A bounded queue of outbound frames.
 #[derive(Debug)]
 pub struct SendQueue {
     state: Mutex<State>,
-    /// Wakes the one writer waiting in `next_batch`.
+    /// Wakes the connection's task: frames to drain (no writer), or a duty
+    /// (writer: blocked, failed, closing, a writer letting go while closing).
     notify: Notify,
     /// Wakes everyone waiting in `closed`; kept apart from `notify` so a
-    /// close watcher can never swallow a wake-up meant for the writer.
+    /// close watcher can never swallow a wake-up meant for the task.
     close_notify: Notify,
     max_items: usize,
     max_bytes: usize,
 }
 
 impl SendQueue {
-    /// A queue holding at most `max_items` frames and `max_bytes` bytes.
+    /// A queue holding at most `max_items` frames and `max_bytes` bytes,
+    /// drained by its connection's task ([`Self::next_batch`]).
     pub fn new(max_items: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
@@ -71,33 +145,197 @@ impl SendQueue {
         }
     }
 
-    /// Queues a frame unless that would pass a bound.
+    /// A queue whose frames are written by `writer` as they are queued.
+    pub fn with_writer(max_items: usize, max_bytes: usize, writer: Arc<dyn SocketWriter>) -> Self {
+        let queue = Self::new(max_items, max_bytes);
+        queue.state.lock().writer = Some(writer);
+        queue
+    }
+
+    /// Queues a frame unless that would pass a bound, and writes what is
+    /// queued if the socket takes it now.
     pub fn push(&self, item: Outbound) -> PushResult {
-        let len = match &item {
-            Outbound::Frame { bytes, .. } => bytes.len(),
-            Outbound::Ping => 0,
-        };
-        {
-            let mut s = self.state.lock();
-            if s.closing.is_some() {
-                return PushResult::Closed;
-            }
-            if s.items.len() >= self.max_items || s.bytes + len > self.max_bytes {
-                return PushResult::Overflow;
-            }
-            s.bytes += len;
-            s.items.push_back(item);
+        let result = self.enqueue(item);
+        if result == PushResult::Queued {
+            self.flush();
         }
-        self.notify.notify_one();
+        result
+    }
+
+    /// Queues a frame without writing it; the caller must call
+    /// [`Self::flush`] afterwards (fan-out queues under a room lock and
+    /// writes after letting it go).
+    pub(crate) fn enqueue(&self, item: Outbound) -> PushResult {
+        let len = item.len();
+        let mut s = self.state.lock();
+        if s.closing.is_some() {
+            return PushResult::Closed;
+        }
+        if s.items.len() >= self.max_items || s.bytes + len > self.max_bytes {
+            return PushResult::Overflow;
+        }
+        s.bytes += len;
+        s.items.push_back(item);
         PushResult::Queued
     }
 
-    /// Queues a control frame (no latency tracking).
-    pub fn push_frame(&self, bytes: Bytes) -> PushResult {
-        self.push(Outbound::Frame {
-            bytes,
-            publication: None,
-        })
+    /// Writes what is queued if nobody else is writing and the socket is not
+    /// known to be full; without a writer, wakes the connection's task.
+    pub fn flush(&self) {
+        let mut s = self.state.lock();
+        let Some(writer) = s.writer.clone() else {
+            drop(s);
+            self.notify.notify_one();
+            return;
+        };
+        if s.writing || s.blocked || s.failed || s.items.is_empty() {
+            return;
+        }
+        s.writing = true;
+        self.write_claimed(s, writer.as_ref());
+    }
+
+    /// Writes until the queue is empty or the socket full, releasing the
+    /// lock during each write. The caller set `writing`.
+    fn write_claimed<'q>(&'q self, mut s: MutexGuard<'q, State>, writer: &dyn SocketWriter) {
+        loop {
+            let mut batch = std::mem::take(&mut s.items);
+            let mut offset = s.offset;
+            drop(s);
+            let result = writer.write_now(batch.make_contiguous(), &mut offset);
+            let written = *result.as_ref().unwrap_or(&0);
+            record_written(batch.iter().take(written));
+            s = self.state.lock();
+            let Ok(written) = result else {
+                s.failed = true;
+                s.writing = false;
+                s.items.clear();
+                s.bytes = 0;
+                drop(s);
+                self.notify.notify_one();
+                return;
+            };
+            let done: usize = batch.drain(..written).map(|i| i.len()).sum();
+            s.bytes = s.bytes.saturating_sub(done);
+            if batch.is_empty() {
+                s.offset = 0;
+                if s.items.is_empty() {
+                    s.writing = false;
+                    let wake = s.closing.is_some();
+                    drop(s);
+                    if wake {
+                        self.notify.notify_one();
+                    }
+                    return;
+                }
+                // More arrived while writing.
+                continue;
+            }
+            // The socket is full: the rest goes back in front of whatever
+            // arrived meanwhile, and the connection's task takes over.
+            s.offset = offset;
+            if s.closing == Some(CloseCode::SlowConsumer) {
+                // Cut while writing: only a frame already begun must end.
+                batch.truncate(usize::from(offset > 0));
+                s.items.clear();
+            }
+            batch.append(&mut s.items);
+            s.bytes = batch.iter().map(Outbound::len).sum();
+            s.items = batch;
+            s.blocked = true;
+            s.writing = false;
+            drop(s);
+            self.notify.notify_one();
+            return;
+        }
+    }
+
+    /// Called by the connection's task once the socket is writable again
+    /// after [`Duty::AwaitWritable`] or [`Drain::Blocked`]: writes on.
+    pub fn resume(&self) {
+        let mut s = self.state.lock();
+        s.blocked = false;
+        let Some(writer) = s.writer.clone() else {
+            return;
+        };
+        if s.writing || s.failed || s.items.is_empty() {
+            return;
+        }
+        s.writing = true;
+        self.write_claimed(s, writer.as_ref());
+    }
+
+    /// Waits until the connection's task has something to do for a
+    /// writer-backed queue.
+    pub async fn duty(&self) -> Duty {
+        loop {
+            {
+                let s = self.state.lock();
+                if s.failed {
+                    return Duty::Failed;
+                }
+                if let Some(code) = s.closing {
+                    return Duty::Close(code);
+                }
+                if s.blocked {
+                    return Duty::AwaitWritable;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Waits for the next wake-up of the connection's task.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Queues the last frames of a closing connection (its `disconnect` and
+    /// close frame) past the closing mark and the bounds, and writes them if
+    /// the socket takes them.
+    pub fn finish(&self, last: impl IntoIterator<Item = Outbound>) {
+        {
+            let mut s = self.state.lock();
+            if s.failed {
+                return;
+            }
+            for item in last {
+                s.bytes += item.len();
+                s.items.push_back(item);
+            }
+        }
+        self.flush();
+    }
+
+    /// Where the frames of a closing connection stand.
+    pub fn drain_state(&self) -> Drain {
+        let s = self.state.lock();
+        if s.failed {
+            Drain::Failed
+        } else if s.writing {
+            Drain::Busy
+        } else if s.items.is_empty() {
+            Drain::Done
+        } else if s.blocked {
+            Drain::Blocked
+        } else {
+            // Queued and not blocked, yet nobody writing: a push lost the
+            // race to a writer that already let go; the caller resumes.
+            Drain::Blocked
+        }
+    }
+
+    /// Lets go of the writer (the socket is being closed): nothing is
+    /// written any more and later pushes are dropped.
+    pub fn detach(&self) {
+        let mut s = self.state.lock();
+        s.writer = None;
+        s.failed = true;
+        s.items.clear();
+        s.bytes = 0;
+        if s.closing.is_none() {
+            s.closing = Some(CloseCode::Normal);
+        }
     }
 
     /// Marks the queue closing with `code`. The first call wins and returns
@@ -111,8 +349,15 @@ impl SendQueue {
             } else {
                 s.closing = Some(code);
                 if code == CloseCode::SlowConsumer {
+                    // A frame already begun must end, or the stream breaks.
+                    let begun = if s.offset > 0 {
+                        s.items.pop_front()
+                    } else {
+                        None
+                    };
                     s.items.clear();
-                    s.bytes = 0;
+                    s.bytes = begun.as_ref().map_or(0, Outbound::len);
+                    s.items.extend(begun);
                 }
                 true
             }
@@ -140,7 +385,8 @@ impl SendQueue {
     }
 
     /// Waits for work, then moves every queued item into `batch`. Returns
-    /// the close code once the queue is closing and drained.
+    /// the close code once the queue is closing and drained. For queues
+    /// without a writer.
     pub async fn next_batch(&self, batch: &mut Vec<Outbound>) -> Option<CloseCode> {
         loop {
             {
@@ -174,94 +420,21 @@ impl SendQueue {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(n: usize) -> Outbound {
-        Outbound::Frame {
-            bytes: Bytes::from(vec![b'x'; n]),
-            publication: None,
+/// Counts written frames and records each event's publish-to-write latency.
+fn record_written<'a>(items: impl Iterator<Item = &'a Outbound>) {
+    let mut frames = 0u64;
+    for item in items {
+        if let Outbound::Frame { publication, .. } = item {
+            frames += 1;
+            if let Some(t) = publication.as_ref().and_then(|p| p.accepted_at) {
+                metrics::delivery_latency(t.elapsed());
+            }
         }
     }
-
-    #[test]
-    fn bounds_by_items_and_bytes() {
-        let q = SendQueue::new(2, 100);
-        assert_eq!(q.push(frame(10)), PushResult::Queued);
-        assert_eq!(q.push(frame(10)), PushResult::Queued);
-        assert_eq!(q.push(frame(10)), PushResult::Overflow);
-        let q = SendQueue::new(10, 15);
-        assert_eq!(q.push(frame(10)), PushResult::Queued);
-        assert_eq!(q.push(frame(10)), PushResult::Overflow);
-    }
-
-    #[tokio::test]
-    async fn drains_in_batches_then_reports_close() {
-        let q = SendQueue::new(10, 1000);
-        q.push(frame(1));
-        q.push(frame(2));
-        let mut batch = Vec::new();
-        assert_eq!(q.next_batch(&mut batch).await, None);
-        assert_eq!(batch.len(), 2);
-        assert!(q.close(CloseCode::Normal));
-        assert!(!q.close(CloseCode::Stale), "first close wins");
-        assert_eq!(q.push(frame(1)), PushResult::Closed);
-        batch.clear();
-        assert_eq!(q.next_batch(&mut batch).await, Some(CloseCode::Normal));
-    }
-
-    /// A task watching for the close must not take the writer's wake-up:
-    /// the writer waits in `next_batch` while frames arrive one by one.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn close_watcher_does_not_steal_writer_wakeups() {
-        use std::sync::Arc;
-        use std::time::Duration;
-        let q = Arc::new(SendQueue::new(100, 10_000));
-        let watcher = {
-            let q = q.clone();
-            tokio::spawn(async move { q.closed().await })
-        };
-        let writer = {
-            let q = q.clone();
-            tokio::spawn(async move {
-                let mut seen = 0;
-                let mut batch = Vec::new();
-                while q.next_batch(&mut batch).await.is_none() {
-                    seen += batch.len();
-                    batch.clear();
-                }
-                seen
-            })
-        };
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            q.push(frame(1));
-        }
-        // Every frame must reach the writer without another push.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !q.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(q.is_empty(), "a frame was left waiting for a wake-up");
-        q.close(CloseCode::Normal);
-        let seen = tokio::time::timeout(Duration::from_secs(2), writer)
-            .await
-            .expect("writer ends")
-            .expect("join");
-        assert_eq!(seen, 50);
-        let code = tokio::time::timeout(Duration::from_secs(2), watcher)
-            .await
-            .expect("watcher woken")
-            .expect("join");
-        assert_eq!(code, CloseCode::Normal);
-    }
-
-    #[test]
-    fn slow_consumer_close_drops_backlog() {
-        let q = SendQueue::new(10, 1000);
-        q.push(frame(5));
-        q.close(CloseCode::SlowConsumer);
-        assert!(q.is_empty());
+    if frames > 0 {
+        metrics::messages_sent(frames);
     }
 }
+
+#[cfg(test)]
+mod tests;

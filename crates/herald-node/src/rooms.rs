@@ -1,9 +1,10 @@
 //! Room membership on this node and fan-out.
 //!
 //! One entry per room with local members, in a sharded map. Fan-out takes a
-//! shard's read lock, encodes the event once and pushes the same bytes to
-//! every member's queue; pushes never wait, so the lock is held briefly and
-//! a slow client holds nothing up.
+//! shard's read lock, encodes the event once and queues the same bytes for
+//! every member (queueing never waits, so the lock is held briefly and a
+//! slow client holds nothing up); the writes happen after the lock is let
+//! go (see [`crate::flush`]).
 //!
 //! Joining is a two-phase handshake that makes resume gap-free (documented
 //! in docs/architecture.md): the member is first registered as *pending*,
@@ -14,6 +15,7 @@
 //! offsets the join already covered, so nothing arrives twice.
 
 use crate::conn::Connection;
+use crate::flush::Flusher;
 use crate::metrics;
 use crate::queue::{Outbound, PushResult};
 use herald_core::{PresenceChange, Publication, PublicationSink, RoomKey};
@@ -46,15 +48,17 @@ pub(crate) struct Rooms {
     node_id: Arc<str>,
     pending_limit: usize,
     count: AtomicUsize,
+    flusher: Flusher,
 }
 
 impl Rooms {
-    pub(crate) fn new(node_id: Arc<str>, pending_limit: usize) -> Self {
+    pub(crate) fn new(node_id: Arc<str>, pending_limit: usize, flusher: Flusher) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             node_id,
             pending_limit: pending_limit.max(1),
             count: AtomicUsize::new(0),
+            flusher,
         }
     }
 
@@ -112,70 +116,73 @@ impl Rooms {
         replay: &[Arc<Publication>],
         announce: bool,
     ) -> Option<()> {
-        let mut shard = self.shard(room).write();
-        let entry = shard.get_mut(room)?;
-        let idx = entry
-            .members
-            .iter()
-            // Joining members were pushed last: search from the end.
-            .rposition(|m| Arc::ptr_eq(&m.conn, conn))?;
-        if let Some(frame) = first {
-            conn.send(frame);
-        }
-        let mut last = position.offset;
-        for p in replay {
-            push_publication(conn, p, &p.encode());
-            last = last.max(p.position.offset);
-        }
-        let member = &mut entry.members[idx];
-        if let Some(buffer) = member.pending.take() {
-            for p in buffer.into_inner() {
-                if p.position.epoch != position.epoch || p.position.offset > last {
-                    push_publication(conn, &p, &p.encode());
-                    last = p.position.offset;
+        let mut written = vec![conn.clone()];
+        {
+            let mut shard = self.shard(room).write();
+            let entry = shard.get_mut(room)?;
+            let idx = entry
+                .members
+                .iter()
+                // Joining members were pushed last: search from the end.
+                .rposition(|m| Arc::ptr_eq(&m.conn, conn))?;
+            if let Some(frame) = first {
+                enqueue(conn, frame);
+            }
+            let mut last = position.offset;
+            for p in replay {
+                enqueue_publication(conn, p, &p.encode());
+                last = last.max(p.position.offset);
+            }
+            let member = &mut entry.members[idx];
+            if let Some(buffer) = member.pending.take() {
+                for p in buffer.into_inner() {
+                    if p.position.epoch != position.epoch || p.position.offset > last {
+                        enqueue_publication(conn, &p, &p.encode());
+                        last = p.position.offset;
+                    }
                 }
             }
-        }
-        member.start = StreamPosition::new(position.epoch.clone(), last);
-        if entry.presence && announce {
-            let frame = encode(&ServerFrame::MemberJoined {
-                room: room.name.to_string(),
-                user_id: conn.user_id.to_string(),
-                connection_id: conn.id.to_string(),
-            });
-            for m in entry.members.iter().filter(|m| !Arc::ptr_eq(&m.conn, conn)) {
-                if m.pending.is_none() {
-                    m.conn.send(frame.clone());
-                }
+            member.start = StreamPosition::new(position.epoch.clone(), last);
+            if entry.presence && announce {
+                let frame = encode(&ServerFrame::MemberJoined {
+                    room: room.name.to_string(),
+                    user_id: conn.user_id.to_string(),
+                    connection_id: conn.id.to_string(),
+                });
+                let others = entry.members.iter().filter(|m| !Arc::ptr_eq(&m.conn, conn));
+                tell_live(others, &frame, &mut written);
             }
         }
+        self.flusher.flush(written);
         Some(())
     }
 
     /// Removes `conn` from `room`, telling the others when presence is on.
     pub(crate) fn remove(&self, room: &RoomKey, conn: &Arc<Connection>) {
-        let mut shard = self.shard(room).write();
-        let Some(entry) = shard.get_mut(room) else {
-            return;
-        };
-        let before = entry.members.len();
-        entry.members.retain(|m| !Arc::ptr_eq(&m.conn, conn));
-        let was_member = entry.members.len() != before;
-        if was_member && entry.presence {
-            let frame = encode(&ServerFrame::MemberLeft {
-                room: room.name.to_string(),
-                user_id: conn.user_id.to_string(),
-                connection_id: conn.id.to_string(),
-            });
-            for m in entry.members.iter().filter(|m| m.pending.is_none()) {
-                m.conn.send(frame.clone());
+        let mut written = Vec::new();
+        {
+            let mut shard = self.shard(room).write();
+            let Some(entry) = shard.get_mut(room) else {
+                return;
+            };
+            let before = entry.members.len();
+            entry.members.retain(|m| !Arc::ptr_eq(&m.conn, conn));
+            let was_member = entry.members.len() != before;
+            if was_member && entry.presence {
+                let frame = encode(&ServerFrame::MemberLeft {
+                    room: room.name.to_string(),
+                    user_id: conn.user_id.to_string(),
+                    connection_id: conn.id.to_string(),
+                });
+                tell_live(entry.members.iter(), &frame, &mut written);
+            }
+            if entry.members.is_empty() {
+                shard.remove(room);
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                metrics::rooms(self.len());
             }
         }
-        if entry.members.is_empty() {
-            shard.remove(room);
-            self.count.fetch_sub(1, Ordering::Relaxed);
-            metrics::rooms(self.len());
-        }
+        self.flusher.flush(written);
     }
 
     /// The local members of `room`.
@@ -200,16 +207,48 @@ pub(crate) fn passes(conn: &Connection, p: &Publication) -> bool {
     p.exclude_connection.as_deref() != Some(&*conn.id) && (p.from.is_some() || conn.wants(&p.event))
 }
 
-/// Queues one publication for `conn`, applying exclusion and the filter.
-/// Returns whether it was queued.
-fn push_publication(conn: &Connection, p: &Arc<Publication>, frame: &bytes::Bytes) -> bool {
+/// Queues `frame` for every live (not joining) member, noting whom to write.
+fn tell_live<'a>(
+    members: impl Iterator<Item = &'a Member>,
+    frame: &bytes::Bytes,
+    written: &mut Vec<Arc<Connection>>,
+) {
+    for m in members.filter(|m| m.pending.is_none()) {
+        if enqueue(&m.conn, frame.clone()) {
+            written.push(m.conn.clone());
+        }
+    }
+}
+
+/// Queues a control frame for `conn` without writing it. Returns whether it
+/// was queued.
+fn enqueue(conn: &Connection, frame: bytes::Bytes) -> bool {
+    enqueued(
+        conn,
+        conn.queue.enqueue(Outbound::Frame {
+            bytes: frame,
+            publication: None,
+        }),
+    )
+}
+
+/// Queues one publication for `conn` without writing it, applying exclusion
+/// and the filter. Returns whether it was queued.
+fn enqueue_publication(conn: &Connection, p: &Arc<Publication>, frame: &bytes::Bytes) -> bool {
     if !passes(conn, p) {
         return false;
     }
-    match conn.queue.push(Outbound::Frame {
-        bytes: frame.clone(),
-        publication: Some(p.clone()),
-    }) {
+    enqueued(
+        conn,
+        conn.queue.enqueue(Outbound::Frame {
+            bytes: frame.clone(),
+            publication: Some(p.clone()),
+        }),
+    )
+}
+
+fn enqueued(conn: &Connection, result: PushResult) -> bool {
+    match result {
         PushResult::Queued => true,
         PushResult::Overflow => {
             conn.close(CloseCode::SlowConsumer);
@@ -221,10 +260,6 @@ fn push_publication(conn: &Connection, p: &Arc<Publication>, frame: &bytes::Byte
 
 impl PublicationSink for Rooms {
     fn presence(&self, change: &PresenceChange) {
-        let shard = self.shard(&change.room).read();
-        let Some(entry) = shard.get(&change.room) else {
-            return;
-        };
         let room = change.room.name.to_string();
         let user_id = change.user_id.clone();
         let connection_id = change.connection_id.clone();
@@ -241,35 +276,48 @@ impl PublicationSink for Rooms {
                 connection_id,
             }
         });
-        for m in entry.members.iter().filter(|m| m.pending.is_none()) {
-            m.conn.send(frame.clone());
+        let mut written = Vec::new();
+        {
+            let shard = self.shard(&change.room).read();
+            let Some(entry) = shard.get(&change.room) else {
+                return;
+            };
+            tell_live(entry.members.iter(), &frame, &mut written);
         }
+        self.flusher.flush(written);
     }
 
     fn deliver(&self, p: Arc<Publication>) {
-        let shard = self.shard(&p.room).read();
-        let Some(entry) = shard.get(&p.room) else {
-            return;
-        };
-        // Encoded lazily: a room whose members are all pending or filtered
-        // out costs no encoding.
-        let mut frame: Option<bytes::Bytes> = None;
-        for m in &entry.members {
-            if let Some(buffer) = &m.pending {
-                let mut buffer = buffer.lock();
-                if buffer.len() >= self.pending_limit {
-                    drop(buffer);
-                    m.conn.close(CloseCode::SlowConsumer);
-                } else {
-                    buffer.push(p.clone());
+        let mut written = Vec::new();
+        {
+            let shard = self.shard(&p.room).read();
+            let Some(entry) = shard.get(&p.room) else {
+                return;
+            };
+            written.reserve(entry.members.len());
+            // Encoded lazily: a room whose members are all pending or
+            // filtered out costs no encoding.
+            let mut frame: Option<bytes::Bytes> = None;
+            for m in &entry.members {
+                if let Some(buffer) = &m.pending {
+                    let mut buffer = buffer.lock();
+                    if buffer.len() >= self.pending_limit {
+                        drop(buffer);
+                        m.conn.close(CloseCode::SlowConsumer);
+                    } else {
+                        buffer.push(p.clone());
+                    }
+                    continue;
                 }
-                continue;
+                if p.position.offset <= m.start.offset && p.position.epoch == m.start.epoch {
+                    continue;
+                }
+                let bytes = frame.get_or_insert_with(|| p.encode());
+                if enqueue_publication(&m.conn, &p, bytes) {
+                    written.push(m.conn.clone());
+                }
             }
-            if p.position.offset <= m.start.offset && p.position.epoch == m.start.epoch {
-                continue;
-            }
-            let bytes = frame.get_or_insert_with(|| p.encode());
-            push_publication(&m.conn, &p, bytes);
         }
+        self.flusher.flush(written);
     }
 }

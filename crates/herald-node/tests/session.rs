@@ -91,7 +91,7 @@ async fn frames(session: &Session) -> Vec<Value> {
         .into_iter()
         .filter_map(|o| match o {
             Outbound::Frame { bytes, .. } => serde_json::from_slice(&bytes).ok(),
-            Outbound::Ping => None,
+            Outbound::Ping | Outbound::Raw(_) => None,
         })
         .collect()
 }

@@ -11,6 +11,7 @@ mod cluster;
 pub mod config;
 mod dashboard;
 mod error;
+mod http;
 mod ops;
 mod serve;
 mod sse;

@@ -27,9 +27,6 @@ pub enum ServeError {
     /// The Redis engine could not be set up.
     #[error(transparent)]
     Redis(herald_broker_redis::RedisSetupError),
-    /// The HTTP server failed.
-    #[error("HTTP server failed: {0}")]
-    Http(#[source] std::io::Error),
 }
 
 /// Idle streams without history are forgotten after this long.
@@ -157,14 +154,12 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     tracing::info!(listen = %local, node_id = %node_id, broker = node.broker().kind(), "herald serving");
     let drain = config.server.shutdown_drain;
     let draining = node.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!(connections = draining.connection_count(), drain = ?drain, "shutting down: draining connections");
-            draining.drain(drain).await;
-        })
-        .await
-        .map_err(ServeError::Http)?;
+    crate::http::serve(listener, router(state), async move {
+        shutdown_signal().await;
+        tracing::info!(connections = draining.connection_count(), drain = ?drain, "shutting down: draining connections");
+        draining.drain(drain).await;
+    })
+    .await;
     node.leave_cluster().await;
     if let Some(redis) = redis {
         redis.close().await;

@@ -157,6 +157,7 @@ pub(crate) async fn stream(
             .collect::<HashMap<_, _>>(),
         announce_rooms: true,
         events: (!events.is_empty()).then_some(events),
+        writer: None,
     };
     let mut session = match app
         .node

@@ -1,0 +1,252 @@
+use super::*;
+use std::io;
+
+fn frame(n: usize) -> Outbound {
+    Outbound::Frame {
+        bytes: Bytes::from(vec![b'x'; n]),
+        publication: None,
+    }
+}
+
+fn tagged(tag: u8, n: usize) -> Outbound {
+    Outbound::Frame {
+        bytes: Bytes::from(vec![tag; n]),
+        publication: None,
+    }
+}
+
+/// A socket in memory that takes at most `room` more bytes, then would
+/// block; an item is written as its payload bytes.
+#[derive(Debug, Default)]
+struct FakeSocket {
+    written: parking_lot::Mutex<Vec<u8>>,
+    room: parking_lot::Mutex<usize>,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl FakeSocket {
+    fn with_room(room: usize) -> Arc<Self> {
+        let s = Arc::new(Self::default());
+        *s.room.lock() = room;
+        s
+    }
+    fn add_room(&self, n: usize) {
+        *self.room.lock() += n;
+    }
+    fn written(&self) -> Vec<u8> {
+        self.written.lock().clone()
+    }
+}
+
+impl SocketWriter for FakeSocket {
+    fn write_now(&self, items: &[Outbound], offset: &mut usize) -> io::Result<usize> {
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let mut room = self.room.lock();
+        let mut out = self.written.lock();
+        for (i, item) in items.iter().enumerate() {
+            let bytes: &[u8] = match item {
+                Outbound::Frame { bytes, .. } | Outbound::Raw(bytes) => bytes,
+                Outbound::Ping => b"P",
+            };
+            let rest = &bytes[*offset..];
+            let n = rest.len().min(*room);
+            out.extend_from_slice(&rest[..n]);
+            *room -= n;
+            if n < rest.len() {
+                *offset += n;
+                return Ok(i);
+            }
+            *offset = 0;
+        }
+        Ok(items.len())
+    }
+}
+
+#[test]
+fn bounds_by_items_and_bytes() {
+    let q = SendQueue::new(2, 100);
+    assert_eq!(q.push(frame(10)), PushResult::Queued);
+    assert_eq!(q.push(frame(10)), PushResult::Queued);
+    assert_eq!(q.push(frame(10)), PushResult::Overflow);
+    let q = SendQueue::new(10, 15);
+    assert_eq!(q.push(frame(10)), PushResult::Queued);
+    assert_eq!(q.push(frame(10)), PushResult::Overflow);
+}
+
+#[tokio::test]
+async fn drains_in_batches_then_reports_close() {
+    let q = SendQueue::new(10, 1000);
+    q.push(frame(1));
+    q.push(frame(2));
+    let mut batch = Vec::new();
+    assert_eq!(q.next_batch(&mut batch).await, None);
+    assert_eq!(batch.len(), 2);
+    assert!(q.close(CloseCode::Normal));
+    assert!(!q.close(CloseCode::Stale), "first close wins");
+    assert_eq!(q.push(frame(1)), PushResult::Closed);
+    batch.clear();
+    assert_eq!(q.next_batch(&mut batch).await, Some(CloseCode::Normal));
+}
+
+/// A task watching for the close must not take the writer's wake-up:
+/// the writer waits in `next_batch` while frames arrive one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_watcher_does_not_steal_writer_wakeups() {
+    use std::time::Duration;
+    let q = Arc::new(SendQueue::new(100, 10_000));
+    let watcher = {
+        let q = q.clone();
+        tokio::spawn(async move { q.closed().await })
+    };
+    let writer = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            let mut seen = 0;
+            let mut batch = Vec::new();
+            while q.next_batch(&mut batch).await.is_none() {
+                seen += batch.len();
+                batch.clear();
+            }
+            seen
+        })
+    };
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        q.push(frame(1));
+    }
+    // Every frame must reach the writer without another push.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !q.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(q.is_empty(), "a frame was left waiting for a wake-up");
+    q.close(CloseCode::Normal);
+    let seen = tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .expect("writer ends")
+        .expect("join");
+    assert_eq!(seen, 50);
+    let code = tokio::time::timeout(Duration::from_secs(2), watcher)
+        .await
+        .expect("watcher woken")
+        .expect("join");
+    assert_eq!(code, CloseCode::Normal);
+}
+
+#[test]
+fn slow_consumer_close_drops_backlog() {
+    let q = SendQueue::new(10, 1000);
+    q.push(frame(5));
+    q.close(CloseCode::SlowConsumer);
+    assert!(q.is_empty());
+}
+
+#[test]
+fn a_push_is_written_at_once_when_the_socket_takes_it() {
+    let socket = FakeSocket::with_room(1000);
+    let q = SendQueue::with_writer(10, 1000, socket.clone());
+    assert_eq!(q.push(tagged(b'a', 3)), PushResult::Queued);
+    assert_eq!(q.push(tagged(b'b', 2)), PushResult::Queued);
+    assert!(q.is_empty(), "written, not queued");
+    assert_eq!(socket.written(), b"aaabb");
+}
+
+#[test]
+fn enqueued_frames_wait_for_flush_and_go_out_in_order() {
+    let socket = FakeSocket::with_room(1000);
+    let q = SendQueue::with_writer(10, 1000, socket.clone());
+    q.enqueue(tagged(b'a', 1));
+    q.enqueue(tagged(b'b', 1));
+    assert!(socket.written().is_empty());
+    q.flush();
+    assert_eq!(socket.written(), b"ab");
+}
+
+#[tokio::test]
+async fn a_full_socket_hands_over_to_the_task_and_resumes_mid_frame() {
+    let socket = FakeSocket::with_room(4);
+    let q = SendQueue::with_writer(10, 1000, socket.clone());
+    q.push(tagged(b'a', 3));
+    q.push(tagged(b'b', 3)); // "b" is cut after one byte
+    assert_eq!(q.duty().await, Duty::AwaitWritable);
+    q.push(tagged(b'c', 2)); // queued behind, not written
+    assert_eq!(socket.written(), b"aaab");
+    socket.add_room(100);
+    q.resume();
+    assert_eq!(socket.written(), b"aaabbbcc");
+    assert!(q.is_empty());
+}
+
+#[tokio::test]
+async fn slow_consumer_cut_keeps_a_frame_already_begun() {
+    let socket = FakeSocket::with_room(2);
+    let q = SendQueue::with_writer(10, 1000, socket.clone());
+    q.push(tagged(b'a', 4));
+    q.push(tagged(b'b', 4));
+    assert_eq!(q.duty().await, Duty::AwaitWritable);
+    q.close(CloseCode::SlowConsumer);
+    assert_eq!(q.len(), 1, "only the begun frame stays");
+    q.finish([Outbound::Raw(Bytes::from_static(b"Z"))]);
+    socket.add_room(100);
+    q.resume();
+    assert_eq!(socket.written(), b"aaaaZ");
+    assert_eq!(q.drain_state(), Drain::Done);
+}
+
+#[tokio::test]
+async fn a_failed_write_is_the_tasks_duty_and_drops_later_frames() {
+    let socket = FakeSocket::with_room(100);
+    socket
+        .broken
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let q = SendQueue::with_writer(10, 1000, socket.clone());
+    q.push(frame(3));
+    assert_eq!(q.duty().await, Duty::Failed);
+    assert_eq!(q.drain_state(), Drain::Failed);
+}
+
+#[tokio::test]
+async fn closing_is_a_duty_and_final_frames_pass_the_mark() {
+    let socket = FakeSocket::with_room(100);
+    let q = SendQueue::with_writer(10, 1000, socket.clone());
+    q.close(CloseCode::Normal);
+    assert_eq!(q.duty().await, Duty::Close(CloseCode::Normal));
+    assert_eq!(q.push(tagged(b'x', 1)), PushResult::Closed);
+    q.finish([tagged(b'd', 1), Outbound::Raw(Bytes::from_static(b"C"))]);
+    assert_eq!(socket.written(), b"dC");
+    q.detach();
+    assert_eq!(q.drain_state(), Drain::Failed);
+}
+
+/// Many threads pushing at once: every frame is written exactly once and
+/// each thread's frames keep their order.
+#[test]
+fn concurrent_pushers_keep_per_sender_order() {
+    let socket = FakeSocket::with_room(usize::MAX / 2);
+    let q = Arc::new(SendQueue::with_writer(
+        100_000,
+        usize::MAX / 2,
+        socket.clone(),
+    ));
+    let threads: Vec<_> = (0..4u8)
+        .map(|t| {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    assert_eq!(q.push(tagged(b'a' + t, 1)), PushResult::Queued);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("pusher");
+    }
+    let written = socket.written();
+    assert_eq!(written.len(), 8000);
+    for t in 0..4u8 {
+        assert_eq!(written.iter().filter(|&&b| b == b'a' + t).count(), 2000);
+    }
+    assert!(q.is_empty());
+}

@@ -1,0 +1,247 @@
+//! The TCP socket of one WebSocket connection, taken back from hyper after
+//! the upgrade. The connection's task reads it; writes come from whoever
+//! queues a frame (fan-out, the session, housekeeping) through
+//! [`WsWriter`], which frames each queued item on the fly and hands the
+//! kernel one vectored write per batch. Events are shared `Bytes`: the
+//! only per-recipient work is a 2–10 byte header.
+
+use super::frames::{self, FrameReader, Incoming, ReadError, MAX_HEADER};
+use herald_node::{Outbound, SocketWriter};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Bytes read per system call. On the stack, only during a read: an idle
+/// connection holds no read buffer at all.
+const READ_CHUNK: usize = 4096;
+/// Reads per wake-up before the task yields to handle what it read.
+const MAX_READS: usize = 16;
+/// Items per vectored write (two slices each: header and payload).
+const WRITE_BATCH: usize = 32;
+/// A ping frame with no payload.
+const PING: &[u8] = &[0x89, 0x00];
+
+/// The read side of a WebSocket connection, with the frames read but not
+/// yet handled.
+#[derive(Debug)]
+pub(crate) struct WsSocket {
+    pub(crate) stream: Arc<TcpStream>,
+    reader: FrameReader,
+    incoming: VecDeque<Incoming>,
+    /// A framing error found behind frames still to handle (or in the
+    /// bytes hyper read past the upgrade request), reported at the next read.
+    deferred_error: Option<ReadError>,
+}
+
+/// How reading ended this time.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// Frames (possibly none) were read; the socket is still open.
+    Open,
+    /// The client closed its side.
+    Eof,
+}
+
+/// Why reading failed.
+#[derive(Debug)]
+pub(crate) enum ReadFailure {
+    /// The client broke a framing rule or a limit.
+    Frame(ReadError),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl WsSocket {
+    /// A socket whose first bytes (read by hyper past the upgrade request)
+    /// are `early`; frames over `max_message` bytes are refused.
+    pub(crate) fn new(stream: TcpStream, early: &[u8], max_message: usize) -> Self {
+        let mut socket = Self {
+            stream: Arc::new(stream),
+            reader: FrameReader::new(max_message),
+            incoming: VecDeque::new(),
+            deferred_error: None,
+        };
+        let mut frames = Vec::new();
+        socket.deferred_error = socket.reader.feed(early, &mut frames).err();
+        socket.incoming.extend(frames);
+        socket
+    }
+
+    /// A writer for this socket's send queue.
+    pub(crate) fn writer(&self) -> Arc<dyn SocketWriter> {
+        Arc::new(WsWriter {
+            stream: self.stream.clone(),
+        })
+    }
+
+    /// The next frame already read, if any.
+    pub(crate) fn take(&mut self) -> Option<Incoming> {
+        let frame = self.incoming.pop_front();
+        if self.incoming.is_empty() && self.incoming.capacity() > 0 {
+            // Idle connections keep no buffer.
+            self.incoming = VecDeque::new();
+        }
+        frame
+    }
+
+    /// Waits until at least one frame was read (then [`Self::take`] it),
+    /// or the client closed its side.
+    pub(crate) async fn fill(&mut self) -> Result<Read, ReadFailure> {
+        while self.incoming.is_empty() {
+            self.stream.readable().await.map_err(ReadFailure::Io)?;
+            if self.read_now()? == Read::Eof {
+                return Ok(Read::Eof);
+            }
+        }
+        Ok(Read::Open)
+    }
+
+    /// Reads what has arrived without waiting; call after
+    /// `stream.readable()`, then [`Self::take`] the frames.
+    pub(crate) fn read_now(&mut self) -> Result<Read, ReadFailure> {
+        if let Some(e) = self.deferred_error.take() {
+            return Err(ReadFailure::Frame(e));
+        }
+        let mut buf = [0u8; READ_CHUNK];
+        let mut frames = Vec::new();
+        let mut outcome = Ok(Read::Open);
+        for _ in 0..MAX_READS {
+            match self.stream.try_read(&mut buf) {
+                Ok(0) => {
+                    outcome = Ok(Read::Eof);
+                    break;
+                }
+                Ok(n) => {
+                    if let Err(e) = self.reader.feed(&buf[..n], &mut frames) {
+                        outcome = Err(ReadFailure::Frame(e));
+                        break;
+                    }
+                    if n < buf.len() || !frames.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    outcome = Err(ReadFailure::Io(e));
+                    break;
+                }
+            }
+        }
+        // Frames before a failure are still handled, then the failure.
+        self.incoming.extend(frames);
+        if self.incoming.is_empty() {
+            return outcome;
+        }
+        if let Err(ReadFailure::Frame(e)) = outcome {
+            self.deferred_error = Some(e);
+        }
+        Ok(Read::Open)
+    }
+
+    /// Writes `bytes` (complete frames), waiting for the socket as needed;
+    /// for the time before a session (and its queue) exists.
+    pub(crate) async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            self.stream.writable().await?;
+            match self.stream.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the TCP connection after the close frame: a FIN once everything
+    /// written has gone, then the client's remaining bytes are read and
+    /// dropped until it closes too (at most `linger`), so that unread input
+    /// does not turn the close into a reset that could destroy the close
+    /// frame before the client reads it.
+    pub(crate) async fn shut_down(&self, linger: Duration) {
+        let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(std::net::Shutdown::Write);
+        let _ = tokio::time::timeout(linger, async {
+            let mut sink = [0u8; 512];
+            loop {
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                match self.stream.try_read(&mut sink) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Writes a connection's queued items to its socket (see the module docs).
+#[derive(Debug)]
+pub(crate) struct WsWriter {
+    stream: Arc<TcpStream>,
+}
+
+impl SocketWriter for WsWriter {
+    fn write_now(&self, items: &[Outbound], offset: &mut usize) -> io::Result<usize> {
+        let mut done = 0;
+        while done < items.len() {
+            let batch = &items[done..items.len().min(done + WRITE_BATCH)];
+            let mut heads = [[0u8; MAX_HEADER]; WRITE_BATCH];
+            let mut head_lens = [0usize; WRITE_BATCH];
+            for (i, item) in batch.iter().enumerate() {
+                if let Outbound::Frame { bytes, .. } = item {
+                    head_lens[i] = frames::text_header(bytes.len(), &mut heads[i]);
+                }
+            }
+            let mut slices = [IoSlice::new(&[]); 2 * WRITE_BATCH];
+            let mut lens = [0usize; WRITE_BATCH];
+            let mut count = 0;
+            for (i, item) in batch.iter().enumerate() {
+                let (head, body): (&[u8], &[u8]) = match item {
+                    Outbound::Frame { bytes, .. } => (&heads[i][..head_lens[i]], bytes),
+                    Outbound::Ping => (PING, &[]),
+                    Outbound::Raw(bytes) => (&[], bytes),
+                };
+                // The first item may be partly written already.
+                let skip = if i == 0 { *offset } else { 0 };
+                lens[i] = head.len() + body.len() - skip;
+                let (head, body) = if skip < head.len() {
+                    (&head[skip..], body)
+                } else {
+                    (&[][..], &body[skip - head.len()..])
+                };
+                for part in [head, body] {
+                    if !part.is_empty() {
+                        slices[count] = IoSlice::new(part);
+                        count += 1;
+                    }
+                }
+            }
+            let mut written = match self.stream.try_write_vectored(&slices[..count]) {
+                Ok(0) if count > 0 => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(done),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for len in &lens[..batch.len()] {
+                if written < *len {
+                    // The socket took part of this item: it is full.
+                    *offset += written;
+                    return Ok(done);
+                }
+                written -= len;
+                *offset = 0;
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+}
