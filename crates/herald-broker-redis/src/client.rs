@@ -45,8 +45,13 @@ pub struct RedisClients {
 }
 
 /// Messages buffered between the subscriber connection and its reader
-/// before the reader is reported as lagging.
-const PUBSUB_BUFFER: usize = 65_536;
+/// before the reader is reported as lagging (it then catches up from the
+/// streams). fred sizes all nine of a client's notification channels with
+/// this and allocates them up front, so only the subscriber gets it.
+const PUBSUB_BUFFER: usize = 16_384;
+/// The same for clients that never subscribe (commands, and the ingest
+/// consumer's clone): fred's default. 65,536 there cost ~40 MB per client.
+const NO_PUBSUB_BUFFER: usize = 32;
 
 fn reconnect_policy() -> ReconnectPolicy {
     // Unbounded attempts, 100 ms doubling to 5 s, up to 100 ms of jitter.
@@ -64,9 +69,9 @@ impl RedisClients {
         // Keep retrying the first connection too: a node may start before Redis.
         config.fail_fast = false;
         let clustered = config.server.is_clustered();
-        let performance = PerformanceConfig {
+        let performance = |broadcast_channel_capacity| PerformanceConfig {
             default_command_timeout: settings.command_timeout,
-            broadcast_channel_capacity: PUBSUB_BUFFER,
+            broadcast_channel_capacity,
             ..Default::default()
         };
         let connection = ConnectionConfig {
@@ -77,18 +82,18 @@ impl RedisClients {
             max_command_attempts: 1,
             ..Default::default()
         };
-        let build = |config: Config| {
+        let build = |config: Config, buffer: usize| {
             let mut builder = Builder::from_config(config);
             builder
-                .set_performance_config(performance.clone())
+                .set_performance_config(performance(buffer))
                 .set_connection_config(connection.clone())
                 .set_policy(reconnect_policy());
             builder
         };
-        let commands = build(config.clone())
+        let commands = build(config.clone(), NO_PUBSUB_BUFFER)
             .build()
             .map_err(|e| RedisSetupError::Url(e.to_string()))?;
-        let subscriber = build(config)
+        let subscriber = build(config, PUBSUB_BUFFER)
             .build_subscriber_client()
             .map_err(|e| RedisSetupError::Url(e.to_string()))?;
         Ok(Self {

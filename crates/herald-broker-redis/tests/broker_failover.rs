@@ -189,8 +189,8 @@ async fn a_lagging_reader_catches_up_from_history() {
     let b = Node::start(&server.url(), &prefix, "b").await;
     let r = room("l:1");
     b.broker.subscribe(&r).await.expect("subscribe");
-    // More than the subscriber's buffer of 65 536 messages.
-    const TOTAL: u64 = 70_000;
+    // More than the subscriber's buffer of 16,384 messages.
+    const TOTAL: u64 = 20_000;
     const PUBLISHERS: u64 = 50;
     b.sink.hold.store(true, Ordering::Release);
     let mut tasks = tokio::task::JoinSet::new();
