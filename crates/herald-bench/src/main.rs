@@ -110,6 +110,9 @@ enum Scenario {
     Soak(scenarios::soak::SoakArgs),
     /// Publish E events into rooms with history: bytes per stored event.
     History(scenarios::history::HistoryArgs),
+    /// No server: the kernel's own CPU cost of one loopback send per
+    /// delivery, the floor under any server's CPU per delivery.
+    Floor(scenarios::floor::FloorArgs),
 }
 
 fn main() -> Result<()> {
@@ -124,10 +127,16 @@ fn main() -> Result<()> {
     if !herald && !matches!(cli.scenario, Scenario::Idle(_) | Scenario::Fanout(_)) {
         bail!("--target {:?} supports only `idle` and `fanout`", c.target);
     }
-    if herald && c.secret.is_empty() && !matches!(cli.scenario, Scenario::History(_)) {
+    let needs_server = !matches!(cli.scenario, Scenario::Floor(_));
+    if herald
+        && needs_server
+        && c.secret.is_empty()
+        && !matches!(cli.scenario, Scenario::History(_))
+    {
         bail!("--secret (the server's auth.hs256_secret) is required to mint client tokens");
     }
-    if herald && c.api_key.is_empty() && !matches!(cli.scenario, Scenario::Idle(_)) {
+    if herald && needs_server && c.api_key.is_empty() && !matches!(cli.scenario, Scenario::Idle(_))
+    {
         bail!("--api-key (an API key with scope admin) is required for this scenario");
     }
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -145,6 +154,7 @@ fn main() -> Result<()> {
             Scenario::Storm(a) => scenarios::storm::run(c, a).await,
             Scenario::Soak(a) => scenarios::soak::run(c, a).await,
             Scenario::History(a) => scenarios::history::run(c, a).await,
+            Scenario::Floor(a) => scenarios::floor::run(c, a).await,
         }
     })?;
     if let Some(path) = &c.plot {

@@ -73,6 +73,12 @@ pub fn parse_vmrss_kib(status: &str) -> Result<u64> {
 /// command name (field 2) may hold spaces and parentheses, so fields are
 /// counted from the last `)`.
 pub fn parse_cpu_ticks(stat: &str) -> Result<u64> {
+    let (user, system) = parse_cpu_split(stat)?;
+    Ok(user + system)
+}
+
+/// utime and stime (fields 14 and 15) of a /proc stat line, in clock ticks.
+pub fn parse_cpu_split(stat: &str) -> Result<(u64, u64)> {
     let after = stat
         .rfind(')')
         .map(|i| &stat[i + 1..])
@@ -85,7 +91,15 @@ pub fn parse_cpu_ticks(stat: &str) -> Result<u64> {
             .parse()
             .context("bad number in /proc stat")
     };
-    Ok(get(11)? + get(12)?)
+    Ok((get(11)?, get(12)?))
+}
+
+/// User and system CPU seconds of the calling thread (its own
+/// /proc/thread-self/stat): what one thread spent, whatever the others did.
+pub fn thread_cpu_s() -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+    let (user, system) = parse_cpu_split(&stat)?;
+    Ok((user as f64 / USER_HZ, system as f64 / USER_HZ))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod fanout;
+pub mod floor;
 pub mod history;
 pub mod idle;
 pub mod soak;
