@@ -331,14 +331,16 @@ fn handle(sh: &Shared, st: &mut State, text: &str) {
                         .insert(room.to_string(), f.replayed.unwrap_or(0));
                 }
                 Some((e, t)) => {
-                    // Not recoverable: count what this client will never see.
+                    // Not recoverable: count what this client will never
+                    // see, and keep what it saw before.
                     sh.recovered_false.fetch_add(1, Ordering::Relaxed);
-                    if *e == epoch {
+                    let same_epoch = *e == epoch;
+                    if same_epoch {
                         sh.unrecoverable
                             .fetch_add(offset.saturating_sub(t.last()), Ordering::Relaxed);
                     }
                     *e = epoch.to_string();
-                    *t = OffsetTracker::starting_at(offset.max(t.last()));
+                    t.restart_at(offset, same_epoch);
                 }
                 None => {
                     st.rooms.insert(
