@@ -18,7 +18,8 @@
 # Defaults: 15,000 clients in 15 rooms of 1,000, 20 events/s in all (20,000
 # deliveries/s), 60 s of publishing with the kill at 20 s, 100-byte
 # payloads. Needs redis-server (7.0 or newer). Environment: ROOMS (15),
-# OUT (JSON result, default /tmp/herald-cluster-storm-<time>.json),
+# HISTORY_SIZE (1000; a small one shows resumes refused and events
+# missed), OUT (JSON result, default /tmp/herald-cluster-storm-<time>.json),
 # KEEP=1 keeps the logs and configs in the work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,12 +28,20 @@ CONNS=${1:-15000}
 RATE=${2:-20}
 DURATION=${3:-60}
 ROOMS=${ROOMS:-15}
+HISTORY_SIZE=${HISTORY_SIZE:-1000}
 OUT=${OUT:-/tmp/herald-cluster-storm-$(date +%Y%m%d-%H%M%S).json}
 TARGET=${CARGO_TARGET_DIR:-target}
 WORK=$(mktemp -d /tmp/herald-cluster-storm.XXXXXX)
 PIDS=()
+RPID=
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # The bench and the nodes first (they leave the cluster through Redis),
+  # then Redis.
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    [ "${PIDS[i]}" = "$RPID" ] || kill "${PIDS[i]}" 2>/dev/null || true
+  done
+  for p in "${PIDS[@]}"; do [ "$p" = "$RPID" ] || wait "$p" 2>/dev/null || true; done
+  [ -z "$RPID" ] || kill "$RPID" 2>/dev/null || true
   wait 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
@@ -49,6 +58,11 @@ wait_ready() { # port
   return 1
 }
 now_ms() { date +%s%3N; }
+# Kernel TCP counters that show a connect storm hitting its limits.
+tcp_counters() {
+  awk '/^TcpExt:/ { if (!h) { split($0, k); h = 1 } else { split($0, v)
+    for (i = 2; i <= NF; i++) if (k[i] ~ /^(ListenOverflows|ListenDrops|TCPReqQFullDrop|SyncookiesSent|TCPSynRetrans|TCPTimeouts|TCPAbortOnMemory)$/) printf "%s=%s ", k[i], v[i] } }' /proc/net/netstat
+}
 
 # Herald does not raise its own open-file limit: give the nodes the hard one.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -87,7 +101,7 @@ redis_url = "redis://127.0.0.1:$RPORT"
 [namespaces.benchstore]
 join = "any"
 send = "any"
-history_size = 1000
+history_size = $HISTORY_SIZE
 history_ttl = "10m"
 EOF
 }
@@ -135,14 +149,19 @@ if [ ! -e "$READY" ]; then
   exit 1
 fi
 A_CPU=$(awk '{print ($14 + $15) / 100}' "/proc/$APID/stat")
+TCP_BEFORE=$(tcp_counters)
+echo
+echo "load before the kill: $(cut -d' ' -f1-3 /proc/loadavg); busiest processes (recent %CPU):"
+top -b -n 2 -d 1 -w 200 | awk '/^top -/{n++} n==2 && /^ *[0-9]/ && $9 > 5 {print "  " $1, $9 "%", $12}' | head -8
 KILL_MS=$(now_ms)
 kill -KILL "$APID"
 wait "$APID" 2>/dev/null || true
+EXIT_MS=$(($(now_ms) - KILL_MS))
 LEFT=()
 for p in "${PIDS[@]}"; do [ "$p" = "$APID" ] || LEFT+=("$p"); done
 PIDS=("${LEFT[@]}")
 echo
-echo "SIGKILL of node A (pid $APID, $A_CPU CPU-s used during the ramp) at $KILL_MS ms"
+echo "SIGKILL of node A (pid $APID, $A_CPU CPU-s used so far) at $KILL_MS ms; it was gone $EXIT_MS ms later"
 start_node storm-a "$APORT"; APID=$NODE_PID
 wait_ready "$APORT"
 echo "node A restarted on :$APORT (pid $APID), ready $(($(now_ms) - KILL_MS)) ms after the kill"
@@ -150,6 +169,8 @@ echo "node A restarted on :$APORT (pid $APID), ready $(($(now_ms) - KILL_MS)) ms
 rc=0
 wait "$BENCH" || rc=$?
 echo "machine after: $(uptime)"
+echo "kernel TCP counters before the kill: $TCP_BEFORE"
+echo "                  after the bench:   $(tcp_counters)"
 if [ -s "$OUT" ]; then
   python3 - "$OUT" "$KILL_MS" <<'EOF'
 import json, sys

@@ -214,7 +214,10 @@ impl Common {
 
     /// The server process, when `--server-pid` was given.
     pub fn server(&self) -> Result<Option<procfs::Proc>> {
-        self.server_pid.map(procfs::Proc::new).transpose()
+        self.server_pid
+            .map(procfs::Proc::new)
+            .transpose()
+            .context("--server-pid")
     }
 
     /// The rooms' namespace.

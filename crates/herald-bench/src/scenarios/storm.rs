@@ -13,7 +13,7 @@
 
 use crate::client::{parse_target_for, Target};
 use crate::conn::ConnSpec;
-use crate::procfs::{Proc, ProcSample};
+use crate::procfs::{self, MachineCpu, Proc, ProcSample};
 use crate::publish::{self, PublishPlan};
 use crate::report::Report;
 use crate::run::{account, Run};
@@ -21,6 +21,7 @@ use crate::Common;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -186,6 +187,7 @@ pub async fn run(c: &Common, a: &StormArgs) -> Result<Report> {
     let before = run.server_sample();
     let watch_before = sample_all(&watched);
     let bench_before = super::bench_cpu_s();
+    let machine_before = (MachineCpu::now().ok(), procfs::all_processes());
     let connects_before = run.sh.connects.load(Ordering::Relaxed);
     run.sh.cut_armed.store(true, Ordering::Relaxed);
     let due = Instant::now();
@@ -205,11 +207,11 @@ pub async fn run(c: &Common, a: &StormArgs) -> Result<Report> {
         .await;
     let first_cut = run.sh.first_cut().unwrap_or(due);
     let back_limit = Duration::from_secs(a.duration * 2 / 3 + 60);
-    let back = if cut_seen {
+    let (back, back_per_s) = if cut_seen {
         wait_back(&run, up, first_cut, back_limit).await
     } else {
         eprintln!("\nherald-bench: no client was cut within {cut_wait:?}");
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let all_back = run.sh.rejoined.load(Ordering::Relaxed) >= up && cut_seen;
     let back_s = back.last().and_then(|(_, t)| *t);
@@ -218,7 +220,8 @@ pub async fn run(c: &Common, a: &StormArgs) -> Result<Report> {
     let after_back = run.server_sample();
     let watch_after = sample_all(&watched);
     let bench_after = super::bench_cpu_s();
-    let window_s = first_cut.elapsed().as_secs_f64();
+    let machine_after = (MachineCpu::now().ok(), procfs::all_processes());
+    let window_s = due.elapsed().as_secs_f64();
     let reconnects = run.sh.connects.load(Ordering::Relaxed) - connects_before;
     let reconnect_failures = run.sh.reconnect_failures();
     let reconnects_to = run.sh.reconnects_to();
@@ -283,9 +286,11 @@ pub async fn run(c: &Common, a: &StormArgs) -> Result<Report> {
             "published": pubs,
             "delivery": super::delivery_figures(latency, &acc),
             "server": server,
-            "recovery_window_s": window_s,
+            "back_by_second": back_per_s,
+            "sampled_window_s": window_s,
             "watched": watch_figures(&watched, &watch_before, &watch_after),
-            "bench_cpu_s_recovery": bench_after - bench_before,
+            "bench_cpu_s": bench_after - bench_before,
+            "machine": machine_figures(window_s, &machine_before, &machine_after, &a.watch_pid),
             "failures": failures,
         }),
         timeline,
@@ -294,15 +299,17 @@ pub async fn run(c: &Common, a: &StormArgs) -> Result<Report> {
 
 /// Waits until `up` clients are back in their rooms (at most `limit` after
 /// `from`), noting when each share of [`MILESTONES`] was reached, in
-/// seconds after `from` (20 ms resolution); `None` for a share never reached.
+/// seconds after `from` (20 ms resolution; `None` for a share never
+/// reached), and how many were back at each whole second after `from`.
 async fn wait_back(
     run: &Run,
     up: u64,
     from: Instant,
     limit: Duration,
-) -> Vec<(&'static str, Option<f64>)> {
+) -> (Vec<(&'static str, Option<f64>)>, Vec<u64>) {
     let mut at: Vec<(&'static str, Option<f64>)> =
         MILESTONES.iter().map(|(name, _)| (*name, None)).collect();
+    let mut per_s = Vec::new();
     let end = from + limit;
     loop {
         let back = run.sh.rejoined.load(Ordering::Relaxed);
@@ -313,8 +320,12 @@ async fn wait_back(
                 *seen = Some(t);
             }
         }
+        while (per_s.len() as f64) + 1.0 <= t {
+            per_s.push(back);
+        }
         if back >= up || Instant::now() >= end {
-            return at;
+            per_s.push(back);
+            return (at, per_s);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -329,6 +340,55 @@ fn write_ready(path: &Path) -> Result<()> {
         .with_context(|| format!("writing --ready-file {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming to --ready-file {}", path.display()))
+}
+
+/// The machine and every process over the sampled window.
+type MachineSample = (Option<MachineCpu>, BTreeMap<u32, (String, f64)>);
+
+/// The whole machine over the sampled window: CPU seconds by kind (all
+/// cores), the busy share of the cores, and the processes other than the
+/// bench and the watched ones that took the most CPU (other load on the
+/// machine; a process that exited in the window, like a killed node, is
+/// not seen).
+fn machine_figures(
+    window_s: f64,
+    before: &MachineSample,
+    after: &MachineSample,
+    watched: &[(String, u32)],
+) -> Value {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (Some(b), Some(a)) = (&before.0, &after.0) else {
+        return Value::Null;
+    };
+    let cpu = a.since(b);
+    let mine: Vec<u32> = watched
+        .iter()
+        .map(|(_, p)| *p)
+        .chain([std::process::id()])
+        .collect();
+    let mut others: Vec<(u32, &str, f64)> = after
+        .1
+        .iter()
+        .filter(|(pid, _)| !mine.contains(pid))
+        .map(|(pid, (name, t))| {
+            let t0 = before.1.get(pid).map_or(0.0, |(_, t0)| *t0);
+            (*pid, name.as_str(), t - t0)
+        })
+        .filter(|(_, _, d)| *d >= 0.05)
+        .collect();
+    others.sort_by(|x, y| y.2.total_cmp(&x.2));
+    let top: Vec<Value> = others
+        .iter()
+        .take(8)
+        .map(|(pid, name, d)| json!({"pid": pid, "comm": name, "cpu_s": d}))
+        .collect();
+    json!({
+        "cores": cores,
+        "busy_cpu_s": cpu.busy_s(),
+        "busy_pct": cpu.busy_s() * 100.0 / (window_s.max(1e-9) * cores as f64),
+        "cpu_s": cpu,
+        "other_processes": top,
+    })
 }
 
 fn sample_all(watched: &[(String, Proc)]) -> Vec<Option<ProcSample>> {
