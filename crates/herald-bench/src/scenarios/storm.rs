@@ -113,6 +113,15 @@ fn check(c: &Common, a: &StormArgs) -> Result<Vec<Target>> {
     if a.reconnect_url.len() > MAX_LIST || a.watch_pid.len() > MAX_LIST {
         bail!("at most {MAX_LIST} --reconnect-url and {MAX_LIST} --watch-pid");
     }
+    if let Some(path) = &a.ready_file {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) || path.is_dir() {
+            bail!(
+                "--ready-file {}: not a file in an existing directory",
+                path.display()
+            );
+        }
+    }
     let targets = a
         .reconnect_url
         .iter()
