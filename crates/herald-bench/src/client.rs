@@ -37,18 +37,25 @@ pub struct Target {
 /// Parses `--url`, refusing anything but 127.0.0.0/8 or `localhost`: this
 /// tool generates enough load to hurt, so it never aims off the machine.
 pub fn parse_target(url: &str) -> Result<Target> {
-    let u = reqwest::Url::parse(url).with_context(|| format!("--url `{url}` is not a URL"))?;
+    parse_target_for("--url", url)
+}
+
+/// [`parse_target`] for the URL given to option `flag` (named in errors).
+pub fn parse_target_for(flag: &str, url: &str) -> Result<Target> {
+    let u = reqwest::Url::parse(url).with_context(|| format!("{flag} `{url}` is not a URL"))?;
     if !matches!(u.scheme(), "http" | "ws") {
-        bail!("--url `{url}`: scheme must be http or ws (loopback only, no TLS)");
+        bail!("{flag} `{url}`: scheme must be http or ws (loopback only, no TLS)");
     }
-    let host = u.host_str().context("--url has no host")?;
+    let host = u
+        .host_str()
+        .with_context(|| format!("{flag} `{url}` has no host"))?;
     let ip = if host.eq_ignore_ascii_case("localhost") {
         Ipv4Addr::LOCALHOST
     } else {
         match host.parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) if ip.octets()[0] == 127 => ip,
             _ => bail!(
-                "--url host `{host}` is not loopback: herald-bench only targets \
+                "{flag} host `{host}` is not loopback: herald-bench only targets \
                  127.0.0.0/8 or localhost"
             ),
         }
@@ -97,6 +104,9 @@ pub struct Ctx {
     pub id_offset: u64,
     /// The peer under test instead of Herald (`--target`), if any.
     pub peer: Option<crate::peers::Peer>,
+    /// Where clients reconnect after a drop (`storm --reconnect-url`);
+    /// empty: back to `target`.
+    pub reconnect: Vec<Target>,
 }
 
 impl Ctx {
@@ -108,7 +118,26 @@ impl Ctx {
             sources,
             id_offset,
             peer: None,
+            reconnect: Vec::new(),
         }
+    }
+
+    /// The same context with clients reconnecting to `targets` after a drop.
+    pub fn with_reconnect(mut self, targets: Vec<Target>) -> Self {
+        self.reconnect = targets;
+        self
+    }
+
+    /// Where connection `i` reconnects after `failures` failed attempts in
+    /// a row: the reconnect list spread by connection number, moving to the
+    /// next entry on each failure; `target` when the list is empty.
+    pub fn reconnect_target(&self, i: u64, failures: u32) -> &Target {
+        let n = self.reconnect.len() as u64;
+        if n == 0 {
+            return &self.target;
+        }
+        let k = (i.wrapping_add(u64::from(failures)) % n) as usize;
+        self.reconnect.get(k).unwrap_or(&self.target)
     }
 
     /// The same context aimed at `peer` (or Herald with `None`).
@@ -137,18 +166,23 @@ impl Ctx {
     /// the token in the query, and the server's `authenticated` frame.
     /// Errors are short reasons fit to be counted.
     pub async fn connect(&self, i: u64) -> Result<Ws, String> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(i)).await {
+        self.connect_to(&self.target, i).await
+    }
+
+    /// As [`Ctx::connect`], to `target` (one of the reconnect list).
+    pub async fn connect_to(&self, target: &Target, i: u64) -> Result<Ws, String> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(target, i)).await {
             Ok(r) => r,
             Err(_) => Err("timeout".into()),
         }
     }
 
-    async fn connect_inner(&self, i: u64) -> Result<Ws, String> {
+    async fn connect_inner(&self, target: &Target, i: u64) -> Result<Ws, String> {
         let token = self
             .token(&self.user_id(i))
             .map_err(|e| format!("token: {e}"))?;
-        let url = format!("{}?token={token}", self.target.ws_url);
-        let mut ws = self.open_ws(i, url).await?;
+        let url = format!("{}?token={token}", target.ws_url);
+        let mut ws = self.open_ws_to(target.addr, i, url).await?;
         use futures_util::StreamExt;
         while let Some(msg) = ws.next().await {
             match msg {
@@ -179,13 +213,18 @@ impl Ctx {
     /// WebSocket upgrade to `url` (any server: Herald or a peer). Errors
     /// are short reasons fit to be counted.
     pub async fn open_ws(&self, i: u64, url: String) -> Result<Ws, String> {
+        self.open_ws_to(self.target.addr, i, url).await
+    }
+
+    /// As [`Ctx::open_ws`], to `addr`.
+    async fn open_ws_to(&self, addr: SocketAddr, i: u64, url: String) -> Result<Ws, String> {
         let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {:?}", e.kind()))?;
         let src = SocketAddr::new(IpAddr::V4(source_addr(i, self.sources)), 0);
         socket
             .bind(src)
             .map_err(|e| format!("bind: {:?}", e.kind()))?;
         let stream = socket
-            .connect(self.target.addr)
+            .connect(addr)
             .await
             .map_err(|e| format!("tcp: {:?}", e.kind()))?;
         let _ = stream.set_nodelay(true);
@@ -279,6 +318,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not loopback"), "{e}");
+    }
+
+    #[test]
+    fn reconnect_targets_spread_then_move_on() {
+        let t = |p: u16| parse_target(&format!("http://127.0.0.1:{p}")).expect("test input");
+        let ctx = Ctx::new(t(1), "s", 16, 0);
+        assert_eq!(ctx.reconnect_target(7, 3).addr.port(), 1);
+        let ctx = ctx.with_reconnect(vec![t(2), t(3)]);
+        assert_eq!(ctx.reconnect_target(0, 0).addr.port(), 2);
+        assert_eq!(ctx.reconnect_target(1, 0).addr.port(), 3);
+        assert_eq!(ctx.reconnect_target(0, 1).addr.port(), 3);
+        assert_eq!(ctx.reconnect_target(1, 1).addr.port(), 2);
+        assert_eq!(ctx.reconnect_target(u64::MAX, u32::MAX).addr.port(), 2);
+        let e = parse_target_for("--reconnect-url", "http://10.1.1.1:80")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--reconnect-url host"), "{e}");
     }
 
     #[test]

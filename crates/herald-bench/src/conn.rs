@@ -127,6 +127,13 @@ pub async fn run(spec: ConnSpec, sh: Arc<Shared>) -> ConnReport {
             }
         }
         let mut started = Instant::now();
+        // The first connect goes to `--url`; reconnects to the reconnect
+        // list when there is one (storm `--reconnect-url`).
+        let target = if report.connected {
+            sh.ctx.reconnect_target(spec.index, failures_in_row)
+        } else {
+            &sh.ctx.target
+        };
         let ws = {
             // The initial ramp is paced by a semaphore; reconnects are not
             // (a storm is many clients returning at once).
@@ -137,12 +144,15 @@ pub async fn run(spec: ConnSpec, sh: Arc<Shared>) -> ConnReport {
                 started = Instant::now();
                 p
             };
-            sh.ctx.connect(spec.index).await
+            sh.ctx.connect_to(target, spec.index).await
         };
         let mut ws = match ws {
             Ok(ws) => ws,
             Err(reason) => {
                 sh.count_failure(&reason);
+                if report.connected {
+                    sh.count_reconnect_failure(&reason);
+                }
                 failures_in_row += 1;
                 if !spec.reconnect {
                     break;
@@ -150,6 +160,9 @@ pub async fn run(spec: ConnSpec, sh: Arc<Shared>) -> ConnReport {
                 continue;
             }
         };
+        if report.connected {
+            sh.count_reconnect(&target.http_base);
+        }
         failures_in_row = 0;
         sh.connect_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -223,11 +236,13 @@ async fn session(
                     Some(Ok(Message::Close(c))) => {
                         let code = c.map(|c| u16::from(c.code)).unwrap_or(0);
                         sh.count_failure(&format!("closed by server {code}"));
+                        cut(sh, st);
                         return Exit::Reconnect;
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(_)) | None => {
                         sh.count_failure("connection lost");
+                        cut(sh, st);
                         return Exit::Reconnect;
                     }
                 };
@@ -261,12 +276,21 @@ async fn session(
                 return Exit::Reconnect;
             }
             _ = drops.changed() => {
-                st.rejoin_pending = true;
+                cut(sh, st);
                 return Exit::Reconnect;
             }
             _ = stop.changed() => return Exit::Stop,
             _ = sleep_until(sh.deadline) => return Exit::Stop,
         }
+    }
+}
+
+/// A session ended by a drop or by the server: once the storm is armed,
+/// the client counts as cut until it is back in its rooms.
+fn cut(sh: &Shared, st: &mut State) {
+    if sh.cut_armed.load(Ordering::Relaxed) && !st.rejoin_pending {
+        st.rejoin_pending = true;
+        sh.note_cut();
     }
 }
 
@@ -307,14 +331,16 @@ fn handle(sh: &Shared, st: &mut State, text: &str) {
                         .insert(room.to_string(), f.replayed.unwrap_or(0));
                 }
                 Some((e, t)) => {
-                    // Not recoverable: count what this client will never see.
+                    // Not recoverable: count what this client will never
+                    // see, and keep what it saw before.
                     sh.recovered_false.fetch_add(1, Ordering::Relaxed);
-                    if *e == epoch {
+                    let same_epoch = *e == epoch;
+                    if same_epoch {
                         sh.unrecoverable
                             .fetch_add(offset.saturating_sub(t.last()), Ordering::Relaxed);
                     }
                     *e = epoch.to_string();
-                    *t = OffsetTracker::starting_at(offset.max(t.last()));
+                    t.restart_at(offset, same_epoch);
                 }
                 None => {
                     st.rooms.insert(

@@ -17,7 +17,7 @@ mod report;
 mod run;
 mod scenarios;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use peers::{Peer, TargetKind};
 use std::path::PathBuf;
@@ -57,6 +57,9 @@ pub struct Common {
     /// Print one JSON object with every figure instead of the summary.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Also write that JSON object to this file (the summary still prints).
+    #[arg(long, global = true)]
+    pub json_file: Option<PathBuf>,
     /// Write an SVG of latency percentiles and deliveries/s over time.
     #[arg(long, global = true)]
     pub plot: Option<PathBuf>,
@@ -121,7 +124,7 @@ fn main() -> Result<()> {
     // Validate before any work: loopback only, credentials present.
     client::parse_target(&c.url)?;
     if let Some(url) = &c.publish_url {
-        client::parse_target(url)?;
+        client::parse_target_for("--publish-url", url)?;
     }
     let herald = c.target == TargetKind::Herald;
     if !herald && !matches!(cli.scenario, Scenario::Idle(_) | Scenario::Fanout(_)) {
@@ -159,6 +162,11 @@ fn main() -> Result<()> {
     })?;
     if let Some(path) = &c.plot {
         std::fs::write(path, plot::render(&report.title(), &report.timeline))?;
+        eprintln!("herald-bench: wrote {}", path.display());
+    }
+    if let Some(path) = &c.json_file {
+        std::fs::write(path, report.to_json() + "\n")
+            .with_context(|| format!("writing --json-file {}", path.display()))?;
         eprintln!("herald-bench: wrote {}", path.display());
     }
     if c.json {
@@ -216,7 +224,10 @@ impl Common {
 
     /// The server process, when `--server-pid` was given.
     pub fn server(&self) -> Result<Option<procfs::Proc>> {
-        self.server_pid.map(procfs::Proc::new).transpose()
+        self.server_pid
+            .map(procfs::Proc::new)
+            .transpose()
+            .context("--server-pid")
     }
 
     /// The rooms' namespace.

@@ -210,6 +210,21 @@ impl OffsetTracker {
         }
     }
 
+    /// Moves on to `offset` after a refused resume (`recovered: false`),
+    /// keeping the counts so far. In the same epoch the offsets skipped
+    /// are counted by the caller (they are known missed, not lost here);
+    /// in a new epoch the old epoch's open gaps stay lost and offsets
+    /// start over.
+    pub fn restart_at(&mut self, offset: u64, same_epoch: bool) {
+        if same_epoch {
+            self.last = self.last.max(offset);
+        } else {
+            self.forgotten += self.gaps.len() as u64;
+            self.gaps.clear();
+            self.last = offset;
+        }
+    }
+
     /// Final counts, given the room's last published offset.
     pub fn finish(&self, final_offset: u64) -> Accounting {
         Accounting {
@@ -261,6 +276,22 @@ mod tests {
         let t = OffsetTracker::starting_at(100);
         assert_eq!(t.finish(100).lost, 0);
         assert_eq!(t.finish(90).lost, 0);
+    }
+
+    #[test]
+    fn refused_resume_keeps_counts() {
+        let mut t = OffsetTracker::starting_at(0);
+        t.see(1);
+        t.see(3); // 2 lost
+        t.restart_at(10, true); // 4..=10 known missed by the caller
+        t.see(11);
+        let a = t.finish(11);
+        assert_eq!((a.received, a.lost), (3, 1));
+        t.restart_at(2, false); // new epoch: 2 stays lost, offsets restart
+        t.see(2);
+        t.see(3);
+        let a = t.finish(3);
+        assert_eq!((a.received, a.lost, a.out_of_order), (5, 1, 0));
     }
 
     #[test]

@@ -53,6 +53,22 @@ pub struct Shared {
     pub churned: AtomicU64,
     /// Whether clients with a send rate send now.
     pub send_enabled: AtomicBool,
+    /// Storm: from now on a lost session counts as cut (once per client
+    /// until it is back in its rooms).
+    pub cut_armed: AtomicBool,
+    /// Storm: clients whose session was cut while armed.
+    pub cut: AtomicU64,
+    /// Storm: first and last cut seen, µs after the run started
+    /// (`u64::MAX` / 0 before any).
+    pub first_cut_us: AtomicU64,
+    /// See `first_cut_us`.
+    pub last_cut_us: AtomicU64,
+    /// Storm: the first cut seen, µs since the Unix epoch (`u64::MAX` before).
+    pub first_cut_unix_us: AtomicU64,
+    /// When the run started.
+    pub started: Instant,
+    reconnects_to: Mutex<BTreeMap<String, u64>>,
+    reconnect_failures: Mutex<BTreeMap<String, u64>>,
     failures: Mutex<BTreeMap<String, u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
 }
@@ -82,6 +98,53 @@ impl Shared {
     pub fn errors(&self) -> BTreeMap<String, u64> {
         self.errors.lock().clone()
     }
+
+    /// Notes one client's session cut (storm), with the time.
+    pub fn note_cut(&self) {
+        self.cut.fetch_add(1, Ordering::Relaxed);
+        let t = self.started.elapsed().as_micros() as u64;
+        self.first_cut_us.fetch_min(t, Ordering::Relaxed);
+        self.last_cut_us.fetch_max(t, Ordering::Relaxed);
+        self.first_cut_unix_us
+            .fetch_min(crate::metrics::now_us(), Ordering::Relaxed);
+    }
+
+    /// When the first cut was seen, if any.
+    pub fn first_cut(&self) -> Option<Instant> {
+        match self.first_cut_us.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            us => Some(self.started + Duration::from_micros(us)),
+        }
+    }
+
+    /// Counts a successful reconnect to `base`.
+    pub fn count_reconnect(&self, base: &str) {
+        *self
+            .reconnects_to
+            .lock()
+            .entry(base.to_string())
+            .or_default() += 1;
+    }
+
+    /// Successful reconnects by server base URL.
+    pub fn reconnects_to(&self) -> BTreeMap<String, u64> {
+        self.reconnects_to.lock().clone()
+    }
+
+    /// Counts a failed connect of a client that was connected before (also
+    /// counted in the failures by reason).
+    pub fn count_reconnect_failure(&self, reason: &str) {
+        *self
+            .reconnect_failures
+            .lock()
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
+    /// Failed reconnects by reason.
+    pub fn reconnect_failures(&self) -> BTreeMap<String, u64> {
+        self.reconnect_failures.lock().clone()
+    }
 }
 
 /// A run in progress.
@@ -110,6 +173,7 @@ impl Run {
     ) -> Self {
         let (stop_tx, stop) = watch::channel(false);
         let (drops_tx, drops) = watch::channel(0u32);
+        let started = Instant::now();
         let sh = Arc::new(Shared {
             ctx,
             recorder: Recorder::default(),
@@ -129,10 +193,17 @@ impl Run {
             acks: AtomicU64::new(0),
             churned: AtomicU64::new(0),
             send_enabled: AtomicBool::new(false),
+            cut_armed: AtomicBool::new(false),
+            cut: AtomicU64::new(0),
+            first_cut_us: AtomicU64::new(u64::MAX),
+            last_cut_us: AtomicU64::new(0),
+            first_cut_unix_us: AtomicU64::new(u64::MAX),
+            started,
+            reconnects_to: Mutex::new(BTreeMap::new()),
+            reconnect_failures: Mutex::new(BTreeMap::new()),
             failures: Mutex::new(BTreeMap::new()),
             errors: Mutex::new(BTreeMap::new()),
         });
-        let started = Instant::now();
         let timeline = Arc::new(Mutex::new(Vec::new()));
         let ticker = tokio::spawn(progress(label, sh.clone(), timeline.clone(), started));
         Self {
@@ -259,8 +330,17 @@ async fn progress(
         last = total;
         timeline.lock().push(sample);
         let fails: u64 = sh.failures.lock().values().sum();
+        let storm = if sh.cut_armed.load(Ordering::Relaxed) {
+            format!(
+                " cut {:>6} back {:>6}",
+                sh.cut.load(Ordering::Relaxed),
+                sh.rejoined.load(Ordering::Relaxed)
+            )
+        } else {
+            String::new()
+        };
         eprint!(
-            "\r[{label}] {:>4.0}s open {:>6} joined {:>6} fail {:>5} deliv/s {:>7} p50 {:>7.2}ms p99 {:>7.2}ms   ",
+            "\r[{label}] {:>4.0}s open {:>6} joined {:>6}{storm} fail {:>5} deliv/s {:>7} p50 {:>7.2}ms p99 {:>7.2}ms   ",
             sample.t_s,
             sh.open.load(Ordering::Relaxed),
             sh.joined.load(Ordering::Relaxed),
