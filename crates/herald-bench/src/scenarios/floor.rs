@@ -44,16 +44,19 @@ pub async fn run(c: &Common, a: &FloorArgs) -> Result<Report> {
     if a.conns == 0 || a.events == 0 || a.conns > 19_000 || a.events > 100_000 {
         bail!("--conns must be 1..=19000 and --events 1..=100000");
     }
-    if a.payload > 125 {
-        bail!("--payload must be at most 125 bytes (one short frame)");
+    if a.payload > 65_535 {
+        bail!("--payload must be at most 65,535 bytes");
     }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let addr = listener.local_addr()?;
     let sources = c.sources.unwrap_or(16);
-    let frame: Vec<u8> = [0x81, a.payload as u8]
-        .into_iter()
-        .chain(std::iter::repeat_n(b'x', a.payload))
-        .collect();
+    let mut frame: Vec<u8> = if a.payload < 126 {
+        vec![0x81, a.payload as u8]
+    } else {
+        let len = (a.payload as u16).to_be_bytes();
+        vec![0x81, 126, len[0], len[1]]
+    };
+    frame.extend(std::iter::repeat_n(b'x', a.payload));
     let expected = (frame.len() * a.events) as u64;
     let mut senders = Vec::with_capacity(a.conns);
     let mut readers = tokio::task::JoinSet::new();

@@ -45,6 +45,12 @@ impl RawOutcome {
 impl RawWs {
     /// Connects and upgrades `path_and_query` (e.g. `/ws?token=...`).
     pub async fn connect(addr: &str, path_and_query: &str) -> RawWs {
+        Self::connect_with_early(addr, path_and_query, &[]).await
+    }
+
+    /// Like [`RawWs::connect`], with `early` bytes (frames) sent in the same
+    /// write as the upgrade request, before its answer.
+    pub async fn connect_with_early(addr: &str, path_and_query: &str, early: &[u8]) -> RawWs {
         let mut stream = tokio::time::timeout(FRAME_WAIT, TcpStream::connect(addr))
             .await
             .expect("tcp connect timed out")
@@ -52,10 +58,9 @@ impl RawWs {
         let req = format!(
             "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .expect("write handshake");
+        let mut first = req.into_bytes();
+        first.extend_from_slice(early);
+        stream.write_all(&first).await.expect("write handshake");
         let mut buf = Vec::new();
         let deadline = tokio::time::Instant::now() + FRAME_WAIT;
         let header_end = loop {
@@ -79,23 +84,41 @@ impl RawWs {
         RawWs { stream, buf }
     }
 
-    /// Writes one masked client frame.
+    /// Writes one masked, final client frame.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
-        let mut out = vec![0x80 | opcode];
-        let len = payload.len();
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if len <= 0xffff {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
+        self.send_raw(&client_frame(true, opcode, payload, true))
+            .await
+    }
+
+    /// Writes bytes as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// The next frame from the server, or `None` at EOF, an error or after
+    /// `timeout`.
+    pub async fn next_frame(&mut self, timeout: Duration) -> Option<RawFrame> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(f) = self.parse_one() {
+                return Some(f);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
         }
-        let mask = [0x12u8, 0x34, 0x56, 0x78];
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&out).await
+    }
+
+    /// The next text frame parsed as JSON (skipping other frames).
+    pub async fn next_json(&mut self, timeout: Duration) -> Option<Value> {
+        loop {
+            let f = self.next_frame(timeout).await?;
+            if f.opcode == 1 {
+                return serde_json::from_slice(&f.payload).ok();
+            }
+        }
     }
 
     fn parse_one(&mut self) -> Option<RawFrame> {
@@ -180,4 +203,28 @@ impl RawWs {
             }
         }
     }
+}
+
+/// One client frame with FIN, opcode and masking as given.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let len = payload.len();
+    if len < 126 {
+        out.push(mask_bit | len as u8);
+    } else if len <= 0xffff {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    if masked {
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
 }
