@@ -23,15 +23,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() {
-  for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "node on $1 never became ready" >&2
-  return 1
-}
+# shellcheck source=lib/cluster.sh
+. bench/lib/cluster.sh
 
 cargo build --release -q -p herald -p herald-bench
 
@@ -39,23 +32,8 @@ RPORT=$(free_port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" &
 PIDS+=($!)
 
-SECRET=bench-secret-0123456789abcdef0123456789
-KEY=bench-admin-key-0123456789
 start_node() { # id port
-  cat >"$WORK/$1.toml" <<EOF
-[server]
-listen = "127.0.0.1:$2"
-node_id = "$1"
-[auth]
-hs256_secret = "$SECRET"
-[[auth.api_keys]]
-key = "$KEY"
-scopes = ["admin"]
-[limits]
-max_connections = 100000
-[broker]
-kind = "redis"
-redis_url = "redis://127.0.0.1:$RPORT"
+  write_node_config "$1" "$2" <<EOF
 [namespaces.bench]
 join = "any"
 send = "any"

@@ -48,15 +48,8 @@ cleanup() {
 trap cleanup EXIT
 
 command -v redis-server >/dev/null || { echo "needs redis-server" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() { # port
-  for _ in $(seq 200); do
-    curl -fs "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "node on $1 never became ready" >&2
-  return 1
-}
+# shellcheck source=lib/cluster.sh
+. bench/lib/cluster.sh
 now_ms() { date +%s%3N; }
 # Kernel TCP counters that show a connect storm hitting its limits.
 tcp_counters() {
@@ -81,23 +74,8 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-SECRET=bench-secret-0123456789abcdef0123456789
-KEY=bench-admin-key-0123456789
 write_config() { # id port
-  cat >"$WORK/$1.toml" <<EOF
-[server]
-listen = "127.0.0.1:$2"
-node_id = "$1"
-[auth]
-hs256_secret = "$SECRET"
-[[auth.api_keys]]
-key = "$KEY"
-scopes = ["admin"]
-[limits]
-max_connections = 100000
-[broker]
-kind = "redis"
-redis_url = "redis://127.0.0.1:$RPORT"
+  write_node_config "$1" "$2" <<EOF
 [namespaces.benchstore]
 join = "any"
 send = "any"
