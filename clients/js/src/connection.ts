@@ -10,7 +10,7 @@ import { TransportChoice } from './transport-choice.js';
 import type { AuthenticatedFrame, ConnectionState, DisconnectFrame, ServerFrame, StateChange, TransportKind } from './types.js';
 
 /** Close codes after which the client does not reconnect (PROTOCOL.md 3). */
-const NO_RECONNECT = new Set([1000, 1007, 1009, 4001, 4008, 4010, 4013, 4029]);
+const NO_RECONNECT = new Set([1000, 1002, 1007, 1009, 4001, 4008, 4010, 4013, 4029]);
 
 /**
  * The connection lifecycle behind a `HeraldClient`: connects (authenticating

@@ -75,17 +75,27 @@ enum ConfigCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs are written by a thread of their own, buffered and flushed whenever
+/// no line is waiting: a connect or a close then never waits on stderr (a
+/// slow log pipe would otherwise stall the runtime's threads), and a burst
+/// of lines costs a few writes instead of one each. If the pipe stays
+/// blocked long enough for 128,000 lines to queue, later lines are dropped
+/// rather than slowing the node. The guard flushes what is left on exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .thread_name("herald-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -102,7 +112,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _log_writer = init_logging(cli.log_format);
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(config.as_deref()).context("invalid configuration")?;
