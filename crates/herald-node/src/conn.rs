@@ -80,8 +80,8 @@ pub struct Connection {
     identity: RwLock<Arc<Identity>>,
     /// Node-clock ms when the client was last heard from.
     last_seen_ms: AtomicU64,
-    /// Node-clock ms of the last ping sent.
-    last_ping_ms: AtomicU64,
+    /// Node-clock ms when the next ping is due.
+    next_ping_ms: AtomicU64,
     /// Token expiry in seconds since the Unix epoch, 0 when none.
     expires_at: AtomicU64,
     epoch: Instant,
@@ -110,7 +110,7 @@ impl Connection {
             expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
             identity: RwLock::new(Arc::new(identity)),
             last_seen_ms: AtomicU64::new(now),
-            last_ping_ms: AtomicU64::new(now),
+            next_ping_ms: AtomicU64::new(u64::MAX),
             epoch: clock,
         }
     }
@@ -147,10 +147,20 @@ impl Connection {
         now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed))
     }
 
+    /// Whether a ping is due: every `interval_ms`, the first after a random
+    /// part of it. Clients that connected together (a deploy, a reconnect
+    /// storm) would otherwise all be pinged in the same housekeeping tick,
+    /// tens of thousands of writes at once, every interval.
     pub(crate) fn ping_due(&self, now_ms: u64, interval_ms: u64) -> bool {
-        let last = self.last_ping_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) >= interval_ms {
-            self.last_ping_ms.store(now_ms, Ordering::Relaxed);
+        let interval_ms = interval_ms.max(1);
+        let mut next = self.next_ping_ms.load(Ordering::Relaxed);
+        if next == u64::MAX {
+            next = now_ms + 1 + rand::random::<u64>() % interval_ms;
+            self.next_ping_ms.store(next, Ordering::Relaxed);
+        }
+        if now_ms >= next {
+            self.next_ping_ms
+                .store(now_ms + interval_ms, Ordering::Relaxed);
             true
         } else {
             false
