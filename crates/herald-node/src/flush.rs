@@ -48,3 +48,67 @@ fn flush_all(conns: &[Arc<Connection>]) {
         conn.queue.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::TransportKind;
+    use crate::queue::{Outbound, SendQueue, SocketWriter};
+    use herald_core::Identity;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    /// Counts the items it is asked to write, and takes them all.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicUsize);
+
+    impl SocketWriter for Counting {
+        fn write_now(&self, items: &[Outbound], _offset: &mut usize) -> std::io::Result<usize> {
+            self.0.fetch_add(items.len(), Ordering::Relaxed);
+            Ok(items.len())
+        }
+    }
+
+    fn conns(n: usize, writer: &Arc<Counting>) -> Vec<Arc<Connection>> {
+        (0..n)
+            .map(|i| {
+                let queue = SendQueue::with_writer(16, 1 << 20, writer.clone());
+                let conn = Connection::new(
+                    format!("c{i}"),
+                    Identity::new(format!("u{i}")),
+                    TransportKind::Websocket,
+                    queue,
+                    Instant::now(),
+                    0,
+                );
+                let frame = Outbound::Frame {
+                    bytes: bytes::Bytes::from_static(b"{}"),
+                    publication: None,
+                };
+                conn.queue.enqueue(frame);
+                Arc::new(conn)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_a_runtime_everything_is_written_inline() {
+        let writer = Arc::new(Counting::default());
+        Flusher::new(TaskTracker::new()).flush(conns(300, &writer));
+        assert_eq!(writer.0.load(Ordering::Relaxed), 300);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_room_is_written_in_chunks_by_tracked_tasks() {
+        let writer = Arc::new(Counting::default());
+        let tasks = TaskTracker::new();
+        let all = conns(1000, &writer);
+        Flusher::new(tasks.clone()).flush(all.clone());
+        // The last chunk was written inline; the others by tasks.
+        assert!(writer.0.load(Ordering::Relaxed) >= 1000 % CHUNK);
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(writer.0.load(Ordering::Relaxed), 1000);
+        assert!(all.iter().all(|c| c.queue.is_empty()));
+    }
+}
