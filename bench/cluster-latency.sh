@@ -6,7 +6,9 @@
 #   bench/cluster-latency.sh [CONNS] [EVENTS_PER_S] [DURATION_S]
 #
 # Defaults: 10,000 subscribers in 10 rooms of 1,000, 20 events/s in all
-# (20,000 deliveries/s), 30 s, 100-byte payloads. Needs redis-server.
+# (20,000 deliveries/s), 30 s, 100-byte payloads. ROOMS overrides the room
+# count (e.g. ROOMS=100 with 200 events/s: rooms of 100, the same
+# deliveries/s). Needs redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,5 +54,5 @@ wait_ready "$BPORT"
 "$TARGET/release/herald-bench" --url "http://127.0.0.1:$APORT" \
   --publish-url "http://127.0.0.1:$BPORT" --server-pid "$APID" \
   --secret "$SECRET" --api-key "$KEY" \
-  fanout --conns "$CONNS" --rooms $((CONNS / 1000 > 0 ? CONNS / 1000 : 1)) \
+  fanout --conns "$CONNS" --rooms "${ROOMS:-$((CONNS / 1000 > 0 ? CONNS / 1000 : 1))}" \
   --rate "$RATE" --duration "$DURATION" --payload 100
