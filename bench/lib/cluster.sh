@@ -42,3 +42,14 @@ EOT
     cat
   } >"$WORK/$1.toml"
 }
+
+# Waits (at most 30 s) until something listens on port $1; fails early if
+# process $2 (when given) has exited.
+wait_listening() {
+  for _ in $(seq 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then return 1; fi
+    sleep 0.1
+  done
+  return 1
+}

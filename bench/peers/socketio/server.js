@@ -1,7 +1,9 @@
 // Socket.IO peer for herald-bench: WebSocket transport only, each socket
 // joins the room named by its `room` query parameter, and
 // `POST /publish {room, event, data}` emits `event` with `data` to that room.
-// Listens on 127.0.0.1:$PORT (loopback only).
+// Listens on 127.0.0.1:$PORT (loopback only). With REDIS_URL set, servers
+// share rooms through the Redis adapter (@socket.io/redis-adapter), so a
+// publish on one reaches sockets on the others.
 'use strict';
 
 const http = require('http');
@@ -50,6 +52,15 @@ const io = new Server(httpServer, {
   perMessageDeflate: false,
 });
 
+async function useRedis(url) {
+  const { createClient } = require('redis');
+  const { createAdapter } = require('@socket.io/redis-adapter');
+  const pub = createClient({ url });
+  const sub = pub.duplicate();
+  await Promise.all([pub.connect(), sub.connect()]);
+  io.adapter(createAdapter(pub, sub));
+}
+
 io.on('connection', (socket) => {
   const room = socket.handshake.query.room;
   if (typeof room === 'string' && room.length > 0) {
@@ -57,9 +68,17 @@ io.on('connection', (socket) => {
   }
 });
 
-httpServer.listen(port, host, () => {
-  console.log(`socket.io ${require('socket.io/package.json').version} on ${host}:${port}`);
-});
+(process.env.REDIS_URL ? useRedis(process.env.REDIS_URL) : Promise.resolve())
+  .then(() => {
+    httpServer.listen(port, host, () => {
+      const adapter = process.env.REDIS_URL ? ' with the Redis adapter' : '';
+      console.log(`socket.io ${require('socket.io/package.json').version} on ${host}:${port}${adapter}`);
+    });
+  })
+  .catch((e) => {
+    console.error(`cannot reach Redis at ${process.env.REDIS_URL}: ${e.message}`);
+    process.exit(1);
+  });
 
 function stop() {
   io.close();
