@@ -47,10 +47,6 @@ trap 'stop_all; rm -rf "$WORK"' EXIT INT TERM
 # shellcheck source=../lib/cluster.sh
 . bench/lib/cluster.sh
 
-[ -x "$HERALD" ] && [ -x "$BENCH" ] || {
-  echo "build first: cargo build --release -p herald -p herald-bench" >&2
-  exit 1
-}
 command -v redis-server >/dev/null || { echo "needs redis-server" >&2; exit 1; }
 
 # Starts instance $2 (a or b) of server $1 on port $3; sets SPID.
@@ -94,18 +90,9 @@ PY
   }
 }
 
-case " $TARGETS " in *" socketio "*)
-  [ -d "$HERE/socketio/node_modules/@socket.io/redis-adapter" ] ||
-    (cd "$HERE/socketio" && npm ci --no-audit --no-fund)
-  ;;
-esac
-case " $TARGETS " in *" sockudo "*)
-  [ -n "$SOCKUDO" ] && [ -x "$SOCKUDO" ] || {
-    echo "sockudo not found: cargo install sockudo, or SOCKUDO=/path/to/sockudo" >&2
-    exit 1
-  }
-  ;;
-esac
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+check_prerequisites
 
 echo "date: $(date -u +%FT%TZ); herald $(git rev-parse --short HEAD); conns=$CONNS rooms=$ROOMS rate=$RATE duration=$DURATION payload=$PAYLOAD" |
   tee "$OUT/versions.txt"

@@ -122,22 +122,9 @@ run_bench() {
     "$BENCH" "${args[@]}" >"$OUT/$scenario-$target.json" 2>"$OUT/$scenario-$target.err"
 }
 
-# Preconditions.
-[ -x "$HERALD" ] && [ -x "$BENCH" ] || {
-  echo "build first: cargo build --release -p herald -p herald-bench" >&2
-  exit 1
-}
-case " $TARGETS " in *" socketio "*)
-  [ -d "$HERE/socketio/node_modules" ] || (cd "$HERE/socketio" && npm ci --no-audit --no-fund)
-  ;;
-esac
-case " $TARGETS " in *" sockudo "*)
-  [ -n "$SOCKUDO" ] && [ -x "$SOCKUDO" ] || {
-    echo "sockudo not found: cargo install sockudo, or SOCKUDO=/path/to/sockudo" >&2
-    exit 1
-  }
-  ;;
-esac
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+check_prerequisites
 
 {
   echo "date: $(date -u +%FT%TZ)"
