@@ -33,9 +33,12 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/herald-peers-cluster.XXXXXX)
 PIDS=()
 
+# Stops what was started, last first: the nodes before their Redis.
 stop_all() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
+  local i p
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    p=${PIDS[i]}
+    kill "$p" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
