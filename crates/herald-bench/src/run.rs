@@ -67,36 +67,54 @@ pub struct Shared {
     pub first_cut_unix_us: AtomicU64,
     /// When the run started.
     pub started: Instant,
-    reconnects_to: Mutex<BTreeMap<String, u64>>,
-    reconnect_failures: Mutex<BTreeMap<String, u64>>,
-    failures: Mutex<BTreeMap<String, u64>>,
-    errors: Mutex<BTreeMap<String, u64>>,
+    reconnects_to: Tally,
+    reconnect_failures: Tally,
+    failures: Tally,
+    errors: Tally,
+}
+
+/// Counts by name (a reason, a kind, a server), from any task.
+#[derive(Default)]
+struct Tally(Mutex<BTreeMap<String, u64>>);
+
+impl Tally {
+    fn add(&self, name: &str) {
+        *self.0.lock().entry(name.to_string()).or_default() += 1;
+    }
+
+    fn total(&self) -> u64 {
+        self.0.lock().values().sum()
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().clone()
+    }
 }
 
 impl Shared {
     /// Counts a failed connect or a lost connection, by reason.
     pub fn count_failure(&self, reason: &str) {
-        *self.failures.lock().entry(reason.to_string()).or_default() += 1;
+        self.failures.add(reason);
     }
 
     /// Counts an error frame or odd event, by kind.
     pub fn count_error(&self, kind: &str) {
-        *self.errors.lock().entry(kind.to_string()).or_default() += 1;
+        self.errors.add(kind);
     }
 
     /// Failures so far, all reasons.
     pub fn failure_count(&self) -> u64 {
-        self.failures.lock().values().sum()
+        self.failures.total()
     }
 
     /// Failures by reason.
     pub fn failures(&self) -> BTreeMap<String, u64> {
-        self.failures.lock().clone()
+        self.failures.snapshot()
     }
 
     /// Errors by kind.
     pub fn errors(&self) -> BTreeMap<String, u64> {
-        self.errors.lock().clone()
+        self.errors.snapshot()
     }
 
     /// Notes one client's session cut (storm), with the time.
@@ -119,31 +137,23 @@ impl Shared {
 
     /// Counts a successful reconnect to `base`.
     pub fn count_reconnect(&self, base: &str) {
-        *self
-            .reconnects_to
-            .lock()
-            .entry(base.to_string())
-            .or_default() += 1;
+        self.reconnects_to.add(base);
     }
 
     /// Successful reconnects by server base URL.
     pub fn reconnects_to(&self) -> BTreeMap<String, u64> {
-        self.reconnects_to.lock().clone()
+        self.reconnects_to.snapshot()
     }
 
     /// Counts a failed connect of a client that was connected before (also
     /// counted in the failures by reason).
     pub fn count_reconnect_failure(&self, reason: &str) {
-        *self
-            .reconnect_failures
-            .lock()
-            .entry(reason.to_string())
-            .or_default() += 1;
+        self.reconnect_failures.add(reason);
     }
 
     /// Failed reconnects by reason.
     pub fn reconnect_failures(&self) -> BTreeMap<String, u64> {
-        self.reconnect_failures.lock().clone()
+        self.reconnect_failures.snapshot()
     }
 }
 
@@ -199,10 +209,10 @@ impl Run {
             last_cut_us: AtomicU64::new(0),
             first_cut_unix_us: AtomicU64::new(u64::MAX),
             started,
-            reconnects_to: Mutex::new(BTreeMap::new()),
-            reconnect_failures: Mutex::new(BTreeMap::new()),
-            failures: Mutex::new(BTreeMap::new()),
-            errors: Mutex::new(BTreeMap::new()),
+            reconnects_to: Tally::default(),
+            reconnect_failures: Tally::default(),
+            failures: Tally::default(),
+            errors: Tally::default(),
         });
         let timeline = Arc::new(Mutex::new(Vec::new()));
         let ticker = tokio::spawn(progress(label, sh.clone(), timeline.clone(), started));
@@ -329,7 +339,7 @@ async fn progress(
         };
         last = total;
         timeline.lock().push(sample);
-        let fails: u64 = sh.failures.lock().values().sum();
+        let fails = sh.failure_count();
         let storm = if sh.cut_armed.load(Ordering::Relaxed) {
             format!(
                 " cut {:>6} back {:>6}",

@@ -253,16 +253,8 @@ impl SendQueue {
     /// Called by the connection's task once the socket is writable again
     /// after [`Duty::AwaitWritable`] or [`Drain::Blocked`]: writes on.
     pub fn resume(&self) {
-        let mut s = self.state.lock();
-        s.blocked = false;
-        let Some(writer) = s.writer.clone() else {
-            return;
-        };
-        if s.writing || s.failed || s.items.is_empty() {
-            return;
-        }
-        s.writing = true;
-        self.write_claimed(s, writer.as_ref());
+        self.state.lock().blocked = false;
+        self.flush();
     }
 
     /// Waits until the connection's task has something to do for a
@@ -316,11 +308,9 @@ impl SendQueue {
             Drain::Busy
         } else if s.items.is_empty() {
             Drain::Done
-        } else if s.blocked {
-            Drain::Blocked
         } else {
-            // Queued and not blocked, yet nobody writing: a push lost the
-            // race to a writer that already let go; the caller resumes.
+            // Blocked, or queued by a push whose own flush has not run
+            // yet: either way the caller resumes.
             Drain::Blocked
         }
     }

@@ -138,3 +138,14 @@ async fn large_events_survive_partial_writes_in_order() {
     publisher.await.expect("publisher");
     assert_eq!(seen, (0..EVENTS as u64).collect::<Vec<_>>());
 }
+
+/// A framing error pipelined behind the upgrade request is answered at
+/// once, not when the client next sends something (or the auth timer ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framing_error_behind_the_upgrade_request_closes_at_once() {
+    let node = TestNode::start("[limits]\nauth_timeout = \"60s\"\n").await;
+    let early = client_frame(true, TEXT, b"{}", false);
+    let mut ws = RawWs::connect_with_early(&node.addr(), "/ws", &early).await;
+    let out = ws.read_until_end(FRAME_WAIT).await;
+    assert_eq!(out.close.map(|(code, _)| code), Some(1002), "close");
+}

@@ -227,20 +227,9 @@ fn error(id: Option<RequestId>, code: ErrorCode, message: &str) -> Bytes {
     })
 }
 
-/// A text frame carrying `json`, header included.
-fn text_frame(json: &[u8]) -> Vec<u8> {
-    let mut head = [0u8; frames::MAX_HEADER];
-    let n = frames::text_header(json.len(), &mut head);
-    let mut frame = Vec::with_capacity(n + json.len());
-    frame.extend_from_slice(&head[..n]);
-    frame.extend_from_slice(json);
-    frame
-}
-
 /// Sends one JSON frame before the session exists, within [`CLOSE_TIMEOUT`].
 async fn send(socket: &WsSocket, json: Bytes) {
-    let frame = text_frame(&json);
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.write_all(&frame)).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.write_all(&frames::text(&json))).await;
 }
 
 /// The `disconnect` frame for `code`.
@@ -255,16 +244,20 @@ fn disconnect(code: CloseCode) -> Bytes {
 /// Closes a connection that has no session: `disconnect`, the close frame,
 /// then the TCP close.
 async fn close_unopened(socket: &WsSocket, code: CloseCode) {
-    let mut bytes = text_frame(&disconnect(code));
+    let mut bytes = frames::text(&disconnect(code)).to_vec();
     bytes.extend_from_slice(&frames::close(code.code(), code.reason()));
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.write_all(&bytes)).await;
-    socket.shut_down(LINGER).await;
+    write_last(socket, &bytes).await;
 }
 
 /// Answers a client's close frame with the same code (RFC 6455 5.5.1).
 async fn answer_close(socket: &WsSocket, code: Option<u16>) {
-    let frame = frames::close(code.unwrap_or(1000), "");
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.write_all(&frame)).await;
+    write_last(socket, &frames::close(code.unwrap_or(1000), "")).await;
+}
+
+/// Writes a connection's last bytes (within [`CLOSE_TIMEOUT`]), then closes
+/// the TCP connection; for the time before a session (and its queue) exists.
+async fn write_last(socket: &WsSocket, bytes: &[u8]) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.write_all(bytes)).await;
     socket.shut_down(LINGER).await;
 }
 
@@ -306,7 +299,7 @@ async fn pump(socket: &mut WsSocket, session: &mut Session) -> Option<&'static s
                     return None;
                 }
             },
-            ready = socket.stream.readable() => {
+            ready = socket.readable() => {
                 if ready.is_err() {
                     return Some("transport_error");
                 }
@@ -347,10 +340,8 @@ async fn handle(socket: &WsSocket, session: &mut Session, frame: Incoming) -> Op
         Incoming::Close(code) => {
             // Whatever is queued goes first, then the answer.
             conn.queue.close(CloseCode::Normal);
-            conn.queue
-                .finish([Outbound::Raw(frames::close(code.unwrap_or(1000), ""))]);
-            drain(socket, &conn.queue).await;
-            socket.shut_down(LINGER).await;
+            let answer = Outbound::Raw(frames::close(code.unwrap_or(1000), ""));
+            queue_last(socket, &conn.queue, [answer]).await;
             return Some("client_closed");
         }
     }
@@ -360,21 +351,25 @@ async fn handle(socket: &WsSocket, session: &mut Session, frame: Incoming) -> Op
 /// Sends `disconnect` and the close frame after what is queued, waits for
 /// them to leave (within [`CLOSE_TIMEOUT`]), then closes the TCP connection.
 async fn close(socket: &WsSocket, session: &Session, code: CloseCode) {
-    let queue = &session.connection().queue;
-    queue.finish([
+    let last = [
         Outbound::Frame {
             bytes: disconnect(code),
             publication: None,
         },
         Outbound::Raw(frames::close(code.code(), code.reason())),
-    ]);
-    drain(socket, queue).await;
-    socket.shut_down(LINGER).await;
+    ];
+    queue_last(socket, &session.connection().queue, last).await;
 }
 
-/// Waits until everything queued was written, the socket failed, or
-/// [`CLOSE_TIMEOUT`] passed.
-async fn drain(socket: &WsSocket, queue: &herald_node::SendQueue) {
+/// Queues a closing connection's `last` frames after what is queued, waits
+/// until everything was written, the socket failed, or [`CLOSE_TIMEOUT`]
+/// passed, then closes the TCP connection.
+async fn queue_last(
+    socket: &WsSocket,
+    queue: &herald_node::SendQueue,
+    last: impl IntoIterator<Item = Outbound>,
+) {
+    queue.finish(last);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         loop {
             match queue.drain_state() {
@@ -390,4 +385,5 @@ async fn drain(socket: &WsSocket, queue: &herald_node::SendQueue) {
         }
     })
     .await;
+    socket.shut_down(LINGER).await;
 }

@@ -234,15 +234,25 @@ pub(crate) fn text_header(len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
     header(OpCode::Data(Data::Text), len, out)
 }
 
-/// A complete server control frame (ping, pong, close) with `payload`
-/// (at most 125 bytes).
-pub(crate) fn control(control: Control, payload: &[u8]) -> Bytes {
+/// A complete server frame with `opcode` and `payload`, header included.
+fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     let mut head = [0u8; MAX_HEADER];
-    let n = header(OpCode::Control(control), payload.len(), &mut head);
+    let n = header(opcode, payload.len(), &mut head);
     let mut frame = Vec::with_capacity(n + payload.len());
     frame.extend_from_slice(&head[..n]);
     frame.extend_from_slice(payload);
     Bytes::from(frame)
+}
+
+/// A complete text frame carrying `json`.
+pub(crate) fn text(json: &[u8]) -> Bytes {
+    frame(OpCode::Data(Data::Text), json)
+}
+
+/// A complete server control frame (ping, pong, close) with `payload`
+/// (at most 125 bytes).
+pub(crate) fn control(control: Control, payload: &[u8]) -> Bytes {
+    frame(OpCode::Control(control), payload)
 }
 
 /// A close frame with `code` and `reason`.

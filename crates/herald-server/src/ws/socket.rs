@@ -90,11 +90,21 @@ impl WsSocket {
         frame
     }
 
+    /// Resolves when [`Self::read_now`] has something to report: input on
+    /// the socket, or a framing error already found, which must not wait
+    /// for the client to send more.
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        if self.deferred_error.is_some() {
+            return Ok(());
+        }
+        self.stream.readable().await
+    }
+
     /// Waits until at least one frame was read (then [`Self::take`] it),
     /// or the client closed its side.
     pub(crate) async fn fill(&mut self) -> Result<Read, ReadFailure> {
         while self.incoming.is_empty() {
-            self.stream.readable().await.map_err(ReadFailure::Io)?;
+            self.readable().await.map_err(ReadFailure::Io)?;
             if self.read_now()? == Read::Eof {
                 return Ok(Read::Eof);
             }
@@ -103,7 +113,7 @@ impl WsSocket {
     }
 
     /// Reads what has arrived without waiting; call after
-    /// `stream.readable()`, then [`Self::take`] the frames.
+    /// [`Self::readable`], then [`Self::take`] the frames.
     pub(crate) fn read_now(&mut self) -> Result<Read, ReadFailure> {
         if let Some(e) = self.deferred_error.take() {
             return Err(ReadFailure::Frame(e));
