@@ -10,7 +10,7 @@ use crate::AuthError;
 
 /// Claims that [`TokenMinter::mint`] sets itself; extra claims may not
 /// override them.
-const RESERVED: [&str; 5] = ["sub", "exp", "iat", "tenant", "roles"];
+const RESERVED: [&str; 7] = ["sub", "exp", "iat", "tenant", "roles", "iss", "aud"];
 
 /// What to put in a minted token.
 #[derive(Debug, Clone)]
@@ -42,6 +42,11 @@ pub struct TokenMinter {
     key: EncodingKey,
     /// An empty secret would sign tokens anyone can forge; minting refuses.
     has_secret: bool,
+    /// `iss` of every minted token: the verifier's `auth.issuer`, so the
+    /// node that minted a token accepts it.
+    issuer: Option<String>,
+    /// `aud` of every minted token: the verifier's `auth.audience`.
+    audience: Option<String>,
 }
 
 impl fmt::Debug for TokenMinter {
@@ -57,11 +62,23 @@ impl TokenMinter {
         Self {
             key: EncodingKey::from_secret(secret.as_bytes()),
             has_secret: !secret.is_empty(),
+            issuer: None,
+            audience: None,
         }
     }
 
+    /// Sets `iss` and `aud` on every minted token, as the verifier of the
+    /// same config requires them (`auth.issuer`, `auth.audience`); `None`
+    /// leaves the claim out.
+    pub fn with_issuer_audience(mut self, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        self.issuer = issuer.map(str::to_owned);
+        self.audience = audience.map(str::to_owned);
+        self
+    }
+
     /// Mints a token with `sub`, `iat`, `exp`, `roles` (when non-empty),
-    /// `tenant` (when set) and the extra claims.
+    /// `tenant` (when set), `iss`/`aud` (when the minter has them) and the
+    /// extra claims.
     ///
     /// Fails with [`AuthError::BadClaims`] when an extra claim would
     /// override one of those, [`AuthError::MissingSub`] for an empty `sub`,
@@ -97,6 +114,12 @@ impl TokenMinter {
         }
         if let Some(tenant) = &req.tenant {
             claims.insert("tenant".to_owned(), Value::from(tenant.as_str()));
+        }
+        if let Some(issuer) = &self.issuer {
+            claims.insert("iss".to_owned(), Value::from(issuer.as_str()));
+        }
+        if let Some(audience) = &self.audience {
+            claims.insert("aud".to_owned(), Value::from(audience.as_str()));
         }
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
             // Serializing a JSON map and HMAC signing do not fail in practice.

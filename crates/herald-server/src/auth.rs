@@ -3,7 +3,7 @@
 
 use crate::config::{AuthConfig, Config, ConfigError, Scope};
 use async_trait::async_trait;
-use herald_auth::{AuthSettings, Authenticator};
+use herald_auth::{AuthSettings, Authenticator, TokenMinter};
 use herald_core::{Identity, TokenVerifier, VerifyError};
 use subtle::ConstantTimeEq;
 
@@ -83,6 +83,14 @@ pub fn build_authenticator(
         message: e.to_string(),
     })?;
     Ok((auth, hs256))
+}
+
+/// The minter for `POST /api/v1/tokens` and `herald token`: signs with the
+/// HS256 secret and sets `iss`/`aud` from `auth.issuer`/`auth.audience`,
+/// so the node accepts the tokens it mints.
+pub fn token_minter(config: &Config, hs256_secret: &str) -> TokenMinter {
+    TokenMinter::hs256(hs256_secret)
+        .with_issuer_audience(config.auth.issuer.as_deref(), config.auth.audience.as_deref())
 }
 
 /// Configured API keys, compared in constant time.

@@ -2,6 +2,7 @@
 //! (PROTOCOL.md 1). Unknown keys and bad values are refused before any port
 //! is bound, each error naming its key.
 
+mod env;
 mod namespaces;
 
 use herald_core::Namespaces;
@@ -138,6 +139,17 @@ pub enum BrokerKind {
     Nats,
 }
 
+impl BrokerKind {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerKind::Memory => "memory",
+            BrokerKind::Redis => "redis",
+            BrokerKind::Nats => "nats",
+        }
+    }
+}
+
 /// `[broker]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -212,8 +224,26 @@ impl Config {
             }
             fig = fig.merge(Toml::file(p));
         }
-        // HERALD_LOG_FORMAT belongs to the command line, not the config.
-        fig = fig.merge(Env::prefixed("HERALD_").ignore(&["log_format"]).split("__"));
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect();
+        let vars = env::classify(names.iter().map(String::as_str));
+        if let Some(e) = env::unknown_error(&vars.unknown) {
+            return Err(e);
+        }
+        if !vars.service_links.is_empty() {
+            tracing::info!(
+                variables = %vars.service_links.join(","),
+                "ignoring Kubernetes service-link variables (not HERALD_<SECTION>__<KEY>)"
+            );
+        }
+        // Only `HERALD_<SECTION>__<KEY>` names reach the config; the rest
+        // were sorted above (HERALD_LOG_FORMAT belongs to the command line).
+        fig = fig.merge(
+            Env::prefixed("HERALD_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         let config: Config = fig.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -288,6 +318,7 @@ impl Config {
             }
         }
         self.validate_broker(&mut problems);
+        self.validate_dev_mode(&mut problems);
         if let Err(e) = self.namespace_rules() {
             problems.push(e);
         }
@@ -335,6 +366,45 @@ impl Config {
         if b.command_timeout < Duration::from_millis(10) {
             problems.push(invalid("broker.command_timeout", "must be at least 10ms"));
         }
+    }
+
+    /// Development mode (no token key: a random HS256 secret per run) is for
+    /// a developer's machine only: it is refused unless the node listens on
+    /// a loopback address with the memory broker, so a forgotten key can
+    /// never open a reachable node or a cluster to made-up secrets.
+    fn validate_dev_mode(&self, problems: &mut Vec<ConfigError>) {
+        if !crate::auth::dev_mode(&self.auth) {
+            return;
+        }
+        let loopback = self
+            .server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        let memory = self.broker.kind == BrokerKind::Memory;
+        if !loopback || !memory {
+            let why = if loopback {
+                format!("broker.kind = \"{}\"", self.broker.kind.name())
+            } else {
+                format!("server.listen = \"{}\" is not a loopback address", self.server.listen)
+            };
+            problems.push(invalid(
+                "auth.hs256_secret",
+                format!(
+                    "no token key is configured, and development mode (a random secret per run) \
+                     only serves on a loopback server.listen with broker.kind = \"memory\" \
+                     ({why}); set auth.hs256_secret (or HERALD_AUTH__HS256_SECRET, \
+                     auth.hs256_secret_file), auth.rs256_public_key_pem[_file], \
+                     auth.es256_public_key_pem[_file] or auth.jwks_url"
+                ),
+            ));
+        }
+    }
+
+    /// Whether `herald serve` would run in development mode with this
+    /// config (no token key; see [`Config::validate`]).
+    pub fn is_dev_mode(&self) -> bool {
+        crate::auth::dev_mode(&self.auth)
     }
 
     /// The shipped namespaces with the configured ones merged over them.

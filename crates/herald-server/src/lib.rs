@@ -18,6 +18,6 @@ mod sse;
 mod ws;
 
 pub use app::AppState;
-pub use auth::{build_authenticator, dev_mode};
+pub use auth::{build_authenticator, dev_mode, token_minter};
 pub use config::{Config, ConfigError};
 pub use serve::{serve, ServeError};

@@ -1,9 +1,8 @@
 //! Starting a node and draining it on SIGTERM / SIGINT.
 
 use crate::app::{router, AppState};
-use crate::auth::{build_authenticator, dev_mode, ApiKeys, JwtVerifier};
+use crate::auth::{build_authenticator, dev_mode, token_minter, ApiKeys, JwtVerifier};
 use crate::config::{ApiKeyConfig, BrokerKind, Config, ConfigError, Scope};
-use herald_auth::TokenMinter;
 use herald_broker_memory::MemoryBroker;
 use herald_node::{Node, NodeSettings};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -142,7 +141,9 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     let state = AppState {
         node: node.clone(),
         api_keys: Arc::new(ApiKeys::new(&config.auth)),
-        minter: hs256.as_deref().map(|s| Arc::new(TokenMinter::hs256(s))),
+        minter: hs256
+            .as_deref()
+            .map(|s| Arc::new(token_minter(&config, s))),
         metrics,
     };
     let addr = config.server.listen.clone();

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use herald_server::{build_authenticator, Config};
+use herald_server::{build_authenticator, token_minter, Config};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -152,14 +152,13 @@ fn run() -> anyhow::Result<()> {
                     serde_json::from_str(&text).context("--claims must be a JSON object")?
                 }
             };
-            let minted =
-                herald_auth::TokenMinter::hs256(&secret).mint(&herald_auth::MintRequest {
-                    sub,
-                    roles,
-                    tenant,
-                    ttl,
-                    claims,
-                })?;
+            let minted = token_minter(&config, &secret).mint(&herald_auth::MintRequest {
+                sub,
+                roles,
+                tenant,
+                ttl,
+                claims,
+            })?;
             println!("{}", minted.token);
             Ok(())
         }
@@ -169,7 +168,15 @@ fn run() -> anyhow::Result<()> {
             let config = Config::load(config.as_deref()).context("invalid configuration")?;
             build_authenticator(&config)?;
             print!("{}", config.to_masked_toml());
-            eprintln!("config OK");
+            if config.is_dev_mode() {
+                eprintln!(
+                    "config OK, in DEVELOPMENT MODE: no token key is configured, so `herald serve` \
+                     generates a random HS256 secret (and, without auth.api_keys, an admin API \
+                     key) for each run, and serves only on loopback with the memory broker"
+                );
+            } else {
+                eprintln!("config OK");
+            }
             Ok(())
         }
     }

@@ -53,10 +53,30 @@ async fn minter_leaves_out_empty_roles_and_tenant() {
     assert!(!identity.claims.contains_key("tenant"));
 }
 
+/// Issue #12 finding 10: a node with `auth.issuer` and `auth.audience`
+/// accepts the tokens its own minter signs.
+#[tokio::test]
+async fn minter_sets_the_configured_issuer_and_audience() {
+    let auth = authenticator(AuthSettings {
+        issuer: Some("https://idp.test".to_owned()),
+        audience: Some("herald".to_owned()),
+        ..hs256_settings()
+    });
+    let plain = TokenMinter::hs256(SECRET).mint(&mint_request("u")).unwrap();
+    assert!(auth.verify(&plain.token).await.is_err());
+    let minter =
+        TokenMinter::hs256(SECRET).with_issuer_audience(Some("https://idp.test"), Some("herald"));
+    let minted = minter.mint(&mint_request("u")).unwrap();
+    let identity = auth.verify(&minted.token).await.unwrap();
+    assert_eq!(identity.user_id, "u");
+    assert_eq!(identity.claims["iss"], json!("https://idp.test"));
+    assert_eq!(identity.claims["aud"], json!("herald"));
+}
+
 #[test]
 fn minter_refuses_reserved_claims_empty_sub_and_empty_secret() {
     let minter = TokenMinter::hs256(SECRET);
-    for claim in ["sub", "exp", "iat", "tenant", "roles"] {
+    for claim in ["sub", "exp", "iat", "tenant", "roles", "iss", "aud"] {
         let mut req = mint_request("u");
         req.claims.insert(claim.to_owned(), json!("x"));
         match minter.mint(&req) {

@@ -84,7 +84,7 @@ fn redis_needs_a_redis_url() {
         Config::from_toml("[broker]\nkind = \"redis\"\nredis_url = \"http://x\"\n").unwrap_err();
     assert!(err.to_string().contains("broker.redis_url"), "{err}");
     let c = Config::from_toml(
-        "[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nnode_heartbeat = \"1s\"\n",
+        "[auth]\nhs256_secret = \"s\"\n[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nnode_heartbeat = \"1s\"\n",
     )
     .expect("valid");
     assert_eq!(c.broker.node_heartbeat, std::time::Duration::from_secs(1));
@@ -100,4 +100,28 @@ fn every_bad_value_is_reported_at_once() {
     for key in ["server.listen", "limits.burst", "limits.max_connections"] {
         assert!(text.contains(key), "{key} missing from: {text}");
     }
+}
+
+/// Issue #12 finding 11: development mode only on loopback with the memory
+/// broker; any token key lifts the restriction.
+#[test]
+fn development_mode_is_loopback_and_memory_only() {
+    let c = Config::from_toml("").unwrap();
+    assert!(c.is_dev_mode());
+    for listen in ["127.0.0.1:9000", "[::1]:9000"] {
+        Config::from_toml(&format!("[server]\nlisten = \"{listen}\"\n")).unwrap();
+    }
+    let err = Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("auth.hs256_secret"), "{text}");
+    assert!(text.contains("0.0.0.0:8080"), "{text}");
+    let err = Config::from_toml(
+        "[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("broker.kind = \"redis\""), "{err}");
+    let keyed =
+        Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\n[auth]\nhs256_secret = \"s\"\n")
+            .unwrap();
+    assert!(!keyed.is_dev_mode());
 }

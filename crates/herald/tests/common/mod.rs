@@ -17,6 +17,7 @@
 pub mod cdp;
 pub mod cluster;
 mod node;
+mod process;
 mod raw;
 pub mod sse;
 mod tokens;
@@ -26,6 +27,8 @@ mod ws;
 // re-export as unused.
 #[allow(unused_imports)]
 pub use node::*;
+#[allow(unused_imports)]
+pub use process::*;
 #[allow(unused_imports)]
 pub use raw::*;
 #[allow(unused_imports)]
