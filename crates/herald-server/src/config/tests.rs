@@ -101,3 +101,27 @@ fn every_bad_value_is_reported_at_once() {
         assert!(text.contains(key), "{key} missing from: {text}");
     }
 }
+
+#[test]
+fn pre_auth_and_per_ip_limits_default_and_are_checked() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.limits.max_pending_connections, 1024);
+    assert_eq!(c.limits.max_pending_message_bytes, 16_384);
+    assert_eq!(
+        c.limits.max_connections_per_ip, 0,
+        "per-IP cap off by default"
+    );
+    let err = Config::from_toml(
+        "[limits]\nmax_pending_connections = 0\nmax_pending_message_bytes = 100\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for key in [
+        "limits.max_pending_connections",
+        "limits.max_pending_message_bytes",
+    ] {
+        assert!(text.contains(key), "{key} missing from: {text}");
+    }
+    let c = Config::from_toml("[limits]\nmax_connections_per_ip = 5\n").unwrap();
+    assert_eq!(c.limits.max_connections_per_ip, 5);
+}

@@ -73,6 +73,12 @@ impl WsSocket {
         socket
     }
 
+    /// Changes the largest frame and message accepted from the bytes read
+    /// from now on.
+    pub(crate) fn set_max_message(&mut self, max_message: usize) {
+        self.reader.set_max_message(max_message);
+    }
+
     /// A writer for this socket's send queue.
     pub(crate) fn writer(&self) -> Arc<dyn SocketWriter> {
         Arc::new(WsWriter {
