@@ -99,13 +99,6 @@ impl Session {
         }
     }
 
-    /// How long a full socket may take no byte before the connection is
-    /// cut as a slow consumer (4011): `limits.stale_timeout`, the silence
-    /// allowed the other way.
-    pub fn write_timeout(&self) -> Duration {
-        self.node.limits().stale_timeout
-    }
-
     /// Counts a WebSocket ping or pong from the client against the rate
     /// limit like any other frame; false when it is over the limit (then it
     /// got `error` `rate_limited`, and the 4008 escalation runs), so a ping

@@ -312,9 +312,6 @@ async fn write_last(socket: &WsSocket, bytes: &[u8]) {
 /// queue's close code says why.
 async fn pump(socket: &mut WsSocket, session: &mut Session) -> Option<&'static str> {
     let conn = session.connection().clone();
-    // How long a full socket may take no byte at all before the client is
-    // taken for one that stopped reading (4011), whatever it still sends.
-    let write_timeout = session.write_timeout();
     loop {
         // Frames already read first, unless the connection is closing.
         while conn.queue.closing().is_none() {
@@ -336,11 +333,11 @@ async fn pump(socket: &mut WsSocket, session: &mut Session) -> Option<&'static s
                             }
                             conn.queue.resume();
                         }
-                        // A slow-consumer cut ends the wait.
+                        // A slow-consumer cut, or the stale cut of a client
+                        // that stopped reading (its input is not read while
+                        // the socket is full, so nothing it sends counts),
+                        // ends the wait.
                         _ = conn.queue.closed() => {}
-                        () = tokio::time::sleep(write_timeout) => {
-                            conn.close(CloseCode::SlowConsumer);
-                        }
                     }
                 }
                 Duty::Failed => return Some("write_failed"),
