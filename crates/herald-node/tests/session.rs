@@ -442,7 +442,9 @@ async fn socket_slots_cap_per_ip_and_pending_and_are_given_back() {
     let a_mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
     let b = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let s1 = node.reserve_socket_from(Some(a)).expect("first from a");
-    let _s2 = node.reserve_socket_from(Some(a_mapped)).expect("second from a");
+    let _s2 = node
+        .reserve_socket_from(Some(a_mapped))
+        .expect("second from a");
     assert_eq!(
         node.reserve_socket_from(Some(a)).err(),
         Some(SlotRefusal::IpAtCapacity)
@@ -456,9 +458,14 @@ async fn socket_slots_cap_per_ip_and_pending_and_are_given_back() {
     );
     drop(s1);
     assert!(!node.is_at_capacity());
-    let _s4 = node.reserve_socket_from(Some(a)).expect("a's place given back");
+    let _s4 = node
+        .reserve_socket_from(Some(a))
+        .expect("a's place given back");
     let p1 = node.reserve_pending().expect("first pending");
-    assert!(node.reserve_pending().is_none(), "max_pending_connections = 1");
+    assert!(
+        node.reserve_pending().is_none(),
+        "max_pending_connections = 1"
+    );
     drop(p1);
     assert!(node.reserve_pending().is_some(), "pending place given back");
 }

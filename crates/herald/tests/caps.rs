@@ -79,9 +79,11 @@ async fn upgrade_from(node: &TestNode, from: Ipv4Addr, token: &str) -> (u16, Str
     let mut answer = Vec::new();
     let deadline = tokio::time::Instant::now() + FRAME_WAIT;
     // The 101 has no body; a refusal's JSON body ends with `}`.
-    while !(answer.starts_with(b"HTTP/1.1 101") && answer.windows(4).any(|w| w == b"\r\n\r\n"))
-        && !answer.ends_with(b"}")
-    {
+    let complete = |a: &[u8]| {
+        let upgraded = a.starts_with(b"HTTP/1.1 101") && a.windows(4).any(|w| w == b"\r\n\r\n");
+        upgraded || a.ends_with(b"}")
+    };
+    while !complete(&answer) {
         let mut chunk = [0u8; 4096];
         let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
             .await
