@@ -19,6 +19,7 @@ mod queue;
 mod rate;
 mod rooms;
 mod session;
+mod slots;
 
 pub use admission::Admission;
 pub use conn::{Connection, ConnectionInfo, TransportKind};
@@ -27,8 +28,8 @@ pub use filter::EventFilter;
 pub use limits::{Limits, PerUserPolicy};
 pub use node::{
     BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, OpenOptions, PublishInput,
-    SocketSlot,
 };
 pub use queue::{Drain, Duty, Outbound, PushResult, SendQueue, SocketWriter};
 pub use rate::TokenBucket;
 pub use session::Session;
+pub use slots::{PendingSlot, SlotRefusal, SocketSlot};

@@ -37,6 +37,16 @@ pub struct Limits {
     /// Silence after which a connection is closed (4014).
     #[serde(with = "herald_core::duration")]
     pub stale_timeout: Duration,
+    // hardening group A: the unauthenticated phase and per-IP caps
+    /// Sockets upgraded but not yet authenticated a node holds (503 beyond).
+    pub max_pending_connections: usize,
+    /// Largest frame, and fragmented message, accepted before
+    /// `authenticate` (close 1009 beyond); the smaller of this and
+    /// `max_message_bytes` applies.
+    pub max_pending_message_bytes: usize,
+    /// WebSocket and SSE connections one remote IP may hold (429 beyond);
+    /// 0 turns the cap off.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +64,10 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(25),
             stale_timeout: Duration::from_secs(60),
+            // hardening group A
+            max_pending_connections: 1024,
+            max_pending_message_bytes: 16_384,
+            max_connections_per_ip: 0,
         }
     }
 }

@@ -17,7 +17,7 @@ use herald_protocol::{encode, CloseCode, JoinedRoom, RequestId, ServerFrame, Str
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -122,8 +122,8 @@ pub(crate) struct Inner {
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) registry: Registry,
     pub(crate) clock: Instant,
-    /// Sockets open or being opened (authenticated or not), for `max_connections`.
-    sockets: AtomicUsize,
+    /// Socket counts for `max_connections` and the pre-auth and per-IP caps.
+    pub(crate) slots: crate::slots::Slots,
     draining: AtomicBool,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -133,20 +133,6 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Node {
     pub(crate) inner: Arc<Inner>,
-}
-
-/// A reserved socket slot; released when dropped.
-#[derive(Debug)]
-pub struct SocketSlot {
-    node: std::sync::Weak<Inner>,
-}
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        if let Some(n) = self.node.upgrade() {
-            n.sockets.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -196,7 +182,7 @@ impl Node {
                 rooms,
                 registry: Registry::default(),
                 clock: Instant::now(),
-                sockets: AtomicUsize::new(0),
+                slots: crate::slots::Slots::default(),
                 draining: AtomicBool::new(false),
                 cancel: CancellationToken::new(),
                 tasks,
@@ -224,23 +210,6 @@ impl Node {
     /// The broker engine.
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.inner.broker
-    }
-
-    /// Reserves a socket slot, or `None` at `max_connections` or while draining.
-    pub fn reserve_socket(&self) -> Option<SocketSlot> {
-        if self.is_draining() {
-            return None;
-        }
-        let max = self.inner.limits.max_connections;
-        let prev = self.inner.sockets.fetch_add(1, Ordering::AcqRel);
-        let slot = SocketSlot {
-            node: Arc::downgrade(&self.inner),
-        };
-        if prev >= max {
-            drop(slot);
-            return None;
-        }
-        Some(slot)
     }
 
     /// Verifies a bearer token, counting failures by reason.

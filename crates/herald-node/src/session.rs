@@ -99,6 +99,16 @@ impl Session {
         }
     }
 
+    /// Counts a WebSocket ping or pong from the client against the rate
+    /// limit like any other frame; false when it is over the limit (then it
+    /// got `error` `rate_limited`, and the 4008 escalation runs), so a ping
+    /// must not be answered.
+    pub fn handle_control(&mut self) -> bool {
+        self.conn.touch();
+        metrics::message_received();
+        self.admit_rate(None)
+    }
+
     /// Answers a text frame that was not valid UTF-8, then closes with
     /// 1007: RFC 6455 (8.1) requires failing such a connection, and the
     /// WebSocket reader cannot go on after it anyway.

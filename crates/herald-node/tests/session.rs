@@ -407,3 +407,65 @@ async fn presence_tells_other_members() {
     let fa = frames(&a).await;
     assert_eq!(fa[0]["type"], "member_left");
 }
+
+#[tokio::test]
+async fn control_frames_share_the_rate_limit_with_text_frames() {
+    let node = node_with(Limits {
+        messages_per_second: 1,
+        burst: 3,
+        ..Limits::default()
+    });
+    let mut s = open(&node, "u", json!({})).await;
+    frames(&s).await;
+    assert!(s.handle_control(), "a ping within the burst");
+    s.handle_text(r#"{"type":"ping","id":1}"#).await;
+    assert!(s.handle_control(), "the third frame of the burst");
+    assert!(!s.handle_control(), "a ping over the limit is refused");
+    let f = frames(&s).await;
+    let kinds: Vec<&str> = f.iter().map(|v| v["type"].as_str().unwrap_or("")).collect();
+    assert_eq!(kinds, vec!["pong", "error"], "{f:?}");
+    assert_eq!(f[1]["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn socket_slots_cap_per_ip_and_pending_and_are_given_back() {
+    use herald_node::SlotRefusal;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let node = node_with(Limits {
+        max_connections: 3,
+        max_connections_per_ip: 2,
+        max_pending_connections: 1,
+        ..Limits::default()
+    });
+    let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    // The same client over an IPv6 socket.
+    let a_mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+    let b = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let s1 = node.reserve_socket_from(Some(a)).expect("first from a");
+    let _s2 = node
+        .reserve_socket_from(Some(a_mapped))
+        .expect("second from a");
+    assert_eq!(
+        node.reserve_socket_from(Some(a)).err(),
+        Some(SlotRefusal::IpAtCapacity)
+    );
+    assert!(!node.is_at_capacity(), "a refused address takes no slot");
+    let _s3 = node.reserve_socket_from(Some(b)).expect("first from b");
+    assert!(node.is_at_capacity());
+    assert_eq!(
+        node.reserve_socket_from(None).err(),
+        Some(SlotRefusal::AtCapacity)
+    );
+    drop(s1);
+    assert!(!node.is_at_capacity());
+    let _s4 = node
+        .reserve_socket_from(Some(a))
+        .expect("a's place given back");
+    let p1 = node.reserve_pending().expect("first pending");
+    assert!(
+        node.reserve_pending().is_none(),
+        "max_pending_connections = 1"
+    );
+    drop(p1);
+    assert!(node.reserve_pending().is_some(), "pending place given back");
+}

@@ -89,8 +89,10 @@ pub fn build_authenticator(
 /// HS256 secret and sets `iss`/`aud` from `auth.issuer`/`auth.audience`,
 /// so the node accepts the tokens it mints.
 pub fn token_minter(config: &Config, hs256_secret: &str) -> TokenMinter {
-    TokenMinter::hs256(hs256_secret)
-        .with_issuer_audience(config.auth.issuer.as_deref(), config.auth.audience.as_deref())
+    TokenMinter::hs256(hs256_secret).with_issuer_audience(
+        config.auth.issuer.as_deref(),
+        config.auth.audience.as_deref(),
+    )
 }
 
 /// Configured API keys, compared in constant time.

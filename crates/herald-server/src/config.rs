@@ -16,6 +16,10 @@ use herald_core::duration;
 pub use herald_core::duration::parse as parse_duration;
 pub use namespaces::NamespaceToml;
 
+/// Smallest `limits.max_pending_message_bytes`: room for an `authenticate`
+/// frame with a JWT of ordinary size.
+const MIN_PENDING_MESSAGE_BYTES: usize = 1024;
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -283,6 +287,7 @@ impl Config {
             ("limits.send_queue_bytes", l.send_queue_bytes),
             ("limits.burst", l.burst as usize),
             ("limits.messages_per_second", l.messages_per_second as usize),
+            ("limits.max_pending_connections", l.max_pending_connections),
         ] {
             if v == 0 {
                 problems.push(invalid(key, "must be greater than 0"));
@@ -296,6 +301,13 @@ impl Config {
             if d.is_zero() {
                 problems.push(invalid(key, "must be longer than 0s"));
             }
+        }
+        // An `authenticate` frame carrying a typical JWT must still fit.
+        if l.max_pending_message_bytes < MIN_PENDING_MESSAGE_BYTES {
+            problems.push(invalid(
+                "limits.max_pending_message_bytes",
+                format!("must be at least {MIN_PENDING_MESSAGE_BYTES}"),
+            ));
         }
         if l.stale_timeout <= l.heartbeat_interval {
             problems.push(invalid(
@@ -386,7 +398,10 @@ impl Config {
             let why = if loopback {
                 format!("broker.kind = \"{}\"", self.broker.kind.name())
             } else {
-                format!("server.listen = \"{}\" is not a loopback address", self.server.listen)
+                format!(
+                    "server.listen = \"{}\" is not a loopback address",
+                    self.server.listen
+                )
             };
             problems.push(invalid(
                 "auth.hs256_secret",

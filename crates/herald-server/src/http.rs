@@ -7,13 +7,18 @@
 //! for the exact I/O type it served (`axum::serve` wraps it in a private
 //! type), and `axum::serve` rebuilt the router for every connection, about
 //! a fifth of a connect's CPU time. Here the router is built once and each
-//! connection gets a cheap clone.
+//! connection gets a cheap clone. Each request carries its client's
+//! address as axum's `ConnectInfo<SocketAddr>` extension (for the per-IP
+//! connection cap).
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::server::conn::http1;
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -44,9 +49,9 @@ pub(crate) async fn serve(
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -57,7 +62,13 @@ pub(crate) async fn serve(
         // Frames are written whole (or batched) by Herald: Nagle's delay
         // would only hold back the next small frame behind an unacked one.
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let router = TowerToHyperService::new(router.clone());
+        let service = hyper::service::service_fn(move |mut request| {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(peer));
+            router.call(request)
+        });
         let connection = http
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();

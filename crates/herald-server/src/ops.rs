@@ -2,11 +2,15 @@
 
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use herald_node::SlotRefusal;
 use herald_protocol::ErrorCode;
 use serde_json::json;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 
 /// `GET /health`: 200 while the process runs.
 pub(crate) async fn health() -> Response {
@@ -14,7 +18,9 @@ pub(crate) async fn health() -> Response {
 }
 
 /// `GET /ready` and `/ws/health`: 200 when accepting connections and the
-/// broker is reachable, else 503.
+/// broker is reachable, else 503; also 503 (`at_capacity`) while every
+/// `limits.max_connections` slot is taken, so a load balancer sends new
+/// clients elsewhere (open connections are not affected).
 pub(crate) async fn ready(State(app): State<AppState>) -> Response {
     if app.node.is_draining() {
         (
@@ -28,29 +34,75 @@ pub(crate) async fn ready(State(app): State<AppState>) -> Response {
             axum::Json(json!({"status": "broker_unavailable"})),
         )
             .into_response()
+    } else if app.node.is_at_capacity() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "at_capacity"})),
+        )
+            .into_response()
     } else {
         axum::Json(json!({"status": "ready", "node_id": app.node.id()})).into_response()
     }
 }
 
-/// Reserves a socket slot for a new WebSocket or SSE client, or the 503
-/// that refuses it: the node is draining, at `limits.max_connections`, or
-/// cannot reach its broker (a client is better served by another node).
-pub(crate) fn reserve_socket(app: &AppState) -> Result<herald_node::SocketSlot, ApiError> {
+/// The client's IP address, when the server knows it (every connection
+/// accepted by [`crate::http::serve`] does).
+pub(crate) struct PeerIp(pub(crate) Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        Ok(Self(peer.map(|ConnectInfo(addr)| addr.ip())))
+    }
+}
+
+/// Reserves a socket slot for a new WebSocket or SSE client from `ip`, or
+/// the answer that refuses it: 503 when the node is draining, at
+/// `limits.max_connections`, or cannot reach its broker (a client is
+/// better served by another node); 429 when `ip` is at
+/// `limits.max_connections_per_ip`.
+pub(crate) fn reserve_socket(
+    app: &AppState,
+    ip: Option<IpAddr>,
+) -> Result<herald_node::SocketSlot, ApiError> {
     let message = if app.node.is_draining() {
         "node is shutting down; connect to another node"
     } else if !app.node.is_ready() {
         "node cannot reach its broker; connect to another node or retry shortly"
-    } else if let Some(slot) = app.node.reserve_socket() {
-        return Ok(slot);
     } else {
-        "node is at limits.max_connections"
+        match app.node.reserve_socket_from(ip) {
+            Ok(slot) => return Ok(slot),
+            Err(SlotRefusal::Draining) => "node is shutting down; connect to another node",
+            Err(SlotRefusal::AtCapacity) => "node is at limits.max_connections",
+            Err(SlotRefusal::IpAtCapacity) => {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::LimitExceeded,
+                    "this IP address is at limits.max_connections_per_ip",
+                ))
+            }
+        }
     };
     Err(ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Unavailable,
         message,
     ))
+}
+
+/// Reserves a place for a WebSocket that will authenticate with a frame,
+/// or the 503 that refuses it at `limits.max_pending_connections`.
+pub(crate) fn reserve_pending(app: &AppState) -> Result<herald_node::PendingSlot, ApiError> {
+    app.node.reserve_pending().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "node is at limits.max_pending_connections (sockets not yet authenticated); \
+             retry shortly or send the token with the upgrade",
+        )
+    })
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -141,9 +141,7 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
     let state = AppState {
         node: node.clone(),
         api_keys: Arc::new(ApiKeys::new(&config.auth)),
-        minter: hs256
-            .as_deref()
-            .map(|s| Arc::new(token_minter(&config, s))),
+        minter: hs256.as_deref().map(|s| Arc::new(token_minter(&config, s))),
         metrics,
     };
     let addr = config.server.listen.clone();

@@ -115,13 +115,36 @@ fn development_mode_is_loopback_and_memory_only() {
     let text = err.to_string();
     assert!(text.contains("auth.hs256_secret"), "{text}");
     assert!(text.contains("0.0.0.0:8080"), "{text}");
-    let err = Config::from_toml(
-        "[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n",
-    )
-    .unwrap_err();
+    let err =
+        Config::from_toml("[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n")
+            .unwrap_err();
     assert!(err.to_string().contains("broker.kind = \"redis\""), "{err}");
     let keyed =
         Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\n[auth]\nhs256_secret = \"s\"\n")
             .unwrap();
     assert!(!keyed.is_dev_mode());
+}
+
+#[test]
+fn pre_auth_and_per_ip_limits_default_and_are_checked() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.limits.max_pending_connections, 1024);
+    assert_eq!(c.limits.max_pending_message_bytes, 16_384);
+    assert_eq!(
+        c.limits.max_connections_per_ip, 0,
+        "per-IP cap off by default"
+    );
+    let err = Config::from_toml(
+        "[limits]\nmax_pending_connections = 0\nmax_pending_message_bytes = 100\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for key in [
+        "limits.max_pending_connections",
+        "limits.max_pending_message_bytes",
+    ] {
+        assert!(text.contains(key), "{key} missing from: {text}");
+    }
+    let c = Config::from_toml("[limits]\nmax_connections_per_ip = 5\n").unwrap();
+    assert_eq!(c.limits.max_connections_per_ip, 5);
 }

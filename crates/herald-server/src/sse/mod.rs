@@ -8,6 +8,7 @@ mod tracker;
 
 use crate::api::bearer;
 use crate::error::ApiError;
+use crate::ops::PeerIp;
 use crate::AppState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -61,8 +62,9 @@ pub(crate) async fn stream(
     State(app): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<SseQuery>,
+    PeerIp(ip): PeerIp,
 ) -> Response {
-    let slot = match crate::ops::reserve_socket(&app) {
+    let slot = match crate::ops::reserve_socket(&app, ip) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
     };

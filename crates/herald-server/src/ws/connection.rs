@@ -8,7 +8,7 @@ use crate::AppState;
 use bytes::Bytes;
 use herald_core::Identity;
 use herald_node::{
-    metrics, Drain, Duty, OpenOptions, Outbound, Session, SocketSlot, TransportKind,
+    metrics, Drain, Duty, OpenOptions, Outbound, PendingSlot, Session, SocketSlot, TransportKind,
 };
 use herald_protocol::{
     encode, parse_client_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, RequestId,
@@ -18,9 +18,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use tokio::time::timeout_at;
 use tungstenite::protocol::frame::coding::Control;
 
-/// Frames a socket may send before it authenticates.
+/// Frames a socket may send before it authenticates, control frames
+/// included: each may ask for a reply, and no rate limit applies yet.
 const MAX_FRAMES_BEFORE_AUTH: usize = 16;
 /// How long the last frames of a closing connection may take to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,6 +35,9 @@ pub(super) struct Start {
     pub(super) app: AppState,
     pub(super) on_upgrade: OnUpgrade,
     pub(super) identity: Option<Identity>,
+    /// The place among unauthenticated sockets (`None` when the upgrade
+    /// carried the token), given back once authenticated.
+    pub(super) pending: Option<PendingSlot>,
 }
 
 /// One WebSocket connection, start to end. Only the socket, the session
@@ -56,19 +61,33 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         app,
         on_upgrade,
         identity,
+        pending,
     } = *start;
-    let upgraded = on_upgrade.await.ok()?;
+    let limits = app.node.limits();
+    // One deadline for the whole unauthenticated phase: the upgrade, every
+    // read and write, and the token's verification.
+    let deadline = tokio::time::Instant::now() + limits.auth_timeout;
+    let Ok(Ok(upgraded)) = timeout_at(deadline, on_upgrade).await else {
+        return None;
+    };
     let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
         // Only if the HTTP server stopped serving plain TCP streams.
         tracing::error!("upgraded connection is not a TCP stream; closing it");
         return None;
     };
-    let max = app.node.limits().max_message_bytes;
-    let mut socket = WsSocket::new(parts.io.into_inner(), &parts.read_buf, max);
+    let max = limits.max_message_bytes;
+    // An unauthenticated socket gets the smaller pre-auth byte budget.
+    let first_max = match identity {
+        Some(_) => max,
+        None => limits.max_pending_message_bytes.min(max),
+    };
+    let mut socket = WsSocket::new(parts.io.into_inner(), &parts.read_buf, first_max);
     let (identity, reply_to) = match identity {
         Some(i) => (i, None),
-        None => await_authenticate(&app, &mut socket).await?,
+        None => await_authenticate(&app, &mut socket, deadline).await?,
     };
+    drop(pending);
+    socket.set_max_message(max);
     let options = OpenOptions {
         reply_to: reply_to.clone(),
         writer: Some(socket.writer()),
@@ -89,7 +108,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         }
         Err(code) => {
             // The `authenticate` request still gets its one reply.
-            if let Some(id) = reply_to {
+            let reply = reply_to.map(|id| {
                 let (code_of_error, message) = if code == CloseCode::TryAgainLater {
                     (
                         ErrorCode::Unavailable,
@@ -101,9 +120,9 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
                         "this user is at limits.max_connections_per_user",
                     )
                 };
-                send(&socket, error(Some(id), code_of_error, message)).await;
-            }
-            close_unopened(&socket, code).await;
+                error(Some(id), code_of_error, message)
+            });
+            close_unopened(&socket, reply, code).await;
             None
         }
     }
@@ -131,82 +150,92 @@ async fn finish(
     );
 }
 
-/// Waits for a valid `authenticate` frame within `limits.auth_timeout`.
-/// Frames the client sent after it stay in `socket` for the session.
+/// Waits for a valid `authenticate` frame until `deadline`
+/// (`limits.auth_timeout` after the upgrade), which bounds every read,
+/// write and the token's verification. Frames the client sent after it
+/// stay in `socket` for the session.
 async fn await_authenticate(
     app: &AppState,
     socket: &mut WsSocket,
+    deadline: tokio::time::Instant,
 ) -> Option<(Identity, Option<RequestId>)> {
-    let deadline = tokio::time::Instant::now() + app.node.limits().auth_timeout;
     let mut frames = 0usize;
     loop {
         let Some(incoming) = socket.take() else {
-            match tokio::time::timeout_at(deadline, socket.fill()).await {
+            match timeout_at(deadline, socket.fill()).await {
                 Err(_) => {
                     metrics::auth_failure("timeout");
-                    close_unopened(socket, CloseCode::Unauthorized).await;
+                    close_unopened(socket, None, CloseCode::Unauthorized).await;
                     return None;
                 }
                 Ok(Ok(Read::Open)) => continue,
                 Ok(Ok(Read::Eof) | Err(ReadFailure::Io(_))) => return None,
                 Ok(Err(ReadFailure::Frame(e))) => {
                     // The same answers as after authentication.
-                    if e == ReadError::InvalidUtf8 {
+                    let reply = (e == ReadError::InvalidUtf8).then(|| {
                         let message = "text frame is not valid UTF-8";
-                        send(socket, error(None, ErrorCode::BadRequest, message)).await;
-                    }
-                    close_unopened(socket, close_code_of(e)).await;
+                        error(None, ErrorCode::BadRequest, message)
+                    });
+                    close_unopened(socket, reply, close_code_of(e)).await;
                     return None;
                 }
             }
         };
-        let text = match incoming {
-            Incoming::Close(code) => {
-                answer_close(socket, code).await;
-                return None;
-            }
-            Incoming::Ping(payload) => {
-                let pong = frames::control(Control::Pong, &payload);
-                let _ = socket.write_all(&pong).await;
-                continue;
-            }
-            Incoming::Pong => continue,
-            Incoming::Binary => None,
-            Incoming::Text(text) => Some(text),
-        };
+        if let Incoming::Close(code) = incoming {
+            answer_close(socket, code).await;
+            return None;
+        }
         // No rate limit applies yet, so an unauthenticated socket gets a
-        // fixed budget of frames instead.
+        // fixed budget of frames instead; pings count, since each asks
+        // for a pong.
         frames += 1;
         if frames > MAX_FRAMES_BEFORE_AUTH {
             metrics::auth_failure("too_many_frames");
             let message = "too many frames before `authenticate`";
-            send(socket, error(None, ErrorCode::Unauthorized, message)).await;
-            close_unopened(socket, CloseCode::Unauthorized).await;
+            let reply = error(None, ErrorCode::Unauthorized, message);
+            close_unopened(socket, Some(reply), CloseCode::Unauthorized).await;
             return None;
         }
-        let Some(text) = text else {
-            let message = "binary frames are not supported";
-            send(socket, error(None, ErrorCode::BadRequest, message)).await;
-            continue;
+        let text = match incoming {
+            Incoming::Ping(payload) => {
+                let pong = frames::control(Control::Pong, &payload);
+                write_by(socket, deadline, &pong).await?;
+                continue;
+            }
+            Incoming::Pong | Incoming::Close(_) => continue,
+            Incoming::Binary => {
+                let message = "binary frames are not supported";
+                reply_by(
+                    socket,
+                    deadline,
+                    error(None, ErrorCode::BadRequest, message),
+                )
+                .await?;
+                continue;
+            }
+            Incoming::Text(text) => text,
         };
-        match parse_client_frame(&text) {
+        let reply = match parse_client_frame(&text) {
             Ok((id, ClientRequest::Authenticate { token })) => {
-                match app.node.verify_token(&token).await {
+                let Ok(verified) = timeout_at(deadline, app.node.verify_token(&token)).await else {
+                    metrics::auth_failure("timeout");
+                    close_unopened(socket, None, CloseCode::Unauthorized).await;
+                    return None;
+                };
+                match verified {
                     Ok(identity) => return Some((identity, id)),
                     Err(e) => {
-                        send(socket, error(id, ErrorCode::Unauthorized, &e.message)).await;
-                        close_unopened(socket, CloseCode::Unauthorized).await;
+                        let reply = error(id, ErrorCode::Unauthorized, &e.message);
+                        close_unopened(socket, Some(reply), CloseCode::Unauthorized).await;
                         return None;
                     }
                 }
             }
-            Ok((id, ClientRequest::Ping)) => send(socket, encode(&ServerFrame::Pong { id })).await,
-            Ok((id, _)) => {
-                let message = "send `authenticate` first";
-                send(socket, error(id, ErrorCode::Unauthorized, message)).await
-            }
-            Err(e) => send(socket, error(e.id, e.code, &e.message)).await,
-        }
+            Ok((id, ClientRequest::Ping)) => encode(&ServerFrame::Pong { id }),
+            Ok((id, _)) => error(id, ErrorCode::Unauthorized, "send `authenticate` first"),
+            Err(e) => error(e.id, e.code, &e.message),
+        };
+        reply_by(socket, deadline, reply).await?;
     }
 }
 
@@ -227,9 +256,20 @@ fn error(id: Option<RequestId>, code: ErrorCode, message: &str) -> Bytes {
     })
 }
 
-/// Sends one JSON frame before the session exists, within [`CLOSE_TIMEOUT`].
-async fn send(socket: &WsSocket, json: Bytes) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.write_all(&frames::text(&json))).await;
+/// Writes `bytes` (whole frames) before the session exists, by
+/// `deadline`. `None` when they did not all leave in time: the socket may
+/// then hold part of a frame, so nothing more may be written to it.
+async fn write_by(socket: &WsSocket, deadline: tokio::time::Instant, bytes: &[u8]) -> Option<()> {
+    match timeout_at(deadline, socket.write_all(bytes)).await {
+        Ok(Ok(())) => Some(()),
+        _ => None,
+    }
+}
+
+/// Sends one JSON frame before the session exists, by `deadline`; `None`
+/// as in [`write_by`].
+async fn reply_by(socket: &WsSocket, deadline: tokio::time::Instant, json: Bytes) -> Option<()> {
+    write_by(socket, deadline, &frames::text(&json)).await
 }
 
 /// The `disconnect` frame for `code`.
@@ -241,10 +281,11 @@ fn disconnect(code: CloseCode) -> Bytes {
     }))
 }
 
-/// Closes a connection that has no session: `disconnect`, the close frame,
-/// then the TCP close.
-async fn close_unopened(socket: &WsSocket, code: CloseCode) {
-    let mut bytes = frames::text(&disconnect(code)).to_vec();
+/// Closes a connection that has no session: `reply` (when given), then
+/// `disconnect`, the close frame, then the TCP close.
+async fn close_unopened(socket: &WsSocket, reply: Option<Bytes>, code: CloseCode) {
+    let mut bytes = reply.map_or_else(Vec::new, |json| frames::text(&json).to_vec());
+    bytes.extend_from_slice(&frames::text(&disconnect(code)));
     bytes.extend_from_slice(&frames::close(code.code(), code.reason()));
     write_last(socket, &bytes).await;
 }
@@ -256,9 +297,12 @@ async fn answer_close(socket: &WsSocket, code: Option<u16>) {
 
 /// Writes a connection's last bytes (within [`CLOSE_TIMEOUT`]), then closes
 /// the TCP connection; for the time before a session (and its queue) exists.
+/// A client that did not take them is not reading: it gets no linger.
 async fn write_last(socket: &WsSocket, bytes: &[u8]) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.write_all(bytes)).await;
-    socket.shut_down(LINGER).await;
+    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+    if write_by(socket, deadline, bytes).await.is_some() {
+        socket.shut_down(LINGER).await;
+    }
 }
 
 /// Runs the connection until it ends: handles the client's frames as they
@@ -289,7 +333,10 @@ async fn pump(socket: &mut WsSocket, session: &mut Session) -> Option<&'static s
                             }
                             conn.queue.resume();
                         }
-                        // A slow-consumer cut ends the wait.
+                        // A slow-consumer cut, or the stale cut of a client
+                        // that stopped reading (its input is not read while
+                        // the socket is full, so nothing it sends counts),
+                        // ends the wait.
                         _ = conn.queue.closed() => {}
                     }
                 }
@@ -329,14 +376,19 @@ async fn handle(socket: &WsSocket, session: &mut Session, frame: Incoming) -> Op
     match frame {
         Incoming::Text(text) => session.handle_text(&text).await,
         Incoming::Binary => session.handle_binary(),
+        // Control frames count against the rate limit like any frame; a
+        // ping over it is not answered.
         Incoming::Ping(payload) => {
-            conn.touch();
-            let pong = frames::control(Control::Pong, &payload);
-            if conn.queue.push(Outbound::Raw(pong)) == herald_node::PushResult::Overflow {
-                conn.close(CloseCode::SlowConsumer);
+            if session.handle_control() {
+                let pong = frames::control(Control::Pong, &payload);
+                if conn.queue.push(Outbound::Raw(pong)) == herald_node::PushResult::Overflow {
+                    conn.close(CloseCode::SlowConsumer);
+                }
             }
         }
-        Incoming::Pong => conn.touch(),
+        Incoming::Pong => {
+            session.handle_control();
+        }
         Incoming::Close(code) => {
             // Whatever is queued goes first, then the answer.
             conn.queue.close(CloseCode::Normal);

@@ -72,6 +72,12 @@ impl FrameReader {
         }
     }
 
+    /// Changes the largest frame and message accepted from now on (a
+    /// socket's budget grows once it has authenticated).
+    pub(crate) fn set_max_message(&mut self, max_message: usize) {
+        self.max_message = max_message;
+    }
+
     /// Parses `input`, the next bytes from the socket, appending every
     /// complete message or control frame to `out`. After an error the
     /// stream is unusable.

@@ -15,6 +15,7 @@ mod socket;
 
 use crate::api::bearer;
 use crate::error::ApiError;
+use crate::ops::PeerIp;
 use crate::AppState;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
@@ -92,13 +93,23 @@ pub(crate) async fn upgrade(
     State(app): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<WsQuery>,
+    PeerIp(ip): PeerIp,
     ws: WsUpgrade,
 ) -> Response {
-    let slot = match crate::ops::reserve_socket(&app) {
+    let slot = match crate::ops::reserve_socket(&app, ip) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
     };
     let token = bearer(&headers).map(str::to_owned).or(q.token);
+    // A socket that will authenticate with a frame also takes a place
+    // among the unauthenticated ones, which have their own smaller cap.
+    let pending = match &token {
+        Some(_) => None,
+        None => match crate::ops::reserve_pending(&app) {
+            Ok(pending) => Some(pending),
+            Err(refusal) => return refusal.into_response(),
+        },
+    };
     let identity: Option<Identity> = match token {
         None => None,
         Some(t) => match app.node.verify_token(&t).await {
@@ -126,6 +137,7 @@ pub(crate) async fn upgrade(
         app,
         on_upgrade: ws.on_upgrade,
         identity,
+        pending,
     });
     tasks.spawn(connection::run(start, slot));
     (

@@ -24,6 +24,9 @@ const WRITE_BATCH: usize = 32;
 /// `send`, cheaper in the kernel than `writev` over its pieces (a typical
 /// delivery is one event of ~150 bytes; the copy costs nanoseconds).
 const COALESCE: usize = 1024;
+/// Most bytes a closing socket reads and drops while it lingers: what a
+/// client may reasonably have in flight (a large message), no more.
+const LINGER_BYTES: usize = 1 << 20;
 /// A ping frame with no payload.
 const PING: &[u8] = &[0x89, 0x00];
 
@@ -71,6 +74,12 @@ impl WsSocket {
         socket.deferred_error = socket.reader.feed(early, &mut frames).err();
         socket.incoming.extend(frames);
         socket
+    }
+
+    /// Changes the largest frame and message accepted from the bytes read
+    /// from now on.
+    pub(crate) fn set_max_message(&mut self, max_message: usize) {
+        self.reader.set_max_message(max_message);
     }
 
     /// A writer for this socket's send queue.
@@ -173,26 +182,29 @@ impl WsSocket {
 
     /// Ends the TCP connection after the close frame: a FIN once everything
     /// written has gone, then the client's remaining bytes are read and
-    /// dropped until it closes too (at most `linger`), so that unread input
-    /// does not turn the close into a reset that could destroy the close
-    /// frame before the client reads it.
+    /// dropped until it closes too (at most `linger`, and at most
+    /// [`LINGER_BYTES`]), so that unread input does not turn the close into
+    /// a reset that could destroy the close frame before the client reads
+    /// it. The deadline is checked between reads: a client that never stops
+    /// sending keeps the socket readable, and the wait must still end.
     pub(crate) async fn shut_down(&self, linger: Duration) {
         let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(std::net::Shutdown::Write);
-        let _ = tokio::time::timeout(linger, async {
-            let mut sink = [0u8; 512];
-            loop {
-                if self.stream.readable().await.is_err() {
-                    return;
-                }
-                match self.stream.try_read(&mut sink) {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
+        let deadline = tokio::time::Instant::now() + linger;
+        let mut left = LINGER_BYTES;
+        let mut sink = [0u8; READ_CHUNK];
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.stream.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
             }
-        })
-        .await;
+            match self.stream.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(n) if n >= left => return,
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
     }
 }
 
