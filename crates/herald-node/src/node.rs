@@ -7,6 +7,7 @@ use crate::flush::Flusher;
 use crate::limits::Limits;
 use crate::metrics;
 use crate::queue::{SendQueue, SocketWriter};
+use crate::rate::UserRates;
 use crate::rooms::Rooms;
 use crate::session::Session;
 use herald_core::{
@@ -124,6 +125,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Instant,
     /// Sockets open or being opened (authenticated or not), for `max_connections`.
     sockets: AtomicUsize,
+    /// Per-user budget for opening SSE streams.
+    open_rates: UserRates,
     draining: AtomicBool,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -183,6 +186,7 @@ impl Node {
             Flusher::new(tasks.clone()),
         ));
         let broker = make_broker(rooms.clone());
+        let open_rates = UserRates::new(settings.limits.messages_per_second, settings.limits.burst);
         metrics::describe();
         let node = Self {
             inner: Arc::new(Inner {
@@ -197,6 +201,7 @@ impl Node {
                 registry: Registry::default(),
                 clock: Instant::now(),
                 sockets: AtomicUsize::new(0),
+                open_rates,
                 draining: AtomicBool::new(false),
                 cancel: CancellationToken::new(),
                 tasks,
@@ -241,6 +246,22 @@ impl Node {
             return None;
         }
         Some(slot)
+    }
+
+    /// Takes one open from the user's budget (`limits.messages_per_second`
+    /// sustained, `limits.burst` at once, per tenant and user on this
+    /// node); false when it is spent. SSE streams call this for every
+    /// open, since an open costs far more than a frame.
+    pub fn admit_open(&self, identity: &Identity) -> bool {
+        let tenant = Tenant::from_option(identity.tenant.as_deref());
+        let admitted = self
+            .inner
+            .open_rates
+            .try_take(&tenant, &identity.user_id, Instant::now());
+        if !admitted {
+            metrics::rate_limited();
+        }
+        admitted
     }
 
     /// Verifies a bearer token, counting failures by reason.
