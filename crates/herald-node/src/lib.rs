@@ -17,6 +17,7 @@ pub mod metrics;
 mod node;
 mod queue;
 mod rate;
+mod replay;
 mod rooms;
 mod session;
 

@@ -24,6 +24,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Live events a joining connection may buffer per room while its join
+/// (and replay) completes, when `limits.send_queue_messages` is smaller;
+/// beyond, it is cut as a slow consumer (4011).
+const JOIN_BUFFER_FLOOR: usize = 1024;
+
 /// What a node needs to know.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
@@ -182,7 +187,9 @@ impl Node {
         let tasks = TaskTracker::new();
         let rooms = Arc::new(Rooms::new(
             node_id.clone(),
-            settings.limits.send_queue_messages,
+            // A paced replay may take a while on a slow link: the room's
+            // live events wait in this buffer meanwhile.
+            settings.limits.send_queue_messages.max(JOIN_BUFFER_FLOOR),
             Flusher::new(tasks.clone()),
         ));
         let broker = make_broker(rooms.clone());
@@ -326,7 +333,7 @@ impl Node {
         if let Some(patterns) = &options.events {
             conn.update_filter(|f| f.subscribe(patterns));
         }
-        let session = Session::new(self.clone(), conn.clone());
+        let mut session = Session::new(self.clone(), conn.clone());
         let pending = session.auto_join(&options.resume).await;
         conn.send(encode(&ServerFrame::Authenticated {
             id: options.reply_to,

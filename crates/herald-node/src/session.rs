@@ -7,6 +7,7 @@ use crate::error::NodeError;
 use crate::metrics;
 use crate::node::Node;
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
+use crate::replay::{self, Replay};
 use crate::rooms::passes;
 use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
 use herald_protocol::{
@@ -14,7 +15,7 @@ use herald_protocol::{
     ServerFrame, StreamPosition,
 };
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,8 @@ pub struct Session {
     bucket: TokenBucket,
     limited_since: Option<Instant>,
     last_limited: Option<Instant>,
+    /// Recovering joins whose events are still being queued, in order.
+    replays: VecDeque<Replay>,
 }
 
 impl Session {
@@ -54,12 +57,21 @@ impl Session {
             conn,
             limited_since: None,
             last_limited: None,
+            replays: VecDeque::new(),
         }
     }
 
     /// The connection this session drives.
     pub fn connection(&self) -> &Arc<Connection> {
         &self.conn
+    }
+
+    /// Queues more of the recovering joins' events as the send queue has
+    /// room (see [`crate::replay`]); returns whether some remain. A
+    /// transport that drains the queue itself calls this after each batch;
+    /// one with a socket writer calls it on [`crate::Duty::Refill`].
+    pub fn feed_replay(&mut self) -> bool {
+        replay::feed(&self.node.inner.rooms, &self.conn, &mut self.replays)
     }
 
     /// Handles one text frame from the client.
@@ -236,6 +248,8 @@ impl Session {
             )));
         }
         let rejoin = self.conn.in_room(&name);
+        // A replay still running for this room is superseded by this join.
+        self.replays.retain(|r| r.key != key);
         if !rejoin {
             let mut rooms = self.conn.rooms().lock();
             if rooms.len() >= self.node.limits().max_rooms_per_connection {
@@ -279,12 +293,21 @@ impl Session {
             }),
             members,
         });
-        inner
-            .rooms
-            .complete_join(&key, &self.conn, &position, Some(frame), &replay, !rejoin);
+        if replay.is_empty() {
+            inner
+                .rooms
+                .complete_join(&key, &self.conn, &position, Some(frame), &[], !rejoin);
+        } else {
+            // The member stays pending while its replay is fed as the
+            // socket drains; `room_joined` goes first.
+            self.conn.send(frame);
+            self.replays
+                .push_back(Replay::new(key.clone(), &position, replay, !rejoin));
+        }
         if ns.presence && !rejoin {
             self.node.announce_presence(&key, &self.conn, true).await;
         }
+        self.feed_replay();
         Ok(())
     }
 
@@ -371,6 +394,7 @@ impl Session {
         if !self.conn.in_room(&name) {
             return Err(NodeError::NotJoined(name.to_string()));
         }
+        self.replays.retain(|r| r.key != key);
         self.drop_membership(&name, &key, true, true).await;
         self.reply(ServerFrame::RoomLeft {
             id,
@@ -484,7 +508,7 @@ impl Session {
     /// `room_joined` first (SSE streams list every room that way).
     /// Returns the rooms with presence on, to announce the member in.
     pub(crate) fn finish_auto_join(
-        &self,
+        &mut self,
         pending: Vec<PendingJoin>,
         announce: bool,
     ) -> Vec<RoomKey> {
@@ -504,11 +528,20 @@ impl Session {
                     members: p.members.clone(),
                 })
             });
-            rooms.complete_join(&p.key, &self.conn, &p.position, first, &p.replay, true);
             if p.members.is_some() {
-                presence_rooms.push(p.key);
+                presence_rooms.push(p.key.clone());
+            }
+            if p.replay.is_empty() {
+                rooms.complete_join(&p.key, &self.conn, &p.position, first, &[], true);
+            } else {
+                if let Some(frame) = first {
+                    self.conn.send(frame);
+                }
+                self.replays
+                    .push_back(Replay::new(p.key, &p.position, p.replay, true));
             }
         }
+        self.feed_replay();
         presence_rooms
     }
 

@@ -384,6 +384,10 @@ fn events_of(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>
             if st.done {
                 return None;
             }
+            // A recovering join queues its events as the stream drains.
+            if let Some(session) = st.session.lock().as_mut() {
+                session.feed_replay();
+            }
             let conn = st.conn.clone();
             let closing = conn.queue.next_batch(&mut st.batch).await;
             let batch = std::mem::take(&mut st.batch);

@@ -293,6 +293,9 @@ async fn pump(socket: &mut WsSocket, session: &mut Session) -> Option<&'static s
                         _ = conn.queue.closed() => {}
                     }
                 }
+                Duty::Refill => {
+                    session.feed_replay();
+                }
                 Duty::Failed => return Some("write_failed"),
                 Duty::Close(code) => {
                     Box::pin(close(socket, session, code)).await;
