@@ -146,3 +146,35 @@ async fn sse_resume_of_a_gap_larger_than_the_send_queue_replays_everything() {
     let next = s.expect_event("event", FRAME_WAIT).await.json();
     assert_eq!(next["offset"], STORED + LIVE + 1, "{next}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resume_of_an_auto_joined_room_is_paced_too() {
+    // `user:{sub}` is auto-joined and keeps 100 events: 6 send queues' worth.
+    let node = TestNode::start(CONFIG).await;
+    let epoch = publish_many(&node, "user:carol", 100, 100).await;
+    let token = node.user_token("carol");
+    let last_id = format!("user:carol~{epoch}~0");
+    let mut s = open_ok(
+        &node,
+        "",
+        &[
+            ("Authorization", &bearer(&token)),
+            ("Last-Event-ID", &last_id),
+        ],
+    )
+    .await;
+    let (_, joined) = read_opening(&mut s, 2).await;
+    let j = joined["user:carol"].json();
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(j["replayed"], 100, "{j}");
+    let mut offsets: Vec<u64> = s
+        .early
+        .iter()
+        .map(|m| m.json()["offset"].as_u64().expect("offset"))
+        .collect();
+    while offsets.last() != Some(&100) {
+        let m = s.expect_event("event", FRAME_WAIT).await;
+        offsets.push(m.json()["offset"].as_u64().expect("offset"));
+    }
+    assert_gap_free(&offsets, 100, "sse auto-joined");
+}
