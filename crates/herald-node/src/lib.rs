@@ -32,4 +32,5 @@ pub use node::{
 };
 pub use queue::{Drain, Duty, Outbound, PushResult, SendQueue, SocketWriter};
 pub use rate::TokenBucket;
+pub use replay::{ReplayPage, ReplayRead};
 pub use session::Session;

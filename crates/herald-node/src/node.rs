@@ -352,6 +352,7 @@ impl Node {
         }));
         let presence_rooms = session.finish_auto_join(pending, options.announce_rooms);
         session.announce_joined(&presence_rooms).await;
+        session.feed_replay_all().await;
         Ok(session)
     }
 

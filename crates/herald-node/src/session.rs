@@ -7,8 +7,7 @@ use crate::error::NodeError;
 use crate::metrics;
 use crate::node::Node;
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
-use crate::replay::{self, Replay};
-use crate::rooms::passes;
+use crate::replay::{Replay, Resolved};
 use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
 use herald_protocol::{
     encode, parse_client_frame, ClientRequest, CloseCode, ErrorCode, RequestId, Sender,
@@ -22,8 +21,6 @@ use std::time::{Duration, Instant};
 /// Most patterns one `subscribe` may carry, and longest pattern.
 const MAX_PATTERNS: usize = 64;
 const MAX_PATTERN_BYTES: usize = 255;
-/// Most events replayed by one recovering join.
-const MAX_REPLAY: usize = 10_000;
 /// A new rate-limit episode starts after this long without a refusal.
 const EPISODE_GAP: Duration = Duration::from_secs(1);
 
@@ -34,18 +31,22 @@ pub(crate) struct PendingJoin {
     members: Option<Vec<herald_protocol::MemberSummary>>,
     pub(crate) position: StreamPosition,
     replay: Vec<Arc<Publication>>,
+    /// Stored events after `replay` remain to be read.
+    more: bool,
     recovered: Option<bool>,
+    /// What `room_joined` reports as `replayed`.
+    replayed: u64,
 }
 
 /// One client's session.
 pub struct Session {
-    node: Node,
-    conn: Arc<Connection>,
+    pub(crate) node: Node,
+    pub(crate) conn: Arc<Connection>,
     bucket: TokenBucket,
     limited_since: Option<Instant>,
     last_limited: Option<Instant>,
     /// Recovering joins whose events are still being queued, in order.
-    replays: VecDeque<Replay>,
+    pub(crate) replays: VecDeque<Replay>,
 }
 
 impl Session {
@@ -64,14 +65,6 @@ impl Session {
     /// The connection this session drives.
     pub fn connection(&self) -> &Arc<Connection> {
         &self.conn
-    }
-
-    /// Queues more of the recovering joins' events as the send queue has
-    /// room (see [`crate::replay`]); returns whether some remain. A
-    /// transport that drains the queue itself calls this after each batch;
-    /// one with a socket writer calls it on [`crate::Duty::Refill`].
-    pub fn feed_replay(&mut self) -> bool {
-        replay::feed(&self.node.inner.rooms, &self.conn, &mut self.replays)
     }
 
     /// Handles one text frame from the client.
@@ -268,7 +261,7 @@ impl Session {
         let resolved = self
             .resolve(&key, since.as_ref(), ns.history_size, ns.presence, !rejoin)
             .await;
-        let (position, replay, recovered) = match resolved {
+        let resolved = match resolved {
             Ok(r) => r,
             Err((e, subscribed)) => {
                 self.drop_membership(&name, &key, subscribed, false).await;
@@ -280,17 +273,20 @@ impl Session {
         } else {
             None
         };
+        let replayed = self.replayed(since.as_ref(), &resolved);
+        let Resolved {
+            position,
+            replay,
+            recovered,
+            more,
+        } = resolved;
         let frame = encode(&ServerFrame::RoomJoined {
             id,
             room: name.to_string(),
             epoch: position.epoch.clone(),
             offset: position.offset,
             recovered: since.as_ref().map(|_| recovered),
-            replayed: since.as_ref().map(|_| {
-                // What the client will actually receive: the filter and
-                // exclusions apply to replayed events too.
-                replay.iter().filter(|p| passes(&self.conn, p)).count() as u64
-            }),
+            replayed: since.as_ref().map(|_| replayed),
             members,
         });
         if replay.is_empty() {
@@ -302,12 +298,12 @@ impl Session {
             // socket drains; `room_joined` goes first.
             self.conn.send(frame);
             self.replays
-                .push_back(Replay::new(key.clone(), &position, replay, !rejoin));
+                .push_back(Replay::new(key.clone(), &position, replay, more, !rejoin));
         }
         if ns.presence && !rejoin {
             self.node.announce_presence(&key, &self.conn, true).await;
         }
-        self.feed_replay();
+        self.feed_replay_all().await;
         Ok(())
     }
 
@@ -320,44 +316,6 @@ impl Session {
                 tracing::warn!(room = %key, error = %e, "cluster presence unavailable");
                 self.node.inner.rooms.members(key)
             }
-        }
-    }
-
-    /// Phase two of a join: subscribe the node (counted per member, see
-    /// the `Broker` contract), record the membership cluster-wide, then read
-    /// the position, or the history after `since`. On error, tells whether
-    /// the subscription was taken (and must be released).
-    async fn resolve(
-        &self,
-        key: &RoomKey,
-        since: Option<&StreamPosition>,
-        history_size: usize,
-        presence: bool,
-        new_member: bool,
-    ) -> Result<(StreamPosition, Vec<Arc<Publication>>, bool), (NodeError, bool)> {
-        let broker = self.node.broker();
-        if new_member {
-            broker.subscribe(key).await.map_err(|e| (e.into(), false))?;
-            self.node
-                .cluster_membership(key, &self.conn, presence, true)
-                .await;
-        }
-        let Some(since) = since else {
-            let position = broker.position(key).await.map_err(|e| (e.into(), true))?;
-            return Ok((position, Vec::new(), false));
-        };
-        let limit = history_size.clamp(1, MAX_REPLAY);
-        let page = broker
-            .history(key, since.offset, limit)
-            .await
-            .map_err(|e| (e.into(), true))?;
-        let recovered = page.position.epoch == since.epoch
-            && since.offset <= page.position.offset
-            && page.complete;
-        if recovered {
-            Ok((page.position, page.publications, true))
-        } else {
-            Ok((page.position, Vec::new(), false))
         }
     }
 
@@ -481,18 +439,21 @@ impl Session {
                 .resolve(&key, since, ns.history_size, ns.presence, true)
                 .await
             {
-                Ok((position, replay, recovered)) => {
+                Ok(resolved) => {
                     let members = if ns.presence {
                         Some(self.members(&key).await)
                     } else {
                         None
                     };
+                    let replayed = self.replayed(since, &resolved);
                     pending.push(PendingJoin {
                         key,
                         members,
-                        position,
-                        replay,
-                        recovered: since.map(|_| recovered),
+                        position: resolved.position,
+                        replay: resolved.replay,
+                        more: resolved.more,
+                        recovered: since.map(|_| resolved.recovered),
+                        replayed,
                     });
                 }
                 Err((e, subscribed)) => {
@@ -522,9 +483,7 @@ impl Session {
                     epoch: p.position.epoch.clone(),
                     offset: p.position.offset,
                     recovered: p.recovered,
-                    replayed: p
-                        .recovered
-                        .map(|_| p.replay.iter().filter(|e| passes(&self.conn, e)).count() as u64),
+                    replayed: p.recovered.map(|_| p.replayed),
                     members: p.members.clone(),
                 })
             });
@@ -538,10 +497,9 @@ impl Session {
                     self.conn.send(frame);
                 }
                 self.replays
-                    .push_back(Replay::new(p.key, &p.position, p.replay, true));
+                    .push_back(Replay::new(p.key, &p.position, p.replay, p.more, true));
             }
         }
-        self.feed_replay();
         presence_rooms
     }
 

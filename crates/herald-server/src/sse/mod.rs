@@ -384,9 +384,15 @@ fn events_of(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>
             if st.done {
                 return None;
             }
-            // A recovering join queues its events as the stream drains.
-            if let Some(session) = st.session.lock().as_mut() {
-                session.feed_replay();
+            // A recovering join queues its events as the stream drains; a
+            // page of stored events is read without holding the session.
+            let read = st.session.lock().as_mut().and_then(Session::feed_replay);
+            if let Some(read) = read {
+                let page = read.run().await;
+                if let Some(session) = st.session.lock().as_mut() {
+                    session.add_replay_page(page);
+                }
+                continue;
             }
             let conn = st.conn.clone();
             let closing = conn.queue.next_batch(&mut st.batch).await;
