@@ -57,7 +57,6 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
-    /// A replay of `events` (stored events up to `position`).
     /// A replay of `events` (the first stored events of the gap, up to
     /// `position`); with `more`, the rest of the gap is read later.
     pub(crate) fn new(
@@ -237,7 +236,7 @@ pub(crate) fn add_page(conn: &Connection, replays: &mut VecDeque<Replay>, page: 
         }
     };
     let first = page.publications.first().map(|p| p.position.offset);
-    if page.position.epoch != replay.epoch || first != Some(replay.read_to + 1) {
+    if page.position.epoch != replay.epoch || first != replay.read_to.checked_add(1) {
         // Trimmed past the client, or reset: no gap-free way on.
         tracing::debug!(room = %replay.key, "history moved past a replay under way");
         conn.close(CloseCode::SlowConsumer);
@@ -346,7 +345,8 @@ impl Session {
             && page
                 .publications
                 .first()
-                .is_some_and(|p| p.position.offset == since.offset + 1);
+                // `since` comes from the client: no overflow on u64::MAX.
+                .is_some_and(|p| Some(p.position.offset) == since.offset.checked_add(1));
         if in_stream && (page.complete || more) {
             Ok(Resolved {
                 position: page.position,

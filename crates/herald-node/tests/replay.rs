@@ -252,3 +252,20 @@ async fn history_trimmed_past_a_replay_under_way_cuts_it_cleanly() {
         offsets.last()
     );
 }
+
+#[tokio::test]
+async fn a_resume_from_beyond_the_head_is_not_recovered() {
+    let node = node();
+    let epoch = publish(&node, 1).await.epoch;
+    let mut s = open(&node).await;
+    drain(&s).await;
+    for offset in [2, u64::MAX] {
+        s.join_room("stream:1", Some(StreamPosition::new(epoch.clone(), offset)))
+            .await
+            .expect("joined");
+        let f = drain(&s).await;
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0]["recovered"], false, "since {offset}: {f:?}");
+        assert_eq!(f[0]["offset"], 1, "{f:?}");
+    }
+}
