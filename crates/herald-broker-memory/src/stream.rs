@@ -96,8 +96,8 @@ impl RoomStream {
             .collect();
         let last_returned = publications.last().map_or(since, |p| p.position.offset);
         // Complete when nothing after `since` was lost and the page reaches
-        // the stream's head.
-        let complete = since + 1 >= oldest && last_returned >= self.offset.max(since);
+        // the stream's head. `since` may come from a client (u64::MAX).
+        let complete = since.saturating_add(1) >= oldest && last_returned >= self.offset.max(since);
         HistoryPage {
             position: self.position(),
             publications,

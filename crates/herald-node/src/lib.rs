@@ -17,6 +17,7 @@ pub mod metrics;
 mod node;
 mod queue;
 mod rate;
+mod replay;
 mod rooms;
 mod session;
 mod slots;
@@ -31,5 +32,6 @@ pub use node::{
 };
 pub use queue::{Drain, Duty, Outbound, PushResult, SendQueue, SocketWriter};
 pub use rate::TokenBucket;
+pub use replay::{ReplayPage, ReplayRead};
 pub use session::Session;
 pub use slots::{PendingSlot, SlotRefusal, SocketSlot};

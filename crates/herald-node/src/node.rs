@@ -7,6 +7,7 @@ use crate::flush::Flusher;
 use crate::limits::Limits;
 use crate::metrics;
 use crate::queue::{SendQueue, SocketWriter};
+use crate::rate::UserRates;
 use crate::rooms::Rooms;
 use crate::session::Session;
 use herald_core::{
@@ -22,6 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Live events a joining connection may buffer per room while its join
+/// (and replay) completes, when `limits.send_queue_messages` is smaller;
+/// beyond, it is cut as a slow consumer (4011).
+const JOIN_BUFFER_FLOOR: usize = 1024;
 
 /// What a node needs to know.
 #[derive(Debug, Clone)]
@@ -124,6 +130,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Instant,
     /// Socket counts for `max_connections` and the pre-auth and per-IP caps.
     pub(crate) slots: crate::slots::Slots,
+    /// Per-user budget for opening SSE streams.
+    open_rates: UserRates,
     draining: AtomicBool,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -165,10 +173,13 @@ impl Node {
         let tasks = TaskTracker::new();
         let rooms = Arc::new(Rooms::new(
             node_id.clone(),
-            settings.limits.send_queue_messages,
+            // A paced replay may take a while on a slow link: the room's
+            // live events wait in this buffer meanwhile.
+            settings.limits.send_queue_messages.max(JOIN_BUFFER_FLOOR),
             Flusher::new(tasks.clone()),
         ));
         let broker = make_broker(rooms.clone());
+        let open_rates = UserRates::new(settings.limits.messages_per_second, settings.limits.burst);
         metrics::describe();
         let node = Self {
             inner: Arc::new(Inner {
@@ -183,6 +194,7 @@ impl Node {
                 registry: Registry::default(),
                 clock: Instant::now(),
                 slots: crate::slots::Slots::default(),
+                open_rates,
                 draining: AtomicBool::new(false),
                 cancel: CancellationToken::new(),
                 tasks,
@@ -210,6 +222,22 @@ impl Node {
     /// The broker engine.
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.inner.broker
+    }
+
+    /// Takes one open from the user's budget (`limits.messages_per_second`
+    /// sustained, `limits.burst` at once, per tenant and user on this
+    /// node); false when it is spent. SSE streams call this for every
+    /// open, since an open costs far more than a frame.
+    pub fn admit_open(&self, identity: &Identity) -> bool {
+        let tenant = Tenant::from_option(identity.tenant.as_deref());
+        let admitted = self
+            .inner
+            .open_rates
+            .try_take(&tenant, &identity.user_id, Instant::now());
+        if !admitted {
+            metrics::rate_limited();
+        }
+        admitted
     }
 
     /// Verifies a bearer token, counting failures by reason.
@@ -274,7 +302,7 @@ impl Node {
         if let Some(patterns) = &options.events {
             conn.update_filter(|f| f.subscribe(patterns));
         }
-        let session = Session::new(self.clone(), conn.clone());
+        let mut session = Session::new(self.clone(), conn.clone());
         let pending = session.auto_join(&options.resume).await;
         conn.send(encode(&ServerFrame::Authenticated {
             id: options.reply_to,
@@ -293,6 +321,7 @@ impl Node {
         }));
         let presence_rooms = session.finish_auto_join(pending, options.announce_rooms);
         session.announce_joined(&presence_rooms).await;
+        session.feed_replay_all().await;
         Ok(session)
     }
 

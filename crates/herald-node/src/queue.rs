@@ -86,6 +86,9 @@ pub enum Duty {
     Failed,
     /// The connection is closing with this code.
     Close(CloseCode),
+    /// A paced replay waits for room and the queue has drained: feed it
+    /// more ([`crate::Session::feed_replay`]).
+    Refill,
 }
 
 /// Where the last frames of a closing connection stand.
@@ -115,6 +118,8 @@ struct State {
     blocked: bool,
     /// A write failed, or the writer was detached.
     failed: bool,
+    /// A paced replay waits for room (see [`SendQueue::want_room`]).
+    want_room: bool,
     writer: Option<Arc<dyn SocketWriter>>,
 }
 
@@ -221,7 +226,7 @@ impl SendQueue {
                 s.offset = 0;
                 if s.items.is_empty() {
                     s.writing = false;
-                    let wake = s.closing.is_some();
+                    let wake = s.closing.is_some() || s.want_room;
                     drop(s);
                     if wake {
                         self.notify.notify_one();
@@ -262,7 +267,7 @@ impl SendQueue {
     pub async fn duty(&self) -> Duty {
         loop {
             {
-                let s = self.state.lock();
+                let mut s = self.state.lock();
                 if s.failed {
                     return Duty::Failed;
                 }
@@ -272,9 +277,34 @@ impl SendQueue {
                 if s.blocked {
                     return Duty::AwaitWritable;
                 }
+                // Not while another task writes: it wakes this one once the
+                // queue is empty.
+                if s.want_room && !s.writing && self.room_in(&s) {
+                    s.want_room = false;
+                    return Duty::Refill;
+                }
             }
             self.notify.notified().await;
         }
+    }
+
+    /// Whether a paced replay may queue another frame: the queue is open
+    /// and at most half full (by frames and by bytes), so live frames of
+    /// other rooms and replies keep the other half.
+    pub(crate) fn has_room(&self) -> bool {
+        let s = self.state.lock();
+        s.closing.is_none() && self.room_in(&s)
+    }
+
+    fn room_in(&self, s: &State) -> bool {
+        s.items.len() < self.max_items.div_ceil(2) && s.bytes < self.max_bytes / 2
+    }
+
+    /// Asks for a [`Duty::Refill`] once the queue has room again (queues
+    /// with a writer; a transport that drains the queue itself feeds the
+    /// replay after each batch instead).
+    pub(crate) fn want_room(&self) {
+        self.state.lock().want_room = true;
     }
 
     /// Waits for the next wake-up of the connection's task.

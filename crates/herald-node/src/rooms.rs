@@ -157,6 +157,27 @@ impl Rooms {
         Some(())
     }
 
+    /// Takes what the pending member `conn` of `room` buffered so far,
+    /// leaving it pending (a paced replay queues these itself, so the final
+    /// [`Self::complete_join`] has little left to queue at once). `None`
+    /// when the member vanished (the connection left or closed) or is live.
+    pub(crate) fn take_pending(
+        &self,
+        room: &RoomKey,
+        conn: &Arc<Connection>,
+    ) -> Option<Vec<Arc<Publication>>> {
+        let shard = self.shard(room).read();
+        let member = shard
+            .get(room)?
+            .members
+            .iter()
+            .rev()
+            .find(|m| Arc::ptr_eq(&m.conn, conn))?;
+        let buffer = member.pending.as_ref()?;
+        let taken = std::mem::take(&mut *buffer.lock());
+        Some(taken)
+    }
+
     /// Removes `conn` from `room`, telling the others when presence is on.
     pub(crate) fn remove(&self, room: &RoomKey, conn: &Arc<Connection>) {
         let mut written = Vec::new();
@@ -234,7 +255,11 @@ fn enqueue(conn: &Connection, frame: bytes::Bytes) -> bool {
 
 /// Queues one publication for `conn` without writing it, applying exclusion
 /// and the filter. Returns whether it was queued.
-fn enqueue_publication(conn: &Connection, p: &Arc<Publication>, frame: &bytes::Bytes) -> bool {
+pub(crate) fn enqueue_publication(
+    conn: &Connection,
+    p: &Arc<Publication>,
+    frame: &bytes::Bytes,
+) -> bool {
     if !passes(conn, p) {
         return false;
     }

@@ -7,22 +7,20 @@ use crate::error::NodeError;
 use crate::metrics;
 use crate::node::Node;
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
-use crate::rooms::passes;
+use crate::replay::{Replay, Resolved};
 use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
 use herald_protocol::{
     encode, parse_client_frame, ClientRequest, CloseCode, ErrorCode, RequestId, Sender,
     ServerFrame, StreamPosition,
 };
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most patterns one `subscribe` may carry, and longest pattern.
 const MAX_PATTERNS: usize = 64;
 const MAX_PATTERN_BYTES: usize = 255;
-/// Most events replayed by one recovering join.
-const MAX_REPLAY: usize = 10_000;
 /// A new rate-limit episode starts after this long without a refusal.
 const EPISODE_GAP: Duration = Duration::from_secs(1);
 
@@ -33,16 +31,22 @@ pub(crate) struct PendingJoin {
     members: Option<Vec<herald_protocol::MemberSummary>>,
     pub(crate) position: StreamPosition,
     replay: Vec<Arc<Publication>>,
+    /// Stored events after `replay` remain to be read.
+    more: bool,
     recovered: Option<bool>,
+    /// What `room_joined` reports as `replayed`.
+    replayed: u64,
 }
 
 /// One client's session.
 pub struct Session {
-    node: Node,
-    conn: Arc<Connection>,
+    pub(crate) node: Node,
+    pub(crate) conn: Arc<Connection>,
     bucket: TokenBucket,
     limited_since: Option<Instant>,
     last_limited: Option<Instant>,
+    /// Recovering joins whose events are still being queued, in order.
+    pub(crate) replays: VecDeque<Replay>,
 }
 
 impl Session {
@@ -54,6 +58,7 @@ impl Session {
             conn,
             limited_since: None,
             last_limited: None,
+            replays: VecDeque::new(),
         }
     }
 
@@ -246,6 +251,8 @@ impl Session {
             )));
         }
         let rejoin = self.conn.in_room(&name);
+        // A replay still running for this room is superseded by this join.
+        self.replays.retain(|r| r.key != key);
         if !rejoin {
             let mut rooms = self.conn.rooms().lock();
             if rooms.len() >= self.node.limits().max_rooms_per_connection {
@@ -264,7 +271,7 @@ impl Session {
         let resolved = self
             .resolve(&key, since.as_ref(), ns.history_size, ns.presence, !rejoin)
             .await;
-        let (position, replay, recovered) = match resolved {
+        let resolved = match resolved {
             Ok(r) => r,
             Err((e, subscribed)) => {
                 self.drop_membership(&name, &key, subscribed, false).await;
@@ -276,25 +283,37 @@ impl Session {
         } else {
             None
         };
+        let replayed = self.replayed(since.as_ref(), &resolved);
+        let Resolved {
+            position,
+            replay,
+            recovered,
+            more,
+        } = resolved;
         let frame = encode(&ServerFrame::RoomJoined {
             id,
             room: name.to_string(),
             epoch: position.epoch.clone(),
             offset: position.offset,
             recovered: since.as_ref().map(|_| recovered),
-            replayed: since.as_ref().map(|_| {
-                // What the client will actually receive: the filter and
-                // exclusions apply to replayed events too.
-                replay.iter().filter(|p| passes(&self.conn, p)).count() as u64
-            }),
+            replayed: since.as_ref().map(|_| replayed),
             members,
         });
-        inner
-            .rooms
-            .complete_join(&key, &self.conn, &position, Some(frame), &replay, !rejoin);
+        if replay.is_empty() {
+            inner
+                .rooms
+                .complete_join(&key, &self.conn, &position, Some(frame), &[], !rejoin);
+        } else {
+            // The member stays pending while its replay is fed as the
+            // socket drains; `room_joined` goes first.
+            self.conn.send(frame);
+            self.replays
+                .push_back(Replay::new(key.clone(), &position, replay, more, !rejoin));
+        }
         if ns.presence && !rejoin {
             self.node.announce_presence(&key, &self.conn, true).await;
         }
+        self.feed_replay_all().await;
         Ok(())
     }
 
@@ -307,44 +326,6 @@ impl Session {
                 tracing::warn!(room = %key, error = %e, "cluster presence unavailable");
                 self.node.inner.rooms.members(key)
             }
-        }
-    }
-
-    /// Phase two of a join: subscribe the node (counted per member, see
-    /// the `Broker` contract), record the membership cluster-wide, then read
-    /// the position, or the history after `since`. On error, tells whether
-    /// the subscription was taken (and must be released).
-    async fn resolve(
-        &self,
-        key: &RoomKey,
-        since: Option<&StreamPosition>,
-        history_size: usize,
-        presence: bool,
-        new_member: bool,
-    ) -> Result<(StreamPosition, Vec<Arc<Publication>>, bool), (NodeError, bool)> {
-        let broker = self.node.broker();
-        if new_member {
-            broker.subscribe(key).await.map_err(|e| (e.into(), false))?;
-            self.node
-                .cluster_membership(key, &self.conn, presence, true)
-                .await;
-        }
-        let Some(since) = since else {
-            let position = broker.position(key).await.map_err(|e| (e.into(), true))?;
-            return Ok((position, Vec::new(), false));
-        };
-        let limit = history_size.clamp(1, MAX_REPLAY);
-        let page = broker
-            .history(key, since.offset, limit)
-            .await
-            .map_err(|e| (e.into(), true))?;
-        let recovered = page.position.epoch == since.epoch
-            && since.offset <= page.position.offset
-            && page.complete;
-        if recovered {
-            Ok((page.position, page.publications, true))
-        } else {
-            Ok((page.position, Vec::new(), false))
         }
     }
 
@@ -381,6 +362,7 @@ impl Session {
         if !self.conn.in_room(&name) {
             return Err(NodeError::NotJoined(name.to_string()));
         }
+        self.replays.retain(|r| r.key != key);
         self.drop_membership(&name, &key, true, true).await;
         self.reply(ServerFrame::RoomLeft {
             id,
@@ -467,18 +449,21 @@ impl Session {
                 .resolve(&key, since, ns.history_size, ns.presence, true)
                 .await
             {
-                Ok((position, replay, recovered)) => {
+                Ok(resolved) => {
                     let members = if ns.presence {
                         Some(self.members(&key).await)
                     } else {
                         None
                     };
+                    let replayed = self.replayed(since, &resolved);
                     pending.push(PendingJoin {
                         key,
                         members,
-                        position,
-                        replay,
-                        recovered: since.map(|_| recovered),
+                        position: resolved.position,
+                        replay: resolved.replay,
+                        more: resolved.more,
+                        recovered: since.map(|_| resolved.recovered),
+                        replayed,
                     });
                 }
                 Err((e, subscribed)) => {
@@ -494,7 +479,7 @@ impl Session {
     /// `room_joined` first (SSE streams list every room that way).
     /// Returns the rooms with presence on, to announce the member in.
     pub(crate) fn finish_auto_join(
-        &self,
+        &mut self,
         pending: Vec<PendingJoin>,
         announce: bool,
     ) -> Vec<RoomKey> {
@@ -508,15 +493,21 @@ impl Session {
                     epoch: p.position.epoch.clone(),
                     offset: p.position.offset,
                     recovered: p.recovered,
-                    replayed: p
-                        .recovered
-                        .map(|_| p.replay.iter().filter(|e| passes(&self.conn, e)).count() as u64),
+                    replayed: p.recovered.map(|_| p.replayed),
                     members: p.members.clone(),
                 })
             });
-            rooms.complete_join(&p.key, &self.conn, &p.position, first, &p.replay, true);
             if p.members.is_some() {
-                presence_rooms.push(p.key);
+                presence_rooms.push(p.key.clone());
+            }
+            if p.replay.is_empty() {
+                rooms.complete_join(&p.key, &self.conn, &p.position, first, &[], true);
+            } else {
+                if let Some(frame) = first {
+                    self.conn.send(frame);
+                }
+                self.replays
+                    .push_back(Replay::new(p.key, &p.position, p.replay, p.more, true));
             }
         }
         presence_rooms

@@ -81,11 +81,6 @@ fn take(counter: &AtomicUsize, max: usize) -> bool {
 }
 
 impl Node {
-    /// Reserves a socket slot, or `None` at `max_connections` or while draining.
-    pub fn reserve_socket(&self) -> Option<SocketSlot> {
-        self.reserve_socket_from(None).ok()
-    }
-
     /// Reserves a socket slot for a client at `ip` (when known): refused
     /// while draining, at `max_connections`, or with `ip` at
     /// `max_connections_per_ip`.

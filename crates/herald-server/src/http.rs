@@ -14,7 +14,7 @@
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::server::conn::http1;
-use hyper::service::Service as _;
+use hyper::service::{service_fn, Service as _};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
@@ -32,6 +32,23 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after an accept error other than a failed handshake, such as
 /// running out of file descriptors, before accepting again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Ends one HTTP connection at once, socket and all, from inside a
+/// request's handler. Every request carries its connection's handle as an
+/// extension: an SSE stream whose reader stopped reading blocks hyper in a
+/// write that no timeout ends, so only dropping the connection frees the
+/// socket (and the stream's slot) that a zero-window peer would otherwise
+/// hold forever.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionHandle(CancellationToken);
+
+impl ConnectionHandle {
+    /// Drops the connection: whatever hyper was writing is abandoned and
+    /// the socket is closed.
+    pub(crate) fn abort(&self) {
+        self.0.cancel();
+    }
+}
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting and lets open connections finish (bounded).
@@ -62,12 +79,14 @@ pub(crate) async fn serve(
         // Frames are written whole (or batched) by Herald: Nagle's delay
         // would only hold back the next small frame behind an unacked one.
         let _ = stream.set_nodelay(true);
-        let router = TowerToHyperService::new(router.clone());
-        let service = hyper::service::service_fn(move |mut request| {
-            request
-                .extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(peer));
-            router.call(request)
+        let kill = CancellationToken::new();
+        let handle = ConnectionHandle(kill.clone());
+        let inner = TowerToHyperService::new(router.clone());
+        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            let extensions = request.extensions_mut();
+            extensions.insert(ConnectInfo::<SocketAddr>(peer));
+            extensions.insert(handle.clone());
+            inner.call(request)
         });
         let connection = http
             .serve_connection(TokioIo::new(stream), service)
@@ -76,11 +95,16 @@ pub(crate) async fn serve(
         connections.spawn(async move {
             tokio::pin!(connection);
             // A client going away mid-request is not the server's error.
+            // An abort drops the connection wherever it stands.
             tokio::select! {
                 _ = connection.as_mut() => return,
+                () = kill.cancelled() => return,
                 () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
             }
-            let _ = connection.await;
+            tokio::select! {
+                _ = connection => {}
+                () = kill.cancelled() => {}
+            }
         });
     }
     drop(listener);

@@ -250,3 +250,28 @@ fn concurrent_pushers_keep_per_sender_order() {
     }
     assert!(q.is_empty());
 }
+
+#[tokio::test]
+async fn a_replay_waiting_for_room_gets_a_refill_once_the_socket_drained() {
+    let socket = FakeSocket::with_room(2);
+    let q = SendQueue::with_writer(4, 1000, socket.clone());
+    assert!(q.has_room());
+    q.push(tagged(b'a', 2));
+    q.push(tagged(b'b', 2)); // the socket is full: "b" stays queued
+    q.push(tagged(b'c', 2));
+    assert!(!q.has_room(), "half of 4 frames queued");
+    q.want_room();
+    assert_eq!(q.duty().await, Duty::AwaitWritable);
+    socket.add_room(100);
+    q.resume();
+    assert!(q.has_room());
+    assert_eq!(
+        q.duty().await,
+        Duty::Refill,
+        "the drained queue asks for more"
+    );
+    // Asked once, answered once: the next duty is the close.
+    q.close(CloseCode::Normal);
+    assert_eq!(q.duty().await, Duty::Close(CloseCode::Normal));
+    assert!(!q.has_room(), "a closing queue takes no replay");
+}

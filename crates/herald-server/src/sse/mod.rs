@@ -8,12 +8,14 @@ mod tracker;
 
 use crate::api::bearer;
 use crate::error::ApiError;
+use crate::http::ConnectionHandle;
 use crate::ops::PeerIp;
 use crate::AppState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::stream::{self, Stream};
 use herald_core::RoomName;
 use herald_node::{metrics, Connection, OpenOptions, Outbound, Session, SocketSlot, TransportKind};
@@ -60,6 +62,7 @@ fn split_list(text: Option<&str>) -> Vec<&str> {
 /// `GET /sse`
 pub(crate) async fn stream(
     State(app): State<AppState>,
+    handle: Option<Extension<ConnectionHandle>>,
     headers: HeaderMap,
     Query(q): Query<SseQuery>,
     PeerIp(ip): PeerIp,
@@ -83,6 +86,18 @@ pub(crate) async fn stream(
                 .into_response()
         }
     };
+    if !app.node.admit_open(&identity) {
+        let mut refusal = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many streams opened by this user; limits.messages_per_second and limits.burst apply to SSE opens",
+        )
+        .into_response();
+        refusal
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return refusal;
+    }
     // Every check that can fail is done before the stream opens, so a bad
     // request gets an HTTP status instead of a stream that closes at once.
     let namespaces = app.node.namespaces();
@@ -191,7 +206,7 @@ pub(crate) async fn stream(
         transport = "sse", "connection opened"
     );
     let session: SessionSlot = Arc::new(Mutex::new(Some(session)));
-    spawn_slow_reader_watch(&app, &conn, &session);
+    spawn_slow_reader_watch(&app, &conn, &session, handle.map(|Extension(h)| h));
     let state = StreamState {
         conn,
         session,
@@ -250,7 +265,7 @@ impl Drop for StreamState {
             .map_or("client_closed", CloseCode::reason);
         // Wakes the slow-reader watch so it ends too.
         self.conn.close(CloseCode::Normal);
-        end_session(&self.app, &self.session, &self.conn, reason, self.started);
+        let _ = end_session(&self.app, &self.session, &self.conn, reason, self.started);
     }
 }
 
@@ -259,18 +274,21 @@ impl Drop for StreamState {
 type SessionSlot = Arc<Mutex<Option<Session>>>;
 
 /// How long a closing stream may take to write its `disconnect` before its
-/// session is ended without it.
-const SLOW_READER_GRACE: Duration = Duration::from_secs(5);
+/// session is ended without it and its HTTP connection dropped (the same
+/// bound as a closing WebSocket's last frames).
+const SLOW_READER_GRACE: Duration = Duration::from_secs(2);
 
+/// Ends the session unless that was done already; returns whether this
+/// call ended it.
 fn end_session(
     app: &AppState,
     slot: &SessionSlot,
     conn: &Arc<Connection>,
     reason: &'static str,
     started: Instant,
-) {
+) -> bool {
     let Some(session) = slot.lock().take() else {
-        return;
+        return false;
     };
     let conn = conn.clone();
     let duration_ms = started.elapsed().as_millis() as u64;
@@ -281,15 +299,22 @@ fn end_session(
             "connection closed"
         );
     });
+    true
 }
 
 /// A reader that stops reading blocks the HTTP body writer, so the stream
 /// is never polled again and cannot end itself. Once the connection is
 /// closing (a 4011 overflow, a kick, a drain), this watch gives the stream
-/// [`SLOW_READER_GRACE`] to finish, then ends the session anyway: it leaves
-/// its rooms and frees its per-user slot. The socket itself goes when the
-/// kernel gives up on it.
-fn spawn_slow_reader_watch(app: &AppState, conn: &Arc<Connection>, slot: &SessionSlot) {
+/// [`SLOW_READER_GRACE`] to finish, then ends the session anyway (it leaves
+/// its rooms and frees its per-user slot) and drops the HTTP connection,
+/// which closes the socket and frees the node's connection slot: a peer
+/// advertising a zero window would otherwise hold both forever.
+fn spawn_slow_reader_watch(
+    app: &AppState,
+    conn: &Arc<Connection>,
+    slot: &SessionSlot,
+    http: Option<ConnectionHandle>,
+) {
     let (app2, conn, slot) = (app.clone(), conn.clone(), slot.clone());
     let cancel = app.node.cancellation();
     let started = Instant::now();
@@ -298,8 +323,17 @@ fn spawn_slow_reader_watch(app: &AppState, conn: &Arc<Connection>, slot: &Sessio
             code = conn.queue.closed() => code,
             _ = cancel.cancelled() => return,
         };
-        tokio::time::sleep(SLOW_READER_GRACE).await;
-        end_session(&app2, &slot, &conn, code.reason(), started);
+        tokio::select! {
+            () = tokio::time::sleep(SLOW_READER_GRACE) => {}
+            _ = cancel.cancelled() => return,
+        }
+        // A stream that ended by itself took the session already, and its
+        // HTTP connection may serve the client's next request: leave it.
+        if end_session(&app2, &slot, &conn, code.reason(), started) {
+            if let Some(http) = http {
+                http.abort();
+            }
+        }
     });
 }
 
@@ -351,6 +385,16 @@ fn events_of(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>
             }
             if st.done {
                 return None;
+            }
+            // A recovering join queues its events as the stream drains; a
+            // page of stored events is read without holding the session.
+            let read = st.session.lock().as_mut().and_then(Session::feed_replay);
+            if let Some(read) = read {
+                let page = read.run().await;
+                if let Some(session) = st.session.lock().as_mut() {
+                    session.add_replay_page(page);
+                }
+                continue;
             }
             let conn = st.conn.clone();
             let closing = conn.queue.next_batch(&mut st.batch).await;

@@ -340,6 +340,7 @@ async fn pump(socket: &mut WsSocket, session: &mut Session) -> Option<&'static s
                         _ = conn.queue.closed() => {}
                     }
                 }
+                Duty::Refill => session.feed_replay_all().await,
                 Duty::Failed => return Some("write_failed"),
                 Duty::Close(code) => {
                     Box::pin(close(socket, session, code)).await;

@@ -1,0 +1,271 @@
+//! Paced replay driven directly (issue #12): a recovering join larger than
+//! the send queue is fed as the queue drains, live events published at any
+//! point of it follow with no gap and no duplicate, and the buffer that
+//! holds them meanwhile stays bounded.
+
+use async_trait::async_trait;
+use herald_broker_memory::MemoryBroker;
+use herald_core::{Identity, Namespaces, Tenant, TokenVerifier, VerifyError};
+use herald_node::{
+    Limits, Node, NodeSettings, OpenOptions, Outbound, PublishInput, Session, TransportKind,
+};
+use herald_protocol::{CloseCode, StreamPosition};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct AnyToken;
+
+#[async_trait]
+impl TokenVerifier for AnyToken {
+    async fn verify(&self, token: &str) -> Result<Identity, VerifyError> {
+        Ok(Identity::new(token))
+    }
+}
+
+/// A node whose `stream` namespace keeps 5000 events, with a send queue of
+/// 8 frames.
+fn node() -> Node {
+    let mut namespaces = Namespaces::shipped();
+    namespaces.insert(
+        "stream",
+        herald_core::NamespaceConfig {
+            join: herald_core::Rule::Any,
+            history_size: 5000,
+            history_ttl: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    );
+    // History just over one page, to trim it under a replay.
+    namespaces.insert(
+        "short",
+        herald_core::NamespaceConfig {
+            join: herald_core::Rule::Any,
+            history_size: 1001,
+            history_ttl: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    );
+    Node::new(
+        NodeSettings {
+            node_id: "n1".into(),
+            limits: Limits {
+                send_queue_messages: 8,
+                ..Limits::default()
+            },
+            namespaces,
+        },
+        Arc::new(AnyToken),
+        |sink| Arc::new(MemoryBroker::new(sink)),
+    )
+}
+
+async fn publish(node: &Node, n: u64) -> StreamPosition {
+    publish_to(node, "stream:1", n).await
+}
+
+async fn publish_to(node: &Node, room: &str, n: u64) -> StreamPosition {
+    node.publish(PublishInput {
+        tenant: Tenant::default_tenant(),
+        room: room.into(),
+        event: "e".into(),
+        data: serde_json::value::to_raw_value(&json!({ "n": n })).expect("raw"),
+        idempotency_key: None,
+        exclude_connection: None,
+    })
+    .await
+    .expect("publish")
+    .position
+}
+
+/// A session without a socket writer: the test drains its queue, as the
+/// SSE stream does.
+async fn open(node: &Node) -> Session {
+    node.open_session(
+        Identity::new("reader"),
+        TransportKind::Sse,
+        OpenOptions::default(),
+    )
+    .await
+    .expect("admitted")
+}
+
+/// Takes what is queued now, as JSON frames.
+async fn drain(session: &Session) -> Vec<Value> {
+    let mut batch = Vec::new();
+    let conn = session.connection();
+    if !conn.queue.is_empty() {
+        conn.queue.next_batch(&mut batch).await;
+    }
+    batch
+        .into_iter()
+        .filter_map(|o| match o {
+            Outbound::Frame { bytes, .. } => serde_json::from_slice(&bytes).ok(),
+            Outbound::Ping | Outbound::Raw(_) => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_replay_larger_than_the_queue_is_fed_and_live_events_follow_it() {
+    replay_with_live_events(100, 30).await;
+}
+
+#[tokio::test]
+async fn a_replay_over_several_pages_is_read_as_the_client_takes_it() {
+    // 1000 stored events are read at a time.
+    replay_with_live_events(2500, 30).await;
+}
+
+/// Resumes from 0 after `stored` events, publishing `live` more while the
+/// replay runs (one per drained batch), and checks every offset arrives
+/// once, in order, after `room_joined`.
+async fn replay_with_live_events(stored: u64, live: u64) {
+    let node = node();
+    let mut epoch = String::new();
+    for n in 1..=stored {
+        epoch = publish(&node, n).await.epoch;
+    }
+    let mut s = open(&node).await;
+    drain(&s).await; // authenticated
+    let join = json!({"type": "join_room", "id": 1, "room": "stream:1",
+        "since": {"epoch": epoch, "offset": 0}})
+    .to_string();
+    s.handle_text(&join).await;
+    let mut offsets = Vec::new();
+    let mut joined = None;
+    let last = stored + live;
+    let mut published = stored;
+    // One live event per drained batch, while the replay is still queued
+    // four frames at a time.
+    for _ in 0..2 * last {
+        for f in drain(&s).await {
+            match f["type"].as_str() {
+                Some("room_joined") => {
+                    assert!(offsets.is_empty(), "room_joined after events: {f}");
+                    joined = Some(f);
+                }
+                Some("event") => offsets.push(f["offset"].as_u64().expect("offset")),
+                _ => panic!("unexpected frame {f}"),
+            }
+        }
+        assert!(
+            s.connection().queue.closing().is_none(),
+            "cut during the replay"
+        );
+        if published < last {
+            published += 1;
+            publish(&node, published).await;
+        }
+        if let Some(read) = s.feed_replay() {
+            let page = read.run().await;
+            s.add_replay_page(page);
+            s.feed_replay();
+        }
+        if offsets.last() == Some(&last) && s.connection().queue.is_empty() {
+            break;
+        }
+    }
+    let joined = joined.expect("room_joined");
+    assert_eq!(joined["recovered"], true, "{joined}");
+    assert_eq!(joined["replayed"], stored, "{joined}");
+    assert_eq!(offsets.len() as u64, last, "events received");
+    assert_eq!(offsets, (1..=last).collect::<Vec<u64>>());
+    // Live from here on.
+    publish(&node, last + 1).await;
+    let f = drain(&s).await;
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["offset"], last + 1, "{f:?}");
+}
+
+#[tokio::test]
+async fn live_events_buffered_during_a_stalled_replay_are_bounded() {
+    let node = node();
+    let mut epoch = String::new();
+    for n in 1..=20 {
+        epoch = publish(&node, n).await.epoch;
+    }
+    let mut s = open(&node).await;
+    drain(&s).await;
+    s.join_room("stream:1", Some(StreamPosition::new(epoch, 0)))
+        .await
+        .expect("joined");
+    // The reader never drains: the replay stalls, and the room's live
+    // events pile up in the join buffer until it overflows (1024).
+    for n in 21..=21 + 1024 {
+        publish(&node, n).await;
+    }
+    assert_eq!(
+        s.connection().queue.closing(),
+        Some(CloseCode::SlowConsumer),
+        "an overflowing join buffer cuts the connection"
+    );
+    assert!(
+        s.feed_replay().is_none(),
+        "a cut connection's replay is dropped"
+    );
+}
+
+#[tokio::test]
+async fn history_trimmed_past_a_replay_under_way_cuts_it_cleanly() {
+    let node = node();
+    let mut epoch = String::new();
+    for n in 1..=1001 {
+        epoch = publish_to(&node, "short:1", n).await.epoch;
+    }
+    let mut s = open(&node).await;
+    drain(&s).await;
+    s.join_room("short:1", Some(StreamPosition::new(epoch, 0)))
+        .await
+        .expect("joined");
+    // The first page (1..=1000) is read; before the client takes it, the
+    // room moves on by more than its history, so 1001 is gone.
+    for n in 1002..=2020 {
+        publish_to(&node, "short:1", n).await;
+    }
+    let mut offsets = Vec::new();
+    for _ in 0..1000 {
+        for f in drain(&s).await {
+            if f["type"] == "event" {
+                offsets.push(f["offset"].as_u64().expect("offset"));
+            }
+        }
+        if s.connection().queue.closing().is_some() {
+            break;
+        }
+        if let Some(read) = s.feed_replay() {
+            let page = read.run().await;
+            s.add_replay_page(page);
+        }
+    }
+    assert_eq!(
+        s.connection().queue.closing(),
+        Some(CloseCode::SlowConsumer),
+        "cut once the rest of the gap is gone"
+    );
+    // What was queued at the cut is dropped (a slow consumer's queue is),
+    // so the client resumes from its last event and learns the rest is gone.
+    let n = offsets.len() as u64;
+    assert!(
+        n > 900 && offsets == (1..=n).collect::<Vec<u64>>(),
+        "a gap-free prefix of the first page before the cut: {n} events, last {:?}",
+        offsets.last()
+    );
+}
+
+#[tokio::test]
+async fn a_resume_from_beyond_the_head_is_not_recovered() {
+    let node = node();
+    let epoch = publish(&node, 1).await.epoch;
+    let mut s = open(&node).await;
+    drain(&s).await;
+    for offset in [2, u64::MAX] {
+        s.join_room("stream:1", Some(StreamPosition::new(epoch.clone(), offset)))
+            .await
+            .expect("joined");
+        let f = drain(&s).await;
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0]["recovered"], false, "since {offset}: {f:?}");
+        assert_eq!(f[0]["offset"], 1, "{f:?}");
+    }
+}
