@@ -30,7 +30,9 @@ pub enum TenantError {
     #[error("tenant is {0} bytes long; at most 64 are allowed")]
     TooLong(usize),
     /// The name holds a byte outside the room-name alphabet.
-    #[error("tenant holds a forbidden character at byte {0}; allowed are A-Z a-z 0-9 and _ . : @ / = -")]
+    #[error(
+        "tenant holds a forbidden character at byte {0}; allowed are A-Z a-z 0-9 and _ . : @ / = -"
+    )]
     ForbiddenByte(usize),
 }
 

@@ -118,8 +118,8 @@ async fn read_body(req: Request, timeout: std::time::Duration) -> Result<Bytes, 
     let read = async {
         let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
             if body.len() + chunk.len() > MAX_BODY_BYTES {
                 return Err(too_large());
             }

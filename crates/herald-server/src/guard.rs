@@ -98,7 +98,9 @@ pub(crate) async fn request_limits(req: Request, next: Next) -> Response {
         return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::BadRequest,
-            format!("request header fields are {bytes} bytes; at most {MAX_HEADER_BYTES} are allowed"),
+            format!(
+                "request header fields are {bytes} bytes; at most {MAX_HEADER_BYTES} are allowed"
+            ),
         )
         .into_response();
     }
@@ -171,7 +173,11 @@ mod tests {
                 .insert(name, axum::http::HeaderValue::from_static("v"));
         }
         let (status, body) = call(router.clone(), many).await;
-        assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{body}");
+        assert_eq!(
+            status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{body}"
+        );
 
         let mut big = get_request("/");
         let value = "v".repeat(MAX_HEADER_BYTES);
@@ -180,7 +186,11 @@ mod tests {
             axum::http::HeaderValue::from_str(&value).expect("value"),
         );
         let (status, body) = call(router.clone(), big).await;
-        assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{body}");
+        assert_eq!(
+            status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{body}"
+        );
         assert_eq!(body["error"]["code"], "bad_request", "{body}");
 
         let (status, _) = call(router, get_request("/")).await;

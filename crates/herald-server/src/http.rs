@@ -9,6 +9,10 @@
 //! a fifth of a connect's CPU time. Here the router is built once and each
 //! connection gets a cheap clone.
 
+mod io;
+
+pub(crate) use io::ServerIo;
+
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -59,7 +63,7 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let connection = http
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(ServerIo::new(stream)), service)
             .with_upgrades();
         let stop = stop.clone();
         connections.spawn(async move {

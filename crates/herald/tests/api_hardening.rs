@@ -166,7 +166,11 @@ async fn declared_body_over_2_mib_gets_413_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_body_times_out_with_408() {
     let node = TestNode::start("[server]\nbody_timeout = \"1s\"\n").await;
-    let head = post_head("/api/v1/publish", Some(ADMIN_KEY), "Content-Length: 100\r\n");
+    let head = post_head(
+        "/api/v1/publish",
+        Some(ADMIN_KEY),
+        "Content-Length: 100\r\n",
+    );
     let mut s = open(&node, head.as_bytes()).await;
     s.write_all(br#"{"room":"#).await.expect("first bytes");
     // The rest never comes; the answer must.
@@ -239,19 +243,31 @@ async fn publish_refuses_data_nested_over_100_levels_and_history_keeps_the_rest(
     for (path, body) in [
         (
             "/api/v1/publish",
-            format!(r#"{{"room":"deep:api","event":"e","data":{}}}"#, nested(200)),
+            format!(
+                r#"{{"room":"deep:api","event":"e","data":{}}}"#,
+                nested(200)
+            ),
         ),
         (
             "/api/v1/publish",
-            format!(r#"{{"room":"deep:api","event":"e","data":{}}}"#, nested(5000)),
+            format!(
+                r#"{{"room":"deep:api","event":"e","data":{}}}"#,
+                nested(5000)
+            ),
         ),
         (
             "/api/v1/publish",
-            format!(r#"{{"room":"deep:api","event":"e","data":{}}}"#, nested(101)),
+            format!(
+                r#"{{"room":"deep:api","event":"e","data":{}}}"#,
+                nested(101)
+            ),
         ),
         (
             "/api/v1/broadcast",
-            format!(r#"{{"rooms":["deep:api"],"event":"e","data":{}}}"#, nested(101)),
+            format!(
+                r#"{{"rooms":["deep:api"],"event":"e","data":{}}}"#,
+                nested(101)
+            ),
         ),
     ] {
         let (status, answer) = node.api_raw(path, Some(ADMIN_KEY), &body).await;
@@ -265,7 +281,12 @@ async fn publish_refuses_data_nested_over_100_levels_and_history_keeps_the_rest(
         );
         // Whatever publish did, history answers.
         let (status, h) = node
-            .api("GET", "/api/v1/rooms/deep:api/history", Some(ADMIN_KEY), None)
+            .api(
+                "GET",
+                "/api/v1/rooms/deep:api/history",
+                Some(ADMIN_KEY),
+                None,
+            )
             .await;
         assert_eq!(status, 200, "history after {path}: {h}");
     }
@@ -283,7 +304,10 @@ async fn publish_refuses_data_nested_over_100_levels_and_history_keeps_the_rest(
         .api_raw(
             "/api/v1/publish",
             Some(ADMIN_KEY),
-            &format!(r#"{{"room":"deep:api","event":"e","data":{}}}"#, nested(100)),
+            &format!(
+                r#"{{"room":"deep:api","event":"e","data":{}}}"#,
+                nested(100)
+            ),
         )
         .await;
     assert_eq!(status, 200, "{answer}");
@@ -357,4 +381,110 @@ async fn tenants_over_64_bytes_are_refused_naming_the_field() {
     let token = node.token("u", &[], Some(&ok), json!({}), Duration::from_secs(60));
     let (mut c, _) = node.connect_token(&token).await;
     c.ping_ok().await;
+}
+
+/// Sends `request` from a separate task (the server may answer and close
+/// before reading it all) and reads the answer.
+async fn exchange(node: &TestNode, request: Vec<u8>) -> Option<RawResponse> {
+    let s = TcpStream::connect(node.addr()).await.expect("connect");
+    let (mut read, mut write) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&request).await;
+        write
+    });
+    let deadline = Instant::now() + ANSWER;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let answer = loop {
+        if let Some(r) = parse_response(&buf) {
+            break Some(r);
+        }
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break None;
+        };
+        match tokio::time::timeout(left, read.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break parse_response(&buf),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    writer.abort();
+    answer
+}
+
+fn parse_response(buf: &[u8]) -> Option<RawResponse> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let body = buf.get(end + 4..end + 4 + len)?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some(RawResponse {
+        status,
+        head,
+        body: String::from_utf8_lossy(body).into_owned(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_answered_below_the_router_carry_the_json_body() {
+    let node = TestNode::start("").await;
+    let get = |target: &str, headers: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n").into_bytes()
+    };
+    let many_headers: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("a garbage request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        (
+            "a TLS client hello",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "a header line without a colon",
+            get("/health", "Broken\r\n"),
+            400,
+        ),
+        (
+            "a target over Herald's 48 KiB",
+            get(&format!("/health?x={}", "a".repeat(50 * 1024)), ""),
+            414,
+        ),
+        (
+            "a target over hyper's 64 KiB",
+            get(&format!("/health?x={}", "a".repeat(70 * 1024)), ""),
+            414,
+        ),
+        ("150 header fields", get("/health", &many_headers), 431),
+        (
+            "header fields over Herald's 64 KiB",
+            get("/health", &format!("X-Big: {}\r\n", "v".repeat(70 * 1024))),
+            431,
+        ),
+        (
+            "a head over hyper's buffer",
+            get("/health", &format!("X-Big: {}\r\n", "v".repeat(420 * 1024))),
+            431,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let r = exchange(&node, request)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no complete answer"));
+        assert_eq!(r.status, status, "{what}: {r:?}");
+        assert!(
+            r.head
+                .to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{what}: {r:?}"
+        );
+        r.assert_error(status, "bad_request");
+    }
+    let (status, _) = node.get("/health").await;
+    assert_eq!(status, 200);
 }

@@ -98,7 +98,12 @@ fn every_bad_value_is_reported_at_once() {
     )
     .unwrap_err();
     let text = err.to_string();
-    for key in ["server.listen", "server.body_timeout", "limits.burst", "limits.max_connections"] {
+    for key in [
+        "server.listen",
+        "server.body_timeout",
+        "limits.burst",
+        "limits.max_connections",
+    ] {
         assert!(text.contains(key), "{key} missing from: {text}");
     }
 }

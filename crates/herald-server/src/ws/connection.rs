@@ -17,7 +17,6 @@ use herald_protocol::{
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tungstenite::protocol::frame::coding::Control;
 
 /// Frames a socket may send before it authenticates.
@@ -58,13 +57,13 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         identity,
     } = *start;
     let upgraded = on_upgrade.await.ok()?;
-    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+    let Ok(parts) = upgraded.downcast::<TokioIo<crate::http::ServerIo>>() else {
         // Only if the HTTP server stopped serving plain TCP streams.
         tracing::error!("upgraded connection is not a TCP stream; closing it");
         return None;
     };
     let max = app.node.limits().max_message_bytes;
-    let mut socket = WsSocket::new(parts.io.into_inner(), &parts.read_buf, max);
+    let mut socket = WsSocket::new(parts.io.into_inner().into_stream(), &parts.read_buf, max);
     let (identity, reply_to) = match identity {
         Some(i) => (i, None),
         None => await_authenticate(&app, &mut socket).await?,
