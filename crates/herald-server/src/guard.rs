@@ -3,9 +3,10 @@
 //! request target and headers answer 414 / 431 with the JSON error body.
 //!
 //! hyper refuses requests beyond its own limits before the router sees
-//! them, with an empty body (it writes those answers itself). Its limits
-//! are set above Herald's (see `http.rs`), so every request within them
-//! reaches these checks and gets JSON.
+//! them (a target over 65,534 bytes, a head over its ~400 KB buffer, more
+//! than 100 header fields). Its size limits sit above Herald's, so a
+//! request between the two reaches these checks and gets a precise
+//! message; hyper's own answers get the JSON body from `http::ServerIo`.
 
 use crate::error::ApiError;
 use axum::extract::Request;
@@ -78,6 +79,8 @@ pub(crate) async fn request_limits(req: Request, next: Next) -> Response {
         .into_response();
     }
     let headers = req.headers();
+    // hyper's default field limit is the same, so this holds the limit
+    // should hyper's default ever rise.
     if headers.len() > MAX_HEADERS {
         return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
