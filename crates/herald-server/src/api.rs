@@ -386,3 +386,41 @@ pub(crate) async fn mint_token(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(Json(json!({"token": minted.token, "expires_at": minted.expires_at})).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{history_body, nesting_depth, HistoryHead};
+
+    #[test]
+    fn nesting_depth_counts_arrays_and_objects_outside_strings() {
+        assert_eq!(nesting_depth("1"), 0);
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting_depth(r#"["[[[\"]]]{{", [2]]"#), 2);
+        assert_eq!(nesting_depth(r#"{"s":"\\"}"#), 1);
+    }
+
+    #[test]
+    fn history_body_splices_frames_of_any_depth_verbatim() {
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        let frames = [
+            bytes::Bytes::from(format!(r#"{{"type":"event","data":{deep}}}"#)),
+            bytes::Bytes::from_static(br#"{"type":"event","data":2}"#),
+        ];
+        let head = HistoryHead {
+            room: "chat:\"x\"",
+            epoch: "e",
+            offset: 2,
+            complete: true,
+        };
+        let body = String::from_utf8(history_body(&head, &frames).expect("body")).expect("utf-8");
+        assert_eq!(
+            body,
+            format!(
+                r#"{{"room":"chat:\"x\"","epoch":"e","offset":2,"complete":true,"events":[{{"type":"event","data":{deep}}},{{"type":"event","data":2}}]}}"#
+            )
+        );
+        let empty = String::from_utf8(history_body(&head, &[]).expect("body")).expect("utf-8");
+        let parsed: serde_json::Value = serde_json::from_str(&empty).expect("JSON");
+        assert_eq!(parsed["events"], serde_json::json!([]));
+    }
+}
