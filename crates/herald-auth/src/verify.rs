@@ -211,6 +211,14 @@ fn identity(claims: Map<String, Value>) -> Result<Identity, AuthError> {
         None | Some(Value::Null) => None,
         // The empty string names the default tenant, as `None` does.
         Some(Value::String(tenant)) if tenant.is_empty() => None,
+        // Same rule as a tenant named in the HTTP API, so a token cannot
+        // reach a tenant the API could not name (or an unbounded key).
+        Some(Value::String(tenant)) if herald_core::Tenant::parse(Some(tenant)).is_err() => {
+            return Err(bad_claim(
+                "tenant",
+                "must be at most 64 bytes of A-Z a-z 0-9 _ . : @ / = -",
+            ))
+        }
         Some(Value::String(tenant)) => Some(tenant.clone()),
         Some(_) => return Err(bad_claim("tenant", "must be a string")),
     };

@@ -22,5 +22,7 @@ pub use cluster::{
 };
 pub use identity::Identity;
 pub use namespace::{NamespaceConfig, Namespaces, Rule, RuleError};
-pub use room::{RoomError, RoomKey, RoomName, Tenant, MAX_ROOM_NAME_BYTES};
+pub use room::{
+    RoomError, RoomKey, RoomName, Tenant, TenantError, MAX_ROOM_NAME_BYTES, MAX_TENANT_BYTES,
+};
 pub use verify::{TokenVerifier, VerifyError};

@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 /// Longest room name, in bytes.
 pub const MAX_ROOM_NAME_BYTES: usize = 255;
+/// Longest tenant name, in bytes. Tenants are part of every room key,
+/// Redis key and log line, so they are kept short.
+pub const MAX_TENANT_BYTES: usize = 64;
 
 /// Why a room name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,6 +20,19 @@ pub enum RoomError {
     TooLong(usize),
     /// The name holds a byte outside `[A-Za-z0-9_.:@/=-]`.
     #[error("room name holds a forbidden character at byte {0}; allowed are A-Z a-z 0-9 and _ . : @ / = -")]
+    ForbiddenByte(usize),
+}
+
+/// Why a tenant name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    /// The name is longer than [`MAX_TENANT_BYTES`].
+    #[error("tenant is {0} bytes long; at most 64 are allowed")]
+    TooLong(usize),
+    /// The name holds a byte outside the room-name alphabet.
+    #[error(
+        "tenant holds a forbidden character at byte {0}; allowed are A-Z a-z 0-9 and _ . : @ / = -"
+    )]
     ForbiddenByte(usize),
 }
 
@@ -96,6 +112,20 @@ impl Tenant {
         }
     }
 
+    /// Validates a tenant named by a client (API body or query, token
+    /// claim): at most [`MAX_TENANT_BYTES`] of the room-name alphabet;
+    /// `None` or `""` is the default tenant.
+    pub fn parse(name: Option<&str>) -> Result<Self, TenantError> {
+        let name = name.unwrap_or("");
+        if name.len() > MAX_TENANT_BYTES {
+            return Err(TenantError::TooLong(name.len()));
+        }
+        if let Some(pos) = name.bytes().position(|b| !allowed(b)) {
+            return Err(TenantError::ForbiddenByte(pos));
+        }
+        Ok(Self::from_option(Some(name)))
+    }
+
     /// Whether this is the default tenant.
     pub fn is_default(&self) -> bool {
         self.0.is_empty()
@@ -147,6 +177,25 @@ mod tests {
         assert_eq!(r.namespace(), "global");
         assert_eq!(r.id(), "global");
         assert!(RoomName::parse("a.b@c/d=e-f_g:h:i").is_ok());
+    }
+
+    #[test]
+    fn tenants_are_checked_like_room_names_up_to_64_bytes() {
+        assert_eq!(Tenant::parse(None), Ok(Tenant::default_tenant()));
+        assert_eq!(Tenant::parse(Some("")), Ok(Tenant::default_tenant()));
+        assert_eq!(
+            Tenant::parse(Some("acme")),
+            Ok(Tenant::from_option(Some("acme")))
+        );
+        assert!(Tenant::parse(Some(&"t".repeat(64))).is_ok());
+        assert_eq!(
+            Tenant::parse(Some(&"t".repeat(65))),
+            Err(TenantError::TooLong(65))
+        );
+        assert_eq!(
+            Tenant::parse(Some("ac me")),
+            Err(TenantError::ForbiddenByte(2))
+        );
     }
 
     #[test]

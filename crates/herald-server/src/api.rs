@@ -1,65 +1,41 @@
 //! The HTTP API of PROTOCOL.md 2 and 5.
 
-use crate::auth::KeyCheck;
-use crate::config::Scope;
 use crate::error::ApiError;
+use crate::extract::{Admin, ApiKey, JsonBody, Publish};
 use crate::AppState;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_auth::MintRequest;
 use herald_core::{RoomKey, RoomName, Tenant};
 use herald_node::PublishInput;
 use herald_protocol::ErrorCode;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::time::Duration;
+
+pub(crate) use crate::extract::bearer;
 
 /// Most rooms one broadcast may name.
 const MAX_BROADCAST_ROOMS: usize = 1000;
 /// Most events one history request returns.
 const MAX_HISTORY_LIMIT: usize = 1000;
+/// Deepest nesting of arrays and objects `data` may have. Every frame and
+/// stored entry wraps `data` in one more object, and common JSON parsers
+/// stop at 128 levels (serde_json among them): deeper data could be
+/// published but not read back by such a client.
+const MAX_DATA_DEPTH: usize = 100;
 
-/// The bearer token of a request, if any.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
-fn require(app: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
-    match app.api_keys.check(bearer(headers), scope) {
-        KeyCheck::Allowed => Ok(()),
-        KeyCheck::Unauthorized => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "missing or unknown API key; send Authorization: Bearer <api key>",
-        )),
-        KeyCheck::Forbidden => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "this API key lacks the scope for this call",
-        )),
-    }
-}
-
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+fn tenant(name: Option<&str>) -> Result<Tenant, ApiError> {
+    Tenant::parse(name).map_err(|e| ApiError::bad_request(format!("`tenant`: {e}")))
 }
 
 fn room_key(tenant: Option<&str>, room: &str) -> Result<RoomKey, ApiError> {
     let name = RoomName::parse(room)
         .map_err(|e| ApiError::bad_request(format!("room `{}`: {e}", shorten(room))))?;
-    Ok(RoomKey::new(Tenant::from_option(tenant), name))
+    Ok(RoomKey::new(self::tenant(tenant)?, name))
 }
 
 fn shorten(s: &str) -> String {
@@ -75,6 +51,44 @@ fn check_event(event: &str) -> Result<(), ApiError> {
         return Err(ApiError::bad_request("`event` must be 1 to 255 bytes"));
     }
     Ok(())
+}
+
+fn check_data(data: &RawValue) -> Result<(), ApiError> {
+    let depth = nesting_depth(data.get());
+    if depth > MAX_DATA_DEPTH {
+        return Err(ApiError::bad_request(format!(
+            "`data` nests arrays and objects {depth} levels deep; at most {MAX_DATA_DEPTH} are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// Deepest nesting of arrays and objects in `json`, which is valid JSON
+/// text (serde_json checked it): brackets inside strings do not count.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 #[derive(Deserialize)]
@@ -94,6 +108,7 @@ pub(crate) struct PublishBody {
 /// Checks a publish body (shared by the HTTP API and the ingest stream).
 pub(crate) fn publish_input(b: PublishBody) -> Result<PublishInput, ApiError> {
     check_event(&b.event)?;
+    check_data(&b.data)?;
     let key = room_key(b.tenant.as_deref(), &b.room)?;
     if b.idempotency_key
         .as_ref()
@@ -123,12 +138,11 @@ pub(crate) fn parse_publish(json: &[u8]) -> Result<PublishInput, ApiError> {
 
 /// `POST /api/v1/publish`
 pub(crate) async fn publish(
+    _: ApiKey<Publish>,
     State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<Response, ApiError> {
-    require(&app, &headers, Scope::Publish)?;
-    let input = publish_input(parse_body(&body)?)?;
+    let input = publish_input(body)?;
     let room = input.room.clone();
     let outcome = app.node.publish(input).await?;
     Ok(Json(json!({
@@ -152,13 +166,12 @@ pub(crate) struct BroadcastBody {
 
 /// `POST /api/v1/broadcast`
 pub(crate) async fn broadcast(
+    _: ApiKey<Publish>,
     State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    JsonBody(b): JsonBody<BroadcastBody>,
 ) -> Result<Response, ApiError> {
-    require(&app, &headers, Scope::Publish)?;
-    let b: BroadcastBody = parse_body(&body)?;
     check_event(&b.event)?;
+    check_data(&b.data)?;
     if b.rooms.is_empty() || b.rooms.len() > MAX_BROADCAST_ROOMS {
         return Err(ApiError::bad_request(format!(
             "`rooms` must list 1 to {MAX_BROADCAST_ROOMS} rooms"
@@ -200,42 +213,39 @@ pub(crate) struct TenantQuery {
 
 /// `POST /api/v1/users/{user_id}/disconnect`
 pub(crate) async fn disconnect_user(
+    _: ApiKey<Admin>,
     State(app): State<AppState>,
-    headers: HeaderMap,
     Path(user_id): Path<String>,
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    require(&app, &headers, Scope::Admin)?;
     let n = app
         .node
-        .disconnect_user(&Tenant::from_option(q.tenant.as_deref()), &user_id)
+        .disconnect_user(&tenant(q.tenant.as_deref())?, &user_id)
         .await?;
     Ok(Json(json!({"user_id": user_id, "disconnected": n})).into_response())
 }
 
 /// `GET /api/v1/users/{user_id}/connections`
 pub(crate) async fn user_connections(
+    _: ApiKey<Admin>,
     State(app): State<AppState>,
-    headers: HeaderMap,
     Path(user_id): Path<String>,
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    require(&app, &headers, Scope::Admin)?;
     let conns = app
         .node
-        .user_connections(&Tenant::from_option(q.tenant.as_deref()), &user_id)
+        .user_connections(&tenant(q.tenant.as_deref())?, &user_id)
         .await?;
     Ok(Json(json!({"user_id": user_id, "connections": conns})).into_response())
 }
 
 /// `GET /api/v1/rooms/{room}/presence`
 pub(crate) async fn presence(
+    _: ApiKey<Admin>,
     State(app): State<AppState>,
-    headers: HeaderMap,
     Path(room): Path<String>,
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    require(&app, &headers, Scope::Admin)?;
     let key = room_key(q.tenant.as_deref(), &room)?;
     let members = app.node.presence(&key).await?;
     Ok(Json(json!({"room": key.name.as_str(), "members": members})).into_response())
@@ -249,47 +259,81 @@ pub(crate) struct HistoryQuery {
     limit: Option<usize>,
 }
 
+/// The fields of a history answer before `events`.
+#[derive(Serialize)]
+struct HistoryHead<'a> {
+    room: &'a str,
+    epoch: &'a str,
+    offset: u64,
+    complete: bool,
+}
+
 /// `GET /api/v1/rooms/{room}/history`
 pub(crate) async fn history(
+    _: ApiKey<Admin>,
     State(app): State<AppState>,
-    headers: HeaderMap,
     Path(room): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response, ApiError> {
-    require(&app, &headers, Scope::Admin)?;
     let key = room_key(q.tenant.as_deref(), &room)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_HISTORY_LIMIT);
+    let limit = match q.limit {
+        None => 100,
+        Some(0) => {
+            return Err(ApiError::bad_request(format!(
+                "`limit` must be 1 to {MAX_HISTORY_LIMIT}"
+            )))
+        }
+        Some(n) => n.min(MAX_HISTORY_LIMIT),
+    };
     let page = app.node.history(&key, q.since.unwrap_or(0), limit).await?;
     let epoch_matches = q.epoch.as_deref().is_none_or(|e| e == page.position.epoch);
-    let events: Vec<Box<RawValue>> = if epoch_matches {
-        page.publications
-            .iter()
-            .filter_map(|p| {
-                let bytes = p.encode();
-                String::from_utf8(bytes.to_vec())
-                    .ok()
-                    .and_then(|s| RawValue::from_string(s).ok())
-            })
-            .collect()
+    let head = HistoryHead {
+        room: key.name.as_str(),
+        epoch: &page.position.epoch,
+        offset: page.position.offset,
+        complete: epoch_matches && page.complete,
+    };
+    let frames = if epoch_matches {
+        page.publications.iter().map(|p| p.encode()).collect()
     } else {
         Vec::new()
     };
-    Ok(Json(json!({
-        "room": key.name.as_str(),
-        "epoch": page.position.epoch,
-        "offset": page.position.offset,
-        "complete": epoch_matches && page.complete,
-        "events": events,
-    }))
-    .into_response())
+    let body = history_body(&head, &frames).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("cannot encode the history answer: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The history answer: `head`'s fields, then `events` spliced from the
+/// stored frames, which are JSON already. Parsing them again would be
+/// wasted work and could fail on data nested deeper than the parser
+/// allows (issue #12).
+fn history_body(head: &HistoryHead<'_>, frames: &[bytes::Bytes]) -> serde_json::Result<Vec<u8>> {
+    let mut body = serde_json::to_vec(head)?;
+    // `head` serializes as an object: replace its closing brace.
+    body.pop();
+    let size: usize = frames.iter().map(|f| f.len() + 1).sum();
+    body.reserve(size + 16);
+    body.extend_from_slice(b",\"events\":[");
+    for (i, frame) in frames.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(frame);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(body)
 }
 
 /// `GET /api/v1/stats`
 pub(crate) async fn stats(
+    _: ApiKey<Admin>,
     State(app): State<AppState>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require(&app, &headers, Scope::Admin)?;
     Ok(Json(app.node.stats().await?).into_response())
 }
 
@@ -312,12 +356,12 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// `POST /api/v1/tokens`
 pub(crate) async fn mint_token(
+    _: ApiKey<Admin>,
     State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    JsonBody(b): JsonBody<TokenBody>,
 ) -> Result<Response, ApiError> {
-    require(&app, &headers, Scope::Admin)?;
-    let b: TokenBody = parse_body(&body)?;
+    // The same rule verification applies, so a minted token verifies.
+    tenant(b.tenant.as_deref())?;
     let Some(minter) = &app.minter else {
         return Err(ApiError::bad_request(
             "minting tokens needs auth.hs256_secret; this node only verifies public keys",
@@ -341,4 +385,42 @@ pub(crate) async fn mint_token(
         })
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(Json(json!({"token": minted.token, "expires_at": minted.expires_at})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{history_body, nesting_depth, HistoryHead};
+
+    #[test]
+    fn nesting_depth_counts_arrays_and_objects_outside_strings() {
+        assert_eq!(nesting_depth("1"), 0);
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting_depth(r#"["[[[\"]]]{{", [2]]"#), 2);
+        assert_eq!(nesting_depth(r#"{"s":"\\"}"#), 1);
+    }
+
+    #[test]
+    fn history_body_splices_frames_of_any_depth_verbatim() {
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        let frames = [
+            bytes::Bytes::from(format!(r#"{{"type":"event","data":{deep}}}"#)),
+            bytes::Bytes::from_static(br#"{"type":"event","data":2}"#),
+        ];
+        let head = HistoryHead {
+            room: "chat:\"x\"",
+            epoch: "e",
+            offset: 2,
+            complete: true,
+        };
+        let body = String::from_utf8(history_body(&head, &frames).expect("body")).expect("utf-8");
+        assert_eq!(
+            body,
+            format!(
+                r#"{{"room":"chat:\"x\"","epoch":"e","offset":2,"complete":true,"events":[{{"type":"event","data":{deep}}},{{"type":"event","data":2}}]}}"#
+            )
+        );
+        let empty = String::from_utf8(history_body(&head, &[]).expect("body")).expect("utf-8");
+        let parsed: serde_json::Value = serde_json::from_str(&empty).expect("JSON");
+        assert_eq!(parsed["events"], serde_json::json!([]));
+    }
 }

@@ -8,6 +8,7 @@ use herald_auth::TokenMinter;
 use herald_node::Node;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -16,10 +17,13 @@ pub struct AppState {
     pub(crate) api_keys: Arc<ApiKeys>,
     pub(crate) minter: Option<Arc<TokenMinter>>,
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// `server.body_timeout`: how long an API request body may take.
+    pub(crate) body_timeout: Duration,
 }
 
 /// Every route of PROTOCOL.md 2.
 pub(crate) fn router(state: AppState) -> Router {
+    crate::guard::describe_metrics();
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/sse", get(sse::stream))
@@ -43,6 +47,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .merge(crate::dashboard::routes())
         .fallback(ops::not_found)
+        .layer(axum::middleware::from_fn(crate::guard::request_limits))
         .layer(axum::middleware::map_response(ops::json_errors))
+        // Outermost, so a panic anywhere below still gets the JSON 500.
+        .layer(axum::middleware::from_fn(crate::guard::catch_panic))
         .with_state(state)
 }

@@ -47,6 +47,10 @@ pub struct ServerConfig {
     /// Time over which clients are disconnected on shutdown.
     #[serde(with = "duration")]
     pub shutdown_drain: Duration,
+    /// Longest time an HTTP API request body may take to arrive whole;
+    /// a slower one is answered 408.
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +59,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             node_id: None,
             shutdown_drain: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -274,6 +279,9 @@ impl Config {
                 "server.listen",
                 format!("`{}`: {e}", self.server.listen),
             ));
+        }
+        if self.server.body_timeout < Duration::from_millis(100) {
+            problems.push(invalid("server.body_timeout", "must be at least 100ms"));
         }
         let l = &self.limits;
         for (key, v) in [

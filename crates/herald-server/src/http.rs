@@ -11,6 +11,10 @@
 //! address as axum's `ConnectInfo<SocketAddr>` extension (for the per-IP
 //! connection cap).
 
+mod io;
+
+pub(crate) use io::ServerIo;
+
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::server::conn::http1;
@@ -89,7 +93,7 @@ pub(crate) async fn serve(
             inner.call(request)
         });
         let connection = http
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(ServerIo::new(stream)), service)
             .with_upgrades();
         let stop = stop.clone();
         connections.spawn(async move {

@@ -11,6 +11,8 @@ mod cluster;
 pub mod config;
 mod dashboard;
 mod error;
+mod extract;
+mod guard;
 mod http;
 mod ops;
 mod serve;

@@ -143,6 +143,7 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         api_keys: Arc::new(ApiKeys::new(&config.auth)),
         minter: hs256.as_deref().map(|s| Arc::new(token_minter(&config, s))),
         metrics,
+        body_timeout: config.server.body_timeout,
     };
     let addr = config.server.listen.clone();
     let listener = listen(&addr).map_err(|source| ServeError::Bind {

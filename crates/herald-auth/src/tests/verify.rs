@@ -293,6 +293,9 @@ async fn roles_and_tenant_types() {
         json!({"sub": "u", "roles": ["admin", 1]}),
         json!({"sub": "u", "tenant": 5}),
         json!({"sub": "u", "tenant": ["acme"]}),
+        // Tenants follow the API's rule: 64 bytes of the room alphabet.
+        json!({"sub": "u", "tenant": "t".repeat(65)}),
+        json!({"sub": "u", "tenant": "ac me"}),
     ];
     for claims in bad {
         refused(&auth, &sign(Algorithm::HS256, None, &claims), "bad_claims").await;
@@ -303,6 +306,12 @@ async fn roles_and_tenant_types() {
         .await
         .unwrap();
     assert_eq!(acme.tenant.as_deref(), Some("acme"));
+    let longest = "t".repeat(64);
+    let long = auth
+        .verify(&token(json!({"sub": "u", "tenant": longest})))
+        .await
+        .unwrap();
+    assert_eq!(long.tenant.as_deref(), Some(longest.as_str()));
     let default = auth
         .verify(&token(json!({"sub": "u", "tenant": ""})))
         .await

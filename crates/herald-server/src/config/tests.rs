@@ -7,6 +7,7 @@ fn defaults_match_the_contract() {
     let c = Config::from_toml("").expect("empty config is valid");
     assert_eq!(c.server.listen, "127.0.0.1:8080");
     assert_eq!(c.server.shutdown_drain, Duration::from_secs(10));
+    assert_eq!(c.server.body_timeout, Duration::from_secs(10));
     assert_eq!(c.limits.max_connections, 100_000);
     assert_eq!(c.limits.per_user_policy, PerUserPolicy::Reject);
     assert_eq!(c.limits.heartbeat_interval, Duration::from_secs(25));
@@ -93,11 +94,16 @@ fn redis_needs_a_redis_url() {
 #[test]
 fn every_bad_value_is_reported_at_once() {
     let err = Config::from_toml(
-        "[server]\nlisten = \"nowhere\"\n[limits]\nburst = 0\nmax_connections = 0\n",
+        "[server]\nlisten = \"nowhere\"\nbody_timeout = \"0s\"\n[limits]\nburst = 0\nmax_connections = 0\n",
     )
     .unwrap_err();
     let text = err.to_string();
-    for key in ["server.listen", "limits.burst", "limits.max_connections"] {
+    for key in [
+        "server.listen",
+        "server.body_timeout",
+        "limits.burst",
+        "limits.max_connections",
+    ] {
         assert!(text.contains(key), "{key} missing from: {text}");
     }
 }

@@ -17,7 +17,6 @@ use herald_protocol::{
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use tungstenite::protocol::frame::coding::Control;
 
@@ -70,7 +69,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
     let Ok(Ok(upgraded)) = timeout_at(deadline, on_upgrade).await else {
         return None;
     };
-    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+    let Ok(parts) = upgraded.downcast::<TokioIo<crate::http::ServerIo>>() else {
         // Only if the HTTP server stopped serving plain TCP streams.
         tracing::error!("upgraded connection is not a TCP stream; closing it");
         return None;
@@ -81,7 +80,11 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         Some(_) => max,
         None => limits.max_pending_message_bytes.min(max),
     };
-    let mut socket = WsSocket::new(parts.io.into_inner(), &parts.read_buf, first_max);
+    let mut socket = WsSocket::new(
+        parts.io.into_inner().into_stream(),
+        &parts.read_buf,
+        first_max,
+    );
     let (identity, reply_to) = match identity {
         Some(i) => (i, None),
         None => await_authenticate(&app, &mut socket, deadline).await?,

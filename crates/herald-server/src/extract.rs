@@ -1,0 +1,142 @@
+//! Extractors every API handler takes, so none can forget a check: the API
+//! key with its scope ([`ApiKey`]), checked from the headers before any
+//! byte of the body is read, and the JSON body ([`JsonBody`]), read under a
+//! size limit and a deadline.
+//!
+//! axum runs header extractors before the body extractor, so a handler
+//! taking `(ApiKey<Publish>, JsonBody<T>)` refuses a keyless request
+//! without waiting for its body.
+
+use crate::auth::KeyCheck;
+use crate::config::Scope;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use futures_util::StreamExt;
+use herald_protocol::ErrorCode;
+use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+
+/// Largest request body the API reads, in bytes (2 MiB).
+pub(crate) const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// The bearer token of a request, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// A scope an [`ApiKey`] must hold.
+pub(crate) trait RequiredScope {
+    /// The scope.
+    const SCOPE: Scope;
+}
+
+/// Scope `publish` (an `admin` key holds it too).
+pub(crate) struct Publish;
+
+impl RequiredScope for Publish {
+    const SCOPE: Scope = Scope::Publish;
+}
+
+/// Scope `admin`.
+pub(crate) struct Admin;
+
+impl RequiredScope for Admin {
+    const SCOPE: Scope = Scope::Admin;
+}
+
+/// Proof that the request carried an API key holding scope `S`; refuses
+/// with 401 (no or unknown key) or 403 (key without the scope).
+pub(crate) struct ApiKey<S>(PhantomData<S>);
+
+impl<S: RequiredScope> FromRequestParts<AppState> for ApiKey<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        match app.api_keys.check(bearer(&parts.headers), S::SCOPE) {
+            KeyCheck::Allowed => Ok(Self(PhantomData)),
+            KeyCheck::Unauthorized => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "missing or unknown API key; send Authorization: Bearer <api key>",
+            )),
+            KeyCheck::Forbidden => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "this API key lacks the scope for this call",
+            )),
+        }
+    }
+}
+
+/// A JSON request body parsed into `T`: 413 `too_large` over
+/// [`MAX_BODY_BYTES`] (at once when `Content-Length` says so), 408 when the
+/// body does not arrive within `server.body_timeout`, 400 `bad_request`
+/// when it is not the JSON `T` wants.
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
+        let body = read_body(req, app.body_timeout).await?;
+        serde_json::from_slice(&body)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::TooLarge,
+        format!("request body is over {MAX_BODY_BYTES} bytes (2 MiB)"),
+    )
+    // The rest of the body is not read, so the connection cannot carry
+    // another request.
+    .closing()
+}
+
+/// Reads the whole body, bounded in size and time.
+async fn read_body(req: Request, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut stream = req.into_body().into_data_stream();
+    let read = async {
+        let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(body))
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(body) => body,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::BadRequest,
+            format!(
+                "the request body did not arrive within {} (server.body_timeout)",
+                humantime::format_duration(timeout)
+            ),
+        )
+        .closing()),
+    }
+}
