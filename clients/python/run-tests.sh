@@ -23,6 +23,7 @@ apt_install() {
 }
 
 python=${PYTHON:-python3}
+command -v "$python" >/dev/null 2>&1 || apt_install python3 python3-venv
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then
   echo "clients/python: needs Python 3.9 or newer as \$PYTHON or python3" >&2
   exit 1
