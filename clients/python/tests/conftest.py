@@ -74,7 +74,8 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> N
 class Node:
     """One `herald serve` process; ``restart`` reuses its port and config."""
 
-    def __init__(self, extra_toml: str = "") -> None:
+    def __init__(self, extra_toml: str = "", prefix: str = "herald") -> None:
+        self.prefix = prefix
         self.dir = Path(tempfile.mkdtemp(prefix="herald-sdk-py-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -191,9 +192,9 @@ kind = "redis"
 redis_url = "{redis_server.url}"
 prefix = "{prefix}"
 command_timeout = "300ms"
-"""
+""",
+        prefix,
     )
-    n.prefix = prefix  # type: ignore[attr-defined]
     yield n
     n.close()
 

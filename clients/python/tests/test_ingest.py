@@ -13,7 +13,7 @@ from herald_sdk import AsyncRedisIngest, RedisIngest
 
 def test_ingest_publishes_once_per_key(redis_node: Node, redis_server: Redis) -> None:
     room = f"sdk:{uuid.uuid4().hex[:12]}"
-    prefix = redis_node.prefix  # type: ignore[attr-defined]
+    prefix = redis_node.prefix
     with RedisIngest(redis_server.url, prefix=prefix) as ingest:
         first = ingest.publish(room, "agent.started", {"run": 1}, idempotency_key="run-1-started")
         ingest.publish(room, "agent.started", {"run": 1}, idempotency_key="run-1-started")
@@ -33,7 +33,7 @@ def test_ingest_publishes_once_per_key(redis_node: Node, redis_server: Redis) ->
 
 async def test_async_ingest(redis_node: Node, redis_server: Redis) -> None:
     room = f"sdk:{uuid.uuid4().hex[:12]}"
-    async with AsyncRedisIngest(redis_server.url, prefix=redis_node.prefix) as ingest:  # type: ignore[attr-defined]
+    async with AsyncRedisIngest(redis_server.url, prefix=redis_node.prefix) as ingest:
         for i in range(3):
             await ingest.publish(room, "tick", i, tenant="acme")
     deadline = asyncio.get_running_loop().time() + 15
