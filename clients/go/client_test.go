@@ -93,8 +93,12 @@ func TestTenantAndBroadcast(t *testing.T) {
 	if _, err := c.Publish(ctx(t), herald.PublishRequest{Room: a, Event: "e", Data: "acme only", Tenant: "acme"}); err != nil {
 		t.Fatal(err)
 	}
+	// The node takes ExcludeConnection (an unknown field would be a 400).
+	if r, err := c.Publish(ctx(t), herald.PublishRequest{Room: b, Event: "e", ExcludeConnection: strings.Repeat("0", 32)}); err != nil || r.Offset != 1 {
+		t.Fatalf("exclude_connection: %+v %v", r, err)
+	}
 	res, err := c.Broadcast(ctx(t), herald.BroadcastRequest{Rooms: []string{a, b}, Event: "all", Data: []int{1, 2}})
-	if err != nil || len(res) != 2 || res[0].Room != a || res[0].Offset != 1 || res[1].Offset != 1 {
+	if err != nil || len(res) != 2 || res[0].Room != a || res[0].Offset != 1 || res[1].Offset != 2 {
 		t.Fatalf("broadcast: %+v %v", res, err)
 	}
 	acme, err := c.History(ctx(t), a, &herald.HistoryOptions{Tenant: "acme"})

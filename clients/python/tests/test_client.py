@@ -51,10 +51,13 @@ def test_publish_tenant_and_broadcast(node: Node) -> None:
     a, b = room(), room()
     with Herald(node.url, ADMIN_KEY) as h:
         h.publish(a, "e", "acme only", tenant="acme")
-        results = h.broadcast([a, b], "all", [1, 2])
-        assert [(x.room, x.offset) for x in results] == [(a, 1), (b, 1)]
+        # The node takes exclude_connection (an unknown field would be a 400).
+        assert h.publish(b, "e", 0, exclude_connection="0" * 32).offset == 1
+        h.broadcast([a, b], "all", [1, 2])
+        results = h.broadcast([a, b], "all", [3])
+        assert [(x.room, x.offset) for x in results] == [(a, 2), (b, 3)]
         assert [e.data for e in h.history(a, tenant="acme").events] == ["acme only"]
-        assert [e.event for e in h.history(a).events] == ["all"]
+        assert [e.data for e in h.history(a).events] == [[1, 2], [3]]
         with pytest.raises(TypeError):
             h.broadcast(a, "e", 1)
 
