@@ -35,6 +35,10 @@ fi
 export HERALD_BIN
 # Nothing to fetch (standard library only); never reach for a proxy.
 export GOPROXY=off GOTOOLCHAIN=local
+# go needs a build cache; without HOME it cannot place one.
+if [ -z "${HOME:-}" ]; then
+  export GOCACHE="${TMPDIR:-/tmp}/herald-go-cache" GOPATH="${TMPDIR:-/tmp}/herald-gopath"
+fi
 
 log "gofmt"
 unformatted=$(gofmt -l .)
