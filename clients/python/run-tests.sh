@@ -53,8 +53,8 @@ log "pip install (test dependencies, then the package itself)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 
-log "mypy --strict"
-.venv/bin/python -m mypy --strict src
+log "mypy --strict (package and example)"
+.venv/bin/python -m mypy --strict src examples
 
 log "pytest"
 # src/ is not on sys.path here: the tests import the installed package.
