@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -127,7 +128,7 @@ def main() -> None:
     p.add_argument("--url")
     p.add_argument("--api-key", default=KEY)
     p.add_argument("--events", type=int, default=5000)
-    p.add_argument("--rounds", type=int, default=3, help="each mode runs this often; the best round is kept")
+    p.add_argument("--rounds", type=int, default=5, help="each mode runs this often, interleaved with the others")
     args = p.parse_args()
     proc: Optional[subprocess.Popen[bytes]] = None
     tmp: Optional[Path] = None
@@ -147,7 +148,10 @@ def main() -> None:
             ]:
                 best.setdefault(name, []).append(fn())
         for name, rates in best.items():
-            print(f"{name:24s} {max(rates):8.0f} events/s  (rounds: {', '.join(f'{r:.0f}' for r in rates)})")
+            print(
+                f"{name:24s} best {max(rates):6.0f}  median {statistics.median(rates):6.0f} events/s"
+                f"  (rounds: {', '.join(f'{r:.0f}' for r in rates)})"
+            )
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGKILL)
