@@ -37,6 +37,15 @@ pub struct Limits {
     /// Silence after which a connection is closed (4014).
     #[serde(with = "herald_core::duration")]
     pub stale_timeout: Duration,
+    // group B: subscription patterns cap, history byte budgets
+    /// Distinct event patterns (`subscribe`) one connection may hold.
+    pub max_event_patterns: usize,
+    /// Bytes of history one room keeps (oldest events trimmed first); a
+    /// namespace's `history_max_bytes` overrides it.
+    pub history_room_bytes: usize,
+    /// Bytes of history the whole node keeps with the memory engine (oldest
+    /// events of any room trimmed first).
+    pub history_total_bytes: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +63,10 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(25),
             stale_timeout: Duration::from_secs(60),
+            // group B
+            max_event_patterns: 64,
+            history_room_bytes: 1_048_576,
+            history_total_bytes: 268_435_456,
         }
     }
 }

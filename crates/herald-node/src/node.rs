@@ -303,7 +303,11 @@ impl Node {
         metrics::connection_opened();
         metrics::connections(self.inner.registry.len());
         if let Some(patterns) = &options.events {
-            conn.update_filter(|f| f.subscribe(patterns));
+            // The transport checked the count against the same cap; a
+            // refusal here would leave the filter matching everything.
+            if let Err(e) = conn.update_filter(|f| f.subscribe(patterns, limits.max_event_patterns)) {
+                tracing::debug!(error = %e, "connect-time event patterns refused");
+            }
         }
         let session = Session::new(self.clone(), conn.clone());
         let pending = session.auto_join(&options.resume).await;
