@@ -179,7 +179,8 @@ mod tests {
         f.subscribe(&names("c.", 3), 64).expect("exactly 64");
         assert_eq!(f.len(), 64);
         f.unsubscribe(&["a.0".into()]);
-        f.subscribe(&["d".into()], 64).expect("room again after unsubscribe");
+        f.subscribe(&["d".into()], 64)
+            .expect("room again after unsubscribe");
     }
 
     #[test]
@@ -197,8 +198,11 @@ mod tests {
     #[test]
     fn exact_and_wildcard_patterns_both_match() {
         let mut f = EventFilter::default();
-        f.subscribe(&["pr.created".into(), "agent.*".into(), "*.done".into()], 64)
-            .expect("fit");
+        f.subscribe(
+            &["pr.created".into(), "agent.*".into(), "*.done".into()],
+            64,
+        )
+        .expect("fit");
         assert!(f.matches("pr.created"));
         assert!(!f.matches("pr.created.x"));
         assert!(f.matches("agent.tool.started"));

@@ -305,7 +305,8 @@ impl Node {
         if let Some(patterns) = &options.events {
             // The transport checked the count against the same cap; a
             // refusal here would leave the filter matching everything.
-            if let Err(e) = conn.update_filter(|f| f.subscribe(patterns, limits.max_event_patterns)) {
+            if let Err(e) = conn.update_filter(|f| f.subscribe(patterns, limits.max_event_patterns))
+            {
                 tracing::debug!(error = %e, "connect-time event patterns refused");
             }
         }
@@ -337,6 +338,9 @@ impl Node {
         HistoryPolicy {
             size: ns.history_size,
             ttl: ns.history_ttl,
+            max_bytes: ns
+                .history_max_bytes
+                .unwrap_or(self.inner.limits.history_room_bytes),
         }
     }
 

@@ -236,6 +236,7 @@ impl Broker for RedisBroker {
             streams: self.rooms.listened_count(),
             stored_events: 0,
             stored_bytes: 0,
+            trimmed: Default::default(),
         }
     }
 }
