@@ -40,8 +40,8 @@ use tokio_util::task::TaskTracker;
 ///   message are the same bytes, the payload verbatim.
 /// - A room's epoch lives `max(history ttl, 1 hour)` after its last publish
 ///   (like the memory engine's sweep of idle streams); a quiet room then
-///   starts a new epoch. `position` and `history` create the epoch when the
-///   room has none, so every node and the next publish agree on it.
+///   starts a new epoch. `position` and `history` write nothing: a room
+///   without keys reads as the empty epoch, offset 0 (see `read`).
 /// - Idempotency keys are kept `max(5 minutes, history ttl)`, per tenant.
 /// - `subscribe`/`unsubscribe` are counted per room: the channel is
 ///   subscribed on the first count and unsubscribed after the last.
@@ -60,7 +60,9 @@ use tokio_util::task::TaskTracker;
 /// dropped), while SSUBSCRIBE is a request with a reply.
 ///
 /// History lives in Redis, so [`Broker::stats`] reports the rooms this node
-/// listens to as `streams` and 0 stored events and bytes.
+/// listens to as `streams`, 0 stored events and bytes, and the entries this
+/// node's publishes trimmed (each room's byte budget is enforced by the
+/// publish script; the node-wide total is bounded by Redis's `maxmemory`).
 pub struct RedisBroker {
     clients: RedisClients,
     keys: Keys,
@@ -72,6 +74,8 @@ pub struct RedisBroker {
     publish_script: LuaScript,
     read_script: LuaScript,
     receivers: Mutex<Option<reader::Receivers>>,
+    /// History entries trimmed by this node's publishes, by reason.
+    trimmed: publish::Trimmed,
 }
 
 impl RedisBroker {
@@ -96,6 +100,7 @@ impl RedisBroker {
             rooms: Rooms::default(),
             publish_script: LuaScript::new(script::PUBLISH),
             read_script: LuaScript::new(script::READ),
+            trimmed: publish::Trimmed::default(),
         })
     }
 
@@ -236,7 +241,7 @@ impl Broker for RedisBroker {
             streams: self.rooms.listened_count(),
             stored_events: 0,
             stored_bytes: 0,
-            trimmed: Default::default(),
+            trimmed: self.trimmed.snapshot(),
         }
     }
 }

@@ -1,9 +1,12 @@
-//! Reading a room's stream: its position (creating the epoch when the room
-//! has none, so every node and the next publish agree on it) and the
-//! stored publications after an offset, both in one atomic script.
+//! Reading a room's stream: its position and the stored publications
+//! after an offset, both in one atomic script that writes nothing. A room
+//! without a stream reads as [`EMPTY_EPOCH`], offset 0: the same answer on
+//! every node, and never an epoch a stream gets (see `new_epoch`), so a
+//! client told it and resuming after the room's first publish is told
+//! `recovered: false` rather than miss the events in between.
 
 use super::error::{from_redis, not_connected, unexpected};
-use super::publish::{new_epoch, now_ms, META_IDLE};
+use super::publish::now_ms;
 use super::RedisBroker;
 use crate::wire::{decode_room_message, RoomMessage};
 use fred::interfaces::ClientLike;
@@ -15,6 +18,9 @@ use std::sync::Arc;
 /// Most publications one read returns; a longer page is cut (and reported
 /// incomplete) so one request cannot pull a whole stream at once.
 pub(super) const MAX_READ: usize = 10_000;
+
+/// The epoch of a room that has no stream (no key) in Redis.
+pub(super) const EMPTY_EPOCH: &str = "0000000000000000";
 
 /// A position and the stored publications after the requested offset.
 pub(super) struct Page {
@@ -54,11 +60,10 @@ impl RedisBroker {
         let keys = vec![self.keys.room_meta(room), self.keys.room_stream(room)];
         let limit = limit.min(MAX_READ);
         let args = vec![
-            Value::from(new_epoch()),
+            Value::from(EMPTY_EPOCH),
             Value::from(since.to_string()),
             Value::Integer(limit as i64),
             Value::Integer(i64::try_from(now_ms()).unwrap_or(i64::MAX)),
-            Value::Integer(META_IDLE.as_millis() as i64),
         ];
         let reply = self
             .read_script

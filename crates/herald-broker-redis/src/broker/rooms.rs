@@ -7,6 +7,7 @@
 //! count is zero, so whoever holds a gate can tell, by comparing gates,
 //! whether the entry it works for is still the live one.
 
+use super::read::EMPTY_EPOCH;
 use herald_core::{Publication, RoomKey};
 use herald_protocol::StreamPosition;
 use parking_lot::Mutex;
@@ -165,6 +166,13 @@ impl Rooms {
                     Verdict::Gap { after: c.offset }
                 }
             }
+            // The room had no stream when this node read it, and a publish
+            // beat the subscription: fill the events before from history,
+            // like any gap.
+            Some(c) if c.epoch == EMPTY_EPOCH && p.position.offset > 1 => {
+                *c = StreamPosition::new(p.position.epoch.clone(), 0);
+                Verdict::Gap { after: 0 }
+            }
             // A new epoch (or the first publication): its stream started over.
             cursor => {
                 *cursor = Some(p.position.clone());
@@ -268,5 +276,22 @@ mod tests {
         assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
         rooms.set_baseline(&r, StreamPosition::new("c", 0));
         assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
+    }
+
+    #[test]
+    fn a_room_read_without_a_stream_fills_what_beat_the_subscription() {
+        let rooms = Rooms::default();
+        let r = room();
+        rooms.join(&r);
+        rooms.set_baseline(&r, StreamPosition::new(EMPTY_EPOCH, 0));
+        assert_eq!(
+            rooms.classify(&publication("a", 3)),
+            Verdict::Gap { after: 0 }
+        );
+        assert_eq!(
+            rooms.offer(&publication("a", 1)),
+            Offer::Deliver { missed: 0 }
+        );
+        assert_eq!(rooms.classify(&publication("a", 2)), Verdict::Deliver);
     }
 }
