@@ -101,3 +101,31 @@ fn every_bad_value_is_reported_at_once() {
         assert!(text.contains(key), "{key} missing from: {text}");
     }
 }
+
+#[test]
+fn budget_keys_are_validated_and_named() {
+    let c = Config::from_toml("").expect("valid");
+    assert_eq!(c.limits.max_event_patterns, 64);
+    assert_eq!(c.limits.history_room_bytes, 1_048_576);
+    assert_eq!(c.limits.history_total_bytes, 268_435_456);
+    let err = Config::from_toml(
+        "[limits]\nmax_event_patterns = 0\nhistory_room_bytes = 0\nhistory_total_bytes = 0\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "limits.max_event_patterns",
+        "limits.history_room_bytes",
+        "limits.history_total_bytes",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    let err = Config::from_toml("[namespaces.chat]\nhistory_max_bytes = 0\n").unwrap_err();
+    assert!(
+        err.to_string().contains("namespaces.chat.history_max_bytes"),
+        "{err}"
+    );
+    let c = Config::from_toml("[namespaces.chat]\nhistory_max_bytes = 4096\n").expect("valid");
+    let ns = c.namespace_rules().expect("rules");
+    assert_eq!(ns.get("chat").and_then(|n| n.history_max_bytes), Some(4096));
+}
