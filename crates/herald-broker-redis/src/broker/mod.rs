@@ -2,6 +2,7 @@
 //! `publish` and `read` hold the two Lua scripts' callers, `rooms` the
 //! counted subscriptions, `reader` the pub/sub reader and its catch-up.
 
+mod epoch;
 mod error;
 mod metrics;
 mod publish;
@@ -41,7 +42,8 @@ use tokio_util::task::TaskTracker;
 /// - A room's epoch lives `max(history ttl, 1 hour)` after its last publish
 ///   (like the memory engine's sweep of idle streams); a quiet room then
 ///   starts a new epoch. `position` and `history` write nothing: a room
-///   without keys reads as the empty epoch, offset 0 (see `read`).
+///   without keys reads as offset 0 in the engine epoch, the epoch its
+///   first publish will start it in (see `epoch`).
 /// - Idempotency keys are kept `max(5 minutes, history ttl)`, per tenant.
 /// - `subscribe`/`unsubscribe` are counted per room: the channel is
 ///   subscribed on the first count and unsubscribed after the last.
@@ -76,6 +78,9 @@ pub struct RedisBroker {
     receivers: Mutex<Option<reader::Receivers>>,
     /// History entries trimmed by this node's publishes, by reason.
     trimmed: publish::Trimmed,
+    epoch_script: LuaScript,
+    /// The engine epoch and until when this node may use it unchecked.
+    engine_epoch: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl RedisBroker {
@@ -101,6 +106,8 @@ impl RedisBroker {
             publish_script: LuaScript::new(script::PUBLISH),
             read_script: LuaScript::new(script::READ),
             trimmed: publish::Trimmed::default(),
+            epoch_script: LuaScript::new(epoch::SCRIPT),
+            engine_epoch: Mutex::new(None),
         })
     }
 

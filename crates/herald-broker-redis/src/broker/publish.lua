@@ -1,11 +1,12 @@
 -- Publishes one event, atomically: offset, history and announcement in one
 -- step, so offset order is channel order (see broker/publish.rs).
 -- KEYS: 1 meta hash, 2 stream, 3 channel, 4 idempotency record (optional)
--- ARGV: 1 epoch to create when the room has none,
+-- ARGV: 1 epoch to create when the room has none (the engine epoch),
 --       2 the publication JSON after its opening brace,
 --       3 history size, 4 history ttl (ms), 5 now (ms),
 --       6 meta idle ttl (ms), 7 idempotency ttl (ms),
---       8 history byte budget of the room (0: none)
+--       8 history byte budget of the room (0: none),
+--       9 a random epoch, for a room whose stream outlived its meta
 -- Returns {epoch, offset, duplicate (0/1), trimmed for size, trimmed for
 -- the byte budget, trimmed for age}.
 --
@@ -56,7 +57,14 @@ end
 
 local size, ttl, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_bytes = tonumber(ARGV[8])
-local epoch = ensure_epoch(meta, stream, ARGV[1], ARGV[6])
+-- A stream without its meta is a previous life of the room (its meta was
+-- evicted or deleted): positions of that life may be in the engine epoch,
+-- so this life gets an epoch of its own.
+local fresh = ARGV[1]
+if redis.call('EXISTS', meta) == 0 and redis.call('EXISTS', stream) == 1 then
+  fresh = ARGV[9]
+end
+local epoch = ensure_epoch(meta, stream, fresh, ARGV[6])
 local offset = redis.call('HINCRBY', meta, 'offset', 1)
 local message = string.format('p{"o":%d,"e":"%s",', offset, epoch) .. ARGV[2]
 

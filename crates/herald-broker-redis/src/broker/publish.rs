@@ -118,10 +118,9 @@ pub(super) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A fresh random epoch, as the memory engine makes them; never the
-/// empty epoch of rooms without a stream.
+/// A fresh random epoch, as the memory engine makes them.
 pub(super) fn new_epoch() -> String {
-    format!("{:016x}", rand::random::<u64>().max(1))
+    format!("{:016x}", rand::random::<u64>())
 }
 
 fn new_event_id() -> String {
@@ -140,6 +139,7 @@ impl RedisBroker {
         // Waiting for a reconnect would hold the publisher for the whole
         // command timeout; answer at once instead.
         if !self.clients.commands.is_connected() {
+            self.forget_engine_epoch();
             return Err(not_connected());
         }
         let room = &request.room;
@@ -161,7 +161,7 @@ impl RedisBroker {
         }
         let size = i64::try_from(request.history.size).unwrap_or(i64::MAX);
         let args = vec![
-            Value::from(new_epoch()),
+            Value::from(self.engine_epoch().await?),
             Value::Bytes(body),
             Value::Integer(size),
             Value::Integer(millis(ttl)),
@@ -169,6 +169,7 @@ impl RedisBroker {
             Value::Integer(millis(META_IDLE.max(ttl))),
             Value::Integer(millis(idempotency_ttl)),
             Value::Integer(i64::try_from(request.history.max_bytes).unwrap_or(i64::MAX)),
+            Value::from(new_epoch()),
         ];
         let reply = self
             .publish_script

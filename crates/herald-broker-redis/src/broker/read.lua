@@ -1,9 +1,9 @@
 
 -- Reads a room's position and stored events after an offset. Writes
--- nothing: a room without a stream answers the empty epoch and offset 0,
+-- nothing: a room without a stream answers the engine epoch and offset 0,
 -- so reads of unknown rooms cannot fill Redis with keys.
 -- KEYS: 1 meta hash, 2 stream
--- ARGV: 1 the empty epoch, 2 since, 3 limit, 4 now (ms)
+-- ARGV: 1 the engine epoch, 2 since, 3 limit, 4 now (ms)
 -- Returns {epoch, offset, message...}: unexpired messages after `since`.
 
 local meta, stream = KEYS[1], KEYS[2]

@@ -1,9 +1,7 @@
 //! Reading a room's stream: its position and the stored publications
 //! after an offset, both in one atomic script that writes nothing. A room
-//! without a stream reads as [`EMPTY_EPOCH`], offset 0: the same answer on
-//! every node, and never an epoch a stream gets (see `new_epoch`), so a
-//! client told it and resuming after the room's first publish is told
-//! `recovered: false` rather than miss the events in between.
+//! without a stream reads as offset 0 in the engine epoch (see `epoch`),
+//! the epoch its first publish will start it in.
 
 use super::error::{from_redis, not_connected, unexpected};
 use super::publish::now_ms;
@@ -18,9 +16,6 @@ use std::sync::Arc;
 /// Most publications one read returns; a longer page is cut (and reported
 /// incomplete) so one request cannot pull a whole stream at once.
 pub(super) const MAX_READ: usize = 10_000;
-
-/// The epoch of a room that has no stream (no key) in Redis.
-pub(super) const EMPTY_EPOCH: &str = "0000000000000000";
 
 /// A position and the stored publications after the requested offset.
 pub(super) struct Page {
@@ -55,12 +50,14 @@ impl RedisBroker {
         limit: usize,
     ) -> Result<Page, BrokerError> {
         if !self.clients.commands.is_connected() {
+            self.forget_engine_epoch();
             return Err(not_connected());
         }
+        let empty_epoch = self.engine_epoch().await?;
         let keys = vec![self.keys.room_meta(room), self.keys.room_stream(room)];
         let limit = limit.min(MAX_READ);
         let args = vec![
-            Value::from(EMPTY_EPOCH),
+            Value::from(empty_epoch),
             Value::from(since.to_string()),
             Value::Integer(limit as i64),
             Value::Integer(i64::try_from(now_ms()).unwrap_or(i64::MAX)),

@@ -7,7 +7,6 @@
 //! count is zero, so whoever holds a gate can tell, by comparing gates,
 //! whether the entry it works for is still the live one.
 
-use super::read::EMPTY_EPOCH;
 use herald_core::{Publication, RoomKey};
 use herald_protocol::StreamPosition;
 use parking_lot::Mutex;
@@ -166,10 +165,11 @@ impl Rooms {
                     Verdict::Gap { after: c.offset }
                 }
             }
-            // The room had no stream when this node read it, and a publish
-            // beat the subscription: fill the events before from history,
-            // like any gap.
-            Some(c) if c.epoch == EMPTY_EPOCH && p.position.offset > 1 => {
+            // Nothing delivered yet (the room had no stream when this node
+            // read it) and the stream started in another epoch than the
+            // one read, with a publish that beat the subscription: fill the
+            // events before from history, like any gap.
+            Some(c) if c.offset == 0 && p.position.offset > 1 => {
                 *c = StreamPosition::new(p.position.epoch.clone(), 0);
                 Verdict::Gap { after: 0 }
             }
@@ -283,7 +283,7 @@ mod tests {
         let rooms = Rooms::default();
         let r = room();
         rooms.join(&r);
-        rooms.set_baseline(&r, StreamPosition::new(EMPTY_EPOCH, 0));
+        rooms.set_baseline(&r, StreamPosition::new("read", 0));
         assert_eq!(
             rooms.classify(&publication("a", 3)),
             Verdict::Gap { after: 0 }

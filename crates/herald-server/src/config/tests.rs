@@ -122,7 +122,8 @@ fn budget_keys_are_validated_and_named() {
     }
     let err = Config::from_toml("[namespaces.chat]\nhistory_max_bytes = 0\n").unwrap_err();
     assert!(
-        err.to_string().contains("namespaces.chat.history_max_bytes"),
+        err.to_string()
+            .contains("namespaces.chat.history_max_bytes"),
         "{err}"
     );
     let c = Config::from_toml("[namespaces.chat]\nhistory_max_bytes = 4096\n").expect("valid");
