@@ -214,7 +214,13 @@ impl Broker for MemoryBroker {
     async fn subscribe(&self, room: &RoomKey) -> Result<(), BrokerError> {
         // Every publication already reaches the one local sink; the count
         // keeps the stream (and its offset) while the room has members.
-        self.stream(room).lock().subscribe();
+        // Counted under the shard lock, so the sweep cannot drop the stream
+        // between the lookup and the count.
+        let mut shard = self.shard(room).lock();
+        let stream = shard
+            .entry(room.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(RoomStream::new(self.epoch.lock().clone()))));
+        stream.lock().subscribe();
         Ok(())
     }
 
