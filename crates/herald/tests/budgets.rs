@@ -5,6 +5,7 @@
 mod common;
 
 use common::cluster::{epoch_of, join_since};
+use common::sse::{open_ok, read_opening};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -138,7 +139,20 @@ async fn rooms_joined_left_or_read_leave_no_streams_behind() {
         let (s, h) = node.api("GET", &path, Some(ADMIN_KEY), None).await;
         assert_eq!(s, 200, "{h}");
     }
-    // Leaving is handled after the ack on some paths: wait for it.
+    // SSE streams join their rooms the same way; closing one leaves them.
+    let token = node.user_token("walker");
+    for i in 0..10 {
+        let rooms: Vec<String> = (0..5).map(|j| format!("chat:sse{i}-{j}")).collect();
+        let query = format!("?token={token}&rooms={}", rooms.join(","));
+        let mut s = open_ok(&node, &query, &[]).await;
+        // The five rooms and the auto-joined `user:walker` and `global`.
+        read_opening(&mut s, 7).await;
+        let open = stat(&broker_stats(&node).await, "streams");
+        assert!(open >= before + 5, "the stream's rooms are live: {open}");
+        drop(s);
+    }
+    // Leaving is handled after the ack on some paths, and a closed SSE
+    // stream is noticed a moment later: wait for it.
     let deadline = Instant::now() + FRAME_WAIT;
     loop {
         let broker = broker_stats(&node).await;
