@@ -4,14 +4,30 @@
 //! assigned, the event stored and handed to the sink, which makes publish
 //! atomic per room and keeps delivery in offset order (the [`Broker`]
 //! contract). The sink only queues, so the lock is held for microseconds.
+//!
+//! Only `publish` and `subscribe` create a room's stream; reads of an
+//! unknown room answer offset 0 in the engine's current epoch. A stream
+//! without history and without local members is dropped by the next
+//! [`MemoryBroker::sweep`] (or at once when its last member leaves).
+//! Dropping a stream that had published events moves the engine's epoch
+//! on, under the lock of the room's shard, so the room's next stream can
+//! never reuse the epoch of its old offsets.
+//!
+//! History is bounded per room (events, age and bytes: [`HistoryPolicy`])
+//! and node-wide ([`MemoryBroker::with_history_budget`]), oldest events
+//! trimmed first.
 
 #![warn(missing_docs)]
 
+mod budget;
 mod idempotency;
 mod stream;
 
 use async_trait::async_trait;
+use budget::Accounting;
 use herald_core::broker::{BrokerStats, HistoryPage};
+#[cfg(doc)]
+use herald_core::HistoryPolicy;
 use herald_core::{
     Broker, BrokerError, Publication, PublicationSink, PublishOutcome, PublishRequest, RoomKey,
 };
@@ -37,16 +53,42 @@ pub struct MemoryBroker {
     shards: Box<[Shard]>,
     sink: Arc<dyn PublicationSink>,
     idempotency: IdempotencyCache,
+    /// The epoch new streams start in (and reads of unknown rooms report).
+    epoch: Mutex<Arc<str>>,
+    /// Node-wide history byte budget; 0 for none.
+    history_budget: usize,
+    acct: Accounting,
+    /// Held by the one publish trimming to the node-wide budget; the others
+    /// do not queue behind it.
+    trimming: Mutex<()>,
+}
+
+fn new_epoch() -> Arc<str> {
+    // Random per engine life: after a restart every client can tell its old
+    // positions are void.
+    format!("{:016x}", rand::random::<u64>()).into()
 }
 
 impl MemoryBroker {
-    /// A broker delivering to `sink`.
+    /// A broker delivering to `sink`, without a node-wide history budget.
     pub fn new(sink: Arc<dyn PublicationSink>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             sink,
             idempotency: IdempotencyCache::new(IDEMPOTENCY_TTL),
+            epoch: Mutex::new(new_epoch()),
+            history_budget: 0,
+            acct: Accounting::default(),
+            trimming: Mutex::new(()),
         }
+    }
+
+    /// Bounds the history of all rooms together to about `bytes` (0: no
+    /// bound): past it, the oldest events of any room are trimmed until
+    /// the total is back at 7/8 of it (`limits.history_total_bytes`).
+    pub fn with_history_budget(mut self, bytes: usize) -> Self {
+        self.history_budget = bytes;
+        self
     }
 
     fn shard(&self, room: &RoomKey) -> &Shard {
@@ -60,8 +102,25 @@ impl MemoryBroker {
         let mut shard = self.shard(room).lock();
         shard
             .entry(room.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(RoomStream::new())))
+            .or_insert_with(|| Arc::new(Mutex::new(RoomStream::new(self.epoch.lock().clone()))))
             .clone()
+    }
+
+    /// The position a reader of a room without a stream is told.
+    fn empty_position(&self) -> StreamPosition {
+        StreamPosition::new(self.epoch.lock().to_string(), 0)
+    }
+
+    /// Called with the shard of a just dropped stream still locked, so its
+    /// room cannot get a new stream in between: moves the engine's epoch on
+    /// when the dropped stream had events in it, so no later stream of that
+    /// room reuses (epoch, offset) pairs its clients saw.
+    fn forget(&self, stream: &mut RoomStream) {
+        stream.removed = true;
+        let mut epoch = self.epoch.lock();
+        if stream.offset() > 0 && Arc::ptr_eq(stream.epoch(), &epoch) {
+            *epoch = new_epoch();
+        }
     }
 
     fn existing(&self, room: &RoomKey) -> Option<Arc<Mutex<RoomStream>>> {
@@ -88,14 +147,38 @@ impl MemoryBroker {
         })
     }
 
-    /// Drops streams that hold no events and were idle for `idle`, and
-    /// expired idempotency keys. Called periodically by the node.
-    pub fn sweep(&self, idle: Duration) {
+    /// Drops streams with no history left (expired events go first) and no
+    /// local member, and expired idempotency keys. Called periodically by
+    /// the node.
+    pub fn sweep(&self) {
         let now = Instant::now();
         for shard in self.shards.iter() {
-            shard.lock().retain(|_, s| !s.lock().expired(now, idle));
+            shard.lock().retain(|_, s| {
+                let mut s = s.lock();
+                let drop = s.expired(now, &self.acct);
+                if drop {
+                    self.forget(&mut s);
+                }
+                !drop
+            });
         }
         self.idempotency.sweep(now);
+    }
+
+    /// Trims to the node-wide budget when the total is past it.
+    fn enforce_budget(&self) {
+        if self.history_budget == 0 || self.acct.bytes() <= self.history_budget {
+            return;
+        }
+        let Some(_trimming) = self.trimming.try_lock() else {
+            return;
+        };
+        let streams: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|shard| shard.lock().values().cloned().collect::<Vec<_>>())
+            .collect();
+        budget::trim_to_budget(streams, self.history_budget, &self.acct);
     }
 }
 
@@ -123,49 +206,46 @@ impl Broker for MemoryBroker {
         if let Some(outcome) = self.earlier(&idem, &request.room) {
             return outcome;
         }
-        let stream = self.stream(&request.room);
-        let mut stream = stream.lock();
-        // Checked again under the room lock so two concurrent retries with
-        // one key cannot both publish.
-        if let Some(outcome) = self.earlier(&idem, &request.room) {
-            return outcome;
-        }
-        let position = stream.next_position();
-        let publication = Arc::new(Publication {
-            room: request.room,
-            position: position.clone(),
-            event: request.event,
-            data: request.data,
-            ts: now_ms(),
-            event_id: new_event_id(),
-            from: request.from,
-            exclude_connection: request.exclude_connection,
-            accepted_at: Some(Instant::now()),
-        });
-        stream.store(publication.clone(), request.history);
-        if let Some(key) = idem {
-            let room = publication.room.name.clone();
-            self.idempotency
-                .insert(key, room, position.clone(), request.history.ttl);
-        }
-        self.sink.deliver(publication);
-        Ok(PublishOutcome {
-            position,
-            duplicate: false,
-        })
+        let outcome = self.publish_locked(request, idem);
+        self.enforce_budget();
+        outcome
     }
 
-    async fn subscribe(&self, _room: &RoomKey) -> Result<(), BrokerError> {
-        // Every publication already reaches the one local sink.
+    async fn subscribe(&self, room: &RoomKey) -> Result<(), BrokerError> {
+        // Every publication already reaches the one local sink; the count
+        // keeps the stream (and its offset) while the room has members.
+        // Counted under the shard lock, so the sweep cannot drop the stream
+        // between the lookup and the count.
+        let mut shard = self.shard(room).lock();
+        let stream = shard
+            .entry(room.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(RoomStream::new(self.epoch.lock().clone()))));
+        stream.lock().subscribe();
         Ok(())
     }
 
-    async fn unsubscribe(&self, _room: &RoomKey) -> Result<(), BrokerError> {
+    async fn unsubscribe(&self, room: &RoomKey) -> Result<(), BrokerError> {
+        let mut shard = self.shard(room).lock();
+        let Some(stream) = shard.get(room).cloned() else {
+            return Ok(());
+        };
+        let mut s = stream.lock();
+        s.unsubscribe();
+        // The last member gone and nothing to replay: forget the room now
+        // rather than at the next sweep.
+        if s.expired(Instant::now(), &self.acct) {
+            self.forget(&mut s);
+            drop(s);
+            shard.remove(room);
+        }
         Ok(())
     }
 
     async fn position(&self, room: &RoomKey) -> Result<StreamPosition, BrokerError> {
-        Ok(self.stream(room).lock().position())
+        Ok(match self.existing(room) {
+            Some(stream) => stream.lock().position(),
+            None => self.empty_position(),
+        })
     }
 
     async fn history(
@@ -176,12 +256,12 @@ impl Broker for MemoryBroker {
     ) -> Result<HistoryPage, BrokerError> {
         let Some(stream) = self.existing(room) else {
             return Ok(HistoryPage {
-                position: self.stream(room).lock().position(),
+                position: self.empty_position(),
                 publications: Vec::new(),
                 complete: since == 0,
             });
         };
-        let page = stream.lock().read(since, limit, Instant::now());
+        let page = stream.lock().read(since, limit, Instant::now(), &self.acct);
         Ok(page)
     }
 
@@ -199,7 +279,64 @@ impl Broker for MemoryBroker {
                 stats.stored_bytes += s.stored_bytes();
             }
         }
+        stats.trimmed = self.acct.trims();
         stats
+    }
+}
+
+impl MemoryBroker {
+    /// Publish under the room's lock (see the module doc).
+    fn publish_locked(
+        &self,
+        request: PublishRequest,
+        idem: Option<idempotency::Key>,
+    ) -> Result<PublishOutcome, BrokerError> {
+        loop {
+            let arc = self.stream(&request.room);
+            let mut stream = arc.lock();
+            // A stream the sweep dropped after we looked it up is stale:
+            // its offsets died with it. Look again.
+            if stream.removed {
+                continue;
+            }
+            return self.publish_in(&mut stream, request, idem);
+        }
+    }
+
+    fn publish_in(
+        &self,
+        stream: &mut RoomStream,
+        request: PublishRequest,
+        idem: Option<idempotency::Key>,
+    ) -> Result<PublishOutcome, BrokerError> {
+        // Checked again under the room lock so two concurrent retries with
+        // one key cannot both publish.
+        if let Some(outcome) = self.earlier(&idem, &request.room) {
+            return outcome;
+        }
+        let position = stream.next_position();
+        let publication = Arc::new(Publication {
+            room: request.room,
+            position: position.clone(),
+            event: request.event,
+            data: request.data,
+            ts: now_ms(),
+            event_id: new_event_id(),
+            from: request.from,
+            exclude_connection: request.exclude_connection,
+            accepted_at: Some(Instant::now()),
+        });
+        stream.store(publication.clone(), request.history, &self.acct);
+        if let Some(key) = idem {
+            let room = publication.room.name.clone();
+            self.idempotency
+                .insert(key, room, position.clone(), request.history.ttl);
+        }
+        self.sink.deliver(publication);
+        Ok(PublishOutcome {
+            position,
+            duplicate: false,
+        })
     }
 }
 

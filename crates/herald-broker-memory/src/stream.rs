@@ -1,55 +1,84 @@
 //! One room's stream: epoch, last offset and bounded history.
 
+use crate::budget::{Accounting, Trim};
 use herald_core::broker::HistoryPage;
 use herald_core::{HistoryPolicy, Publication};
 use herald_protocol::StreamPosition;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Fixed overhead counted per stored event besides its strings and payload.
 const EVENT_OVERHEAD: usize = std::mem::size_of::<Publication>() + 16;
 
 struct Stored {
     publication: Arc<Publication>,
+    stored_at: Instant,
     expires_at: Instant,
     bytes: usize,
 }
 
 pub(crate) struct RoomStream {
-    epoch: String,
+    epoch: Arc<str>,
     offset: u64,
     history: VecDeque<Stored>,
     bytes: usize,
-    last_used: Instant,
+    /// Local members (the broker's counted `subscribe`): a stream with
+    /// members is kept even without history, so a caught-up member that
+    /// reconnects still recovers.
+    subscribers: usize,
+    /// Set when the sweep dropped this stream from the room map; a publish
+    /// that got hold of it just before must start over on the new one.
+    pub(crate) removed: bool,
 }
 
 impl RoomStream {
-    pub(crate) fn new() -> Self {
+    /// A stream in `epoch`, the engine's current one: a reader told
+    /// `(epoch, 0)` before the stream existed stays consistent with it.
+    pub(crate) fn new(epoch: Arc<str>) -> Self {
         Self {
-            // A fresh random epoch per stream life: after a restart or an
-            // expiry every client can tell its old positions are void.
-            epoch: format!("{:016x}", rand::random::<u64>()),
+            epoch,
             offset: 0,
             history: VecDeque::new(),
             bytes: 0,
-            last_used: Instant::now(),
+            subscribers: 0,
+            removed: false,
         }
     }
 
+    pub(crate) fn epoch(&self) -> &Arc<str> {
+        &self.epoch
+    }
+
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
     pub(crate) fn position(&self) -> StreamPosition {
-        StreamPosition::new(self.epoch.clone(), self.offset)
+        StreamPosition::new(self.epoch.to_string(), self.offset)
     }
 
     pub(crate) fn next_position(&mut self) -> StreamPosition {
         self.offset += 1;
-        self.last_used = Instant::now();
         self.position()
     }
 
-    pub(crate) fn store(&mut self, publication: Arc<Publication>, policy: HistoryPolicy) {
+    pub(crate) fn subscribe(&mut self) {
+        self.subscribers += 1;
+    }
+
+    pub(crate) fn unsubscribe(&mut self) {
+        self.subscribers = self.subscribers.saturating_sub(1);
+    }
+
+    pub(crate) fn store(
+        &mut self,
+        publication: Arc<Publication>,
+        policy: HistoryPolicy,
+        acct: &Accounting,
+    ) {
         let now = Instant::now();
-        self.drop_expired(now);
+        self.drop_expired(now, acct);
         if policy.size == 0 || policy.ttl.is_zero() {
             return;
         }
@@ -58,31 +87,51 @@ impl RoomStream {
             + publication.event.len()
             + publication.event_id.len()
             + publication.position.epoch.len();
+        // Always pushed, then trimmed from the front: an event larger than
+        // the budget takes the older ones with it, so what is kept stays a
+        // contiguous run and a read never skips a gap unnoticed.
         self.history.push_back(Stored {
             publication,
+            stored_at: now,
             expires_at: now + policy.ttl,
             bytes,
         });
         self.bytes += bytes;
+        acct.add(bytes);
         while self.history.len() > policy.size {
-            self.pop_front();
+            self.pop_front(acct, Trim::Size);
+        }
+        while policy.max_bytes > 0 && self.bytes > policy.max_bytes {
+            self.pop_front(acct, Trim::RoomBytes);
         }
     }
 
-    fn pop_front(&mut self) {
+    pub(crate) fn pop_front(&mut self, acct: &Accounting, why: Trim) {
         if let Some(s) = self.history.pop_front() {
             self.bytes -= s.bytes;
+            acct.remove(s.bytes, why);
         }
     }
 
-    fn drop_expired(&mut self, now: Instant) {
+    /// When the oldest stored event was stored, if any.
+    pub(crate) fn oldest_stored_at(&self) -> Option<Instant> {
+        self.history.front().map(|s| s.stored_at)
+    }
+
+    fn drop_expired(&mut self, now: Instant, acct: &Accounting) {
         while self.history.front().is_some_and(|s| s.expires_at <= now) {
-            self.pop_front();
+            self.pop_front(acct, Trim::Ttl);
         }
     }
 
-    pub(crate) fn read(&mut self, since: u64, limit: usize, now: Instant) -> HistoryPage {
-        self.drop_expired(now);
+    pub(crate) fn read(
+        &mut self,
+        since: u64,
+        limit: usize,
+        now: Instant,
+        acct: &Accounting,
+    ) -> HistoryPage {
+        self.drop_expired(now, acct);
         let oldest = self
             .history
             .front()
@@ -105,11 +154,12 @@ impl RoomStream {
         }
     }
 
-    /// Whether the stream can be forgotten: nothing stored and idle long
-    /// enough. Forgetting it starts a new epoch on next use.
-    pub(crate) fn expired(&mut self, now: Instant, idle: Duration) -> bool {
-        self.drop_expired(now);
-        self.history.is_empty() && now.duration_since(self.last_used) >= idle
+    /// Whether the stream can be forgotten: no history left (expired events
+    /// are dropped first) and no local member. Forgetting it loses its
+    /// offset; the broker then moves its epoch on (see `MemoryBroker`).
+    pub(crate) fn expired(&mut self, now: Instant, acct: &Accounting) -> bool {
+        self.drop_expired(now, acct);
+        self.history.is_empty() && self.subscribers == 0
     }
 
     pub(crate) fn stored_events(&self) -> usize {

@@ -29,8 +29,27 @@ fn request(room: RoomKey, size: usize) -> PublishRequest {
         history: HistoryPolicy {
             size,
             ttl: Duration::from_secs(60),
+            max_bytes: 0,
         },
     }
+}
+
+/// A publish of `payload_bytes` of JSON string into `room`.
+fn sized(room: RoomKey, size: usize, max_bytes: usize, payload_bytes: usize) -> PublishRequest {
+    let mut req = request(room, size);
+    req.history.max_bytes = max_bytes;
+    req.data = RawValue::from_string(format!("\"{}\"", "x".repeat(payload_bytes))).expect("raw");
+    req
+}
+
+async fn offsets(broker: &MemoryBroker, r: &RoomKey, since: u64) -> (Vec<u64>, bool) {
+    let page = broker.history(r, since, 10_000).await.expect("history");
+    let offsets = page
+        .publications
+        .iter()
+        .map(|p| p.position.offset)
+        .collect();
+    (offsets, page.complete)
 }
 
 #[tokio::test]
@@ -119,4 +138,153 @@ async fn streams_get_distinct_epochs() {
     let pb = b.position(&r).await.expect("pos");
     assert_ne!(pa.epoch, pb.epoch);
     assert_eq!(pa.offset, 0);
+}
+
+#[tokio::test]
+async fn reads_of_unknown_rooms_create_nothing_and_agree_with_the_first_publish() {
+    let broker = MemoryBroker::new(Arc::new(Collect::default()));
+    let told = broker.position(&room(None, "p0")).await.expect("pos");
+    for i in 0..100 {
+        let r = room(None, &format!("p{i}"));
+        let pos = broker.position(&r).await.expect("pos");
+        assert_eq!(pos.offset, 0);
+        let page = broker.history(&r, 0, 10).await.expect("history");
+        assert!(page.complete && page.publications.is_empty());
+        assert_eq!(page.position, pos);
+    }
+    assert_eq!(broker.stats().streams, 0, "reads created streams");
+    // A reader told (epoch, 0) sees the room's first event in that epoch.
+    let first = broker
+        .publish(request(room(None, "p0"), 10))
+        .await
+        .expect("publish");
+    assert_eq!(first.position.epoch, told.epoch);
+    assert_eq!(first.position.offset, 1);
+}
+
+#[tokio::test]
+async fn sweep_forgets_streams_without_history_or_members_with_a_new_epoch() {
+    let broker = MemoryBroker::new(Arc::new(Collect::default()));
+    let r = room(None, "quiet");
+    let first = broker
+        .publish(request(r.clone(), 0))
+        .await
+        .expect("publish");
+    let kept = room(None, "joined");
+    broker.subscribe(&kept).await.expect("subscribe");
+    assert_eq!(broker.stats().streams, 2);
+    broker.sweep();
+    assert_eq!(broker.stats().streams, 1, "the member's room stays");
+    // The room's next stream cannot reuse the old stream's positions.
+    let again = broker
+        .publish(request(r.clone(), 0))
+        .await
+        .expect("publish");
+    assert_eq!(again.position.offset, 1);
+    assert_ne!(again.position.epoch, first.position.epoch);
+    // The last member leaving a room with nothing to replay forgets it.
+    broker.unsubscribe(&kept).await.expect("unsubscribe");
+    broker.sweep();
+    assert_eq!(broker.stats().streams, 0);
+}
+
+#[tokio::test]
+async fn streams_with_history_go_once_their_ttl_passed() {
+    let broker = MemoryBroker::new(Arc::new(Collect::default()));
+    let r = room(None, "short");
+    let mut req = request(r.clone(), 10);
+    req.history.ttl = Duration::from_millis(50);
+    let published = broker.publish(req).await.expect("publish");
+    broker.sweep();
+    assert_eq!(broker.stats().streams, 1, "history still live");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while broker.stats().streams > 0 {
+        assert!(Instant::now() < deadline, "stream never swept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        broker.sweep();
+    }
+    assert_eq!(broker.stats().trimmed.ttl, 1);
+    // Resuming from the forgotten stream is not a recovery.
+    let page = broker
+        .history(&r, published.position.offset, 10)
+        .await
+        .expect("history");
+    assert_ne!(page.position.epoch, published.position.epoch);
+}
+
+#[tokio::test]
+async fn room_byte_budget_trims_oldest_and_resume_sees_the_gap() {
+    let broker = MemoryBroker::new(Arc::new(Collect::default()));
+    let r = room(None, "big");
+    for _ in 0..20 {
+        broker
+            .publish(sized(r.clone(), 1000, 10_000, 1000))
+            .await
+            .expect("publish");
+    }
+    let stats = broker.stats();
+    assert!(stats.stored_bytes <= 10_000, "{stats:?}");
+    assert!(
+        stats.stored_events > 0 && stats.stored_events < 20,
+        "{stats:?}"
+    );
+    assert_eq!(stats.trimmed.room_bytes as usize, 20 - stats.stored_events);
+    assert_eq!(stats.trimmed.size, 0);
+    let (kept, complete) = offsets(&broker, &r, 0).await;
+    assert_eq!(kept.last(), Some(&20), "newest kept");
+    assert!(!complete, "events 1.. were trimmed");
+    let (_, complete) = offsets(&broker, &r, kept[0] - 1).await;
+    assert!(
+        complete,
+        "from the oldest kept event on, nothing is missing"
+    );
+    // An event over the whole budget clears the room rather than leave a
+    // gap behind the older ones.
+    broker
+        .publish(sized(r.clone(), 1000, 10_000, 20_000))
+        .await
+        .expect("publish");
+    let (kept, complete) = offsets(&broker, &r, 20).await;
+    assert!(kept.is_empty() && !complete);
+    assert_eq!(broker.stats().stored_bytes, 0);
+}
+
+#[tokio::test]
+async fn size_trims_are_counted() {
+    let broker = MemoryBroker::new(Arc::new(Collect::default()));
+    for _ in 0..5 {
+        broker
+            .publish(request(room(None, "s"), 2))
+            .await
+            .expect("publish");
+    }
+    assert_eq!(broker.stats().trimmed.size, 3);
+}
+
+#[tokio::test]
+async fn node_budget_trims_the_oldest_events_of_any_room() {
+    let budget = 40_000;
+    let broker = MemoryBroker::new(Arc::new(Collect::default())).with_history_budget(budget);
+    let rooms: Vec<RoomKey> = (0..30).map(|i| room(None, &format!("r{i}"))).collect();
+    for r in &rooms {
+        for _ in 0..3 {
+            broker
+                .publish(sized(r.clone(), 100, 1 << 20, 1000))
+                .await
+                .expect("publish");
+        }
+        let stats = broker.stats();
+        assert!(stats.stored_bytes <= budget, "{stats:?}");
+        assert_eq!(stats.stored_bytes, broker.acct.bytes());
+    }
+    let stats = broker.stats();
+    assert!(stats.trimmed.total_bytes > 0, "{stats:?}");
+    assert_eq!(stats.trimmed.room_bytes + stats.trimmed.size, 0);
+    // The oldest room lost its events (and says so on resume); the newest
+    // kept all of its own.
+    let (first, complete) = offsets(&broker, &rooms[0], 0).await;
+    assert!(first.is_empty() && !complete);
+    let (last, complete) = offsets(&broker, &rooms[29], 0).await;
+    assert_eq!(last, vec![1, 2, 3]);
+    assert!(complete);
 }

@@ -45,6 +45,12 @@ impl Keys {
         &self.prefix
     }
 
+    /// The engine's current epoch, the one new room streams start in (a
+    /// string key living an hour; see `broker/epoch.rs`).
+    pub fn engine_epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
     /// Hash `{epoch, offset}` of a room's stream.
     pub fn room_meta(&self, room: &RoomKey) -> String {
         format!("{}:room:{}:meta", self.prefix, room_tag(room))

@@ -136,7 +136,8 @@ async fn scripts_run_by_hash() {
         };
         field("calls") - field("rejected_calls") - field("failed_calls")
     };
-    assert_eq!(calls("eval"), 1, "the source went once:\n{stats}");
+    // The publish script and the engine epoch's (checked once here).
+    assert_eq!(calls("eval"), 2, "each source went once:\n{stats}");
     assert_eq!(calls("evalsha"), 2, "then the hash:\n{stats}");
     a.stop().await;
 }
@@ -196,4 +197,75 @@ async fn gaps_are_filled_from_history_before_the_next_publication() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// Reads of rooms without a stream write nothing: a client reading many
+/// new rooms cannot fill Redis with keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_of_unknown_rooms_create_no_keys() {
+    let server = RedisServer::start();
+    let prefix = prefix("readonly");
+    let a = Node::start(&server.url(), &prefix, "a").await;
+    let keys = Keys::new(&prefix);
+    for i in 0..20 {
+        let r = room(&format!("ro:{i}"));
+        let position = a.broker.position(&r).await.expect("position");
+        assert_eq!(position.offset, 0);
+        let page = a.broker.history(&r, 0, 10).await.expect("history");
+        assert!(page.complete && page.publications.is_empty());
+        assert_eq!(page.position, position);
+        for key in [keys.room_meta(&r), keys.room_stream(&r)] {
+            assert_eq!(server.cli(&["EXISTS", &key]).trim(), "0", "{key}");
+        }
+    }
+    a.stop().await;
+}
+
+/// Each room's history is held to `history.max_bytes` by the publish
+/// script, oldest entries first, and a resume from a trimmed offset is
+/// reported incomplete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_room_byte_budget_trims_oldest_entries() {
+    let server = RedisServer::start();
+    let prefix = prefix("bytes");
+    let a = Node::start(&server.url(), &prefix, "a").await;
+    let r = room("b:1");
+    let data = format!("\"{}\"", "x".repeat(1000));
+    for _ in 0..20 {
+        let mut req = broker_support::request_with(&r, &data, 1000, MINUTE);
+        req.history.max_bytes = 10_000;
+        a.broker.publish(req).await.expect("publish");
+    }
+    let page = a.broker.history(&r, 0, 100).await.expect("history");
+    let offsets: Vec<u64> = page
+        .publications
+        .iter()
+        .map(|p| p.position.offset)
+        .collect();
+    assert!(!page.complete, "the oldest entries were trimmed");
+    assert!(!offsets.is_empty() && offsets.len() < 20, "{offsets:?}");
+    assert_eq!(offsets.last(), Some(&20), "the newest are kept");
+    let resumed = a
+        .broker
+        .history(&r, offsets[0] - 1, 100)
+        .await
+        .expect("history");
+    assert!(
+        resumed.complete,
+        "nothing missing after the oldest kept one"
+    );
+    let keys = Keys::new(&prefix);
+    let held: usize = server
+        .cli(&["HGET", &keys.room_meta(&r), "bytes"])
+        .trim()
+        .parse()
+        .expect("a byte count");
+    assert!(held > 0 && held <= 10_000, "{held}");
+    let trimmed = a.broker.stats().trimmed;
+    assert_eq!(
+        trimmed.room_bytes as usize,
+        20 - offsets.len(),
+        "{trimmed:?}"
+    );
+    a.stop().await;
 }

@@ -18,6 +18,10 @@ pub struct HistoryPolicy {
     pub size: usize,
     /// How long a kept event lives.
     pub ttl: Duration,
+    /// Bytes of history the room keeps, oldest events trimmed first; 0 sets
+    /// no byte budget (the node always sets one: `limits.history_room_bytes`
+    /// or the namespace's `history_max_bytes`).
+    pub max_bytes: usize,
 }
 
 /// One event to publish.
@@ -110,6 +114,24 @@ pub struct BrokerStats {
     pub stored_events: usize,
     /// Approximate bytes held by history.
     pub stored_bytes: usize,
+    /// Events trimmed from history since start, by reason (engines that do
+    /// not count report zeros).
+    pub trimmed: HistoryTrims,
+}
+
+/// Events trimmed from history, by why they went. Trimming always takes a
+/// room's oldest events, so what is left stays contiguous and a resume
+/// from a trimmed offset reports `recovered: false`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryTrims {
+    /// Past the namespace's `history_size`.
+    pub size: u64,
+    /// Older than the namespace's `history_ttl`.
+    pub ttl: u64,
+    /// Past the room's byte budget.
+    pub room_bytes: u64,
+    /// Past the node-wide byte budget (`limits.history_total_bytes`).
+    pub total_bytes: u64,
 }
 
 /// Why a broker call failed.
@@ -190,10 +212,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Stops delivering `room`'s publications.
     async fn unsubscribe(&self, room: &RoomKey) -> Result<(), BrokerError>;
 
-    /// The room's current position (offset 0 and a fresh epoch when new).
+    /// The room's current position (offset 0 and the engine's current epoch
+    /// when the room has no stream). A read never creates a stream or key:
+    /// only `publish` and `subscribe` may.
     async fn position(&self, room: &RoomKey) -> Result<StreamPosition, BrokerError>;
 
-    /// Stored events of `room` with offset greater than `since`, at most `limit`.
+    /// Stored events of `room` with offset greater than `since`, at most
+    /// `limit`. Like `position`, creates nothing for an unknown room.
     async fn history(
         &self,
         room: &RoomKey,

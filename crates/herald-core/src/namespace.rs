@@ -116,6 +116,9 @@ pub struct NamespaceConfig {
     pub history_size: usize,
     /// How long kept events live.
     pub history_ttl: Duration,
+    /// Bytes of history a room keeps; `None` uses the node's
+    /// `limits.history_room_bytes`.
+    pub history_max_bytes: Option<usize>,
     /// A room joined at connect: `user:{sub}` style or a fixed name.
     pub auto_join: Option<String>,
 }
@@ -128,6 +131,7 @@ impl Default for NamespaceConfig {
             presence: false,
             history_size: 0,
             history_ttl: Duration::ZERO,
+            history_max_bytes: None,
             auto_join: None,
         }
     }

@@ -191,11 +191,12 @@ impl Connection {
     }
 
     /// Changes the event filter.
-    pub(crate) fn update_filter(&self, change: impl FnOnce(&mut EventFilter)) {
+    pub(crate) fn update_filter<T>(&self, change: impl FnOnce(&mut EventFilter) -> T) -> T {
         let mut filter = self.filter.write();
-        change(&mut filter);
+        let out = change(&mut filter);
         self.wants_all
             .store(filter.matches_everything(), Ordering::Relaxed);
+        out
     }
 
     pub(crate) fn rooms(&self) -> &Mutex<BTreeSet<RoomName>> {

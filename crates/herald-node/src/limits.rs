@@ -47,6 +47,15 @@ pub struct Limits {
     /// WebSocket and SSE connections one remote IP may hold (429 beyond);
     /// 0 turns the cap off.
     pub max_connections_per_ip: usize,
+    // group B: subscription patterns cap, history byte budgets
+    /// Distinct event patterns (`subscribe`) one connection may hold.
+    pub max_event_patterns: usize,
+    /// Bytes of history one room keeps (oldest events trimmed first); a
+    /// namespace's `history_max_bytes` overrides it.
+    pub history_room_bytes: usize,
+    /// Bytes of history the whole node keeps with the memory engine (oldest
+    /// events of any room trimmed first).
+    pub history_total_bytes: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +77,10 @@ impl Default for Limits {
             max_pending_connections: 1024,
             max_pending_message_bytes: 16_384,
             max_connections_per_ip: 0,
+            // group B
+            max_event_patterns: 64,
+            history_room_bytes: 1_048_576,
+            history_total_bytes: 268_435_456,
         }
     }
 }

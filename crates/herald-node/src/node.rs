@@ -300,7 +300,12 @@ impl Node {
         metrics::connection_opened();
         metrics::connections(self.inner.registry.len());
         if let Some(patterns) = &options.events {
-            conn.update_filter(|f| f.subscribe(patterns));
+            // The transport checked the count against the same cap; a
+            // refusal here would leave the filter matching everything.
+            if let Err(e) = conn.update_filter(|f| f.subscribe(patterns, limits.max_event_patterns))
+            {
+                tracing::debug!(error = %e, "connect-time event patterns refused");
+            }
         }
         let mut session = Session::new(self.clone(), conn.clone());
         let pending = session.auto_join(&options.resume).await;
@@ -331,6 +336,9 @@ impl Node {
         HistoryPolicy {
             size: ns.history_size,
             ttl: ns.history_ttl,
+            max_bytes: ns
+                .history_max_bytes
+                .unwrap_or(self.inner.limits.history_room_bytes),
         }
     }
 

@@ -179,7 +179,12 @@ impl Session {
             ClientRequest::LeaveRoom { room } => self.leave(id, &room).await?,
             ClientRequest::Subscribe { events } => {
                 check_patterns(&events)?;
-                self.conn.update_filter(|f| f.subscribe(&events));
+                let max = self.node.limits().max_event_patterns;
+                self.conn
+                    .update_filter(|f| f.subscribe(&events, max))
+                    .map_err(|e| {
+                        NodeError::LimitExceeded(format!("{e} (limits.max_event_patterns)"))
+                    })?;
                 self.ack(id, None);
             }
             ClientRequest::Unsubscribe { events } => {

@@ -296,6 +296,9 @@ impl Config {
             ("limits.burst", l.burst as usize),
             ("limits.messages_per_second", l.messages_per_second as usize),
             ("limits.max_pending_connections", l.max_pending_connections),
+            ("limits.max_event_patterns", l.max_event_patterns),
+            ("limits.history_room_bytes", l.history_room_bytes),
+            ("limits.history_total_bytes", l.history_total_bytes),
         ] {
             if v == 0 {
                 problems.push(invalid(key, "must be greater than 0"));

@@ -110,6 +110,16 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
     let stats = app.node.broker().stats();
     metrics::gauge!("herald_history_bytes").set(stats.stored_bytes as f64);
     metrics::gauge!("herald_history_events").set(stats.stored_events as f64);
+    metrics::gauge!("herald_history_rooms").set(stats.streams as f64);
+    let trimmed = stats.trimmed;
+    for (reason, n) in [
+        ("size", trimmed.size),
+        ("ttl", trimmed.ttl),
+        ("room_bytes", trimmed.room_bytes),
+        ("total_bytes", trimmed.total_bytes),
+    ] {
+        metrics::counter!("herald_history_trimmed_events_total", "reason" => reason).absolute(n);
+    }
     match &app.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

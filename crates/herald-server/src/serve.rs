@@ -28,8 +28,9 @@ pub enum ServeError {
     Redis(herald_broker_redis::RedisSetupError),
 }
 
-/// Idle streams without history are forgotten after this long.
-const STREAM_IDLE: Duration = Duration::from_secs(3600);
+/// How often the memory engine forgets streams with no history and no
+/// members (and expired idempotency keys).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Latency histogram buckets, in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -120,7 +121,9 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         BrokerKind::Memory | BrokerKind::Nats => {
             let mut memory: Option<Arc<MemoryBroker>> = None;
             let node = Node::new(settings, verifier, |sink| {
-                let broker = Arc::new(MemoryBroker::new(sink));
+                let broker = Arc::new(
+                    MemoryBroker::new(sink).with_history_budget(config.limits.history_total_bytes),
+                );
                 memory = Some(broker.clone());
                 broker
             });
@@ -206,11 +209,11 @@ fn spawn_metrics_upkeep(node: &Node, handle: PrometheusHandle) {
 fn spawn_sweeper(node: &Node, broker: Arc<MemoryBroker>) {
     let cancel = node.cancellation();
     node.tasks().spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tick.tick() => broker.sweep(STREAM_IDLE),
+                _ = tick.tick() => broker.sweep(),
             }
         }
     });

@@ -2,6 +2,7 @@
 //! `publish` and `read` hold the two Lua scripts' callers, `rooms` the
 //! counted subscriptions, `reader` the pub/sub reader and its catch-up.
 
+mod epoch;
 mod error;
 mod metrics;
 mod publish;
@@ -40,8 +41,9 @@ use tokio_util::task::TaskTracker;
 ///   message are the same bytes, the payload verbatim.
 /// - A room's epoch lives `max(history ttl, 1 hour)` after its last publish
 ///   (like the memory engine's sweep of idle streams); a quiet room then
-///   starts a new epoch. `position` and `history` create the epoch when the
-///   room has none, so every node and the next publish agree on it.
+///   starts a new epoch. `position` and `history` write nothing: a room
+///   without keys reads as offset 0 in the engine epoch, the epoch its
+///   first publish will start it in (see `epoch`).
 /// - Idempotency keys are kept `max(5 minutes, history ttl)`, per tenant.
 /// - `subscribe`/`unsubscribe` are counted per room: the channel is
 ///   subscribed on the first count and unsubscribed after the last.
@@ -60,7 +62,9 @@ use tokio_util::task::TaskTracker;
 /// dropped), while SSUBSCRIBE is a request with a reply.
 ///
 /// History lives in Redis, so [`Broker::stats`] reports the rooms this node
-/// listens to as `streams` and 0 stored events and bytes.
+/// listens to as `streams`, 0 stored events and bytes, and the entries this
+/// node's publishes trimmed (each room's byte budget is enforced by the
+/// publish script; the node-wide total is bounded by Redis's `maxmemory`).
 pub struct RedisBroker {
     clients: RedisClients,
     keys: Keys,
@@ -72,6 +76,11 @@ pub struct RedisBroker {
     publish_script: LuaScript,
     read_script: LuaScript,
     receivers: Mutex<Option<reader::Receivers>>,
+    /// History entries trimmed by this node's publishes, by reason.
+    trimmed: publish::Trimmed,
+    epoch_script: LuaScript,
+    /// The engine epoch and until when this node may use it unchecked.
+    engine_epoch: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl RedisBroker {
@@ -96,6 +105,9 @@ impl RedisBroker {
             rooms: Rooms::default(),
             publish_script: LuaScript::new(script::PUBLISH),
             read_script: LuaScript::new(script::READ),
+            trimmed: publish::Trimmed::default(),
+            epoch_script: LuaScript::new(epoch::SCRIPT),
+            engine_epoch: Mutex::new(None),
         })
     }
 
@@ -236,6 +248,7 @@ impl Broker for RedisBroker {
             streams: self.rooms.listened_count(),
             stored_events: 0,
             stored_bytes: 0,
+            trimmed: self.trimmed.snapshot(),
         }
     }
 }

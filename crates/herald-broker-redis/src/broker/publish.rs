@@ -14,7 +14,8 @@
 //! its own expiry time (publish time + ttl, by the publishing node's
 //! clock), so reads skip expired entries without knowing the room's policy
 //! and each publish trims expired entries off the head (XTRIM MINID) and
-//! the stream to `history.size` (XADD MAXLEN =).
+//! the stream to `history.size` and `history.max_bytes` (oldest first; the
+//! meta hash's `bytes` field counts the stream's message bytes).
 //!
 //! Expiries: the stream lives `history.ttl` after the last publish (every
 //! entry in it has expired by then); the meta hash (epoch, offset) lives
@@ -26,11 +27,39 @@ use super::error::{from_redis, not_connected, unexpected};
 use super::RedisBroker;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::{Expiration, SetOptions, Value};
+use herald_core::HistoryTrims;
 use herald_core::{BrokerError, PublishOutcome, PublishRequest, RoomKey};
 use herald_protocol::{Sender, StreamPosition};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// History entries this node's publishes trimmed, by reason (the script
+/// reports them); the node-wide byte budget does not apply to Redis.
+#[derive(Default)]
+pub(super) struct Trimmed {
+    size: AtomicU64,
+    room_bytes: AtomicU64,
+    ttl: AtomicU64,
+}
+
+impl Trimmed {
+    fn add(&self, size: u64, room_bytes: u64, ttl: u64) {
+        self.size.fetch_add(size, Ordering::Relaxed);
+        self.room_bytes.fetch_add(room_bytes, Ordering::Relaxed);
+        self.ttl.fetch_add(ttl, Ordering::Relaxed);
+    }
+
+    pub(super) fn snapshot(&self) -> HistoryTrims {
+        HistoryTrims {
+            size: self.size.load(Ordering::Relaxed),
+            ttl: self.ttl.load(Ordering::Relaxed),
+            room_bytes: self.room_bytes.load(Ordering::Relaxed),
+            total_bytes: 0,
+        }
+    }
+}
 
 /// How long an idempotency key is remembered at least (longer in rooms
 /// whose history lives longer), as in the memory engine.
@@ -110,6 +139,7 @@ impl RedisBroker {
         // Waiting for a reconnect would hold the publisher for the whole
         // command timeout; answer at once instead.
         if !self.clients.commands.is_connected() {
+            self.forget_engine_epoch();
             return Err(not_connected());
         }
         let room = &request.room;
@@ -131,13 +161,15 @@ impl RedisBroker {
         }
         let size = i64::try_from(request.history.size).unwrap_or(i64::MAX);
         let args = vec![
-            Value::from(new_epoch()),
+            Value::from(self.engine_epoch().await?),
             Value::Bytes(body),
             Value::Integer(size),
             Value::Integer(millis(ttl)),
             Value::Integer(i64::try_from(ts).unwrap_or(i64::MAX)),
             Value::Integer(millis(META_IDLE.max(ttl))),
             Value::Integer(millis(idempotency_ttl)),
+            Value::Integer(i64::try_from(request.history.max_bytes).unwrap_or(i64::MAX)),
+            Value::from(new_epoch()),
         ];
         let reply = self
             .publish_script
@@ -152,6 +184,9 @@ impl RedisBroker {
         ) else {
             return Err(unexpected("publish script"));
         };
+        let mut count = || reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let (size, room_bytes, ttl) = (count(), count(), count());
+        self.trimmed.add(size, room_bytes, ttl);
         Ok(PublishOutcome {
             position: StreamPosition::new(epoch, offset),
             duplicate: duplicate == 1,

@@ -1,15 +1,15 @@
 
--- Reads a room's position and stored events after an offset, creating the
--- epoch when the room has none, so every node agrees on it.
+-- Reads a room's position and stored events after an offset. Writes
+-- nothing: a room without a stream answers the engine epoch and offset 0,
+-- so reads of unknown rooms cannot fill Redis with keys.
 -- KEYS: 1 meta hash, 2 stream
--- ARGV: 1 epoch to create when the room has none, 2 since, 3 limit,
---       4 now (ms), 5 meta idle ttl (ms)
+-- ARGV: 1 the engine epoch, 2 since, 3 limit, 4 now (ms)
 -- Returns {epoch, offset, message...}: unexpired messages after `since`.
 
 local meta, stream = KEYS[1], KEYS[2]
-local epoch, created = ensure_epoch(meta, stream, ARGV[1], ARGV[5])
-if created then
-  return {epoch, 0}
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  return {ARGV[1], 0}
 end
 local offset = tonumber(redis.call('HGET', meta, 'offset') or '0')
 local out = {epoch, offset}

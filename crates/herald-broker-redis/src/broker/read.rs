@@ -1,9 +1,10 @@
-//! Reading a room's stream: its position (creating the epoch when the room
-//! has none, so every node and the next publish agree on it) and the
-//! stored publications after an offset, both in one atomic script.
+//! Reading a room's stream: its position and the stored publications
+//! after an offset, both in one atomic script that writes nothing. A room
+//! without a stream reads as offset 0 in the engine epoch (see `epoch`),
+//! the epoch its first publish will start it in.
 
 use super::error::{from_redis, not_connected, unexpected};
-use super::publish::{new_epoch, now_ms, META_IDLE};
+use super::publish::now_ms;
 use super::RedisBroker;
 use crate::wire::{decode_room_message, RoomMessage};
 use fred::interfaces::ClientLike;
@@ -49,16 +50,17 @@ impl RedisBroker {
         limit: usize,
     ) -> Result<Page, BrokerError> {
         if !self.clients.commands.is_connected() {
+            self.forget_engine_epoch();
             return Err(not_connected());
         }
+        let empty_epoch = self.engine_epoch().await?;
         let keys = vec![self.keys.room_meta(room), self.keys.room_stream(room)];
         let limit = limit.min(MAX_READ);
         let args = vec![
-            Value::from(new_epoch()),
+            Value::from(empty_epoch),
             Value::from(since.to_string()),
             Value::Integer(limit as i64),
             Value::Integer(i64::try_from(now_ms()).unwrap_or(i64::MAX)),
-            Value::Integer(META_IDLE.as_millis() as i64),
         ];
         let reply = self
             .read_script

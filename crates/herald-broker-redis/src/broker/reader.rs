@@ -143,7 +143,12 @@ pub(super) async fn run(broker: Arc<RedisBroker>, mut rx: Receivers, cancel: Can
             }
             event = rx.command_reconnects.recv(), if watch_commands => match event {
                 Err(RecvError::Closed) => watch_commands = false,
-                _ => metrics::reconnected("commands"),
+                _ => {
+                    // Redis may have lost its data: check the engine epoch
+                    // again before the next new stream uses it.
+                    broker.forget_engine_epoch();
+                    metrics::reconnected("commands");
+                }
             },
             () = sleep_until(wake), if wake.is_some() => {}
         }

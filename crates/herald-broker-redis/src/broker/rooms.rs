@@ -165,6 +165,14 @@ impl Rooms {
                     Verdict::Gap { after: c.offset }
                 }
             }
+            // Nothing delivered yet (the room had no stream when this node
+            // read it) and the stream started in another epoch than the
+            // one read, with a publish that beat the subscription: fill the
+            // events before from history, like any gap.
+            Some(c) if c.offset == 0 && p.position.offset > 1 => {
+                *c = StreamPosition::new(p.position.epoch.clone(), 0);
+                Verdict::Gap { after: 0 }
+            }
             // A new epoch (or the first publication): its stream started over.
             cursor => {
                 *cursor = Some(p.position.clone());
@@ -268,5 +276,22 @@ mod tests {
         assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
         rooms.set_baseline(&r, StreamPosition::new("c", 0));
         assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
+    }
+
+    #[test]
+    fn a_room_read_without_a_stream_fills_what_beat_the_subscription() {
+        let rooms = Rooms::default();
+        let r = room();
+        rooms.join(&r);
+        rooms.set_baseline(&r, StreamPosition::new("read", 0));
+        assert_eq!(
+            rooms.classify(&publication("a", 3)),
+            Verdict::Gap { after: 0 }
+        );
+        assert_eq!(
+            rooms.offer(&publication("a", 1)),
+            Offer::Deliver { missed: 0 }
+        );
+        assert_eq!(rooms.classify(&publication("a", 2)), Verdict::Deliver);
     }
 }

@@ -168,7 +168,11 @@ pub fn request_with(room: &RoomKey, data: &str, size: usize, ttl: Duration) -> P
         from: None,
         exclude_connection: None,
         idempotency_key: None,
-        history: HistoryPolicy { size, ttl },
+        history: HistoryPolicy {
+            size,
+            ttl,
+            max_bytes: 0,
+        },
     }
 }
 

@@ -27,6 +27,8 @@ pub struct NamespaceToml {
         skip_serializing_if = "Option::is_none"
     )]
     pub history_ttl: Option<Duration>,
+    /// Bytes of history one room keeps (default `limits.history_room_bytes`).
+    pub history_max_bytes: Option<usize>,
     /// Auto-joined room template, `""` to turn a shipped one off.
     pub auto_join: Option<String>,
 }
@@ -92,6 +94,15 @@ pub(super) fn merge(tables: &BTreeMap<String, NamespaceToml>) -> Result<Namespac
         }
         if let Some(ttl) = t.history_ttl {
             cfg.history_ttl = ttl;
+        }
+        if let Some(bytes) = t.history_max_bytes {
+            if bytes == 0 {
+                return Err(invalid(
+                    key("history_max_bytes"),
+                    "must be greater than 0 (set history_size = 0 to keep no history)",
+                ));
+            }
+            cfg.history_max_bytes = Some(bytes);
         }
         if let Some(tpl) = &t.auto_join {
             if tpl.is_empty() {

@@ -154,3 +154,32 @@ fn pre_auth_and_per_ip_limits_default_and_are_checked() {
     let c = Config::from_toml("[limits]\nmax_connections_per_ip = 5\n").unwrap();
     assert_eq!(c.limits.max_connections_per_ip, 5);
 }
+
+#[test]
+fn budget_keys_are_validated_and_named() {
+    let c = Config::from_toml("").expect("valid");
+    assert_eq!(c.limits.max_event_patterns, 64);
+    assert_eq!(c.limits.history_room_bytes, 1_048_576);
+    assert_eq!(c.limits.history_total_bytes, 268_435_456);
+    let err = Config::from_toml(
+        "[limits]\nmax_event_patterns = 0\nhistory_room_bytes = 0\nhistory_total_bytes = 0\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "limits.max_event_patterns",
+        "limits.history_room_bytes",
+        "limits.history_total_bytes",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    let err = Config::from_toml("[namespaces.chat]\nhistory_max_bytes = 0\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("namespaces.chat.history_max_bytes"),
+        "{err}"
+    );
+    let c = Config::from_toml("[namespaces.chat]\nhistory_max_bytes = 4096\n").expect("valid");
+    let ns = c.namespace_rules().expect("rules");
+    assert_eq!(ns.get("chat").and_then(|n| n.history_max_bytes), Some(4096));
+}

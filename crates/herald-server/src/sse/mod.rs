@@ -144,6 +144,15 @@ pub(crate) async fn stream(
             "events: at most {MAX_PATTERNS} patterns of 1 to 255 bytes"
         ));
     }
+    let max_patterns = app.node.limits().max_event_patterns;
+    if events.len() > max_patterns {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::LimitExceeded,
+            format!("events: at most {max_patterns} patterns per connection (limits.max_event_patterns)"),
+        )
+        .into_response();
+    }
     let last_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().map(str::to_owned))
