@@ -91,6 +91,26 @@ async fn subscribe_past_max_event_patterns_is_refused_and_changes_nothing() {
     assert_eq!(reply["type"], "ack", "{reply}");
 }
 
+/// SSE counts distinct patterns, as `subscribe` does: 65 copies of one
+/// pattern are one pattern, while 11 distinct ones are over a cap of 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_event_patterns_are_counted_once_each() {
+    let node = TestNode::start("[limits]\nmax_event_patterns = 10\n").await;
+    let token = node.user_token("sse-patterns");
+    let repeated = vec!["p"; 65].join(",");
+    let mut s = open_ok(&node, &format!("?events={repeated}&token={token}"), &[]).await;
+    s.expect_event("authenticated", FRAME_WAIT).await;
+    let distinct: Vec<String> = (0..11).map(|i| format!("p{i}")).collect();
+    let query = format!("?events={}&token={token}", distinct.join(","));
+    match common::sse::open_sse(&node, &query, &[]).await {
+        Err((status, body)) => {
+            assert_eq!(status, 400, "{body}");
+            assert_eq!(body["error"]["code"], "limit_exceeded", "{body}");
+        }
+        Ok(_) => panic!("11 distinct patterns were accepted"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_flood_stays_within_the_byte_budgets() {
     let node = TestNode::start(CHAT).await;

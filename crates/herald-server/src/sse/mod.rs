@@ -135,8 +135,11 @@ pub(crate) async fn stream(
         )
         .into_response();
     }
+    // Distinct patterns, as `subscribe` counts them over WebSocket.
+    let mut seen = std::collections::HashSet::new();
     let events: Vec<String> = split_list(q.events.as_deref())
         .into_iter()
+        .filter(|p| seen.insert(*p))
         .map(str::to_owned)
         .collect();
     if events.len() > MAX_PATTERNS || events.iter().any(|p| p.len() > 255) {
