@@ -14,6 +14,8 @@
 # Environment: CONNS (10000), ROOMS (10), HOLD (10 s), RATE (20 events/s),
 # DURATION (30 s), PAYLOAD (100 B), TARGETS ("herald socketio sockudo"),
 # SCENARIOS ("idle fanout"), SOCKUDO (the sockudo binary; default: on PATH),
+# SERVER_BIN (the herald binary; default target/release/herald, e.g. an
+# older build for a before/after run),
 # OUT (results folder; default target/peers-<time>). Each run's --json goes
 # to $OUT/<scenario>-<target>.json and a table is printed at the end.
 set -euo pipefail
@@ -34,7 +36,7 @@ RUN_LIMIT=900 # seconds one bench run may take
 
 SECRET=bench-secret-0123456789abcdef0123456789
 API_KEY=bench-admin-key-0123456789
-HERALD="$ROOT/target/release/herald"
+HERALD=${SERVER_BIN:-$ROOT/target/release/herald}
 BENCH="$ROOT/target/release/herald-bench"
 
 mkdir -p "$OUT"
