@@ -14,8 +14,10 @@
 //!
 //! A replay longer than one page ([`REPLAY_PAGE`] events) is read page by
 //! page as the client takes it, so memory per replay stays one page
-//! whatever the gap. If history was trimmed past the client meanwhile (or
-//! the stream was reset), the rest cannot be replayed without a gap: the
+//! whatever the gap. Every page must follow on without a hole (an engine
+//! may skip an expired or unreadable entry anywhere in a page). If history
+//! was trimmed past the client meanwhile, a page has a hole (or the stream
+//! was reset), the rest cannot be replayed without a gap: the
 //! connection is cut as a slow consumer (4011), and the client's resume
 //! from where it got to answers `recovered: false`. A broker that fails a
 //! read closes it with 1013 (try again later).
@@ -235,9 +237,12 @@ pub(crate) fn add_page(conn: &Connection, replays: &mut VecDeque<Replay>, page: 
             return;
         }
     };
-    let first = page.publications.first().map(|p| p.position.offset);
-    if page.position.epoch != replay.epoch || first != replay.read_to.checked_add(1) {
-        // Trimmed past the client, or reset: no gap-free way on.
+    if page.position.epoch != replay.epoch
+        || page.publications.is_empty()
+        || !follows(replay.read_to, &page.publications)
+    {
+        // Trimmed past the client, a hole inside the page (an entry expired
+        // or unreadable), or reset: no gap-free way on.
         tracing::debug!(room = %replay.key, "history moved past a replay under way");
         conn.close(CloseCode::SlowConsumer);
         replays.clear();
@@ -249,6 +254,21 @@ pub(crate) fn add_page(conn: &Connection, replays: &mut VecDeque<Replay>, page: 
         replay.unread_to = None;
     }
     replay.events.extend(page.publications);
+}
+
+/// Whether `publications` are the events right after `since`, each
+/// following the one before by exactly one offset: an engine may skip
+/// entries anywhere in a page (expired, or unreadable), and a replay must
+/// not pass over the hole.
+fn follows(since: u64, publications: &[Arc<Publication>]) -> bool {
+    let mut expected = since;
+    publications.iter().all(|p| {
+        expected = match expected.checked_add(1) {
+            Some(next) if next == p.position.offset => next,
+            _ => return false,
+        };
+        true
+    })
 }
 
 /// What phase two of a join read: the position, and for a recovering join
@@ -337,17 +357,14 @@ impl Session {
             .await
             .map_err(|e| (e.into(), true))?;
         let in_stream = page.position.epoch == since.epoch && since.offset <= page.position.offset;
-        // Offsets are contiguous and history is trimmed from the front only:
-        // a full page starting right after `since` was cut by the limit,
-        // and the rest of the gap is still stored.
-        let more = !page.complete
-            && page.publications.len() == limit
-            && page
-                .publications
-                .first()
-                // `since` comes from the client: no overflow on u64::MAX.
-                .is_some_and(|p| Some(p.position.offset) == since.offset.checked_add(1));
-        if in_stream && (page.complete || more) {
+        // Every event of the page follows `since` without a hole (`since`
+        // comes from the client: no overflow on u64::MAX).
+        let contiguous = follows(since.offset, &page.publications);
+        // History is trimmed from the front only: a full, gap-free page
+        // starting right after `since` was cut by the limit, and the rest
+        // of the gap is still stored.
+        let more = !page.complete && page.publications.len() == limit && contiguous;
+        if in_stream && contiguous && (page.complete || more) {
             Ok(Resolved {
                 position: page.position,
                 replay: page.publications,

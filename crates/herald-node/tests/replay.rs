@@ -5,7 +5,11 @@
 
 use async_trait::async_trait;
 use herald_broker_memory::MemoryBroker;
-use herald_core::{Identity, Namespaces, Tenant, TokenVerifier, VerifyError};
+use herald_core::broker::{BrokerStats, HistoryPage};
+use herald_core::{
+    Broker, BrokerError, Identity, Namespaces, PublicationSink, PublishOutcome, PublishRequest,
+    RoomKey, Tenant, TokenVerifier, VerifyError,
+};
 use herald_node::{
     Limits, Node, NodeSettings, OpenOptions, Outbound, PublishInput, Session, TransportKind,
 };
@@ -26,6 +30,11 @@ impl TokenVerifier for AnyToken {
 /// A node whose `stream` namespace keeps 5000 events, with a send queue of
 /// 8 frames.
 fn node() -> Node {
+    node_with(|sink| Arc::new(MemoryBroker::new(sink)))
+}
+
+/// [`node`] on the broker `make`.
+fn node_with(make: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>) -> Node {
     let mut namespaces = Namespaces::shipped();
     namespaces.insert(
         "stream",
@@ -56,8 +65,72 @@ fn node() -> Node {
             namespaces,
         },
         Arc::new(AnyToken),
-        |sink| Arc::new(MemoryBroker::new(sink)),
+        make,
     )
+}
+
+/// The memory engine, whose history reads skip the event at `hole` as
+/// Redis does an entry that expired or cannot be decoded: the page stays
+/// full (the next entry takes its place) and is reported incomplete.
+struct Holey {
+    inner: MemoryBroker,
+    hole: u64,
+}
+
+#[async_trait]
+impl Broker for Holey {
+    fn kind(&self) -> &'static str {
+        "holey"
+    }
+
+    async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
+        self.inner.publish(request).await
+    }
+
+    async fn subscribe(&self, room: &RoomKey) -> Result<(), BrokerError> {
+        self.inner.subscribe(room).await
+    }
+
+    async fn unsubscribe(&self, room: &RoomKey) -> Result<(), BrokerError> {
+        self.inner.unsubscribe(room).await
+    }
+
+    async fn position(&self, room: &RoomKey) -> Result<StreamPosition, BrokerError> {
+        self.inner.position(room).await
+    }
+
+    async fn history(
+        &self,
+        room: &RoomKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let mut page = self.inner.history(room, since, limit + 1).await?;
+        let before = page.publications.len();
+        page.publications.retain(|p| p.position.offset != self.hole);
+        let skipped = page.publications.len() != before;
+        let cut = page.publications.len() > limit;
+        page.publications.truncate(limit);
+        page.complete &= !skipped && !cut;
+        Ok(page)
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> BrokerStats {
+        self.inner.stats()
+    }
+}
+
+fn holey_node(hole: u64) -> Node {
+    node_with(|sink| {
+        Arc::new(Holey {
+            inner: MemoryBroker::new(sink),
+            hole,
+        })
+    })
 }
 
 async fn publish(node: &Node, n: u64) -> StreamPosition {
@@ -268,4 +341,72 @@ async fn a_resume_from_beyond_the_head_is_not_recovered() {
         assert_eq!(f[0]["recovered"], false, "since {offset}: {f:?}");
         assert_eq!(f[0]["offset"], 1, "{f:?}");
     }
+}
+
+#[tokio::test]
+async fn a_full_first_page_with_a_hole_is_not_recovered() {
+    // 500 is skipped by the read: the first page is 1..=1001 without it,
+    // full and starting right after `since`.
+    let node = holey_node(500);
+    let mut epoch = String::new();
+    for n in 1..=2500 {
+        epoch = publish(&node, n).await.epoch;
+    }
+    let mut s = open(&node).await;
+    drain(&s).await;
+    s.join_room("stream:1", Some(StreamPosition::new(epoch, 0)))
+        .await
+        .expect("joined");
+    let f = drain(&s).await;
+    assert_eq!(f.len(), 1, "room_joined only, no replay: {:?}", f.get(1));
+    assert_eq!(f[0]["type"], "room_joined", "{}", f[0]);
+    assert_eq!(f[0]["recovered"], false, "{}", f[0]);
+    assert_eq!(f[0]["offset"], 2500, "{}", f[0]);
+    assert!(s.feed_replay().is_none(), "nothing to replay");
+}
+
+#[tokio::test]
+async fn a_later_page_with_a_hole_cuts_the_replay_before_it() {
+    // The first page (1..=1000) is whole; the second skips 1500.
+    let node = holey_node(1500);
+    let mut epoch = String::new();
+    for n in 1..=2500 {
+        epoch = publish(&node, n).await.epoch;
+    }
+    let mut s = open(&node).await;
+    drain(&s).await;
+    s.join_room("stream:1", Some(StreamPosition::new(epoch, 0)))
+        .await
+        .expect("joined");
+    let mut offsets = Vec::new();
+    let mut joined = None;
+    for _ in 0..2000 {
+        for f in drain(&s).await {
+            match f["type"].as_str() {
+                Some("room_joined") => joined = Some(f),
+                Some("event") => offsets.push(f["offset"].as_u64().expect("offset")),
+                _ => panic!("unexpected frame {f}"),
+            }
+        }
+        if s.connection().queue.closing().is_some() {
+            break;
+        }
+        if let Some(read) = s.feed_replay() {
+            let page = read.run().await;
+            s.add_replay_page(page);
+        }
+    }
+    let joined = joined.expect("room_joined");
+    assert_eq!(joined["recovered"], true, "{joined}");
+    assert_eq!(
+        s.connection().queue.closing(),
+        Some(CloseCode::SlowConsumer),
+        "cut at the hole, as for a trimmed history"
+    );
+    let n = offsets.len() as u64;
+    assert!(
+        n < 1500 && offsets == (1..=n).collect::<Vec<u64>>(),
+        "a gap-free prefix before the hole: {n} events, last {:?}",
+        offsets.last()
+    );
 }
