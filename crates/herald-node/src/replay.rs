@@ -55,7 +55,7 @@ pub(crate) struct Replay {
     /// Offset of the last stored event read.
     read_to: u64,
     /// Whether the final step tells the room's members (presence).
-    announce: bool,
+    pub(crate) announce: bool,
 }
 
 impl Replay {

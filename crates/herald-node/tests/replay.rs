@@ -45,6 +45,17 @@ fn node_with(make: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>) -> 
             ..Default::default()
         },
     );
+    // The same with presence on.
+    namespaces.insert(
+        "lobby",
+        herald_core::NamespaceConfig {
+            join: herald_core::Rule::Any,
+            presence: true,
+            history_size: 5000,
+            history_ttl: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    );
     // History just over one page, to trim it under a replay.
     namespaces.insert(
         "short",
@@ -409,4 +420,36 @@ async fn a_later_page_with_a_hole_cuts_the_replay_before_it() {
         "a gap-free prefix before the hole: {n} events, last {:?}",
         offsets.last()
     );
+}
+
+#[tokio::test]
+async fn rejoining_during_a_replay_still_announces_the_member() {
+    let node = node();
+    let mut epoch = String::new();
+    for n in 1..=100 {
+        epoch = publish_to(&node, "lobby:1", n).await.epoch;
+    }
+    let mut watcher = open(&node).await;
+    drain(&watcher).await;
+    watcher.join_room("lobby:1", None).await.expect("joined");
+    drain(&watcher).await;
+    let mut s = open(&node).await;
+    drain(&s).await;
+    s.join_room("lobby:1", Some(StreamPosition::new(epoch, 0)))
+        .await
+        .expect("joined");
+    // The replay runs (the reader has not drained): not announced yet.
+    assert!(drain(&watcher).await.is_empty());
+    // Joining again supersedes the replay, and owes its announcement.
+    s.join_room("lobby:1", None).await.expect("rejoined");
+    let id = s.connection().id.to_string();
+    let f = drain(&watcher).await;
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["type"], "member_joined", "{f:?}");
+    assert_eq!(f[0]["connection_id"], id.as_str(), "{f:?}");
+    s.handle_text(r#"{"type":"leave_room","room":"lobby:1"}"#)
+        .await;
+    let f = drain(&watcher).await;
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["type"], "member_left", "{f:?}");
 }
