@@ -12,6 +12,10 @@
 //! whose buffer overflows is cut as a slow consumer (4011), from where the
 //! client resumes further on.
 //!
+//! Several recovering rooms (an SSE resume over many rooms, say) take
+//! turns of at most [`TURN`] events, so every room's buffer keeps draining
+//! while a long gap in another is replayed.
+//!
 //! A replay longer than one page ([`REPLAY_PAGE`] events) is read page by
 //! page as the client takes it, so memory per replay stays one page
 //! whatever the gap. Every page must follow on without a hole (an engine
@@ -156,73 +160,104 @@ pub(crate) enum Fed {
     NeedsPage,
 }
 
-/// Queues as much of `replays` (in order) as the queue has room for.
+/// Most events one replay queues in a turn before the next room's replay
+/// gets the queue.
+const TURN: usize = 64;
+
+/// How one replay's turn ended.
+enum Turn {
+    /// Its events are all queued and the member is live (or gone).
+    Finished,
+    /// It needs its next page read first.
+    NeedsPage,
+    /// It queued its share (or the queue filled): the next one's turn.
+    Yielded,
+}
+
+/// Queues as much of `replays` as the queue has room for, taking turns:
+/// every recovering room moves on, so the live events a room buffers while
+/// it waits keep being drained (a replay fed to the end before the next
+/// one starts would let a busy room's buffer overflow behind a long gap).
+/// Each room's events still go out in order, and each room turns live as
+/// in a single replay.
 pub(crate) fn feed(rooms: &Rooms, conn: &Arc<Connection>, replays: &mut VecDeque<Replay>) -> Fed {
-    loop {
+    let mut queued = false;
+    let fed = loop {
         if conn.queue.closing().is_some() {
             replays.clear();
-            return Fed::Done;
+            break Fed::Done;
         }
         let Some(replay) = replays.front_mut() else {
-            return Fed::Done;
+            break Fed::Done;
         };
-        let mut queued = false;
-        let mut finished = false;
-        let mut needs_page = false;
-        while conn.queue.has_room() {
-            if let Some(p) = replay.events.pop_front() {
-                replay.queue(conn, &p);
-                queued = true;
-                continue;
-            }
-            if replay.unread_to.is_some() {
-                needs_page = true;
-                break;
-            }
-            match rooms.take_pending(&replay.key, conn) {
-                // The member left or the connection closed meanwhile.
-                None => {
-                    replays.pop_front();
-                    finished = true;
-                }
-                Some(buffered) if buffered.is_empty() => {
-                    let position = StreamPosition::new(replay.epoch.clone(), replay.last);
-                    rooms.complete_join(&replay.key, conn, &position, None, &[], replay.announce);
-                    replays.pop_front();
-                    finished = true;
-                }
-                Some(buffered) => {
-                    let fresh: Vec<_> = buffered.into_iter().filter(|p| replay.is_new(p)).collect();
-                    replay.events.extend(fresh);
-                    continue;
-                }
-            }
-            break;
-        }
-        if queued {
-            // One write for the slice (with a writer); a wake-up without.
-            conn.queue.flush();
-        }
-        if needs_page {
-            return Fed::NeedsPage;
-        }
-        if finished {
-            continue;
-        }
         if !conn.queue.has_room() {
+            if std::mem::take(&mut queued) {
+                // One write for what was queued (with a writer); a
+                // wake-up without.
+                conn.queue.flush();
+            }
             // The writer emptied the queue meanwhile, or will.
             conn.queue.want_room();
             if !conn.queue.has_room() {
                 return Fed::Waiting;
             }
+            continue;
         }
+        match take_turn(rooms, conn, replay, &mut queued) {
+            Turn::Finished => {
+                replays.pop_front();
+            }
+            Turn::NeedsPage => break Fed::NeedsPage,
+            Turn::Yielded => replays.rotate_left(1),
+        }
+    };
+    if queued {
+        conn.queue.flush();
     }
+    fed
 }
 
-/// Adds a page read for the first replay (a page for a replay that ended
+/// Queues up to [`TURN`] of `replay`'s events while the queue has room;
+/// once its stored events are queued, what its room buffered meanwhile,
+/// and when nothing is left, turns the member live.
+fn take_turn(
+    rooms: &Rooms,
+    conn: &Arc<Connection>,
+    replay: &mut Replay,
+    queued: &mut bool,
+) -> Turn {
+    let mut n = 0;
+    while n < TURN && conn.queue.has_room() {
+        if let Some(p) = replay.events.pop_front() {
+            replay.queue(conn, &p);
+            *queued = true;
+            n += 1;
+            continue;
+        }
+        if replay.unread_to.is_some() {
+            return Turn::NeedsPage;
+        }
+        match rooms.take_pending(&replay.key, conn) {
+            // The member left or the connection closed meanwhile.
+            None => return Turn::Finished,
+            Some(buffered) if buffered.is_empty() => {
+                let position = StreamPosition::new(replay.epoch.clone(), replay.last);
+                rooms.complete_join(&replay.key, conn, &position, None, &[], replay.announce);
+                return Turn::Finished;
+            }
+            Some(buffered) => {
+                let fresh: Vec<_> = buffered.into_iter().filter(|p| replay.is_new(p)).collect();
+                replay.events.extend(fresh);
+            }
+        }
+    }
+    Turn::Yielded
+}
+
+/// Adds a page read for its room's replay (a page for a replay that ended
 /// or was superseded meanwhile is dropped).
 pub(crate) fn add_page(conn: &Connection, replays: &mut VecDeque<Replay>, page: ReplayPage) {
-    let Some(replay) = replays.front_mut() else {
+    let Some(replay) = replays.iter_mut().find(|r| r.key == page.key) else {
         return;
     };
     if replay.key != page.key || replay.read_to != page.since || replay.unread_to.is_none() {

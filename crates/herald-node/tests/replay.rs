@@ -15,6 +15,7 @@ use herald_node::{
 };
 use herald_protocol::{CloseCode, StreamPosition};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,17 @@ fn node_with(make: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>) -> 
             presence: true,
             history_size: 5000,
             history_ttl: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    );
+    // A long history, for gaps of many pages.
+    namespaces.insert(
+        "long",
+        herald_core::NamespaceConfig {
+            join: herald_core::Rule::Any,
+            history_size: 50_000,
+            history_ttl: Duration::from_secs(3600),
+            history_max_bytes: Some(64 << 20),
             ..Default::default()
         },
     );
@@ -452,4 +464,78 @@ async fn rejoining_during_a_replay_still_announces_the_member() {
     let f = drain(&watcher).await;
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(f[0]["type"], "member_left", "{f:?}");
+}
+
+#[tokio::test]
+async fn rooms_resumed_together_all_move_on_and_a_busy_one_is_not_cut() {
+    let node = node();
+    // A gap far larger than the queue (8) and the join buffer (1024).
+    let gap = 20_000;
+    let mut epoch_a = String::new();
+    for n in 1..=gap {
+        epoch_a = publish_to(&node, "long:a", n).await.epoch;
+    }
+    let mut epoch_b = String::new();
+    for n in 1..=10 {
+        epoch_b = publish_to(&node, "stream:b", n).await.epoch;
+    }
+    let mut s = open(&node).await;
+    drain(&s).await;
+    // As an SSE resume over both rooms joins them.
+    s.join_room("long:a", Some(StreamPosition::new(epoch_a, 0)))
+        .await
+        .expect("joined a");
+    s.join_room("stream:b", Some(StreamPosition::new(epoch_b, 0)))
+        .await
+        .expect("joined b");
+    // Room b gets more live events than its join buffer holds while a's
+    // gap is replayed: one per drained batch.
+    let last_b = 10 + 1500;
+    let mut published_b = 10;
+    let mut got: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut joined = Vec::new();
+    for _ in 0..2 * (gap + last_b) {
+        for f in drain(&s).await {
+            let room = f["room"].as_str().expect("room").to_owned();
+            match f["type"].as_str() {
+                Some("room_joined") => {
+                    assert!(!got.contains_key(&room), "room_joined after events: {f}");
+                    assert_eq!(f["recovered"], true, "{f}");
+                    joined.push(room);
+                }
+                Some("event") => got
+                    .entry(room)
+                    .or_default()
+                    .push(f["offset"].as_u64().expect("offset")),
+                _ => panic!("unexpected frame {f}"),
+            }
+        }
+        assert_eq!(
+            s.connection().queue.closing(),
+            None,
+            "cut after {:?} of a, {:?} of b",
+            got.get("long:a").map(Vec::len),
+            got.get("stream:b").map(Vec::len)
+        );
+        if published_b < last_b {
+            published_b += 1;
+            publish_to(&node, "stream:b", published_b).await;
+        }
+        if let Some(read) = s.feed_replay() {
+            let page = read.run().await;
+            s.add_replay_page(page);
+            s.feed_replay();
+        }
+        let done = |room: &str, last: u64| got.get(room).and_then(|o| o.last()) == Some(&last);
+        if done("long:a", gap) && done("stream:b", last_b) && s.connection().queue.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(joined, ["long:a", "stream:b"]);
+    assert_eq!(got["long:a"], (1..=gap).collect::<Vec<u64>>(), "room a");
+    assert_eq!(
+        got["stream:b"],
+        (1..=last_b).collect::<Vec<u64>>(),
+        "room b"
+    );
 }
