@@ -12,13 +12,15 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// A send queue of 16 frames and a history of 1000 events.
+/// A send queue of 16 frames and a history of 1000 events (of up to 16 MB:
+/// the default room budget of 1 MiB would trim the 2.5 MB gap below).
 const CONFIG: &str = r#"
 [namespaces.feed]
 join = "any"
 send = "any"
 history_size = 1000
 history_ttl = "1h"
+history_max_bytes = 16777216
 
 [limits]
 send_queue_messages = 16
