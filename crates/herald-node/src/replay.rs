@@ -60,6 +60,9 @@ pub(crate) struct Replay {
     read_to: u64,
     /// Whether the final step tells the room's members (presence).
     pub(crate) announce: bool,
+    /// Its stored events are queued: what is left is what its room
+    /// buffered meanwhile, which goes first (see [`feed`]).
+    draining: bool,
 }
 
 impl Replay {
@@ -81,6 +84,7 @@ impl Replay {
             unread_to: more.then_some(position.offset),
             read_to,
             announce,
+            draining: false,
         }
     }
 
@@ -174,10 +178,13 @@ enum Turn {
     Yielded,
 }
 
-/// Queues as much of `replays` as the queue has room for, taking turns:
-/// every recovering room moves on, so the live events a room buffers while
-/// it waits keep being drained (a replay fed to the end before the next
-/// one starts would let a busy room's buffer overflow behind a long gap).
+/// Queues as much of `replays` as the queue has room for. A replay whose
+/// stored events are all queued goes first and is fed until its room's
+/// buffer is empty and the member turns live, as a live member's events
+/// would be queued; the others take turns of at most [`TURN`] events. So
+/// the live events a recovering room buffers keep being drained whatever
+/// gap another room replays (a replay fed to the end before the next one
+/// starts would let a busy room's buffer overflow behind a long gap).
 /// Each room's events still go out in order, and each room turns live as
 /// in a single replay.
 pub(crate) fn feed(rooms: &Rooms, conn: &Arc<Connection>, replays: &mut VecDeque<Replay>) -> Fed {
@@ -187,9 +194,9 @@ pub(crate) fn feed(rooms: &Rooms, conn: &Arc<Connection>, replays: &mut VecDeque
             replays.clear();
             break Fed::Done;
         }
-        let Some(replay) = replays.front_mut() else {
+        if replays.is_empty() {
             break Fed::Done;
-        };
+        }
         if !conn.queue.has_room() {
             if std::mem::take(&mut queued) {
                 // One write for what was queued (with a writer); a
@@ -203,11 +210,21 @@ pub(crate) fn feed(rooms: &Rooms, conn: &Arc<Connection>, replays: &mut VecDeque
             }
             continue;
         }
+        let (idx, draining) = replays
+            .iter()
+            .position(|r| r.draining)
+            .map_or((0, false), |i| (i, true));
+        let Some(replay) = replays.get_mut(idx) else {
+            break Fed::Done;
+        };
         match take_turn(rooms, conn, replay, &mut queued) {
             Turn::Finished => {
-                replays.pop_front();
+                replays.remove(idx);
             }
+            // Only a replay still reading its stored events (the front).
             Turn::NeedsPage => break Fed::NeedsPage,
+            // A draining replay yields only when the queue is full.
+            Turn::Yielded if draining => {}
             Turn::Yielded => replays.rotate_left(1),
         }
     };
@@ -217,9 +234,9 @@ pub(crate) fn feed(rooms: &Rooms, conn: &Arc<Connection>, replays: &mut VecDeque
     fed
 }
 
-/// Queues up to [`TURN`] of `replay`'s events while the queue has room;
-/// once its stored events are queued, what its room buffered meanwhile,
-/// and when nothing is left, turns the member live.
+/// Queues up to [`TURN`] of `replay`'s stored events while the queue has
+/// room; once those are queued, what its room buffered meanwhile (without
+/// a cap), and when nothing is left, turns the member live.
 fn take_turn(
     rooms: &Rooms,
     conn: &Arc<Connection>,
@@ -227,7 +244,7 @@ fn take_turn(
     queued: &mut bool,
 ) -> Turn {
     let mut n = 0;
-    while n < TURN && conn.queue.has_room() {
+    while (replay.draining || n < TURN) && conn.queue.has_room() {
         if let Some(p) = replay.events.pop_front() {
             replay.queue(conn, &p);
             *queued = true;
@@ -246,6 +263,7 @@ fn take_turn(
                 return Turn::Finished;
             }
             Some(buffered) => {
+                replay.draining = true;
                 let fresh: Vec<_> = buffered.into_iter().filter(|p| replay.is_new(p)).collect();
                 replay.events.extend(fresh);
             }

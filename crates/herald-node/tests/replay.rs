@@ -488,9 +488,10 @@ async fn rooms_resumed_together_all_move_on_and_a_busy_one_is_not_cut() {
     s.join_room("stream:b", Some(StreamPosition::new(epoch_b, 0)))
         .await
         .expect("joined b");
-    // Room b gets more live events than its join buffer holds while a's
-    // gap is replayed: one per drained batch.
-    let last_b = 10 + 1500;
+    // Room b gets far more live events than its join buffer holds while
+    // a's gap is replayed: three per drained batch, more than half of what
+    // the replay queues at a time (4), so b must not just take turns.
+    let last_b = 10 + 4000;
     let mut published_b = 10;
     let mut got: HashMap<String, Vec<u64>> = HashMap::new();
     let mut joined = Vec::new();
@@ -517,9 +518,11 @@ async fn rooms_resumed_together_all_move_on_and_a_busy_one_is_not_cut() {
             got.get("long:a").map(Vec::len),
             got.get("stream:b").map(Vec::len)
         );
-        if published_b < last_b {
-            published_b += 1;
-            publish_to(&node, "stream:b", published_b).await;
+        for _ in 0..3 {
+            if published_b < last_b {
+                published_b += 1;
+                publish_to(&node, "stream:b", published_b).await;
+            }
         }
         if let Some(read) = s.feed_replay() {
             let page = read.run().await;
