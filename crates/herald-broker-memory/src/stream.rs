@@ -136,22 +136,51 @@ impl RoomStream {
             .history
             .front()
             .map_or(self.offset + 1, |s| s.publication.position.offset);
+        let start = self.first_after(since);
         let publications: Vec<Arc<Publication>> = self
             .history
-            .iter()
-            .filter(|s| s.publication.position.offset > since)
+            .range(start..)
             .take(limit)
             .map(|s| s.publication.clone())
             .collect();
         let last_returned = publications.last().map_or(since, |p| p.position.offset);
+        // No hole inside the page (see `first_after`).
+        let contiguous = last_returned.saturating_sub(since) == publications.len() as u64;
         // Complete when nothing after `since` was lost and the page reaches
         // the stream's head. `since` may come from a client (u64::MAX).
-        let complete = since.saturating_add(1) >= oldest && last_returned >= self.offset.max(since);
+        let complete = since.saturating_add(1) >= oldest
+            && contiguous
+            && last_returned >= self.offset.max(since);
         HistoryPage {
             position: self.position(),
             publications,
             complete: complete && since <= self.offset,
         }
+    }
+
+    /// Index in `history` of the first stored event after `since`, found
+    /// without walking the history (a read holds the stream's lock).
+    fn first_after(&self, since: u64) -> usize {
+        let len = self.history.len();
+        let Some(front) = self.history.front() else {
+            return 0;
+        };
+        let oldest = front.publication.position.offset;
+        if since < oldest {
+            return 0;
+        }
+        // The stored run is contiguous (trimmed from the front only), so
+        // the event after `since` sits at `since + 1 - oldest`; past the
+        // newest, that is the end.
+        let idx = usize::try_from(since - oldest + 1).map_or(len, |i| i.min(len));
+        let offset_at = |i: usize| self.history[i].publication.position.offset;
+        if (idx == 0 || offset_at(idx - 1) <= since) && (idx == len || offset_at(idx) > since) {
+            return idx;
+        }
+        // A publish that stored nothing (a history size of 0 for that one
+        // request) left a hole: offsets still increase, so search.
+        self.history
+            .partition_point(|s| s.publication.position.offset <= since)
     }
 
     /// Whether the stream can be forgotten: no history left (expired events

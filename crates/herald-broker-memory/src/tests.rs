@@ -129,6 +129,63 @@ async fn history_is_bounded_and_reports_completeness() {
     assert!(stats.stored_bytes > 0);
 }
 
+/// Offsets and completeness of a read of `limit` events after `since`.
+async fn page(broker: &MemoryBroker, r: &RoomKey, since: u64, limit: usize) -> (Vec<u64>, bool) {
+    let page = broker.history(r, since, limit).await.expect("history");
+    let offsets = page
+        .publications
+        .iter()
+        .map(|p| p.position.offset)
+        .collect();
+    (offsets, page.complete)
+}
+
+#[tokio::test]
+async fn reads_find_the_first_event_after_since_at_every_edge() {
+    let broker = MemoryBroker::new(Arc::new(Collect::default()));
+    let r = room(None, "edges");
+    assert_eq!(page(&broker, &r, 0, 10).await, (vec![], true), "no stream");
+    for _ in 0..10 {
+        broker
+            .publish(request(r.clone(), 5))
+            .await
+            .expect("publish");
+    }
+    // 6..=10 are stored.
+    let all = vec![6, 7, 8, 9, 10];
+    assert_eq!(page(&broker, &r, 0, 10).await, (all.clone(), false));
+    assert_eq!(page(&broker, &r, 4, 10).await, (all.clone(), false));
+    assert_eq!(page(&broker, &r, 5, 10).await, (all, true));
+    assert_eq!(page(&broker, &r, 6, 10).await, (vec![7, 8, 9, 10], true));
+    assert_eq!(page(&broker, &r, 7, 2).await, (vec![8, 9], false), "cut");
+    assert_eq!(page(&broker, &r, 9, 10).await, (vec![10], true));
+    assert_eq!(
+        page(&broker, &r, 10, 10).await,
+        (vec![], true),
+        "at the head"
+    );
+    assert_eq!(page(&broker, &r, 11, 10).await, (vec![], false), "beyond");
+    assert_eq!(page(&broker, &r, u64::MAX, 10).await, (vec![], false));
+}
+
+#[tokio::test]
+async fn reads_across_an_event_that_was_not_stored_report_the_hole() {
+    let broker = MemoryBroker::new(Arc::new(Collect::default()));
+    let r = room(None, "hole");
+    for size in [10, 10, 10, 0, 10, 10] {
+        broker
+            .publish(request(r.clone(), size))
+            .await
+            .expect("publish");
+    }
+    // 1, 2, 3, 5 and 6 are stored: 4 went out with a history size of 0.
+    assert_eq!(page(&broker, &r, 0, 10).await, (vec![1, 2, 3, 5, 6], false));
+    assert_eq!(page(&broker, &r, 2, 10).await, (vec![3, 5, 6], false));
+    assert_eq!(page(&broker, &r, 3, 10).await, (vec![5, 6], false));
+    assert_eq!(page(&broker, &r, 4, 10).await, (vec![5, 6], true));
+    assert_eq!(page(&broker, &r, 5, 10).await, (vec![6], true));
+}
+
 #[tokio::test]
 async fn streams_get_distinct_epochs() {
     let a = MemoryBroker::new(Arc::new(Collect::default()));

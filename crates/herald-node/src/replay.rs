@@ -12,10 +12,16 @@
 //! whose buffer overflows is cut as a slow consumer (4011), from where the
 //! client resumes further on.
 //!
+//! Several recovering rooms (an SSE resume over many rooms, say) take
+//! turns of at most [`TURN`] events, so every room's buffer keeps draining
+//! while a long gap in another is replayed.
+//!
 //! A replay longer than one page ([`REPLAY_PAGE`] events) is read page by
 //! page as the client takes it, so memory per replay stays one page
-//! whatever the gap. If history was trimmed past the client meanwhile (or
-//! the stream was reset), the rest cannot be replayed without a gap: the
+//! whatever the gap. Every page must follow on without a hole (an engine
+//! may skip an expired or unreadable entry anywhere in a page). If history
+//! was trimmed past the client meanwhile, a page has a hole (or the stream
+//! was reset), the rest cannot be replayed without a gap: the
 //! connection is cut as a slow consumer (4011), and the client's resume
 //! from where it got to answers `recovered: false`. A broker that fails a
 //! read closes it with 1013 (try again later).
@@ -53,7 +59,10 @@ pub(crate) struct Replay {
     /// Offset of the last stored event read.
     read_to: u64,
     /// Whether the final step tells the room's members (presence).
-    announce: bool,
+    pub(crate) announce: bool,
+    /// Its stored events are queued: what is left is what its room
+    /// buffered meanwhile, which goes first (see [`feed`]).
+    draining: bool,
 }
 
 impl Replay {
@@ -75,6 +84,7 @@ impl Replay {
             unread_to: more.then_some(position.offset),
             read_to,
             announce,
+            draining: false,
         }
     }
 
@@ -154,73 +164,118 @@ pub(crate) enum Fed {
     NeedsPage,
 }
 
-/// Queues as much of `replays` (in order) as the queue has room for.
+/// Most events one replay queues in a turn before the next room's replay
+/// gets the queue.
+const TURN: usize = 64;
+
+/// How one replay's turn ended.
+enum Turn {
+    /// Its events are all queued and the member is live (or gone).
+    Finished,
+    /// It needs its next page read first.
+    NeedsPage,
+    /// It queued its share (or the queue filled): the next one's turn.
+    Yielded,
+}
+
+/// Queues as much of `replays` as the queue has room for. A replay whose
+/// stored events are all queued goes first and is fed until its room's
+/// buffer is empty and the member turns live, as a live member's events
+/// would be queued; the others take turns of at most [`TURN`] events. So
+/// the live events a recovering room buffers keep being drained whatever
+/// gap another room replays (a replay fed to the end before the next one
+/// starts would let a busy room's buffer overflow behind a long gap).
+/// Each room's events still go out in order, and each room turns live as
+/// in a single replay.
 pub(crate) fn feed(rooms: &Rooms, conn: &Arc<Connection>, replays: &mut VecDeque<Replay>) -> Fed {
-    loop {
+    let mut queued = false;
+    let fed = loop {
         if conn.queue.closing().is_some() {
             replays.clear();
-            return Fed::Done;
+            break Fed::Done;
         }
-        let Some(replay) = replays.front_mut() else {
-            return Fed::Done;
-        };
-        let mut queued = false;
-        let mut finished = false;
-        let mut needs_page = false;
-        while conn.queue.has_room() {
-            if let Some(p) = replay.events.pop_front() {
-                replay.queue(conn, &p);
-                queued = true;
-                continue;
-            }
-            if replay.unread_to.is_some() {
-                needs_page = true;
-                break;
-            }
-            match rooms.take_pending(&replay.key, conn) {
-                // The member left or the connection closed meanwhile.
-                None => {
-                    replays.pop_front();
-                    finished = true;
-                }
-                Some(buffered) if buffered.is_empty() => {
-                    let position = StreamPosition::new(replay.epoch.clone(), replay.last);
-                    rooms.complete_join(&replay.key, conn, &position, None, &[], replay.announce);
-                    replays.pop_front();
-                    finished = true;
-                }
-                Some(buffered) => {
-                    let fresh: Vec<_> = buffered.into_iter().filter(|p| replay.is_new(p)).collect();
-                    replay.events.extend(fresh);
-                    continue;
-                }
-            }
-            break;
-        }
-        if queued {
-            // One write for the slice (with a writer); a wake-up without.
-            conn.queue.flush();
-        }
-        if needs_page {
-            return Fed::NeedsPage;
-        }
-        if finished {
-            continue;
+        if replays.is_empty() {
+            break Fed::Done;
         }
         if !conn.queue.has_room() {
+            if std::mem::take(&mut queued) {
+                // One write for what was queued (with a writer); a
+                // wake-up without.
+                conn.queue.flush();
+            }
             // The writer emptied the queue meanwhile, or will.
             conn.queue.want_room();
             if !conn.queue.has_room() {
                 return Fed::Waiting;
             }
+            continue;
         }
+        let (idx, draining) = replays
+            .iter()
+            .position(|r| r.draining)
+            .map_or((0, false), |i| (i, true));
+        let Some(replay) = replays.get_mut(idx) else {
+            break Fed::Done;
+        };
+        match take_turn(rooms, conn, replay, &mut queued) {
+            Turn::Finished => {
+                replays.remove(idx);
+            }
+            // Only a replay still reading its stored events (the front).
+            Turn::NeedsPage => break Fed::NeedsPage,
+            // A draining replay yields only when the queue is full.
+            Turn::Yielded if draining => {}
+            Turn::Yielded => replays.rotate_left(1),
+        }
+    };
+    if queued {
+        conn.queue.flush();
     }
+    fed
 }
 
-/// Adds a page read for the first replay (a page for a replay that ended
+/// Queues up to [`TURN`] of `replay`'s stored events while the queue has
+/// room; once those are queued, what its room buffered meanwhile (without
+/// a cap), and when nothing is left, turns the member live.
+fn take_turn(
+    rooms: &Rooms,
+    conn: &Arc<Connection>,
+    replay: &mut Replay,
+    queued: &mut bool,
+) -> Turn {
+    let mut n = 0;
+    while (replay.draining || n < TURN) && conn.queue.has_room() {
+        if let Some(p) = replay.events.pop_front() {
+            replay.queue(conn, &p);
+            *queued = true;
+            n += 1;
+            continue;
+        }
+        if replay.unread_to.is_some() {
+            return Turn::NeedsPage;
+        }
+        match rooms.take_pending(&replay.key, conn) {
+            // The member left or the connection closed meanwhile.
+            None => return Turn::Finished,
+            Some(buffered) if buffered.is_empty() => {
+                let position = StreamPosition::new(replay.epoch.clone(), replay.last);
+                rooms.complete_join(&replay.key, conn, &position, None, &[], replay.announce);
+                return Turn::Finished;
+            }
+            Some(buffered) => {
+                replay.draining = true;
+                let fresh: Vec<_> = buffered.into_iter().filter(|p| replay.is_new(p)).collect();
+                replay.events.extend(fresh);
+            }
+        }
+    }
+    Turn::Yielded
+}
+
+/// Adds a page read for its room's replay (a page for a replay that ended
 /// or was superseded meanwhile is dropped).
 pub(crate) fn add_page(conn: &Connection, replays: &mut VecDeque<Replay>, page: ReplayPage) {
-    let Some(replay) = replays.front_mut() else {
+    let Some(replay) = replays.iter_mut().find(|r| r.key == page.key) else {
         return;
     };
     if replay.key != page.key || replay.read_to != page.since || replay.unread_to.is_none() {
@@ -235,9 +290,12 @@ pub(crate) fn add_page(conn: &Connection, replays: &mut VecDeque<Replay>, page: 
             return;
         }
     };
-    let first = page.publications.first().map(|p| p.position.offset);
-    if page.position.epoch != replay.epoch || first != replay.read_to.checked_add(1) {
-        // Trimmed past the client, or reset: no gap-free way on.
+    if page.position.epoch != replay.epoch
+        || page.publications.is_empty()
+        || !follows(replay.read_to, &page.publications)
+    {
+        // Trimmed past the client, a hole inside the page (an entry expired
+        // or unreadable), or reset: no gap-free way on.
         tracing::debug!(room = %replay.key, "history moved past a replay under way");
         conn.close(CloseCode::SlowConsumer);
         replays.clear();
@@ -249,6 +307,21 @@ pub(crate) fn add_page(conn: &Connection, replays: &mut VecDeque<Replay>, page: 
         replay.unread_to = None;
     }
     replay.events.extend(page.publications);
+}
+
+/// Whether `publications` are the events right after `since`, each
+/// following the one before by exactly one offset: an engine may skip
+/// entries anywhere in a page (expired, or unreadable), and a replay must
+/// not pass over the hole.
+fn follows(since: u64, publications: &[Arc<Publication>]) -> bool {
+    let mut expected = since;
+    publications.iter().all(|p| {
+        expected = match expected.checked_add(1) {
+            Some(next) if next == p.position.offset => next,
+            _ => return false,
+        };
+        true
+    })
 }
 
 /// What phase two of a join read: the position, and for a recovering join
@@ -337,17 +410,14 @@ impl Session {
             .await
             .map_err(|e| (e.into(), true))?;
         let in_stream = page.position.epoch == since.epoch && since.offset <= page.position.offset;
-        // Offsets are contiguous and history is trimmed from the front only:
-        // a full page starting right after `since` was cut by the limit,
-        // and the rest of the gap is still stored.
-        let more = !page.complete
-            && page.publications.len() == limit
-            && page
-                .publications
-                .first()
-                // `since` comes from the client: no overflow on u64::MAX.
-                .is_some_and(|p| Some(p.position.offset) == since.offset.checked_add(1));
-        if in_stream && (page.complete || more) {
+        // Every event of the page follows `since` without a hole (`since`
+        // comes from the client: no overflow on u64::MAX).
+        let contiguous = follows(since.offset, &page.publications);
+        // History is trimmed from the front only: a full, gap-free page
+        // starting right after `since` was cut by the limit, and the rest
+        // of the gap is still stored.
+        let more = !page.complete && page.publications.len() == limit && contiguous;
+        if in_stream && contiguous && (page.complete || more) {
             Ok(Resolved {
                 position: page.position,
                 replay: page.publications,

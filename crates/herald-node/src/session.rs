@@ -256,8 +256,15 @@ impl Session {
             )));
         }
         let rejoin = self.conn.in_room(&name);
-        // A replay still running for this room is superseded by this join.
-        self.replays.retain(|r| r.key != key);
+        // A replay still running for this room is superseded by this join,
+        // which then makes the announcement that replay still owed the
+        // room's local members (else they would see `member_left` only).
+        let mut announce = !rejoin;
+        self.replays.retain(|r| {
+            let superseded = r.key == key;
+            announce |= superseded && r.announce;
+            !superseded
+        });
         if !rejoin {
             let mut rooms = self.conn.rooms().lock();
             if rooms.len() >= self.node.limits().max_rooms_per_connection {
@@ -307,13 +314,13 @@ impl Session {
         if replay.is_empty() {
             inner
                 .rooms
-                .complete_join(&key, &self.conn, &position, Some(frame), &[], !rejoin);
+                .complete_join(&key, &self.conn, &position, Some(frame), &[], announce);
         } else {
             // The member stays pending while its replay is fed as the
             // socket drains; `room_joined` goes first.
             self.conn.send(frame);
             self.replays
-                .push_back(Replay::new(key.clone(), &position, replay, more, !rejoin));
+                .push_back(Replay::new(key.clone(), &position, replay, more, announce));
         }
         if ns.presence && !rejoin {
             self.node.announce_presence(&key, &self.conn, true).await;

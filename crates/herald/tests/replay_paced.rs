@@ -12,13 +12,15 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// A send queue of 16 frames and a history of 1000 events.
+/// A send queue of 16 frames and a history of 1000 events (of up to 16 MB:
+/// the default room budget of 1 MiB would trim the 2.5 MB gap below).
 const CONFIG: &str = r#"
 [namespaces.feed]
 join = "any"
 send = "any"
 history_size = 1000
 history_ttl = "1h"
+history_max_bytes = 16777216
 
 [limits]
 send_queue_messages = 16
@@ -177,4 +179,95 @@ async fn sse_resume_of_an_auto_joined_room_is_paced_too() {
         offsets.push(m.json()["offset"].as_u64().expect("offset"));
     }
     assert_gap_free(&offsets, 100, "sse auto-joined");
+}
+
+/// `feed` as in [`CONFIG`], `long` rooms that keep 6000 events of up to
+/// 64 MB, and a send queue of 1024 frames (so the pending buffer of a join
+/// holds 1024 events, and live events have 512 places beside a replay).
+const TWO_ROOMS: &str = r#"
+[namespaces.feed]
+join = "any"
+send = "any"
+history_size = 1000
+history_ttl = "1h"
+history_max_bytes = 16777216
+
+[namespaces.long]
+join = "any"
+send = "any"
+history_size = 6000
+history_ttl = "1h"
+history_max_bytes = 67108864
+
+[limits]
+send_queue_messages = 1024
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resume_of_two_rooms_keeps_a_busy_room_while_the_other_replays_a_long_gap() {
+    let node = TestNode::start(TWO_ROOMS).await;
+    // 48 MB behind in room a: far more than loopback socket buffers hold,
+    // so its replay lasts until the client has read most of it.
+    const GAP: u64 = 6000;
+    // Live events to room b meanwhile, more than its join buffer holds
+    // (1024): one per four events of a read, a rate the reader keeps up
+    // with. Replaying a to the end before b starts cuts the reader here.
+    const LAST_B: u64 = 5 + 1100;
+    let epoch_a = publish_many(&node, "long:a", GAP, 8000).await;
+    let epoch_b = publish_many(&node, "feed:b", 5, 10).await;
+    let token = node.user_token("two-rooms");
+    let last_id = format!("long:a~{epoch_a}~0,feed:b~{epoch_b}~0");
+    let mut s = open_ok(
+        &node,
+        "?rooms=long:a,feed:b",
+        &[
+            ("Authorization", &bearer(&token)),
+            ("Last-Event-ID", &last_id),
+        ],
+    )
+    .await;
+    // With the auto-joined `global` and `user:two-rooms`.
+    let (_, joined) = read_opening(&mut s, 4).await;
+    for room in ["long:a", "feed:b"] {
+        let j = joined[room].json();
+        assert_eq!(j["recovered"], true, "{j}");
+    }
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let mut published_b = 5;
+    let mut early: std::collections::VecDeque<_> = std::mem::take(&mut s.early).into();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.last() != Some(&GAP) || b.last() != Some(&LAST_B) {
+        let m = match early.pop_front() {
+            Some(m) => m,
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                s.next_msg(left).await
+            }
+        };
+        match m.event.as_str() {
+            "event" => {
+                let e = m.json();
+                let offset = e["offset"].as_u64().expect("offset");
+                if e["room"] == "long:a" {
+                    a.push(offset);
+                    if offset % 4 == 0 && published_b < LAST_B {
+                        node.publish("feed:b", "live", json!({})).await;
+                        published_b += 1;
+                    }
+                } else {
+                    b.push(offset);
+                }
+            }
+            "disconnect" => panic!(
+                "cut after {} events of a and {} of b: {}",
+                a.len(),
+                b.len(),
+                m.data
+            ),
+            _ => {}
+        }
+    }
+    assert_gap_free(&a, GAP, "sse room a");
+    assert_gap_free(&b, LAST_B, "sse room b");
 }
