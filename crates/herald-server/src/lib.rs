@@ -11,6 +11,8 @@ mod cluster;
 pub mod config;
 mod dashboard;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod ops;
 mod serve;
