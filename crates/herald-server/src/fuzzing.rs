@@ -9,7 +9,7 @@ use crate::sse::last_event_id;
 use crate::ws::frames::{FrameReader, Incoming, ReadError};
 use bytes::Bytes;
 use herald_auth::{MintRequest, TokenMinter};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest masked client frame header: 2 bytes, 8 of length, 4 of mask.
 const MAX_CLIENT_HEADER: usize = 14;
@@ -113,11 +113,31 @@ pub fn token_body(body: &[u8]) {
     });
 }
 
-/// Loads a config from TOML text; what loads must also render and give
-/// its namespace rules.
+/// Loads a config from TOML text; what loads must also render, give its
+/// namespace rules, and have durations a node can add to the clock (a
+/// deadline or an expiry is `now + duration`, which panics on overflow).
 pub fn config(text: &str) {
-    if let Ok(config) = crate::Config::from_toml(text) {
-        let _ = config.to_masked_toml();
-        assert!(config.namespace_rules().is_ok(), "validated rules fail");
+    let Ok(config) = crate::Config::from_toml(text) else {
+        return;
+    };
+    let _ = config.to_masked_toml();
+    let Ok(rules) = config.namespace_rules() else {
+        panic!("validated namespace rules fail");
+    };
+    let l = &config.limits;
+    let durations = [
+        ("server.shutdown_drain", config.server.shutdown_drain),
+        ("auth.leeway", config.auth.leeway),
+        ("auth.jwks_refresh", config.auth.jwks_refresh),
+        ("limits.auth_timeout", l.auth_timeout),
+        ("limits.heartbeat_interval", l.heartbeat_interval),
+        ("limits.stale_timeout", l.stale_timeout),
+        ("broker.node_heartbeat", config.broker.node_heartbeat),
+        ("broker.command_timeout", config.broker.command_timeout),
+    ];
+    let ttls = rules.iter().map(|(_, ns)| ("history_ttl", ns.history_ttl));
+    let now = Instant::now();
+    for (key, d) in durations.into_iter().chain(ttls) {
+        assert!(now.checked_add(d).is_some(), "{key} = {d:?} overflows");
     }
 }

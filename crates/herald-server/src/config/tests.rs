@@ -101,3 +101,19 @@ fn every_bad_value_is_reported_at_once() {
         assert!(text.contains(key), "{key} missing from: {text}");
     }
 }
+
+/// Found by the `config` fuzz target: a duration this long loaded, then
+/// `now + duration` panicked at the first connection or publish.
+#[test]
+fn fuzz_config_duration_overflowing_the_clock_is_refused() {
+    for (toml, key) in [
+        ("[limits]\nauth_timeout = \"300000000000y\"\n", "auth_timeout"),
+        (
+            "[namespaces.chat]\nhistory_size = 10\nhistory_ttl = \"18446744073709551615s\"\n",
+            "history_ttl",
+        ),
+    ] {
+        let err = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains("100 years"), "{err}");
+    }
+}
