@@ -107,7 +107,10 @@ fn every_bad_value_is_reported_at_once() {
 #[test]
 fn fuzz_config_duration_overflowing_the_clock_is_refused() {
     for (toml, key) in [
-        ("[limits]\nauth_timeout = \"300000000000y\"\n", "auth_timeout"),
+        (
+            "[limits]\nauth_timeout = \"300000000000y\"\n",
+            "auth_timeout",
+        ),
         (
             "[namespaces.chat]\nhistory_size = 10\nhistory_ttl = \"18446744073709551615s\"\n",
             "history_ttl",
