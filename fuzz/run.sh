@@ -71,4 +71,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   exit 1
 fi
 echo
-echo "fuzzing: ${#targets[@]} targets, ${seconds} s each, no crash"
+echo "fuzzing: ${#targets[@]} targets, ${seconds} s each, no crash (step: $SECONDS s)"
