@@ -130,10 +130,7 @@ pub(crate) fn publish_input(b: PublishBody) -> Result<PublishInput, ApiError> {
 
 /// Parses and checks a publish body given as JSON text.
 pub(crate) fn parse_publish(json: &[u8]) -> Result<PublishInput, ApiError> {
-    publish_input(
-        serde_json::from_slice(json)
-            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?,
-    )
+    publish_input(crate::extract::parse_json(json)?)
 }
 
 /// `POST /api/v1/publish`

@@ -87,10 +87,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
         let body = read_body(req, app.body_timeout).await?;
-        serde_json::from_slice(&body)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+        parse_json(&body).map(JsonBody)
     }
+}
+
+/// Parses a request body as the JSON `T` wants; 400 `bad_request` saying
+/// why not.
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
 }
 
 fn too_large() -> ApiError {

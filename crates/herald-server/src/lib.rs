@@ -12,6 +12,8 @@ pub mod config;
 mod dashboard;
 mod error;
 mod extract;
+#[doc(hidden)]
+pub mod fuzzing;
 mod guard;
 mod http;
 mod ops;

@@ -183,3 +183,22 @@ fn budget_keys_are_validated_and_named() {
     let ns = c.namespace_rules().expect("rules");
     assert_eq!(ns.get("chat").and_then(|n| n.history_max_bytes), Some(4096));
 }
+
+/// Found by the `config` fuzz target: a duration this long loaded, then
+/// `now + duration` panicked at the first connection or publish.
+#[test]
+fn fuzz_config_duration_overflowing_the_clock_is_refused() {
+    for (toml, key) in [
+        (
+            "[limits]\nauth_timeout = \"300000000000y\"\n",
+            "auth_timeout",
+        ),
+        (
+            "[namespaces.chat]\nhistory_size = 10\nhistory_ttl = \"18446744073709551615s\"\n",
+            "history_ttl",
+        ),
+    ] {
+        let err = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains("100 years"), "{err}");
+    }
+}

@@ -3,7 +3,7 @@
 //! frame type, `data:` the frame JSON, and an `id:` holding the position of
 //! every room of the stream (see [`last_event_id`]).
 
-mod last_event_id;
+pub(crate) mod last_event_id;
 mod tracker;
 
 use crate::api::bearer;

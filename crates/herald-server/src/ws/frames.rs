@@ -97,6 +97,11 @@ impl FrameReader {
         Ok(())
     }
 
+    /// Bytes held for a frame not yet complete.
+    pub(crate) fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
     /// Parses every complete frame at the start of `data`; returns the
     /// bytes used.
     fn parse(&mut self, data: &[u8], out: &mut Vec<Incoming>) -> Result<usize, ReadError> {

@@ -10,7 +10,7 @@
 //! tungstenite still parses and formats frame headers.
 
 mod connection;
-mod frames;
+pub(crate) mod frames;
 mod socket;
 
 use crate::api::bearer;

@@ -1,0 +1,11 @@
+//! The HTTP API's body parsers (publish, broadcast, tokens) on the same
+//! arbitrary bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    herald_server::fuzzing::publish_body(data);
+    herald_server::fuzzing::broadcast_body(data);
+    herald_server::fuzzing::token_body(data);
+});
