@@ -35,6 +35,10 @@ struct Member {
     start: StreamPosition,
     /// Publications seen while the join handshake runs.
     pending: Option<Mutex<Vec<Arc<Publication>>>>,
+    /// Whether the room's other members were told `member_joined`: only
+    /// they are told `member_left`, so a member removed while still
+    /// joining (a leave during its replay) is never half-announced.
+    announced: bool,
 }
 
 #[derive(Default)]
@@ -88,13 +92,19 @@ impl Rooms {
         let created = !shard.contains_key(room);
         let entry = shard.entry(room.clone()).or_default();
         entry.presence = presence;
+        let mut announced = false;
         if rejoin {
-            entry.members.retain(|m| !Arc::ptr_eq(&m.conn, conn));
+            entry.members.retain(|m| {
+                let same = Arc::ptr_eq(&m.conn, conn);
+                announced |= same && m.announced;
+                !same
+            });
         }
         entry.members.push(Member {
             conn: conn.clone(),
             start: StreamPosition::default(),
             pending: Some(Mutex::new(Vec::new())),
+            announced,
         });
         if created {
             self.count.fetch_add(1, Ordering::Relaxed);
@@ -143,6 +153,7 @@ impl Rooms {
                 }
             }
             member.start = StreamPosition::new(position.epoch.clone(), last);
+            member.announced |= announce;
             if entry.presence && announce {
                 let frame = encode(&ServerFrame::MemberJoined {
                     room: room.name.to_string(),
@@ -186,10 +197,13 @@ impl Rooms {
             let Some(entry) = shard.get_mut(room) else {
                 return;
             };
-            let before = entry.members.len();
-            entry.members.retain(|m| !Arc::ptr_eq(&m.conn, conn));
-            let was_member = entry.members.len() != before;
-            if was_member && entry.presence {
+            let mut was_announced = false;
+            entry.members.retain(|m| {
+                let same = Arc::ptr_eq(&m.conn, conn);
+                was_announced |= same && m.announced;
+                !same
+            });
+            if was_announced && entry.presence {
                 let frame = encode(&ServerFrame::MemberLeft {
                     room: room.name.to_string(),
                     user_id: conn.user_id.to_string(),

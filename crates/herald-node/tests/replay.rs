@@ -466,6 +466,42 @@ async fn rejoining_during_a_replay_still_announces_the_member() {
     assert_eq!(f[0]["type"], "member_left", "{f:?}");
 }
 
+/// A member that leaves while its replay still runs was never announced
+/// to the room's local members, so they are not told it left either.
+#[tokio::test]
+async fn leaving_during_a_replay_is_not_half_announced() {
+    let node = node();
+    let mut epoch = String::new();
+    for n in 1..=100 {
+        epoch = publish_to(&node, "lobby:2", n).await.epoch;
+    }
+    let mut watcher = open(&node).await;
+    drain(&watcher).await;
+    watcher.join_room("lobby:2", None).await.expect("joined");
+    drain(&watcher).await;
+    let mut s = open(&node).await;
+    drain(&s).await;
+    s.join_room("lobby:2", Some(StreamPosition::new(epoch, 0)))
+        .await
+        .expect("joined");
+    assert!(drain(&watcher).await.is_empty(), "not announced yet");
+    s.handle_text(r#"{"type":"leave_room","room":"lobby:2"}"#)
+        .await;
+    let f = drain(&watcher).await;
+    assert!(
+        f.is_empty(),
+        "member_left for a member never announced: {f:?}"
+    );
+    // A member that was announced is told about when it leaves.
+    let mut t = open(&node).await;
+    drain(&t).await;
+    t.join_room("lobby:2", None).await.expect("joined");
+    assert_eq!(drain(&watcher).await[0]["type"], "member_joined");
+    t.handle_text(r#"{"type":"leave_room","room":"lobby:2"}"#)
+        .await;
+    assert_eq!(drain(&watcher).await[0]["type"], "member_left");
+}
+
 #[tokio::test]
 async fn rooms_resumed_together_all_move_on_and_a_busy_one_is_not_cut() {
     let node = node();
