@@ -49,6 +49,31 @@ fn bad_request(message: String) -> Response {
     ApiError::bad_request(message).into_response()
 }
 
+/// The answer to a session the node refused to open, as `/ws` answers it:
+/// a cluster registry outage (`TryAgainLater`) is 503 `unavailable`, worth
+/// retrying shortly; anything else is the per-user connection limit.
+fn open_refusal(code: CloseCode) -> Response {
+    let mut refusal = if code == CloseCode::TryAgainLater {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the cluster registry is unreachable; retry shortly",
+        )
+        .into_response()
+    } else {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::LimitExceeded,
+            "this user is at limits.max_connections_per_user",
+        )
+        .into_response()
+    };
+    refusal
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    refusal
+}
+
 fn split_list(text: Option<&str>) -> Vec<&str> {
     text.map(|t| {
         t.split(',')
@@ -194,14 +219,7 @@ pub(crate) async fn stream(
         .await
     {
         Ok(s) => s,
-        Err(code) => {
-            return ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::LimitExceeded,
-                code.reason(),
-            )
-            .into_response()
-        }
+        Err(code) => return open_refusal(code),
     };
     for room in rooms.iter().filter(|r| !auto.contains(r)) {
         if let Err(e) = session
@@ -422,4 +440,34 @@ fn events_of(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_refusal;
+    use axum::http::{header, StatusCode};
+    use herald_protocol::CloseCode;
+
+    async fn code_of(response: axum::response::Response) -> String {
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        v["error"]["code"].as_str().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn registry_outage_is_503_unavailable_with_retry_after() {
+        let response = open_refusal(CloseCode::TryAgainLater);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        assert_eq!(code_of(response).await, "unavailable");
+    }
+
+    #[tokio::test]
+    async fn user_limit_is_429_limit_exceeded() {
+        let response = open_refusal(CloseCode::TooManyConnections);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(code_of(response).await, "limit_exceeded");
+    }
 }
