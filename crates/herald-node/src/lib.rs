@@ -24,7 +24,7 @@ mod slots;
 
 pub use admission::Admission;
 pub use conn::{Connection, ConnectionInfo, TransportKind};
-pub use error::NodeError;
+pub use error::{NodeError, BROKER_INTERNAL_MESSAGE, BROKER_UNAVAILABLE_MESSAGE};
 pub use filter::EventFilter;
 pub use limits::{Limits, PerUserPolicy};
 pub use node::{

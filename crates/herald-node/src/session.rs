@@ -84,7 +84,10 @@ impl Session {
         match parsed {
             Ok((_, request)) => {
                 if let Err(e) = self.dispatch(id.clone(), request).await {
-                    self.reply_error(id, e.code(), e.to_string());
+                    if e.is_broker_failure() {
+                        tracing::warn!(connection_id = %self.conn.id, error = %e, "request failed in the broker");
+                    }
+                    self.reply_error(id, e.code(), e.client_message());
                 }
             }
             Err(e) => self.reply_error(e.id, e.code, e.message),

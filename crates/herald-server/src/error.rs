@@ -71,7 +71,7 @@ impl From<NodeError> for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %e, "API request failed");
         }
-        Self::new(status, code, e.to_string())
+        Self::new(status, code, e.client_message())
     }
 }
 
@@ -89,5 +89,25 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+    use herald_core::BrokerError;
+    use herald_node::NodeError;
+
+    #[test]
+    fn a_broker_failure_answers_without_the_engine_text() {
+        let e = ApiError::from(NodeError::Broker(BrokerError::Unavailable(
+            "IO Error: redis-internal.example:6379 refused".into(),
+        )));
+        assert!(e.is_unavailable());
+        assert!(!e.message().contains("redis-internal"), "{}", e.message());
+        let e = ApiError::from(NodeError::Broker(BrokerError::Internal(
+            "ERR Error running script (call to f_abc): @user_script:12".into(),
+        )));
+        assert!(!e.message().contains("user_script"), "{}", e.message());
     }
 }
