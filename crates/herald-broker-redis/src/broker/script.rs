@@ -1,9 +1,6 @@
 //! The broker's Lua scripts, run with EVALSHA and sent in full (EVAL) when
 //! the server does not know them yet (after a restart or a failover).
-//!
-//! fred computes script hashes only with its `sha-1` feature, which this
-//! crate does not enable, so the hash is computed here (SHA-1 is what Redis
-//! names scripts by; nothing here relies on it for security).
+//! fred's `sha-1` feature computes the hash Redis names a script by.
 
 use fred::clients::Client;
 use fred::error::Error;
@@ -26,7 +23,7 @@ impl LuaScript {
     pub(super) fn new(lua: &'static str) -> Self {
         Self {
             lua,
-            script: Script::from_hash(sha1_hex(lua.as_bytes())),
+            script: Script::from_lua(lua),
         }
     }
 
@@ -51,71 +48,17 @@ impl LuaScript {
     }
 }
 
-/// SHA-1 of `data`, lowercase hex (FIPS 180-4).
-fn sha1_hex(data: &[u8]) -> String {
-    let mut h: [u32; 5] = [
-        0x6745_2301,
-        0xEFCD_AB89,
-        0x98BA_DCFE,
-        0x1032_5476,
-        0xC3D2_E1F0,
-    ];
-    let mut msg = data.to_vec();
-    let bits = (data.len() as u64).wrapping_mul(8);
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&bits.to_be_bytes());
-    for block in msg.chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (hi, v) in h.iter_mut().zip([a, b, c, d, e]) {
-            *hi = hi.wrapping_add(v);
-        }
-    }
-    h.iter().map(|x| format!("{x:08x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::sha1_hex;
+    use super::LuaScript;
 
     #[test]
-    fn sha1_matches_known_digests() {
-        assert_eq!(sha1_hex(b""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
-        assert_eq!(sha1_hex(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    fn scripts_are_named_by_the_hash_redis_gives_them() {
         // The hash Redis gives this script (from fred's own docs).
+        let script = LuaScript::new("return ARGV[1]");
         assert_eq!(
-            sha1_hex(b"return ARGV[1]"),
+            script.script.sha1().to_string(),
             "098e0f0d1448c0a81dafe820f66d460eb09263da"
         );
-        let long = vec![b'a'; 1000];
-        assert_eq!(sha1_hex(&long), "291e9a6c66994949b57ba5e650361e98fc36b1ba");
     }
 }
