@@ -182,8 +182,8 @@ pub(crate) async fn broadcast(
         .map(|r| room_key(b.tenant.as_deref(), r))
         .collect::<Result<Vec<_>, _>>()?;
     let mut results = Vec::with_capacity(keys.len());
-    for key in keys {
-        let outcome = app
+    for (i, key) in keys.iter().enumerate() {
+        let published = app
             .node
             .publish(PublishInput {
                 tenant: key.tenant.clone(),
@@ -193,14 +193,43 @@ pub(crate) async fn broadcast(
                 idempotency_key: None,
                 exclude_connection: None,
             })
-            .await?;
-        results.push(json!({
-            "room": key.name.as_str(),
-            "epoch": outcome.position.epoch,
-            "offset": outcome.position.offset,
-        }));
+            .await;
+        match published {
+            Ok(outcome) => results.push(json!({
+                "room": key.name.as_str(),
+                "epoch": outcome.position.epoch,
+                "offset": outcome.position.offset,
+            })),
+            Err(e) => {
+                tracing::warn!(room = %key.name, published = i, error = %e, "broadcast stopped at a failed room");
+                return Ok(partial_broadcast(ApiError::from(e), results, &keys[i..]));
+            }
+        }
     }
     Ok(Json(json!({ "results": results })).into_response())
+}
+
+/// A broadcast that stopped at a failed room: the error's status and
+/// `error`, with the rooms published before it (`results`, which stay
+/// published) and those not published (`unpublished`, the failed one
+/// first), so the caller retries only those. It stops rather than going
+/// on, as the next rooms would most likely wait out the same broker
+/// failure one after another.
+fn partial_broadcast(
+    error: ApiError,
+    results: Vec<serde_json::Value>,
+    unpublished: &[RoomKey],
+) -> Response {
+    let mut fields = serde_json::Map::new();
+    fields.insert("results".into(), results.into());
+    fields.insert(
+        "unpublished".into(),
+        unpublished
+            .iter()
+            .map(|k| serde_json::Value::from(k.name.as_str()))
+            .collect(),
+    );
+    error.into_response_with(fields)
 }
 
 #[derive(Deserialize)]

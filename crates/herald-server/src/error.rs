@@ -75,13 +75,23 @@ impl From<NodeError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            axum::Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response();
+impl ApiError {
+    /// The error's answer with more top-level fields beside `error` (a
+    /// broadcast's partial `results`, say).
+    pub(crate) fn into_response_with(
+        self,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Response {
+        let mut body = fields;
+        body.insert(
+            "error".into(),
+            json!({"code": self.code, "message": self.message}),
+        );
+        self.respond(serde_json::Value::Object(body))
+    }
+
+    fn respond(self, body: serde_json::Value) -> Response {
+        let mut response = (self.status, axum::Json(body)).into_response();
         if self.close {
             response.headers_mut().insert(
                 axum::http::header::CONNECTION,
@@ -89,6 +99,13 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        self.respond(body)
     }
 }
 
