@@ -138,7 +138,7 @@ mod tests {
         ]);
         assert!(got.service_links.is_empty(), "{got:?}");
         assert_eq!(got.unknown.len(), 5, "{got:?}");
-        let err = unknown_error(&got.unknown).unwrap().to_string();
+        let err = unknown_error(&got.unknown).expect("an error").to_string();
         assert!(err.contains("HERALD_LISTEN"), "{err}");
         assert!(err.contains("HERALD_<SECTION>__<KEY>"), "{err}");
     }

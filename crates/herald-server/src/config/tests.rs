@@ -112,10 +112,10 @@ fn every_bad_value_is_reported_at_once() {
 /// broker; any token key lifts the restriction.
 #[test]
 fn development_mode_is_loopback_and_memory_only() {
-    let c = Config::from_toml("").unwrap();
+    let c = Config::from_toml("").expect("defaults are valid");
     assert!(c.is_dev_mode());
     for listen in ["127.0.0.1:9000", "[::1]:9000"] {
-        Config::from_toml(&format!("[server]\nlisten = \"{listen}\"\n")).unwrap();
+        Config::from_toml(&format!("[server]\nlisten = \"{listen}\"\n")).expect("loopback");
     }
     let err = Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\n").unwrap_err();
     let text = err.to_string();
@@ -127,13 +127,13 @@ fn development_mode_is_loopback_and_memory_only() {
     assert!(err.to_string().contains("broker.kind = \"redis\""), "{err}");
     let keyed =
         Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\n[auth]\nhs256_secret = \"s\"\n")
-            .unwrap();
+            .expect("a keyed node may listen anywhere");
     assert!(!keyed.is_dev_mode());
 }
 
 #[test]
 fn pre_auth_and_per_ip_limits_default_and_are_checked() {
-    let c = Config::from_toml("").unwrap();
+    let c = Config::from_toml("").expect("defaults are valid");
     assert_eq!(c.limits.max_pending_connections, 1024);
     assert_eq!(c.limits.max_pending_message_bytes, 16_384);
     assert_eq!(
@@ -151,7 +151,7 @@ fn pre_auth_and_per_ip_limits_default_and_are_checked() {
     ] {
         assert!(text.contains(key), "{key} missing from: {text}");
     }
-    let c = Config::from_toml("[limits]\nmax_connections_per_ip = 5\n").unwrap();
+    let c = Config::from_toml("[limits]\nmax_connections_per_ip = 5\n").expect("valid");
     assert_eq!(c.limits.max_connections_per_ip, 5);
 }
 
