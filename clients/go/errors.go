@@ -19,6 +19,10 @@ const (
 	CodeInternal      = "internal"
 )
 
+// MaxBodyBytes is the node's fixed limit on an API request body (413
+// too_large beyond); the client refuses larger bodies without sending them.
+const MaxBodyBytes = 2 << 20
+
 // Error is an error answer of the node: its HTTP status and the code and
 // message of the JSON body {"error":{"code","message"}}. Test for a kind
 // with errors.Is(err, herald.ErrUnavailable) and friends.

@@ -144,6 +144,13 @@ func (cl *Client) do(ctx context.Context, c call, out any) (int, error) {
 		if body, err = json.Marshal(c.body); err != nil {
 			return 0, fmt.Errorf("herald: %s: encoding the body: %w", c.op, err)
 		}
+		// The node answers a larger body at once and closes the
+		// connection, which a client still writing it may see as a reset
+		// instead of the answer: refuse it here, unsent.
+		if len(body) > MaxBodyBytes {
+			return 0, &Error{Status: 413, Code: CodeTooLarge, Message: fmt.Sprintf(
+				"request body is %d bytes, over the node's limit of %d (not sent)", len(body), MaxBodyBytes)}
+		}
 	}
 	target := cl.base + c.path
 	if len(c.query) > 0 {

@@ -17,6 +17,7 @@ from .errors import (
     HeraldConnectionError,
     HeraldError,
     HeraldTimeoutError,
+    TooLargeError,
     error_from_response,
 )
 
@@ -136,11 +137,24 @@ def headers(api_key: str) -> Dict[str, str]:
     return {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT, "Accept": "application/json"}
 
 
+MAX_BODY_BYTES = 2 << 20
+"""The node's fixed limit on an API request body (413 ``too_large`` beyond)."""
+
+
 def encode(call: Call) -> Optional[bytes]:
-    """The JSON body, encoded once so retries send the same bytes."""
+    """The JSON body, encoded once so retries send the same bytes.
+
+    A body over the node's limit raises :class:`TooLargeError` without being
+    sent: the node answers such a request at once and closes the
+    connection, which a client still writing the body may see as a reset
+    instead of the answer.
+    """
     if call.body is None:
         return None
-    return json.dumps(call.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body = json.dumps(call.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(body) > MAX_BODY_BYTES:
+        raise TooLargeError(413, "too_large", f"request body is {len(body)} bytes, over the node's limit of {MAX_BODY_BYTES} (not sent)")
+    return body
 
 
 def may_retry(call: Call, exc: Optional[httpx.TransportError], status: Optional[int]) -> bool:
