@@ -24,4 +24,4 @@ mod ws;
 pub use app::AppState;
 pub use auth::{build_authenticator, dev_mode, token_minter};
 pub use config::{Config, ConfigError};
-pub use serve::{serve, ServeError};
+pub use serve::{serve, serve_on, ServeError};

@@ -94,8 +94,26 @@ fn apply_dev_mode(config: &mut Config) {
     );
 }
 
-/// Runs a node until SIGTERM or SIGINT, then drains it and returns.
-pub async fn serve(mut config: Config) -> Result<(), ServeError> {
+/// Runs a node on `server.listen` until SIGTERM or SIGINT, then drains it
+/// and returns.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let addr = config.server.listen.clone();
+    let listener = listen(&addr).map_err(|source| ServeError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    serve_on(config, listener, shutdown_signal()).await
+}
+
+/// Runs a node on an already bound `listener` (`server.listen` is then
+/// ignored) until `shutdown` resolves, then drains it and returns. Tests
+/// and embedders bind port 0 themselves, which leaves no window between
+/// choosing a port and listening on it.
+pub async fn serve_on(
+    mut config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     apply_dev_mode(&mut config);
     let (authenticator, hs256) = build_authenticator(&config)?;
     let namespaces = config.namespace_rules()?;
@@ -148,17 +166,14 @@ pub async fn serve(mut config: Config) -> Result<(), ServeError> {
         metrics,
         body_timeout: config.server.body_timeout,
     };
-    let addr = config.server.listen.clone();
-    let listener = listen(&addr).map_err(|source| ServeError::Bind {
-        addr: addr.clone(),
-        source,
-    })?;
-    let local = listener.local_addr().map_or(addr, |a| a.to_string());
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| config.server.listen.clone(), |a| a.to_string());
     tracing::info!(listen = %local, node_id = %node_id, broker = node.broker().kind(), "herald serving");
     let drain = config.server.shutdown_drain;
     let draining = node.clone();
     crate::http::serve(listener, router(state), async move {
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!(connections = draining.connection_count(), drain = ?drain, "shutting down: draining connections");
         draining.drain(drain).await;
     })
