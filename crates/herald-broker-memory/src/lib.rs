@@ -20,8 +20,11 @@
 #![warn(missing_docs)]
 
 mod budget;
+mod factory;
 mod idempotency;
 mod stream;
+
+pub use factory::{MemoryEngine, SWEEP_INTERVAL};
 
 use async_trait::async_trait;
 use budget::Accounting;

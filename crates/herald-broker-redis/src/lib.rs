@@ -9,6 +9,9 @@
 //! - [`IngestConsumer`] publishes entries services append to the
 //!   `<prefix>:ingest` stream, once each, as one consumer group.
 //!
+//! - [`RedisEngine`] builds the three for a node (the engine factory), with
+//!   [`RedisPresence`].
+//!
 //! Keys of one room share a hash tag, so everything works on Redis Cluster
 //! too, where room channels use sharded pub/sub.
 
@@ -24,8 +27,10 @@ pub use fred::types::ConnectHandle;
 
 mod broker;
 mod cluster;
+mod engine;
 mod ingest;
 
 pub use broker::RedisBroker;
 pub use cluster::RedisCluster;
+pub use engine::{RedisEngine, RedisPresence};
 pub use ingest::{IngestConsumer, IngestFailure, IngestOptions, IngestTarget};

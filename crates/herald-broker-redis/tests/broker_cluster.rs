@@ -3,36 +3,37 @@
 
 mod broker_support;
 
-use broker_support::scenarios;
+use broker_support::redis_engine;
+use herald_testkit::conformance::scenarios;
 use herald_testkit::RedisCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_offsets_are_shared_and_delivered_once_in_order() {
     let cluster = RedisCluster::start();
-    scenarios::shared_offsets_and_ordered_delivery(&cluster.url()).await;
+    scenarios::shared_offsets_and_ordered_delivery(&redis_engine(&cluster.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_unsubscribed_rooms_get_nothing() {
     let cluster = RedisCluster::start();
-    scenarios::unsubscribed_rooms_get_nothing(&cluster.url()).await;
+    scenarios::unsubscribed_rooms_get_nothing(&redis_engine(&cluster.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_history_positions_and_epochs() {
     let cluster = RedisCluster::start();
-    scenarios::history_and_positions(&cluster.url()).await;
+    scenarios::history_and_positions(&redis_engine(&cluster.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_idempotency_and_presence() {
     let cluster = RedisCluster::start();
-    scenarios::idempotency(&cluster.url()).await;
-    scenarios::presence_reaches_other_nodes(&cluster.url()).await;
+    scenarios::idempotency(&redis_engine(&cluster.url())).await;
+    scenarios::presence_reaches_other_nodes(&redis_engine(&cluster.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_subscribe_races_never_leave_a_room_deaf() {
     let cluster = RedisCluster::start();
-    scenarios::subscribe_races(&cluster.url()).await;
+    scenarios::subscribe_races(&redis_engine(&cluster.url())).await;
 }

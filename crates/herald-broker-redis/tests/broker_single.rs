@@ -1,47 +1,74 @@
 //! The Redis broker against one real redis-server: two brokers ("nodes")
-//! share it, as two Herald nodes would.
+//! share it, as two Herald nodes would. The engine-agnostic scenarios come
+//! from the conformance suite (herald-testkit's `conformance`), run through
+//! the Redis engine's factory; the rest check Redis specifics.
 
 mod broker_support;
 
-use broker_support::{prefix, request, room, scenarios, wait_until, Node, MINUTE};
+use broker_support::{prefix, redis_engine, request, room, wait_until, Node, MINUTE};
 use herald_broker_redis::keys::Keys;
 use herald_core::Broker;
+use herald_testkit::conformance::scenarios;
 use herald_testkit::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn offsets_are_shared_and_each_node_gets_every_publication_once_in_order() {
     let server = RedisServer::start();
-    scenarios::shared_offsets_and_ordered_delivery(&server.url()).await;
+    scenarios::shared_offsets_and_ordered_delivery(&redis_engine(&server.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unsubscribed_rooms_get_nothing() {
     let server = RedisServer::start();
-    scenarios::unsubscribed_rooms_get_nothing(&server.url()).await;
+    scenarios::unsubscribed_rooms_get_nothing(&redis_engine(&server.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_positions_and_epochs() {
     let server = RedisServer::start();
-    scenarios::history_and_positions(&server.url()).await;
+    scenarios::history_and_positions(&redis_engine(&server.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_keys() {
     let server = RedisServer::start();
-    scenarios::idempotency(&server.url()).await;
+    scenarios::idempotency(&redis_engine(&server.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn presence_reaches_other_nodes_only() {
     let server = RedisServer::start();
-    scenarios::presence_reaches_other_nodes(&server.url()).await;
+    scenarios::presence_reaches_other_nodes(&redis_engine(&server.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribe_races_never_leave_a_room_deaf() {
     let server = RedisServer::start();
-    scenarios::subscribe_races(&server.url()).await;
+    scenarios::subscribe_races(&redis_engine(&server.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscriptions_are_counted() {
+    let server = RedisServer::start();
+    scenarios::subscriptions_are_counted(&redis_engine(&server.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_announce_is_not_echoed() {
+    let server = RedisServer::start();
+    scenarios::presence_announce(&redis_engine(&server.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_of_unknown_rooms_answer_offset_zero() {
+    let server = RedisServer::start();
+    scenarios::reads_of_unknown_rooms_create_nothing(&redis_engine(&server.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn room_byte_budget_through_the_engine() {
+    let server = RedisServer::start();
+    scenarios::room_byte_budget_trims_oldest(&redis_engine(&server.url())).await;
 }
 
 fn numsub(server: &RedisServer, channel: &str) -> u64 {

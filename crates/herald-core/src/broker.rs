@@ -151,22 +151,6 @@ pub enum BrokerError {
     Internal(String),
 }
 
-/// A connection joined or left a room with presence on, announced to the
-/// other nodes holding members of that room.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceChange {
-    /// The room.
-    pub room: RoomKey,
-    /// True for `member_joined`, false for `member_left`.
-    pub joined: bool,
-    /// The member's user.
-    pub user_id: String,
-    /// The member's connection.
-    pub connection_id: String,
-    /// The node holding the connection.
-    pub node_id: String,
-}
-
 /// Receives publications from a broker.
 ///
 /// Contract: for any one room, `deliver` is called in offset order and never
@@ -174,11 +158,6 @@ pub struct PresenceChange {
 pub trait PublicationSink: Send + Sync + 'static {
     /// Hands one publication to the node.
     fn deliver(&self, publication: Arc<Publication>);
-
-    /// A presence change announced by another node (see [`Broker::announce`]).
-    fn presence(&self, change: &PresenceChange) {
-        let _ = change;
-    }
 }
 
 /// A broker engine.
@@ -225,14 +204,6 @@ pub trait Broker: Send + Sync + 'static {
         since: u64,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError>;
-
-    /// Tells the other nodes listening to `change.room` that a member joined
-    /// or left; they hand it to their sink's [`PublicationSink::presence`].
-    /// An engine serving one node has nobody to tell.
-    async fn announce(&self, change: &PresenceChange) -> Result<(), BrokerError> {
-        let _ = change;
-        Ok(())
-    }
 
     /// Whether the engine can serve requests now (readiness).
     fn is_ready(&self) -> bool;

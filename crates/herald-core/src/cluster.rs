@@ -159,9 +159,6 @@ pub trait Cluster: Send + Sync + 'static {
         user_id: &str,
     ) -> Result<Vec<ConnectionRecord>, BrokerError>;
 
-    /// The room's members on every node (rooms with presence on).
-    async fn presence(&self, room: &RoomKey) -> Result<Vec<MemberRecord>, BrokerError>;
-
     /// Every live node's figures, this node's included.
     async fn nodes(&self) -> Result<Vec<NodeFigures>, BrokerError>;
 

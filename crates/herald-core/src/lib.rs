@@ -7,21 +7,28 @@
 pub mod broker;
 pub mod cluster;
 pub mod duration;
+pub mod engine;
 mod identity;
 pub mod namespace;
+pub mod presence;
 mod room;
 mod verify;
 
 pub use broker::{
-    Broker, BrokerError, BrokerStats, HistoryPage, HistoryPolicy, HistoryTrims, PresenceChange,
-    Publication, PublicationSink, PublishOutcome, PublishRequest,
+    Broker, BrokerError, BrokerStats, HistoryPage, HistoryPolicy, HistoryTrims, Publication,
+    PublicationSink, PublishOutcome, PublishRequest,
 };
 pub use cluster::{
     Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef, MemberRecord,
     NodeFigures, PerUserPolicy,
 };
+pub use engine::{
+    Engine, EngineCapabilities, EngineContext, EngineError, EngineFactory, EngineSettings,
+    EngineShutdown, Engines, NoPublishTarget, PublishRefusal, PublishTarget, SettingError,
+};
 pub use identity::Identity;
 pub use namespace::{NamespaceConfig, Namespaces, Rule, RuleError};
+pub use presence::{LocalPresence, Presence, PresenceChange, PresenceSink};
 pub use room::{
     RoomError, RoomKey, RoomName, Tenant, TenantError, MAX_ROOM_NAME_BYTES, MAX_TENANT_BYTES,
 };

@@ -11,7 +11,7 @@ use herald_core::{
     RoomKey, Tenant,
 };
 use herald_protocol::{CloseCode, MemberSummary};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 /// The registry record of a local connection, with its current rooms.
 pub(crate) fn record(node_id: &str, conn: &Connection) -> ConnectionRecord {
@@ -39,13 +39,37 @@ fn info_of(record: ConnectionRecord) -> ConnectionInfo {
 
 /// What the cluster engine calls back into. It holds the node weakly: the
 /// engine belongs to the node, and a strong handle would keep both alive.
-struct Handle {
-    node: Weak<Inner>,
+/// It is handed to the engine before the node exists and filled once it
+/// does ([`Node::start`]); until then every callback finds nothing.
+#[derive(Clone)]
+pub(crate) struct LateHandle {
+    node: Arc<OnceLock<Weak<Inner>>>,
+    /// Reported in the figures before the node exists (it has nothing yet).
+    node_id: Arc<str>,
 }
 
-impl ClusterNode for Handle {
+impl LateHandle {
+    /// A handle for the node `node_id`, not filled yet.
+    pub(crate) fn new(node_id: &str) -> Self {
+        Self {
+            node: Arc::default(),
+            node_id: Arc::from(node_id),
+        }
+    }
+
+    /// Points the handle at `node` (once; later calls do nothing).
+    pub(crate) fn fill(&self, node: &Node) {
+        let _ = self.node.set(Arc::downgrade(&node.inner));
+    }
+
+    fn upgrade(&self) -> Option<Arc<Inner>> {
+        self.node.get()?.upgrade()
+    }
+}
+
+impl ClusterNode for LateHandle {
     fn close_connection(&self, connection_id: &str, code: u16) -> bool {
-        let (Some(inner), Some(code)) = (self.node.upgrade(), CloseCode::from_code(code)) else {
+        let (Some(inner), Some(code)) = (self.upgrade(), CloseCode::from_code(code)) else {
             return false;
         };
         inner
@@ -55,7 +79,7 @@ impl ClusterNode for Handle {
     }
 
     fn close_user(&self, tenant: &Tenant, user_id: &str, code: u16) -> usize {
-        let (Some(inner), Some(code)) = (self.node.upgrade(), CloseCode::from_code(code)) else {
+        let (Some(inner), Some(code)) = (self.upgrade(), CloseCode::from_code(code)) else {
             return 0;
         };
         let conns = inner.registry.of_user(tenant, user_id);
@@ -66,7 +90,7 @@ impl ClusterNode for Handle {
     }
 
     fn snapshot(&self) -> Vec<(ConnectionRecord, Vec<(String, bool)>)> {
-        let Some(inner) = self.node.upgrade() else {
+        let Some(inner) = self.upgrade() else {
             return Vec::new();
         };
         inner
@@ -90,14 +114,18 @@ impl ClusterNode for Handle {
     }
 
     fn figures(&self) -> NodeFigures {
-        self.node
-            .upgrade()
-            .map_or_else(NodeFigures::default, |n| NodeFigures {
+        self.upgrade().map_or_else(
+            || NodeFigures {
+                node_id: self.node_id.to_string(),
+                ..NodeFigures::default()
+            },
+            |n| NodeFigures {
                 node_id: n.node_id.to_string(),
                 connections: n.registry.len(),
                 users: n.registry.users(),
                 rooms: n.rooms.len(),
-            })
+            },
+        )
     }
 }
 
@@ -105,9 +133,9 @@ impl Node {
     /// The callbacks the cluster engine needs (see [`ClusterNode`]); give
     /// it to the engine once the node exists.
     pub fn cluster_handle(&self) -> Arc<dyn ClusterNode> {
-        Arc::new(Handle {
-            node: Arc::downgrade(&self.inner),
-        })
+        let handle = LateHandle::new(&self.inner.node_id);
+        handle.fill(self);
+        Arc::new(handle)
     }
 
     /// Registers `conn` cluster-wide under the per-user policy and closes
@@ -200,18 +228,17 @@ impl Node {
             connection_id: conn.id.to_string(),
             node_id: self.inner.node_id.to_string(),
         };
-        if let Err(e) = self.inner.broker.announce(&change).await {
+        if let Err(e) = self.inner.presence.announce(&change).await {
             tracing::warn!(room = %key, error = %e, "presence announcement failed");
         }
     }
 
     /// Members of `room` on every node.
     pub async fn presence(&self, room: &RoomKey) -> Result<Vec<MemberSummary>, NodeError> {
-        let Some(cluster) = &self.inner.cluster else {
-            return Ok(self.inner.rooms.members(room));
-        };
-        Ok(cluster
-            .presence(room)
+        Ok(self
+            .inner
+            .presence
+            .members(room)
             .await?
             .into_iter()
             .map(|m| MemberSummary {

@@ -28,7 +28,7 @@ pub use error::{NodeError, BROKER_INTERNAL_MESSAGE, BROKER_UNAVAILABLE_MESSAGE};
 pub use filter::EventFilter;
 pub use limits::{Limits, PerUserPolicy};
 pub use node::{
-    BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, OpenOptions, PublishInput,
+    BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, OpenOptions, PublishInput, WeakNode,
 };
 pub use queue::{Drain, Duty, Outbound, PushResult, SendQueue, SocketWriter};
 pub use rate::TokenBucket;

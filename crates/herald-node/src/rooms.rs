@@ -18,7 +18,9 @@ use crate::conn::Connection;
 use crate::flush::Flusher;
 use crate::metrics;
 use crate::queue::{Outbound, PushResult};
-use herald_core::{PresenceChange, Publication, PublicationSink, RoomKey};
+use herald_core::{
+    MemberRecord, PresenceChange, PresenceSink, Publication, PublicationSink, RoomKey,
+};
 use herald_protocol::{encode, CloseCode, MemberSummary, ServerFrame, StreamPosition};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -297,8 +299,8 @@ fn enqueued(conn: &Connection, result: PushResult) -> bool {
     }
 }
 
-impl PublicationSink for Rooms {
-    fn presence(&self, change: &PresenceChange) {
+impl PresenceSink for Rooms {
+    fn changed(&self, change: &PresenceChange) {
         let room = change.room.name.to_string();
         let user_id = change.user_id.clone();
         let connection_id = change.connection_id.clone();
@@ -326,6 +328,19 @@ impl PublicationSink for Rooms {
         self.flusher.flush(written);
     }
 
+    fn local_members(&self, room: &RoomKey) -> Vec<MemberRecord> {
+        self.members(room)
+            .into_iter()
+            .map(|m| MemberRecord {
+                user_id: m.user_id,
+                connection_id: m.connection_id,
+                node_id: m.node_id,
+            })
+            .collect()
+    }
+}
+
+impl PublicationSink for Rooms {
     fn deliver(&self, p: Arc<Publication>) {
         let mut written = Vec::new();
         {

@@ -135,36 +135,13 @@ impl Default for AuthConfig {
     }
 }
 
-/// Which broker engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BrokerKind {
-    /// Embedded, single node.
-    #[default]
-    Memory,
-    /// Redis cluster engine.
-    Redis,
-    /// NATS cluster engine.
-    Nats,
-}
-
-impl BrokerKind {
-    /// The config spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            BrokerKind::Memory => "memory",
-            BrokerKind::Redis => "redis",
-            BrokerKind::Nats => "nats",
-        }
-    }
-}
-
 /// `[broker]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// Engine.
-    pub kind: BrokerKind,
+    /// Engine, by name: one of the kinds this build has (see
+    /// [`crate::engines::compiled`]).
+    pub kind: String,
     /// Redis URL for `kind = "redis"`.
     pub redis_url: Option<String>,
     /// NATS URL for `kind = "nats"`.
@@ -183,7 +160,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            kind: BrokerKind::Memory,
+            kind: "memory".into(),
             redis_url: None,
             nats_url: None,
             prefix: "herald".into(),
@@ -354,28 +331,14 @@ impl Config {
 
     fn validate_broker(&self, problems: &mut Vec<ConfigError>) {
         let b = &self.broker;
-        match b.kind {
-            BrokerKind::Memory => {}
-            BrokerKind::Redis => match b.redis_url.as_deref() {
-                None | Some("") => problems.push(invalid(
-                    "broker.redis_url",
-                    "is required with broker.kind = \"redis\" (redis://host:port or \
-                     redis-cluster://host:port?node=host:port)",
-                )),
-                Some(url)
-                    if !(url.starts_with("redis://") || url.starts_with("redis-cluster://")) =>
-                {
-                    problems.push(invalid(
-                        "broker.redis_url",
-                        "must start with redis:// or redis-cluster://",
-                    ))
+        // The kind and the engine's own keys are the engine's to check.
+        match crate::engines::compiled().pick(&b.kind) {
+            Ok(factory) => {
+                for e in factory.validate(&self.engine_settings()) {
+                    problems.push(invalid(e.key, e.message));
                 }
-                Some(_) => {}
-            },
-            BrokerKind::Nats => problems.push(invalid(
-                "broker.kind",
-                "`nats` is not available in this build yet; use `memory` or `redis`",
-            )),
+            }
+            Err(e) => problems.push(invalid(e.key, e.message)),
         }
         if b.prefix.is_empty() || b.prefix.contains(['{', '}', ' ']) {
             problems.push(invalid(
@@ -404,10 +367,10 @@ impl Config {
             .listen
             .parse::<std::net::SocketAddr>()
             .is_ok_and(|a| a.ip().is_loopback());
-        let memory = self.broker.kind == BrokerKind::Memory;
+        let memory = self.broker.kind == "memory";
         if !loopback || !memory {
             let why = if loopback {
-                format!("broker.kind = \"{}\"", self.broker.kind.name())
+                format!("broker.kind = \"{}\"", self.broker.kind)
             } else {
                 format!(
                     "server.listen = \"{}\" is not a loopback address",
@@ -431,6 +394,15 @@ impl Config {
     /// config (no token key; see [`Config::validate`]).
     pub fn is_dev_mode(&self) -> bool {
         crate::auth::dev_mode(&self.auth)
+    }
+
+    /// The `[broker]` table as its engine reads it (see
+    /// [`herald_core::EngineSettings`]).
+    pub fn engine_settings(&self) -> herald_core::EngineSettings {
+        match serde_json::to_value(&self.broker) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => herald_core::EngineSettings::new(),
+        }
     }
 
     /// The shipped namespaces with the configured ones merged over them.

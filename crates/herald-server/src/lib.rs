@@ -7,9 +7,9 @@
 mod api;
 mod app;
 mod auth;
-mod cluster;
 pub mod config;
 mod dashboard;
+pub mod engines;
 mod error;
 mod extract;
 #[doc(hidden)]
@@ -17,6 +17,7 @@ pub mod fuzzing;
 mod guard;
 mod http;
 mod ops;
+mod publish_target;
 mod serve;
 mod sse;
 mod ws;
@@ -24,4 +25,4 @@ mod ws;
 pub use app::AppState;
 pub use auth::{build_authenticator, dev_mode, token_minter};
 pub use config::{Config, ConfigError};
-pub use serve::{serve, serve_on, ServeError};
+pub use serve::{serve, serve_on, serve_on_with, ServeError};

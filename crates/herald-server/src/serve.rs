@@ -2,8 +2,9 @@
 
 use crate::app::{router, AppState};
 use crate::auth::{build_authenticator, dev_mode, token_minter, ApiKeys, JwtVerifier};
-use crate::config::{ApiKeyConfig, BrokerKind, Config, ConfigError, Scope};
-use herald_broker_memory::MemoryBroker;
+use crate::config::{ApiKeyConfig, Config, ConfigError, Scope};
+use crate::publish_target::ApiPublish;
+use herald_core::{EngineError, Engines};
 use herald_node::{Node, NodeSettings};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::Arc;
@@ -23,14 +24,11 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The Redis engine could not be set up.
+    /// The engine `broker.kind` names could not start.
     #[error(transparent)]
-    Redis(herald_broker_redis::RedisSetupError),
+    Engine(#[from] EngineError),
 }
 
-/// How often the memory engine forgets streams with no history and no
-/// members (and expired idempotency keys).
-const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Latency histogram buckets, in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -108,12 +106,30 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 /// Runs a node on an already bound `listener` (`server.listen` is then
 /// ignored) until `shutdown` resolves, then drains it and returns. Tests
 /// and embedders bind port 0 themselves, which leaves no window between
-/// choosing a port and listening on it.
+/// choosing a port and listening on it. The engine is one of those this
+/// build has ([`crate::engines::compiled`]).
 pub async fn serve_on(
-    mut config: Config,
+    config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_on_with(config, listener, shutdown, &crate::engines::compiled()).await
+}
+
+/// [`serve_on`] with the engines to pick `broker.kind` from (an embedder's
+/// own engine, say); a kind missing there is refused like a bad key.
+pub async fn serve_on_with(
+    mut config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    engines: &Engines,
+) -> Result<(), ServeError> {
+    let factory = engines.pick(&config.broker.kind).map_err(|e| {
+        ServeError::Config(ConfigError::Invalid {
+            key: e.key,
+            message: e.message,
+        })
+    })?;
     apply_dev_mode(&mut config);
     let (authenticator, hs256) = build_authenticator(&config)?;
     let namespaces = config.namespace_rules()?;
@@ -129,28 +145,15 @@ pub async fn serve_on(
         namespaces,
     };
     let verifier = Arc::new(JwtVerifier(authenticator.clone()));
-    let (node, redis) = match config.broker.kind {
-        BrokerKind::Redis => {
-            let (node, side) = crate::cluster::build(&config, &node_id, settings, verifier)
-                .map_err(ServeError::Redis)?;
-            (node, Some(side))
-        }
-        // `nats` is refused by config validation.
-        BrokerKind::Memory | BrokerKind::Nats => {
-            let mut memory: Option<Arc<MemoryBroker>> = None;
-            let node = Node::new(settings, verifier, |sink| {
-                let broker = Arc::new(
-                    MemoryBroker::new(sink).with_history_budget(config.limits.history_total_bytes),
-                );
-                memory = Some(broker.clone());
-                broker
-            });
-            if let Some(broker) = memory {
-                spawn_sweeper(&node, broker);
-            }
-            (node, None)
-        }
-    };
+    let publish = Arc::new(ApiPublish::default());
+    let node = Node::start(
+        settings,
+        verifier,
+        factory.as_ref(),
+        config.engine_settings(),
+        publish.clone(),
+    )?;
+    publish.fill(&node);
     if let Some(handle) = &metrics {
         spawn_metrics_upkeep(&node, handle.clone());
     }
@@ -179,9 +182,7 @@ pub async fn serve_on(
     })
     .await;
     node.leave_cluster().await;
-    if let Some(redis) = redis {
-        redis.close().await;
-    }
+    node.shutdown_engine().await;
     tracing::info!("herald stopped");
     Ok(())
 }
@@ -216,19 +217,6 @@ fn spawn_metrics_upkeep(node: &Node, handle: PrometheusHandle) {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => handle.run_upkeep(),
-            }
-        }
-    });
-}
-
-fn spawn_sweeper(node: &Node, broker: Arc<MemoryBroker>) {
-    let cancel = node.cancellation();
-    node.tasks().spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => broker.sweep(),
             }
         }
     });

@@ -5,7 +5,12 @@
 //! `redis-server` and `redis-cli` must be on `PATH`; `.ci/run` installs
 //! them (`apt-get install -y redis-server`) when missing.
 
+//!
+//! [`conformance`] holds the engine conformance suite.
+
 #![warn(missing_docs)]
+
+pub mod conformance;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -18,8 +18,8 @@ use error::{from_redis, not_connected};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::Value;
 use herald_core::{
-    Broker, BrokerError, BrokerStats, HistoryPage, PresenceChange, PublicationSink, PublishOutcome,
-    PublishRequest, RoomKey,
+    Broker, BrokerError, BrokerStats, HistoryPage, PresenceChange, PresenceSink, PublicationSink,
+    PublishOutcome, PublishRequest, RoomKey,
 };
 use herald_protocol::StreamPosition;
 use parking_lot::Mutex;
@@ -72,6 +72,8 @@ pub struct RedisBroker {
     channel_prefix: String,
     node_id: String,
     sink: Arc<dyn PublicationSink>,
+    /// Where presence changes from other nodes go.
+    presence_sink: Arc<dyn PresenceSink>,
     rooms: Rooms,
     publish_script: LuaScript,
     read_script: LuaScript,
@@ -84,7 +86,8 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// A broker over `clients`, delivering to `sink`. It starts listening
+    /// A broker over `clients`, delivering publications to `sink` and other
+    /// nodes' presence changes to `presence_sink`. It starts listening
     /// to the subscriber's messages at once, so publications received
     /// before [`RedisBroker::spawn`] wait (in the subscriber's buffer) for
     /// the reader instead of being lost.
@@ -92,6 +95,7 @@ impl RedisBroker {
         clients: RedisClients,
         settings: &RedisSettings,
         sink: Arc<dyn PublicationSink>,
+        presence_sink: Arc<dyn PresenceSink>,
     ) -> Arc<Self> {
         metrics::describe();
         let keys = Keys::new(&settings.prefix);
@@ -102,6 +106,7 @@ impl RedisBroker {
             node_id: settings.node_id.clone(),
             clients,
             sink,
+            presence_sink,
             rooms: Rooms::default(),
             publish_script: LuaScript::new(script::PUBLISH),
             read_script: LuaScript::new(script::READ),
@@ -109,6 +114,19 @@ impl RedisBroker {
             epoch_script: LuaScript::new(epoch::SCRIPT),
             engine_epoch: Mutex::new(None),
         })
+    }
+
+    /// Tells the other nodes listening to `change.room` about a presence
+    /// change, on the room's channel (so it keeps its order with the room's
+    /// publications); their readers hand it to their presence sink.
+    pub async fn announce(&self, change: &PresenceChange) -> Result<(), BrokerError> {
+        if !self.clients.commands.is_connected() {
+            return Err(not_connected());
+        }
+        let channel = self.keys.room_channel(&change.room);
+        let message = Value::Bytes(wire::encode_presence(change).into());
+        let published: Result<Value, _> = self.clients.commands.spublish(channel, message).await;
+        published.map(drop).map_err(from_redis)
     }
 
     /// Starts the pub/sub reader (and its reconnect catch-up); it stops
@@ -227,16 +245,6 @@ impl Broker for RedisBroker {
             publications: page.publications,
             complete,
         })
-    }
-
-    async fn announce(&self, change: &PresenceChange) -> Result<(), BrokerError> {
-        if !self.clients.commands.is_connected() {
-            return Err(not_connected());
-        }
-        let channel = self.keys.room_channel(&change.room);
-        let message = Value::Bytes(wire::encode_presence(change).into());
-        let published: Result<Value, _> = self.clients.commands.spublish(channel, message).await;
-        published.map(drop).map_err(from_redis)
     }
 
     fn is_ready(&self) -> bool {

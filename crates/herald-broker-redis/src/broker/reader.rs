@@ -186,7 +186,7 @@ impl RedisBroker {
             Ok(RoomMessage::Publication(p, _node)) => self.on_publication(p).await,
             Ok(RoomMessage::Presence(change)) => {
                 if change.node_id != self.node_id && self.rooms.is_listened(&change.room) {
-                    self.sink.presence(&change);
+                    self.presence_sink.changed(&change);
                 }
             }
             Err(e) => {

@@ -118,6 +118,11 @@ impl RedisCluster {
         tasks.spawn(self.clone().control_loop(node, cancel));
     }
 
+    /// The room's members on every node (rooms with presence on).
+    pub async fn presence(&self, room: &RoomKey) -> Result<Vec<MemberRecord>, BrokerError> {
+        self.list_presence(room).await
+    }
+
     /// Fails fast while the command connection is down, instead of queueing
     /// behind fred's reconnect until the command timeout.
     fn check(&self) -> Result<(), BrokerError> {
@@ -227,10 +232,6 @@ impl Cluster for RedisCluster {
         user_id: &str,
     ) -> Result<Vec<ConnectionRecord>, BrokerError> {
         self.list_user(tenant, user_id).await
-    }
-
-    async fn presence(&self, room: &RoomKey) -> Result<Vec<MemberRecord>, BrokerError> {
-        self.list_presence(room).await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeFigures>, BrokerError> {

@@ -1,16 +1,25 @@
 //! Shared by the broker tests: nodes (a `RedisBroker` with its own clients
-//! and a collecting sink) on a real Redis, and the core scenarios that run
-//! against both a single server and a Redis Cluster.
+//! and a collecting sink) on a real Redis, and the conformance harness
+//! (herald-testkit's `conformance`) of the Redis engine at a URL.
 
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
-pub mod scenarios;
+/// The Redis engine at `url` (a single server or a Redis Cluster), for the
+/// conformance scenarios.
+pub fn redis_engine(url: &str) -> herald_testkit::conformance::Harness {
+    let mut settings = herald_core::EngineSettings::new();
+    settings.insert("redis_url".into(), url.into());
+    settings.insert("node_heartbeat".into(), "1s".into());
+    settings.insert("command_timeout".into(), "2s".into());
+    herald_testkit::conformance::Harness::new(Arc::new(herald_broker_redis::RedisEngine), settings)
+        .streams_are_listened_rooms()
+}
 
 use herald_broker_redis::{RedisBroker, RedisClients, RedisSettings};
 use herald_core::{
-    Broker, HistoryPolicy, PresenceChange, Publication, PublicationSink, PublishRequest, RoomKey,
-    RoomName, Tenant,
+    Broker, HistoryPolicy, PresenceChange, PresenceSink, Publication, PublicationSink,
+    PublishRequest, RoomKey, RoomName, Tenant,
 };
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
@@ -44,9 +53,15 @@ impl PublicationSink for Collect {
         }
         self.publications.lock().push(publication);
     }
+}
 
-    fn presence(&self, change: &PresenceChange) {
+impl PresenceSink for Collect {
+    fn changed(&self, change: &PresenceChange) {
         self.presence.lock().push(change.clone());
+    }
+
+    fn local_members(&self, _room: &RoomKey) -> Vec<herald_core::MemberRecord> {
+        Vec::new()
     }
 }
 
@@ -106,7 +121,7 @@ impl Node {
         };
         let clients = RedisClients::connect(&settings).expect("redis url");
         let sink = Arc::new(Collect::default());
-        let broker = RedisBroker::new(clients.clone(), &settings, sink.clone());
+        let broker = RedisBroker::new(clients.clone(), &settings, sink.clone(), sink.clone());
         let connections = clients.start();
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();

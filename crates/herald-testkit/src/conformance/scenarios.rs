@@ -1,33 +1,48 @@
-//! The broker's core behaviour, run against one server and a Redis Cluster.
+//! The scenarios. Each starts its own nodes through the [`Harness`] and
+//! stops them; "a" and "b" are two nodes on one backend, or the same node
+//! for an engine serving one.
 
-use super::{prefix, request, request_with, room, room_of, wait_until, Node, MINUTE};
-use herald_core::{Broker, BrokerError, PresenceChange};
+use super::{request, request_with, room, room_of, wait_until, Harness, Needs, TestNode, MINUTE};
+use herald_core::{BrokerError, HistoryPage, MemberRecord, PresenceChange};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
-/// Two nodes publish concurrently to three rooms: offsets are shared and
-/// gap-free, and each node's sink gets every publication once, in order.
-pub async fn shared_offsets_and_ordered_delivery(url: &str) {
-    let prefix = prefix("order");
-    let a = Node::start(url, &prefix, "a").await;
-    let b = Node::start(url, &prefix, "b").await;
+async fn stop(nodes: Vec<TestNode>) {
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+fn offsets(page: &HistoryPage) -> Vec<u64> {
+    page.publications
+        .iter()
+        .map(|p| p.position.offset)
+        .collect()
+}
+
+/// Every node publishes concurrently to three rooms: offsets are shared
+/// and gap-free, and each node's sink gets every publication once, in
+/// order.
+pub async fn shared_offsets_and_ordered_delivery(h: &Harness) {
+    let nodes = h.nodes("order", 2).await;
     let rooms = [
         room("chat:1"),
         room_of(Some("acme"), "chat:1"),
         room("project:9"),
     ];
-    for r in &rooms {
-        a.broker.subscribe(r).await.expect("subscribe a");
-        b.broker.subscribe(r).await.expect("subscribe b");
+    for node in &nodes {
+        for r in &rooms {
+            node.broker.subscribe(r).await.expect("subscribe");
+        }
     }
     const EACH: u64 = 40;
     let mut tasks = JoinSet::new();
-    for node in [&a, &b] {
+    for node in &nodes {
         for r in &rooms {
             for _ in 0..EACH {
                 let broker = node.broker.clone();
-                // No history: only pub/sub can deliver these.
+                // No history: only live delivery can bring these.
                 let req = request(r, 0, MINUTE);
                 let room = r.clone();
                 tasks.spawn(async move { (room, broker.publish(req).await) });
@@ -39,47 +54,89 @@ pub async fn shared_offsets_and_ordered_delivery(url: &str) {
         let (room, outcome) = joined.expect("task");
         outcomes.push((room, outcome.expect("publish")));
     }
-    let expected: Vec<u64> = (1..=2 * EACH).collect();
+    let expected: Vec<u64> = (1..=nodes.len() as u64 * EACH).collect();
     for r in &rooms {
-        let mut offsets: Vec<u64> = outcomes
+        let mut got: Vec<u64> = outcomes
             .iter()
             .filter(|(room, _)| room == r)
             .map(|(_, o)| o.position.offset)
             .collect();
-        offsets.sort_unstable();
-        assert_eq!(offsets, expected, "offsets of {r} are shared and gap-free");
+        got.sort_unstable();
+        assert_eq!(got, expected, "offsets of {r} are shared and gap-free");
         let epochs: BTreeSet<&str> = outcomes
             .iter()
             .filter(|(room, _)| room == r)
             .map(|(_, o)| o.position.epoch.as_str())
             .collect();
         assert_eq!(epochs.len(), 1, "one epoch");
-        for node in [&a, &b] {
+        for node in &nodes {
             wait_until("every publication arrives", || {
                 node.sink.count(r) >= expected.len()
             })
             .await;
             assert_eq!(node.sink.offsets(r), expected, "in order, once each");
         }
-        let ids = |node: &Node| -> Vec<String> {
+        let ids = |node: &TestNode| -> Vec<String> {
             let pubs = node.sink.publications.lock();
             pubs.iter()
                 .filter(|p| &p.room == r)
                 .map(|p| p.event_id.clone())
                 .collect()
         };
-        assert_eq!(ids(&a), ids(&b), "both nodes saw the same events");
+        for node in &nodes[1..] {
+            assert_eq!(ids(&nodes[0]), ids(node), "every node saw the same events");
+        }
     }
-    a.stop().await;
-    b.stop().await;
+    stop(nodes).await;
 }
 
-/// After the last unsubscribe a room is no longer delivered; subscriptions
-/// are counted.
-pub async fn unsubscribed_rooms_get_nothing(url: &str) {
-    let prefix = prefix("unsub");
-    let a = Node::start(url, &prefix, "a").await;
-    let b = Node::start(url, &prefix, "b").await;
+/// Subscriptions are counted: after one of two unsubscribes the room is
+/// still delivered, an extra unsubscribe is harmless, and a new subscribe
+/// listens again.
+pub async fn subscriptions_are_counted(h: &Harness) {
+    let nodes = h.nodes("count", 2).await;
+    let (a, b) = (&nodes[0], &nodes[nodes.len() - 1]);
+    let r = room("chat:c");
+    a.broker.subscribe(&r).await.expect("subscribe");
+    a.broker.subscribe(&r).await.expect("subscribe again");
+    let publish = || b.broker.publish(request(&r, 10, MINUTE));
+    publish().await.expect("publish");
+    wait_until("a gets the first", || a.sink.count(&r) == 1).await;
+    a.broker
+        .unsubscribe(&r)
+        .await
+        .expect("unsubscribe one of two");
+    publish().await.expect("publish");
+    wait_until("a still listens", || a.sink.count(&r) == 2).await;
+    a.broker
+        .unsubscribe(&r)
+        .await
+        .expect("unsubscribe the last");
+    a.broker
+        .unsubscribe(&r)
+        .await
+        .expect("an extra unsubscribe is harmless");
+    a.broker.subscribe(&r).await.expect("subscribe anew");
+    let last = publish().await.expect("publish");
+    wait_until("a listens again", || {
+        a.sink.offsets(&r).last() == Some(&last.position.offset)
+    })
+    .await;
+    let got = a.sink.offsets(&r);
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+    assert_eq!(&got[..2], &[1, 2]);
+    stop(nodes).await;
+}
+
+/// After the last unsubscribe, another node's publications of the room no
+/// longer reach this node (on one node every publication is local, and the
+/// contract lets the sink get rooms it does not listen to).
+pub async fn unsubscribed_rooms_get_nothing(h: &Harness) {
+    if !h.supports("unsubscribed_rooms_get_nothing", Needs::MultiNode) {
+        return;
+    }
+    let nodes = h.nodes("unsub", 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
     let r = room("chat:u");
     let marker = room("chat:marker");
     a.broker.subscribe(&r).await.expect("subscribe");
@@ -103,15 +160,14 @@ pub async fn unsubscribed_rooms_get_nothing(url: &str) {
         publish(&r).await.expect("publish");
     }
     wait_until("b gets them", || b.sink.count(&r) == 5).await;
+    // The marker goes out after them: once it is in, they would be too.
     publish(&marker).await.expect("publish marker");
     wait_until("a gets the marker", || a.sink.count(&marker) == 1).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(a.sink.offsets(&r), vec![1, 2], "nothing after unsubscribe");
-    assert_eq!(
-        a.broker.stats().streams,
-        1,
-        "only the marker room is listened"
-    );
+    if h.streams_are_listened() {
+        let streams = a.broker.stats().streams;
+        assert_eq!(streams, 1, "only the marker room is listened");
+    }
     a.broker
         .unsubscribe(&r)
         .await
@@ -120,16 +176,13 @@ pub async fn unsubscribed_rooms_get_nothing(url: &str) {
     publish(&r).await.expect("publish");
     wait_until("a listens again", || a.sink.count(&r) == 3).await;
     assert_eq!(a.sink.offsets(&r), vec![1, 2, 6]);
-    a.stop().await;
-    b.stop().await;
+    stop(nodes).await;
 }
 
-/// Positions, epochs, trimming, expiry, `complete` and `limit`, as the
-/// memory engine answers them.
-pub async fn history_and_positions(url: &str) {
-    let prefix = prefix("history");
-    let a = Node::start(url, &prefix, "a").await;
-    let b = Node::start(url, &prefix, "b").await;
+/// Positions, epochs, trimming by size and age, `complete` and `limit`.
+pub async fn history_and_positions(h: &Harness) {
+    let nodes = h.nodes("history", 2).await;
+    let (a, b) = (&nodes[0], &nodes[nodes.len() - 1]);
     let r = room("h:1");
     let fresh = a.broker.position(&r).await.expect("position");
     assert_eq!(fresh.offset, 0);
@@ -137,7 +190,7 @@ pub async fn history_and_positions(url: &str) {
     let other = b.broker.position(&r).await.expect("position");
     assert_eq!(other, fresh, "every node agrees on a new room's epoch");
     for i in 1..=5u64 {
-        let node = if i % 2 == 0 { &a } else { &b };
+        let node = if i % 2 == 0 { a } else { b };
         let out = node.broker.publish(request(&r, 3, MINUTE)).await;
         let out = out.expect("publish");
         assert_eq!(
@@ -146,12 +199,6 @@ pub async fn history_and_positions(url: &str) {
         );
         assert!(!out.duplicate);
     }
-    let offsets = |page: &herald_core::HistoryPage| -> Vec<u64> {
-        page.publications
-            .iter()
-            .map(|p| p.position.offset)
-            .collect()
-    };
     let page = b.broker.history(&r, 2, 100).await.expect("history");
     assert_eq!(offsets(&page), vec![3, 4, 5]);
     assert!(page.complete);
@@ -182,6 +229,7 @@ pub async fn history_and_positions(url: &str) {
     }
     let page = a.broker.history(&t, 0, 10).await.expect("history");
     assert_eq!((offsets(&page), page.complete), (vec![1, 2, 3], true));
+    // Waits out the ttl (no event to wait on: expiry is the clock's).
     tokio::time::sleep(Duration::from_millis(450)).await;
     let page = a.broker.history(&t, 0, 10).await.expect("history");
     assert!(page.publications.is_empty() && !page.complete, "expired");
@@ -210,13 +258,8 @@ pub async fn history_and_positions(url: &str) {
         page.publications.is_empty() && !page.complete,
         "nothing stored"
     );
-    assert!(
-        a.broker
-            .history(&none, 2, 10)
-            .await
-            .expect("history")
-            .complete
-    );
+    let page = a.broker.history(&none, 2, 10).await.expect("history");
+    assert!(page.complete);
 
     let v = room("h:verbatim");
     let data = r#"{"b": [1, 2.50],   "a":"é\u00e9"}"#;
@@ -228,16 +271,64 @@ pub async fn history_and_positions(url: &str) {
     assert_eq!((p.event.as_str(), p.room.clone()), ("e", v.clone()));
     // The accept time travels with the event, for the latency histogram.
     assert!(p.ts > 0 && !p.event_id.is_empty() && p.accepted_at.is_some());
-    a.stop().await;
-    b.stop().await;
+    stop(nodes).await;
+}
+
+/// Each room's history is held to `history.max_bytes`, oldest events
+/// first; a resume from a trimmed offset is incomplete, and the trims are
+/// counted.
+pub async fn room_byte_budget_trims_oldest(h: &Harness) {
+    let nodes = h.nodes("bytes", 1).await;
+    let a = &nodes[0];
+    let r = room("b:1");
+    let data = format!("\"{}\"", "x".repeat(1000));
+    for _ in 0..20 {
+        let mut req = request_with(&r, &data, 1000, MINUTE);
+        req.history.max_bytes = 10_000;
+        a.broker.publish(req).await.expect("publish");
+    }
+    let page = a.broker.history(&r, 0, 100).await.expect("history");
+    let kept = offsets(&page);
+    assert!(!page.complete, "the oldest events were trimmed");
+    assert!(!kept.is_empty() && kept.len() < 20, "{kept:?}");
+    assert_eq!(kept.last(), Some(&20), "the newest are kept");
+    assert!(
+        kept.windows(2).all(|w| w[1] == w[0] + 1),
+        "contiguous: {kept:?}"
+    );
+    let resumed = a.broker.history(&r, kept[0] - 1, 100).await;
+    assert!(
+        resumed.expect("history").complete,
+        "nothing missing after the oldest kept"
+    );
+    let trimmed = a.broker.stats().trimmed;
+    assert_eq!(trimmed.room_bytes as usize, 20 - kept.len(), "{trimmed:?}");
+    stop(nodes).await;
+}
+
+/// Reads of rooms without a stream answer offset 0, an empty complete page
+/// and the same position, and create nothing.
+pub async fn reads_of_unknown_rooms_create_nothing(h: &Harness) {
+    let nodes = h.nodes("readonly", 1).await;
+    let a = &nodes[0];
+    let before = a.broker.stats().streams;
+    for i in 0..20 {
+        let r = room(&format!("ro:{i}"));
+        let position = a.broker.position(&r).await.expect("position");
+        assert_eq!(position.offset, 0);
+        let page = a.broker.history(&r, 0, 10).await.expect("history");
+        assert!(page.complete && page.publications.is_empty());
+        assert_eq!(page.position, position);
+    }
+    assert_eq!(a.broker.stats().streams, before, "no stream was created");
+    stop(nodes).await;
 }
 
 /// A repeated idempotency key answers the first outcome and delivers
 /// nothing; the same key for another room of the tenant is a conflict.
-pub async fn idempotency(url: &str) {
-    let prefix = prefix("idem");
-    let a = Node::start(url, &prefix, "a").await;
-    let b = Node::start(url, &prefix, "b").await;
+pub async fn idempotency(h: &Harness) {
+    let nodes = h.nodes("idem", 2).await;
+    let (a, b) = (&nodes[0], &nodes[nodes.len() - 1]);
     let r = room("i:a");
     b.broker.subscribe(&r).await.expect("subscribe");
     let mut req = request(&r, 10, MINUTE);
@@ -263,26 +354,69 @@ pub async fn idempotency(url: &str) {
     req.room = room_of(Some("other"), "i:a");
     let other = a.broker.publish(req).await.expect("publish");
     assert!(!other.duplicate, "keys are per tenant");
-    a.stop().await;
-    b.stop().await;
+    stop(nodes).await;
 }
 
-/// A presence change announced by one node reaches the others, not itself.
-pub async fn presence_reaches_other_nodes(url: &str) {
-    let prefix = prefix("presence");
-    let a = Node::start(url, &prefix, "node-a").await;
-    let b = Node::start(url, &prefix, "node-b").await;
-    let r = room("p:1");
-    a.broker.subscribe(&r).await.expect("subscribe");
-    b.broker.subscribe(&r).await.expect("subscribe");
-    let change = PresenceChange {
-        room: r.clone(),
+fn change(room: &herald_core::RoomKey, node_id: &str) -> PresenceChange {
+    PresenceChange {
+        room: room.clone(),
         joined: true,
         user_id: "u1".into(),
         connection_id: "c1".into(),
-        node_id: "node-a".into(),
-    };
-    a.broker.announce(&change).await.expect("announce");
+        node_id: node_id.into(),
+    }
+}
+
+/// Announcing a presence change succeeds and is never echoed to its
+/// origin; nobody is listed in a room nobody joined, and an engine serving
+/// one node lists the node's own members.
+pub async fn presence_announce(h: &Harness) {
+    let nodes = h.nodes("announce", 1).await;
+    let a = &nodes[0];
+    let r = room("pa:1");
+    a.broker.subscribe(&r).await.expect("subscribe");
+    a.presence
+        .announce(&change(&r, &a.id))
+        .await
+        .expect("announce");
+    // Same room, so on an engine that carries presence with the room's
+    // publications the announcement would come before this one.
+    a.broker
+        .publish(request(&r, 0, MINUTE))
+        .await
+        .expect("publish");
+    wait_until("a gets the publication", || a.sink.count(&r) == 1).await;
+    assert!(
+        a.sink.presence.lock().is_empty(),
+        "not echoed to its origin"
+    );
+    let nobody = a.presence.members(&room("pa:empty")).await;
+    assert!(nobody.expect("members").is_empty());
+    if !h.multi_node() {
+        let member = MemberRecord {
+            user_id: "u1".into(),
+            connection_id: "c1".into(),
+            node_id: a.id.clone(),
+        };
+        a.sink.local.lock().push((r.clone(), member.clone()));
+        let members = a.presence.members(&r).await.expect("members");
+        assert_eq!(members, vec![member], "the node's own members");
+    }
+    stop(nodes).await;
+}
+
+/// A presence change announced by one node reaches the others, not itself.
+pub async fn presence_reaches_other_nodes(h: &Harness) {
+    if !h.supports("presence_reaches_other_nodes", Needs::MultiNode) {
+        return;
+    }
+    let nodes = h.nodes("presence", 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let r = room("p:1");
+    a.broker.subscribe(&r).await.expect("subscribe");
+    b.broker.subscribe(&r).await.expect("subscribe");
+    let change = change(&r, &a.id);
+    a.presence.announce(&change).await.expect("announce");
     wait_until("b hears it", || !b.sink.presence.lock().is_empty()).await;
     assert_eq!(*b.sink.presence.lock(), vec![change]);
     // Same channel, so the publication arrives after the announcement.
@@ -295,18 +429,16 @@ pub async fn presence_reaches_other_nodes(url: &str) {
         a.sink.presence.lock().is_empty(),
         "not echoed to its origin"
     );
-    a.stop().await;
-    b.stop().await;
+    stop(nodes).await;
 }
 
-/// Concurrent subscribes each return only once the channel is live, and an
+/// Concurrent subscribes each return only once listening is live, and an
 /// unsubscribe racing a subscribe never leaves the room deaf. Without
-/// history, a publication sent before the subscription was live could not
-/// be recovered, so every probe arriving proves it.
-pub async fn subscribe_races(url: &str) {
-    let prefix = prefix("race");
-    let a = Node::start(url, &prefix, "a").await;
-    let b = Node::start(url, &prefix, "b").await;
+/// history, a publication sent before listening was live could not be
+/// recovered, so every probe arriving proves it.
+pub async fn subscribe_races(h: &Harness) {
+    let nodes = h.nodes("race", 2).await;
+    let (a, b) = (&nodes[0], &nodes[nodes.len() - 1]);
     let r = room("race:1");
     let mut tasks = JoinSet::new();
     for _ in 0..8 {
@@ -341,9 +473,10 @@ pub async fn subscribe_races(url: &str) {
             .expect("probe");
         wait_until("the room still listens", || a.sink.count(&r) == expected).await;
     }
-    assert_eq!(a.broker.stats().streams, 1);
-    a.broker.unsubscribe(&r).await.expect("unsubscribe");
-    assert_eq!(a.broker.stats().streams, 0);
-    a.stop().await;
-    b.stop().await;
+    if h.streams_are_listened() {
+        assert_eq!(a.broker.stats().streams, 1);
+        a.broker.unsubscribe(&r).await.expect("unsubscribe");
+        assert_eq!(a.broker.stats().streams, 0);
+    }
+    stop(nodes).await;
 }

@@ -1,0 +1,56 @@
+//! What an engine publishes through when publications come from outside
+//! the HTTP API (the Redis ingest stream): the body of `POST
+//! /api/v1/publish`, with the same checks.
+
+use crate::api::parse_publish;
+use async_trait::async_trait;
+use herald_core::{PublishRefusal, PublishTarget};
+use herald_node::{Node, WeakNode};
+use std::sync::OnceLock;
+
+/// The node's publish path, filled once the node exists (the engine is
+/// started first). It holds the node weakly: the engine's tasks hold it,
+/// and the node owns them.
+#[derive(Default)]
+pub(crate) struct ApiPublish {
+    node: OnceLock<WeakNode>,
+}
+
+impl ApiPublish {
+    /// Points it at `node`.
+    pub(crate) fn fill(&self, node: &Node) {
+        let _ = self.node.set(node.downgrade());
+    }
+}
+
+#[async_trait]
+impl PublishTarget for ApiPublish {
+    async fn publish_json(
+        &self,
+        body: &[u8],
+        default_idempotency_key: &str,
+    ) -> Result<(), PublishRefusal> {
+        let Some(node) = self.node.get().and_then(WeakNode::upgrade) else {
+            return Err(PublishRefusal::Unavailable(
+                "the node is not running".into(),
+            ));
+        };
+        let mut input =
+            parse_publish(body).map_err(|e| PublishRefusal::Invalid(e.message().to_owned()))?;
+        if input.idempotency_key.is_none() {
+            input.idempotency_key = Some(default_idempotency_key.to_owned());
+        }
+        match node.publish(input).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = crate::error::ApiError::from(e);
+                let message = e.message().to_owned();
+                Err(if e.is_unavailable() {
+                    PublishRefusal::Unavailable(message)
+                } else {
+                    PublishRefusal::Invalid(message)
+                })
+            }
+        }
+    }
+}
