@@ -75,6 +75,30 @@ fn masks_secrets() {
 fn unavailable_broker_kinds_are_refused() {
     let err = Config::from_toml("[broker]\nkind = \"nats\"\n").unwrap_err();
     assert!(err.to_string().contains("broker.kind"), "{err}");
+    // The message names the kinds this build has (issue #13 item 3).
+    let text = err.to_string();
+    assert!(
+        text.contains("`nats` is not available in this build"),
+        "{text}"
+    );
+    assert!(text.contains("`memory`"), "{text}");
+    #[cfg(feature = "redis")]
+    assert!(text.contains("`redis`"), "{text}");
+}
+
+/// The `[broker]` table reaches the engine as its settings, durations in
+/// the config's spelling.
+#[test]
+fn the_broker_table_is_the_engine_settings() {
+    let c = Config::from_toml(
+        "[auth]\nhs256_secret = \"s\"\n[broker]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nnode_heartbeat = \"1s\"\nprefix = \"p\"\n",
+    )
+    .expect("valid");
+    let settings = c.engine_settings();
+    assert_eq!(settings["kind"], "redis");
+    assert_eq!(settings["redis_url"], "redis://127.0.0.1:6379");
+    assert_eq!(settings["node_heartbeat"], "1s");
+    assert_eq!(settings["prefix"], "p");
 }
 
 #[test]
