@@ -8,6 +8,7 @@
 mod admission;
 mod cluster;
 mod conn;
+mod engine;
 mod error;
 mod filter;
 mod flush;
@@ -24,11 +25,12 @@ mod slots;
 
 pub use admission::Admission;
 pub use conn::{Connection, ConnectionInfo, TransportKind};
+pub use engine::WeakNode;
 pub use error::{NodeError, BROKER_INTERNAL_MESSAGE, BROKER_UNAVAILABLE_MESSAGE};
 pub use filter::EventFilter;
 pub use limits::{Limits, PerUserPolicy};
 pub use node::{
-    BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, OpenOptions, PublishInput, WeakNode,
+    BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, OpenOptions, PublishInput,
 };
 pub use queue::{Drain, Duty, Outbound, PushResult, SendQueue, SocketWriter};
 pub use rate::TokenBucket;

@@ -3,7 +3,6 @@
 use crate::admission::{evict, Admission, Registry};
 use crate::conn::{Connection, TransportKind};
 use crate::error::NodeError;
-use crate::flush::Flusher;
 use crate::limits::Limits;
 use crate::metrics;
 use crate::queue::{SendQueue, SocketWriter};
@@ -11,10 +10,9 @@ use crate::rate::UserRates;
 use crate::rooms::Rooms;
 use crate::session::Session;
 use herald_core::{
-    Broker, Cluster, Engine, EngineContext, EngineError, EngineFactory, EngineSettings,
-    EngineShutdown, HistoryPolicy, Identity, LocalPresence, Namespaces, Presence, PublicationSink,
-    PublishOutcome, PublishRequest, PublishTarget, RoomKey, RoomName, Tenant, TokenVerifier,
-    VerifyError,
+    Broker, Cluster, Engine, EngineShutdown, HistoryPolicy, Identity, LocalPresence, Namespaces,
+    Presence, PublicationSink, PublishOutcome, PublishRequest, RoomKey, RoomName, Tenant,
+    TokenVerifier, VerifyError,
 };
 use herald_protocol::{encode, CloseCode, JoinedRoom, RequestId, ServerFrame, StreamPosition};
 use serde::Serialize;
@@ -29,7 +27,7 @@ use tokio_util::task::TaskTracker;
 /// Live events a joining connection may buffer per room while its join
 /// (and replay) completes, when `limits.send_queue_messages` is smaller;
 /// beyond, it is cut as a slow consumer (4011).
-const JOIN_BUFFER_FLOOR: usize = 1024;
+pub(crate) const JOIN_BUFFER_FLOOR: usize = 1024;
 
 /// What a node needs to know.
 #[derive(Debug, Clone)]
@@ -129,7 +127,7 @@ pub(crate) struct Inner {
     /// Presence announcements and member lists (the engine's).
     pub(crate) presence: Arc<dyn Presence>,
     /// The engine's shutdown step, taken by [`Node::shutdown_engine`].
-    engine_shutdown: parking_lot::Mutex<Option<EngineShutdown>>,
+    pub(crate) engine_shutdown: parking_lot::Mutex<Option<EngineShutdown>>,
     verifier: Arc<dyn TokenVerifier>,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) registry: Registry,
@@ -149,47 +147,6 @@ pub struct Node {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// A node held weakly (by something the node itself owns, such as an
-/// engine's publish target), so it does not keep the node alive.
-#[derive(Clone)]
-pub struct WeakNode(std::sync::Weak<Inner>);
-
-impl WeakNode {
-    /// The node, while it lives.
-    pub fn upgrade(&self) -> Option<Node> {
-        self.0.upgrade().map(|inner| Node { inner })
-    }
-}
-
-/// What a node is made of before its engine starts: the engine is handed
-/// the sinks, token and tracker, then the node is built around it.
-struct Parts {
-    node_id: Arc<str>,
-    rooms: Arc<Rooms>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl Parts {
-    fn new(settings: &NodeSettings) -> Self {
-        let tasks = TaskTracker::new();
-        let node_id: Arc<str> = Arc::from(settings.node_id.as_str());
-        let rooms = Arc::new(Rooms::new(
-            node_id.clone(),
-            // A paced replay may take a while on a slow link: the room's
-            // live events wait in this buffer meanwhile.
-            settings.limits.send_queue_messages.max(JOIN_BUFFER_FLOOR),
-            Flusher::new(tasks.clone()),
-        ));
-        Self {
-            node_id,
-            rooms,
-            cancel: CancellationToken::new(),
-            tasks,
-        }
-    }
-}
-
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -199,13 +156,13 @@ pub(crate) fn now_ms() -> u64 {
 impl Node {
     /// A node that runs alone, whose broker is built by `make_broker` from
     /// the node's sink; presence is the node's own members (for tests and
-    /// embedders; `herald serve` uses [`Node::start`]).
+    /// embedders; `herald serve` uses [`Node::start`], in `engine.rs`).
     pub fn new(
         settings: NodeSettings,
         verifier: Arc<dyn TokenVerifier>,
         make_broker: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>,
     ) -> Self {
-        let parts = Parts::new(&settings);
+        let parts = crate::engine::Parts::new(&settings);
         let broker = make_broker(parts.rooms.clone());
         let presence = Arc::new(LocalPresence::new(parts.rooms.clone()));
         let engine = Engine {
@@ -217,48 +174,10 @@ impl Node {
         Self::assemble(settings, verifier, parts, engine)
     }
 
-    /// A node on the engine `factory` builds (see [`herald_core::engine`]):
-    /// the engine is started with the node's sinks, token and tracker, and
-    /// its callbacks reach the node once it is built. `publish` is what
-    /// the engine may publish through (the HTTP API's checks).
-    pub fn start(
+    pub(crate) fn assemble(
         settings: NodeSettings,
         verifier: Arc<dyn TokenVerifier>,
-        factory: &dyn EngineFactory,
-        engine_settings: EngineSettings,
-        publish: Arc<dyn PublishTarget>,
-    ) -> Result<Self, EngineError> {
-        let parts = Parts::new(&settings);
-        let handle = crate::cluster::LateHandle::new(&settings.node_id);
-        let engine = factory.start(EngineContext {
-            node_id: settings.node_id.clone(),
-            cancel: parts.cancel.clone(),
-            tasks: parts.tasks.clone(),
-            sink: parts.rooms.clone(),
-            presence_sink: parts.rooms.clone(),
-            node: Arc::new(handle.clone()),
-            publish,
-            history_budget: settings.limits.history_total_bytes,
-            settings: engine_settings,
-        });
-        let engine = match engine {
-            Ok(engine) => engine,
-            Err(e) => {
-                // Whatever the engine spawned before failing stops here.
-                parts.cancel.cancel();
-                parts.tasks.close();
-                return Err(e);
-            }
-        };
-        let node = Self::assemble(settings, verifier, parts, engine);
-        handle.fill(&node);
-        Ok(node)
-    }
-
-    fn assemble(
-        settings: NodeSettings,
-        verifier: Arc<dyn TokenVerifier>,
-        parts: Parts,
+        parts: crate::engine::Parts,
         engine: Engine,
     ) -> Self {
         let open_rates = UserRates::new(settings.limits.messages_per_second, settings.limits.burst);
@@ -286,21 +205,6 @@ impl Node {
         };
         crate::housekeeping::spawn(&node);
         node
-    }
-
-    /// A weak handle on this node.
-    pub fn downgrade(&self) -> WeakNode {
-        WeakNode(Arc::downgrade(&self.inner))
-    }
-
-    /// Closes the engine's connections (its [`herald_core::EngineShutdown`]);
-    /// call after [`Node::drain`] and [`Node::leave_cluster`]. Later calls
-    /// do nothing.
-    pub async fn shutdown_engine(&self) {
-        let shutdown = self.inner.engine_shutdown.lock().take();
-        if let Some(shutdown) = shutdown {
-            shutdown.await;
-        }
     }
 
     /// This node's id.

@@ -1,0 +1,109 @@
+//! Starting a node on an engine (see [`herald_core::engine`]): the node's
+//! parts are made first and handed to the engine's factory, then the node
+//! is built around the engine and fills the callbacks it handed over.
+
+use crate::flush::Flusher;
+use crate::node::{Inner, Node, NodeSettings, JOIN_BUFFER_FLOOR};
+use crate::rooms::Rooms;
+use herald_core::{
+    EngineContext, EngineError, EngineFactory, EngineSettings, PublishTarget, TokenVerifier,
+};
+use std::sync::{Arc, Weak};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A node held weakly (by something the node itself owns, such as an
+/// engine's publish target), so it does not keep the node alive.
+#[derive(Clone)]
+pub struct WeakNode(Weak<Inner>);
+
+impl WeakNode {
+    /// The node, while it lives.
+    pub fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+}
+
+/// What a node is made of before its engine starts: the engine is handed
+/// the sinks, token and tracker, then the node is built around it.
+pub(crate) struct Parts {
+    pub(crate) node_id: Arc<str>,
+    pub(crate) rooms: Arc<Rooms>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Parts {
+    pub(crate) fn new(settings: &NodeSettings) -> Self {
+        let tasks = TaskTracker::new();
+        let node_id: Arc<str> = Arc::from(settings.node_id.as_str());
+        let rooms = Arc::new(Rooms::new(
+            node_id.clone(),
+            // A paced replay may take a while on a slow link: the room's
+            // live events wait in this buffer meanwhile.
+            settings.limits.send_queue_messages.max(JOIN_BUFFER_FLOOR),
+            Flusher::new(tasks.clone()),
+        ));
+        Self {
+            node_id,
+            rooms,
+            cancel: CancellationToken::new(),
+            tasks,
+        }
+    }
+}
+
+impl Node {
+    /// A node on the engine `factory` builds (see [`herald_core::engine`]):
+    /// the engine is started with the node's sinks, token and tracker, and
+    /// its callbacks reach the node once it is built. `publish` is what
+    /// the engine may publish through (the HTTP API's checks).
+    pub fn start(
+        settings: NodeSettings,
+        verifier: Arc<dyn TokenVerifier>,
+        factory: &dyn EngineFactory,
+        engine_settings: EngineSettings,
+        publish: Arc<dyn PublishTarget>,
+    ) -> Result<Self, EngineError> {
+        let parts = Parts::new(&settings);
+        let handle = crate::cluster::LateHandle::new(&settings.node_id);
+        let engine = factory.start(EngineContext {
+            node_id: settings.node_id.clone(),
+            cancel: parts.cancel.clone(),
+            tasks: parts.tasks.clone(),
+            sink: parts.rooms.clone(),
+            presence_sink: parts.rooms.clone(),
+            node: Arc::new(handle.clone()),
+            publish,
+            history_budget: settings.limits.history_total_bytes,
+            settings: engine_settings,
+        });
+        let engine = match engine {
+            Ok(engine) => engine,
+            Err(e) => {
+                // Whatever the engine spawned before failing stops here.
+                parts.cancel.cancel();
+                parts.tasks.close();
+                return Err(e);
+            }
+        };
+        let node = Self::assemble(settings, verifier, parts, engine);
+        handle.fill(&node);
+        Ok(node)
+    }
+
+    /// A weak handle on this node.
+    pub fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    /// Closes the engine's connections (its [`herald_core::EngineShutdown`]);
+    /// call after [`Node::drain`] and [`Node::leave_cluster`]. Later calls
+    /// do nothing.
+    pub async fn shutdown_engine(&self) {
+        let shutdown = self.inner.engine_shutdown.lock().take();
+        if let Some(shutdown) = shutdown {
+            shutdown.await;
+        }
+    }
+}
