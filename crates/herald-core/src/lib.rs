@@ -1,6 +1,7 @@
 //! Herald's domain rules, independent of transports and engines: room names
 //! and tenants, namespace rules, the verified identity of a connection, and
-//! the [`Broker`] contract every engine (memory, Redis, NATS) implements.
+//! the [`Broker`] and [`Presence`] contracts every engine (memory, Redis,
+//! NATS) implements, and the seam an engine plugs in by ([`engine`]).
 
 #![warn(missing_docs)]
 
