@@ -13,8 +13,8 @@ mod room;
 mod verify;
 
 pub use broker::{
-    Broker, BrokerError, BrokerStats, HistoryPage, HistoryPolicy, HistoryTrims, PresenceChange,
-    Publication, PublicationSink, PublishOutcome, PublishRequest,
+    Broker, BrokerError, BrokerStats, EncodedFrames, HistoryPage, HistoryPolicy, HistoryTrims,
+    PresenceChange, Publication, PublicationSink, PublishOutcome, PublishRequest,
 };
 pub use cluster::{
     Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef, MemberRecord,

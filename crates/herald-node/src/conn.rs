@@ -2,44 +2,17 @@
 
 use crate::filter::EventFilter;
 use crate::queue::{Outbound, PushResult, SendQueue};
+use crate::transport::Transport;
 use bytes::Bytes;
 use herald_core::{Identity, RoomName, Tenant};
-use herald_protocol::CloseCode;
+use herald_protocol::{ClientCodec, CloseCode, Disconnect, ServerFrame};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// How a client is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    /// WebSocket.
-    Websocket,
-    /// Server-Sent Events.
-    Sse,
-}
-
-impl TransportKind {
-    /// `websocket` or `sse`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Websocket => "websocket",
-            Self::Sse => "sse",
-        }
-    }
-
-    /// The transport named `name` (`sse`, else WebSocket).
-    pub fn parse(name: &str) -> Self {
-        if name == "sse" {
-            Self::Sse
-        } else {
-            Self::Websocket
-        }
-    }
-}
 
 /// A connection as listed by the connections API.
 #[derive(Debug, Clone, Serialize)]
@@ -48,8 +21,9 @@ pub struct ConnectionInfo {
     pub connection_id: String,
     /// Node holding it.
     pub node_id: String,
-    /// `websocket` or `sse`.
-    pub transport: TransportKind,
+    /// The transport's name (`websocket`, `sse`); a name from another
+    /// node's registry record is shown as it is.
+    pub transport: Cow<'static, str>,
     /// Joined rooms.
     pub rooms: Vec<String>,
     /// When it connected, ms since the Unix epoch.
@@ -66,8 +40,10 @@ pub struct Connection {
     pub user_id: Arc<str>,
     /// The token's tenant.
     pub tenant: Tenant,
-    /// WebSocket or SSE.
-    pub transport: TransportKind,
+    /// How the client is connected, and what that transport can do.
+    pub transport: &'static Transport,
+    /// How its frames are encoded.
+    pub codec: &'static dyn ClientCodec,
     /// When it connected, ms since the Unix epoch.
     pub connected_at_ms: u64,
     /// Outbound frames.
@@ -91,7 +67,8 @@ impl Connection {
     pub(crate) fn new(
         id: String,
         identity: Identity,
-        transport: TransportKind,
+        transport: &'static Transport,
+        codec: &'static dyn ClientCodec,
         queue: SendQueue,
         clock: Instant,
         connected_at_ms: u64,
@@ -102,6 +79,7 @@ impl Connection {
             user_id: Arc::from(identity.user_id.as_str()),
             tenant: Tenant::from_option(identity.tenant.as_deref()),
             transport,
+            codec,
             connected_at_ms,
             queue,
             filter: RwLock::new(EventFilter::default()),
@@ -125,6 +103,21 @@ impl Connection {
         if self.queue.push(frame) == PushResult::Overflow {
             self.close(CloseCode::SlowConsumer);
         }
+    }
+
+    /// Encodes `frame` with this connection's codec.
+    pub fn encode(&self, frame: &ServerFrame) -> Bytes {
+        self.codec.encode(frame)
+    }
+
+    /// Queues `frame`, encoded with this connection's codec ([`Self::send`]).
+    pub fn reply(&self, frame: &ServerFrame) {
+        self.send(self.encode(frame));
+    }
+
+    /// The `disconnect` frame sent before closing with `code`.
+    pub fn disconnect_frame(&self, code: CloseCode) -> Bytes {
+        disconnect_frame(self.codec, code)
     }
 
     /// Starts closing with `code`; the writer sends `disconnect`, then the
@@ -213,9 +206,18 @@ impl Connection {
         ConnectionInfo {
             connection_id: self.id.to_string(),
             node_id: node_id.to_owned(),
-            transport: self.transport,
+            transport: Cow::Borrowed(self.transport.name),
             rooms: self.rooms.lock().iter().map(|r| r.to_string()).collect(),
             connected_at: self.connected_at_ms,
         }
     }
+}
+
+/// The `disconnect` frame for `code` in `codec`.
+pub fn disconnect_frame(codec: &dyn ClientCodec, code: CloseCode) -> Bytes {
+    codec.encode(&ServerFrame::Disconnect(Disconnect {
+        code: code.code(),
+        reason: code.reason().to_owned(),
+        reconnect: code.reconnect(),
+    }))
 }

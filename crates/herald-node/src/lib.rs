@@ -21,9 +21,10 @@ mod replay;
 mod rooms;
 mod session;
 mod slots;
+mod transport;
 
 pub use admission::Admission;
-pub use conn::{Connection, ConnectionInfo, TransportKind};
+pub use conn::{disconnect_frame, Connection, ConnectionInfo};
 pub use error::{NodeError, BROKER_INTERNAL_MESSAGE, BROKER_UNAVAILABLE_MESSAGE};
 pub use filter::EventFilter;
 pub use limits::{Limits, PerUserPolicy};
@@ -35,3 +36,4 @@ pub use rate::TokenBucket;
 pub use replay::{ReplayPage, ReplayRead};
 pub use session::Session;
 pub use slots::{PendingSlot, SlotRefusal, SocketSlot};
+pub use transport::{Delivery, Transport};

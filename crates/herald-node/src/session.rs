@@ -10,8 +10,7 @@ use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
 use crate::replay::{Replay, Resolved};
 use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
 use herald_protocol::{
-    encode, parse_client_frame, ClientRequest, CloseCode, ErrorCode, RequestId, Sender,
-    ServerFrame, StreamPosition,
+    ClientRequest, CloseCode, ErrorCode, RequestId, Sender, ServerFrame, StreamPosition,
 };
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
@@ -73,7 +72,7 @@ impl Session {
         metrics::message_received();
         // Parsed before the rate check so a refusal can carry the request's
         // id: every request with an id gets exactly one reply.
-        let parsed = parse_client_frame(text);
+        let parsed = self.conn.codec.decode(text.as_bytes());
         let id = match &parsed {
             Ok((id, _)) => id.clone(),
             Err(e) => e.id.clone(),
@@ -163,7 +162,7 @@ impl Session {
     }
 
     fn reply(&self, frame: ServerFrame) {
-        self.conn.send(encode(&frame));
+        self.conn.reply(&frame);
     }
 
     fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
@@ -305,7 +304,7 @@ impl Session {
             recovered,
             more,
         } = resolved;
-        let frame = encode(&ServerFrame::RoomJoined {
+        let frame = self.conn.encode(&ServerFrame::RoomJoined {
             id,
             room: name.to_string(),
             epoch: position.epoch.clone(),
@@ -502,7 +501,7 @@ impl Session {
         let mut presence_rooms = Vec::new();
         for p in pending {
             let first = announce.then(|| {
-                encode(&ServerFrame::RoomJoined {
+                self.conn.encode(&ServerFrame::RoomJoined {
                     id: None,
                     room: p.key.name.to_string(),
                     epoch: p.position.epoch.clone(),

@@ -8,7 +8,7 @@ use crate::AppState;
 use bytes::Bytes;
 use herald_core::Identity;
 use herald_node::{
-    metrics, Drain, Duty, OpenOptions, Outbound, PendingSlot, Session, SocketSlot, TransportKind,
+    metrics, Drain, Duty, OpenOptions, Outbound, PendingSlot, Session, SocketSlot, Transport,
 };
 use herald_protocol::{
     encode, parse_client_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, RequestId,
@@ -98,7 +98,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
     };
     match app
         .node
-        .open_session(identity, TransportKind::Websocket, options)
+        .open_session(identity, &Transport::WEBSOCKET, options)
         .await
     {
         Ok(session) => {
