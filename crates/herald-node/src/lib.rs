@@ -15,6 +15,7 @@ mod housekeeping;
 mod limits;
 pub mod metrics;
 mod node;
+mod preauth;
 mod queue;
 mod rate;
 mod replay;
@@ -31,6 +32,7 @@ pub use limits::{Limits, PerUserPolicy};
 pub use node::{
     BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, OpenOptions, PublishInput,
 };
+pub use preauth::{PreAuth, Refusal, Step, MAX_FRAMES_BEFORE_AUTH};
 pub use queue::{Drain, Duty, Outbound, PushResult, SendQueue, SocketWriter};
 pub use rate::TokenBucket;
 pub use replay::{ReplayPage, ReplayRead};

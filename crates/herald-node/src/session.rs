@@ -68,11 +68,16 @@ impl Session {
 
     /// Handles one text frame from the client.
     pub async fn handle_text(&mut self, text: &str) {
+        self.handle_message(text.as_bytes()).await;
+    }
+
+    /// Handles one message from the client, in the connection's codec.
+    pub async fn handle_message(&mut self, message: &[u8]) {
         self.conn.touch();
         metrics::message_received();
         // Parsed before the rate check so a refusal can carry the request's
         // id: every request with an id gets exactly one reply.
-        let parsed = self.conn.codec.decode(text.as_bytes());
+        let parsed = self.conn.codec.decode(message);
         let id = match &parsed {
             Ok((id, _)) => id.clone(),
             Err(e) => e.id.clone(),
@@ -93,8 +98,12 @@ impl Session {
         }
     }
 
-    /// Handles a binary frame, which the protocol does not use.
-    pub fn handle_binary(&mut self) {
+    /// Handles a binary frame: a message for a binary codec, refused by a
+    /// text one (Herald JSON).
+    pub async fn handle_binary(&mut self, message: &[u8]) {
+        if self.conn.codec.binary() {
+            return self.handle_message(message).await;
+        }
         self.conn.touch();
         metrics::message_received();
         if self.admit_rate(None) {
