@@ -27,18 +27,6 @@ pub(crate) fn record(node_id: &str, conn: &Connection) -> ConnectionRecord {
     }
 }
 
-fn info_of(record: ConnectionRecord) -> ConnectionInfo {
-    ConnectionInfo {
-        // Kept as named: an unknown transport (a newer node's) is not
-        // mistaken for one this node knows.
-        transport: record.transport.into(),
-        connection_id: record.connection_id,
-        node_id: record.node_id,
-        rooms: record.rooms,
-        connected_at: record.connected_at,
-    }
-}
-
 /// What the cluster engine calls back into. It holds the node weakly: the
 /// engine belongs to the node, and a strong handle would keep both alive.
 struct Handle {
@@ -257,7 +245,7 @@ impl Node {
             .user_connections(tenant, user)
             .await?
             .into_iter()
-            .map(info_of)
+            .map(ConnectionInfo::from_record)
             .collect();
         list.sort_by_key(|c| c.connected_at);
         Ok(list)

@@ -4,7 +4,7 @@ use crate::filter::EventFilter;
 use crate::queue::{Outbound, PushResult, SendQueue};
 use crate::transport::Transport;
 use bytes::Bytes;
-use herald_core::{Identity, RoomName, Tenant};
+use herald_core::{ConnectionRecord, Identity, RoomName, Tenant};
 use herald_protocol::{ClientCodec, CloseCode, Disconnect, ServerFrame};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
@@ -28,6 +28,21 @@ pub struct ConnectionInfo {
     pub rooms: Vec<String>,
     /// When it connected, ms since the Unix epoch.
     pub connected_at: u64,
+}
+
+impl ConnectionInfo {
+    /// A connection as another node registered it. The transport is kept
+    /// as named: one this node does not know (a newer node's) is not
+    /// mistaken for one it does.
+    pub fn from_record(record: ConnectionRecord) -> Self {
+        Self {
+            transport: record.transport.into(),
+            connection_id: record.connection_id,
+            node_id: record.node_id,
+            rooms: record.rooms,
+            connected_at: record.connected_at,
+        }
+    }
 }
 
 /// State of one connection shared between its session, its writer, fan-out
@@ -220,4 +235,30 @@ pub fn disconnect_frame(codec: &dyn ClientCodec, code: CloseCode) -> Bytes {
         reason: code.reason().to_owned(),
         reconnect: code.reconnect(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_record_keeps_a_transport_this_node_does_not_know() {
+        let record = |transport: &str| ConnectionRecord {
+            connection_id: "c".into(),
+            tenant: Tenant::default_tenant(),
+            user_id: "u".into(),
+            node_id: "n".into(),
+            transport: transport.into(),
+            rooms: vec!["r".into()],
+            connected_at: 1,
+        };
+        let info = ConnectionInfo::from_record(record("socketio"));
+        let json = serde_json::to_value(&info).expect("json");
+        assert_eq!(json["transport"], "socketio", "not turned into websocket");
+        let info = ConnectionInfo::from_record(record("sse"));
+        assert_eq!(
+            serde_json::to_value(&info).expect("json")["transport"],
+            "sse"
+        );
+    }
 }
