@@ -10,6 +10,7 @@ use herald_protocol::{
     ClientCodec, PublicationFrame, Sender, StreamPosition, CODEC_SLOTS, HERALD_JSON,
 };
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -94,19 +95,20 @@ impl EncodedFrames {
 
 impl Publication {
     /// The `event` (or, with a sender, `message`) frame clients of `codec`
-    /// receive, encoded on first use and shared by every recipient.
-    pub fn encoded(&self, codec: &dyn ClientCodec) -> bytes::Bytes {
+    /// receive, encoded on first use and shared by every recipient:
+    /// borrowed from the cache, so a recipient's queue takes the only clone.
+    pub fn encoded(&self, codec: &dyn ClientCodec) -> Cow<'_, bytes::Bytes> {
         match self.encoded.cell(codec.slot()) {
-            Some(cell) => cell
-                .get_or_init(|| codec.encode_publication(&self.frame()))
-                .clone(),
-            None => codec.encode_publication(&self.frame()),
+            Some(cell) => {
+                Cow::Borrowed(cell.get_or_init(|| codec.encode_publication(&self.frame())))
+            }
+            None => Cow::Owned(codec.encode_publication(&self.frame())),
         }
     }
 
     /// The frame in Herald JSON ([`Self::encoded`] with that codec).
     pub fn encode(&self) -> bytes::Bytes {
-        self.encoded(&HERALD_JSON)
+        self.encoded(&HERALD_JSON).into_owned()
     }
 
     fn frame(&self) -> PublicationFrame<'_> {
