@@ -328,6 +328,7 @@ impl MemoryBroker {
             from: request.from,
             exclude_connection: request.exclude_connection,
             accepted_at: Some(Instant::now()),
+            encoded: Default::default(),
         });
         stream.store(publication.clone(), request.history, &self.acct);
         if let Some(key) = idem {

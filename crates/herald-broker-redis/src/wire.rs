@@ -97,6 +97,7 @@ impl PublicationWire<'_> {
             from: self.f,
             exclude_connection: self.x,
             accepted_at: self.tu.and_then(local_instant),
+            encoded: Default::default(),
         })
     }
 }

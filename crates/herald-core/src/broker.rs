@@ -6,9 +6,12 @@
 
 use crate::RoomKey;
 use async_trait::async_trait;
-use herald_protocol::{Sender, StreamPosition};
+use herald_protocol::{
+    ClientCodec, PublicationFrame, Sender, StreamPosition, CODEC_SLOTS, HERALD_JSON,
+};
 use serde_json::value::RawValue;
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How much of a room's stream to keep.
@@ -65,13 +68,51 @@ pub struct Publication {
     /// When this process accepted it (local publications only), for the
     /// publish-to-write latency histogram.
     pub accepted_at: Option<Instant>,
+    /// Its frame per codec, encoded on first use; engines build it with
+    /// `Default::default()`.
+    pub encoded: EncodedFrames,
+}
+
+/// A publication's frame in each codec, encoded at most once: fan-out,
+/// replay and history share the bytes, and per-recipient work stays a
+/// clone of [`bytes::Bytes`]. The first codec's (Herald JSON's) cell is
+/// inline; the others' are allocated when one is first used, so every
+/// stored event does not carry empty cells for codecs nobody uses.
+#[derive(Debug, Default)]
+pub struct EncodedFrames {
+    first: OnceLock<bytes::Bytes>,
+    rest: OnceLock<Box<[OnceLock<bytes::Bytes>; CODEC_SLOTS - 1]>>,
+}
+
+impl EncodedFrames {
+    fn cell(&self, slot: usize) -> Option<&OnceLock<bytes::Bytes>> {
+        match slot {
+            0 => Some(&self.first),
+            n => self.rest.get_or_init(Box::default).get(n - 1),
+        }
+    }
 }
 
 impl Publication {
-    /// The `event` (or, with a sender, `message`) frame clients receive,
-    /// encoded once and shared by every recipient.
+    /// The `event` (or, with a sender, `message`) frame clients of `codec`
+    /// receive, encoded on first use and shared by every recipient:
+    /// borrowed from the cache, so a recipient's queue takes the only clone.
+    pub fn encoded(&self, codec: &dyn ClientCodec) -> Cow<'_, bytes::Bytes> {
+        match self.encoded.cell(codec.slot()) {
+            Some(cell) => {
+                Cow::Borrowed(cell.get_or_init(|| codec.encode_publication(&self.frame())))
+            }
+            None => Cow::Owned(codec.encode_publication(&self.frame())),
+        }
+    }
+
+    /// The frame in Herald JSON ([`Self::encoded`] with that codec).
     pub fn encode(&self) -> bytes::Bytes {
-        herald_protocol::encode_publication(
+        self.encoded(&HERALD_JSON).into_owned()
+    }
+
+    fn frame(&self) -> PublicationFrame<'_> {
+        PublicationFrame::new(
             self.room.name.as_str(),
             &self.event,
             &self.data,

@@ -16,8 +16,8 @@ mod room;
 mod verify;
 
 pub use broker::{
-    Broker, BrokerError, BrokerStats, HistoryPage, HistoryPolicy, HistoryTrims, Publication,
-    PublicationSink, PublishOutcome, PublishRequest,
+    Broker, BrokerError, BrokerStats, EncodedFrames, HistoryPage, HistoryPolicy, HistoryTrims,
+    Publication, PublicationSink, PublishOutcome, PublishRequest,
 };
 pub use cluster::{
     Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef, MemberRecord,

@@ -3,7 +3,7 @@
 //! cluster-wide views the HTTP API serves (connections, presence, stats,
 //! disconnect). Without a cluster engine every view is the node's own.
 
-use crate::conn::{Connection, ConnectionInfo, TransportKind};
+use crate::conn::{Connection, ConnectionInfo};
 use crate::error::NodeError;
 use crate::node::{BrokerSummary, Inner, Node, NodeStats, NodeSummary};
 use herald_core::{
@@ -21,19 +21,9 @@ pub(crate) fn record(node_id: &str, conn: &Connection) -> ConnectionRecord {
         tenant: conn.tenant.clone(),
         user_id: conn.user_id.to_string(),
         node_id: info.node_id,
-        transport: conn.transport.as_str().to_owned(),
+        transport: conn.transport.name.to_owned(),
         rooms: info.rooms,
         connected_at: info.connected_at,
-    }
-}
-
-fn info_of(record: ConnectionRecord) -> ConnectionInfo {
-    ConnectionInfo {
-        transport: TransportKind::parse(&record.transport),
-        connection_id: record.connection_id,
-        node_id: record.node_id,
-        rooms: record.rooms,
-        connected_at: record.connected_at,
     }
 }
 
@@ -282,7 +272,7 @@ impl Node {
             .user_connections(tenant, user)
             .await?
             .into_iter()
-            .map(info_of)
+            .map(ConnectionInfo::from_record)
             .collect();
         list.sort_by_key(|c| c.connected_at);
         Ok(list)

@@ -2,44 +2,17 @@
 
 use crate::filter::EventFilter;
 use crate::queue::{Outbound, PushResult, SendQueue};
+use crate::transport::Transport;
 use bytes::Bytes;
-use herald_core::{Identity, RoomName, Tenant};
-use herald_protocol::CloseCode;
+use herald_core::{ConnectionRecord, Identity, RoomName, Tenant};
+use herald_protocol::{ClientCodec, CloseCode, Disconnect, ServerFrame};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// How a client is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    /// WebSocket.
-    Websocket,
-    /// Server-Sent Events.
-    Sse,
-}
-
-impl TransportKind {
-    /// `websocket` or `sse`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Websocket => "websocket",
-            Self::Sse => "sse",
-        }
-    }
-
-    /// The transport named `name` (`sse`, else WebSocket).
-    pub fn parse(name: &str) -> Self {
-        if name == "sse" {
-            Self::Sse
-        } else {
-            Self::Websocket
-        }
-    }
-}
 
 /// A connection as listed by the connections API.
 #[derive(Debug, Clone, Serialize)]
@@ -48,12 +21,28 @@ pub struct ConnectionInfo {
     pub connection_id: String,
     /// Node holding it.
     pub node_id: String,
-    /// `websocket` or `sse`.
-    pub transport: TransportKind,
+    /// The transport's name (`websocket`, `sse`); a name from another
+    /// node's registry record is shown as it is.
+    pub transport: Cow<'static, str>,
     /// Joined rooms.
     pub rooms: Vec<String>,
     /// When it connected, ms since the Unix epoch.
     pub connected_at: u64,
+}
+
+impl ConnectionInfo {
+    /// A connection as another node registered it. The transport is kept
+    /// as named: one this node does not know (a newer node's) is not
+    /// mistaken for one it does.
+    pub fn from_record(record: ConnectionRecord) -> Self {
+        Self {
+            transport: record.transport.into(),
+            connection_id: record.connection_id,
+            node_id: record.node_id,
+            rooms: record.rooms,
+            connected_at: record.connected_at,
+        }
+    }
 }
 
 /// State of one connection shared between its session, its writer, fan-out
@@ -66,8 +55,10 @@ pub struct Connection {
     pub user_id: Arc<str>,
     /// The token's tenant.
     pub tenant: Tenant,
-    /// WebSocket or SSE.
-    pub transport: TransportKind,
+    /// How the client is connected, and what that transport can do.
+    pub transport: &'static Transport,
+    /// How its frames are encoded.
+    pub codec: &'static dyn ClientCodec,
     /// When it connected, ms since the Unix epoch.
     pub connected_at_ms: u64,
     /// Outbound frames.
@@ -91,7 +82,8 @@ impl Connection {
     pub(crate) fn new(
         id: String,
         identity: Identity,
-        transport: TransportKind,
+        transport: &'static Transport,
+        codec: &'static dyn ClientCodec,
         queue: SendQueue,
         clock: Instant,
         connected_at_ms: u64,
@@ -102,6 +94,7 @@ impl Connection {
             user_id: Arc::from(identity.user_id.as_str()),
             tenant: Tenant::from_option(identity.tenant.as_deref()),
             transport,
+            codec,
             connected_at_ms,
             queue,
             filter: RwLock::new(EventFilter::default()),
@@ -125,6 +118,21 @@ impl Connection {
         if self.queue.push(frame) == PushResult::Overflow {
             self.close(CloseCode::SlowConsumer);
         }
+    }
+
+    /// Encodes `frame` with this connection's codec.
+    pub fn encode(&self, frame: &ServerFrame) -> Bytes {
+        self.codec.encode(frame)
+    }
+
+    /// Queues `frame`, encoded with this connection's codec ([`Self::send`]).
+    pub fn reply(&self, frame: &ServerFrame) {
+        self.send(self.encode(frame));
+    }
+
+    /// The `disconnect` frame sent before closing with `code`.
+    pub fn disconnect_frame(&self, code: CloseCode) -> Bytes {
+        disconnect_frame(self.codec, code)
     }
 
     /// Starts closing with `code`; the writer sends `disconnect`, then the
@@ -213,9 +221,44 @@ impl Connection {
         ConnectionInfo {
             connection_id: self.id.to_string(),
             node_id: node_id.to_owned(),
-            transport: self.transport,
+            transport: Cow::Borrowed(self.transport.name),
             rooms: self.rooms.lock().iter().map(|r| r.to_string()).collect(),
             connected_at: self.connected_at_ms,
         }
+    }
+}
+
+/// The `disconnect` frame for `code` in `codec`.
+pub fn disconnect_frame(codec: &dyn ClientCodec, code: CloseCode) -> Bytes {
+    codec.encode(&ServerFrame::Disconnect(Disconnect {
+        code: code.code(),
+        reason: code.reason().to_owned(),
+        reconnect: code.reconnect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_record_keeps_a_transport_this_node_does_not_know() {
+        let record = |transport: &str| ConnectionRecord {
+            connection_id: "c".into(),
+            tenant: Tenant::default_tenant(),
+            user_id: "u".into(),
+            node_id: "n".into(),
+            transport: transport.into(),
+            rooms: vec!["r".into()],
+            connected_at: 1,
+        };
+        let info = ConnectionInfo::from_record(record("socketio"));
+        let json = serde_json::to_value(&info).expect("json");
+        assert_eq!(json["transport"], "socketio", "not turned into websocket");
+        let info = ConnectionInfo::from_record(record("sse"));
+        assert_eq!(
+            serde_json::to_value(&info).expect("json")["transport"],
+            "sse"
+        );
     }
 }

@@ -52,8 +52,8 @@ fn flush_all(conns: &[Arc<Connection>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::TransportKind;
     use crate::queue::{Outbound, SendQueue, SocketWriter};
+    use crate::transport::Transport;
     use herald_core::Identity;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
@@ -76,7 +76,8 @@ mod tests {
                 let conn = Connection::new(
                     format!("c{i}"),
                     Identity::new(format!("u{i}")),
-                    TransportKind::Websocket,
+                    &Transport::WEBSOCKET,
+                    &herald_protocol::HERALD_JSON,
                     queue,
                     Instant::now(),
                     0,

@@ -2,7 +2,6 @@
 //! pings when due, and closes stale connections (4014) and connections whose
 //! token expired (4012).
 
-use crate::conn::TransportKind;
 use crate::node::{now_ms, Node};
 use crate::queue::{Outbound, PushResult};
 use herald_protocol::CloseCode;
@@ -49,10 +48,9 @@ fn sweep(node: &Node) {
         }
         if conn.expires_at().is_some_and(|exp| now_secs >= exp) {
             conn.close(CloseCode::TokenExpired);
-        } else if conn.transport == TransportKind::Sse {
-            // SSE clients cannot answer pings: the stream's own comment
-            // heartbeat keeps proxies awake, and a dead reader is found by
-            // its failing writes or its overflowing queue.
+        } else if !conn.transport.heartbeats() {
+            // A receive-only client cannot answer pings (see
+            // `Transport::heartbeats`).
             continue;
         } else if conn.silent_for_ms(now) >= stale_ms {
             conn.close(CloseCode::Stale);

@@ -16,15 +16,17 @@ mod housekeeping;
 mod limits;
 pub mod metrics;
 mod node;
+mod preauth;
 mod queue;
 mod rate;
 mod replay;
 mod rooms;
 mod session;
 mod slots;
+mod transport;
 
 pub use admission::Admission;
-pub use conn::{Connection, ConnectionInfo, TransportKind};
+pub use conn::{disconnect_frame, Connection, ConnectionInfo};
 pub use engine::WeakNode;
 pub use error::{NodeError, BROKER_INTERNAL_MESSAGE, BROKER_UNAVAILABLE_MESSAGE};
 pub use filter::EventFilter;
@@ -32,8 +34,10 @@ pub use limits::{Limits, PerUserPolicy};
 pub use node::{
     BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, OpenOptions, PublishInput,
 };
+pub use preauth::{PreAuth, Refusal, Step, MAX_FRAMES_BEFORE_AUTH};
 pub use queue::{Drain, Duty, Outbound, PushResult, SendQueue, SocketWriter};
 pub use rate::TokenBucket;
 pub use replay::{ReplayPage, ReplayRead};
 pub use session::Session;
 pub use slots::{PendingSlot, SlotRefusal, SocketSlot};
+pub use transport::{Delivery, Transport};

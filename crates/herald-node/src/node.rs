@@ -1,7 +1,7 @@
 //! The node: what transports and the HTTP API call into.
 
 use crate::admission::{evict, Admission, Registry};
-use crate::conn::{Connection, TransportKind};
+use crate::conn::Connection;
 use crate::error::NodeError;
 use crate::limits::Limits;
 use crate::metrics;
@@ -9,12 +9,15 @@ use crate::queue::{SendQueue, SocketWriter};
 use crate::rate::UserRates;
 use crate::rooms::Rooms;
 use crate::session::Session;
+use crate::transport::Transport;
 use herald_core::{
     Broker, Cluster, Engine, EngineShutdown, HistoryPolicy, Identity, LocalPresence, Namespaces,
     Presence, PublicationSink, PublishOutcome, PublishRequest, RoomKey, RoomName, Tenant,
     TokenVerifier, VerifyError,
 };
-use herald_protocol::{encode, CloseCode, JoinedRoom, RequestId, ServerFrame, StreamPosition};
+use herald_protocol::{
+    ClientCodec, CloseCode, JoinedRoom, RequestId, ServerFrame, StreamPosition, HERALD_JSON,
+};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -55,6 +58,8 @@ pub struct OpenOptions {
     /// Writes the connection's frames straight to its socket as they are
     /// queued (WebSocket); without one the transport drains the queue.
     pub writer: Option<Arc<dyn SocketWriter>>,
+    /// How the connection's frames are encoded; Herald JSON when `None`.
+    pub codec: Option<&'static dyn ClientCodec>,
 }
 
 /// One event to publish through the HTTP API.
@@ -267,7 +272,7 @@ impl Node {
     pub async fn open_session(
         &self,
         identity: Identity,
-        transport: TransportKind,
+        transport: &'static Transport,
         options: OpenOptions,
     ) -> Result<Session, CloseCode> {
         let limits = &self.inner.limits;
@@ -276,6 +281,7 @@ impl Node {
             format!("{:032x}", rand::random::<u128>()),
             identity,
             transport,
+            options.codec.unwrap_or(&HERALD_JSON),
             match options.writer.clone() {
                 Some(writer) => SendQueue::with_writer(
                     limits.send_queue_messages,
@@ -312,7 +318,7 @@ impl Node {
         }
         let mut session = Session::new(self.clone(), conn.clone());
         let pending = session.auto_join(&options.resume).await;
-        conn.send(encode(&ServerFrame::Authenticated {
+        conn.reply(&ServerFrame::Authenticated {
             id: options.reply_to,
             connection_id: conn.id.to_string(),
             user_id: conn.user_id.to_string(),
@@ -326,7 +332,7 @@ impl Node {
                 })
                 .collect(),
             heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
-        }));
+        });
         let presence_rooms = session.finish_auto_join(pending, options.announce_rooms);
         session.announce_joined(&presence_rooms).await;
         session.feed_replay_all().await;

@@ -121,6 +121,10 @@ struct State {
     /// A paced replay waits for room (see [`SendQueue::want_room`]).
     want_room: bool,
     writer: Option<Arc<dyn SocketWriter>>,
+    /// Counts writer changes ([`SendQueue::attach`],
+    /// [`SendQueue::detach_writer`]): a write through a writer that was
+    /// replaced meanwhile gives its batch back.
+    generation: u64,
 }
 
 /// A bounded queue of outbound frames.
@@ -155,6 +159,39 @@ impl SendQueue {
         let queue = Self::new(max_items, max_bytes);
         queue.state.lock().writer = Some(writer);
         queue
+    }
+
+    /// Attaches `writer` to the queue (an Engine.IO polling session that
+    /// upgraded to WebSocket), replacing any other: frames queued before
+    /// are written through it, in order, and so is everything queued
+    /// after. A frame the previous writer had begun is written whole.
+    /// Does nothing once a write failed or the queue was detached.
+    pub fn attach(&self, writer: Arc<dyn SocketWriter>) {
+        {
+            let mut s = self.state.lock();
+            if s.failed {
+                return;
+            }
+            s.writer = Some(writer);
+            s.generation += 1;
+            s.blocked = false;
+            s.offset = 0;
+        }
+        self.flush();
+    }
+
+    /// Lets go of the writer without closing the connection (a transport
+    /// switching sockets): frames stay queued, and the connection's task
+    /// drains them ([`Self::next_batch`]) until a writer is attached again.
+    pub fn detach_writer(&self) {
+        {
+            let mut s = self.state.lock();
+            s.writer = None;
+            s.generation += 1;
+            s.blocked = false;
+            s.offset = 0;
+        }
+        self.notify.notify_one();
     }
 
     /// Queues a frame unless that would pass a bound, and writes what is
@@ -206,11 +243,27 @@ impl SendQueue {
         loop {
             let mut batch = std::mem::take(&mut s.items);
             let mut offset = s.offset;
+            let generation = s.generation;
             drop(s);
             let result = writer.write_now(batch.make_contiguous(), &mut offset);
             let written = *result.as_ref().unwrap_or(&0);
             record_written(batch.iter().take(written));
             s = self.state.lock();
+            if s.generation != generation {
+                // The writer was replaced or taken away while this write ran:
+                // what it did not finish goes back in front, whole (a frame
+                // begun on the old socket starts over on the new one), for
+                // the new writer or the connection's task.
+                batch.drain(..written.min(batch.len()));
+                batch.append(&mut s.items);
+                s.bytes = batch.iter().map(Outbound::len).sum();
+                s.items = batch;
+                s.offset = 0;
+                s.writing = false;
+                drop(s);
+                self.flush();
+                return;
+            }
             let Ok(written) = result else {
                 s.failed = true;
                 s.writing = false;

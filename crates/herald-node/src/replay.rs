@@ -111,7 +111,7 @@ impl Replay {
         if p.position.epoch == self.epoch {
             self.last = self.last.max(p.position.offset);
         }
-        enqueue_publication(conn, p, &p.encode());
+        enqueue_publication(conn, p, &p.encoded(conn.codec));
     }
 }
 

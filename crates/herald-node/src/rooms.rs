@@ -142,14 +142,14 @@ impl Rooms {
             }
             let mut last = position.offset;
             for p in replay {
-                enqueue_publication(conn, p, &p.encode());
+                enqueue_publication(conn, p, &p.encoded(conn.codec));
                 last = last.max(p.position.offset);
             }
             let member = &mut entry.members[idx];
             if let Some(buffer) = member.pending.take() {
                 for p in buffer.into_inner() {
                     if p.position.epoch != position.epoch || p.position.offset > last {
-                        enqueue_publication(conn, &p, &p.encode());
+                        enqueue_publication(conn, &p, &p.encoded(conn.codec));
                         last = p.position.offset;
                     }
                 }
@@ -349,9 +349,6 @@ impl PublicationSink for Rooms {
                 return;
             };
             written.reserve(entry.members.len());
-            // Encoded lazily: a room whose members are all pending or
-            // filtered out costs no encoding.
-            let mut frame: Option<bytes::Bytes> = None;
             for m in &entry.members {
                 if let Some(buffer) = &m.pending {
                     let mut buffer = buffer.lock();
@@ -366,8 +363,9 @@ impl PublicationSink for Rooms {
                 if p.position.offset <= m.start.offset && p.position.epoch == m.start.epoch {
                     continue;
                 }
-                let bytes = frame.get_or_insert_with(|| p.encode());
-                if enqueue_publication(&m.conn, &p, bytes) {
+                // Encoded once per codec, on first use: a room whose members
+                // are all pending or filtered out costs no encoding.
+                if enqueue_publication(&m.conn, &p, &p.encoded(m.conn.codec)) {
                     written.push(m.conn.clone());
                 }
             }

@@ -10,8 +10,7 @@ use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
 use crate::replay::{Replay, Resolved};
 use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
 use herald_protocol::{
-    encode, parse_client_frame, ClientRequest, CloseCode, ErrorCode, RequestId, Sender,
-    ServerFrame, StreamPosition,
+    ClientRequest, CloseCode, ErrorCode, RequestId, Sender, ServerFrame, StreamPosition,
 };
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
@@ -69,11 +68,16 @@ impl Session {
 
     /// Handles one text frame from the client.
     pub async fn handle_text(&mut self, text: &str) {
+        self.handle_message(text.as_bytes()).await;
+    }
+
+    /// Handles one message from the client, in the connection's codec.
+    pub async fn handle_message(&mut self, message: &[u8]) {
         self.conn.touch();
         metrics::message_received();
         // Parsed before the rate check so a refusal can carry the request's
         // id: every request with an id gets exactly one reply.
-        let parsed = parse_client_frame(text);
+        let parsed = self.conn.codec.decode(message);
         let id = match &parsed {
             Ok((id, _)) => id.clone(),
             Err(e) => e.id.clone(),
@@ -94,8 +98,12 @@ impl Session {
         }
     }
 
-    /// Handles a binary frame, which the protocol does not use.
-    pub fn handle_binary(&mut self) {
+    /// Handles a binary frame: a message for a binary codec, refused by a
+    /// text one (Herald JSON).
+    pub async fn handle_binary(&mut self, message: &[u8]) {
+        if self.conn.codec.binary() {
+            return self.handle_message(message).await;
+        }
         self.conn.touch();
         metrics::message_received();
         if self.admit_rate(None) {
@@ -163,7 +171,7 @@ impl Session {
     }
 
     fn reply(&self, frame: ServerFrame) {
-        self.conn.send(encode(&frame));
+        self.conn.reply(&frame);
     }
 
     fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
@@ -305,7 +313,7 @@ impl Session {
             recovered,
             more,
         } = resolved;
-        let frame = encode(&ServerFrame::RoomJoined {
+        let frame = self.conn.encode(&ServerFrame::RoomJoined {
             id,
             room: name.to_string(),
             epoch: position.epoch.clone(),
@@ -502,7 +510,7 @@ impl Session {
         let mut presence_rooms = Vec::new();
         for p in pending {
             let first = announce.then(|| {
-                encode(&ServerFrame::RoomJoined {
+                self.conn.encode(&ServerFrame::RoomJoined {
                     id: None,
                     room: p.key.name.to_string(),
                     epoch: p.position.epoch.clone(),

@@ -10,7 +10,7 @@ use herald_core::{
     EngineSettings, Identity, NamespaceConfig, Namespaces, NoPublishTarget, RoomKey, RoomName,
     Rule, SettingError, Tenant, TokenVerifier, VerifyError,
 };
-use herald_node::{Limits, Node, NodeSettings, OpenOptions, TransportKind};
+use herald_node::{Limits, Node, NodeSettings, OpenOptions, Transport};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -116,7 +116,7 @@ async fn the_engine_reaches_the_node_and_stops_with_it() {
     let session = node
         .open_session(
             Identity::new("u1"),
-            TransportKind::Websocket,
+            &Transport::WEBSOCKET,
             OpenOptions::default(),
         )
         .await
@@ -172,7 +172,7 @@ async fn memory_presence_lists_the_nodes_own_members() {
     let mut session = node
         .open_session(
             Identity::new("u1"),
-            TransportKind::Websocket,
+            &Transport::WEBSOCKET,
             OpenOptions::default(),
         )
         .await

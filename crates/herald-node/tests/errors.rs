@@ -8,7 +8,7 @@ use herald_core::{
     Broker, BrokerError, Identity, Namespaces, PublicationSink, PublishOutcome, PublishRequest,
     RoomKey, TokenVerifier, VerifyError,
 };
-use herald_node::{Limits, Node, NodeSettings, OpenOptions, Outbound, TransportKind};
+use herald_node::{Limits, Node, NodeSettings, OpenOptions, Outbound, Transport};
 use herald_protocol::StreamPosition;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -95,11 +95,7 @@ async fn a_join_the_broker_fails_answers_without_the_engine_text() {
         },
     );
     let mut session = node
-        .open_session(
-            Identity::new("u1"),
-            TransportKind::Sse,
-            OpenOptions::default(),
-        )
+        .open_session(Identity::new("u1"), &Transport::SSE, OpenOptions::default())
         .await
         .expect("admitted");
     session

@@ -11,7 +11,7 @@ use herald_core::{
     RoomKey, Tenant, TokenVerifier, VerifyError,
 };
 use herald_node::{
-    Limits, Node, NodeSettings, OpenOptions, Outbound, PublishInput, Session, TransportKind,
+    Limits, Node, NodeSettings, OpenOptions, Outbound, PublishInput, Session, Transport,
 };
 use herald_protocol::{CloseCode, StreamPosition};
 use serde_json::{json, Value};
@@ -179,7 +179,7 @@ async fn publish_to(node: &Node, room: &str, n: u64) -> StreamPosition {
 async fn open(node: &Node) -> Session {
     node.open_session(
         Identity::new("reader"),
-        TransportKind::Sse,
+        &Transport::SSE,
         OpenOptions::default(),
     )
     .await

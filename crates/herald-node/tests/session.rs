@@ -7,7 +7,7 @@ use herald_core::Tenant;
 use herald_core::{Identity, Namespaces, TokenVerifier, VerifyError};
 use herald_node::{
     Limits, Node, NodeSettings, OpenOptions, Outbound, PerUserPolicy, PublishInput, Session,
-    TransportKind,
+    Transport,
 };
 use herald_protocol::CloseCode;
 use serde_json::{json, Value};
@@ -70,7 +70,7 @@ fn identity(sub: &str, claims: Value) -> Identity {
 async fn open(node: &Node, sub: &str, claims: Value) -> Session {
     node.open_session(
         identity(sub, claims),
-        TransportKind::Websocket,
+        &Transport::WEBSOCKET,
         OpenOptions::default(),
     )
     .await
@@ -334,7 +334,7 @@ async fn per_user_policies() {
     let refused = reject
         .open_session(
             identity("u", json!({})),
-            TransportKind::Websocket,
+            &Transport::WEBSOCKET,
             OpenOptions::default(),
         )
         .await;

@@ -5,11 +5,13 @@
 #![warn(missing_docs)]
 
 mod client;
+mod codec;
 mod codes;
 mod position;
 mod server;
 
 pub use client::{parse_client_frame, ClientRequest, FrameError, RequestId, MAX_REQUEST_ID_BYTES};
+pub use codec::{ClientCodec, ClientFrame, HeraldJson, CODEC_SLOTS, HERALD_JSON};
 pub use codes::{CloseCode, ErrorCode};
 pub use position::StreamPosition;
 pub use server::{

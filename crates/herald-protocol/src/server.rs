@@ -189,7 +189,34 @@ pub struct PublicationFrame<'a> {
     pub from: Option<&'a Sender>,
 }
 
-/// Encodes a room event once; the bytes are shared by every recipient.
+impl<'a> PublicationFrame<'a> {
+    /// The frame of a room event; with `from`, a `message` frame.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        room: &'a str,
+        event: &'a str,
+        data: &'a RawValue,
+        position: &'a StreamPosition,
+        ts: u64,
+        event_id: &'a str,
+        from: Option<&'a Sender>,
+    ) -> Self {
+        Self {
+            kind: if from.is_some() { "message" } else { "event" },
+            room,
+            event,
+            data,
+            epoch: &position.epoch,
+            offset: position.offset,
+            ts,
+            event_id,
+            from,
+        }
+    }
+}
+
+/// Encodes a room event once in Herald JSON; the bytes are shared by every
+/// recipient.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_publication(
     room: &str,
@@ -200,19 +227,15 @@ pub fn encode_publication(
     event_id: &str,
     from: Option<&Sender>,
 ) -> Bytes {
-    let frame = PublicationFrame {
-        kind: if from.is_some() { "message" } else { "event" },
-        room,
-        event,
-        data,
-        epoch: &position.epoch,
-        offset: position.offset,
-        ts,
-        event_id,
-        from,
-    };
-    let mut buf = Vec::with_capacity(128 + data.get().len() + room.len() + event.len());
-    match serde_json::to_writer(&mut buf, &frame) {
+    let frame = PublicationFrame::new(room, event, data, position, ts, event_id, from);
+    encode_publication_frame(&frame)
+}
+
+/// Herald JSON of a room event's frame.
+pub(crate) fn encode_publication_frame(frame: &PublicationFrame<'_>) -> Bytes {
+    let len = 128 + frame.data.get().len() + frame.room.len() + frame.event.len();
+    let mut buf = Vec::with_capacity(len);
+    match serde_json::to_writer(&mut buf, frame) {
         Ok(()) => Bytes::from(buf),
         Err(_) => Bytes::from_static(
             br#"{"type":"error","code":"internal","message":"frame encoding failed"}"#,

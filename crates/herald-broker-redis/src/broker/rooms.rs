@@ -229,6 +229,7 @@ mod tests {
             from: None,
             exclude_connection: None,
             accepted_at: None,
+            encoded: Default::default(),
         }
     }
 

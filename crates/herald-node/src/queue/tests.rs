@@ -275,3 +275,94 @@ async fn a_replay_waiting_for_room_gets_a_refill_once_the_socket_drained() {
     assert_eq!(q.duty().await, Duty::Close(CloseCode::Normal));
     assert!(!q.has_room(), "a closing queue takes no replay");
 }
+
+#[tokio::test]
+async fn frames_queued_before_a_writer_is_attached_are_written_in_order_once_attached() {
+    // An Engine.IO polling session: no writer yet, frames wait in the queue.
+    let q = SendQueue::new(100, 10_000);
+    for tag in b'1'..=b'5' {
+        assert_eq!(q.push(tagged(tag, 3)), PushResult::Queued);
+    }
+    assert_eq!(q.len(), 5);
+    // It upgrades to WebSocket; the socket takes 7 bytes at first.
+    let socket = FakeSocket::with_room(7);
+    q.attach(socket.clone());
+    assert_eq!(socket.written(), b"1112223");
+    assert_eq!(q.duty().await, Duty::AwaitWritable);
+    q.push(tagged(b'6', 2));
+    socket.add_room(100);
+    q.resume();
+    assert_eq!(socket.written(), b"11122233344455566");
+    assert!(q.is_empty());
+    // From now on a push is written at once.
+    q.push(tagged(b'7', 1));
+    assert_eq!(socket.written(), b"111222333444555667");
+}
+
+#[tokio::test]
+async fn a_detached_writer_leaves_frames_for_the_task_and_the_next_writer() {
+    let first = FakeSocket::with_room(4);
+    let q = SendQueue::with_writer(100, 10_000, first.clone());
+    q.push(tagged(b'1', 3));
+    q.push(tagged(b'2', 3));
+    // The second frame was begun on the first socket.
+    assert_eq!(first.written(), b"1112");
+    q.detach_writer();
+    q.push(tagged(b'3', 1));
+    assert_eq!(
+        first.written(),
+        b"1112",
+        "nothing more goes to a detached writer"
+    );
+    assert!(q.closing().is_none(), "detaching a writer does not close");
+    // The next socket gets the begun frame whole, then the rest, in order.
+    let second = FakeSocket::with_room(100);
+    q.attach(second.clone());
+    assert_eq!(second.written(), b"2223");
+    assert!(q.is_empty());
+    // Without a writer the connection's task drains the queue itself.
+    q.detach_writer();
+    q.push(tagged(b'4', 1));
+    let mut batch = Vec::new();
+    assert_eq!(q.next_batch(&mut batch).await, None);
+    assert_eq!(batch.len(), 1);
+}
+
+/// A socket that, during its first write, is replaced by `next` (another
+/// task attaching the upgraded socket while this one writes).
+#[derive(Debug)]
+struct ReplacedWhileWriting {
+    queue: parking_lot::Mutex<std::sync::Weak<SendQueue>>,
+    next: Arc<FakeSocket>,
+    inner: Arc<FakeSocket>,
+}
+
+impl SocketWriter for ReplacedWhileWriting {
+    fn write_now(&self, items: &[Outbound], offset: &mut usize) -> io::Result<usize> {
+        let queue = std::mem::take(&mut *self.queue.lock());
+        if let Some(q) = queue.upgrade() {
+            q.attach(self.next.clone());
+        }
+        self.inner.write_now(items, offset)
+    }
+}
+
+#[test]
+fn a_writer_replaced_during_a_write_hands_the_rest_to_the_new_one_in_order() {
+    let next = FakeSocket::with_room(100);
+    let old = Arc::new(ReplacedWhileWriting {
+        queue: parking_lot::Mutex::new(std::sync::Weak::new()),
+        next: next.clone(),
+        // Takes the first frame and part of the second.
+        inner: FakeSocket::with_room(4),
+    });
+    let q = Arc::new(SendQueue::new(100, 10_000));
+    *old.queue.lock() = Arc::downgrade(&q);
+    q.push(tagged(b'1', 3));
+    q.push(tagged(b'2', 3));
+    q.push(tagged(b'3', 3));
+    q.attach(old.clone());
+    assert_eq!(old.inner.written(), b"1112");
+    assert_eq!(next.written(), b"222333");
+    assert!(q.is_empty());
+}

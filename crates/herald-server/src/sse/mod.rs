@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::stream::{self, Stream};
 use herald_core::RoomName;
-use herald_node::{metrics, Connection, OpenOptions, Outbound, Session, SocketSlot, TransportKind};
-use herald_protocol::{CloseCode, Disconnect, ErrorCode, ServerFrame};
+use herald_node::{metrics, Connection, OpenOptions, Outbound, Session, SocketSlot, Transport};
+use herald_protocol::{CloseCode, ErrorCode};
 use last_event_id::Positions;
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -212,10 +212,12 @@ pub(crate) async fn stream(
         announce_rooms: true,
         events: (!events.is_empty()).then_some(events),
         writer: None,
+        // Herald JSON: an SSE stream carries text only.
+        codec: None,
     };
     let mut session = match app
         .node
-        .open_session(identity, TransportKind::Sse, options)
+        .open_session(identity, &Transport::SSE, options)
         .await
     {
         Ok(s) => s,
@@ -396,11 +398,7 @@ impl StreamState {
     }
 
     fn disconnect(code: CloseCode) -> Event {
-        let frame = herald_protocol::encode(&ServerFrame::Disconnect(Disconnect {
-            code: code.code(),
-            reason: code.reason().to_owned(),
-            reconnect: code.reconnect(),
-        }));
+        let frame = herald_node::disconnect_frame(&herald_protocol::HERALD_JSON, code);
         Event::default()
             .event("disconnect")
             .data(String::from_utf8_lossy(&frame))

@@ -1,28 +1,24 @@
 //! One WebSocket connection, start to end: the socket taken back from
-//! hyper, the `authenticate` handshake, the loop that reads frames into
-//! the session while writes happen elsewhere, and the close.
+//! hyper, the unauthenticated phase (its rules live in
+//! [`herald_node::PreAuth`]; this module reads and writes for it), the loop
+//! that reads frames into the session while writes happen elsewhere, and
+//! the close.
 
 use super::frames::{self, Incoming, ReadError};
 use super::socket::{Read, ReadFailure, WsSocket};
 use crate::AppState;
-use bytes::Bytes;
 use herald_core::Identity;
 use herald_node::{
-    metrics, Drain, Duty, OpenOptions, Outbound, PendingSlot, Session, SocketSlot, TransportKind,
+    Drain, Duty, OpenOptions, Outbound, PendingSlot, PreAuth, Refusal, Session, SocketSlot, Step,
+    Transport,
 };
-use herald_protocol::{
-    encode, parse_client_frame, ClientRequest, CloseCode, Disconnect, ErrorCode, RequestId,
-    ServerFrame,
-};
+use herald_protocol::{CloseCode, RequestId};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::time::{Duration, Instant};
 use tokio::time::timeout_at;
 use tungstenite::protocol::frame::coding::Control;
 
-/// Frames a socket may send before it authenticates, control frames
-/// included: each may ask for a reply, and no rate limit applies yet.
-const MAX_FRAMES_BEFORE_AUTH: usize = 16;
 /// How long the last frames of a closing connection may take to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a closed connection waits for the client to close its side.
@@ -62,10 +58,10 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         identity,
         pending,
     } = *start;
-    let limits = app.node.limits();
     // One deadline for the whole unauthenticated phase: the upgrade, every
     // read and write, and the token's verification.
-    let deadline = tokio::time::Instant::now() + limits.auth_timeout;
+    let mut pre = PreAuth::new(&app.node);
+    let deadline = pre.deadline();
     let Ok(Ok(upgraded)) = timeout_at(deadline, on_upgrade).await else {
         return None;
     };
@@ -74,11 +70,11 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         tracing::error!("upgraded connection is not a TCP stream; closing it");
         return None;
     };
-    let max = limits.max_message_bytes;
+    let max = app.node.limits().max_message_bytes;
     // An unauthenticated socket gets the smaller pre-auth byte budget.
     let first_max = match identity {
         Some(_) => max,
-        None => limits.max_pending_message_bytes.min(max),
+        None => pre.max_message_bytes(),
     };
     let mut socket = WsSocket::new(
         parts.io.into_inner().into_stream(),
@@ -87,18 +83,18 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
     );
     let (identity, reply_to) = match identity {
         Some(i) => (i, None),
-        None => await_authenticate(&app, &mut socket, deadline).await?,
+        None => await_authenticate(&mut pre, &mut socket).await?,
     };
     drop(pending);
     socket.set_max_message(max);
+    let binary = pre.codec().binary();
     let options = OpenOptions {
-        reply_to: reply_to.clone(),
-        writer: Some(socket.writer()),
+        writer: Some(socket.writer(binary)),
         ..OpenOptions::default()
     };
-    match app
-        .node
-        .open_session(identity, TransportKind::Websocket, options)
+    let codec = pre.codec();
+    match pre
+        .open(identity, reply_to, &Transport::WEBSOCKET, options)
         .await
     {
         Ok(session) => {
@@ -109,23 +105,8 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
             );
             Some((socket, session))
         }
-        Err(code) => {
-            // The `authenticate` request still gets its one reply.
-            let reply = reply_to.map(|id| {
-                let (code_of_error, message) = if code == CloseCode::TryAgainLater {
-                    (
-                        ErrorCode::Unavailable,
-                        "the cluster registry is unreachable; retry shortly",
-                    )
-                } else {
-                    (
-                        ErrorCode::LimitExceeded,
-                        "this user is at limits.max_connections_per_user",
-                    )
-                };
-                error(Some(id), code_of_error, message)
-            });
-            close_unopened(&socket, reply, code).await;
+        Err(refusal) => {
+            close_unopened(&socket, codec, refusal).await;
             None
         }
     }
@@ -153,92 +134,61 @@ async fn finish(
     );
 }
 
-/// Waits for a valid `authenticate` frame until `deadline`
-/// (`limits.auth_timeout` after the upgrade), which bounds every read,
-/// write and the token's verification. Frames the client sent after it
-/// stay in `socket` for the session.
+/// Reads the client's frames into `pre` until it authenticates, by the
+/// phase's deadline (`limits.auth_timeout` after the upgrade), which bounds
+/// every read, write and the token's verification. Frames the client sent
+/// after `authenticate` stay in `socket` for the session.
 async fn await_authenticate(
-    app: &AppState,
+    pre: &mut PreAuth,
     socket: &mut WsSocket,
-    deadline: tokio::time::Instant,
 ) -> Option<(Identity, Option<RequestId>)> {
-    let mut frames = 0usize;
+    let deadline = pre.deadline();
+    let codec = pre.codec();
     loop {
         let Some(incoming) = socket.take() else {
-            match timeout_at(deadline, socket.fill()).await {
-                Err(_) => {
-                    metrics::auth_failure("timeout");
-                    close_unopened(socket, None, CloseCode::Unauthorized).await;
-                    return None;
-                }
+            let refusal = match timeout_at(deadline, socket.fill()).await {
+                Err(_) => pre.timed_out(),
                 Ok(Ok(Read::Open)) => continue,
                 Ok(Ok(Read::Eof) | Err(ReadFailure::Io(_))) => return None,
-                Ok(Err(ReadFailure::Frame(e))) => {
-                    // The same answers as after authentication.
-                    let reply = (e == ReadError::InvalidUtf8).then(|| {
-                        let message = "text frame is not valid UTF-8";
-                        error(None, ErrorCode::BadRequest, message)
-                    });
-                    close_unopened(socket, reply, close_code_of(e)).await;
-                    return None;
-                }
-            }
-        };
-        if let Incoming::Close(code) = incoming {
-            answer_close(socket, code).await;
+                // The same answers as after authentication.
+                Ok(Err(ReadFailure::Frame(ReadError::InvalidUtf8))) => pre.invalid_utf8(),
+                Ok(Err(ReadFailure::Frame(e))) => Refusal {
+                    reply: None,
+                    code: close_code_of(e),
+                },
+            };
+            close_unopened(socket, codec, refusal).await;
             return None;
-        }
-        // No rate limit applies yet, so an unauthenticated socket gets a
-        // fixed budget of frames instead; pings count, since each asks
-        // for a pong.
-        frames += 1;
-        if frames > MAX_FRAMES_BEFORE_AUTH {
-            metrics::auth_failure("too_many_frames");
-            let message = "too many frames before `authenticate`";
-            let reply = error(None, ErrorCode::Unauthorized, message);
-            close_unopened(socket, Some(reply), CloseCode::Unauthorized).await;
-            return None;
-        }
-        let text = match incoming {
-            Incoming::Ping(payload) => {
-                let pong = frames::control(Control::Pong, &payload);
-                write_by(socket, deadline, &pong).await?;
-                continue;
-            }
-            Incoming::Pong | Incoming::Close(_) => continue,
-            Incoming::Binary => {
-                let message = "binary frames are not supported";
-                reply_by(
-                    socket,
-                    deadline,
-                    error(None, ErrorCode::BadRequest, message),
-                )
-                .await?;
-                continue;
-            }
-            Incoming::Text(text) => text,
         };
-        let reply = match parse_client_frame(&text) {
-            Ok((id, ClientRequest::Authenticate { token })) => {
-                let Ok(verified) = timeout_at(deadline, app.node.verify_token(&token)).await else {
-                    metrics::auth_failure("timeout");
-                    close_unopened(socket, None, CloseCode::Unauthorized).await;
-                    return None;
-                };
-                match verified {
-                    Ok(identity) => return Some((identity, id)),
-                    Err(e) => {
-                        let reply = error(id, ErrorCode::Unauthorized, &e.message);
-                        close_unopened(socket, Some(reply), CloseCode::Unauthorized).await;
-                        return None;
-                    }
+        let step = match incoming {
+            Incoming::Close(code) => {
+                answer_close(socket, code).await;
+                return None;
+            }
+            Incoming::Ping(payload) => match pre.control() {
+                Step::Continue(_) => {
+                    let pong = frames::control(Control::Pong, &payload);
+                    write_by(socket, deadline, &pong).await?;
+                    continue;
                 }
-            }
-            Ok((id, ClientRequest::Ping)) => encode(&ServerFrame::Pong { id }),
-            Ok((id, _)) => error(id, ErrorCode::Unauthorized, "send `authenticate` first"),
-            Err(e) => error(e.id, e.code, &e.message),
+                step => step,
+            },
+            Incoming::Pong => pre.control(),
+            Incoming::Binary(message) => pre.handle_binary(&message).await,
+            Incoming::Text(text) => pre.handle_message(text.as_bytes()).await,
         };
-        reply_by(socket, deadline, reply).await?;
+        match step {
+            Step::Continue(None) => {}
+            Step::Continue(Some(reply)) => {
+                let frame = frames::data(codec.binary(), &reply);
+                write_by(socket, deadline, &frame).await?;
+            }
+            Step::Authenticated { identity, reply_to } => return Some((identity, reply_to)),
+            Step::Close(refusal) => {
+                close_unopened(socket, codec, refusal).await;
+                return None;
+            }
+        }
     }
 }
 
@@ -251,14 +201,6 @@ fn close_code_of(e: ReadError) -> CloseCode {
     }
 }
 
-fn error(id: Option<RequestId>, code: ErrorCode, message: &str) -> Bytes {
-    encode(&ServerFrame::Error {
-        id,
-        code,
-        message: message.to_owned(),
-    })
-}
-
 /// Writes `bytes` (whole frames) before the session exists, by
 /// `deadline`. `None` when they did not all leave in time: the socket may
 /// then hold part of a frame, so nothing more may be written to it.
@@ -269,26 +211,18 @@ async fn write_by(socket: &WsSocket, deadline: tokio::time::Instant, bytes: &[u8
     }
 }
 
-/// Sends one JSON frame before the session exists, by `deadline`; `None`
-/// as in [`write_by`].
-async fn reply_by(socket: &WsSocket, deadline: tokio::time::Instant, json: Bytes) -> Option<()> {
-    write_by(socket, deadline, &frames::text(&json)).await
-}
-
-/// The `disconnect` frame for `code`.
-fn disconnect(code: CloseCode) -> Bytes {
-    encode(&ServerFrame::Disconnect(Disconnect {
-        code: code.code(),
-        reason: code.reason().to_owned(),
-        reconnect: code.reconnect(),
-    }))
-}
-
-/// Closes a connection that has no session: `reply` (when given), then
-/// `disconnect`, the close frame, then the TCP close.
-async fn close_unopened(socket: &WsSocket, reply: Option<Bytes>, code: CloseCode) {
-    let mut bytes = reply.map_or_else(Vec::new, |json| frames::text(&json).to_vec());
-    bytes.extend_from_slice(&frames::text(&disconnect(code)));
+/// Closes a connection that has no session: the refusal's reply (when
+/// given), then `disconnect`, the close frame, then the TCP close.
+async fn close_unopened(
+    socket: &WsSocket,
+    codec: &'static dyn herald_protocol::ClientCodec,
+    refusal: Refusal,
+) {
+    let Refusal { reply, code } = refusal;
+    let binary = codec.binary();
+    let mut bytes = reply.map_or_else(Vec::new, |m| frames::data(binary, &m).to_vec());
+    let disconnect = herald_node::disconnect_frame(codec, code);
+    bytes.extend_from_slice(&frames::data(binary, &disconnect));
     bytes.extend_from_slice(&frames::close(code.code(), code.reason()));
     write_last(socket, &bytes).await;
 }
@@ -379,7 +313,7 @@ async fn handle(socket: &WsSocket, session: &mut Session, frame: Incoming) -> Op
     let conn = session.connection().clone();
     match frame {
         Incoming::Text(text) => session.handle_text(&text).await,
-        Incoming::Binary => session.handle_binary(),
+        Incoming::Binary(message) => session.handle_binary(&message).await,
         // Control frames count against the rate limit like any frame; a
         // ping over it is not answered.
         Incoming::Ping(payload) => {
@@ -409,7 +343,7 @@ async fn handle(socket: &WsSocket, session: &mut Session, frame: Incoming) -> Op
 async fn close(socket: &WsSocket, session: &Session, code: CloseCode) {
     let last = [
         Outbound::Frame {
-            bytes: disconnect(code),
+            bytes: session.connection().disconnect_frame(code),
             publication: None,
         },
         Outbound::Raw(frames::close(code.code(), code.reason())),

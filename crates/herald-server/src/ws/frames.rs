@@ -23,8 +23,8 @@ pub(crate) const MAX_HEADER: usize = 10;
 pub(crate) enum Incoming {
     /// A text message (UTF-8 checked).
     Text(String),
-    /// A binary message (the protocol has no use for one).
-    Binary,
+    /// A binary message (for binary codecs; Herald JSON refuses one).
+    Binary(Vec<u8>),
     /// A ping, to be answered with a pong carrying `payload`.
     Ping(Bytes),
     /// A pong.
@@ -196,7 +196,7 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 fn message(text: bool, data: Vec<u8>) -> Result<Incoming, ReadError> {
     if !text {
-        return Ok(Incoming::Binary);
+        return Ok(Incoming::Binary(data));
     }
     String::from_utf8(data)
         .map(Incoming::Text)
@@ -240,9 +240,14 @@ pub(crate) fn header(opcode: OpCode, len: usize, out: &mut [u8; MAX_HEADER]) -> 
     cursor.position() as usize
 }
 
-/// The header of a text frame carrying `len` bytes.
-pub(crate) fn text_header(len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
-    header(OpCode::Data(Data::Text), len, out)
+/// The header of a data frame carrying `len` bytes: binary for a binary
+/// codec, else text.
+pub(crate) fn data_header(binary: bool, len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
+    header(data_opcode(binary), len, out)
+}
+
+fn data_opcode(binary: bool) -> OpCode {
+    OpCode::Data(if binary { Data::Binary } else { Data::Text })
 }
 
 /// A complete server frame with `opcode` and `payload`, header included.
@@ -255,9 +260,10 @@ fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
-/// A complete text frame carrying `json`.
-pub(crate) fn text(json: &[u8]) -> Bytes {
-    frame(OpCode::Data(Data::Text), json)
+/// A complete data frame carrying one encoded server frame (binary for a
+/// binary codec, else text).
+pub(crate) fn data(binary: bool, payload: &[u8]) -> Bytes {
+    frame(data_opcode(binary), payload)
 }
 
 /// A complete server control frame (ping, pong, close) with `payload`

@@ -82,10 +82,12 @@ impl WsSocket {
         self.reader.set_max_message(max_message);
     }
 
-    /// A writer for this socket's send queue.
-    pub(crate) fn writer(&self) -> Arc<dyn SocketWriter> {
+    /// A writer for this socket's send queue; `binary` sends frames as
+    /// binary messages (a binary codec's), else as text.
+    pub(crate) fn writer(&self, binary: bool) -> Arc<dyn SocketWriter> {
         Arc::new(WsWriter {
             stream: self.stream.clone(),
+            binary,
         })
     }
 
@@ -212,6 +214,8 @@ impl WsSocket {
 #[derive(Debug)]
 pub(crate) struct WsWriter {
     stream: Arc<TcpStream>,
+    /// Frames go out as binary messages (a binary codec's), else as text.
+    binary: bool,
 }
 
 impl SocketWriter for WsWriter {
@@ -223,7 +227,7 @@ impl SocketWriter for WsWriter {
             let mut head_lens = [0usize; WRITE_BATCH];
             for (i, item) in batch.iter().enumerate() {
                 if let Outbound::Frame { bytes, .. } = item {
-                    head_lens[i] = frames::text_header(bytes.len(), &mut heads[i]);
+                    head_lens[i] = frames::data_header(self.binary, bytes.len(), &mut heads[i]);
                 }
             }
             let mut slices = [IoSlice::new(&[]); 2 * WRITE_BATCH];

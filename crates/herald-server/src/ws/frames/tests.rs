@@ -90,7 +90,7 @@ fn binary_pong_and_close() {
     assert_eq!(
         read_all(&mut reader(), &bytes),
         Ok(vec![
-            Incoming::Binary,
+            Incoming::Binary(vec![0, 1, 2]),
             Incoming::Pong,
             Incoming::Close(Some(1000))
         ])
@@ -157,12 +157,15 @@ fn framing_violations_are_protocol_errors() {
 #[test]
 fn server_headers() {
     let mut h = [0u8; MAX_HEADER];
-    let n = text_header(5, &mut h);
+    let n = data_header(false, 5, &mut h);
     assert_eq!(&h[..n], &[0x81, 5]);
-    let n = text_header(300, &mut h);
+    let n = data_header(false, 300, &mut h);
     assert_eq!(&h[..n], &[0x81, 126, 1, 44]);
-    let n = text_header(70_000, &mut h);
+    let n = data_header(false, 70_000, &mut h);
     assert_eq!(&h[..n], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    // A binary codec's frames carry the binary opcode.
+    let n = data_header(true, 5, &mut h);
+    assert_eq!(&h[..n], &[0x82, 5]);
     assert_eq!(&control(Control::Ping, b"")[..], &[0x89, 0]);
     assert_eq!(
         &close(4011, "slow")[..],
