@@ -13,6 +13,7 @@ mod filter;
 mod flush;
 mod housekeeping;
 mod limits;
+mod members;
 pub mod metrics;
 mod node;
 mod queue;
