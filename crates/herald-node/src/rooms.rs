@@ -29,6 +29,10 @@ use std::sync::Arc;
 
 const SHARDS: usize = 64;
 
+#[cfg(test)]
+#[path = "rooms_tests.rs"]
+mod tests;
+
 #[derive(Default)]
 struct RoomEntry {
     members: Members,

@@ -120,7 +120,8 @@ pub async fn run(c: &Common, a: &MembersArgs) -> Result<Report> {
     };
     let (pub_stop_tx, pub_stop) = watch::channel(false);
     let api = c.publish_api();
-    let publisher = tokio::spawn(async move { publish::run_to(&http, &api, &plan, pub_stop).await });
+    let publisher =
+        tokio::spawn(async move { publish::run_to(&http, &api, &plan, pub_stop).await });
     let before = run.server_sample();
     let t0 = Instant::now();
     let _ = go_tx.send(true);
