@@ -198,3 +198,59 @@ pub(crate) fn evict(victims: &[Arc<Connection>]) {
         v.close(CloseCode::SessionReplaced);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::TransportKind;
+    use crate::queue::SendQueue;
+    use herald_core::Identity;
+    use std::time::Instant;
+
+    fn conn(id: usize, user: usize) -> Arc<Connection> {
+        Arc::new(Connection::new(
+            format!("c{id}"),
+            Identity::new(format!("u{user}")),
+            TransportKind::Websocket,
+            SendQueue::new(16, 1 << 20),
+            Instant::now(),
+            0,
+        ))
+    }
+
+    #[test]
+    fn counts_lookups_and_walks_hold_across_shards() {
+        let registry = Registry::default();
+        let limits = Limits {
+            max_connections_per_user: 2,
+            per_user_policy: PerUserPolicy::EvictOldest,
+            ..Limits::default()
+        };
+        // 300 connections of 100 users, three each: the oldest of each is evicted.
+        let conns: Vec<_> = (0..300).map(|i| conn(i, i % 100)).collect();
+        let mut evicted = 0;
+        for c in &conns {
+            match registry.admit(c, &limits) {
+                Admission::Admitted(victims) => evicted += victims.len(),
+                Admission::TooManyForUser => panic!("evict_oldest never refuses"),
+            }
+        }
+        assert_eq!(evicted, 100);
+        assert_eq!(registry.len(), 200);
+        assert_eq!(registry.users(), 100);
+        assert!(registry.get("c0").is_none(), "evicted");
+        assert!(registry.get("c299").is_some());
+        let of_user = registry.of_user(&Tenant::default_tenant(), "u7");
+        let ids: Vec<&str> = of_user.iter().map(|c| &*c.id).collect();
+        assert_eq!(ids, vec!["c107", "c207"], "oldest first");
+        let mut walked = 0;
+        registry.for_each_shard(|shard| walked += shard.len());
+        assert_eq!(walked, 200);
+        assert_eq!(registry.all().len(), 200);
+        for c in &conns {
+            registry.remove(c);
+            registry.remove(c);
+        }
+        assert_eq!((registry.len(), registry.users()), (0, 0));
+    }
+}

@@ -90,6 +90,10 @@ impl Rooms {
                 if member.pending.is_none() {
                     member.before_rejoin = Some(member.start.clone());
                     member.pending = Some(Mutex::new(Vec::new()));
+                } else {
+                    // Its replay (of a rejoin that succeeded) is what a
+                    // failure goes back to, not what it had before that.
+                    member.before_rejoin = None;
                 }
             }
             _ => entry.members.insert(Member::joining(conn)),

@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Events a `chat` room keeps.
+const HISTORY: usize = 5000;
+
 /// What the failing broker says; no client may see it.
 const INTERNAL: &str = "IO Error: connection refused (redis-internal.example:6379)";
 
@@ -152,7 +155,7 @@ impl FailingReads {
             exclude_connection: None,
             idempotency_key: None,
             history: HistoryPolicy {
-                size: 100,
+                size: HISTORY,
                 ttl: Duration::from_secs(3600),
                 max_bytes: 0,
             },
@@ -219,7 +222,7 @@ fn failing_reads_node() -> (Node, Arc<FailingReads>) {
         herald_core::NamespaceConfig {
             join: herald_core::Rule::Any,
             presence: true,
-            history_size: 100,
+            history_size: HISTORY,
             history_ttl: Duration::from_secs(3600),
             ..Default::default()
         },
@@ -348,5 +351,81 @@ async fn a_failed_rejoin_keeps_the_live_membership() {
         left.iter()
             .any(|f| f["type"] == "room_left" && f["id"] == 10),
         "{left:?}"
+    );
+}
+
+/// Every frame of `session` until its replays are all queued and sent
+/// (an SSE stream's loop: drain a batch, feed the replay).
+async fn drain_with_replay(session: &mut Session) -> Vec<Value> {
+    let mut frames = Vec::new();
+    for _ in 0..1000 {
+        let batch = drain(session).await;
+        session.feed_replay_all().await;
+        if batch.is_empty() && session.connection().queue.is_empty() {
+            return frames;
+        }
+        frames.extend(batch);
+    }
+    panic!("the replay never ended");
+}
+
+/// A rejoin that fails while an earlier rejoin's replay is still being
+/// fed leaves that replay going: the client gets the whole gap, then what
+/// was published meanwhile, each event once and in order.
+#[tokio::test]
+async fn a_failed_rejoin_during_a_replay_lets_the_replay_go_on() {
+    let (node, broker) = failing_reads_node();
+    let mut a = node
+        .open_session(
+            Identity::new("a"),
+            TransportKind::Sse,
+            OpenOptions::default(),
+        )
+        .await
+        .expect("admitted");
+    a.handle_text(&json!({"type": "join_room", "id": 1, "room": "chat:2"}).to_string())
+        .await;
+    let joined = drain(&a).await;
+    let epoch = joined
+        .iter()
+        .find(|f| f["type"] == "room_joined")
+        .and_then(|f| f["epoch"].as_str())
+        .unwrap_or_else(|| panic!("no room_joined: {joined:?}"))
+        .to_owned();
+    // 1,500 events received live (drained as they come: the queue holds 1,024).
+    for n in 1..=1500u64 {
+        publish(&node, "chat:2", "live").await;
+        if n % 100 == 0 {
+            assert_eq!(offsets(&drain(&a).await, "chat:2").len(), 100);
+        }
+    }
+    // A rejoin from offset 0: a replay longer than a page, fed as the queue drains.
+    let since = json!({"epoch": epoch, "offset": 0});
+    a.handle_text(
+        &json!({"type": "join_room", "id": 2, "room": "chat:2", "since": since}).to_string(),
+    )
+    .await;
+    broker.fail.store(true, Ordering::SeqCst);
+    a.handle_text(
+        &json!({"type": "join_room", "id": 3, "room": "chat:2", "since": since}).to_string(),
+    )
+    .await;
+    broker.fail.store(false, Ordering::SeqCst);
+    assert_eq!(publish(&node, "chat:2", "after").await, 1502);
+
+    let seen = drain_with_replay(&mut a).await;
+    assert!(
+        seen.iter().any(|f| f["type"] == "error" && f["id"] == 3),
+        "no error answering the failed rejoin"
+    );
+    let joins: Vec<&Value> = seen.iter().filter(|f| f["type"] == "room_joined").collect();
+    assert_eq!(joins.len(), 1, "{joins:?}");
+    assert_eq!(joins[0]["id"], 2);
+    assert!(!seen.iter().any(|f| f["type"] == "room_left"));
+    assert_eq!(a.connection().queue.closing(), None);
+    assert_eq!(
+        offsets(&seen, "chat:2"),
+        (1..=1502).collect::<Vec<u64>>(),
+        "the gap, then the event of the failed read, then the next"
     );
 }
