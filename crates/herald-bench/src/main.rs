@@ -111,6 +111,8 @@ enum Scenario {
     Storm(scenarios::storm::StormArgs),
     /// A steady mix for a long time: memory and descriptor growth.
     Soak(scenarios::soak::SoakArgs),
+    /// Joins and leaves on one room while it fans out: joins+leaves/s, latency.
+    Members(scenarios::members::MembersArgs),
     /// Publish E events into rooms with history: bytes per stored event.
     History(scenarios::history::HistoryArgs),
     /// No server: the kernel's own CPU cost of one loopback send per
@@ -156,6 +158,7 @@ fn main() -> Result<()> {
             Scenario::Chat(a) => scenarios::chat::run(c, a).await,
             Scenario::Storm(a) => scenarios::storm::run(c, a).await,
             Scenario::Soak(a) => scenarios::soak::run(c, a).await,
+            Scenario::Members(a) => scenarios::members::run(c, a).await,
             Scenario::History(a) => scenarios::history::run(c, a).await,
             Scenario::Floor(a) => scenarios::floor::run(c, a).await,
         }

@@ -42,22 +42,26 @@ fn sweep(node: &Node) {
     let now_secs = now_ms() / 1000;
     let stale_ms = limits.stale_timeout.as_millis() as u64;
     let ping_ms = limits.heartbeat_interval.as_millis() as u64;
-    for conn in node.inner.registry.all() {
-        if conn.queue.closing().is_some() {
-            continue;
+    // Shard by shard: no lock is held while connections are closed or
+    // pinged, and only one shard's connections are copied at a time.
+    node.inner.registry.for_each_shard(|conns| {
+        for conn in conns {
+            if conn.queue.closing().is_some() {
+                continue;
+            }
+            if conn.expires_at().is_some_and(|exp| now_secs >= exp) {
+                conn.close(CloseCode::TokenExpired);
+            } else if !conn.transport.heartbeats() {
+                // A receive-only client cannot answer pings (see
+                // `Transport::heartbeats`).
+                continue;
+            } else if conn.silent_for_ms(now) >= stale_ms {
+                conn.close(CloseCode::Stale);
+            } else if conn.ping_due(now, ping_ms)
+                && conn.queue.push(Outbound::Ping) == PushResult::Overflow
+            {
+                conn.close(CloseCode::SlowConsumer);
+            }
         }
-        if conn.expires_at().is_some_and(|exp| now_secs >= exp) {
-            conn.close(CloseCode::TokenExpired);
-        } else if !conn.transport.heartbeats() {
-            // A receive-only client cannot answer pings (see
-            // `Transport::heartbeats`).
-            continue;
-        } else if conn.silent_for_ms(now) >= stale_ms {
-            conn.close(CloseCode::Stale);
-        } else if conn.ping_due(now, ping_ms)
-            && conn.queue.push(Outbound::Ping) == PushResult::Overflow
-        {
-            conn.close(CloseCode::SlowConsumer);
-        }
-    }
+    });
 }

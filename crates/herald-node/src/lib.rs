@@ -14,6 +14,7 @@ mod filter;
 mod flush;
 mod housekeeping;
 mod limits;
+mod members;
 pub mod metrics;
 mod node;
 mod preauth;

@@ -16,6 +16,7 @@
 
 use crate::conn::Connection;
 use crate::flush::Flusher;
+use crate::members::{Member, Members};
 use crate::metrics;
 use crate::queue::{Outbound, PushResult};
 use herald_core::{
@@ -30,22 +31,13 @@ use std::sync::Arc;
 
 const SHARDS: usize = 64;
 
-struct Member {
-    conn: Arc<Connection>,
-    /// Epoch and offset announced in `room_joined`; live events at or below
-    /// it in that epoch were covered by the join.
-    start: StreamPosition,
-    /// Publications seen while the join handshake runs.
-    pending: Option<Mutex<Vec<Arc<Publication>>>>,
-    /// Whether the room's other members were told `member_joined`: only
-    /// they are told `member_left`, so a member removed while still
-    /// joining (a leave during its replay) is never half-announced.
-    announced: bool,
-}
+#[cfg(test)]
+#[path = "rooms_tests.rs"]
+mod tests;
 
 #[derive(Default)]
 struct RoomEntry {
-    members: Vec<Member>,
+    members: Members,
     presence: bool,
 }
 
@@ -79,10 +71,11 @@ impl Rooms {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Phase 1: register `conn` as a pending member of `room`; a `rejoin`
-    /// replaces its current entry. Only a rejoin scans the members: a room
-    /// like `global` holds every connection, and a scan per connect would
-    /// make connecting N clients cost O(N²).
+    /// Phase 1: register `conn` as a pending member of `room`. A `rejoin`
+    /// of a live member turns it pending, remembering where it was so a
+    /// rejoin that fails can turn it live again ([`Self::abort_rejoin`]); a
+    /// rejoin of a member still pending (its replay superseded) keeps what
+    /// it buffered. O(1) whatever the room's size.
     pub(crate) fn begin_join(
         &self,
         room: &RoomKey,
@@ -94,23 +87,54 @@ impl Rooms {
         let created = !shard.contains_key(room);
         let entry = shard.entry(room.clone()).or_default();
         entry.presence = presence;
-        let mut announced = false;
-        if rejoin {
-            entry.members.retain(|m| {
-                let same = Arc::ptr_eq(&m.conn, conn);
-                announced |= same && m.announced;
-                !same
-            });
+        match entry.members.get_mut(conn) {
+            Some(member) if rejoin => {
+                if member.pending.is_none() {
+                    member.before_rejoin = Some(member.start.clone());
+                    member.pending = Some(Mutex::new(Vec::new()));
+                } else {
+                    // Its replay (of a rejoin that succeeded) is what a
+                    // failure goes back to, not what it had before that.
+                    member.before_rejoin = None;
+                }
+            }
+            _ => entry.members.insert(Member::joining(conn)),
         }
-        entry.members.push(Member {
-            conn: conn.clone(),
-            start: StreamPosition::default(),
-            pending: Some(Mutex::new(Vec::new())),
-            announced,
-        });
         if created {
             self.count.fetch_add(1, Ordering::Relaxed);
             metrics::rooms(self.len());
+        }
+    }
+
+    /// Undoes [`Self::begin_join`] of a rejoin that failed: a member that
+    /// was live turns live again from where it was, after the publications
+    /// buffered meanwhile, so its stream has no gap; a member that was
+    /// pending stays pending (its replay goes on). A failed join changes
+    /// nothing, as the client expects of an error reply.
+    pub(crate) fn abort_rejoin(&self, room: &RoomKey, conn: &Arc<Connection>) {
+        let mut written = false;
+        {
+            let mut shard = self.shard(room).write();
+            let Some(member) = shard
+                .get_mut(room)
+                .and_then(|entry| entry.members.get_mut(conn))
+            else {
+                return;
+            };
+            let Some(start) = member.before_rejoin.take() else {
+                return;
+            };
+            if let Some(buffer) = member.pending.take() {
+                for p in buffer.into_inner() {
+                    if p.position.epoch != start.epoch || p.position.offset > start.offset {
+                        written |= enqueue_publication(conn, &p, &p.encode());
+                    }
+                }
+            }
+            member.start = start;
+        }
+        if written {
+            self.flusher.flush(vec![conn.clone()]);
         }
     }
 
@@ -132,11 +156,7 @@ impl Rooms {
         {
             let mut shard = self.shard(room).write();
             let entry = shard.get_mut(room)?;
-            let idx = entry
-                .members
-                .iter()
-                // Joining members were pushed last: search from the end.
-                .rposition(|m| Arc::ptr_eq(&m.conn, conn))?;
+            let member = entry.members.get_mut(conn)?;
             if let Some(frame) = first {
                 enqueue(conn, frame);
             }
@@ -145,7 +165,6 @@ impl Rooms {
                 enqueue_publication(conn, p, &p.encoded(conn.codec));
                 last = last.max(p.position.offset);
             }
-            let member = &mut entry.members[idx];
             if let Some(buffer) = member.pending.take() {
                 for p in buffer.into_inner() {
                     if p.position.epoch != position.epoch || p.position.offset > last {
@@ -155,6 +174,7 @@ impl Rooms {
                 }
             }
             member.start = StreamPosition::new(position.epoch.clone(), last);
+            member.before_rejoin = None;
             member.announced |= announce;
             if entry.presence && announce {
                 let frame = encode(&ServerFrame::MemberJoined {
@@ -180,18 +200,14 @@ impl Rooms {
         conn: &Arc<Connection>,
     ) -> Option<Vec<Arc<Publication>>> {
         let shard = self.shard(room).read();
-        let member = shard
-            .get(room)?
-            .members
-            .iter()
-            .rev()
-            .find(|m| Arc::ptr_eq(&m.conn, conn))?;
+        let member = shard.get(room)?.members.get(conn)?;
         let buffer = member.pending.as_ref()?;
         let taken = std::mem::take(&mut *buffer.lock());
         Some(taken)
     }
 
-    /// Removes `conn` from `room`, telling the others when presence is on.
+    /// Removes `conn` from `room` (O(1)), telling the others when presence
+    /// is on.
     pub(crate) fn remove(&self, room: &RoomKey, conn: &Arc<Connection>) {
         let mut written = Vec::new();
         {
@@ -199,12 +215,7 @@ impl Rooms {
             let Some(entry) = shard.get_mut(room) else {
                 return;
             };
-            let mut was_announced = false;
-            entry.members.retain(|m| {
-                let same = Arc::ptr_eq(&m.conn, conn);
-                was_announced |= same && m.announced;
-                !same
-            });
+            let was_announced = entry.members.remove(conn).is_some_and(|m| m.announced);
             if was_announced && entry.presence {
                 let frame = encode(&ServerFrame::MemberLeft {
                     room: room.name.to_string(),

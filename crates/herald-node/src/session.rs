@@ -270,12 +270,12 @@ impl Session {
         // A replay still running for this room is superseded by this join,
         // which then makes the announcement that replay still owed the
         // room's local members (else they would see `member_left` only).
-        let mut announce = !rejoin;
-        self.replays.retain(|r| {
-            let superseded = r.key == key;
-            announce |= superseded && r.announce;
-            !superseded
-        });
+        // It is kept aside: a rejoin that fails goes on with it.
+        let (superseded, kept): (VecDeque<Replay>, _) = std::mem::take(&mut self.replays)
+            .into_iter()
+            .partition(|r| r.key == key);
+        self.replays = kept;
+        let announce = !rejoin || superseded.iter().any(|r| r.announce);
         if !rejoin {
             let mut rooms = self.conn.rooms().lock();
             if rooms.len() >= self.node.limits().max_rooms_per_connection {
@@ -296,6 +296,14 @@ impl Session {
             .await;
         let resolved = match resolved {
             Ok(r) => r,
+            Err((e, _)) if rejoin => {
+                // A failed rejoin changes nothing: the membership goes on
+                // as it was (docs/protocol.md 7.3), with its replay if one ran.
+                inner.rooms.abort_rejoin(&key, &self.conn);
+                self.replays.extend(superseded);
+                self.feed_replay_all().await;
+                return Err(e);
+            }
             Err((e, subscribed)) => {
                 self.drop_membership(&name, &key, subscribed, false).await;
                 return Err(e);

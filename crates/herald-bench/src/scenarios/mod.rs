@@ -5,6 +5,7 @@ pub mod fanout;
 pub mod floor;
 pub mod history;
 pub mod idle;
+pub mod members;
 pub mod soak;
 pub mod storm;
 
