@@ -10,6 +10,9 @@ use std::time::Instant;
 
 /// Fixed overhead counted per stored event besides its strings and payload.
 const EVENT_OVERHEAD: usize = std::mem::size_of::<Publication>() + 16;
+/// The JSON envelope of an event's client frame around its strings and
+/// payload (`{"type":"event","room":...,"offset":...}`), rounded up.
+const FRAME_ENVELOPE: usize = 160;
 
 struct Stored {
     publication: Arc<Publication>,
@@ -82,11 +85,16 @@ impl RoomStream {
         if policy.size == 0 || policy.ttl.is_zero() {
             return;
         }
-        let bytes = EVENT_OVERHEAD
-            + publication.data.get().len()
+        let strings = publication.data.get().len()
             + publication.event.len()
             + publication.event_id.len()
             + publication.position.epoch.len();
+        // A stored event also keeps the client frame it was encoded into
+        // once delivered or read (its per-codec cache), which repeats its
+        // strings and the room's name: counted up front, so the budgets
+        // bound what history really holds.
+        let frame = strings + publication.room.name.as_str().len() + FRAME_ENVELOPE;
+        let bytes = EVENT_OVERHEAD + strings + frame;
         // Always pushed, then trimmed from the front: an event larger than
         // the budget takes the older ones with it, so what is kept stays a
         // contiguous run and a read never skips a gap unnoticed.
