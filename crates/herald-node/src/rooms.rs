@@ -18,6 +18,7 @@ use crate::conn::Connection;
 use crate::flush::Flusher;
 use crate::metrics;
 use crate::queue::{Outbound, PushResult};
+use herald_core::broker::Writes;
 use herald_core::{PresenceChange, Publication, PublicationSink, RoomKey};
 use herald_protocol::{encode, CloseCode, MemberSummary, ServerFrame, StreamPosition};
 use parking_lot::{Mutex, RwLock};
@@ -326,12 +327,12 @@ impl PublicationSink for Rooms {
         self.flusher.flush(written);
     }
 
-    fn deliver(&self, p: Arc<Publication>) {
+    fn deliver(&self, p: Arc<Publication>) -> Writes {
         let mut written = Vec::new();
         {
             let shard = self.shard(&p.room).read();
             let Some(entry) = shard.get(&p.room) else {
-                return;
+                return Writes::none();
             };
             written.reserve(entry.members.len());
             // Encoded lazily: a room whose members are all pending or
@@ -357,6 +358,7 @@ impl PublicationSink for Rooms {
                 }
             }
         }
-        self.flusher.flush(written);
+        // Queued in order under the broker's lock; written after it.
+        self.flusher.writes(written)
     }
 }

@@ -202,7 +202,7 @@ impl RedisBroker {
     async fn on_publication(&self, p: Arc<Publication>) {
         match self.rooms.classify(&p) {
             Verdict::Drop => {}
-            Verdict::Deliver => self.sink.deliver(p),
+            Verdict::Deliver => self.sink.deliver(p).run(),
             Verdict::Gap { after } => {
                 if let Err(e) = self.fill(&p, after).await {
                     tracing::warn!(room = %p.room, error = %e, "could not fill a gap from history");
@@ -253,7 +253,7 @@ impl RedisBroker {
         if from_history {
             metrics::catchup_delivered(1);
         }
-        self.sink.deliver(p);
+        self.sink.deliver(p).run();
     }
 
     async fn resync(&self, resync: &mut Resync) {

@@ -8,6 +8,7 @@
 pub mod scenarios;
 
 use herald_broker_redis::{RedisBroker, RedisClients, RedisSettings};
+use herald_core::broker::Writes;
 use herald_core::{
     Broker, HistoryPolicy, PresenceChange, Publication, PublicationSink, PublishRequest, RoomKey,
     RoomName, Tenant,
@@ -31,7 +32,7 @@ pub struct Collect {
 }
 
 impl PublicationSink for Collect {
-    fn deliver(&self, publication: Arc<Publication>) {
+    fn deliver(&self, publication: Arc<Publication>) -> Writes {
         if self.hold.load(Ordering::Acquire) {
             // Hands this worker's queued tasks to another thread first:
             // a blocked worker would otherwise sit on the connection tasks
@@ -43,6 +44,7 @@ impl PublicationSink for Collect {
             });
         }
         self.publications.lock().push(publication);
+        Writes::none()
     }
 
     fn presence(&self, change: &PresenceChange) {
