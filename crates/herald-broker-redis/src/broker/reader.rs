@@ -266,13 +266,13 @@ impl RedisBroker {
                 };
                 match job {
                     Work::Fill(p, after) => {
-                        if let Err(e) = self.fill(&p, after).await {
+                        if let Err(e) = self.fill(&p, after, id).await {
                             tracing::warn!(room = %p.room, error = %e, "could not fill a gap from history");
                         }
-                        self.offer(p, false);
+                        self.offer(p, false, id);
                     }
                     Work::CatchUp { gate, resubscribe } => {
-                        let result = self.resync_room(room, &gate, resubscribe).await;
+                        let result = self.resync_room(room, &gate, resubscribe, id).await;
                         drop(permit);
                         if let Err(e) = result {
                             tracing::warn!(room = %room, error = %e, "resync failed; retrying");
@@ -303,7 +303,7 @@ impl RedisBroker {
     }
 
     /// Delivers the stored publications between `after` and `p`.
-    async fn fill(&self, p: &Publication, after: u64) -> Result<(), BrokerError> {
+    async fn fill(&self, p: &Publication, after: u64, owner: u64) -> Result<(), BrokerError> {
         let before = p.position.offset;
         let mut since = after;
         while since + 1 < before {
@@ -319,7 +319,7 @@ impl RedisBroker {
                 if q.position.offset >= before {
                     return Ok(());
                 }
-                self.offer(q, true);
+                self.offer(q, true, owner);
             }
             since = last;
         }
@@ -328,8 +328,8 @@ impl RedisBroker {
 
     /// Delivers `p` if it is new, counting offsets skipped over; by the
     /// room's owner, which writes the sockets itself (off the reader).
-    fn offer(&self, p: Arc<Publication>, from_history: bool) {
-        let Offer::Deliver { missed } = self.rooms.offer(&p) else {
+    fn offer(&self, p: Arc<Publication>, from_history: bool, owner: u64) {
+        let Offer::Deliver { missed } = self.rooms.offer(&p, owner) else {
             return;
         };
         if missed > 0 {
@@ -354,6 +354,7 @@ impl RedisBroker {
         room: &RoomKey,
         gate: &Gate,
         resubscribe: bool,
+        owner: u64,
     ) -> Result<(), BrokerError> {
         if !self.clients.is_connected() {
             return Err(not_connected());
@@ -365,12 +366,12 @@ impl RedisBroker {
         if resubscribe {
             self.subscribe_channel(room).await?;
         }
-        self.catch_up(room).await
+        self.catch_up(room, owner).await
     }
 
     /// Delivers what `room` published since the last delivered position;
     /// after an epoch change, everything of the new epoch history holds.
-    async fn catch_up(&self, room: &RoomKey) -> Result<(), BrokerError> {
+    async fn catch_up(&self, room: &RoomKey, owner: u64) -> Result<(), BrokerError> {
         let Some(cursor) = self.rooms.cursor(room) else {
             let page = self.read(room, 0, 0).await?;
             self.rooms.set_baseline(room, page.position);
@@ -388,7 +389,7 @@ impl RedisBroker {
                 return Ok(());
             };
             for p in page.publications {
-                self.offer(p, true);
+                self.offer(p, true, owner);
             }
             if last >= page.position.offset {
                 return Ok(());

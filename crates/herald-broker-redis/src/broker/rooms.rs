@@ -296,10 +296,15 @@ impl Rooms {
     }
 
     /// Judges a publication read from history, or one whose gap was filled
-    /// as far as history allowed; moves the cursor when it is delivered.
-    pub(super) fn offer(&self, p: &Publication) -> Offer {
+    /// as far as history allowed, for the room's owner `owner` (an owner
+    /// whose room was dropped and listened to again delivers nothing more);
+    /// moves the cursor when it is delivered.
+    pub(super) fn offer(&self, p: &Publication, owner: u64) -> Offer {
         let mut map = self.map.lock();
-        let Some(e) = map.get_mut(&p.room).filter(|e| e.count > 0) else {
+        let Some(e) = map
+            .get_mut(&p.room)
+            .filter(|e| e.count > 0 && e.owner.as_ref().is_some_and(|o| o.id == owner))
+        else {
             return Offer::Drop;
         };
         match &mut e.cursor {
@@ -413,14 +418,14 @@ mod tests {
             panic!("a gap after 3");
         };
         assert_eq!(
-            rooms.offer(&publication("a", 4)),
+            rooms.offer(&publication("a", 4), owner),
             Offer::Deliver { missed: 0 }
         );
         assert_eq!(
-            rooms.offer(&publication("a", 6)),
+            rooms.offer(&publication("a", 6), owner),
             Offer::Deliver { missed: 1 }
         );
-        assert_eq!(rooms.offer(&publication("a", 6)), Offer::Drop);
+        assert_eq!(rooms.offer(&publication("a", 6), owner), Offer::Drop);
         assert!(matches!(rooms.next(&r, owner), Next::Done));
         assert_eq!(rooms.classify(&publication("b", 9)), Verdict::Deliver);
         assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
@@ -438,7 +443,7 @@ mod tests {
             panic!("a gap after 0");
         };
         assert_eq!(
-            rooms.offer(&publication("a", 1)),
+            rooms.offer(&publication("a", 1), owner),
             Offer::Deliver { missed: 0 }
         );
         assert!(matches!(rooms.next(&r, owner), Next::Done));
@@ -472,7 +477,7 @@ mod tests {
         // The owner fills 2..3, offers 4, then drains its backlog in order.
         for o in [2, 3, 4] {
             assert!(matches!(
-                rooms.offer(&publication("a", o)),
+                rooms.offer(&publication("a", o), owner),
                 Offer::Deliver { missed: 0 }
             ));
         }
@@ -492,6 +497,11 @@ mod tests {
         ));
         assert!(matches!(rooms.next(&r, owner), Next::Done));
         assert!(!rooms.owns(&r, owner));
+        assert_eq!(
+            rooms.offer(&publication("a", 8), owner),
+            Offer::Drop,
+            "a former owner delivers nothing"
+        );
         assert_eq!(rooms.classify(&publication("a", 7)), Verdict::Deliver);
         let Some(again) = rooms.claim_catch_up(&r, false) else {
             panic!("a room without an owner is claimed");
