@@ -389,9 +389,7 @@ impl PublicationSink for PublishOnWrite {
 fn socket_writes_run_after_the_room_lock_is_released() {
     let sink = Arc::new(PublishOnWrite::default());
     let broker = Arc::new(MemoryBroker::new(sink.clone()));
-    sink.broker
-        .set(Arc::downgrade(&broker))
-        .expect("set once");
+    sink.broker.set(Arc::downgrade(&broker)).expect("set once");
     let r = room(None, "r");
     // On a thread, so a deadlock fails the test instead of hanging it.
     let (done_tx, done_rx) = std::sync::mpsc::channel();

@@ -110,7 +110,7 @@ impl Resync {
 
     /// Takes the pending resync when it is due: whether to re-subscribe.
     fn take_due(&mut self) -> Option<bool> {
-        if !self.due.is_some_and(|d| d <= Instant::now()) {
+        if self.due.is_none_or(|d| d > Instant::now()) {
             return None;
         }
         self.due = None;
