@@ -297,3 +297,35 @@ pub trait Broker: Send + Sync + 'static {
     /// Size figures for stats and metrics.
     fn stats(&self) -> BrokerStats;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Writes;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn counting(runs: &Arc<AtomicUsize>) -> Writes {
+        let runs = runs.clone();
+        Writes::new(move || {
+            runs.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
+    #[test]
+    fn writes_run_once_when_run_or_when_dropped() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let writes = counting(&runs);
+        assert!(!writes.is_empty());
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing written yet");
+        writes.run();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        drop(counting(&runs));
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "a dropped Writes still writes"
+        );
+        assert!(Writes::none().is_empty());
+        Writes::none().run();
+    }
+}
