@@ -11,8 +11,10 @@
 #
 # Environment: CONNS (10000), ROOMS (10), RATE (20 events/s), DURATION
 # (30 s), PAYLOAD (100 B), TARGETS ("herald socketio sockudo"), SOCKUDO
-# (the sockudo binary; default: on PATH), OUT (results folder; default
-# target/peers-cluster-<time>). Prints compare.sh's table (fan-out rows).
+# (the sockudo binary; default: on PATH), SERVER_BIN (the herald binary;
+# default target/release/herald, e.g. an older build for a before/after
+# run), OUT (results folder; default target/peers-cluster-<time>). Prints
+# compare.sh's table (fan-out rows).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,7 +29,7 @@ TARGETS=${TARGETS:-herald socketio sockudo}
 OUT=${OUT:-$ROOT/target/peers-cluster-$(date +%Y%m%d-%H%M%S)}
 SOCKUDO=${SOCKUDO:-$(command -v sockudo || true)}
 RUN_LIMIT=900
-HERALD="$ROOT/target/release/herald"
+HERALD=${SERVER_BIN:-$ROOT/target/release/herald}
 BENCH="$ROOT/target/release/herald-bench"
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/herald-peers-cluster.XXXXXX)

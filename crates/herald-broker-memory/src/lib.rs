@@ -3,7 +3,11 @@
 //! Each room's stream lives behind its own mutex, held while the offset is
 //! assigned, the event stored and handed to the sink, which makes publish
 //! atomic per room and keeps delivery in offset order (the [`Broker`]
-//! contract). The sink only queues, so the lock is held for microseconds.
+//! contract): the sink queues the frame on every recipient's connection
+//! under that lock, so each connection's queue is in offset order. The
+//! socket writes the sink hands back ([`Writes`]) run after the lock is let
+//! go, on the publishing task (a large room's in chunks on the runtime's
+//! workers), so a room's next publish never waits behind socket writes.
 //!
 //! Only `publish` and `subscribe` create a room's stream; reads of an
 //! unknown room answer offset 0 in the engine's current epoch. A stream
@@ -28,7 +32,7 @@ pub use factory::{MemoryEngine, SWEEP_INTERVAL};
 
 use async_trait::async_trait;
 use budget::Accounting;
-use herald_core::broker::{BrokerStats, HistoryPage};
+use herald_core::broker::{BrokerStats, HistoryPage, Writes};
 #[cfg(doc)]
 use herald_core::HistoryPolicy;
 use herald_core::{
@@ -209,7 +213,9 @@ impl Broker for MemoryBroker {
         if let Some(outcome) = self.earlier(&idem, &request.room) {
             return outcome;
         }
-        let outcome = self.publish_locked(request, idem);
+        let (outcome, writes) = self.publish_locked(request, idem);
+        // The room's lock is released: now write the sockets.
+        writes.run();
         self.enforce_budget();
         outcome
     }
@@ -288,12 +294,13 @@ impl Broker for MemoryBroker {
 }
 
 impl MemoryBroker {
-    /// Publish under the room's lock (see the module doc).
+    /// Publish under the room's lock (see the module doc); returns the
+    /// socket writes to run once the lock is released.
     fn publish_locked(
         &self,
         request: PublishRequest,
         idem: Option<idempotency::Key>,
-    ) -> Result<PublishOutcome, BrokerError> {
+    ) -> (Result<PublishOutcome, BrokerError>, Writes) {
         loop {
             let arc = self.stream(&request.room);
             let mut stream = arc.lock();
@@ -311,11 +318,11 @@ impl MemoryBroker {
         stream: &mut RoomStream,
         request: PublishRequest,
         idem: Option<idempotency::Key>,
-    ) -> Result<PublishOutcome, BrokerError> {
+    ) -> (Result<PublishOutcome, BrokerError>, Writes) {
         // Checked again under the room lock so two concurrent retries with
         // one key cannot both publish.
         if let Some(outcome) = self.earlier(&idem, &request.room) {
-            return outcome;
+            return (outcome, Writes::none());
         }
         let position = stream.next_position();
         let publication = Arc::new(Publication {
@@ -336,11 +343,12 @@ impl MemoryBroker {
             self.idempotency
                 .insert(key, room, position.clone(), request.history.ttl);
         }
-        self.sink.deliver(publication);
-        Ok(PublishOutcome {
+        let writes = self.sink.deliver(publication);
+        let outcome = Ok(PublishOutcome {
             position,
             duplicate: false,
-        })
+        });
+        (outcome, writes)
     }
 }
 

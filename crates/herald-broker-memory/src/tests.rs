@@ -6,8 +6,9 @@ use serde_json::value::RawValue;
 struct Collect(Mutex<Vec<Arc<Publication>>>);
 
 impl PublicationSink for Collect {
-    fn deliver(&self, publication: Arc<Publication>) {
+    fn deliver(&self, publication: Arc<Publication>) -> Writes {
         self.0.lock().push(publication);
+        Writes::none()
     }
 }
 
@@ -344,4 +345,70 @@ async fn node_budget_trims_the_oldest_events_of_any_room() {
     let (last, complete) = offsets(&broker, &rooms[29], 0).await;
     assert_eq!(last, vec![1, 2, 3]);
     assert!(complete);
+}
+
+/// A sink whose socket writes publish into the room again, as a write that
+/// wakes a publishing client could: they must run with the room's lock
+/// released (the old engine ran them inside `deliver`, under the lock, where
+/// this publish deadlocked on the room's mutex).
+#[derive(Default)]
+struct PublishOnWrite {
+    broker: std::sync::OnceLock<std::sync::Weak<MemoryBroker>>,
+    delivered: Mutex<Vec<u64>>,
+    /// Whether a write found the room's lock held.
+    locked_during_write: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PublicationSink for PublishOnWrite {
+    fn deliver(&self, publication: Arc<Publication>) -> Writes {
+        self.delivered.lock().push(publication.position.offset);
+        let Some(broker) = self.broker.get().and_then(std::sync::Weak::upgrade) else {
+            return Writes::none();
+        };
+        let locked = self.locked_during_write.clone();
+        let room = publication.room.clone();
+        let again = publication.position.offset < 3;
+        Writes::new(move || {
+            let stream = broker.existing(&room).expect("the room's stream");
+            let held = stream.try_lock().is_none();
+            drop(stream);
+            if held {
+                locked.store(true, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            if again {
+                let (outcome, writes) = broker.publish_locked(request(room, 10), None);
+                outcome.expect("a publish from the write path");
+                writes.run();
+            }
+        })
+    }
+}
+
+#[test]
+fn socket_writes_run_after_the_room_lock_is_released() {
+    let sink = Arc::new(PublishOnWrite::default());
+    let broker = Arc::new(MemoryBroker::new(sink.clone()));
+    sink.broker.set(Arc::downgrade(&broker)).expect("set once");
+    let r = room(None, "r");
+    // On a thread, so a deadlock fails the test instead of hanging it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let publisher = broker.clone();
+    let room_key = r.clone();
+    std::thread::spawn(move || {
+        let (outcome, writes) = publisher.publish_locked(request(room_key, 10), None);
+        writes.run();
+        let _ = done_tx.send(outcome.map(|o| o.position.offset));
+    });
+    let first = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a publish from the sink's write path deadlocked on the room lock");
+    assert_eq!(first.expect("publish"), 1);
+    assert!(
+        !sink
+            .locked_during_write
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "the sink's writes ran while the broker held the room's lock"
+    );
+    assert_eq!(*sink.delivered.lock(), vec![1, 2, 3]);
 }

@@ -192,13 +192,70 @@ pub enum BrokerError {
     Internal(String),
 }
 
+/// The socket writes a delivery left to do: the frames are already queued
+/// (in order) on every recipient's connection; running this writes them.
+///
+/// An engine holds its room lock (or is its one reader task) while it calls
+/// [`PublicationSink::deliver`]; it runs the returned `Writes` only after it
+/// let go of that lock, or hands it to a worker task, so no socket is
+/// written while a room's publishes wait. Running it at any later time is
+/// correct: each connection's queue keeps its own order, and a write takes
+/// whatever is queued. Dropped without [`Writes::run`], it runs on drop, so
+/// queued frames are never stranded.
+#[must_use = "run the writes once the engine's locks are released"]
+pub struct Writes(Option<Box<dyn FnOnce() + Send>>);
+
+impl Writes {
+    /// Nothing to write.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Writes done by `write`.
+    pub fn new(write: impl FnOnce() + Send + 'static) -> Self {
+        Self(Some(Box::new(write)))
+    }
+
+    /// Whether there is nothing to write (an engine need not schedule it).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Writes now, on the calling thread.
+    pub fn run(mut self) {
+        if let Some(write) = self.0.take() {
+            write();
+        }
+    }
+}
+
+impl Drop for Writes {
+    fn drop(&mut self) {
+        if let Some(write) = self.0.take() {
+            write();
+        }
+    }
+}
+
+impl std::fmt::Debug for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writes")
+            .field("empty", &self.is_empty())
+            .finish()
+    }
+}
+
 /// Receives publications from a broker.
 ///
 /// Contract: for any one room, `deliver` is called in offset order and never
-/// concurrently with itself. It must not block: implementations only queue.
+/// concurrently with itself; the engine may hold the room's lock meanwhile,
+/// which is what keeps every connection's queue in offset order. `deliver`
+/// only queues (it never blocks nor writes a socket) and returns the writes
+/// to do, which the engine runs after releasing its locks (see [`Writes`]).
 pub trait PublicationSink: Send + Sync + 'static {
-    /// Hands one publication to the node.
-    fn deliver(&self, publication: Arc<Publication>);
+    /// Queues one publication for the node's recipients; returns the socket
+    /// writes to run once the engine let go of its locks.
+    fn deliver(&self, publication: Arc<Publication>) -> Writes;
 }
 
 /// A broker engine.
@@ -251,4 +308,36 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Size figures for stats and metrics.
     fn stats(&self) -> BrokerStats;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Writes;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn counting(runs: &Arc<AtomicUsize>) -> Writes {
+        let runs = runs.clone();
+        Writes::new(move || {
+            runs.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
+    #[test]
+    fn writes_run_once_when_run_or_when_dropped() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let writes = counting(&runs);
+        assert!(!writes.is_empty());
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing written yet");
+        writes.run();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        drop(counting(&runs));
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "a dropped Writes still writes"
+        );
+        assert!(Writes::none().is_empty());
+        Writes::none().run();
+    }
 }

@@ -202,8 +202,8 @@ pub(crate) fn evict(victims: &[Arc<Connection>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::Transport;
     use crate::queue::SendQueue;
+    use crate::transport::Transport;
     use herald_core::Identity;
     use std::time::Instant;
 

@@ -1,7 +1,10 @@
 //! Writing what fan-out queued, spread over the runtime's workers.
 //!
 //! Fan-out queues an event for every member under the room's lock, then
-//! writes once the lock is let go. A loopback write costs about 10 µs of
+//! writes once the lock is let go: for a publication, once the broker let
+//! go of its room lock too (the sink returns the writes as
+//! [`herald_core::broker::Writes`], which the engine runs after releasing
+//! it, or on a worker task). A loopback write costs about 10 µs of
 //! kernel time (the receiving side's TCP work is charged to the sender), so
 //! one core needs about 10 ms for a room of 1,000. A large room's writes are
 //! therefore split into chunks run as tasks, which the runtime's other
@@ -9,6 +12,7 @@
 //! queue keeps its own order, so chunks may run in any order.
 
 use crate::conn::Connection;
+use herald_core::broker::Writes;
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
@@ -18,6 +22,7 @@ use tokio_util::task::TaskTracker;
 const CHUNK: usize = 128;
 
 /// Writes connections' queued frames, in chunks across the runtime.
+#[derive(Clone)]
 pub(crate) struct Flusher {
     tasks: TaskTracker,
 }
@@ -26,6 +31,16 @@ impl Flusher {
     /// Chunk tasks are tracked by the node's `tasks`.
     pub(crate) fn new(tasks: TaskTracker) -> Self {
         Self { tasks }
+    }
+
+    /// What is queued for each of `conns`, to write once the broker's
+    /// locks are released (nothing to run when `conns` is empty).
+    pub(crate) fn writes(&self, conns: Vec<Arc<Connection>>) -> Writes {
+        if conns.is_empty() {
+            return Writes::none();
+        }
+        let flusher = self.clone();
+        Writes::new(move || flusher.flush(conns))
     }
 
     /// Writes what is queued for each of `conns`.

@@ -19,6 +19,7 @@ use crate::flush::Flusher;
 use crate::members::{Member, Members};
 use crate::metrics;
 use crate::queue::{Outbound, PushResult};
+use herald_core::broker::Writes;
 use herald_core::{
     MemberRecord, PresenceChange, PresenceSink, Publication, PublicationSink, RoomKey,
 };
@@ -352,12 +353,12 @@ impl PresenceSink for Rooms {
 }
 
 impl PublicationSink for Rooms {
-    fn deliver(&self, p: Arc<Publication>) {
+    fn deliver(&self, p: Arc<Publication>) -> Writes {
         let mut written = Vec::new();
         {
             let shard = self.shard(&p.room).read();
             let Some(entry) = shard.get(&p.room) else {
-                return;
+                return Writes::none();
             };
             written.reserve(entry.members.len());
             for m in &entry.members {
@@ -381,6 +382,7 @@ impl PublicationSink for Rooms {
                 }
             }
         }
-        self.flusher.flush(written);
+        // Queued in order under the broker's lock; written after it.
+        self.flusher.writes(written)
     }
 }

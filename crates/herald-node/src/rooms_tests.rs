@@ -2,9 +2,9 @@
 
 use super::Rooms;
 use crate::conn::Connection;
-use crate::transport::Transport;
 use crate::flush::Flusher;
 use crate::queue::SendQueue;
+use crate::transport::Transport;
 use herald_core::{Identity, Publication, PublicationSink, RoomKey, RoomName, Tenant};
 use herald_protocol::{CloseCode, StreamPosition};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ fn conn(i: usize) -> Arc<Connection> {
         format!("c{i}"),
         Identity::new(format!("u{i}")),
         &Transport::SSE,
-            &herald_protocol::HERALD_JSON,
+        &herald_protocol::HERALD_JSON,
         SendQueue::new(64, 1 << 20),
         Instant::now(),
         0,
@@ -70,10 +70,10 @@ fn a_join_whose_pending_buffer_overflows_is_closed_as_a_slow_consumer() {
     join_live(&rooms, &live);
     rooms.begin_join(&room(), &joining, false, false);
     for offset in 1..=2 {
-        rooms.deliver(publication(offset));
+        rooms.deliver(publication(offset)).run();
     }
     assert_eq!(joining.queue.closing(), None, "within the buffer's bound");
-    rooms.deliver(publication(3));
+    rooms.deliver(publication(3)).run();
     assert_eq!(joining.queue.closing(), Some(CloseCode::SlowConsumer));
     // The live member is not held up by the joining one.
     assert_eq!(live.queue.closing(), None);
@@ -96,7 +96,7 @@ fn removing_a_member_keeps_every_other_member_served() {
     rooms.remove(&room(), &conns[1]);
     rooms.remove(&room(), &conns[1]);
     assert_eq!(rooms.members(&room()).len(), 4);
-    rooms.deliver(publication(1));
+    rooms.deliver(publication(1)).run();
     let got: Vec<usize> = conns.iter().map(|c| c.queue.len()).collect();
     assert_eq!(got, vec![1, 0, 1, 1, 1]);
     for c in &conns {

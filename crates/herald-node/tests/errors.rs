@@ -277,19 +277,11 @@ fn offsets(frames: &[Value], room: &str) -> Vec<u64> {
 async fn a_failed_rejoin_keeps_the_live_membership() {
     let (node, broker) = failing_reads_node();
     let mut a = node
-        .open_session(
-            Identity::new("a"),
-            &Transport::SSE,
-            OpenOptions::default(),
-        )
+        .open_session(Identity::new("a"), &Transport::SSE, OpenOptions::default())
         .await
         .expect("admitted");
     let mut b = node
-        .open_session(
-            Identity::new("b"),
-            &Transport::SSE,
-            OpenOptions::default(),
-        )
+        .open_session(Identity::new("b"), &Transport::SSE, OpenOptions::default())
         .await
         .expect("admitted");
     a.handle_text(&json!({"type": "join_room", "id": 1, "room": "chat:1"}).to_string())
@@ -372,11 +364,7 @@ async fn drain_with_replay(session: &mut Session) -> Vec<Value> {
 async fn a_failed_rejoin_during_a_replay_lets_the_replay_go_on() {
     let (node, broker) = failing_reads_node();
     let mut a = node
-        .open_session(
-            Identity::new("a"),
-            &Transport::SSE,
-            OpenOptions::default(),
-        )
+        .open_session(Identity::new("a"), &Transport::SSE, OpenOptions::default())
         .await
         .expect("admitted");
     a.handle_text(&json!({"type": "join_room", "id": 1, "room": "chat:2"}).to_string())

@@ -50,7 +50,10 @@ use tokio_util::task::TaskTracker;
 /// - One reader task (see [`RedisBroker::spawn`]) delivers each room in
 ///   offset order, once: it drops duplicates, fills gaps from the stream,
 ///   and after a reconnect of the subscriber (or a lag) re-subscribes every
-///   listened room and catches up on what was published meanwhile.
+///   listened room and catches up on what was published meanwhile. The
+///   reader only queues: socket writes run on their own tasks, and a gap
+///   fill or catch-up runs on a task owning the room (later publications of
+///   that room wait behind it), so one slow room holds up no other.
 /// - While a connection is down, calls answer `Unavailable` at once.
 ///
 /// Room channels use sharded pub/sub (SSUBSCRIBE, SPUBLISH), on a single
@@ -130,13 +133,16 @@ impl RedisBroker {
     }
 
     /// Starts the pub/sub reader (and its reconnect catch-up); it stops
-    /// when `cancel` fires. Call it once; later calls do nothing.
+    /// when `cancel` fires. The tasks it starts (socket writes, rooms'
+    /// gap fills and catch-ups) are tracked by `tasks` and stop on `cancel`
+    /// too. Call it once; later calls do nothing.
     pub fn spawn(self: &Arc<Self>, cancel: CancellationToken, tasks: &TaskTracker) {
         let Some(receivers) = self.receivers.lock().take() else {
             tracing::warn!("RedisBroker::spawn called twice; the reader already runs");
             return;
         };
-        tasks.spawn(reader::run(self.clone(), receivers, cancel));
+        let workers = reader::Workers::new(tasks.clone(), cancel);
+        tasks.spawn(reader::run(self.clone(), receivers, workers));
     }
 
     /// Starts listening to a room whose channel is not subscribed: reads

@@ -17,6 +17,7 @@ pub fn redis_engine(url: &str) -> herald_testkit::conformance::Harness {
 }
 
 use herald_broker_redis::{RedisBroker, RedisClients, RedisSettings};
+use herald_core::broker::Writes;
 use herald_core::{
     Broker, HistoryPolicy, PresenceChange, PresenceSink, Publication, PublicationSink,
     PublishRequest, RoomKey, RoomName, Tenant,
@@ -37,10 +38,28 @@ pub struct Collect {
     /// While set, `deliver` blocks (breaking the sink contract on purpose,
     /// to stall the reader).
     pub hold: AtomicBool,
+    /// While set, `deliver` of this room blocks (as above, for one room).
+    pub hold_room: Mutex<Option<RoomKey>>,
+    /// While set, the writes of this room's deliveries block: a slow socket.
+    pub hold_writes: Arc<Mutex<Option<RoomKey>>>,
+    /// (room, offset) of every delivery whose writes ran, in order.
+    pub written: Arc<Mutex<Vec<(RoomKey, u64)>>>,
+}
+
+/// Blocks (handing this worker's tasks to another thread first) while
+/// `held` says so.
+fn block_while(held: impl Fn() -> bool) {
+    if held() {
+        tokio::task::block_in_place(|| {
+            while held() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    }
 }
 
 impl PublicationSink for Collect {
-    fn deliver(&self, publication: Arc<Publication>) {
+    fn deliver(&self, publication: Arc<Publication>) -> Writes {
         if self.hold.load(Ordering::Acquire) {
             // Hands this worker's queued tasks to another thread first:
             // a blocked worker would otherwise sit on the connection tasks
@@ -51,7 +70,14 @@ impl PublicationSink for Collect {
                 }
             });
         }
+        block_while(|| self.hold_room.lock().as_ref() == Some(&publication.room));
+        let (room, offset) = (publication.room.clone(), publication.position.offset);
         self.publications.lock().push(publication);
+        let (hold, written) = (self.hold_writes.clone(), self.written.clone());
+        Writes::new(move || {
+            block_while(|| hold.lock().as_ref() == Some(&room));
+            written.lock().push((room, offset));
+        })
     }
 }
 
@@ -88,6 +114,16 @@ impl Collect {
 
     pub fn count(&self, room: &RoomKey) -> usize {
         self.offsets(room).len()
+    }
+
+    /// Offsets of `room` whose writes ran.
+    pub fn written(&self, room: &RoomKey) -> Vec<u64> {
+        let written = self.written.lock();
+        written
+            .iter()
+            .filter(|(r, _)| r == room)
+            .map(|(_, o)| *o)
+            .collect()
     }
 }
 

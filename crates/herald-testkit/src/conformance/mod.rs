@@ -205,8 +205,9 @@ pub struct Collect {
 }
 
 impl PublicationSink for Collect {
-    fn deliver(&self, publication: Arc<Publication>) {
+    fn deliver(&self, publication: Arc<Publication>) -> herald_core::broker::Writes {
         self.publications.lock().push(publication);
+        herald_core::broker::Writes::none()
     }
 }
 
