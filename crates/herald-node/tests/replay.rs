@@ -43,6 +43,8 @@ fn node_with(make: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>) -> 
             join: herald_core::Rule::Any,
             history_size: 5000,
             history_ttl: Duration::from_secs(3600),
+            // Room for all 5,000 (the default 1 MiB budget keeps ~2,000).
+            history_max_bytes: Some(8 << 20),
             ..Default::default()
         },
     );
@@ -54,6 +56,8 @@ fn node_with(make: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>) -> 
             presence: true,
             history_size: 5000,
             history_ttl: Duration::from_secs(3600),
+            // Room for all 5,000 (the default 1 MiB budget keeps ~2,000).
+            history_max_bytes: Some(8 << 20),
             ..Default::default()
         },
     );
