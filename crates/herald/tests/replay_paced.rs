@@ -197,7 +197,7 @@ join = "any"
 send = "any"
 history_size = 6000
 history_ttl = "1h"
-history_max_bytes = 67108864
+history_max_bytes = 134217728
 
 [limits]
 send_queue_messages = 1024
