@@ -101,7 +101,7 @@ async fn sigkill_of_a_node_loses_nothing_and_is_reaped() {
     const KILL_AT: u64 = 600;
     let (publisher, victim, rescue) = (0usize, 1usize, 2usize);
     let redis = RedisServer::start();
-    let c = TestCluster::start(3, &redis.url(), "").await;
+    let c = TestCluster::start_process(3, &redis.url(), "").await;
     let room = "live:k";
     let mut clients = Vec::new();
     let mut epoch = String::new();
@@ -292,7 +292,7 @@ async fn all_ready(c: &TestCluster, status: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_under_load_delivers_every_accepted_publish() {
     let mut redis = RedisServer::start();
-    let c = TestCluster::start(3, &redis.url(), "").await;
+    let c = TestCluster::start_process(3, &redis.url(), "").await;
     let room = "stream:rr";
     let mut subs = Vec::new();
     for i in 0..6 {

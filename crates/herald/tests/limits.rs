@@ -238,7 +238,7 @@ async fn slow_consumer_is_closed_and_never_slows_the_others() {
     // 128 frames of slack: a prompt reader on a loaded 2-core machine can
     // lag a few dozen frames (with 10, even a reader alone got 4011), while
     // the slow socket overflows once ~4 MB of kernel buffers are full.
-    let node = TestNode::start("[limits]\nsend_queue_messages = 128\n").await;
+    let node = TestNode::start_process("[limits]\nsend_queue_messages = 128\n").await;
     // The slow client: a raw socket that never reads.
     let mut slow = RawWs::connect(
         &node.addr(),

@@ -417,7 +417,7 @@ async fn resume_after_trim_is_not_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_restart_gets_a_new_epoch() {
-    let mut node = TestNode::start(STREAM).await;
+    let mut node = TestNode::start_process(STREAM).await;
     let (mut c, _) = node.connect_user("alice").await;
     let j = c.join("keep:1").await;
     for i in 1..=3 {

@@ -350,7 +350,7 @@ async fn api_disconnect_ends_the_stream_with_4013() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_disconnect_with_reconnect_true() {
-    let mut node = TestNode::start("[server]\nshutdown_drain = \"1s\"\n").await;
+    let mut node = TestNode::start_process("[server]\nshutdown_drain = \"1s\"\n").await;
     let token = node.user_token("olga");
     let mut s = open_ok(&node, &format!("?token={token}"), &[]).await;
     read_opening(&mut s, 2).await;

@@ -1,4 +1,5 @@
-//! `TestCluster`: several `herald serve` processes sharing one Redis (a
+//! `TestCluster`: several nodes (in-process, or `herald serve` processes
+//! for tests that kill one) sharing one Redis (a
 //! single server or a Redis Cluster) under a key prefix unique to the test,
 //! plus the bounded waits and the core scenarios that run against both
 //! kinds of Redis (`cluster.rs` and `cluster_sharded.rs`).
@@ -68,7 +69,7 @@ where
     }
 }
 
-/// Several nodes on one Redis under one prefix. Nodes are killed on drop.
+/// Several nodes on one Redis under one prefix. Nodes are stopped on drop.
 pub struct TestCluster {
     nodes: Vec<TestNode>,
     ids: Vec<String>,
@@ -78,16 +79,31 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` nodes (`n1`..`nN`) on `redis_url` with [`NAMESPACES`] and
     /// `extra_toml` merged into their config, and waits until every one
-    /// answers 200 on `/ready`.
+    /// answers 200 on `/ready`. The nodes run in-process.
     pub async fn start(n: usize, redis_url: &str, extra_toml: &str) -> TestCluster {
+        Self::start_mode(n, redis_url, extra_toml, false).await
+    }
+
+    /// `start` with `herald serve` processes, for tests that SIGKILL a node.
+    pub async fn start_process(n: usize, redis_url: &str, extra_toml: &str) -> TestCluster {
+        Self::start_mode(n, redis_url, extra_toml, true).await
+    }
+
+    async fn start_mode(n: usize, redis_url: &str, extra_toml: &str, process: bool) -> TestCluster {
         let prefix = unique_prefix("it");
         let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let configs: Vec<String> = ids
             .iter()
             .map(|id| node_config(id, redis_url, &prefix, extra_toml))
             .collect();
-        let nodes =
-            futures_util::future::join_all(configs.iter().map(|c| TestNode::start(c))).await;
+        let nodes = futures_util::future::join_all(configs.iter().map(|c| async move {
+            if process {
+                TestNode::start_process(c).await
+            } else {
+                TestNode::start(c).await
+            }
+        }))
+        .await;
         let cluster = TestCluster { nodes, ids, prefix };
         cluster.wait_ready(Duration::from_secs(20)).await;
         cluster
@@ -113,7 +129,8 @@ impl TestCluster {
         &self.prefix
     }
 
-    /// SIGKILL for node `i`: no drain, no goodbye to the registry.
+    /// SIGKILL for node `i`: no drain, no goodbye to the registry (needs
+    /// `start_process`).
     pub fn kill(&self, i: usize) {
         self.nodes[i].signal("KILL");
     }
@@ -164,6 +181,16 @@ impl TestCluster {
             }
         }
         out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // A clean cluster stop (drain, leave, quit Redis) takes about a
+        // second per node: let them run side by side.
+        for n in &mut self.nodes {
+            n.begin_stop();
+        }
     }
 }
 
