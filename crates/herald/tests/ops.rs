@@ -30,7 +30,17 @@ async fn metrics_expose_every_required_name() {
     assert!(bad.is_err());
     let (mut c2, _) = node.connect_user("bob").await;
     c2.ping_ok().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The closed connection leaves the gauge once the node has seen the
+    // close: wait for that instead of a fixed pause.
+    let deadline = Instant::now() + FRAME_WAIT;
+    loop {
+        let open = node.metric_sum("herald_connections").await;
+        if open == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "herald_connections stays {open:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (s, text) = node.get("/metrics").await;
     assert_eq!(s, 200);
     let mut missing = Vec::new();

@@ -6,7 +6,7 @@
 
 use super::node::TestNode;
 use super::ws::{describe_ws_error, upgrade_status, TokenIn, WsClient};
-use super::{enc, ADMIN_KEY, FRAME_WAIT, SILENCE};
+use super::{enc, ADMIN_KEY, FRAME_WAIT};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,6 +219,17 @@ fn node_config(node_id: &str, redis_url: &str, prefix: &str, extra: &str) -> Str
     toml::to_string(&table).expect("serialize cluster test config")
 }
 
+/// Asserts that the very next frame of `s` is the `sentinel` event at
+/// `offset`: anything that must not have arrived would come before it.
+pub async fn expect_sentinel(s: &mut WsClient, offset: u64) {
+    let ev = s.expect_next_type("event").await;
+    assert_eq!(
+        (&ev["event"], offset_of(&ev)),
+        (&json!("sentinel"), offset),
+        "{ev}"
+    );
+}
+
 /// A one-hour token for `sub` with `projects: [7]`.
 pub fn project_token(node: &TestNode, sub: &str) -> String {
     node.token(
@@ -341,8 +352,13 @@ pub async fn scenario_cross_node_delivery(redis_url: &str) {
     assert_eq!((offset_of(&first), offset_of(&retry)), (2, 2), "{retry}");
     let ev = alice.expect_type("event", FRAME_WAIT).await;
     assert_eq!((offset_of(&ev), &ev["event"]), (2, &json!("paid")), "{ev}");
-    alice.expect_silence(SILENCE).await;
-    outsider.expect_silence(SILENCE).await;
+    // Nothing else for alice: a sentinel published after the retry is her
+    // very next frame (one room, one order across nodes).
+    cn.publish("project:7", "sentinel", json!({})).await;
+    expect_sentinel(&mut alice, 3).await;
+    // The outsider's node published project.updated itself, so a wrong
+    // delivery of it would already be queued there.
+    outsider.expect_nothing_queued().await;
 }
 
 /// Core: sequential publishes alternating between nodes get offsets 1..N of
@@ -398,7 +414,11 @@ pub async fn scenario_shared_offsets(redis_url: &str) {
         let got: Vec<u64> = evs.iter().map(offset_of).collect();
         assert_eq!(got, (1..=total).collect::<Vec<_>>(), "subscriber {i}");
         assert!(evs.iter().all(|e| e["epoch"] == epoch.as_str()), "sub {i}");
-        s.expect_silence(SILENCE).await;
+    }
+    // No duplicates after them: a sentinel is every subscriber's next frame.
+    c.node(0).publish(room, "sentinel", json!({})).await;
+    for s in subs.iter_mut() {
+        expect_sentinel(s, total + 1).await;
     }
 }
 
@@ -436,7 +456,9 @@ pub async fn scenario_resume_across_nodes(redis_url: &str) {
     for e in &evs {
         assert_eq!(e["data"]["i"], e["offset"], "payload matches offset: {e}");
     }
-    y.expect_silence(SILENCE).await;
+    // No duplicate after them: a sentinel is the next frame.
+    a.publish(room, "sentinel", json!({})).await;
+    expect_sentinel(&mut y, 26).await;
 }
 
 /// Core: members on A and B are listed by C's presence API with their node;

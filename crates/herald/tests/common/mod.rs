@@ -52,8 +52,6 @@ pub const PUBLISH_KEY: &str = "test-publish-key-000000000";
 
 /// Wait for an expected frame.
 pub const FRAME_WAIT: Duration = Duration::from_secs(10);
-/// How long "nothing arrives" is watched by default.
-pub const SILENCE: Duration = Duration::from_millis(600);
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> i64 {
     SystemTime::now()
