@@ -119,9 +119,12 @@ async fn sigkill_of_a_node_loses_nothing_and_is_reaped() {
         }
         clients.push((name, ws, at));
     }
-    // Let every member_joined settle before the run.
-    for (_, ws, _) in &mut clients {
-        ws.collect_for(Duration::from_millis(300)).await;
+    // Every member_joined has arrived before the run: each client is told
+    // of each one that joined after it.
+    let members = clients.len();
+    for (i, (_, ws, _)) in clients.iter_mut().enumerate() {
+        ws.collect_type("member_joined", members - 1 - i, FRAME_WAIT)
+            .await;
     }
     let killed_at: Cell<Option<Instant>> = Cell::new(None);
     let (cr, ep, ka) = (&c, epoch.as_str(), &killed_at);

@@ -436,6 +436,25 @@ impl WsClient {
         }
     }
 
+    /// The JSON frames before the event frame whose `event` is `name` (a
+    /// sentinel published after what must or must not arrive); the
+    /// sentinel itself is read and left out.
+    pub async fn collect_until_event(&mut self, name: &str) -> Vec<Value> {
+        let deadline = Instant::now() + FRAME_WAIT;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left).await {
+                Incoming::Json(v) if v["type"] == "event" && v["event"] == name => return out,
+                Incoming::Json(v) => out.push(v),
+                other => panic!(
+                    "no `{name}` event within {FRAME_WAIT:?}: {other:?}; seen {}",
+                    self.seen_summary()
+                ),
+            }
+        }
+    }
+
     /// Starts a close handshake from the client side.
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
