@@ -38,7 +38,10 @@ async fn metrics_expose_every_required_name() {
         if open == Some(1.0) {
             break;
         }
-        assert!(Instant::now() < deadline, "herald_connections stays {open:?}");
+        assert!(
+            Instant::now() < deadline,
+            "herald_connections stays {open:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (s, text) = node.get("/metrics").await;

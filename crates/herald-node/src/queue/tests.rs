@@ -257,7 +257,10 @@ fn concurrent_pushers_keep_per_sender_order() {
     for (i, f) in written.chunks_exact(3).enumerate() {
         let sender = f[0] as usize;
         let seq = u16::from_be_bytes([f[1], f[2]]);
-        assert!(sender < SENDERS as usize, "frame {i}: unknown sender {sender}");
+        assert!(
+            sender < SENDERS as usize,
+            "frame {i}: unknown sender {sender}"
+        );
         assert_eq!(
             seq, next[sender],
             "frame {i}: sender {sender} sent {seq} where {} was due",

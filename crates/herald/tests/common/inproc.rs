@@ -9,9 +9,10 @@
 //! `/metrics` (the Prometheus recorder is installed once per process, so
 //! in-process nodes would share it).
 
+use parking_lot::Mutex;
 use std::fs::File;
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -113,7 +114,7 @@ impl InProcess {
 
     /// Whether `serve_on` has returned (e.g. refused its config).
     pub(crate) fn exited(&self) -> bool {
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let done = self.done.lock();
         !matches!(done.try_recv(), Err(mpsc::TryRecvError::Empty))
     }
 
@@ -131,7 +132,7 @@ impl Drop for InProcess {
         self.begin_stop();
         // Joined only once it has said it is done, so a node stuck in its
         // drain cannot hang the test binary.
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let done = self.done.lock();
         match done.recv_timeout(STOP_WAIT) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(t) = self.thread.take() {
