@@ -196,7 +196,7 @@ fn nested(depth: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_splices_stored_frames_without_parsing_them_again() {
-    let node = TestNode::start(HIST).await;
+    let node = TestNode::start_process(HIST).await;
     // A client's send_message is stored as sent: 126 levels deep, the most
     // a frame parser with serde_json's default limit (128) reads. Inside
     // the history answer it sits deeper than that.

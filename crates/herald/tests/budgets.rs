@@ -113,7 +113,7 @@ async fn sse_event_patterns_are_counted_once_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_flood_stays_within_the_byte_budgets() {
-    let node = TestNode::start(CHAT).await;
+    let node = TestNode::start_process(CHAT).await;
     let (mut c, _) = node.connect_user("mallory").await;
     let blob = "x".repeat(5000);
     let rooms: Vec<String> = (0..10).map(|i| format!("chat:flood{i}")).collect();

@@ -496,7 +496,11 @@ async fn ingest_stream_delivers_each_entry_once() {
             (N + 1, &json!(N)),
             "{ev}"
         );
-        s.expect_silence(Duration::from_secs(1)).await;
+    }
+    // Each entry once: a sentinel published after them is the next frame.
+    c.node(0).publish(room, "sentinel", json!({})).await;
+    for s in [&mut s1, &mut s2] {
+        expect_sentinel(s, N + 2).await;
     }
     let d = dead.as_str();
     let entries = eventually("two dead letters", Duration::from_secs(15), || async move {

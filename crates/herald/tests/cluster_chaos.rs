@@ -101,7 +101,7 @@ async fn sigkill_of_a_node_loses_nothing_and_is_reaped() {
     const KILL_AT: u64 = 600;
     let (publisher, victim, rescue) = (0usize, 1usize, 2usize);
     let redis = RedisServer::start();
-    let c = TestCluster::start(3, &redis.url(), "").await;
+    let c = TestCluster::start_process(3, &redis.url(), "").await;
     let room = "live:k";
     let mut clients = Vec::new();
     let mut epoch = String::new();
@@ -119,9 +119,12 @@ async fn sigkill_of_a_node_loses_nothing_and_is_reaped() {
         }
         clients.push((name, ws, at));
     }
-    // Let every member_joined settle before the run.
-    for (_, ws, _) in &mut clients {
-        ws.collect_for(Duration::from_millis(300)).await;
+    // Every member_joined has arrived before the run: each client is told
+    // of each one that joined after it.
+    let members = clients.len();
+    for (i, (_, ws, _)) in clients.iter_mut().enumerate() {
+        ws.collect_type("member_joined", members - 1 - i, FRAME_WAIT)
+            .await;
     }
     let killed_at: Cell<Option<Instant>> = Cell::new(None);
     let (cr, ep, ka) = (&c, epoch.as_str(), &killed_at);
@@ -292,7 +295,7 @@ async fn all_ready(c: &TestCluster, status: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_under_load_delivers_every_accepted_publish() {
     let mut redis = RedisServer::start();
-    let c = TestCluster::start(3, &redis.url(), "").await;
+    let c = TestCluster::start_process(3, &redis.url(), "").await;
     let room = "stream:rr";
     let mut subs = Vec::new();
     for i in 0..6 {

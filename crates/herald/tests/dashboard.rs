@@ -90,6 +90,7 @@ async fn background_traffic(url: String, mut n: u64) {
                 .send()
                 .await;
         }
+        // A load generator: its pace over time is what the charts show.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -330,9 +331,12 @@ async fn dashboard_numbers_change_in_headless_chromium() {
                 c.close().await;
             }
         }
+        // The charts plot values over time: time is the subject here.
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     page.eval("window.scrollTo(0, 0)").await.unwrap();
+    // Lets the browser paint after the scroll before the screenshot; the
+    // page exposes no condition for "painted".
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let errors: Vec<String> = page

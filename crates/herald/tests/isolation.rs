@@ -25,9 +25,10 @@ async fn fifty_users_receive_only_their_own_events_under_concurrent_publishing()
             let evs = c
                 .collect_type("event", PER_USER, Duration::from_secs(60))
                 .await;
-            // Anything more would be a leak.
-            let extra = c.collect_for(Duration::from_millis(500)).await;
-            (n, evs, extra)
+            // Anything more would be a leak: it would come before the
+            // sentinel published once every publisher is done.
+            let next = c.expect_next_type("event").await;
+            (n, evs, next)
         }));
     }
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(USERS));
@@ -53,6 +54,10 @@ async fn fifty_users_receive_only_their_own_events_under_concurrent_publishing()
     for p in publishers {
         p.await.expect("publisher");
     }
+    for n in 0..USERS {
+        node.publish(&format!("user:user{n}"), "sentinel", json!({}))
+            .await;
+    }
     for r in readers {
         let (n, evs, extra) = r.await.expect("reader");
         let room = format!("user:user{n}");
@@ -62,13 +67,10 @@ async fn fifty_users_receive_only_their_own_events_under_concurrent_publishing()
             assert_eq!(e["data"]["seq"], i, "user{n} order: {e}");
             assert_eq!(e["offset"], i + 1, "user{n} offsets: {e}");
         }
-        let leaked: Vec<_> = extra
-            .iter()
-            .filter(|v| v["type"] == "event" || v["type"] == "message")
-            .collect();
-        assert!(
-            leaked.is_empty(),
-            "user{n} received extra events: {leaked:?}"
+        assert_eq!(
+            (&extra["room"], &extra["event"]),
+            (&json!(room), &json!("sentinel")),
+            "user{n} received an extra event: {extra}"
         );
     }
 }

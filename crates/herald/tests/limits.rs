@@ -162,7 +162,8 @@ async fn over_the_rate_limit_requests_get_rate_limited_with_their_id() {
         "over the burst is rate_limited: {limited}; {replies:?}"
     );
     assert_eq!(pongs + limited, 20, "{replies:?}");
-    // After a pause the bucket refills.
+    // After a pause the bucket refills: the refill over time is the subject,
+    // so this waits a fixed time.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     c.ping_ok().await;
 }
@@ -238,7 +239,7 @@ async fn slow_consumer_is_closed_and_never_slows_the_others() {
     // 128 frames of slack: a prompt reader on a loaded 2-core machine can
     // lag a few dozen frames (with 10, even a reader alone got 4011), while
     // the slow socket overflows once ~4 MB of kernel buffers are full.
-    let node = TestNode::start("[limits]\nsend_queue_messages = 128\n").await;
+    let node = TestNode::start_process("[limits]\nsend_queue_messages = 128\n").await;
     // The slow client: a raw socket that never reads.
     let mut slow = RawWs::connect(
         &node.addr(),
@@ -314,7 +315,9 @@ async fn server_pings_every_heartbeat_interval() {
         TestNode::start("[limits]\nheartbeat_interval = \"200ms\"\nstale_timeout = \"1s\"\n").await;
     let (mut c, auth) = node.connect_user("alice").await;
     assert_eq!(auth["heartbeat_interval_ms"], 200, "{auth}");
-    // Polling answers pings automatically: the connection outlives the stale timeout.
+    // Polling answers pings automatically: the connection outlives the stale
+    // timeout. Time is the subject here (pings per interval, the stale
+    // timer), so this watches for a fixed time.
     c.expect_silence(Duration::from_millis(2500)).await;
     assert!(c.pings >= 5, "pings every 200 ms: saw {} in 2.5 s", c.pings);
     c.ping_ok().await;

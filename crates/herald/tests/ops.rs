@@ -19,7 +19,7 @@ async fn health_ready_and_ws_health_answer_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_expose_every_required_name() {
-    let node = TestNode::start("").await;
+    let node = TestNode::start_process("").await;
     // Activity so every labelled series has a sample.
     let (mut c, _) = node.connect_user("alice").await;
     c.ping_ok().await;
@@ -30,7 +30,20 @@ async fn metrics_expose_every_required_name() {
     assert!(bad.is_err());
     let (mut c2, _) = node.connect_user("bob").await;
     c2.ping_ok().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The closed connection leaves the gauge once the node has seen the
+    // close: wait for that instead of a fixed pause.
+    let deadline = Instant::now() + FRAME_WAIT;
+    loop {
+        let open = node.metric_sum("herald_connections").await;
+        if open == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "herald_connections stays {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (s, text) = node.get("/metrics").await;
     assert_eq!(s, 200);
     let mut missing = Vec::new();
@@ -76,7 +89,7 @@ async fn metrics_expose_every_required_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_with_1001_and_exits_0() {
-    let mut node = TestNode::start("[server]\nshutdown_drain = \"1s\"\n").await;
+    let mut node = TestNode::start_process("[server]\nshutdown_drain = \"1s\"\n").await;
     let mut clients = Vec::new();
     for i in 0..3 {
         let (c, _) = node.connect_user(&format!("u{i}")).await;
@@ -133,7 +146,7 @@ async fn sigterm_drains_with_1001_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_also_shuts_down_gracefully() {
-    let mut node = TestNode::start("[server]\nshutdown_drain = \"1s\"\n").await;
+    let mut node = TestNode::start_process("[server]\nshutdown_drain = \"1s\"\n").await;
     let (mut c, _) = node.connect_user("u").await;
     node.signal("INT");
     let close = c.expect_close(Duration::from_secs(8)).await;
@@ -226,7 +239,7 @@ fn config_check_prints_effective_config_with_secrets_masked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_spreads_closes_over_the_drain_window() {
-    let mut node = TestNode::start("[server]\nshutdown_drain = \"2s\"\n").await;
+    let mut node = TestNode::start_process("[server]\nshutdown_drain = \"2s\"\n").await;
     let mut clients = Vec::new();
     for i in 0..10 {
         let (c, _) = node.connect_user(&format!("s{i}")).await;

@@ -396,7 +396,7 @@ async fn resume_after_trim_is_not_recovered() {
     assert_eq!(j["epoch"], epoch.as_str(), "current epoch: {j}");
     assert_eq!(j["offset"], 20, "current offset: {j}");
     assert_eq!(j["replayed"], 0, "nothing replayed: {j}");
-    c.expect_silence(SILENCE).await;
+    c.expect_nothing_queued().await;
 
     // Control: a position inside the window of 5 is recovered.
     let (mut d, _) = node.connect_user("bob").await;
@@ -406,7 +406,7 @@ async fn resume_after_trim_is_not_recovered() {
     let evs = d.collect_type("event", 5, FRAME_WAIT).await;
     let offs: Vec<u64> = evs.iter().map(|e| e["offset"].as_u64().unwrap()).collect();
     assert_eq!(offs, vec![16, 17, 18, 19, 20]);
-    d.expect_silence(SILENCE).await;
+    d.expect_nothing_queued().await;
 
     // The edge: exactly the oldest stored event still missing is fine
     // (since 15 above), one more is not.
@@ -417,7 +417,7 @@ async fn resume_after_trim_is_not_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_restart_gets_a_new_epoch() {
-    let mut node = TestNode::start(STREAM).await;
+    let mut node = TestNode::start_process(STREAM).await;
     let (mut c, _) = node.connect_user("alice").await;
     let j = c.join("keep:1").await;
     for i in 1..=3 {
@@ -446,7 +446,7 @@ async fn resume_after_restart_gets_a_new_epoch() {
     );
     assert_eq!(j["offset"], 0, "{j}");
     assert_eq!(j["replayed"], 0, "{j}");
-    c.expect_silence(SILENCE).await;
+    c.expect_nothing_queued().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,13 +469,13 @@ async fn wrong_epoch_or_future_offset_is_not_recovered() {
     assert_eq!(j["epoch"], epoch.as_str(), "the current epoch: {j}");
     assert_eq!(j["offset"], 4, "{j}");
     assert_eq!(j["replayed"], 0, "{j}");
-    c.expect_silence(SILENCE).await;
+    c.expect_nothing_queued().await;
 
     let j = join_since(&mut c, "keep:2", &epoch, 99).await;
     assert_eq!(j["recovered"], false, "offset 99 lies in the future: {j}");
     assert_eq!(j["epoch"], epoch.as_str(), "{j}");
     assert_eq!(j["offset"], 4, "{j}");
-    c.expect_silence(SILENCE).await;
+    c.expect_nothing_queued().await;
 
     // Control: the right epoch and a stored offset replay the rest, and the
     // stream continues live after it.
@@ -493,7 +493,7 @@ async fn wrong_epoch_or_future_offset_is_not_recovered() {
     let j = join_since(&mut d, "keep:2", &epoch, 5).await;
     assert_eq!(j["recovered"], true, "{j}");
     assert_eq!(j["replayed"], 0, "{j}");
-    d.expect_silence(SILENCE).await;
+    d.expect_nothing_queued().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,7 +522,7 @@ async fn idempotent_publish_answers_the_first_offset_and_delivers_once() {
     let offs: Vec<u64> = evs.iter().map(|e| e["offset"].as_u64().unwrap()).collect();
     assert_eq!(offs, vec![1, 2, 3], "{evs:?}");
     assert_eq!(evs[1]["event"], "order.paid");
-    c.expect_silence(SILENCE).await;
+    c.expect_nothing_queued().await;
 
     // History holds the event once.
     let (s, h) = node

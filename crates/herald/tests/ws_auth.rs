@@ -75,7 +75,8 @@ async fn authenticate_frame_is_answered_with_its_id_and_outlives_auth_timeout() 
         reply["id"], "a1",
         "authenticated carries the request id: {reply}"
     );
-    // Past the auth timeout the authenticated connection stays open.
+    // Past the auth timeout the authenticated connection stays open: the
+    // timer is the subject, so this waits past it.
     c.expect_silence(Duration::from_millis(1000)).await;
     c.ping_ok().await;
 }
@@ -209,7 +210,8 @@ async fn refresh_with_same_sub_before_expiry_keeps_connection_open() {
     let reply = c.expect_reply(&json!("r1"), FRAME_WAIT).await;
     assert_eq!(reply["type"], "authenticated", "refresh reply: {reply}");
     assert_eq!(reply["user_id"], "fresh", "{reply}");
-    // Well past the first token's expiry the connection is still open.
+    // Well past the first token's expiry the connection is still open: the
+    // expiry is the subject, so this waits past it.
     c.expect_silence(Duration::from_secs(4)).await;
     c.ping_ok().await;
 }

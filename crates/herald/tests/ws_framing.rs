@@ -97,33 +97,46 @@ async fn framing_errors_close_1002_and_the_node_keeps_serving() {
     fine.ping_ok().await;
 }
 
-/// Events far larger than the socket buffers, read slowly: the server's
-/// writes stop part-way through frames and resume where they stopped, so
-/// every frame still arrives whole and in order.
+/// Events far larger than the socket buffers, to a client with a tiny
+/// receive window that reads nothing until every publish was accepted:
+/// the kernel cannot hold them all, so the server's writes must stop
+/// part-way through a frame and resume where they stopped; every frame
+/// still arrives whole and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_events_survive_partial_writes_in_order() {
     const EVENTS: usize = 12;
+    const PAD: usize = 700_000;
+    const RCVBUF: u32 = 4096;
     // The queue may hold them all: this test is about partial writes, not
     // about cutting slow consumers.
     let node = TestNode::start("[limits]\nsend_queue_bytes = 67108864\n").await;
-    let mut ws = raw_user(&node, "sipper").await;
-    let pad = "p".repeat(700_000);
-    let url = node.url();
-    let publisher = tokio::spawn(async move {
-        let http = reqwest::Client::new();
-        for i in 0..EVENTS {
-            let r = http
-                .post(format!("{url}/api/v1/publish"))
-                .bearer_auth(ADMIN_KEY)
-                .json(&json!({"room": "global", "event": "big", "data": {"i": i, "pad": pad}}))
-                .send()
-                .await
-                .expect("publish");
-            assert_eq!(r.status().as_u16(), 200);
-        }
-    });
-    // Let the socket fill before reading anything.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ws = RawWs::connect_small_window(
+        &node.addr(),
+        &format!("/ws?token={}", node.user_token("sipper")),
+        RCVBUF,
+    )
+    .await;
+    let first = ws.next_json(FRAME_WAIT).await.expect("authenticated");
+    assert_eq!(first["type"], "authenticated", "{first}");
+    // The most the kernel can buffer between the server's socket and this
+    // reader: the largest send buffer plus our receive window (doubled for
+    // the kernel's bookkeeping). Publishing more than that means at least
+    // one server write was cut short.
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(4 << 20);
+    assert!(
+        EVENTS * PAD > wmem_max + 2 * RCVBUF as usize,
+        "the events ({} bytes) must not fit in the kernel's buffers ({wmem_max} bytes)",
+        EVENTS * PAD
+    );
+    let pad = "p".repeat(PAD);
+    for i in 0..EVENTS {
+        node.publish("global", "big", json!({"i": i, "pad": pad}))
+            .await;
+    }
+    // Every publish was accepted while the client read nothing; now read.
     let mut seen = Vec::new();
     while seen.len() < EVENTS {
         let v = ws
@@ -131,11 +144,10 @@ async fn large_events_survive_partial_writes_in_order() {
             .await
             .expect("next event");
         if v["type"] == "event" {
-            assert_eq!(v["data"]["pad"].as_str().map(str::len), Some(700_000));
+            assert_eq!(v["data"]["pad"].as_str().map(str::len), Some(PAD));
             seen.push(v["data"]["i"].as_u64().expect("i"));
         }
     }
-    publisher.await.expect("publisher");
     assert_eq!(seen, (0..EVENTS as u64).collect::<Vec<_>>());
 }
 

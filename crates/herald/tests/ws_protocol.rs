@@ -91,8 +91,14 @@ async fn every_request_with_an_id_gets_exactly_one_reply() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    // Linger to catch duplicates.
-    for v in c.collect_for(SILENCE).await {
+    // Catch duplicates: requests are answered in order, so any second
+    // reply would come before the answer to one more ping.
+    c.send_json(json!({"type": "ping", "id": "sentinel"})).await;
+    loop {
+        let v = c.next_json(FRAME_WAIT).await;
+        if v["id"] == "sentinel" {
+            break;
+        }
         if let Some(id) = v.get("id") {
             replies.entry(id.to_string()).or_default().push(v);
         }
@@ -335,7 +341,13 @@ async fn frames_before_authentication_do_not_grant_access() {
 async fn client_close_is_answered_and_node_keeps_serving() {
     let node = TestNode::start("").await;
     let (c, _) = node.connect_user("leaver").await;
-    c.close().await;
+    // RFC 6455 5.5.1: the answer to a close frame echoes its status code.
+    let echoed = c.close_handshake(1000, "bye").await;
+    assert_eq!(
+        echoed.map(|(code, _)| code),
+        Some(1000),
+        "the node answers the client's close with the same code"
+    );
     let (mut b, _) = node.connect_user("leaver").await;
     b.ping_ok().await;
 }

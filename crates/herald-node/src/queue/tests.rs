@@ -221,21 +221,29 @@ async fn closing_is_a_duty_and_final_frames_pass_the_mark() {
 }
 
 /// Many threads pushing at once: every frame is written exactly once and
-/// each thread's frames keep their order.
+/// each thread's frames keep their order. Each frame is [sender, seq hi,
+/// seq lo], so the written bytes say who sent what in which order.
 #[test]
 fn concurrent_pushers_keep_per_sender_order() {
+    const SENDERS: u8 = 4;
+    const PER_SENDER: u16 = 2000;
     let socket = FakeSocket::with_room(usize::MAX / 2);
     let q = Arc::new(SendQueue::with_writer(
         100_000,
         usize::MAX / 2,
         socket.clone(),
     ));
-    let threads: Vec<_> = (0..4u8)
+    let threads: Vec<_> = (0..SENDERS)
         .map(|t| {
             let q = q.clone();
             std::thread::spawn(move || {
-                for _ in 0..2000 {
-                    assert_eq!(q.push(tagged(b'a' + t, 1)), PushResult::Queued);
+                for seq in 0..PER_SENDER {
+                    let [hi, lo] = seq.to_be_bytes();
+                    let item = Outbound::Frame {
+                        bytes: Bytes::from(vec![t, hi, lo]),
+                        publication: None,
+                    };
+                    assert_eq!(q.push(item), PushResult::Queued);
                 }
             })
         })
@@ -244,10 +252,23 @@ fn concurrent_pushers_keep_per_sender_order() {
         t.join().expect("pusher");
     }
     let written = socket.written();
-    assert_eq!(written.len(), 8000);
-    for t in 0..4u8 {
-        assert_eq!(written.iter().filter(|&&b| b == b'a' + t).count(), 2000);
+    assert_eq!(written.len(), 3 * SENDERS as usize * PER_SENDER as usize);
+    let mut next = [0u16; SENDERS as usize];
+    for (i, f) in written.chunks_exact(3).enumerate() {
+        let sender = f[0] as usize;
+        let seq = u16::from_be_bytes([f[1], f[2]]);
+        assert!(
+            sender < SENDERS as usize,
+            "frame {i}: unknown sender {sender}"
+        );
+        assert_eq!(
+            seq, next[sender],
+            "frame {i}: sender {sender} sent {seq} where {} was due",
+            next[sender]
+        );
+        next[sender] += 1;
     }
+    assert_eq!(next, [PER_SENDER; SENDERS as usize], "every frame once");
     assert!(q.is_empty());
 }
 

@@ -294,3 +294,6 @@ fn write_slices(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize>
     }
     stream.try_write(&buf[..len])
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,11 +1,12 @@
-//! `TestCluster`: several `herald serve` processes sharing one Redis (a
+//! `TestCluster`: several nodes (in-process, or `herald serve` processes
+//! for tests that kill one) sharing one Redis (a
 //! single server or a Redis Cluster) under a key prefix unique to the test,
 //! plus the bounded waits and the core scenarios that run against both
 //! kinds of Redis (`cluster.rs` and `cluster_sharded.rs`).
 
 use super::node::TestNode;
 use super::ws::{describe_ws_error, upgrade_status, TokenIn, WsClient};
-use super::{enc, ADMIN_KEY, FRAME_WAIT, SILENCE};
+use super::{enc, ADMIN_KEY, FRAME_WAIT};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,7 +69,7 @@ where
     }
 }
 
-/// Several nodes on one Redis under one prefix. Nodes are killed on drop.
+/// Several nodes on one Redis under one prefix. Nodes are stopped on drop.
 pub struct TestCluster {
     nodes: Vec<TestNode>,
     ids: Vec<String>,
@@ -78,16 +79,31 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` nodes (`n1`..`nN`) on `redis_url` with [`NAMESPACES`] and
     /// `extra_toml` merged into their config, and waits until every one
-    /// answers 200 on `/ready`.
+    /// answers 200 on `/ready`. The nodes run in-process.
     pub async fn start(n: usize, redis_url: &str, extra_toml: &str) -> TestCluster {
+        Self::start_mode(n, redis_url, extra_toml, false).await
+    }
+
+    /// `start` with `herald serve` processes, for tests that SIGKILL a node.
+    pub async fn start_process(n: usize, redis_url: &str, extra_toml: &str) -> TestCluster {
+        Self::start_mode(n, redis_url, extra_toml, true).await
+    }
+
+    async fn start_mode(n: usize, redis_url: &str, extra_toml: &str, process: bool) -> TestCluster {
         let prefix = unique_prefix("it");
         let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let configs: Vec<String> = ids
             .iter()
             .map(|id| node_config(id, redis_url, &prefix, extra_toml))
             .collect();
-        let nodes =
-            futures_util::future::join_all(configs.iter().map(|c| TestNode::start(c))).await;
+        let nodes = futures_util::future::join_all(configs.iter().map(|c| async move {
+            if process {
+                TestNode::start_process(c).await
+            } else {
+                TestNode::start(c).await
+            }
+        }))
+        .await;
         let cluster = TestCluster { nodes, ids, prefix };
         cluster.wait_ready(Duration::from_secs(20)).await;
         cluster
@@ -113,7 +129,8 @@ impl TestCluster {
         &self.prefix
     }
 
-    /// SIGKILL for node `i`: no drain, no goodbye to the registry.
+    /// SIGKILL for node `i`: no drain, no goodbye to the registry (needs
+    /// `start_process`).
     pub fn kill(&self, i: usize) {
         self.nodes[i].signal("KILL");
     }
@@ -167,6 +184,16 @@ impl TestCluster {
     }
 }
 
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // A clean cluster stop (drain, leave, quit Redis) takes about a
+        // second per node: let them run side by side.
+        for n in &mut self.nodes {
+            n.begin_stop();
+        }
+    }
+}
+
 /// The TOML of one node: [`NAMESPACES`] and `extra` with the broker and
 /// node id set.
 fn node_config(node_id: &str, redis_url: &str, prefix: &str, extra: &str) -> String {
@@ -190,6 +217,17 @@ fn node_config(node_id: &str, redis_url: &str, prefix: &str, extra: &str) -> Str
         .expect("[server] is a table");
     server.insert("node_id".into(), node_id.into());
     toml::to_string(&table).expect("serialize cluster test config")
+}
+
+/// Asserts that the very next frame of `s` is the `sentinel` event at
+/// `offset`: anything that must not have arrived would come before it.
+pub async fn expect_sentinel(s: &mut WsClient, offset: u64) {
+    let ev = s.expect_next_type("event").await;
+    assert_eq!(
+        (&ev["event"], offset_of(&ev)),
+        (&json!("sentinel"), offset),
+        "{ev}"
+    );
 }
 
 /// A one-hour token for `sub` with `projects: [7]`.
@@ -314,8 +352,13 @@ pub async fn scenario_cross_node_delivery(redis_url: &str) {
     assert_eq!((offset_of(&first), offset_of(&retry)), (2, 2), "{retry}");
     let ev = alice.expect_type("event", FRAME_WAIT).await;
     assert_eq!((offset_of(&ev), &ev["event"]), (2, &json!("paid")), "{ev}");
-    alice.expect_silence(SILENCE).await;
-    outsider.expect_silence(SILENCE).await;
+    // Nothing else for alice: a sentinel published after the retry is her
+    // very next frame (one room, one order across nodes).
+    cn.publish("project:7", "sentinel", json!({})).await;
+    expect_sentinel(&mut alice, 3).await;
+    // The outsider's node published project.updated itself, so a wrong
+    // delivery of it would already be queued there.
+    outsider.expect_nothing_queued().await;
 }
 
 /// Core: sequential publishes alternating between nodes get offsets 1..N of
@@ -371,7 +414,11 @@ pub async fn scenario_shared_offsets(redis_url: &str) {
         let got: Vec<u64> = evs.iter().map(offset_of).collect();
         assert_eq!(got, (1..=total).collect::<Vec<_>>(), "subscriber {i}");
         assert!(evs.iter().all(|e| e["epoch"] == epoch.as_str()), "sub {i}");
-        s.expect_silence(SILENCE).await;
+    }
+    // No duplicates after them: a sentinel is every subscriber's next frame.
+    c.node(0).publish(room, "sentinel", json!({})).await;
+    for s in subs.iter_mut() {
+        expect_sentinel(s, total + 1).await;
     }
 }
 
@@ -409,7 +456,9 @@ pub async fn scenario_resume_across_nodes(redis_url: &str) {
     for e in &evs {
         assert_eq!(e["data"]["i"], e["offset"], "payload matches offset: {e}");
     }
-    y.expect_silence(SILENCE).await;
+    // No duplicate after them: a sentinel is the next frame.
+    a.publish(room, "sentinel", json!({})).await;
+    expect_sentinel(&mut y, 26).await;
 }
 
 /// Core: members on A and B are listed by C's presence API with their node;

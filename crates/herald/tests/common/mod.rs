@@ -1,10 +1,12 @@
-//! Test harness shared by the integration tests: a real `herald serve`
-//! process on its own loopback port, a WebSocket client wrapper with bounded
-//! waits, a raw WebSocket socket for misbehaving clients, and token minting.
+//! Test harness shared by the integration tests: a real node (in-process on
+//! a port-0 listener by default, or a `herald serve` process), a WebSocket
+//! client wrapper with bounded waits, a raw WebSocket socket for misbehaving
+//! clients, and token minting.
 //!
 //! Everything here waits with a deadline; nothing loops forever.
 //!
-//! One file per part: `node` (the `herald serve` process and its HTTP API),
+//! One file per part: `node` (a node and its HTTP API), `inproc` (running
+//! one inside the test process),
 //! `ws` (the WebSocket client), `raw` (the hand-made socket), `tokens`
 //! (signing), `sse` (the SSE client, used as `common::sse::...`) and `cdp`
 //! (headless Chromium). The first four are re-exported here, so tests
@@ -16,6 +18,7 @@
 
 pub mod cdp;
 pub mod cluster;
+mod inproc;
 mod node;
 mod process;
 mod raw;
@@ -49,8 +52,6 @@ pub const PUBLISH_KEY: &str = "test-publish-key-000000000";
 
 /// Wait for an expected frame.
 pub const FRAME_WAIT: Duration = Duration::from_secs(10);
-/// How long "nothing arrives" is watched by default.
-pub const SILENCE: Duration = Duration::from_millis(600);
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> i64 {
     SystemTime::now()

@@ -1,7 +1,11 @@
-//! `TestNode`: one `herald serve` process on a fresh loopback port and
-//! temp dir, with its config, start-up, HTTP API, token minting, signals,
-//! exit and metrics. Killed (and its dir removed) on drop.
+//! `TestNode`: one node with its own temp dir and config, its start-up,
+//! HTTP API and token minting. By default the node runs in-process
+//! (`inproc`: a listener on port 0, no port race, no process start-up);
+//! `start_process` runs `herald serve` instead, for signals, exit codes,
+//! environment overrides and `/metrics`. Stopped (and its dir removed) on
+//! drop.
 
+use super::inproc::InProcess;
 use super::tokens::sign_hs256;
 use super::ws::{describe_ws_error, TokenIn, WsClient};
 use super::{now_secs, ADMIN_KEY, FRAME_WAIT, PUBLISH_KEY, SECRET};
@@ -28,9 +32,10 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// One running `herald serve` process.
+/// One running node: in-process or a `herald serve` process.
 pub struct TestNode {
     child: Option<Child>,
+    inproc: Option<InProcess>,
     port: u16,
     dir: PathBuf,
     config_path: PathBuf,
@@ -40,19 +45,45 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// Starts a node with `toml` merged over the harness defaults.
+    /// Starts an in-process node with `toml` merged over the harness
+    /// defaults.
     pub async fn start(toml: &str) -> TestNode {
-        Self::start_with_env(toml, &[]).await
+        Self::start_custom(toml, &[], true).await
     }
 
-    /// Starts a node with extra environment variables.
+    /// Starts a node with extra environment variables: a process, since
+    /// the environment is global to the test binary.
     pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> TestNode {
         Self::start_custom(toml, env, true).await
     }
 
     /// Starts a node; without `with_secret` no default HS256 secret is added
-    /// (for nodes that trust only asymmetric keys).
+    /// (for nodes that trust only asymmetric keys). In-process unless `env`
+    /// is given.
     pub async fn start_custom(toml: &str, env: &[(&str, &str)], with_secret: bool) -> TestNode {
+        if !env.is_empty() {
+            return Self::start_process_custom(toml, env, with_secret).await;
+        }
+        match Self::try_start_inproc(toml, with_secret).await {
+            Ok(node) => node,
+            Err(log) => panic!("in-process herald did not become healthy:\n{log}"),
+        }
+    }
+
+    /// Starts a `herald serve` process: for tests of signals, exit codes,
+    /// `pid()`, `/metrics` (one recorder per process) or SIGKILL.
+    pub async fn start_process(toml: &str) -> TestNode {
+        Self::start_process_custom(toml, &[], true).await
+    }
+
+    /// `start_process` with environment variables and the secret choice.
+    pub async fn start_process_custom(
+        toml: &str,
+        env: &[(&str, &str)],
+        with_secret: bool,
+    ) -> TestNode {
+        // The port is chosen by binding and releasing it, so another
+        // process may take it before herald binds: retry.
         let mut last_log = String::new();
         for _attempt in 0..3 {
             match Self::try_start(toml, env, with_secret).await {
@@ -71,9 +102,16 @@ impl TestNode {
 
     /// `write_config`, optionally without the default HS256 secret.
     pub fn write_config_opts(toml: &str, with_secret: bool) -> (PathBuf, PathBuf, u16) {
+        let port = free_port();
+        let (dir, path) = Self::write_config_on(toml, with_secret, port);
+        (dir, path, port)
+    }
+
+    /// Writes the config with `server.listen` on `port` (0 for in-process
+    /// nodes, whose listener is bound by the harness); returns (dir, path).
+    fn write_config_on(toml: &str, with_secret: bool, port: u16) -> (PathBuf, PathBuf) {
         let dir = std::env::temp_dir().join(unique("herald-it"));
         fs::create_dir_all(&dir).expect("create temp dir");
-        let port = free_port();
         let mut table: toml::Table = toml.parse().expect("test config is valid TOML");
         let server = table
             .entry("server")
@@ -111,7 +149,85 @@ impl TestNode {
         let text = toml::to_string(&table).expect("serialize config");
         let config_path = dir.join("herald.toml");
         fs::write(&config_path, text).expect("write config");
-        (dir, config_path, port)
+        (dir, config_path)
+    }
+
+    /// The HS256 secret in a written config (tokens are signed with it).
+    fn configured_secret(config_path: &PathBuf) -> String {
+        let t: toml::Table = fs::read_to_string(config_path)
+            .expect("read config")
+            .parse()
+            .expect("toml");
+        t["auth"]
+            .get("hs256_secret")
+            .and_then(|v| v.as_str())
+            .unwrap_or(SECRET)
+            .to_owned()
+    }
+
+    fn http_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("http client")
+    }
+
+    async fn try_start_inproc(toml: &str, with_secret: bool) -> Result<TestNode, String> {
+        let (dir, config_path) = Self::write_config_on(toml, with_secret, 0);
+        let secret = Self::configured_secret(&config_path);
+        let text = fs::read_to_string(&config_path).expect("read config");
+        // Built as the binary builds it, minus the HERALD_* environment.
+        let mut config = herald_server::Config::from_toml(&text)
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        let table: toml::Table = text.parse().expect("toml");
+        let drain_set = table
+            .get("server")
+            .and_then(|s| s.get("shutdown_drain"))
+            .is_some();
+        if !drain_set {
+            // Drop closes every connection at once instead of spreading
+            // the closes over the default 10 s.
+            config.server.shutdown_drain = Duration::ZERO;
+        }
+        let log_path = dir.join("herald.log");
+        let (inproc, port) = InProcess::start(config, &log_path)?;
+        let node = TestNode {
+            child: None,
+            inproc: Some(inproc),
+            port,
+            dir,
+            config_path,
+            log_path,
+            http: Self::http_client(),
+            secret,
+        };
+        node.wait_healthy().await.map(|()| node)
+    }
+
+    /// Polls `/health` until 200, for at most 20 s; fails at once if the
+    /// node stopped.
+    async fn wait_healthy(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.inproc.as_ref().is_some_and(InProcess::exited) {
+                return Err(format!("herald stopped early:\n{}", self.log()));
+            }
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/health", self.url()))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                if r.status().as_u16() == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no 200 from /health within 20 s:\n{}", self.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn try_start(
@@ -120,17 +236,7 @@ impl TestNode {
         with_secret: bool,
     ) -> Result<TestNode, String> {
         let (dir, config_path, port) = Self::write_config_opts(toml, with_secret);
-        let secret = {
-            let t: toml::Table = fs::read_to_string(&config_path)
-                .expect("read config")
-                .parse()
-                .expect("toml");
-            t["auth"]
-                .get("hs256_secret")
-                .and_then(|v| v.as_str())
-                .unwrap_or(SECRET)
-                .to_owned()
-        };
+        let secret = Self::configured_secret(&config_path);
         let log_path = dir.join("herald.log");
         let log = fs::File::create(&log_path).expect("create log file");
         let log2 = log.try_clone().expect("clone log handle");
@@ -154,14 +260,12 @@ impl TestNode {
         let child = cmd.spawn().expect("spawn herald binary");
         let mut node = TestNode {
             child: Some(child),
+            inproc: None,
             port,
             dir,
             config_path,
             log_path,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .expect("http client"),
+            http: Self::http_client(),
             secret,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -216,8 +320,25 @@ impl TestNode {
         &self.config_path
     }
 
-    /// The process id of the node.
+    /// Starts draining an in-process node without waiting for it; drop
+    /// waits. A cluster stops its nodes together this way.
+    pub fn begin_stop(&mut self) {
+        if let Some(n) = self.inproc.as_mut() {
+            n.begin_stop();
+        }
+    }
+
+    /// Whether the node runs in this process (see `start_process`).
+    pub fn in_process(&self) -> bool {
+        self.inproc.is_some()
+    }
+
+    /// The process id of the node (a process node: see `start_process`).
     pub fn pid(&self) -> u32 {
+        assert!(
+            !self.in_process(),
+            "pid() and signals need a process node: start it with TestNode::start_process"
+        );
         self.child.as_ref().expect("node running").id()
     }
 
@@ -352,6 +473,10 @@ impl TestNode {
 
     /// GET on a plain path: (status, body text). Connection errors map to 0.
     pub async fn get(&self, path: &str) -> (u16, String) {
+        assert!(
+            !(path.starts_with("/metrics") && self.in_process()),
+            "/metrics is process-global (one recorder per process): use TestNode::start_process"
+        );
         match self
             .http
             .get(format!("{}{}", self.url(), path))
@@ -383,6 +508,10 @@ impl TestNode {
 
     /// Waits (bounded) for the process to exit, without blocking the runtime.
     pub async fn wait_exit_async(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        assert!(
+            !self.in_process(),
+            "exit status needs a process node: start it with TestNode::start_process"
+        );
         let deadline = Instant::now() + timeout;
         loop {
             let child = self.child.as_mut()?;
@@ -423,6 +552,8 @@ impl Drop for TestNode {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Drains (every connection closed at once) and joins its thread.
+        self.inproc = None;
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();

@@ -51,7 +51,28 @@ impl RawWs {
     /// Like [`RawWs::connect`], with `early` bytes (frames) sent in the same
     /// write as the upgrade request, before its answer.
     pub async fn connect_with_early(addr: &str, path_and_query: &str, early: &[u8]) -> RawWs {
-        let mut stream = tokio::time::timeout(FRAME_WAIT, TcpStream::connect(addr))
+        Self::connect_opts(addr, path_and_query, early, None).await
+    }
+
+    /// Like [`RawWs::connect`], with the socket's receive buffer set to
+    /// `rcvbuf` bytes before connecting: a small window makes the server's
+    /// writes stop part-way as soon as the client stops reading.
+    pub async fn connect_small_window(addr: &str, path_and_query: &str, rcvbuf: u32) -> RawWs {
+        Self::connect_opts(addr, path_and_query, &[], Some(rcvbuf)).await
+    }
+
+    async fn connect_opts(
+        addr: &str,
+        path_and_query: &str,
+        early: &[u8],
+        rcvbuf: Option<u32>,
+    ) -> RawWs {
+        let socket = tokio::net::TcpSocket::new_v4().expect("tcp socket");
+        if let Some(size) = rcvbuf {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        let target: std::net::SocketAddr = addr.parse().expect("a loopback ip:port");
+        let mut stream = tokio::time::timeout(FRAME_WAIT, socket.connect(target))
             .await
             .expect("tcp connect timed out")
             .expect("tcp connect");

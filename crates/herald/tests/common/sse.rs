@@ -184,6 +184,44 @@ impl SseStream {
         }
     }
 
+    /// The messages before the `event` message whose JSON `event` is
+    /// `name` (a sentinel published after what must or must not arrive);
+    /// the sentinel itself is read and left out.
+    pub async fn collect_until_event(&mut self, name: &str, timeout: Duration) -> Vec<SseMsg> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_item(left).await {
+                SseItem::Msg(m) if m.event == "event" && m.json()["event"] == name => return out,
+                SseItem::Msg(m) => out.push(m),
+                SseItem::Comment(_) => {}
+                other => panic!(
+                    "no `{name}` event within {timeout:?}: {other:?}; seen {}",
+                    self.summary()
+                ),
+            }
+        }
+    }
+
+    /// Messages until `n` of them are `event` messages.
+    pub async fn collect_events(&mut self, n: usize, timeout: Duration) -> Vec<SseMsg> {
+        let deadline = Instant::now() + timeout;
+        let mut out: Vec<SseMsg> = Vec::new();
+        while out.iter().filter(|m| m.event == "event").count() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_item(left).await {
+                SseItem::Msg(m) => out.push(m),
+                SseItem::Comment(_) => {}
+                other => panic!(
+                    "{n} events not read within {timeout:?}: {other:?}; seen {}",
+                    self.summary()
+                ),
+            }
+        }
+        out
+    }
+
     /// Reads until the stream ends; returns the messages seen meanwhile.
     pub async fn expect_end(&mut self, timeout: Duration) -> Vec<SseMsg> {
         let deadline = Instant::now() + timeout;

@@ -378,6 +378,83 @@ impl WsClient {
         out
     }
 
+    /// Sends a close frame with `code` and reads until the server's close
+    /// frame (skipping data frames); returns its (code, reason), or `None`
+    /// if the stream ended without one.
+    pub async fn close_handshake(mut self, code: u16, reason: &str) -> Option<(u16, String)> {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: reason.to_owned().into(),
+        };
+        tokio::time::timeout(FRAME_WAIT, self.ws.close(Some(frame)))
+            .await
+            .expect("sending the close frame timed out")
+            .expect("send close frame");
+        let deadline = Instant::now() + FRAME_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left).await {
+                Incoming::Close(f) => return Some(f.unwrap_or((1005, String::new()))),
+                Incoming::Ended(_) => return None,
+                Incoming::Timeout => panic!("no close frame within {FRAME_WAIT:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Asserts that nothing was queued for this client before now: sends a
+    /// `ping` and requires the very next frame to be its `pong`. The node
+    /// answers a ping through the same send queue as everything else, so
+    /// any frame already queued for this connection would come first. Use
+    /// it after the action whose effect must not reach this client has
+    /// completed on this node (e.g. the publish call returned); for
+    /// deliveries that travel through another node, publish a sentinel in
+    /// the same room and use [`WsClient::expect_next_type`] instead.
+    pub async fn expect_nothing_queued(&mut self) {
+        let id = format!("quiet-{}", self.next_id);
+        self.next_id += 1;
+        self.send_json(json!({"type": "ping", "id": id})).await;
+        match self.recv(FRAME_WAIT).await {
+            Incoming::Json(v) if v["type"] == "pong" && v["id"] == id.as_str() => {}
+            other => panic!(
+                "expected nothing before the pong of {id}, got {other:?}; seen so far: {}",
+                self.seen_summary()
+            ),
+        }
+    }
+
+    /// The very next frame, which must be of type `ty` (a sentinel: frames
+    /// that must not arrive would come before it).
+    pub async fn expect_next_type(&mut self, ty: &str) -> Value {
+        match self.recv(FRAME_WAIT).await {
+            Incoming::Json(v) if v["type"] == ty => v,
+            other => panic!(
+                "expected `{ty}` as the next frame, got {other:?}; seen so far: {}",
+                self.seen_summary()
+            ),
+        }
+    }
+
+    /// The JSON frames before the event frame whose `event` is `name` (a
+    /// sentinel published after what must or must not arrive); the
+    /// sentinel itself is read and left out.
+    pub async fn collect_until_event(&mut self, name: &str) -> Vec<Value> {
+        let deadline = Instant::now() + FRAME_WAIT;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left).await {
+                Incoming::Json(v) if v["type"] == "event" && v["event"] == name => return out,
+                Incoming::Json(v) => out.push(v),
+                other => panic!(
+                    "no `{name}` event within {FRAME_WAIT:?}: {other:?}; seen {}",
+                    self.seen_summary()
+                ),
+            }
+        }
+    }
+
     /// Starts a close handshake from the client side.
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;

@@ -172,3 +172,20 @@ fn server_headers() {
         &[0x88, 6, 0x0f, 0xab, b's', b'l', b'o', b'w']
     );
 }
+
+/// The header length changes at 126 and 65,536 payload bytes (RFC 6455
+/// 5.2): the writer's offsets into a frame depend on it.
+#[test]
+fn server_header_lengths_switch_at_126_and_65536() {
+    let mut h = [0u8; MAX_HEADER];
+    for (len, head) in [
+        (0usize, vec![0x81, 0]),
+        (125, vec![0x81, 125]),
+        (126, vec![0x81, 126, 0, 126]),
+        (65_535, vec![0x81, 126, 0xff, 0xff]),
+        (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+    ] {
+        let n = text_header(len, &mut h);
+        assert_eq!(&h[..n], &head[..], "payload of {len} bytes");
+    }
+}
