@@ -185,7 +185,7 @@ fn server_header_lengths_switch_at_126_and_65536() {
         (65_535, vec![0x81, 126, 0xff, 0xff]),
         (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
     ] {
-        let n = text_header(len, &mut h);
+        let n = data_header(false, len, &mut h);
         assert_eq!(&h[..n], &head[..], "payload of {len} bytes");
     }
 }

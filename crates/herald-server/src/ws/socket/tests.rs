@@ -100,6 +100,7 @@ async fn drive(
 ) -> Driven {
     let writer = WsWriter {
         stream: stream.clone(),
+        binary: false,
     };
     let start = position(items, done, offset);
     let mut out = Driven {
@@ -238,6 +239,7 @@ async fn long_batches_go_out_whole_and_in_order() {
             .expect("writable");
         let writer = WsWriter {
             stream: stream.clone(),
+            binary: false,
         };
         let mut offset = 0;
         let done = writer.write_now(&items, &mut offset).expect("write");
