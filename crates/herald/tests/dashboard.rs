@@ -101,7 +101,9 @@ fn screenshot_path() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_serves_assets_with_strict_headers() {
-    let node = TestNode::start("").await;
+    // A process of its own: the dashboard reads the Prometheus recorder,
+    // which is one per process (an in-process node may not own it).
+    let node = TestNode::start_process("").await;
     let client = reqwest::Client::new();
     for (path, ty) in [
         ("/dashboard", "text/html"),
@@ -141,7 +143,9 @@ async fn dashboard_numbers_change_in_headless_chromium() {
     if skip_browser_tests("dashboard_numbers_change_in_headless_chromium") {
         return;
     }
-    let node = TestNode::start("").await;
+    // A process of its own: the dashboard reads the Prometheus recorder,
+    // which is one per process (an in-process node may not own it).
+    let node = TestNode::start_process("").await;
     let browser = Chromium::launch();
     let url = format!("{}/dashboard", node.url());
     let mut page = browser.new_page(&url).await;
