@@ -78,7 +78,14 @@ impl Authenticator {
         };
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, validation)
             .map_err(|err| AuthError::from_jwt(&err, alg_name))?;
-        identity(data.claims)
+        let mut identity = identity(data.claims)?;
+        // The connection lives as long as its token would still verify:
+        // closing it at `exp` would cut a token just accepted under the
+        // leeway within a housekeeping tick.
+        identity.expires_at = identity
+            .expires_at
+            .map(|exp| exp.saturating_add(validation.leeway));
+        Ok(identity)
     }
 
     /// Picks the one key that may verify a token with this header.

@@ -11,7 +11,8 @@ pub struct Identity {
     pub tenant: Option<String>,
     /// The `roles` claim.
     pub roles: Vec<String>,
-    /// The `exp` claim, seconds since the Unix epoch.
+    /// When the token stops verifying, seconds since the Unix epoch: its
+    /// `exp` claim plus `auth.leeway`. The connection is closed then.
     pub expires_at: Option<u64>,
     /// Every claim of the token, for namespace rules such as `claim:projects`.
     pub claims: Map<String, Value>,

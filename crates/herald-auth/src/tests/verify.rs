@@ -107,7 +107,11 @@ async fn expired_and_leeway() {
         leeway: Duration::from_secs(300),
         ..hs256_settings()
     };
-    authenticator(lenient).verify(&token).await.unwrap();
+    let exp = now() - 120;
+    let token = sign(Algorithm::HS256, None, &json!({"sub": "u", "exp": exp}));
+    let identity = authenticator(lenient).verify(&token).await.unwrap();
+    // Accepted under the leeway, it lives until the leeway runs out too.
+    assert_eq!(identity.expires_at, Some(exp + 300));
 }
 
 #[tokio::test]
@@ -122,7 +126,11 @@ async fn not_yet_valid_and_leeway() {
         leeway: Duration::from_secs(300),
         ..hs256_settings()
     };
-    authenticator(lenient).verify(&token).await.unwrap();
+    let exp = now() - 120;
+    let token = sign(Algorithm::HS256, None, &json!({"sub": "u", "exp": exp}));
+    let identity = authenticator(lenient).verify(&token).await.unwrap();
+    // Accepted under the leeway, it lives until the leeway runs out too.
+    assert_eq!(identity.expires_at, Some(exp + 300));
 }
 
 #[tokio::test]
