@@ -5,7 +5,13 @@
 //! by `limits.max_event_patterns`, so a client cannot make every event it
 //! receives cost an ever longer scan.
 
+use crate::error::NodeError;
 use std::collections::HashSet;
+
+/// Patterns one `subscribe` or `unsubscribe` request may carry.
+const MAX_PATTERNS: usize = 64;
+/// Bytes one pattern may have.
+const MAX_PATTERN_BYTES: usize = 255;
 
 /// Glob patterns over event names; `*` matches any run of characters,
 /// dots included. A new connection matches everything.
@@ -103,6 +109,26 @@ impl EventFilter {
                 .iter()
                 .any(|p| glob(p.as_bytes(), event.as_bytes()))
     }
+}
+
+/// Refuses a request's pattern list that is too long or holds an empty
+/// or oversized pattern, naming it.
+pub(crate) fn check_patterns(events: &[String]) -> Result<(), NodeError> {
+    if events.len() > MAX_PATTERNS {
+        return Err(NodeError::BadRequest(format!(
+            "at most {MAX_PATTERNS} patterns per request"
+        )));
+    }
+    if let Some(bad) = events
+        .iter()
+        .find(|p| p.is_empty() || p.len() > MAX_PATTERN_BYTES)
+    {
+        return Err(NodeError::BadRequest(format!(
+            "pattern `{}` must be 1 to {MAX_PATTERN_BYTES} bytes",
+            bad.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
 }
 
 /// Iterative glob match with `*` only, linear in practice (backtracks to the

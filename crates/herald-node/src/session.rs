@@ -4,6 +4,7 @@
 
 use crate::conn::Connection;
 use crate::error::NodeError;
+use crate::filter::check_patterns;
 use crate::metrics;
 use crate::node::Node;
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
@@ -17,9 +18,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Most patterns one `subscribe` may carry, and longest pattern.
-const MAX_PATTERNS: usize = 64;
-const MAX_PATTERN_BYTES: usize = 255;
 /// A new rate-limit episode starts after this long without a refusal.
 const EPISODE_GAP: Duration = Duration::from_secs(1);
 
@@ -585,22 +583,4 @@ impl Session {
         metrics::connection_closed(reason);
         metrics::connections(self.node.inner.registry.len());
     }
-}
-
-fn check_patterns(events: &[String]) -> Result<(), NodeError> {
-    if events.len() > MAX_PATTERNS {
-        return Err(NodeError::BadRequest(format!(
-            "at most {MAX_PATTERNS} patterns per request"
-        )));
-    }
-    if let Some(bad) = events
-        .iter()
-        .find(|p| p.is_empty() || p.len() > MAX_PATTERN_BYTES)
-    {
-        return Err(NodeError::BadRequest(format!(
-            "pattern `{}` must be 1 to {MAX_PATTERN_BYTES} bytes",
-            bad.chars().take(40).collect::<String>()
-        )));
-    }
-    Ok(())
 }

@@ -18,17 +18,18 @@ pub fn redis_engine(url: &str) -> herald_testkit::conformance::Harness {
 
 use herald_broker_redis::{RedisBroker, RedisClients, RedisSettings};
 use herald_core::broker::Writes;
-use herald_core::{
-    Broker, HistoryPolicy, PresenceChange, PresenceSink, Publication, PublicationSink,
-    PublishRequest, RoomKey, RoomName, Tenant,
-};
+use herald_core::{Broker, PresenceChange, PresenceSink, Publication, PublicationSink, RoomKey};
 use parking_lot::Mutex;
-use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+// The room, request and waiting helpers are the conformance suite's (each
+// test crate uses a different subset).
+#[allow(unused_imports)]
+pub use herald_testkit::conformance::{request, request_with, room, room_of, wait_until, MINUTE};
 
 /// Collects what a broker delivers.
 #[derive(Default)]
@@ -46,8 +47,9 @@ pub struct Collect {
     pub written: Arc<Mutex<Vec<(RoomKey, u64)>>>,
 }
 
-/// Blocks (handing this worker's tasks to another thread first) while
-/// `held` says so.
+/// Blocks while `held` says so, handing this worker's queued tasks to
+/// another thread first: a blocked worker would otherwise sit on the
+/// connection tasks the publishers wait for.
 fn block_while(held: impl Fn() -> bool) {
     if held() {
         tokio::task::block_in_place(|| {
@@ -60,16 +62,7 @@ fn block_while(held: impl Fn() -> bool) {
 
 impl PublicationSink for Collect {
     fn deliver(&self, publication: Arc<Publication>) -> Writes {
-        if self.hold.load(Ordering::Acquire) {
-            // Hands this worker's queued tasks to another thread first:
-            // a blocked worker would otherwise sit on the connection tasks
-            // the publishers wait for.
-            tokio::task::block_in_place(|| {
-                while self.hold.load(Ordering::Acquire) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            });
-        }
+        block_while(|| self.hold.load(Ordering::Acquire));
         block_while(|| self.hold_room.lock().as_ref() == Some(&publication.room));
         let (room, offset) = (publication.room.clone(), publication.position.offset);
         self.publications.lock().push(publication);
@@ -195,45 +188,3 @@ pub fn prefix(tag: &str) -> String {
     let n = PREFIXES.fetch_add(1, Ordering::Relaxed);
     format!("t{}-{tag}-{n}", std::process::id())
 }
-
-pub fn room(name: &str) -> RoomKey {
-    room_of(None, name)
-}
-
-pub fn room_of(tenant: Option<&str>, name: &str) -> RoomKey {
-    RoomKey::new(
-        Tenant::from_option(tenant),
-        RoomName::parse(name).expect("room"),
-    )
-}
-
-pub fn request(room: &RoomKey, size: usize, ttl: Duration) -> PublishRequest {
-    request_with(room, "{}", size, ttl)
-}
-
-pub fn request_with(room: &RoomKey, data: &str, size: usize, ttl: Duration) -> PublishRequest {
-    PublishRequest {
-        room: room.clone(),
-        event: "e".into(),
-        data: RawValue::from_string(data.into()).expect("raw json"),
-        from: None,
-        exclude_connection: None,
-        idempotency_key: None,
-        history: HistoryPolicy {
-            size,
-            ttl,
-            max_bytes: 0,
-        },
-    }
-}
-
-/// Polls `check` every 10 ms; panics naming `what` after 10 s.
-pub async fn wait_until(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-pub const MINUTE: Duration = Duration::from_secs(60);
