@@ -1,0 +1,1 @@
+//! Filled in by #14 (see the crate documentation).
