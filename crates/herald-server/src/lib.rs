@@ -19,6 +19,7 @@ mod http;
 mod ops;
 mod publish_target;
 mod serve;
+mod socketio;
 mod sse;
 mod ws;
 
