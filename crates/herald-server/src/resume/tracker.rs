@@ -61,11 +61,6 @@ impl Tracker {
     pub(crate) fn id(&self) -> String {
         last_event_id::encode(&self.positions)
     }
-
-    /// Whether no room is tracked.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.positions.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -141,7 +136,5 @@ mod tests {
         assert_eq!(t.id(), "a~NEW~9,c~G~2");
         t.on_change(&PositionChange::Left { room: room("c") });
         assert_eq!(t.id(), "a~NEW~9");
-        assert!(!t.is_empty());
-        assert!(Tracker::default().is_empty());
     }
 }
