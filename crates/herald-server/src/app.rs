@@ -46,6 +46,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ws/health", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .merge(crate::dashboard::routes())
+        .merge(crate::socketio::engine::routes("/socket.io/"))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn(crate::guard::request_limits))
         .layer(axum::middleware::map_response(ops::json_errors))

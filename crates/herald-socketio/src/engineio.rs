@@ -109,7 +109,11 @@ impl Packet {
             }
             Self::Binary(data) => {
                 out.put_u8(b'b');
-                out.put_slice(base64::engine::general_purpose::STANDARD.encode(data).as_bytes());
+                out.put_slice(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(data)
+                        .as_bytes(),
+                );
             }
         }
     }
