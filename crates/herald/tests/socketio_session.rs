@@ -419,3 +419,26 @@ async fn a_recovery_that_cannot_be_honoured_opens_a_fresh_connection() {
         "not in the room it could not recover: {events:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_connections_count_in_stats_and_metrics() {
+    // A process: /metrics reads the Prometheus recorder, one per process.
+    let node = TestNode::start_process("").await;
+    let (mut sio, _) = Sio::connect(&node, json!({"token": node.user_token("alice")})).await;
+    sio.event("authenticated").await;
+    let (status, stats) = node
+        .api("GET", "/api/v1/stats", Some(ADMIN_KEY), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["connections"], 1, "{stats}");
+    let (_, text) = node.get("/metrics").await;
+    assert!(
+        text.lines()
+            .any(|l| l == r#"herald_connections_by_transport{transport="socketio"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"herald_connections_opened_total{transport="socketio"} 1"#),
+        "{text}"
+    );
+}
