@@ -18,6 +18,7 @@ mod guard;
 mod http;
 mod ops;
 mod publish_target;
+mod resume;
 mod serve;
 mod socketio;
 mod sse;
