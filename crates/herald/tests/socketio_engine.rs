@@ -429,3 +429,188 @@ async fn a_websocket_message_over_max_payload_closes_1009() {
         "{end:?}"
     );
 }
+
+/// Timings long enough that a test never meets a poll timeout: pingInterval
+/// 5 s, pingTimeout 10 s.
+const SLOW_PINGS: &str = r#"
+[limits]
+heartbeat_interval = "5s"
+stale_timeout = "15s"
+"#;
+
+/// GETs until the packets seen include one starting with each of `want`,
+/// in order; returns every GET's packets (noops left out).
+async fn poll_until(
+    node: &TestNode,
+    client: &reqwest::Client,
+    sid: &str,
+    want: &[&str],
+) -> Vec<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut bodies = Vec::new();
+    let mut seen = Vec::new();
+    loop {
+        let packets = get(client, poll_url(node, sid)).await.packets();
+        for packet in &packets {
+            if packet == "2" {
+                post(client, poll_url(node, sid), b"3").await;
+            }
+        }
+        let packets: Vec<String> = packets.into_iter().filter(|p| p != "6").collect();
+        seen.extend(packets.iter().cloned());
+        if !packets.is_empty() {
+            bodies.push(packets);
+        }
+        let mut rest = want.iter().peekable();
+        for packet in &seen {
+            if rest.peek().is_some_and(|w| packet.starts_with(*w)) {
+                rest.next();
+            }
+        }
+        if rest.peek().is_none() {
+            return bodies;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waiting for {want:?}; seen {seen:?}"
+        );
+    }
+}
+
+/// Opens a polling session and sends CONNECT with a token (not polling).
+async fn connect_polling(node: &TestNode, client: &reqwest::Client, user: &str) -> String {
+    let (sid, _) = open_polling(node, client).await;
+    let connect = format!(r#"40{{"token":"{}"}}"#, node.user_token(user));
+    let answer = post(client, poll_url(node, &sid), connect.as_bytes()).await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+    sid
+}
+
+#[tokio::test]
+async fn polling_batches_packets_and_takes_several_per_post() {
+    let node = TestNode::start(SLOW_PINGS).await;
+    let client = http();
+    let sid = connect_polling(&node, &client, "alice").await;
+    // The CONNECT answer and the `authenticated` event are sent together:
+    // one GET carries both.
+    let bodies = poll_until(&node, &client, &sid, &["40{", "42[\"authenticated\""]).await;
+    let first = bodies
+        .iter()
+        .find(|b| b.iter().any(|p| p.starts_with("40{")))
+        .expect("the CONNECT answer");
+    assert!(
+        first.iter().any(|p| p.starts_with("42[\"authenticated\"")),
+        "{bodies:?}"
+    );
+    // Two requests in one POST, each acknowledged.
+    let answer = post(
+        &client,
+        poll_url(&node, &sid),
+        b"421[\"join_room\",{\"room\":\"project:1\"}]\x1e422[\"join_room\",{\"room\":\"project:2\"}]",
+    )
+    .await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+    // (Refused here, as this user may not join them; answered either way.)
+    poll_until(&node, &client, &sid, &["431[", "432["]).await;
+    // Events published while no GET is pending wait for the next one,
+    // which takes them together (`user:alice` is auto-joined).
+    for n in 0..5 {
+        node.publish("user:alice", "tick", serde_json::json!({ "n": n }))
+            .await;
+    }
+    let want = ["42[\"tick\",{\"n\":0}"; 1];
+    let bodies = poll_until(&node, &client, &sid, &want).await;
+    let mut ticks: Vec<String> = bodies.iter().flatten().cloned().collect();
+    if ticks
+        .iter()
+        .filter(|p| p.starts_with("42[\"tick\""))
+        .count()
+        < 5
+    {
+        let more = poll_until(&node, &client, &sid, &["42[\"tick\",{\"n\":4}"]).await;
+        ticks.extend(more.into_iter().flatten());
+    }
+    let ticks: Vec<&String> = ticks
+        .iter()
+        .filter(|p| p.starts_with("42[\"tick\""))
+        .collect();
+    assert_eq!(ticks.len(), 5, "{ticks:?}");
+    for (n, tick) in ticks.iter().enumerate() {
+        assert!(
+            tick.starts_with(&format!("42[\"tick\",{{\"n\":{n}}}")),
+            "{ticks:?}"
+        );
+    }
+    assert!(
+        bodies.iter().any(|b| b.len() > 1),
+        "no GET carried several packets: {bodies:?}"
+    );
+}
+
+#[tokio::test]
+async fn packets_not_yet_polled_go_first_on_the_upgraded_websocket() {
+    let node = TestNode::start(SLOW_PINGS).await;
+    let client = http();
+    // CONNECT by polling, but no GET: its answer waits in the queue.
+    let sid = connect_polling(&node, &client, "bob").await;
+    let mut ws = RawWs::connect(
+        &node.addr(),
+        &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
+    )
+    .await;
+    send_text(&mut ws, "2probe").await;
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("3probe"));
+    send_text(&mut ws, "5").await;
+    // What polling had not delivered comes first, in order.
+    let first = next_text(&mut ws).await.expect("the CONNECT answer");
+    assert!(first.starts_with("40{"), "{first}");
+    let second = next_text(&mut ws).await.expect("authenticated");
+    assert!(second.starts_with("42[\"authenticated\""), "{second}");
+    // Then the session goes on over the WebSocket.
+    send_text(&mut ws, r#"421["presence",{"room":"user:bob"}]"#).await;
+    loop {
+        let packet = next_text(&mut ws).await.expect("the ack");
+        if packet.starts_with("431[") {
+            break;
+        }
+    }
+    node.publish("user:bob", "task.assigned", serde_json::json!({"t": 1}))
+        .await;
+    loop {
+        let packet = next_text(&mut ws).await.expect("the event");
+        if packet.starts_with("42[\"task.assigned\"") {
+            break;
+        }
+    }
+    get(&client, poll_url(&node, &sid))
+        .await
+        .assert_error(400, 1);
+}
+
+#[tokio::test]
+async fn pongs_keep_a_polling_session_alive_past_the_stale_timeout() {
+    let node = TestNode::start(CONFIG).await;
+    let client = http();
+    let sid = connect_polling(&node, &client, "carol").await;
+    poll_until(&node, &client, &sid, &["40{"]).await;
+    // pingInterval 1 s, stale after 2 s: for 4 s the client only answers
+    // pings (`2` -> POST `3`), which is enough to stay.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut pings = 0;
+    while tokio::time::Instant::now() < until {
+        let packets = get(&client, poll_url(&node, &sid)).await.packets();
+        for packet in packets {
+            assert!(!packet.starts_with('1'), "session closed: {packet}");
+            assert!(
+                !packet.starts_with("42[\"disconnect\""),
+                "session closed: {packet}"
+            );
+            if packet == "2" {
+                pings += 1;
+                let answer = post(&client, poll_url(&node, &sid), b"3").await;
+                assert_eq!(answer.status, 200, "{}", answer.body);
+            }
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 4 s");
+}
