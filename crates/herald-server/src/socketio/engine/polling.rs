@@ -177,20 +177,23 @@ pub(super) async fn post(table: &Table, sid: &str, body: Body, body_timeout: Dur
     let delivered = shared
         .wait_for(|s| {
             if s.ended.is_some() || s.upgraded {
-                return Ok(false);
+                return Ok(Some(false));
             }
             if s.inbox.is_empty() {
                 s.inbox.extend(packets.take().into_iter().flatten());
-                return Ok(true);
+                return Ok(Some(true));
             }
             if Instant::now() >= deadline {
-                return Ok(false);
+                return Ok(None);
             }
             Err(Some(deadline))
         })
         .await;
-    if !delivered {
-        return error_response(EioRequestError::BadRequest);
+    match delivered {
+        Some(true) => {}
+        // The session ended meanwhile.
+        Some(false) => return error_response(EioRequestError::UnknownSid),
+        None => return error_response(EioRequestError::BadRequest),
     }
     shared.wake();
     (

@@ -110,6 +110,11 @@ impl EioSocket {
             };
             if let EioEvent::Closed(reason) = event {
                 self.ended = Some(reason);
+                // A polling client that sent `1` (or broke the protocol)
+                // is gone: its sid is forgotten now, not after `close`.
+                if let Link::Polling(shared) = &self.link {
+                    shared.end(reason);
+                }
             }
             return event;
         }
