@@ -176,6 +176,17 @@ export class Herald {
     await exited;
   }
 
+  /** SIGTERM: the node drains (clients get a reconnect close) and exits; waits at most 10 s. */
+  async terminate() {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise((r) => this.child.once('exit', r));
+    this.child.kill('SIGTERM');
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 10000))]);
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      throw new Error(`herald on port ${this.port} still running 10 s after SIGTERM`);
+    }
+  }
+
   /** Kills the node and removes its directory. */
   async stop() {
     await this.kill();

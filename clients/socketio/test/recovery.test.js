@@ -101,45 +101,56 @@ describe('recovery through a cut TCP connection', () => {
 });
 
 describe('recovery on another node of a Redis cluster', () => {
-  it('node A is SIGKILLed while node B publishes: recovered on B, 1..N exactly once', async () => {
-    const redis = await Redis.start();
-    cleanup.push(() => redis.stop());
-    const broker = `
-[broker]
-kind = "redis"
-redis_url = "${redis.url}"
-prefix = "sio${uniq()}"
-`;
-    const a = await Herald.start(broker);
-    cleanup.push(() => a.stop());
-    const b = await Herald.start(broker);
-    cleanup.push(() => b.stop());
-    const proxy = await Proxy.start(a.port);
-    cleanup.push(() => proxy.close());
+  for (const [label, stopA] of [
+    ['SIGKILLed', (a) => a.kill()],
+    ['drained (SIGTERM)', (a) => a.terminate()],
+  ]) {
+    it(`node A is ${label} while node B publishes: recovered on B, 1..N exactly once`, async () => {
+      const redis = await Redis.start();
+      cleanup.push(() => redis.stop());
+      const broker = `
+  [broker]
+  kind = "redis"
+  redis_url = "${redis.url}"
+  prefix = "sio${uniq()}"
+  `;
+      const a = await Herald.start(broker);
+      cleanup.push(() => a.stop());
+      const b = await Herald.start(broker);
+      cleanup.push(() => b.stop());
+      const proxy = await Proxy.start(a.port);
+      cleanup.push(() => proxy.close());
 
-    const s = client(proxy.url, { auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] });
-    cleanup.push(() => s.close());
-    await connected(s);
-    const room = `sio:cl${uniq()}`;
-    await request(s, 'join_room', { room });
+      const s = client(proxy.url, { auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] });
+      cleanup.push(() => s.close());
+      await connected(s);
+      const room = `sio:cl${uniq()}`;
+      await request(s, 'join_room', { room });
 
-    const N = 40;
-    let published = 0;
-    const publisher = (async () => {
-      for (let n = 1; n <= N; n++) {
-        await b.publish(room, 'tick', { n });
-        published = n;
-        await new Promise((r) => setTimeout(r, 20));
+      const N = 40;
+      let published = 0;
+      const publisher = (async () => {
+        for (let n = 1; n <= N; n++) {
+          await b.publish(room, 'tick', { n });
+          published = n;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })();
+      await waitFor(() => ticks(s).length >= 8, 'the first events through node A');
+      proxy.retarget(b.port);
+      await stopA(a);
+      await publisher;
+      assert.equal(published, N);
+      await waitForTicks(s, N, 10000);
+      assert.equal(s.recovered, true, 'socket.recovered after moving to node B');
+      assert.deepEqual(ticks(s), range(1, N));
+      assert.ok(proxy.accepted >= 2, 'the client reconnected through the proxy');
+      if (label.startsWith('drained')) {
+        // A drain advises reconnecting: the `disconnect` event says so and no
+        // DISCONNECT packet followed (else the client would not have come back).
+        const [info] = (await nextEvent(s, 'disconnect', (d) => typeof d === 'object')).args;
+        assert.equal(info.reconnect, true, JSON.stringify(info));
       }
-    })();
-    await waitFor(() => ticks(s).length >= 8, 'the first events through node A');
-    proxy.retarget(b.port);
-    await a.kill();
-    await publisher;
-    assert.equal(published, N);
-    await waitForTicks(s, N, 10000);
-    assert.equal(s.recovered, true, 'socket.recovered after moving to node B');
-    assert.deepEqual(ticks(s), range(1, N));
-    assert.ok(proxy.accepted >= 2, 'the client reconnected through the proxy');
-  });
+    });
+  }
 });
