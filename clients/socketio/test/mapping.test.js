@@ -210,6 +210,20 @@ describe('rooms and events', () => {
     assert.deepEqual(after.members.map((m) => m.user_id), [alice]);
   });
 
+  for (const [label, opts] of TRANSPORTS.slice(1)) {
+    it(`binary attachments are refused with an error ack (${label}); the connection stays usable`, async () => {
+      const s = await connected(open({ auth: { token: token(`u${uniq()}`) }, ...opts }));
+      const room = `sio:b${uniq()}`;
+      await request(s, 'join_room', { room });
+      const refused = await request(s, 'send_message', { room, event: 'blob', data: Buffer.from([1, 2, 3]) });
+      assert.equal(refused.code, 'bad_request', JSON.stringify(refused));
+      assert.equal(typeof refused.message, 'string');
+      const ack = await request(s, 'send_message', { room, event: 'text', data: 'still here' });
+      assert.equal(typeof ack.offset, 'number', JSON.stringify(ack));
+      assert.ok(s.connected);
+    });
+  }
+
   it('a burst of emits past limits.burst gets rate_limited acks', async () => {
     const s = await connected(open({ auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] }));
     const room = `sio:r${uniq()}`;

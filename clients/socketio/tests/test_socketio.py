@@ -182,3 +182,17 @@ async def test_kick_through_the_api(
     assert not c.sio.connected
     conns = await node.api("GET", f"/api/v1/users/{user}/connections")
     assert conns["connections"] == []
+
+
+@pytest.mark.parametrize("transports", [["websocket"], ["polling"]], ids=["websocket", "polling"])
+async def test_binary_attachments_refused(
+    node: Node, clients: Callable[..., Client], transports: List[str]
+) -> None:
+    c = await clients().connect(node.url, auth={"token": token(f"u{uniq()}")}, transports=transports)
+    room = f"sio:b{uniq()}"
+    await c.request("join_room", {"room": room})
+    refused = await c.request("send_message", {"room": room, "event": "blob", "data": b"\x01\x02\x03"})
+    assert refused["code"] == "bad_request", refused
+    ack = await c.request("send_message", {"room": room, "event": "text", "data": "still here"})
+    assert isinstance(ack["offset"], int), ack
+    assert c.sio.connected
