@@ -1,0 +1,165 @@
+// Connection state recovery with socket.io-client 4.8's own
+// `connectionStateRecovery` support (it sends back `pid` and `offset` in
+// CONNECT once the server gave it a pid): the client's TCP connection is
+// cut by a proxy while events are published, and, on a two-node Redis
+// cluster, its node is SIGKILLed while another node publishes. Either way
+// the client must end with every event exactly once, in order, and
+// `socket.recovered === true`.
+
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { Herald, Proxy, Redis, client, connected, nextEvent, request, token, uniq, waitFor } from './harness.js';
+
+const cleanup = [];
+after(async () => {
+  for (const f of cleanup.reverse()) await f();
+});
+
+/** The `n` of every `tick` event `socket` received, in arrival order. */
+const ticks = (socket) => socket.events.filter((e) => e.event === 'tick').map((e) => e.args[0].n);
+
+const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+/** Waits until the socket has seen `n` ticks and is connected; reports what it got otherwise. */
+async function waitForTicks(socket, n, timeoutMs = 8000) {
+  try {
+    await waitFor(() => socket.connected && ticks(socket).length >= n, `${n} ticks`, timeoutMs);
+  } catch (e) {
+    e.message += `; got ${JSON.stringify(ticks(socket))}, connected=${socket.connected}`;
+    throw e;
+  }
+}
+
+describe('recovery through a cut TCP connection', () => {
+  for (const [label, opts] of [
+    ['websocket only', { transports: ['websocket'] }],
+    ['polling then upgrade', {}],
+  ]) {
+    it(`${label}: recovered === true and every event once, in order`, async () => {
+      const node = await Herald.start();
+      cleanup.push(() => node.stop());
+      const proxy = await Proxy.start(node.port);
+      cleanup.push(() => proxy.close());
+      const user = `u${uniq()}`;
+      const s = client(proxy.url, { auth: { token: token(user) }, ...opts });
+      cleanup.push(() => s.close());
+      await connected(s);
+      assert.equal(s.recovered, false);
+      const room = `sio:rc${uniq()}`;
+      await request(s, 'join_room', { room });
+      if (!opts.transports) {
+        await waitFor(() => s.io.engine.transport.name === 'websocket', 'the upgrade to websocket');
+      }
+      for (let n = 1; n <= 3; n++) await node.publish(room, 'tick', { n });
+      await waitForTicks(s, 3);
+
+      proxy.cut();
+      await waitFor(() => !s.connected, 'the client to notice the cut');
+      // Into the joined room and the auto-joined user room, while the client is away.
+      for (let n = 4; n <= 12; n++) await node.publish(room, 'tick', { n });
+      await node.publish(`user:${user}`, 'note', { away: true });
+      proxy.restore();
+
+      await waitFor(() => s.connected, 'the client to reconnect', 8000);
+      assert.equal(s.recovered, true, 'socket.recovered after the reconnect');
+      for (let n = 13; n <= 15; n++) await node.publish(room, 'tick', { n });
+      await waitForTicks(s, 15);
+      assert.deepEqual(ticks(s), range(1, 15));
+      await nextEvent(s, 'note', (d) => d.away === true);
+      // The rooms are back: a send into the joined room is accepted.
+      const ack = await request(s, 'send_message', { room, event: 'chat', data: 'back' });
+      assert.equal(typeof ack.offset, 'number');
+    });
+  }
+
+  it('a pid the server cannot recover gives recovered === false and a fresh connection', async () => {
+    const node = await Herald.start();
+    cleanup.push(() => node.stop());
+    const proxy = await Proxy.start(node.port);
+    cleanup.push(() => proxy.close());
+    const user = `u${uniq()}`;
+    const s = client(proxy.url, { auth: { token: token(user) }, transports: ['websocket'] });
+    cleanup.push(() => s.close());
+    await connected(s);
+    const room = `sio:rf${uniq()}`;
+    await request(s, 'join_room', { room });
+    proxy.cut();
+    await waitFor(() => !s.connected, 'the client to notice the cut');
+    // `global` (auto-joined) keeps no history: this event cannot be replayed.
+    await node.publish('global', 'lost', {});
+    proxy.restore();
+    await waitFor(() => s.connected, 'the client to reconnect', 8000);
+    assert.equal(s.recovered, false);
+    // As a fresh connection: auto-joined rooms only.
+    const authenticated = () => s.events.filter((e) => e.event === 'authenticated');
+    await waitFor(() => authenticated().length >= 2, 'an authenticated event for each connection');
+    const [auth] = authenticated().at(-1).args;
+    assert.ok(auth.rooms.some((r) => r.room === `user:${user}`));
+    const left = await request(s, 'leave_room', { room });
+    assert.equal(left.code, 'not_joined');
+  });
+});
+
+describe('recovery on another node of a Redis cluster', () => {
+  for (const [label, stopA] of [
+    ['SIGKILLed', (a) => a.kill()],
+    ['drained (SIGTERM)', (a) => a.terminate()],
+  ]) {
+    it(`node A is ${label} while node B publishes: recovered on B, 1..N exactly once`, async () => {
+      const redis = await Redis.start();
+      cleanup.push(() => redis.stop());
+      const broker = `
+  [broker]
+  kind = "redis"
+  redis_url = "${redis.url}"
+  prefix = "sio${uniq()}"
+  `;
+      const a = await Herald.start(broker);
+      cleanup.push(() => a.stop());
+      const b = await Herald.start(broker);
+      cleanup.push(() => b.stop());
+      const proxy = await Proxy.start(a.port);
+      cleanup.push(() => proxy.close());
+
+      const s = client(proxy.url, { auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] });
+      cleanup.push(() => s.close());
+      const reasons = [];
+      s.on('disconnect', (reason) => reasons.push(reason));
+      await connected(s);
+      const room = `sio:cl${uniq()}`;
+      await request(s, 'join_room', { room });
+
+      const N = 40;
+      let published = 0;
+      const publisher = (async () => {
+        for (let n = 1; n <= N; n++) {
+          await b.publish(room, 'tick', { n });
+          published = n;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })();
+      await waitFor(() => ticks(s).length >= 8, 'the first events through node A');
+      proxy.retarget(b.port);
+      await stopA(a);
+      await publisher;
+      assert.equal(published, N);
+      await waitForTicks(s, N, 10000);
+      assert.equal(s.recovered, true, 'socket.recovered after moving to node B');
+      assert.deepEqual(ticks(s), range(1, N));
+      assert.ok(proxy.accepted >= 2, 'the client reconnected through the proxy');
+      // The first connection ended as a lost transport (a dead node; a
+      // drain closes without DISCONNECT, so the client came back by itself).
+      const ended = reasons.find((r) => typeof r === 'string');
+      assert.ok(
+        ['transport close', 'transport error', 'ping timeout'].includes(ended),
+        `the connection to node A ended with "${ended}"; seen: ${JSON.stringify(reasons)}`,
+      );
+      if (label.startsWith('drained')) {
+        // A drain advises reconnecting, in a `disconnect` event before the close.
+        const info = reasons.find((r) => typeof r === 'object');
+        assert.ok(info, `no disconnect event from the draining node; seen: ${JSON.stringify(reasons)}`);
+        assert.equal(info.reconnect, true, JSON.stringify(info));
+      }
+    });
+  }
+});
