@@ -95,7 +95,7 @@ export function token(sub, claims = {}) {
   return `${head}.${body}.${sig}`;
 }
 
-function config(port, extra) {
+function config(port, extra, limits) {
   return `[server]
 listen = "127.0.0.1:${port}"
 node_id = "sio-${port}"
@@ -109,9 +109,9 @@ key = "${ADMIN_KEY}"
 scopes = ["admin"]
 
 [limits]
-max_connections_per_user = 50
-messages_per_second = 20
-burst = ${BURST}
+${Object.entries({ max_connections_per_user: 50, messages_per_second: 20, burst: BURST, ...limits })
+  .map(([k, v]) => `${k} = ${JSON.stringify(v)}`)
+  .join('\n')}
 
 # Chat-like rooms with presence and history, for joins, messages and recovery.
 [namespaces.sio]
@@ -132,12 +132,15 @@ export class Herald {
     this.child = child;
   }
 
-  /** Starts a node (extra TOML appended to the base config) and waits for /ready. */
-  static async start(extra = '') {
+  /**
+   * Starts a node and waits for /ready: `extra` TOML is appended to the base
+   * config, `limits` (`{key: value}`) override keys of its `[limits]` table.
+   */
+  static async start(extra = '', limits = {}) {
     if (!existsSync(BINARY)) throw new Error(`no herald binary at ${BINARY}: run \`cargo build -p herald\``);
     const port = await freePort();
     const dir = mkdtempSync(join(tmpdir(), 'herald-sio-'));
-    writeFileSync(join(dir, 'herald.toml'), config(port, extra));
+    writeFileSync(join(dir, 'herald.toml'), config(port, extra, limits));
     // The node reads every HERALD_* variable as config: pass none of them.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_')));
     const logFd = openSync(join(dir, 'herald.log'), 'a');

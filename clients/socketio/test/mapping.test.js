@@ -91,6 +91,24 @@ describe('connect', () => {
     });
   }
 
+  it('over limits.max_connections_per_user: connect_error "limit_exceeded"', async () => {
+    const limited = await Herald.start('', { max_connections_per_user: 1 });
+    try {
+      const auth = { token: token(`u${uniq()}`) };
+      const a = client(limited.url, { auth, transports: ['websocket'] });
+      sockets.push(a);
+      await connected(a);
+      const b = client(limited.url, { auth, transports: ['websocket'], reconnection: false });
+      sockets.push(b);
+      const err = await connectError(b);
+      assert.equal(err.message, 'limit_exceeded');
+      assert.equal(err.data?.code, 'limit_exceeded');
+      assert.ok(a.connected, 'the first connection stays');
+    } finally {
+      await limited.stop();
+    }
+  });
+
   it('another namespace: connect_error "invalid namespace"', async () => {
     const s = client(`${node.url}/admin`, { auth: { token: token(`u${uniq()}`) }, reconnection: false });
     sockets.push(s);
@@ -210,6 +228,25 @@ describe('rooms and events', () => {
     assert.deepEqual(after.members.map((m) => m.user_id), [alice]);
   });
 
+  it('an event named like a Socket.IO reserved event arrives as herald:<name>', async () => {
+    const user = `u${uniq()}`;
+    const s = await connected(open({ auth: { token: token(user) }, transports: ['websocket'] }));
+    await node.publish(`user:${user}`, 'connect', { n: 1 });
+    await node.publish(`user:${user}`, 'after', { n: 2 });
+    const [data, meta] = (await nextEvent(s, 'herald:connect')).args;
+    assert.deepEqual(data, { n: 1 });
+    assert.equal(meta.room, `user:${user}`);
+    await nextEvent(s, 'after');
+    assert.ok(s.connected, 'the reserved name did not break the connection');
+  });
+
+  it('an emit of an unknown name acks unknown_type', async () => {
+    const s = await connected(open({ auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] }));
+    const ack = await request(s, 'fly_to_moon', { room: 'sio:x' });
+    assert.equal(ack.code, 'unknown_type', JSON.stringify(ack));
+    assert.ok(s.connected);
+  });
+
   for (const [label, opts] of TRANSPORTS.slice(1)) {
     it(`binary attachments are refused with an error ack (${label}); the connection stays usable`, async () => {
       const s = await connected(open({ auth: { token: token(`u${uniq()}`) }, ...opts }));
@@ -254,19 +291,12 @@ describe('server-side close', () => {
       s.io.on('reconnect_attempt', () => attempts++);
       const res = await node.api('POST', `/api/v1/users/${user}/disconnect`);
       assert.equal(res.disconnected, 1);
-      // The listener sees the server's `disconnect` event (an object) and
-      // then the client's own disconnect (a reason string).
-      const ended = await waitFor(() => reasons.find((r) => typeof r === 'string'), 'the connection to end');
-      assert.equal(
-        ended,
-        'io server disconnect',
-        `the connection ended with "${ended}", not with the server's DISCONNECT; seen: ${JSON.stringify(reasons)}`,
-      );
-      const info = reasons.find((r) => typeof r === 'object');
-      assert.ok(info, `no disconnect event before the DISCONNECT; seen: ${JSON.stringify(reasons)}`);
+      const [info] = (await nextEvent(s, 'herald:disconnect')).args;
       assert.equal(info.code, 4013);
+      assert.equal(info.reason, 'disconnected');
       assert.equal(info.reconnect, false);
-      assert.equal(typeof info.reason, 'string');
+      const ended = await waitFor(() => reasons[0], 'the connection to end');
+      assert.equal(ended, 'io server disconnect', `the connection ended with "${ended}", not with the server's DISCONNECT`);
       assert.equal(s.connected, false);
       // With a 100 ms reconnection delay, an automatic reconnect would have started by now.
       await new Promise((r) => setTimeout(r, 600));

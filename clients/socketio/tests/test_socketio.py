@@ -171,8 +171,9 @@ async def test_kick_through_the_api(
     await c.next_event("authenticated")
     res = await node.api("POST", f"/api/v1/users/{user}/disconnect")
     assert res["disconnected"] == 1
-    info, *_ = await c.next_event("disconnect", lambda *a: bool(a) and isinstance(a[0], dict))
+    info, *_ = await c.next_event("herald:disconnect")
     assert info["code"] == 4013
+    assert info["reason"] == "disconnected"
     assert info["reconnect"] is False
     await wait_for(lambda: not c.sio.connected, "the client to be disconnected")
     # The server's DISCONNECT, not a lost transport: python-socketio reports
@@ -182,6 +183,19 @@ async def test_kick_through_the_api(
     assert not c.sio.connected
     conns = await node.api("GET", f"/api/v1/users/{user}/connections")
     assert conns["connections"] == []
+
+
+async def test_reserved_event_name_and_unknown_emit(node: Node, clients: Callable[..., Client]) -> None:
+    user = f"u{uniq()}"
+    c = await clients().connect(node.url, auth={"token": token(user)}, transports=["websocket"])
+    # A room event named `connect` would run python-socketio's own handler.
+    await node.publish(f"user:{user}", "connect", {"n": 1})
+    data, meta, *_ = await c.next_event("herald:connect")
+    assert data == {"n": 1}
+    assert meta["room"] == f"user:{user}"
+    unknown = await c.request("fly_to_moon", {"room": "sio:x"})
+    assert unknown["code"] == "unknown_type", unknown
+    assert c.sio.connected
 
 
 @pytest.mark.parametrize("transports", [["websocket"], ["polling"]], ids=["websocket", "polling"])
