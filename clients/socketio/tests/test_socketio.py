@@ -162,7 +162,7 @@ async def test_rate_limited_acks(node: Node, clients: Callable[..., Client]) -> 
     assert 1 <= ok < total
 
 
-@pytest.mark.parametrize("transports", [None, ["websocket"]], ids=["polling-then-upgrade", "websocket"])
+@pytest.mark.parametrize("transports", TRANSPORTS, ids=["polling-then-upgrade", "websocket", "polling"])
 async def test_kick_through_the_api(
     node: Node, clients: Callable[..., Client], transports: Optional[List[str]]
 ) -> None:
