@@ -249,6 +249,9 @@ describe('server-side close', () => {
       const s = await connected(open({ auth: { token: token(user) }, ...opts }));
       await nextEvent(s, 'authenticated');
       const reasons = [];
+      // Herald's close info is `herald:disconnect` (docs/protocol.md 8.4: socket.io-client
+      // refuses an event named `disconnect`); the client's own `disconnect` follows.
+      s.on('herald:disconnect', (info) => reasons.push(info));
       s.on('disconnect', (reason) => reasons.push(reason));
       let attempts = 0;
       s.io.on('reconnect_attempt', () => attempts++);

@@ -124,6 +124,7 @@ describe('recovery on another node of a Redis cluster', () => {
       const s = client(proxy.url, { auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] });
       cleanup.push(() => s.close());
       const reasons = [];
+      s.on('herald:disconnect', (info) => reasons.push(info));
       s.on('disconnect', (reason) => reasons.push(reason));
       await connected(s);
       const room = `sio:cl${uniq()}`;

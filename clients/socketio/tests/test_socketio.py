@@ -171,7 +171,8 @@ async def test_kick_through_the_api(
     await c.next_event("authenticated")
     res = await node.api("POST", f"/api/v1/users/{user}/disconnect")
     assert res["disconnected"] == 1
-    info, *_ = await c.next_event("disconnect", lambda *a: bool(a) and isinstance(a[0], dict))
+    # Herald's close info (docs/protocol.md 8.4: `disconnect` is reserved).
+    info, *_ = await c.next_event("herald:disconnect", lambda *a: bool(a) and isinstance(a[0], dict))
     assert info["code"] == 4013
     assert info["reconnect"] is False
     await wait_for(lambda: not c.sio.connected, "the client to be disconnected")
