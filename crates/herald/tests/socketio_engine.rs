@@ -4,10 +4,13 @@
 //! the bounds (maxPayload, overlapping requests, the poll timeout).
 
 mod common;
+#[path = "socketio_engine/support.rs"]
+mod support;
 
 use common::*;
 use serde_json::Value;
 use std::time::Duration;
+use support::*;
 
 /// Short timings so that timeouts show within a test: pingInterval 1 s,
 /// pingTimeout 1 s, maxPayload 4096.
@@ -18,115 +21,6 @@ stale_timeout = "2s"
 max_message_bytes = 4096
 auth_timeout = "10s"
 "#;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-/// An HTTP answer: status, headers, body.
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    /// Asserts an Engine.IO error answer with `code`.
-    fn assert_error(&self, status: u16, code: u64) {
-        assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(self.json()["code"], code, "{}", self.body);
-    }
-
-    /// The packets of a polling body.
-    fn packets(&self) -> Vec<String> {
-        assert_eq!(self.status, 200, "{}", self.body);
-        self.body.split('\u{1e}').map(str::to_owned).collect()
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(WAIT)
-        .build()
-        .expect("client")
-}
-
-async fn request(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Vec<u8>>,
-    origin: Option<&str>,
-) -> Answer {
-    let mut req = client.request(method, url);
-    if let Some(body) = body {
-        req = req
-            .header("content-type", "text/plain;charset=UTF-8")
-            .body(body);
-    }
-    if let Some(origin) = origin {
-        req = req.header("origin", origin);
-    }
-    let res = req.send().await.expect("request");
-    Answer {
-        status: res.status().as_u16(),
-        headers: res.headers().clone(),
-        body: res.text().await.expect("body"),
-    }
-}
-
-async fn get(client: &reqwest::Client, url: String) -> Answer {
-    request(client, reqwest::Method::GET, url, None, None).await
-}
-
-async fn post(client: &reqwest::Client, url: String, body: &[u8]) -> Answer {
-    request(
-        client,
-        reqwest::Method::POST,
-        url,
-        Some(body.to_vec()),
-        None,
-    )
-    .await
-}
-
-fn poll_url(node: &TestNode, sid: &str) -> String {
-    format!(
-        "{}/socket.io/?EIO=4&transport=polling&sid={sid}",
-        node.url()
-    )
-}
-
-/// Opens a polling session; returns its sid and open packet.
-async fn open_polling(node: &TestNode, client: &reqwest::Client) -> (String, Value) {
-    let url = format!("{}/socket.io/?EIO=4&transport=polling", node.url());
-    let answer = get(client, url).await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let open = answer.body.strip_prefix('0').expect("an open packet");
-    let open: Value = serde_json::from_str(open).expect("open JSON");
-    (open["sid"].as_str().expect("sid").to_owned(), open)
-}
-
-/// GETs with the sid until the answer is an error (the session is gone),
-/// within [`WAIT`]; returns that answer.
-async fn until_gone(node: &TestNode, client: &reqwest::Client, sid: &str) -> Answer {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        // A noop POST does not count as polling, and wakes no one.
-        let answer = post(client, poll_url(node, sid), b"6").await;
-        if answer.status != 200 {
-            return answer;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "session {sid} still alive"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn polling_handshake_carries_the_limits() {
@@ -324,27 +218,6 @@ async fn a_client_close_packet_ends_the_session() {
     until_gone(&node, &client, &sid).await.assert_error(400, 1);
 }
 
-/// Sends one text frame.
-async fn send_text(ws: &mut RawWs, text: &str) {
-    ws.send_frame(1, text.as_bytes()).await.expect("send");
-}
-
-/// The next text frame, skipping pings (`2`), which it answers.
-async fn next_text(ws: &mut RawWs) -> Option<String> {
-    loop {
-        let frame = ws.next_frame(WAIT).await?;
-        if frame.opcode != 1 {
-            return Some(format!("<opcode {}>", frame.opcode));
-        }
-        let text = String::from_utf8(frame.payload).expect("UTF-8");
-        if text == "2" {
-            send_text(ws, "3").await;
-            continue;
-        }
-        return Some(text);
-    }
-}
-
 #[tokio::test]
 async fn the_upgrade_probe_releases_the_pending_get_and_moves_the_session() {
     let node = TestNode::start(CONFIG).await;
@@ -438,70 +311,12 @@ heartbeat_interval = "5s"
 stale_timeout = "15s"
 "#;
 
-/// GETs until the packets seen include one starting with each of `want`,
-/// in order; returns every GET's packets (noops left out).
-async fn poll_until(
-    node: &TestNode,
-    client: &reqwest::Client,
-    sid: &str,
-    want: &[&str],
-) -> Vec<Vec<String>> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut bodies = Vec::new();
-    let mut seen = Vec::new();
-    loop {
-        let packets = get(client, poll_url(node, sid)).await.packets();
-        for packet in &packets {
-            if packet == "2" {
-                post(client, poll_url(node, sid), b"3").await;
-            }
-        }
-        let packets: Vec<String> = packets.into_iter().filter(|p| p != "6").collect();
-        seen.extend(packets.iter().cloned());
-        if !packets.is_empty() {
-            bodies.push(packets);
-        }
-        let mut rest = want.iter().peekable();
-        for packet in &seen {
-            if rest.peek().is_some_and(|w| packet.starts_with(*w)) {
-                rest.next();
-            }
-        }
-        if rest.peek().is_none() {
-            return bodies;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "waiting for {want:?}; seen {seen:?}"
-        );
-    }
-}
-
-/// Opens a polling session and sends CONNECT with a token (not polling).
-async fn connect_polling(node: &TestNode, client: &reqwest::Client, user: &str) -> String {
-    let (sid, _) = open_polling(node, client).await;
-    let connect = format!(r#"40{{"token":"{}"}}"#, node.user_token(user));
-    let answer = post(client, poll_url(node, &sid), connect.as_bytes()).await;
-    assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
-    sid
-}
-
 #[tokio::test]
 async fn polling_batches_packets_and_takes_several_per_post() {
     let node = TestNode::start(SLOW_PINGS).await;
     let client = http();
     let sid = connect_polling(&node, &client, "alice").await;
-    // The CONNECT answer and the `authenticated` event are sent together:
-    // one GET carries both.
-    let bodies = poll_until(&node, &client, &sid, &["40{", "42[\"authenticated\""]).await;
-    let first = bodies
-        .iter()
-        .find(|b| b.iter().any(|p| p.starts_with("40{")))
-        .expect("the CONNECT answer");
-    assert!(
-        first.iter().any(|p| p.starts_with("42[\"authenticated\"")),
-        "{bodies:?}"
-    );
+    poll_until(&node, &client, &sid, &["40{", "42[\"authenticated\""]).await;
     // Two requests in one POST, each acknowledged.
     let answer = post(
         &client,
@@ -613,4 +428,64 @@ async fn pongs_keep_a_polling_session_alive_past_the_stale_timeout() {
         }
     }
     assert!(pings >= 2, "{pings} pings in 4 s");
+}
+
+#[tokio::test]
+async fn large_events_reach_a_slow_websocket_reader_whole_and_in_order() {
+    let node = TestNode::start(SLOW_PINGS).await;
+    // A small receive window: the server's writes stop part-way through
+    // frames and resume, which must never cut or reorder a packet.
+    let mut ws =
+        RawWs::connect_small_window(&node.addr(), "/socket.io/?EIO=4&transport=websocket", 4096)
+            .await;
+    let open = next_text(&mut ws).await.expect("open");
+    assert!(open.starts_with("0{"), "{open}");
+    let connect = format!(r#"40{{"token":"{}"}}"#, node.user_token("dave"));
+    send_text(&mut ws, &connect).await;
+    loop {
+        let packet = next_text(&mut ws).await.expect("authenticated");
+        if packet.starts_with("42[\"authenticated\"") {
+            break;
+        }
+    }
+    // About 3 MB: under `limits.send_queue_bytes` (4 MiB), far over what
+    // the socket buffers hold.
+    const EVENTS: usize = 150;
+    let filler = "x".repeat(20_000);
+    let publisher = tokio::spawn({
+        let url = node.url();
+        let filler = filler.clone();
+        async move {
+            let client = http();
+            for n in 0..EVENTS {
+                let body = serde_json::json!({
+                    "room": "user:dave", "event": "big", "data": {"n": n, "fill": filler}
+                });
+                let res = client
+                    .post(format!("{url}/api/v1/publish"))
+                    .header("authorization", format!("Bearer {ADMIN_KEY}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("publish");
+                assert!(res.status().is_success(), "{}", res.status());
+            }
+        }
+    });
+    // Everything is published before the client reads a byte of it.
+    publisher.await.expect("publisher");
+    let mut next = 0;
+    while next < EVENTS {
+        let packet = next_text(&mut ws).await.expect("an event");
+        let Some(args) = packet.strip_prefix("42") else {
+            continue;
+        };
+        let args: Value = serde_json::from_str(args).expect("a whole event");
+        if args[0] != "big" {
+            continue;
+        }
+        assert_eq!(args[1]["n"], next, "in order");
+        assert_eq!(args[1]["fill"].as_str(), Some(filler.as_str()), "whole");
+        next += 1;
+    }
 }

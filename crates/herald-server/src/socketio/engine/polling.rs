@@ -106,7 +106,6 @@ pub(super) async fn get(table: &Table, sid: &str) -> Response {
                 return Ok(Bytes::from_static(b"1"));
             }
             if s.upgraded || s.release || Instant::now() >= hold {
-                s.release = false;
                 return Ok(Bytes::from_static(b"6"));
             }
             Err(Some(hold))
