@@ -34,6 +34,7 @@ describe('recovery through a cut TCP connection', () => {
   for (const [label, opts] of [
     ['websocket only', { transports: ['websocket'] }],
     ['polling then upgrade', {}],
+    ['polling only', { transports: ['polling'] }],
   ]) {
     it(`${label}: recovered === true and every event once, in order`, async () => {
       const node = await Herald.start();
@@ -71,6 +72,43 @@ describe('recovery through a cut TCP connection', () => {
       assert.equal(typeof ack.offset, 'number');
     });
   }
+
+  it('the server ends a connection whose token expired (4012) mid-stream: the client comes back, recovered', async () => {
+    const node = await Herald.start();
+    cleanup.push(() => node.stop());
+    const user = `u${uniq()}`;
+    let tokens = 0;
+    const s = client(node.url, {
+      transports: ['websocket'],
+      // The first token expires within 2 s; every reconnect gets a fresh one
+      // (socket.io-client calls this on each attempt and adds pid/offset).
+      auth: (cb) => cb({ token: token(user, tokens++ === 0 ? { exp: Math.floor(Date.now() / 1000) + 2 } : {}) }),
+    });
+    cleanup.push(() => s.close());
+    const reasons = [];
+    s.on('disconnect', (reason) => reasons.push(reason));
+    await connected(s);
+    const room = `sio:tx${uniq()}`;
+    await request(s, 'join_room', { room });
+
+    // Publish all along, until a few events after the client came back.
+    let n = 0;
+    const deadline = Date.now() + 8000;
+    let after = 0;
+    while (after < 5) {
+      assert.ok(Date.now() < deadline, `no reconnect after the expiry; reasons ${JSON.stringify(reasons)}`);
+      await node.publish(room, 'tick', { n: ++n });
+      if (tokens >= 2 && s.connected) after++;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    await waitForTicks(s, n);
+    const [info] = (await nextEvent(s, 'herald:disconnect')).args;
+    assert.equal(info.code, 4012, JSON.stringify(info));
+    assert.equal(info.reconnect, true);
+    assert.equal(reasons[0], 'transport close', 'closed without DISCONNECT');
+    assert.equal(s.recovered, true, 'socket.recovered after the reconnect');
+    assert.deepEqual(ticks(s), range(1, n));
+  });
 
   it('a pid the server cannot recover gives recovered === false and a fresh connection', async () => {
     const node = await Herald.start();
