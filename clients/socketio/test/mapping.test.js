@@ -140,6 +140,21 @@ describe('rooms and events', () => {
     assert.equal(notJoined.code, 'not_joined');
   });
 
+  it('join_room with since replays the missed events after the ack', async () => {
+    const s = await connected(open({ auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] }));
+    const room = `sio:h${uniq()}`;
+    const first = await node.publish(room, 'tick', { n: 1 });
+    for (let n = 2; n <= 4; n++) await node.publish(room, 'tick', { n });
+    const ack = await request(s, 'join_room', { room, since: { epoch: first.epoch, offset: first.offset } });
+    assert.equal(ack.recovered, true, JSON.stringify(ack));
+    assert.equal(ack.replayed, 3);
+    await waitFor(() => s.events.filter((e) => e.event === 'tick').length === 3, 'three replayed events');
+    assert.deepEqual(
+      s.events.filter((e) => e.event === 'tick').map((e) => e.args[0].n),
+      [2, 3, 4],
+    );
+  });
+
   it('subscribe {room} joins; a request without an ack gets its reply as an event', async () => {
     const s = await connected(open({ auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] }));
     const a = `sio:s${uniq()}`;
@@ -307,11 +322,17 @@ describe('server-side close', () => {
     });
   }
 
-  it('connections list the socketio transport', async () => {
+  it('connections, stats and metrics count the socketio transport', async () => {
     const user = `u${uniq()}`;
-    await connected(open({ auth: { token: token(user) }, transports: ['websocket'] }));
+    const s = await connected(open({ auth: { token: token(user) }, transports: ['websocket'] }));
     const conns = await node.api('GET', `/api/v1/users/${user}/connections`);
     assert.equal(conns.connections.length, 1);
     assert.equal(conns.connections[0].transport, 'socketio');
+    assert.equal(conns.connections[0].connection_id, s.id);
+    const stats = await node.api('GET', '/api/v1/stats');
+    assert.ok(stats.connections >= 1, JSON.stringify(stats));
+    const metrics = await (await fetch(`${node.url}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+    const open_ = metrics.match(/^herald_connections_by_transport\{transport="socketio"\} (\d+)/m);
+    assert.ok(open_ && Number(open_[1]) >= 1, 'herald_connections_by_transport{transport="socketio"}');
   });
 });
