@@ -487,3 +487,16 @@ async fn a_client_that_stops_reading_is_cut_as_a_slow_consumer() {
         "closed as a slow consumer:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_follows_socketio_path_and_enabled() {
+    let node = TestNode::start("[socketio]\npath = \"/rt/io/\"\n").await;
+    let (status, body) = node.get("/rt/io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("0{"), "Engine.IO handshake: {body}");
+    let (status, _) = node.get("/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 404, "not at the default path any more");
+    let node = TestNode::start("[socketio]\nenabled = false\n").await;
+    let (status, _) = node.get("/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 404);
+}
