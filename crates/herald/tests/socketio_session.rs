@@ -443,3 +443,60 @@ async fn socketio_connections_count_in_stats_and_metrics() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_as_a_slow_consumer() {
+    let node = TestNode::start(
+        "[limits]\nsend_queue_messages = 64\nsend_queue_bytes = 262144\n\
+         messages_per_second = 1000\nburst = 1000\n",
+    )
+    .await;
+    let (mut sio, _) = Sio::connect(&node, json!({"token": node.user_token("alice")})).await;
+    sio.event("authenticated").await;
+    // The client reads nothing from here on: its socket buffers fill, then
+    // the send queue, and the node cuts it (4011) instead of waiting.
+    let big = "x".repeat(60_000);
+    for _ in 0..400 {
+        node.publish("user:alice", "bulk", json!({"pad": big}))
+            .await;
+    }
+    // Its session ends once the last packets had their bounded chance.
+    let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+    loop {
+        let (_, list) = node
+            .api(
+                "GET",
+                "/api/v1/users/alice/connections",
+                Some(ADMIN_KEY),
+                None,
+            )
+            .await;
+        if list["connections"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the non-reading client was never cut: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(sio);
+    let log = node.log();
+    assert!(
+        log.contains("slow_consumer"),
+        "closed as a slow consumer:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_follows_socketio_path_and_enabled() {
+    let node = TestNode::start("[socketio]\npath = \"/rt/io/\"\n").await;
+    let (status, body) = node.get("/rt/io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("0{"), "Engine.IO handshake: {body}");
+    let (status, _) = node.get("/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 404, "not at the default path any more");
+    let node = TestNode::start("[socketio]\nenabled = false\n").await;
+    let (status, _) = node.get("/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 404);
+}

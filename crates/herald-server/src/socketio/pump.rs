@@ -176,10 +176,11 @@ async fn send(
     let done = tokio::select! {
         biased;
         done = &mut sending => done,
-        _ = conn.queue.closed() => {
+        code = conn.queue.closed() => {
             match tokio::time::timeout(CLOSE_TIMEOUT, &mut sending).await {
                 Ok(done) => done,
-                Err(_) => return Err(End::Abandoned("write_timeout")),
+                // Closed for `code` (a slow consumer, say): that is why.
+                Err(_) => return Err(End::Abandoned(code.reason())),
             }
         }
     };
