@@ -110,6 +110,53 @@ describe('recovery through a cut TCP connection', () => {
     assert.deepEqual(ticks(s), range(1, n));
   });
 
+  it('the server cuts a client that stops reading (4011): it comes back by itself, recovered', async () => {
+    // A short send queue, and room history for the tens of MB that the
+    // loopback TCP buffers take before the queue fills.
+    const node = await Herald.start('', {
+      send_queue_messages: 64,
+      send_queue_bytes: 262144,
+      history_room_bytes: 134217728,
+    });
+    cleanup.push(() => node.stop());
+    const proxy = await Proxy.start(node.port);
+    cleanup.push(() => proxy.close());
+    const user = `u${uniq()}`;
+    const s = client(proxy.url, { auth: { token: token(user) }, transports: ['websocket'] });
+    cleanup.push(() => s.close());
+    const reasons = [];
+    s.on('disconnect', (reason) => reasons.push(reason));
+    await connected(s);
+    const room = `sio:sc${uniq()}`;
+    await request(s, 'join_room', { room });
+    for (let n = 1; n <= 3; n++) await node.publish(room, 'tick', { n });
+    await waitForTicks(s, 3);
+
+    proxy.freeze();
+    const pad = 'x'.repeat(60000);
+    let n = 3;
+    // Until the node reports the overflow (the close itself then waits, a
+    // bounded time, for its last packets to leave).
+    const overflowed = async () => {
+      const metrics = await (await fetch(`${node.url}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+      return /^herald_send_queue_overflows_total 1$/m.test(metrics);
+    };
+    while (!(await overflowed())) {
+      assert.ok(n < 1000, 'the node never cut the client that stopped reading');
+      for (let i = 0; i < 10; i++) await node.publish(room, 'tick', { n: ++n, pad });
+    }
+    for (let i = 0; i < 3; i++) await node.publish(room, 'tick', { n: ++n });
+    proxy.thaw();
+
+    await waitForTicks(s, n, 10000);
+    assert.equal(reasons[0], 'transport close', 'closed without DISCONNECT');
+    assert.equal(s.recovered, true, 'socket.recovered after the cut');
+    assert.deepEqual(ticks(s), range(1, n));
+    const [info] = (await nextEvent(s, 'herald:disconnect')).args;
+    assert.equal(info.code, 4011, JSON.stringify(info));
+    assert.equal(info.reconnect, true);
+  });
+
   it('a pid the server cannot recover gives recovered === false and a fresh connection', async () => {
     const node = await Herald.start();
     cleanup.push(() => node.stop());
