@@ -57,21 +57,52 @@ describe('recovery through a cut TCP connection', () => {
       proxy.cut();
       await waitFor(() => !s.connected, 'the client to notice the cut');
       // Into the joined room and the auto-joined user room, while the client is away.
-      for (let n = 4; n <= 12; n++) await node.publish(room, 'tick', { n });
+      for (let n = 4; n <= 60; n++) await node.publish(room, 'tick', { n });
       await node.publish(`user:${user}`, 'note', { away: true });
       proxy.restore();
 
       await waitFor(() => s.connected, 'the client to reconnect', 8000);
       assert.equal(s.recovered, true, 'socket.recovered after the reconnect');
-      for (let n = 13; n <= 15; n++) await node.publish(room, 'tick', { n });
-      await waitForTicks(s, 15);
-      assert.deepEqual(ticks(s), range(1, 15));
+      for (let n = 61; n <= 63; n++) await node.publish(room, 'tick', { n });
+      await waitForTicks(s, 63);
+      assert.deepEqual(ticks(s), range(1, 63));
       await nextEvent(s, 'note', (d) => d.away === true);
       // The rooms are back: a send into the joined room is accepted.
       const ack = await request(s, 'send_message', { room, event: 'chat', data: 'back' });
       assert.equal(typeof ack.offset, 'number');
     });
   }
+
+  it('a room left before the cut stays left; the rooms joined come back', async () => {
+    const node = await Herald.start();
+    cleanup.push(() => node.stop());
+    const proxy = await Proxy.start(node.port);
+    cleanup.push(() => proxy.close());
+    const s = client(proxy.url, { auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] });
+    cleanup.push(() => s.close());
+    await connected(s);
+    const kept = `sio:k${uniq()}`;
+    const left = `sio:l${uniq()}`;
+    await request(s, 'join_room', { room: kept });
+    // Joined and left without acks: the room_joined / room_left events keep
+    // the client's offset current all the same.
+    s.emit('join_room', { room: left });
+    await nextEvent(s, 'room_joined', (d) => d.room === left);
+    s.emit('leave_room', { room: left });
+    await nextEvent(s, 'room_left', (d) => d.room === left);
+    proxy.cut();
+    await waitFor(() => !s.connected, 'the client to notice the cut');
+    await node.publish(left, 'tick', { n: 0 });
+    await node.publish(kept, 'tick', { n: 1 });
+    proxy.restore();
+    await waitFor(() => s.connected, 'the client to reconnect', 8000);
+    assert.equal(s.recovered, true);
+    await node.publish(kept, 'tick', { n: 2 });
+    await waitForTicks(s, 2);
+    assert.deepEqual(ticks(s), [1, 2]);
+    const again = await request(s, 'leave_room', { room: left });
+    assert.equal(again.code, 'not_joined', 'the left room was not joined again');
+  });
 
   it('the server ends a connection whose token expired (4012) mid-stream: the client comes back, recovered', async () => {
     const node = await Herald.start();
