@@ -304,6 +304,19 @@ export class Proxy {
     this.down = false;
   }
 
+  /** Stops passing the server's bytes on (they back up in the kernel); the connections stay. */
+  freeze() {
+    for (const { client, upstream } of this.pairs) {
+      upstream.unpipe(client);
+      upstream.pause();
+    }
+  }
+
+  /** Passes the server's bytes on again. */
+  thaw() {
+    for (const { client, upstream } of this.pairs) upstream.pipe(client);
+  }
+
   retarget(port) {
     this.target = port;
   }

@@ -57,21 +57,52 @@ describe('recovery through a cut TCP connection', () => {
       proxy.cut();
       await waitFor(() => !s.connected, 'the client to notice the cut');
       // Into the joined room and the auto-joined user room, while the client is away.
-      for (let n = 4; n <= 12; n++) await node.publish(room, 'tick', { n });
+      for (let n = 4; n <= 60; n++) await node.publish(room, 'tick', { n });
       await node.publish(`user:${user}`, 'note', { away: true });
       proxy.restore();
 
       await waitFor(() => s.connected, 'the client to reconnect', 8000);
       assert.equal(s.recovered, true, 'socket.recovered after the reconnect');
-      for (let n = 13; n <= 15; n++) await node.publish(room, 'tick', { n });
-      await waitForTicks(s, 15);
-      assert.deepEqual(ticks(s), range(1, 15));
+      for (let n = 61; n <= 63; n++) await node.publish(room, 'tick', { n });
+      await waitForTicks(s, 63);
+      assert.deepEqual(ticks(s), range(1, 63));
       await nextEvent(s, 'note', (d) => d.away === true);
       // The rooms are back: a send into the joined room is accepted.
       const ack = await request(s, 'send_message', { room, event: 'chat', data: 'back' });
       assert.equal(typeof ack.offset, 'number');
     });
   }
+
+  it('a room left before the cut stays left; the rooms joined come back', async () => {
+    const node = await Herald.start();
+    cleanup.push(() => node.stop());
+    const proxy = await Proxy.start(node.port);
+    cleanup.push(() => proxy.close());
+    const s = client(proxy.url, { auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] });
+    cleanup.push(() => s.close());
+    await connected(s);
+    const kept = `sio:k${uniq()}`;
+    const left = `sio:l${uniq()}`;
+    await request(s, 'join_room', { room: kept });
+    // Joined and left without acks: the room_joined / room_left events keep
+    // the client's offset current all the same.
+    s.emit('join_room', { room: left });
+    await nextEvent(s, 'room_joined', (d) => d.room === left);
+    s.emit('leave_room', { room: left });
+    await nextEvent(s, 'room_left', (d) => d.room === left);
+    proxy.cut();
+    await waitFor(() => !s.connected, 'the client to notice the cut');
+    await node.publish(left, 'tick', { n: 0 });
+    await node.publish(kept, 'tick', { n: 1 });
+    proxy.restore();
+    await waitFor(() => s.connected, 'the client to reconnect', 8000);
+    assert.equal(s.recovered, true);
+    await node.publish(kept, 'tick', { n: 2 });
+    await waitForTicks(s, 2);
+    assert.deepEqual(ticks(s), [1, 2]);
+    const again = await request(s, 'leave_room', { room: left });
+    assert.equal(again.code, 'not_joined', 'the left room was not joined again');
+  });
 
   it('the server ends a connection whose token expired (4012) mid-stream: the client comes back, recovered', async () => {
     const node = await Herald.start();
@@ -108,6 +139,53 @@ describe('recovery through a cut TCP connection', () => {
     assert.equal(reasons[0], 'transport close', 'closed without DISCONNECT');
     assert.equal(s.recovered, true, 'socket.recovered after the reconnect');
     assert.deepEqual(ticks(s), range(1, n));
+  });
+
+  it('the server cuts a client that stops reading (4011): it comes back by itself, recovered', async () => {
+    // A short send queue, and room history for the tens of MB that the
+    // loopback TCP buffers take before the queue fills.
+    const node = await Herald.start('', {
+      send_queue_messages: 64,
+      send_queue_bytes: 262144,
+      history_room_bytes: 134217728,
+    });
+    cleanup.push(() => node.stop());
+    const proxy = await Proxy.start(node.port);
+    cleanup.push(() => proxy.close());
+    const user = `u${uniq()}`;
+    const s = client(proxy.url, { auth: { token: token(user) }, transports: ['websocket'] });
+    cleanup.push(() => s.close());
+    const reasons = [];
+    s.on('disconnect', (reason) => reasons.push(reason));
+    await connected(s);
+    const room = `sio:sc${uniq()}`;
+    await request(s, 'join_room', { room });
+    for (let n = 1; n <= 3; n++) await node.publish(room, 'tick', { n });
+    await waitForTicks(s, 3);
+
+    proxy.freeze();
+    const pad = 'x'.repeat(60000);
+    let n = 3;
+    // Until the node reports the overflow (the close itself then waits, a
+    // bounded time, for its last packets to leave).
+    const overflowed = async () => {
+      const metrics = await (await fetch(`${node.url}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+      return /^herald_send_queue_overflows_total 1$/m.test(metrics);
+    };
+    while (!(await overflowed())) {
+      assert.ok(n < 1000, 'the node never cut the client that stopped reading');
+      for (let i = 0; i < 10; i++) await node.publish(room, 'tick', { n: ++n, pad });
+    }
+    for (let i = 0; i < 3; i++) await node.publish(room, 'tick', { n: ++n });
+    proxy.thaw();
+
+    await waitForTicks(s, n, 10000);
+    assert.equal(reasons[0], 'transport close', 'closed without DISCONNECT');
+    assert.equal(s.recovered, true, 'socket.recovered after the cut');
+    assert.deepEqual(ticks(s), range(1, n));
+    const [info] = (await nextEvent(s, 'herald:disconnect')).args;
+    assert.equal(info.code, 4011, JSON.stringify(info));
+    assert.equal(info.reconnect, true);
   });
 
   it('a pid the server cannot recover gives recovered === false and a fresh connection', async () => {
