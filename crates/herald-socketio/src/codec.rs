@@ -257,18 +257,10 @@ pub fn split_packets(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
 }
 
 /// For an event packet (`42[...]`), its bytes without the closing `]`, so
-/// that [`token_tail`] can add one more argument without copying them.
+/// that a per-connection tail (`,"<token>"]`) can add one more argument
+/// without copying them.
 pub fn event_head(packet: &Bytes) -> Option<Bytes> {
     (packet.starts_with(b"42[") && packet.ends_with(b"]")).then(|| packet.slice(..packet.len() - 1))
-}
-
-/// `,"<token>"]`: the recovery token as an event's last argument.
-pub fn token_tail(token: &str) -> Bytes {
-    let mut out = Vec::with_capacity(token.len() + 4);
-    out.push(b',');
-    json_into(&mut out, token);
-    out.push(b']');
-    Bytes::from(out)
 }
 
 #[cfg(test)]

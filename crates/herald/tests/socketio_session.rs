@@ -500,3 +500,36 @@ async fn the_endpoint_follows_socketio_path_and_enabled() {
     let (status, _) = node.get("/socket.io/?EIO=4&transport=polling").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_larger_than_the_send_queue_is_replayed_in_paced_slices() {
+    let node = TestNode::start(
+        "[limits]\nsend_queue_messages = 32\n\n[namespaces.chat]\njoin = \"any\"\n\
+         history_size = 1000\nhistory_ttl = \"10m\"\n",
+    )
+    .await;
+    let token = node.user_token("alice");
+    let (mut sio, answer) = Sio::connect(&node, json!({"token": token})).await;
+    let pid = answer["pid"].as_str().expect("pid").to_owned();
+    sio.send(r#"421["join_room",{"room":"chat:big"}]"#).await;
+    sio.ack(1).await;
+    publish_ticks(&node, "chat:big", 1, 1).await;
+    let offset = sio.event("tick").await.token();
+    drop(sio);
+    publish_ticks(&node, "chat:big", 2, 300).await;
+    let (mut back, answer) =
+        Sio::connect(&node, json!({"token": token, "pid": pid, "offset": offset})).await;
+    assert_eq!(answer["pid"], pid.as_str(), "recovered");
+    let ticks: Vec<u64> = back
+        .events_for(Duration::from_millis(500))
+        .await
+        .iter()
+        .filter(|e| e.name == "tick")
+        .filter_map(|e| e.args[0]["n"].as_u64())
+        .collect();
+    assert_eq!(
+        ticks,
+        (2..=301).collect::<Vec<_>>(),
+        "every missed event once, in order"
+    );
+}
