@@ -244,11 +244,13 @@ describe('socketio.recovery = false', () => {
 });
 
 describe('recovery on another node of a Redis cluster', () => {
-  for (const [label, stopA] of [
-    ['SIGKILLed', (a) => a.kill()],
-    ['drained (SIGTERM)', (a) => a.terminate()],
+  for (const [label, stopA, transports] of [
+    ['SIGKILLed', (a) => a.kill(), ['websocket']],
+    ['SIGKILLed', (a) => a.kill(), ['polling']],
+    ['drained (SIGTERM)', (a) => a.terminate(), ['websocket']],
+    ['drained (SIGTERM)', (a) => a.terminate(), ['polling']],
   ]) {
-    it(`node A is ${label} while node B publishes: recovered on B, 1..N exactly once`, async () => {
+    it(`node A is ${label} while node B publishes (${transports}): recovered on B, 1..N exactly once`, async () => {
       const redis = await Redis.start();
       cleanup.push(() => redis.stop());
       const broker = `
@@ -264,7 +266,7 @@ describe('recovery on another node of a Redis cluster', () => {
       const proxy = await Proxy.start(a.port);
       cleanup.push(() => proxy.close());
 
-      const s = client(proxy.url, { auth: { token: token(`u${uniq()}`) }, transports: ['websocket'] });
+      const s = client(proxy.url, { auth: { token: token(`u${uniq()}`) }, transports });
       cleanup.push(() => s.close());
       const reasons = [];
       s.on('disconnect', (reason) => reasons.push(reason));
