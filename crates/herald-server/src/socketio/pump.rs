@@ -2,9 +2,9 @@
 //! the connection's queue is drained into the Engine.IO session (there is
 //! no socket writer: a polling client has no socket between two requests),
 //! heartbeats are Engine.IO pings, and a server-side close is the
-//! `disconnect` event, then `41` only when the client should not come back
-//! (a kick), so that socket.io-client reconnects (and recovers) by itself
-//! after a drain or a slow-consumer cut.
+//! `herald:disconnect` event, then `41` only when the client should not
+//! come back (a kick), so that socket.io-client reconnects (and recovers)
+//! by itself after a drain or a slow-consumer cut.
 
 use super::connect::Opened;
 use super::engine::{EioEvent, EioSocket, OutPacket};
