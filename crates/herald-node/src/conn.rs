@@ -111,10 +111,11 @@ impl Connection {
     /// Queues a control frame, written at once when the socket takes it. A
     /// full queue cuts the connection (4011).
     pub fn send(&self, bytes: Bytes) {
-        let frame = Outbound::Frame {
-            bytes,
-            publication: None,
-        };
+        self.send_item(Outbound::control(bytes));
+    }
+
+    /// Queues an item as [`Self::send`] does.
+    pub(crate) fn send_item(&self, frame: Outbound) {
         if self.queue.push(frame) == PushResult::Overflow {
             self.close(CloseCode::SlowConsumer);
         }

@@ -97,10 +97,7 @@ mod tests {
                     Instant::now(),
                     0,
                 );
-                let frame = Outbound::Frame {
-                    bytes: bytes::Bytes::from_static(b"{}"),
-                    publication: None,
-                };
+                let frame = Outbound::control(bytes::Bytes::from_static(b"{}"));
                 conn.queue.enqueue(frame);
                 Arc::new(conn)
             })

@@ -23,6 +23,7 @@ mod rate;
 mod replay;
 mod rooms;
 mod session;
+mod session_presence;
 mod slots;
 mod transport;
 
@@ -36,7 +37,7 @@ pub use node::{
     BrokerSummary, Node, NodeSettings, NodeStats, NodeSummary, OpenOptions, PublishInput,
 };
 pub use preauth::{PreAuth, Refusal, Step, MAX_FRAMES_BEFORE_AUTH};
-pub use queue::{Drain, Duty, Outbound, PushResult, SendQueue, SocketWriter};
+pub use queue::{Drain, Duty, Outbound, PositionChange, PushResult, SendQueue, SocketWriter};
 pub use rate::TokenBucket;
 pub use replay::{ReplayPage, ReplayRead};
 pub use session::Session;

@@ -5,7 +5,7 @@ use crate::conn::Connection;
 use crate::error::NodeError;
 use crate::limits::Limits;
 use crate::metrics;
-use crate::queue::{SendQueue, SocketWriter};
+use crate::queue::{Outbound, PositionChange, SendQueue, SocketWriter};
 use crate::rate::UserRates;
 use crate::rooms::Rooms;
 use crate::session::Session;
@@ -318,7 +318,7 @@ impl Node {
         }
         let mut session = Session::new(self.clone(), conn.clone());
         let pending = session.auto_join(&options.resume).await;
-        conn.reply(&ServerFrame::Authenticated {
+        let authenticated = conn.encode(&ServerFrame::Authenticated {
             id: options.reply_to,
             connection_id: conn.id.to_string(),
             user_id: conn.user_id.to_string(),
@@ -333,6 +333,14 @@ impl Node {
                 .collect(),
             heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
         });
+        let listed = pending
+            .iter()
+            .map(|p| (p.key.name.clone(), p.position.clone()))
+            .collect();
+        conn.send_item(Outbound::changing(
+            authenticated,
+            PositionChange::Listed(listed),
+        ));
         let presence_rooms = session.finish_auto_join(pending, options.announce_rooms);
         session.announce_joined(&presence_rooms).await;
         session.feed_replay_all().await;

@@ -20,8 +20,8 @@
 
 use crate::metrics;
 use bytes::Bytes;
-use herald_core::Publication;
-use herald_protocol::CloseCode;
+use herald_core::{Publication, RoomName};
+use herald_protocol::{CloseCode, StreamPosition};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,6 +37,11 @@ pub enum Outbound {
         /// The room event this frame carries, if it is one: its position
         /// (SSE ids) and acceptance time (latency histogram).
         publication: Option<Arc<Publication>>,
+        /// How this control frame moves the client's positions in its
+        /// rooms (`room_joined`, `room_left`, `authenticated`), for
+        /// transports that track them whatever the codec (SSE ids,
+        /// Socket.IO recovery tokens). Boxed: rare, and frames are many.
+        change: Option<Box<PositionChange>>,
     },
     /// A keep-alive (a WebSocket ping, an SSE comment).
     Ping,
@@ -45,7 +50,50 @@ pub enum Outbound {
     Raw(Bytes),
 }
 
+/// How a control frame moves a client's positions (see
+/// [`Outbound::Frame`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PositionChange {
+    /// `room_joined`: the room stands at `position` from now on, unless it
+    /// is being recovered (`recovered: Some(true)`): then the client's own
+    /// position stands until its replayed events move it on.
+    Joined {
+        /// The room.
+        room: RoomName,
+        /// Where live delivery starts.
+        position: StreamPosition,
+        /// The join's `recovered` (only when it resumed from `since`).
+        recovered: Option<bool>,
+    },
+    /// `room_left`: the room is no longer tracked.
+    Left {
+        /// The room.
+        room: RoomName,
+    },
+    /// `authenticated`: the auto-joined rooms at their positions; a room
+    /// already tracked (being resumed) keeps its own.
+    Listed(Vec<(RoomName, StreamPosition)>),
+}
+
 impl Outbound {
+    /// A control frame (no publication) with no position change.
+    pub fn control(bytes: Bytes) -> Self {
+        Self::Frame {
+            bytes,
+            publication: None,
+            change: None,
+        }
+    }
+
+    /// A control frame that moves the client's positions.
+    pub fn changing(bytes: Bytes, change: PositionChange) -> Self {
+        Self::Frame {
+            bytes,
+            publication: None,
+            change: Some(Box::new(change)),
+        }
+    }
+
     /// Payload bytes, counted against `limits.send_queue_bytes`.
     fn len(&self) -> usize {
         match self {

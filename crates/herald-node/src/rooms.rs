@@ -23,7 +23,7 @@ use herald_core::broker::Writes;
 use herald_core::{
     MemberRecord, PresenceChange, PresenceSink, Publication, PublicationSink, RoomKey,
 };
-use herald_protocol::{encode, CloseCode, MemberSummary, ServerFrame, StreamPosition};
+use herald_protocol::{CloseCode, MemberSummary, ServerFrame, StreamPosition, CODEC_SLOTS};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -128,7 +128,7 @@ impl Rooms {
             if let Some(buffer) = member.pending.take() {
                 for p in buffer.into_inner() {
                     if p.position.epoch != start.epoch || p.position.offset > start.offset {
-                        written |= enqueue_publication(conn, &p, &p.encode());
+                        written |= enqueue_publication(conn, &p, &p.encoded(conn.codec));
                     }
                 }
             }
@@ -149,7 +149,7 @@ impl Rooms {
         room: &RoomKey,
         conn: &Arc<Connection>,
         position: &StreamPosition,
-        first: Option<bytes::Bytes>,
+        first: Option<Outbound>,
         replay: &[Arc<Publication>],
         announce: bool,
     ) -> Option<()> {
@@ -159,7 +159,7 @@ impl Rooms {
             let entry = shard.get_mut(room)?;
             let member = entry.members.get_mut(conn)?;
             if let Some(frame) = first {
-                enqueue(conn, frame);
+                enqueued(conn, conn.queue.enqueue(frame));
             }
             let mut last = position.offset;
             for p in replay {
@@ -178,11 +178,11 @@ impl Rooms {
             member.before_rejoin = None;
             member.announced |= announce;
             if entry.presence && announce {
-                let frame = encode(&ServerFrame::MemberJoined {
+                let frame = ServerFrame::MemberJoined {
                     room: room.name.to_string(),
                     user_id: conn.user_id.to_string(),
                     connection_id: conn.id.to_string(),
-                });
+                };
                 let others = entry.members.iter().filter(|m| !Arc::ptr_eq(&m.conn, conn));
                 tell_live(others, &frame, &mut written);
             }
@@ -218,11 +218,11 @@ impl Rooms {
             };
             let was_announced = entry.members.remove(conn).is_some_and(|m| m.announced);
             if was_announced && entry.presence {
-                let frame = encode(&ServerFrame::MemberLeft {
+                let frame = ServerFrame::MemberLeft {
                     room: room.name.to_string(),
                     user_id: conn.user_id.to_string(),
                     connection_id: conn.id.to_string(),
-                });
+                };
                 tell_live(entry.members.iter(), &frame, &mut written);
             }
             if entry.members.is_empty() {
@@ -256,29 +256,24 @@ pub(crate) fn passes(conn: &Connection, p: &Publication) -> bool {
     p.exclude_connection.as_deref() != Some(&*conn.id) && (p.from.is_some() || conn.wants(&p.event))
 }
 
-/// Queues `frame` for every live (not joining) member, noting whom to write.
+/// Queues `frame` for every live (not joining) member, noting whom to
+/// write. Encoded once per codec among the members, in each member's own.
 fn tell_live<'a>(
     members: impl Iterator<Item = &'a Member>,
-    frame: &bytes::Bytes,
+    frame: &ServerFrame,
     written: &mut Vec<Arc<Connection>>,
 ) {
+    let mut encoded: [Option<bytes::Bytes>; CODEC_SLOTS] = Default::default();
     for m in members.filter(|m| m.pending.is_none()) {
-        if enqueue(&m.conn, frame.clone()) {
+        let codec = m.conn.codec;
+        let bytes = match encoded.get_mut(codec.slot()) {
+            Some(cell) => cell.get_or_insert_with(|| codec.encode(frame)).clone(),
+            None => codec.encode(frame),
+        };
+        if enqueued(&m.conn, m.conn.queue.enqueue(Outbound::control(bytes))) {
             written.push(m.conn.clone());
         }
     }
-}
-
-/// Queues a control frame for `conn` without writing it. Returns whether it
-/// was queued.
-fn enqueue(conn: &Connection, frame: bytes::Bytes) -> bool {
-    enqueued(
-        conn,
-        conn.queue.enqueue(Outbound::Frame {
-            bytes: frame,
-            publication: None,
-        }),
-    )
 }
 
 /// Queues one publication for `conn` without writing it, applying exclusion
@@ -296,6 +291,7 @@ pub(crate) fn enqueue_publication(
         conn.queue.enqueue(Outbound::Frame {
             bytes: frame.clone(),
             publication: Some(p.clone()),
+            change: None,
         }),
     )
 }
@@ -316,7 +312,7 @@ impl PresenceSink for Rooms {
         let room = change.room.name.to_string();
         let user_id = change.user_id.clone();
         let connection_id = change.connection_id.clone();
-        let frame = encode(&if change.joined {
+        let frame = if change.joined {
             ServerFrame::MemberJoined {
                 room,
                 user_id,
@@ -328,7 +324,7 @@ impl PresenceSink for Rooms {
                 user_id,
                 connection_id,
             }
-        });
+        };
         let mut written = Vec::new();
         {
             let shard = self.shard(&change.room).read();

@@ -7,6 +7,7 @@ use crate::error::NodeError;
 use crate::filter::check_patterns;
 use crate::metrics;
 use crate::node::Node;
+use crate::queue::{Outbound, PositionChange};
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
 use crate::replay::{Replay, Resolved};
 use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
@@ -168,7 +169,7 @@ impl Session {
         false
     }
 
-    fn reply(&self, frame: ServerFrame) {
+    pub(crate) fn reply(&self, frame: ServerFrame) {
         self.conn.reply(&frame);
     }
 
@@ -204,6 +205,7 @@ impl Session {
             ClientRequest::SendMessage { room, event, data } => {
                 self.send_message(id, &room, event, data).await?
             }
+            ClientRequest::Presence { room } => self.presence(id, &room).await?,
         }
         Ok(())
     }
@@ -245,7 +247,7 @@ impl Session {
         Ok(())
     }
 
-    fn room_key(&self, room: &str) -> Result<(RoomName, RoomKey), NodeError> {
+    pub(crate) fn room_key(&self, room: &str) -> Result<(RoomName, RoomKey), NodeError> {
         let name = RoomName::parse(room)?;
         let key = RoomKey::new(self.conn.tenant.clone(), name.clone());
         Ok((name, key))
@@ -319,15 +321,23 @@ impl Session {
             recovered,
             more,
         } = resolved;
-        let frame = self.conn.encode(&ServerFrame::RoomJoined {
-            id,
-            room: name.to_string(),
-            epoch: position.epoch.clone(),
-            offset: position.offset,
-            recovered: since.as_ref().map(|_| recovered),
-            replayed: since.as_ref().map(|_| replayed),
-            members,
-        });
+        let recovered = since.as_ref().map(|_| recovered);
+        let frame = Outbound::changing(
+            self.conn.encode(&ServerFrame::RoomJoined {
+                id,
+                room: name.to_string(),
+                epoch: position.epoch.clone(),
+                offset: position.offset,
+                recovered,
+                replayed: since.as_ref().map(|_| replayed),
+                members,
+            }),
+            PositionChange::Joined {
+                room: name.clone(),
+                position: position.clone(),
+                recovered,
+            },
+        );
         if replay.is_empty() {
             inner
                 .rooms
@@ -335,7 +345,7 @@ impl Session {
         } else {
             // The member stays pending while its replay is fed as the
             // socket drains; `room_joined` goes first.
-            self.conn.send(frame);
+            self.conn.send_item(frame);
             self.replays
                 .push_back(Replay::new(key.clone(), &position, replay, more, announce));
         }
@@ -344,18 +354,6 @@ impl Session {
         }
         self.feed_replay_all().await;
         Ok(())
-    }
-
-    /// The room's members, cluster-wide when the registry answers, else
-    /// this node's.
-    async fn members(&self, key: &RoomKey) -> Vec<herald_protocol::MemberSummary> {
-        match self.node.presence(key).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(room = %key, error = %e, "cluster presence unavailable");
-                self.node.inner.rooms.members(key)
-            }
-        }
     }
 
     /// Removes this connection from `room`: locally (telling local presence
@@ -393,11 +391,15 @@ impl Session {
         }
         self.replays.retain(|r| r.key != key);
         self.drop_membership(&name, &key, true, true).await;
-        self.reply(ServerFrame::RoomLeft {
+        let frame = self.conn.encode(&ServerFrame::RoomLeft {
             id,
             room: name.to_string(),
             reason: None,
         });
+        self.conn.send_item(Outbound::changing(
+            frame,
+            PositionChange::Left { room: name },
+        ));
         Ok(())
     }
 
@@ -516,7 +518,7 @@ impl Session {
         let mut presence_rooms = Vec::new();
         for p in pending {
             let first = announce.then(|| {
-                self.conn.encode(&ServerFrame::RoomJoined {
+                let frame = self.conn.encode(&ServerFrame::RoomJoined {
                     id: None,
                     room: p.key.name.to_string(),
                     epoch: p.position.epoch.clone(),
@@ -524,7 +526,15 @@ impl Session {
                     recovered: p.recovered,
                     replayed: p.recovered.map(|_| p.replayed),
                     members: p.members.clone(),
-                })
+                });
+                Outbound::changing(
+                    frame,
+                    PositionChange::Joined {
+                        room: p.key.name.clone(),
+                        position: p.position.clone(),
+                        recovered: p.recovered,
+                    },
+                )
             });
             if p.members.is_some() {
                 presence_rooms.push(p.key.clone());
@@ -533,7 +543,7 @@ impl Session {
                 rooms.complete_join(&p.key, &self.conn, &p.position, first, &[], true);
             } else {
                 if let Some(frame) = first {
-                    self.conn.send(frame);
+                    self.conn.send_item(frame);
                 }
                 self.replays
                     .push_back(Replay::new(p.key, &p.position, p.replay, p.more, true));

@@ -4,7 +4,7 @@
 //! A transport (a module in the server crate) declares one `static`
 //! [`Transport`] and passes it to [`crate::Node::open_session`]; the node
 //! keeps `&'static Transport` on each connection. The built-in ones are
-//! [`Transport::WEBSOCKET`] and [`Transport::SSE`].
+//! [`Transport::WEBSOCKET`], [`Transport::SSE`] and [`Transport::SOCKETIO`].
 
 /// How frames reach the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,17 @@ impl Transport {
         delivery: Delivery::Streaming,
     };
 
+    /// Socket.IO v4 (docs/protocol.md 8): Engine.IO long polling or
+    /// WebSocket underneath, text frames in the Socket.IO codec. The
+    /// Socket.IO layer drains the queue itself (there is no socket to write
+    /// to while a polling client is between two requests).
+    pub const SOCKETIO: Transport = Transport {
+        name: "socketio",
+        bidirectional: true,
+        binary: false,
+        delivery: Delivery::Polling,
+    };
+
     /// Whether the node pings connections of this transport and closes
     /// them when the client stays silent: only a client that can send can
     /// answer. A receive-only transport keeps proxies awake itself (SSE
@@ -68,5 +79,6 @@ mod tests {
     fn only_bidirectional_transports_are_pinged() {
         assert!(Transport::WEBSOCKET.heartbeats());
         assert!(!Transport::SSE.heartbeats());
+        assert!(Transport::SOCKETIO.heartbeats());
     }
 }

@@ -62,6 +62,12 @@ pub enum ClientRequest {
         /// Any JSON, kept as the client's bytes.
         data: Box<RawValue>,
     },
+    /// Lists the members of a joined room with presence on (an extension
+    /// of PROTOCOL.md 3.4, docs/protocol.md 3.4).
+    Presence {
+        /// Room name.
+        room: String,
+    },
     /// Application-level ping.
     Ping,
 }
@@ -76,6 +82,7 @@ impl ClientRequest {
             Self::Subscribe { .. } => "subscribe",
             Self::Unsubscribe { .. } => "unsubscribe",
             Self::SendMessage { .. } => "send_message",
+            Self::Presence { .. } => "presence",
             Self::Ping => "ping",
         }
     }
@@ -196,6 +203,10 @@ pub fn parse_client_frame(text: &str) -> Result<(Option<RequestId>, ClientReques
                 data,
             }
         }
+        "presence" => {
+            let f: Room = fields_of(&id, &kind, fields)?;
+            ClientRequest::Presence { room: f.room }
+        }
         "ping" => ClientRequest::Ping,
         other => {
             let mut shown: String = other.chars().take(64).collect();
@@ -278,6 +289,16 @@ mod tests {
         assert!(err.message.contains("64"));
         let err = parse_client_frame(r#"{"type":"ping","id":[1]}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn parses_presence() {
+        let (id, req) =
+            parse_client_frame(r#"{"type":"presence","id":4,"room":"chat:1"}"#).expect("valid");
+        assert_eq!(id, Some(RequestId::Number(4.into())));
+        assert!(matches!(req, ClientRequest::Presence { room } if room == "chat:1"));
+        let err = parse_client_frame(r#"{"type":"presence","id":5}"#).unwrap_err();
+        assert!(err.message.contains("room"), "{}", err.message);
     }
 
     #[test]

@@ -98,6 +98,19 @@ mod tests {
             .expect("valid frame");
         assert!(matches!(request, ClientRequest::Ping));
         assert_eq!(id, Some(RequestId::Number(3.into())));
+        let (_, request) = codec
+            .decode(br#"{"type":"presence","id":4,"room":"r"}"#)
+            .expect("presence request");
+        assert!(matches!(request, ClientRequest::Presence { room } if room == "r"));
+        let presence = codec.encode(&ServerFrame::Presence {
+            id: Some(RequestId::Number(4.into())),
+            room: "r".into(),
+            members: Vec::new(),
+        });
+        assert_eq!(
+            &presence[..],
+            br#"{"type":"presence","id":4,"room":"r","members":[]}"#
+        );
         let err = codec.decode(b"\xff").expect_err("not UTF-8");
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert_eq!(

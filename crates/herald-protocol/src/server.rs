@@ -132,6 +132,16 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
     },
+    /// Reply to `presence` (an extension): the room's members.
+    Presence {
+        /// Request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// Room name.
+        room: String,
+        /// Current members, cluster-wide.
+        members: Vec<MemberSummary>,
+    },
     /// Reply to `ping`.
     Pong {
         /// Request id.

@@ -19,11 +19,18 @@ pub struct AppState {
     pub(crate) metrics: Option<PrometheusHandle>,
     /// `server.body_timeout`: how long an API request body may take.
     pub(crate) body_timeout: Duration,
+    /// `[socketio]`.
+    pub(crate) socketio: Arc<crate::config::SocketIoConfig>,
 }
 
 /// Every route of PROTOCOL.md 2.
 pub(crate) fn router(state: AppState) -> Router {
     crate::guard::describe_metrics();
+    let socketio = if state.socketio.enabled {
+        crate::socketio::engine::routes(&state.socketio.path)
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/sse", get(sse::stream))
@@ -46,6 +53,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ws/health", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .merge(crate::dashboard::routes())
+        .merge(socketio)
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn(crate::guard::request_limits))
         .layer(axum::middleware::map_response(ops::json_errors))

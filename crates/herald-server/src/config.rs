@@ -34,6 +34,32 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// `[namespaces.<name>]`, merged over the shipped ones.
     pub namespaces: BTreeMap<String, NamespaceToml>,
+    /// `[socketio]`
+    pub socketio: SocketIoConfig,
+}
+
+/// `[socketio]`: the Socket.IO v4 endpoint (docs/protocol.md 8).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketIoConfig {
+    /// Whether the endpoint is served.
+    pub enabled: bool,
+    /// Its path, starting and ending with `/` (served with and without the
+    /// final `/`, as Socket.IO servers do).
+    pub path: String,
+    /// Connection state recovery: a `pid` in the CONNECT answer and the
+    /// recovery token as every event's last argument.
+    pub recovery: bool,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/socket.io/".into(),
+            recovery: true,
+        }
+    }
 }
 
 /// `[server]`
@@ -319,6 +345,23 @@ impl Config {
         }
         self.validate_broker(&mut problems);
         self.validate_dev_mode(&mut problems);
+        let path = &self.socketio.path;
+        if path.len() < 2
+            || !path.starts_with('/')
+            || !path.ends_with('/')
+            || path.contains("//")
+            || !path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
+        {
+            problems.push(invalid(
+                "socketio.path",
+                format!(
+                    "`{path}`: must start and end with `/` (e.g. `/socket.io/`), with letters, \
+                     digits, `-`, `_`, `.` or `~` between"
+                ),
+            ));
+        }
         if let Err(e) = self.namespace_rules() {
             problems.push(e);
         }

@@ -5,7 +5,7 @@
 //! as a crash. Not part of the server's API.
 
 use crate::api::{self, BroadcastBody, TokenBody};
-use crate::sse::last_event_id;
+use crate::resume::last_event_id;
 use crate::ws::frames::{FrameReader, Incoming, ReadError};
 use herald_auth::{MintRequest, TokenMinter};
 use std::time::{Duration, Instant};

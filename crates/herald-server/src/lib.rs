@@ -18,7 +18,9 @@ mod guard;
 mod http;
 mod ops;
 mod publish_target;
+mod resume;
 mod serve;
+mod socketio;
 mod sse;
 mod ws;
 

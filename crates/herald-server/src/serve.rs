@@ -168,6 +168,7 @@ pub async fn serve_on_with(
         minter: hs256.as_deref().map(|s| Arc::new(token_minter(&config, s))),
         metrics,
         body_timeout: config.server.body_timeout,
+        socketio: Arc::new(config.socketio.clone()),
     };
     let local = listener
         .local_addr()

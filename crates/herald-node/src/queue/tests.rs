@@ -5,6 +5,7 @@ fn frame(n: usize) -> Outbound {
     Outbound::Frame {
         bytes: Bytes::from(vec![b'x'; n]),
         publication: None,
+        change: None,
     }
 }
 
@@ -12,6 +13,7 @@ fn tagged(tag: u8, n: usize) -> Outbound {
     Outbound::Frame {
         bytes: Bytes::from(vec![tag; n]),
         publication: None,
+        change: None,
     }
 }
 
@@ -242,6 +244,7 @@ fn concurrent_pushers_keep_per_sender_order() {
                     let item = Outbound::Frame {
                         bytes: Bytes::from(vec![t, hi, lo]),
                         publication: None,
+                        change: None,
                     };
                     assert_eq!(q.push(item), PushResult::Queued);
                 }

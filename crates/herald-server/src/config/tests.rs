@@ -226,3 +226,22 @@ fn fuzz_config_duration_overflowing_the_clock_is_refused() {
         assert!(err.contains(key) && err.contains("100 years"), "{err}");
     }
 }
+
+#[test]
+fn socketio_defaults_and_path_checks() {
+    let c = Config::from_toml("").expect("defaults");
+    assert!(c.socketio.enabled);
+    assert_eq!(c.socketio.path, "/socket.io/");
+    assert!(c.socketio.recovery);
+    let c =
+        Config::from_toml("[socketio]\nenabled = false\npath = \"/rt/io/\"\nrecovery = false\n")
+            .expect("valid");
+    assert!(!c.socketio.enabled && !c.socketio.recovery);
+    assert_eq!(c.socketio.path, "/rt/io/");
+    for bad in ["socket.io/", "/socket.io", "/", "//x/", "/a b/"] {
+        let err = Config::from_toml(&format!("[socketio]\npath = \"{bad}\"\n")).unwrap_err();
+        assert!(err.to_string().contains("socketio.path"), "{bad}: {err}");
+    }
+    let err = Config::from_toml("[socketio]\nrecovry = true\n").unwrap_err();
+    assert!(err.to_string().contains("recovry"), "{err}");
+}

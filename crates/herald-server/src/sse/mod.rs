@@ -1,15 +1,13 @@
 //! The Server-Sent Events transport (PROTOCOL.md 6): the same session and
 //! frames as WebSocket, one-way. Each SSE message has `event:` set to the
 //! frame type, `data:` the frame JSON, and an `id:` holding the position of
-//! every room of the stream (see [`last_event_id`]).
-
-pub(crate) mod last_event_id;
-mod tracker;
+//! every room of the stream (see [`crate::resume`]).
 
 use crate::api::bearer;
 use crate::error::ApiError;
 use crate::http::ConnectionHandle;
 use crate::ops::PeerIp;
+use crate::resume::{last_event_id, Positions, Tracker};
 use crate::AppState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -20,14 +18,12 @@ use futures_util::stream::{self, Stream};
 use herald_core::RoomName;
 use herald_node::{metrics, Connection, OpenOptions, Outbound, Session, SocketSlot, Transport};
 use herald_protocol::{CloseCode, ErrorCode};
-use last_event_id::Positions;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracker::Tracker;
 
 /// Comment heartbeat period, so proxies keep the stream open.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -372,7 +368,12 @@ fn spawn_slow_reader_watch(
 impl StreamState {
     /// Turns one queued frame into an SSE message, tracking positions.
     fn frame_event(&mut self, item: Outbound) -> Option<Event> {
-        let Outbound::Frame { bytes, publication } = item else {
+        let Outbound::Frame {
+            bytes,
+            publication,
+            change,
+        } = item
+        else {
             return None;
         };
         let kind = match &publication {
@@ -380,9 +381,15 @@ impl StreamState {
                 if let Some(t) = p.accepted_at {
                     metrics::delivery_latency(t.elapsed());
                 }
-                self.positions.on_publication(p)
+                self.positions.on_publication(p);
+                if p.from.is_some() { "message" } else { "event" }.to_owned()
             }
-            None => self.positions.on_control(&bytes)?,
+            None => {
+                if let Some(change) = &change {
+                    self.positions.on_change(change);
+                }
+                frame_type(&bytes)?
+            }
         };
         let text = String::from_utf8_lossy(&bytes);
         let mut event = Event::default()
@@ -403,6 +410,17 @@ impl StreamState {
             .event("disconnect")
             .data(String::from_utf8_lossy(&frame))
     }
+}
+
+/// The `type` of a Herald JSON control frame, the SSE event's name; `None`
+/// when the bytes are not a frame (which the node never produces).
+fn frame_type(frame: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_slice::<Peek>(frame).ok().map(|p| p.kind)
 }
 
 fn events_of(state: StreamState) -> impl Stream<Item = Result<Event, Infallible>> {

@@ -345,6 +345,7 @@ async fn close(socket: &WsSocket, session: &Session, code: CloseCode) {
         Outbound::Frame {
             bytes: session.connection().disconnect_frame(code),
             publication: None,
+            change: None,
         },
         Outbound::Raw(frames::close(code.code(), code.reason())),
     ];

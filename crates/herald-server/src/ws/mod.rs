@@ -11,7 +11,7 @@
 
 mod connection;
 pub(crate) mod frames;
-mod socket;
+pub(crate) mod socket;
 
 use crate::api::bearer;
 use crate::error::ApiError;
@@ -33,8 +33,8 @@ pub(crate) struct WsQuery {
 
 /// A valid WebSocket upgrade request (RFC 6455 4.2.1), ready to answer.
 pub(crate) struct WsUpgrade {
-    accept: HeaderValue,
-    on_upgrade: OnUpgrade,
+    pub(crate) accept: HeaderValue,
+    pub(crate) on_upgrade: OnUpgrade,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {

@@ -19,6 +19,7 @@ fn text(n: usize, tag: u8) -> Outbound {
     Outbound::Frame {
         bytes: Bytes::from(vec![tag; n]),
         publication: None,
+        change: None,
     }
 }
 

@@ -1,5 +1,6 @@
-//! The SSE `id:` field: the position of every room of the stream, so that
-//! `Last-Event-ID` resumes all of them.
+//! The positions text: the position of every room of a connection, so
+//! that one SSE `Last-Event-ID` (or one Socket.IO CONNECT `offset`)
+//! resumes all of them.
 //!
 //! Format: entries `room~epoch~offset` joined by `,`, in room-name order,
 //! e.g. `global~9f1c2a7e55d04b13~0,user:42~4be0f2e1aa6c9d07~17`. Neither `~`

@@ -1,0 +1,302 @@
+//! An Engine.IO session on a WebSocket: one packet per text frame, binary
+//! frames as binary messages, over the project's own WebSocket socket
+//! ([`crate::ws::socket::WsSocket`], [`crate::ws::frames`]). Each packet is
+//! written as one frame, its header, head and tail in one vectored write.
+
+use super::{EioEvent, OutPacket};
+use crate::ws::frames::{self, Incoming, ReadError, MAX_HEADER};
+use crate::ws::socket::{Read, ReadFailure, WsSocket};
+use bytes::Bytes;
+use herald_socketio::engineio::{self, Packet, PacketType};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::io::{self, IoSlice};
+use std::time::Duration;
+use tokio::time::{timeout_at, Instant};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+/// Packets per vectored write (three slices each: header, head, tail).
+const WRITE_BATCH: usize = 16;
+/// Most bytes of control frames (pongs) held for a client that does not
+/// read; beyond, its pings go unanswered.
+const MAX_CONTROL_BYTES: usize = 4096;
+/// How long a closed WebSocket waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Takes the TCP socket back from hyper after an upgrade, by `deadline`;
+/// frames over `max_payload` bytes will be refused.
+pub(super) async fn take_socket(
+    on_upgrade: OnUpgrade,
+    deadline: Instant,
+    max_payload: usize,
+) -> Option<WsSocket> {
+    let Ok(Ok(upgraded)) = timeout_at(deadline, on_upgrade).await else {
+        return None;
+    };
+    let Ok(parts) = upgraded.downcast::<TokioIo<crate::http::ServerIo>>() else {
+        // Only if the HTTP server stopped serving plain TCP streams.
+        tracing::error!("upgraded connection is not a TCP stream; closing it");
+        return None;
+    };
+    Some(WsSocket::new(
+        parts.io.into_inner().into_stream(),
+        &parts.read_buf,
+        max_payload,
+    ))
+}
+
+/// A text frame carrying `payload`, header included.
+pub(super) fn text_frame(payload: &[u8]) -> Bytes {
+    frames::data(false, payload)
+}
+
+/// The WebSocket side of a session.
+#[derive(Debug)]
+pub(super) struct WsLink {
+    socket: WsSocket,
+    /// Whole frames not yet written (pongs, a close, the packets an
+    /// upgrade carried over): written before any new packet, so a frame is
+    /// never cut by another, and by `recv` whenever the socket takes them.
+    control: Vec<u8>,
+    /// How long a write may make no progress before the session is given
+    /// up (the client stopped reading).
+    stall: Duration,
+    /// A close frame is among the control frames: nothing may follow it.
+    close_queued: bool,
+}
+
+impl WsLink {
+    /// A session on `socket`.
+    pub(super) fn new(socket: WsSocket, stall: Duration) -> Self {
+        Self {
+            socket,
+            control: Vec::new(),
+            stall,
+            close_queued: false,
+        }
+    }
+
+    /// The next event from the client (see [`super::EioSocket::recv`]).
+    /// Cancel-safe: frames read stay in the socket until taken.
+    pub(super) async fn recv(&mut self) -> EioEvent {
+        loop {
+            while let Some(frame) = self.socket.take() {
+                if let Some(event) = self.on_frame(frame) {
+                    return event;
+                }
+            }
+            let readable = if self.control.is_empty() {
+                self.socket.readable().await
+            } else {
+                tokio::select! {
+                    readable = self.socket.readable() => readable,
+                    writable = self.socket.stream.writable() => {
+                        if writable.and_then(|()| self.flush_control_now()).is_err() {
+                            return EioEvent::Closed("transport_error");
+                        }
+                        continue;
+                    }
+                }
+            };
+            if readable.is_err() {
+                return EioEvent::Closed("transport_error");
+            }
+            match self.socket.read_now() {
+                Ok(Read::Open) => {}
+                Ok(Read::Eof) => return EioEvent::Closed("client_closed"),
+                Err(ReadFailure::Io(_)) => return EioEvent::Closed("transport_error"),
+                Err(ReadFailure::Frame(e)) => {
+                    let (code, reason) = match e {
+                        ReadError::TooBig => (1009, "payload_too_large"),
+                        ReadError::InvalidUtf8 => (1007, "invalid_utf8"),
+                        ReadError::Protocol(_) => (1002, "protocol_error"),
+                    };
+                    self.queue_control(&frames::close(code, ""));
+                    return EioEvent::Closed(reason);
+                }
+            }
+        }
+    }
+
+    /// What one frame means for the session; `None` when it was handled
+    /// here (a WebSocket ping, a noop).
+    fn on_frame(&mut self, frame: Incoming) -> Option<EioEvent> {
+        match frame {
+            Incoming::Text(text) => match engineio::decode_packet(Bytes::from(text)) {
+                Ok(packet) => on_packet(packet),
+                Err(_) => {
+                    self.queue_control(&frames::close(1002, ""));
+                    Some(EioEvent::Closed("parse_error"))
+                }
+            },
+            Incoming::Binary(data) => Some(EioEvent::Binary(Bytes::from(data))),
+            Incoming::Ping(payload) => {
+                self.queue_control(&frames::control(Control::Pong, &payload));
+                None
+            }
+            Incoming::Pong => None,
+            Incoming::Close(code) => {
+                self.queue_control(&frames::close(code.unwrap_or(1000), ""));
+                Some(EioEvent::Closed("client_closed"))
+            }
+        }
+    }
+
+    /// Queues `packets` as frames to write before anything else (the
+    /// packets a polling session had not delivered when it upgraded).
+    pub(super) fn queue_packets(&mut self, packets: &[OutPacket]) {
+        for packet in packets {
+            let tail: &[u8] = packet.tail.as_deref().unwrap_or(&[]);
+            let mut head = [0u8; MAX_HEADER];
+            let n = frames::header(
+                OpCode::Data(Data::Text),
+                packet.head.len() + tail.len(),
+                &mut head,
+            );
+            self.control.extend_from_slice(&head[..n]);
+            self.control.extend_from_slice(&packet.head);
+            self.control.extend_from_slice(tail);
+        }
+        let _ = self.flush_control_now();
+    }
+
+    /// Queues a control frame and writes what the socket takes now.
+    fn queue_control(&mut self, frame: &[u8]) {
+        if self.close_queued || self.control.len() + frame.len() > MAX_CONTROL_BYTES {
+            return;
+        }
+        // A close frame's opcode is 0x8 (the first byte, with FIN).
+        self.close_queued = frame.first() == Some(&0x88);
+        self.control.extend_from_slice(frame);
+        let _ = self.flush_control_now();
+    }
+
+    /// Writes queued control frames without waiting; `Ok(true)` when none
+    /// are left.
+    fn flush_control_now(&mut self) -> io::Result<bool> {
+        while !self.control.is_empty() {
+            match self.socket.stream.try_write(&self.control) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.control.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.control = Vec::new();
+        Ok(true)
+    }
+
+    /// Waits until the socket takes more, at most the stall time.
+    async fn writable(&self) -> io::Result<()> {
+        match tokio::time::timeout(self.stall, self.socket.stream.writable()).await {
+            Ok(ready) => ready,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Writes `packets`, one text frame each, in order (after any queued
+    /// control frame).
+    pub(super) async fn send(&mut self, packets: &[OutPacket]) -> io::Result<()> {
+        while !self.flush_control_now()? {
+            self.writable().await?;
+        }
+        let mut next = 0;
+        // Bytes of packet `next` already written, its header included.
+        let mut offset = 0;
+        while next < packets.len() {
+            let batch = &packets[next..packets.len().min(next + WRITE_BATCH)];
+            let mut heads = [[0u8; MAX_HEADER]; WRITE_BATCH];
+            let mut head_lens = [0usize; WRITE_BATCH];
+            for (i, packet) in batch.iter().enumerate() {
+                head_lens[i] =
+                    frames::header(OpCode::Data(Data::Text), packet.len(), &mut heads[i]);
+            }
+            let mut slices = [IoSlice::new(&[]); 3 * WRITE_BATCH];
+            let mut lens = [0usize; WRITE_BATCH];
+            let mut count = 0;
+            for (i, packet) in batch.iter().enumerate() {
+                let tail: &[u8] = packet.tail.as_deref().unwrap_or(&[]);
+                // The first packet may be partly written already.
+                let mut skip = if i == 0 { offset } else { 0 };
+                lens[i] = head_lens[i] + packet.len() - skip;
+                for part in [&heads[i][..head_lens[i]], &packet.head[..], tail] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
+                    }
+                    slices[count] = IoSlice::new(&part[skip..]);
+                    skip = 0;
+                    count += 1;
+                }
+            }
+            let mut written = match self.socket.stream.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable().await?;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for len in &lens[..batch.len()] {
+                if written < *len {
+                    offset += written;
+                    break;
+                }
+                written -= len;
+                offset = 0;
+                next += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `last`, a close frame, then closes the TCP connection, all
+    /// within `timeout`.
+    pub(super) async fn close(mut self, last: &[OutPacket], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let written = timeout_at(deadline, async {
+            self.send(last).await?;
+            if !self.close_queued {
+                self.control.extend_from_slice(&frames::close(1000, ""));
+            }
+            while !self.flush_control_now()? {
+                self.writable().await?;
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await;
+        if matches!(written, Ok(Ok(()))) {
+            let linger = deadline
+                .saturating_duration_since(Instant::now())
+                .min(LINGER);
+            self.socket.shut_down(linger).await;
+        }
+    }
+}
+
+/// What a text packet from the client means for the session.
+fn on_packet(packet: Packet) -> Option<EioEvent> {
+    match packet {
+        Packet::Binary(data) => Some(EioEvent::Binary(data)),
+        Packet::Text { kind, data } => match kind {
+            PacketType::Message => Some(EioEvent::Message(data)),
+            PacketType::Pong => Some(EioEvent::Pong),
+            PacketType::Close => Some(EioEvent::Closed("client_closed")),
+            PacketType::Noop | PacketType::Upgrade => None,
+            // In protocol 4 only the server pings (a `2probe` belongs to a
+            // probe, handled before the session moves here).
+            PacketType::Ping | PacketType::Open => Some(EioEvent::Closed("protocol_error")),
+        },
+    }
+}
+
+/// What a packet of a POST means for the session (the same as on a
+/// WebSocket).
+pub(super) fn packet_event(packet: Packet) -> Option<EioEvent> {
+    on_packet(packet)
+}
