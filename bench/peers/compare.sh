@@ -2,10 +2,13 @@
 # Runs the same herald-bench `idle` and `fanout` commands against Herald
 # (release build, memory broker, the config of docs/benchmarks.md) over its
 # own protocol at /ws (target `herald`) and over Socket.IO at /socket.io/
-# (target `herald-socketio`: `--target socketio --socketio-server herald`),
+# (target `herald-socketio`: `--target socketio --socketio-server herald`;
+# `herald-socketio-norecovery`: the same with `socketio.recovery = false`,
+# like Node's server, whose connectionStateRecovery is off),
 # Node's Socket.IO (bench/peers/socketio, the same Socket.IO client) and
-# Sockudo (bench/peers/sockudo), one after another on free loopback ports. Each server is started fresh for each
-# scenario and stopped right after it; every server this script started is
+# Sockudo (bench/peers/sockudo), one after another on free loopback ports.
+# Each server is started fresh for each scenario and stopped right after
+# it; every server this script started is
 # stopped on exit. herald-bench reads each server's RSS and CPU from /proc
 # (--server-pid). Loopback only; every step is bounded in time.
 #
@@ -93,9 +96,12 @@ wait_port() {
 start_server() {
   local target=$1 port=$2 log=$3 dir
   case "$target" in
-    herald | herald-socketio)
+    herald | herald-socketio | herald-socketio-norecovery)
       dir=$(mktemp -d)
       sed "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$HERE/herald.toml" >"$dir/bench.toml"
+      if [ "$target" = herald-socketio-norecovery ]; then
+        printf '\n[socketio]\nrecovery = false\n' >>"$dir/bench.toml"
+      fi
       "$HERALD" serve --config "$dir/bench.toml" >"$log" 2>&1 &
       ;;
     socketio)
@@ -119,7 +125,7 @@ run_bench() {
   local target=$1 scenario=$2 port=$3 name=$4
   local args=(--url "http://127.0.0.1:$port" --server-pid "$SPID" --json)
   case "$target" in
-    herald-socketio) args+=(--target socketio --socketio-server herald) ;;
+    herald-socketio*) args+=(--target socketio --socketio-server herald) ;;
     *) args+=(--target "$target") ;;
   esac
   case "$scenario" in

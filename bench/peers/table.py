@@ -15,12 +15,13 @@ import statistics
 import sys
 
 out = sys.argv[1]
-TARGETS = ["herald", "herald-socketio", "socketio", "sockudo"]
-HEADERS = ["Herald /ws", "Herald /socket.io/", "Node Socket.IO", "Sockudo"]
+TARGETS = ["herald", "herald-socketio", "herald-socketio-norecovery", "socketio", "sockudo"]
+HEADERS = ["Herald /ws", "Herald /socket.io/", "Herald /socket.io/ (recovery off)", "Node Socket.IO", "Sockudo"]
 # (better, worse-or-peer, column title)
 PAIRS = [
     ("herald", "socketio", "Herald /ws vs Socket.IO"),
     ("herald-socketio", "socketio", "Herald /socket.io/ vs Socket.IO"),
+    ("herald-socketio-norecovery", "socketio", "Herald /socket.io/ (recovery off) vs Socket.IO"),
     ("herald", "sockudo", "Herald /ws vs Sockudo"),
 ]
 
