@@ -269,7 +269,10 @@ mod tests {
     #[test]
     fn connect_and_join_packets() {
         assert_eq!(connect_packet("a.b\"c"), r#"40{"token":"a.b\"c"}"#);
-        assert_eq!(join_packet("bench:3"), r#"420["join_room",{"room":"bench:3"}]"#);
+        assert_eq!(
+            join_packet("bench:3"),
+            r#"420["join_room",{"room":"bench:3"}]"#
+        );
         assert_eq!(connect_answer(r#"40{"sid":"x","pid":"y"}"#), Some(Ok(())));
         assert_eq!(
             connect_answer(r#"44{"message":"unauthorized","data":{"code":"unauthorized"}}"#),
