@@ -8,9 +8,9 @@
 # Node's Socket.IO (bench/peers/socketio, the same Socket.IO client) and
 # Sockudo (bench/peers/sockudo), one after another on free loopback ports.
 # Each server is started fresh for each scenario and stopped right after
-# it; every server this script started is
-# stopped on exit. herald-bench reads each server's RSS and CPU from /proc
-# (--server-pid). Loopback only; every step is bounded in time.
+# it; every server this script started is stopped on exit. herald-bench
+# reads each server's RSS and CPU from /proc (--server-pid). Loopback only;
+# every step is bounded in time.
 #
 #   bench/peers/compare.sh                 # 10,000 connections, as in the docs
 #   CONNS=2000 DURATION=10 bench/peers/compare.sh
@@ -18,8 +18,10 @@
 #
 # Environment: CONNS (10000), ROOMS (10), HOLD (10 s), RATE (20 events/s),
 # DURATION (30 s), PAYLOAD (100 B), TARGETS ("herald herald-socketio
-# socketio sockudo"), SCENARIOS ("idle fanout"), ROUNDS (1: with more, the
-# targets run in alternation round after round and the table shows medians), SOCKUDO (the sockudo binary; default: on PATH),
+# socketio sockudo"; also herald-socketio-norecovery), SCENARIOS ("idle
+# fanout"), ROUNDS (1: with more, the targets run in alternation round
+# after round and the table shows medians), SOCKUDO (the sockudo binary;
+# default: on PATH),
 # SERVER_BIN (the herald binary; default target/release/herald, e.g. an
 # older build for a before/after run),
 # OUT (results folder; default target/peers-<time>). Each run's --json goes
