@@ -1,7 +1,8 @@
 //! The node's Prometheus metrics, registered through the `metrics` facade.
-//! Labels are bounded: close reasons and auth failure reasons, never room or
-//! user names.
+//! Labels are bounded: close reasons, auth failure reasons and transport
+//! names, never room or user names.
 
+use crate::transport::Transport;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Histogram};
 use std::sync::OnceLock;
@@ -10,13 +11,17 @@ use std::time::Duration;
 /// Describes every node metric once at start, so they show with help text.
 pub fn describe() {
     describe_gauge!("herald_connections", "Open client connections on this node");
+    describe_gauge!(
+        "herald_connections_by_transport",
+        "Open client connections on this node, by transport"
+    );
     describe_counter!(
         "herald_connections_opened_total",
-        "Connections authenticated and admitted"
+        "Connections authenticated and admitted, by transport"
     );
     describe_counter!(
         "herald_connections_closed_total",
-        "Connections closed, by reason"
+        "Connections closed, by reason and transport"
     );
     describe_counter!("herald_auth_failures_total", "Rejected tokens, by reason");
     describe_counter!("herald_messages_received_total", "Client frames received");
@@ -45,7 +50,6 @@ pub fn describe() {
     // Registered at zero so dashboards and alerts see every series from
     // the start, not after the first incident.
     for name in [
-        "herald_connections_opened_total",
         "herald_messages_received_total",
         "herald_messages_sent_total",
         "herald_publish_total",
@@ -55,6 +59,14 @@ pub fn describe() {
         counter!(name).increment(0);
     }
     gauge!("herald_connections").set(0.0);
+    for transport in [
+        Transport::WEBSOCKET.name,
+        Transport::SSE.name,
+        Transport::SOCKETIO.name,
+    ] {
+        counter!("herald_connections_opened_total", "transport" => transport).increment(0);
+        gauge!("herald_connections_by_transport", "transport" => transport).set(0.0);
+    }
     gauge!("herald_rooms").set(0.0);
 }
 
@@ -63,14 +75,17 @@ pub fn connections(n: usize) {
     gauge!("herald_connections").set(n as f64);
 }
 
-/// Counts an admitted connection.
-pub fn connection_opened() {
-    counter!("herald_connections_opened_total").increment(1);
+/// Counts an admitted connection of `transport`.
+pub fn connection_opened(transport: &'static str) {
+    counter!("herald_connections_opened_total", "transport" => transport).increment(1);
+    gauge!("herald_connections_by_transport", "transport" => transport).increment(1.0);
 }
 
-/// Counts a closed connection by reason.
-pub fn connection_closed(reason: &'static str) {
-    counter!("herald_connections_closed_total", "reason" => reason).increment(1);
+/// Counts a closed connection of `transport` by reason.
+pub fn connection_closed(reason: &'static str, transport: &'static str) {
+    counter!("herald_connections_closed_total", "reason" => reason, "transport" => transport)
+        .increment(1);
+    gauge!("herald_connections_by_transport", "transport" => transport).decrement(1.0);
 }
 
 /// Counts a rejected token by reason.

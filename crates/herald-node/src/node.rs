@@ -306,7 +306,7 @@ impl Node {
                 Admission::Admitted(victims) => evict(&victims),
             }
         }
-        metrics::connection_opened();
+        metrics::connection_opened(transport.name);
         metrics::connections(self.inner.registry.len());
         if let Some(patterns) = &options.events {
             // The transport checked the count against the same cap; a

@@ -590,7 +590,7 @@ impl Session {
         }
         self.node.inner.registry.remove(&self.conn);
         self.node.cluster_remove(&record).await;
-        metrics::connection_closed(reason);
+        metrics::connection_closed(reason, self.conn.transport.name);
         metrics::connections(self.node.inner.registry.len());
     }
 }

@@ -94,6 +94,15 @@ function renderNodes(nodes) {
   }
 }
 
+// "websocket 3 · sse 1 · socketio 2" for this node, from /metrics.
+function byTransport(metrics) {
+  const samples = metrics.get("herald_connections_by_transport") || [];
+  return samples
+    .filter((s) => s.labels.transport && isFinite(s.value))
+    .map((s) => `${s.labels.transport} ${fmtInt(s.value)}`)
+    .join(" · ");
+}
+
 function update(stats, metrics, t) {
   $("connections").textContent = fmtInt(stats.connections);
   $("users").textContent = fmtInt(stats.users);
@@ -105,6 +114,7 @@ function update(stats, metrics, t) {
   for (const n of stats.nodes || []) perNode[n.node_id] = n.connections;
   charts.nodes.push(t, perNode);
 
+  $("connections-by-transport").textContent = metrics ? byTransport(metrics) : "";
   let cur = null;
   if (metrics) {
     cur = {

@@ -13,7 +13,9 @@
 //! request are both an ACK and an event (the event carries the recovery
 //! token, which acks cannot): the two packets are joined by
 //! [`PACKET_SEPARATOR`], which JSON text never contains, and
-//! [`split_packets`] takes them apart.
+//! [`split_packets`] takes them apart. Names Socket.IO reserves
+//! (`disconnect`, `connect`, ...) are emitted as `herald:<name>`
+//! ([`RESERVED_EVENTS`]).
 
 use crate::packet::{self, write_head, PacketType};
 use bytes::Bytes;
@@ -35,6 +37,32 @@ pub struct SocketIoCodec;
 
 /// The Socket.IO codec, for `&'static dyn ClientCodec` holders.
 pub static SOCKET_IO: SocketIoCodec = SocketIoCodec;
+
+/// Event names socket.io-client refuses to receive (socket.io-parser's
+/// `RESERVED_EVENTS`): a packet with one is a parse error that drops the
+/// whole connection, and python-socketio would call its own handlers. An
+/// event with one of these names (a room event, or Herald's `disconnect`)
+/// is emitted as [`RESERVED_PREFIX`] + the name.
+pub const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// The prefix of an event whose name Socket.IO reserves.
+pub const RESERVED_PREFIX: &str = "herald:";
+
+/// The name an event is emitted under (see [`RESERVED_EVENTS`]).
+pub fn event_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if RESERVED_EVENTS.contains(&name) {
+        format!("{RESERVED_PREFIX}{name}").into()
+    } else {
+        name.into()
+    }
+}
 
 /// Replies that are also emitted as events when they answer an ack, so the
 /// client's recovery token follows every change of its rooms.
@@ -151,7 +179,7 @@ impl ClientCodec for SocketIoCodec {
         }
         write_head(&mut out, PacketType::Event, "/", None);
         out.push(b'[');
-        json_into(&mut out, &kind);
+        json_into(&mut out, &*event_name(&kind));
         out.push(b',');
         json_into(&mut out, &body);
         out.push(b']');
@@ -170,7 +198,7 @@ impl ClientCodec for SocketIoCodec {
         let mut out = Vec::with_capacity(128 + frame.data.get().len() + frame.event.len());
         write_head(&mut out, PacketType::Event, "/", None);
         out.push(b'[');
-        json_into(&mut out, frame.event);
+        json_into(&mut out, &*event_name(frame.event));
         out.push(b',');
         out.extend_from_slice(frame.data.get().as_bytes());
         out.push(b',');
@@ -229,18 +257,10 @@ pub fn split_packets(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
 }
 
 /// For an event packet (`42[...]`), its bytes without the closing `]`, so
-/// that [`token_tail`] can add one more argument without copying them.
+/// that a per-connection tail (`,"<token>"]`) can add one more argument
+/// without copying them.
 pub fn event_head(packet: &Bytes) -> Option<Bytes> {
     (packet.starts_with(b"42[") && packet.ends_with(b"]")).then(|| packet.slice(..packet.len() - 1))
-}
-
-/// `,"<token>"]`: the recovery token as an event's last argument.
-pub fn token_tail(token: &str) -> Bytes {
-    let mut out = Vec::with_capacity(token.len() + 4);
-    out.push(b',');
-    json_into(&mut out, token);
-    out.push(b']');
-    Bytes::from(out)
 }
 
 #[cfg(test)]

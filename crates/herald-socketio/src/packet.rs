@@ -191,7 +191,10 @@ impl fmt::Display for Packet<'_> {
         if let Some(n) = self.attachments {
             write!(f, "{n}-")?;
         }
-        if self.namespace != "/" {
+        // `/` is implied, unless a payload right after it would read as a
+        // namespace.
+        let ambiguous = self.id.is_none() && self.data.is_some_and(|d| d.starts_with('/'));
+        if self.namespace != "/" || ambiguous {
             write!(f, "{},", self.namespace)?;
         }
         if let Some(id) = self.id {
@@ -252,6 +255,21 @@ mod tests {
         let text = r#"52-/ns,12["é",{"a":[1]}]"#;
         for end in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
             let _ = parse(&text[..end]);
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for text in [
+            "2/,/b,[1]",
+            "2007[1]",
+            "1/admin",
+            "0/a,/b",
+            "52-/x,3[\"a\"]",
+            "3[]",
+        ] {
+            let p = parse(text).expect(text);
+            assert_eq!(parse(&p.to_string()), Ok(p), "{text}");
         }
     }
 

@@ -22,6 +22,14 @@ pub(crate) type Positions = BTreeMap<RoomName, StreamPosition>;
 /// Encodes every room's position.
 pub(crate) fn encode(positions: &Positions) -> String {
     let mut out = String::with_capacity(positions.len() * 48);
+    encode_into(positions, &mut out);
+    out
+}
+
+/// [`encode`], appended to `out`. The text needs no escaping in JSON:
+/// room names, epochs and offsets hold no quote, backslash or control
+/// character.
+pub(crate) fn encode_into(positions: &Positions, out: &mut String) {
     for (i, (room, p)) in positions.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -30,9 +38,22 @@ pub(crate) fn encode(positions: &Positions) -> String {
         out.push('~');
         out.push_str(&p.epoch);
         out.push('~');
-        out.push_str(&p.offset.to_string());
+        out.push_str(itoa(p.offset, &mut [0u8; 20]));
     }
-    out
+}
+
+/// `n` in decimal, written into `buf` (no allocation per entry).
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// Parses a `Last-Event-ID`; the error names the bad entry.

@@ -61,6 +61,16 @@ impl Tracker {
     pub(crate) fn id(&self) -> String {
         last_event_id::encode(&self.positions)
     }
+
+    /// `,"<text>"]`: the positions as an event's last argument (the
+    /// Socket.IO recovery token), in one allocation.
+    pub(crate) fn token_tail(&self) -> bytes::Bytes {
+        let mut out = String::with_capacity(4 + self.positions.len() * 48);
+        out.push_str(",\"");
+        last_event_id::encode_into(&self.positions, &mut out);
+        out.push_str("\"]");
+        bytes::Bytes::from(out)
+    }
 }
 
 #[cfg(test)]
@@ -136,5 +146,6 @@ mod tests {
         assert_eq!(t.id(), "a~NEW~9,c~G~2");
         t.on_change(&PositionChange::Left { room: room("c") });
         assert_eq!(t.id(), "a~NEW~9");
+        assert_eq!(&t.token_tail()[..], br#","a~NEW~9"]"#);
     }
 }

@@ -105,7 +105,7 @@ pub(super) async fn connect(
             }
         };
         let Some(token) = auth.token.clone().or_else(|| header_token.clone()) else {
-            metrics::auth_failure("missing_token");
+            metrics::auth_failure("missing");
             let why = "send the token as auth.token, Authorization: Bearer <jwt> or ?token=<jwt>";
             refuse(socket, "unauthorized", why).await;
             return None;

@@ -7,7 +7,7 @@ use super::engine::OutPacket;
 use crate::resume::Tracker;
 use bytes::Bytes;
 use herald_node::{metrics, Outbound};
-use herald_socketio::codec::{event_head, split_packets, token_tail};
+use herald_socketio::codec::{event_head, split_packets};
 
 /// Turns queued items into packets, tracking the client's positions.
 #[derive(Debug)]
@@ -79,7 +79,7 @@ impl Outgoing {
                 let tracker = &self.tracker;
                 let tail = self
                     .tail
-                    .get_or_insert_with(|| token_tail(&tracker.id()))
+                    .get_or_insert_with(|| tracker.token_tail())
                     .clone();
                 return OutPacket {
                     head,

@@ -54,6 +54,22 @@ pub(super) async fn run(app: AppState, opened: Opened, remote_ip: Option<IpAddr>
         Err(end) => end,
         Ok(()) => pump(&app, &mut socket, &mut session, &mut outgoing).await,
     };
+    // Boxed, as every phase but the idle loop: an async fn is as large as
+    // its largest phase, and every idle connection would carry it.
+    Box::pin(finish(socket, session, outgoing, end, started)).await;
+}
+
+/// Sends the close (the `herald:disconnect` event, then `41` unless the
+/// client should come back), ends the Engine.IO session, then the Herald
+/// session.
+async fn finish(
+    socket: EioSocket,
+    session: Session,
+    mut outgoing: Outgoing,
+    end: End,
+    started: Instant,
+) {
+    let conn = session.connection().clone();
     let reason = match end {
         End::Close(code) => {
             let mut last = Vec::new();
@@ -97,8 +113,12 @@ async fn pump(
     let mut batch = Vec::new();
     let mut out = Vec::new();
     loop {
-        // A recovering join queues its events as the queue drains.
-        session.feed_replay_all().await;
+        // A recovering join queues its events as the queue drains; a page
+        // of stored events is read (boxed: rare, and large) when it needs one.
+        while let Some(read) = session.feed_replay() {
+            let page = Box::pin(read.run()).await;
+            session.add_replay_page(page);
+        }
         tokio::select! {
             biased;
             closing = conn.queue.next_batch(&mut batch) => {
@@ -116,7 +136,7 @@ async fn pump(
             }
             event = socket.recv() => match event {
                 EioEvent::Message(message) => {
-                    if let Some(end) = handle(socket, session, &message).await {
+                    if let Some(end) = Box::pin(handle(socket, session, &message)).await {
                         return end;
                     }
                 }
@@ -176,10 +196,11 @@ async fn send(
     let done = tokio::select! {
         biased;
         done = &mut sending => done,
-        _ = conn.queue.closed() => {
+        code = conn.queue.closed() => {
             match tokio::time::timeout(CLOSE_TIMEOUT, &mut sending).await {
                 Ok(done) => done,
-                Err(_) => return Err(End::Abandoned("write_timeout")),
+                // Closed for `code` (a slow consumer, say): that is why.
+                Err(_) => return Err(End::Abandoned(code.reason())),
             }
         }
     };

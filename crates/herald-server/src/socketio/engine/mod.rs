@@ -306,9 +306,10 @@ async fn probe(app: AppState, shared: Arc<PollShared>, request: Request) -> Resp
         Ok(upgrade) => upgrade,
         Err(refusal) => return refusal.into_response(),
     };
+    let cancel = app.node.cancellation();
     app.node
         .tasks()
-        .spawn(upgrade::probe(shared, upgrade.on_upgrade));
+        .spawn(upgrade::probe(shared, upgrade.on_upgrade, cancel));
     switching_protocols(upgrade.accept)
 }
 

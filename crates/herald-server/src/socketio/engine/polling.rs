@@ -106,7 +106,6 @@ pub(super) async fn get(table: &Table, sid: &str) -> Response {
                 return Ok(Bytes::from_static(b"1"));
             }
             if s.upgraded || s.release || Instant::now() >= hold {
-                s.release = false;
                 return Ok(Bytes::from_static(b"6"));
             }
             Err(Some(hold))
@@ -177,20 +176,23 @@ pub(super) async fn post(table: &Table, sid: &str, body: Body, body_timeout: Dur
     let delivered = shared
         .wait_for(|s| {
             if s.ended.is_some() || s.upgraded {
-                return Ok(false);
+                return Ok(Some(false));
             }
             if s.inbox.is_empty() {
                 s.inbox.extend(packets.take().into_iter().flatten());
-                return Ok(true);
+                return Ok(Some(true));
             }
             if Instant::now() >= deadline {
-                return Ok(false);
+                return Ok(None);
             }
             Err(Some(deadline))
         })
         .await;
-    if !delivered {
-        return error_response(EioRequestError::BadRequest);
+    match delivered {
+        Some(true) => {}
+        // The session ended meanwhile.
+        Some(false) => return error_response(EioRequestError::UnknownSid),
+        None => return error_response(EioRequestError::BadRequest),
     }
     shared.wake();
     (

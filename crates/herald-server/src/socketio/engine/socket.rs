@@ -110,6 +110,11 @@ impl EioSocket {
             };
             if let EioEvent::Closed(reason) = event {
                 self.ended = Some(reason);
+                // A polling client that sent `1` (or broke the protocol)
+                // is gone: its sid is forgotten now, not after `close`.
+                if let Link::Polling(shared) = &self.link {
+                    shared.end(reason);
+                }
             }
             return event;
         }
@@ -179,33 +184,65 @@ impl EioSocket {
             Link::WebSocket(link) => link.close(last, timeout).await,
             Link::Polling(shared) => {
                 let deadline = Instant::now() + timeout;
-                let queued = shared.update(|s| {
-                    if s.ended.is_some() {
-                        return (false, false);
+                // `last`, then the close packet `1` in a GET of its own, as
+                // Engine.IO servers close after a drain: engine.io-client
+                // acts on a payload's `1` at once but hands its messages to
+                // Socket.IO a tick later, so a `41` and a `1` in one payload
+                // end the connection as "transport close" (and it
+                // reconnects) instead of as the server's DISCONNECT.
+                let close = [OutPacket {
+                    head: Bytes::from_static(b"1"),
+                    tail: None,
+                }];
+                for packets in [last, &close[..]] {
+                    if packets.is_empty() {
+                        continue;
                     }
-                    for packet in last.iter().cloned().chain([OutPacket {
-                        head: Bytes::from_static(b"1"),
-                        tail: None,
-                    }]) {
-                        s.out_bytes += packet.len();
-                        s.out.push_back(packet);
+                    let queued = shared.update(|s| {
+                        if s.ended.is_some() {
+                            return (false, false);
+                        }
+                        for packet in packets.iter().cloned() {
+                            s.out_bytes += packet.len();
+                            s.out.push_back(packet);
+                        }
+                        s.closing = true;
+                        (true, true)
+                    });
+                    if !queued {
+                        break;
                     }
-                    s.closing = true;
-                    (true, true)
-                });
-                if queued {
-                    // Until a GET took everything (the `1` included).
-                    let _ = tokio::time::timeout_at(
+                    // Until a GET took them, or an upgrade in flight
+                    // completed: then what no GET took goes on the
+                    // WebSocket, which closes after it.
+                    let waited = tokio::time::timeout_at(
                         deadline,
                         shared.wait_for(|s| {
                             if s.ended.is_some() || s.out.is_empty() {
-                                Ok(())
+                                Ok(None)
+                            } else if let Some(upgrade) = PollShared::take_upgrade(s) {
+                                Ok(Some(upgrade))
                             } else {
                                 Err(None)
                             }
                         }),
                     )
                     .await;
+                    match waited {
+                        Ok(None) => {}
+                        Ok(Some((socket, left))) => {
+                            self.link = Link::Polling(shared);
+                            self.switch(*socket, &left);
+                            if let Link::WebSocket(link) =
+                                std::mem::replace(&mut self.link, Link::Gone)
+                            {
+                                let rest = deadline.saturating_duration_since(Instant::now());
+                                link.close(&[], rest).await;
+                            }
+                            return;
+                        }
+                        Err(_) => break,
+                    }
                 }
                 shared.end("server_closed");
             }

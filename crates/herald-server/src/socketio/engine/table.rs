@@ -62,7 +62,10 @@ pub(super) struct PollState {
     pub(super) posting: bool,
     /// When the last GET ended (or the handshake, before the first one).
     pub(super) last_poll: Instant,
-    /// The pending GET should answer `6` now (an upgrade probe succeeded).
+    /// GETs answer `6` at once: a probe got its `3probe`, and the client
+    /// pauses polling (waits for its GET to return) before it sends `5`.
+    /// Set until the probe ends, so a GET that was already on its way
+    /// when `2probe` came is released too.
     pub(super) release: bool,
     /// The upgrade in progress, if any.
     pub(super) probe: Probe,

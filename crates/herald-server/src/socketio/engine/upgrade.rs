@@ -13,6 +13,7 @@ use crate::ws::socket::{Read, WsSocket};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
 use tungstenite::protocol::frame::coding::Control;
 
 /// How long a refused probe's socket waits for the client to close.
@@ -21,7 +22,12 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Runs one probe of `shared` on the WebSocket taken from `on_upgrade`:
 /// the client has pingTimeout from the upgrade request to send `5`, else
 /// the probe is dropped and the session goes on polling.
-pub(super) async fn probe(shared: Arc<PollShared>, on_upgrade: hyper::upgrade::OnUpgrade) {
+/// The node's shutdown (`cancel`) ends it too.
+pub(super) async fn probe(
+    shared: Arc<PollShared>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    cancel: CancellationToken,
+) {
     let config = shared.config;
     let deadline = Instant::now() + config.ping_timeout;
     let Some(mut socket) =
@@ -40,12 +46,17 @@ pub(super) async fn probe(shared: Arc<PollShared>, on_upgrade: hyper::upgrade::O
         refuse(&socket).await;
         return;
     }
-    match timeout_at(deadline, exchange(&shared, &mut socket)).await {
+    let outcome = tokio::select! {
+        outcome = timeout_at(deadline, exchange(&shared, &mut socket)) => outcome,
+        () = cancel.cancelled() => Ok(false),
+    };
+    match outcome {
         Ok(true) => {
             // `5`: the session takes the socket (and any frames the client
             // sent after it) at its next recv or send.
             shared.update(|s| {
                 let live = s.ended.is_none();
+                s.release = false;
                 if live {
                     s.probe = Probe::Ready(Box::new(socket));
                 } else {
@@ -57,6 +68,7 @@ pub(super) async fn probe(shared: Arc<PollShared>, on_upgrade: hyper::upgrade::O
         Ok(false) | Err(_) => {
             shared.update(|s| {
                 s.probe = Probe::None;
+                s.release = false;
                 ((), false)
             });
             refuse(&socket).await;
@@ -82,8 +94,8 @@ async fn exchange(shared: &PollShared, socket: &mut WsSocket) -> bool {
                 // The client waits for its pending GET to return before
                 // it sends `5`.
                 shared.update(|s| {
-                    s.release = s.polling;
-                    ((), s.polling)
+                    s.release = true;
+                    ((), true)
                 });
             }
             Incoming::Text(text) if text == "5" => return true,
