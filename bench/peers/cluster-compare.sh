@@ -67,7 +67,7 @@ EOT
       "$HERALD" serve --config "$WORK/bench-$name.toml" >"$log" 2>&1 &
       ;;
     socketio)
-      (cd "$HERE/socketio" && PORT=$port REDIS_URL="redis://127.0.0.1:$RPORT" exec node server.js) >"$log" 2>&1 &
+      (cd "$HERE/socketio" && PORT=$port HS256_SECRET=$SECRET REDIS_URL="redis://127.0.0.1:$RPORT" exec node server.js) >"$log" 2>&1 &
       ;;
     sockudo)
       python3 - "$HERE/sockudo/config.json" "$WORK/sockudo-$name.json" "$RPORT" <<'PY'

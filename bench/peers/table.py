@@ -4,22 +4,40 @@
 Ratios are Herald ÷ peer for figures where more is better (rates,
 deliveries per CPU-second) and peer ÷ Herald where less is better
 (memory, CPU per connect, latency): a ratio above 1 means Herald is better.
+Herald's /ws is compared with both peers, Herald's /socket.io/ with Node's
+Socket.IO (the same client). With several rounds (<scenario>-<target>.rN.json)
+every figure is the median of the rounds, and the number of rounds is shown.
 """
+import glob
 import json
 import os
+import statistics
 import sys
 
 out = sys.argv[1]
-TARGETS = ["herald", "socketio", "sockudo"]
+TARGETS = ["herald", "herald-socketio", "herald-socketio-norecovery", "socketio", "sockudo"]
+HEADERS = ["Herald /ws", "Herald /socket.io/", "Herald /socket.io/ (recovery off)", "Node Socket.IO", "Sockudo"]
+# (better, worse-or-peer, column title)
+PAIRS = [
+    ("herald", "socketio", "Herald /ws vs Socket.IO"),
+    ("herald-socketio", "socketio", "Herald /socket.io/ vs Socket.IO"),
+    ("herald-socketio-norecovery", "socketio", "Herald /socket.io/ (recovery off) vs Socket.IO"),
+    ("herald", "sockudo", "Herald /ws vs Sockudo"),
+]
 
 
 def load(scenario, target):
-    path = os.path.join(out, f"{scenario}-{target}.json")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    """Every round's document for scenario/target (possibly none)."""
+    paths = [os.path.join(out, f"{scenario}-{target}.json")]
+    paths += sorted(glob.glob(os.path.join(out, f"{scenario}-{target}.r*.json")))
+    docs = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                docs.append(json.load(f))
+        except (OSError, ValueError):
+            continue
+    return docs
 
 
 def get(doc, *keys):
@@ -48,35 +66,60 @@ ROWS = [
     ("fanout", "subscribers joined", ("figures", "subscribers_joined"), True, "{:,}"),
 ]
 
-print("| scenario | figure | Herald | Socket.IO | Sockudo | Herald vs Socket.IO | Herald vs Sockudo |")
-print("|---|---|---|---|---|---|---|")
+def median(values):
+    nums = [v for v in values if isinstance(v, (int, float))]
+    if not nums:
+        return None
+    m = statistics.median(nums)
+    # Counts stay counts ("{:,}" of 300.0 would print "300.0").
+    return int(m) if all(isinstance(v, int) for v in nums) and m == int(m) else m
+
+
+def sums(docs, f):
+    """Per-round integers joined by '+' when rounds differ (e.g. failures)."""
+    vals = [f(d) for d in docs]
+    return str(vals[0]) if len(set(vals)) == 1 else "+".join(map(str, vals))
+
+
+present = [t for t in TARGETS if any(load(s, t) for s in ("idle", "fanout"))]
+pairs = [p for p in PAIRS if p[0] in present and p[1] in present]
+rounds = max((len(load(s, t)) for s in ("idle", "fanout") for t in present), default=0)
+heads = [HEADERS[TARGETS.index(t)] for t in present] + [p[2] for p in pairs]
+print("| scenario | figure | " + " | ".join(heads) + " |")
+print("|---|---|" + "---|" * len(heads))
 for scenario, label, path, more, fmt in ROWS:
-    docs = {t: load(scenario, t) for t in TARGETS}
     cells, vals = [], {}
-    for t in TARGETS:
-        d = docs[t]
-        if d is None:
+    for t in present:
+        docs = load(scenario, t)
+        if not docs:
             cells.append("not measured")
             continue
         if label == "connected / failed":
-            fails = sum((get(d, "figures", "failures", "by_reason") or {}).values())
-            cells.append(f"{get(d, 'figures', 'connected')} / {fails}")
+            cells.append(
+                sums(docs, lambda d: get(d, "figures", "connected"))
+                + " / "
+                + sums(docs, lambda d: sum((get(d, "figures", "failures", "by_reason") or {}).values()))
+            )
         elif label.startswith("lost"):
-            dl = get(d, "figures", "delivery") or {}
-            cells.append(f"{dl.get('lost')} / {dl.get('duplicated')} / {dl.get('out_of_order')}")
+            cells.append(" / ".join(
+                sums(docs, lambda d, k=k: (get(d, "figures", "delivery") or {}).get(k))
+                for k in ("lost", "duplicated", "out_of_order")
+            ))
         else:
-            v = get(d, *path)
+            v = median(get(d, *path) for d in docs)
             vals[t] = v
-            cells.append(fmt.format(v) if isinstance(v, (int, float)) else "—")
+            cells.append(fmt.format(v) if v is not None else "—")
     ratios = []
-    for peer in ("socketio", "sockudo"):
-        h, p = vals.get("herald"), vals.get(peer)
-        if more is None or not isinstance(h, (int, float)) or not isinstance(p, (int, float)) or not h or not p:
+    for a, b, _ in pairs:
+        h, p = vals.get(a), vals.get(b)
+        if more is None or h is None or p is None or not h or not p:
             ratios.append("")
         elif more:
             ratios.append(f"{h / p:.2f}×")
         else:
             ratios.append(f"{p / h:.2f}×")
-    print(f"| {scenario} | {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    print(f"| {scenario} | {label} | " + " | ".join(cells + ratios) + " |")
 print()
+if rounds > 1:
+    print(f"Medians of {rounds} rounds (targets in alternation); counts per round joined by +.")
 print("Ratios: above 1× Herald is better (Herald ÷ peer for rates, peer ÷ Herald for costs and latency).")

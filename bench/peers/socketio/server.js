@@ -1,11 +1,16 @@
-// Socket.IO peer for herald-bench: WebSocket transport only, each socket
-// joins the room named by its `room` query parameter, and
-// `POST /publish {room, event, data}` emits `event` with `data` to that room.
+// Socket.IO peer for herald-bench: WebSocket transport only. A client
+// connects with `auth: {token}` (an HS256 JWT: verified against
+// HS256_SECRET when that is set, else only required to be a string), joins
+// rooms with `emit("join_room", {room}, ack)` (ack `{room}`, or
+// `{code, message}` when refused), as it does on Herald's Socket.IO
+// endpoint, and `POST /publish {room, event, data}` emits `event` with
+// `data` to that room. connectionStateRecovery stays off (its default).
 // Listens on 127.0.0.1:$PORT (loopback only). With REDIS_URL set, servers
 // share rooms through the Redis adapter (@socket.io/redis-adapter), so a
 // publish on one reaches sockets on the others.
 'use strict';
 
+const crypto = require('crypto');
 const http = require('http');
 const { Server } = require('socket.io');
 
@@ -61,11 +66,44 @@ async function useRedis(url) {
   io.adapter(createAdapter(pub, sub));
 }
 
-io.on('connection', (socket) => {
-  const room = socket.handshake.query.room;
-  if (typeof room === 'string' && room.length > 0) {
-    socket.join(room);
+const secret = process.env.HS256_SECRET || '';
+
+// An HS256 JWT's signature and `exp`, with node's own crypto (no package):
+// the same work per connect as Herald's token check.
+function tokenValid(token) {
+  const parts = token.split('.');
+  if (parts.length !== 3) return false;
+  const mac = crypto.createHmac('sha256', secret).update(`${parts[0]}.${parts[1]}`).digest();
+  const sig = Buffer.from(parts[2], 'base64url');
+  if (sig.length !== mac.length || !crypto.timingSafeEqual(sig, mac)) return false;
+  try {
+    const claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+    return typeof claims.exp !== 'number' || claims.exp * 1000 > Date.now();
+  } catch {
+    return false;
   }
+}
+
+io.use((socket, next) => {
+  const token = socket.handshake.auth && socket.handshake.auth.token;
+  if (typeof token !== 'string' || (secret && !tokenValid(token))) {
+    next(new Error('unauthorized'));
+    return;
+  }
+  next();
+});
+
+io.on('connection', (socket) => {
+  socket.on('join_room', (req, ack) => {
+    const room = req && req.room;
+    const reply = typeof ack === 'function' ? ack : () => {};
+    if (typeof room !== 'string' || room.length === 0) {
+      reply({ code: 'bad_request', message: 'room must be a non-empty string' });
+      return;
+    }
+    socket.join(room);
+    reply({ room });
+  });
 });
 
 (process.env.REDIS_URL ? useRedis(process.env.REDIS_URL) : Promise.resolve())

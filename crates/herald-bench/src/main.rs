@@ -83,6 +83,13 @@ pub struct Common {
     /// (`idle` and `fanout` only; see bench/peers/).
     #[arg(long, global = true, value_enum, default_value_t = TargetKind::Herald)]
     pub target: TargetKind,
+    /// `--target socketio`: whose Socket.IO server is at `--url` (the
+    /// client is the same; rooms' names and the publish API differ).
+    #[arg(long, global = true, value_enum, default_value_t = peers::socketio::SocketIoServer::Node)]
+    pub socketio_server: peers::socketio::SocketIoServer,
+    /// `--target socketio`: the endpoint's path.
+    #[arg(long, global = true, default_value = "/socket.io/")]
+    pub socketio_path: String,
     /// `--target sockudo`: the Pusher app id.
     #[arg(long, global = true, default_value = "herald-bench")]
     pub pusher_app_id: String,
@@ -129,18 +136,25 @@ fn main() -> Result<()> {
         client::parse_target_for("--publish-url", url)?;
     }
     let herald = c.target == TargetKind::Herald;
+    // Herald's Socket.IO endpoint needs Herald's credentials too.
+    let herald_server = herald
+        || (c.target == TargetKind::Socketio
+            && c.socketio_server == peers::socketio::SocketIoServer::Herald);
     if !herald && !matches!(cli.scenario, Scenario::Idle(_) | Scenario::Fanout(_)) {
         bail!("--target {:?} supports only `idle` and `fanout`", c.target);
     }
     let needs_server = !matches!(cli.scenario, Scenario::Floor(_));
-    if herald
+    if herald_server
         && needs_server
         && c.secret.is_empty()
         && !matches!(cli.scenario, Scenario::History(_))
     {
         bail!("--secret (the server's auth.hs256_secret) is required to mint client tokens");
     }
-    if herald && needs_server && c.api_key.is_empty() && !matches!(cli.scenario, Scenario::Idle(_))
+    if herald_server
+        && needs_server
+        && c.api_key.is_empty()
+        && !matches!(cli.scenario, Scenario::Idle(_))
     {
         bail!("--api-key (an API key with scope admin) is required for this scenario");
     }
@@ -196,7 +210,10 @@ impl Common {
     pub fn peer(&self) -> Option<Peer> {
         match self.target {
             TargetKind::Herald => None,
-            TargetKind::Socketio => Some(Peer::SocketIo),
+            TargetKind::Socketio => Some(Peer::SocketIo(peers::socketio::SocketIo {
+                server: self.socketio_server,
+                path: self.socketio_path.clone(),
+            })),
             TargetKind::Sockudo => Some(Peer::Pusher(peers::pusher::PusherApp {
                 id: self.pusher_app_id.clone(),
                 key: self.pusher_key.clone(),
@@ -217,8 +234,8 @@ impl Common {
     pub fn publish_api(&self) -> publish::Api {
         let base = self.publish_base();
         match self.peer() {
-            Some(peer) => publish::Api::Peer { base, peer },
-            None => publish::Api::Herald {
+            Some(peer) if !peer.publishes_to_herald() => publish::Api::Peer { base, peer },
+            _ => publish::Api::Herald {
                 base,
                 key: self.api_key.clone(),
             },

@@ -1,12 +1,14 @@
-//! Peers measured with the same scenarios as Herald (`--target`): Node's
-//! Socket.IO and Sockudo (the Pusher protocol). Each protocol lives in its
+//! Peers measured with the same scenarios as Herald (`--target`): Socket.IO
+//! (Node's server, and Herald's own Socket.IO endpoint through the same
+//! client) and Sockudo (the Pusher protocol). Each protocol lives in its
 //! own module; the rest of the bench sees only [`Peer`]: how to enter a
 //! room, what an incoming frame means, and how to publish over HTTP.
 //!
 //! Peers have no room offsets, so the publishers put each room's own
 //! sequence number (1, 2, 3, … per room) in the event's `s`, and a peer
 //! client counts loss, duplicates and order by it, as Herald's clients do
-//! by offset. Latency comes from the same `t` stamp on the same clock.
+//! by offset (Herald's Socket.IO events carry the offset in their `meta`).
+//! Latency comes from the same `t` stamp on the same clock.
 
 pub mod pusher;
 pub mod socketio;
@@ -30,7 +32,9 @@ use tokio_tungstenite::tungstenite::Message;
 pub enum TargetKind {
     /// Herald itself (every scenario).
     Herald,
-    /// Node's Socket.IO 4 with bench/peers/socketio/server.js (idle, fanout).
+    /// A Socket.IO 4 server (idle, fanout): Node's with
+    /// bench/peers/socketio/server.js, or Herald's own endpoint with
+    /// `--socketio-server herald`. The same client drives both.
     Socketio,
     /// Sockudo, a Pusher-protocol server (idle, fanout).
     Sockudo,
@@ -39,8 +43,8 @@ pub enum TargetKind {
 /// A peer's protocol: one variant per peer module.
 #[derive(Debug, Clone)]
 pub enum Peer {
-    /// Socket.IO v4 over a raw WebSocket.
-    SocketIo,
+    /// Socket.IO v4 over a raw WebSocket (Node's server or Herald's endpoint).
+    SocketIo(socketio::SocketIo),
     /// Pusher protocol 7 (Sockudo) with one app.
     Pusher(pusher::PusherApp),
 }
@@ -70,40 +74,57 @@ pub struct SeqStamp {
 
 impl Peer {
     /// Room (channel) `n` of namespace `ns`. Pusher channel names allow no
-    /// `:`, so both peers use `{ns}-{n}`.
+    /// `:`, so Sockudo and Node's Socket.IO use `{ns}-{n}`; Herald's
+    /// Socket.IO endpoint wants Herald's `{ns}:{n}`.
     pub fn room(&self, ns: &str, n: u64) -> String {
-        format!("{ns}-{n}")
+        match self {
+            Peer::SocketIo(sio) => sio.room(ns, n),
+            Peer::Pusher(_) => format!("{ns}-{n}"),
+        }
     }
 
-    /// The WebSocket URL for a client that will be in `room`.
-    pub fn ws_url(&self, ctx: &Ctx, room: &str) -> String {
+    /// Whether events are published through Herald's own API (Herald's
+    /// Socket.IO endpoint), rather than the peer's.
+    pub fn publishes_to_herald(&self) -> bool {
+        matches!(self, Peer::SocketIo(sio) if sio.server == socketio::SocketIoServer::Herald)
+    }
+
+    /// The WebSocket URL the clients connect to.
+    pub fn ws_url(&self, ctx: &Ctx) -> String {
         let addr = ctx.target.addr;
         match self {
-            Peer::SocketIo => socketio::ws_url(addr, room),
+            Peer::SocketIo(sio) => sio.ws_url(addr),
             Peer::Pusher(app) => app.ws_url(addr),
         }
     }
 
     /// After the upgrade: the protocol's handshake, up to "connected".
-    async fn handshake(&self, ws: &mut Ws) -> Result<(), String> {
+    /// Socket.IO sends connection `index`'s token as its auth payload.
+    async fn handshake(&self, ws: &mut Ws, ctx: &Ctx, index: u64) -> Result<(), String> {
         match self {
-            Peer::SocketIo => socketio::handshake(ws).await,
+            Peer::SocketIo(_) => {
+                let token = ctx
+                    .token(&ctx.user_id(index))
+                    .map_err(|e| format!("token: {e}"))?;
+                socketio::handshake(ws, &token).await
+            }
             Peer::Pusher(_) => pusher::handshake(ws).await,
         }
     }
 
-    /// After the handshake: into `room` (Socket.IO joined at connect).
-    async fn join(&self, ws: &mut Ws, room: &str) -> Result<(), String> {
+    /// After the handshake: into `room`. Returns the room's position at
+    /// the join (events after it are expected), 0 where the peer has none.
+    async fn join(&self, ws: &mut Ws, room: &str) -> Result<u64, String> {
         match self {
-            Peer::SocketIo => Ok(()),
-            Peer::Pusher(_) => pusher::subscribe(ws, room).await,
+            Peer::SocketIo(_) => socketio::join(ws, room).await,
+            Peer::Pusher(_) => pusher::subscribe(ws, room).await.map(|()| 0),
         }
     }
 
     /// What an incoming text frame means.
     pub fn incoming(&self, text: &str) -> Incoming {
         match self {
-            Peer::SocketIo => socketio::incoming(text),
+            Peer::SocketIo(_) => socketio::incoming(text),
             Peer::Pusher(_) => pusher::incoming(text),
         }
     }
@@ -118,7 +139,7 @@ impl Peer {
         data: &str,
     ) -> reqwest::RequestBuilder {
         match self {
-            Peer::SocketIo => socketio::publish_request(http, base, room, event, data),
+            Peer::SocketIo(_) => socketio::publish_request(http, base, room, event, data),
             Peer::Pusher(app) => app.publish_request(http, base, room, event, data),
         }
     }
@@ -164,10 +185,10 @@ pub async fn listen(peer: &Peer, index: u64, room: String, sh: Arc<Shared>) -> C
     }
     let permit = sh.connect_gate.clone().acquire_owned().await.ok();
     let started = Instant::now();
-    let url = peer.ws_url(&sh.ctx, &room);
+    let url = peer.ws_url(&sh.ctx);
     let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
         let mut ws = sh.ctx.open_ws(index, url).await?;
-        peer.handshake(&mut ws).await?;
+        peer.handshake(&mut ws, &sh.ctx, index).await?;
         Ok::<_, String>(ws)
     })
     .await
@@ -191,7 +212,8 @@ pub async fn listen(peer: &Peer, index: u64, room: String, sh: Arc<Shared>) -> C
         .unwrap_or_else(|_| Err("join timeout".into()));
     let mut tracker = OffsetTracker::starting_at(0);
     match joined {
-        Ok(()) => {
+        Ok(position) => {
+            tracker = OffsetTracker::starting_at(position);
             sh.joined.fetch_add(1, Ordering::Relaxed);
             receive(peer, &sh, &mut ws, &mut tracker, &mut stop).await;
         }
