@@ -14,19 +14,13 @@ use herald_socketio::codec::{event_head, split_packets};
 pub(super) struct Outgoing {
     tracker: Tracker,
     recovery: bool,
-    /// The token's tail for the positions as they stand, until they move.
-    tail: Option<Bytes>,
 }
 
 impl Outgoing {
     /// With `recovery`, events carry the token; `tracker` holds where the
     /// client stands (a recovering client's own positions).
     pub(super) fn new(tracker: Tracker, recovery: bool) -> Self {
-        Self {
-            tracker,
-            recovery,
-            tail: None,
-        }
+        Self { tracker, recovery }
     }
 
     /// Appends the packets of `items` to `out`; returns whether one of
@@ -38,6 +32,10 @@ impl Outgoing {
     ) -> bool {
         let mut ping = false;
         let mut frames = 0;
+        // The token's tail for the positions as they stand, shared by the
+        // packets of a frame (a reply and its event); none is kept while
+        // idle.
+        let mut tail = None;
         for item in items {
             match item {
                 Outbound::Frame {
@@ -51,14 +49,14 @@ impl Outgoing {
                             metrics::delivery_latency(t.elapsed());
                         }
                         self.tracker.on_publication(p);
-                        self.tail = None;
+                        tail = None;
                     }
                     if let Some(change) = &change {
                         self.tracker.on_change(change);
-                        self.tail = None;
+                        tail = None;
                     }
                     for packet in split_packets(&bytes) {
-                        out.push(self.packet(packet));
+                        out.push(self.packet(packet, &mut tail));
                     }
                 }
                 Outbound::Ping => ping = true,
@@ -72,15 +70,12 @@ impl Outgoing {
         ping
     }
 
-    /// One packet, with the token when it is an event and recovery is on.
-    pub(super) fn packet(&mut self, packet: Bytes) -> OutPacket {
+    /// One packet, with the token when it is an event and recovery is on
+    /// (`tail`: the token of the positions as they stand, once made).
+    fn packet(&self, packet: Bytes, tail: &mut Option<Bytes>) -> OutPacket {
         if self.recovery {
             if let Some(head) = event_head(&packet) {
-                let tracker = &self.tracker;
-                let tail = self
-                    .tail
-                    .get_or_insert_with(|| tracker.token_tail())
-                    .clone();
+                let tail = tail.get_or_insert_with(|| self.tracker.token_tail()).clone();
                 return OutPacket {
                     head,
                     tail: Some(tail),
@@ -130,8 +125,8 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(whole(&out[0]), b"431[{}]", "acks get no token");
         assert_eq!(whole(&out[1]), br#"42["room_joined",{},"a~E~3"]"#);
-        let mut plain_out = Outgoing::new(Tracker::default(), false);
-        let packet = plain_out.packet(Bytes::from_static(b"42[\"x\"]"));
+        let plain_out = Outgoing::new(Tracker::default(), false);
+        let packet = plain_out.packet(Bytes::from_static(b"42[\"x\"]"), &mut None);
         assert!(packet.tail.is_none(), "no token without recovery");
     }
 }

@@ -11,16 +11,17 @@ use super::engine::{EioEvent, EioSocket, OutPacket};
 use super::outgoing::{plain, Outgoing};
 use super::CLOSE_TIMEOUT;
 use crate::AppState;
-use herald_node::{Connection, Session};
+use herald_node::{Connection, Session, SocketSlot};
 use herald_protocol::CloseCode;
 use herald_socketio::connect as answers;
 use herald_socketio::packet::{self, PacketType};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How the loop ended.
-enum End {
+pub(super) enum End {
     /// The connection is closing with this code: send `disconnect`.
     Close(CloseCode),
     /// The client or the transport ended it; nothing more to send.
@@ -30,11 +31,31 @@ enum End {
     Abandoned(&'static str),
 }
 
-/// Runs an opened connection to its end, then ends its session.
-pub(super) async fn run(app: AppState, opened: Opened, remote_ip: Option<IpAddr>) {
+/// What an opened connection holds for its whole life (boxed: the idle
+/// task then holds a pointer to it and the idle loop's state only).
+pub(super) struct Live {
+    socket: EioSocket,
+    session: Session,
+    outgoing: Outgoing,
+    cancel: CancellationToken,
+    started: Instant,
+    /// Held for the connection's whole life: a place among the node's
+    /// sockets.
+    _slot: SocketSlot,
+}
+
+/// Logs the opened connection and sends its first packets (the CONNECT
+/// answer, then what the open queued); `Some(end)` when that already
+/// ended it.
+pub(super) async fn begin(
+    app: &AppState,
+    opened: Opened,
+    slot: SocketSlot,
+    remote_ip: Option<IpAddr>,
+) -> (Box<Live>, Option<End>) {
     let Opened {
-        mut socket,
-        mut session,
+        socket,
+        session,
         accepted,
         first,
         tracker,
@@ -46,29 +67,31 @@ pub(super) async fn run(app: AppState, opened: Opened, remote_ip: Option<IpAddr>
         transport = "socketio", engine = socket.transport_name(), recovered,
         remote_ip = ?remote_ip, "connection opened"
     );
-    let started = Instant::now();
-    let mut outgoing = Outgoing::new(tracker, app.socketio.recovery);
+    let mut live = Box::new(Live {
+        socket,
+        session,
+        outgoing: Outgoing::new(tracker, app.socketio.recovery),
+        cancel: app.node.cancellation(),
+        started: Instant::now(),
+        _slot: slot,
+    });
     let mut out = vec![plain(accepted)];
-    outgoing.convert(first, &mut out);
-    let end = match send(&mut socket, &out, &conn).await {
-        Err(end) => end,
-        Ok(()) => pump(&app, &mut socket, &mut session, &mut outgoing).await,
-    };
-    // Boxed, as every phase but the idle loop: an async fn is as large as
-    // its largest phase, and every idle connection would carry it.
-    Box::pin(finish(socket, session, outgoing, end, started)).await;
+    live.outgoing.convert(first, &mut out);
+    let end = send(&mut live.socket, &out, &conn).await.err();
+    (live, end)
 }
 
 /// Sends the close (the `herald:disconnect` event, then `41` unless the
 /// client should come back), ends the Engine.IO session, then the Herald
 /// session.
-async fn finish(
-    socket: EioSocket,
-    session: Session,
-    mut outgoing: Outgoing,
-    end: End,
-    started: Instant,
-) {
+pub(super) async fn finish(live: Box<Live>, end: End) {
+    let Live {
+        socket,
+        session,
+        mut outgoing,
+        started,
+        ..
+    } = *live;
     let conn = session.connection().clone();
     let reason = match end {
         End::Close(code) => {
@@ -101,17 +124,19 @@ async fn finish(
 }
 
 /// The connection's life: the queue first (so a close is sent before more
-/// input is read), then the client's packets.
-async fn pump(
-    app: &AppState,
-    socket: &mut EioSocket,
-    session: &mut Session,
-    outgoing: &mut Outgoing,
-) -> End {
+/// input is read), then the client's packets. Nothing is kept between two
+/// wake-ups but the connection's state: the batch and the packets are
+/// made for each drain and dropped after it, so an idle connection holds
+/// no buffer.
+pub(super) async fn pump(live: &mut Live) -> End {
+    let Live {
+        socket,
+        session,
+        outgoing,
+        cancel,
+        ..
+    } = live;
     let conn = session.connection().clone();
-    let cancel = app.node.cancellation();
-    let mut batch = Vec::new();
-    let mut out = Vec::new();
     loop {
         // A recovering join queues its events as the queue drains; a page
         // of stored events is read (boxed: rare, and large) when it needs one.
@@ -119,14 +144,16 @@ async fn pump(
             let page = Box::pin(read.run()).await;
             session.add_replay_page(page);
         }
+        let mut batch = Vec::new();
         tokio::select! {
             biased;
             closing = conn.queue.next_batch(&mut batch) => {
-                out.clear();
-                let ping = outgoing.convert(batch.drain(..), &mut out);
+                let mut out = Vec::with_capacity(batch.len());
+                let ping = outgoing.convert(batch, &mut out);
                 if let Err(end) = send(socket, &out, &conn).await {
                     return end;
                 }
+                drop(out);
                 if ping && socket.ping().await.is_err() {
                     return End::Gone("transport_closed");
                 }

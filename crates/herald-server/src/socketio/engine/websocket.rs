@@ -203,11 +203,28 @@ impl WsLink {
         while !self.flush_control_now()? {
             self.writable().await?;
         }
+        // The packet written next, and how much of it (header included) is
+        // written already: all that waits with the future, which stays
+        // small in every connection's idle task.
         let mut next = 0;
-        // Bytes of packet `next` already written, its header included.
         let mut offset = 0;
-        while next < packets.len() {
-            let batch = &packets[next..packets.len().min(next + WRITE_BATCH)];
+        while !self.write_now(packets, &mut next, &mut offset)? {
+            self.writable().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes packets from `next` (`offset` bytes of it written already)
+    /// without waiting; `Ok(true)` once all are written, `Ok(false)` when
+    /// the socket takes no more now.
+    fn write_now(
+        &mut self,
+        packets: &[OutPacket],
+        next: &mut usize,
+        offset: &mut usize,
+    ) -> io::Result<bool> {
+        while *next < packets.len() {
+            let batch = &packets[*next..packets.len().min(*next + WRITE_BATCH)];
             let mut heads = [[0u8; MAX_HEADER]; WRITE_BATCH];
             let mut head_lens = [0usize; WRITE_BATCH];
             for (i, packet) in batch.iter().enumerate() {
@@ -220,7 +237,7 @@ impl WsLink {
             for (i, packet) in batch.iter().enumerate() {
                 let tail: &[u8] = packet.tail.as_deref().unwrap_or(&[]);
                 // The first packet may be partly written already.
-                let mut skip = if i == 0 { offset } else { 0 };
+                let mut skip = if i == 0 { *offset } else { 0 };
                 lens[i] = head_lens[i] + packet.len() - skip;
                 for part in [&heads[i][..head_lens[i]], &packet.head[..], tail] {
                     if skip >= part.len() {
@@ -235,24 +252,21 @@ impl WsLink {
             let mut written = match self.socket.stream.try_write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.writable().await?;
-                    continue;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
             for len in &lens[..batch.len()] {
                 if written < *len {
-                    offset += written;
+                    *offset += written;
                     break;
                 }
                 written -= len;
-                offset = 0;
-                next += 1;
+                *offset = 0;
+                *next += 1;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Writes `last`, a close frame, then closes the TCP connection, all
