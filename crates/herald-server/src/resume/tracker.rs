@@ -39,7 +39,12 @@ struct Entry {
 
 impl Entry {
     fn shift(&mut self, by: isize) {
-        for at in [&mut self.room, &mut self.epoch, &mut self.offset, &mut self.end] {
+        for at in [
+            &mut self.room,
+            &mut self.epoch,
+            &mut self.offset,
+            &mut self.end,
+        ] {
             *at = (*at as isize + by) as u32;
         }
     }
@@ -79,7 +84,12 @@ impl Tracker {
 
     /// Records a written event or message.
     pub(crate) fn on_publication(&mut self, p: &Publication) {
-        self.set(p.room.name.as_str(), &p.position.epoch, p.position.offset, true);
+        self.set(
+            p.room.name.as_str(),
+            &p.position.epoch,
+            p.position.offset,
+            true,
+        );
     }
 
     /// Records a written control frame's change of positions.
@@ -124,8 +134,7 @@ impl Tracker {
 
     /// Where `room`'s entry is, or where it would go.
     fn find(&self, room: &str) -> Result<usize, usize> {
-        self.entries
-            .binary_search_by(|e| self.room_of(e).cmp(room))
+        self.entries.binary_search_by(|e| self.room_of(e).cmp(room))
     }
 
     /// Puts `room` at `epoch`/`offset`; a room already there moves only
@@ -150,7 +159,11 @@ impl Tracker {
                     Some(e) => e.room as usize,
                     None => self.text.len() - SUFFIX.len(),
                 };
-                let start = if first || i < self.entries.len() { at } else { at + 1 };
+                let start = if first || i < self.entries.len() {
+                    at
+                } else {
+                    at + 1
+                };
                 let entry = Entry {
                     room: start as u32,
                     epoch: (start + room.len() + 1) as u32,

@@ -32,10 +32,6 @@ impl Outgoing {
     ) -> bool {
         let mut ping = false;
         let mut frames = 0;
-        // The token's tail for the positions as they stand, shared by the
-        // packets of a frame (a reply and its event); none is kept while
-        // idle.
-        let mut tail = None;
         for item in items {
             match item {
                 Outbound::Frame {
@@ -49,14 +45,12 @@ impl Outgoing {
                             metrics::delivery_latency(t.elapsed());
                         }
                         self.tracker.on_publication(p);
-                        tail = None;
                     }
                     if let Some(change) = &change {
                         self.tracker.on_change(change);
-                        tail = None;
                     }
                     for packet in split_packets(&bytes) {
-                        out.push(self.packet(packet, &mut tail));
+                        out.push(self.packet(packet));
                     }
                 }
                 Outbound::Ping => ping = true,
@@ -70,12 +64,13 @@ impl Outgoing {
         ping
     }
 
-    /// One packet, with the token when it is an event and recovery is on
-    /// (`tail`: the token of the positions as they stand, once made).
-    fn packet(&self, packet: Bytes, tail: &mut Option<Bytes>) -> OutPacket {
+    /// One packet, with the token when it is an event and recovery is on:
+    /// a tail of its own (one allocation, the text copied; a shared one
+    /// would cost an allocation and atomic counts of its own to share).
+    fn packet(&self, packet: Bytes) -> OutPacket {
         if self.recovery {
             if let Some(head) = event_head(&packet) {
-                let tail = tail.get_or_insert_with(|| self.tracker.token_tail()).clone();
+                let tail = self.tracker.token_tail();
                 return OutPacket {
                     head,
                     tail: Some(tail),
@@ -126,7 +121,7 @@ mod tests {
         assert_eq!(whole(&out[0]), b"431[{}]", "acks get no token");
         assert_eq!(whole(&out[1]), br#"42["room_joined",{},"a~E~3"]"#);
         let plain_out = Outgoing::new(Tracker::default(), false);
-        let packet = plain_out.packet(Bytes::from_static(b"42[\"x\"]"), &mut None);
+        let packet = plain_out.packet(Bytes::from_static(b"42[\"x\"]"));
         assert!(packet.tail.is_none(), "no token without recovery");
     }
 }
