@@ -10,6 +10,7 @@ mod connect;
 pub(crate) mod engine;
 mod outgoing;
 mod pump;
+mod writer;
 
 use std::time::Duration;
 

@@ -23,8 +23,9 @@ impl Outgoing {
         Self { tracker, recovery }
     }
 
-    /// Appends the packets of `items` to `out`; returns whether one of
-    /// them was a ping (an Engine.IO ping, sent apart).
+    /// Appends the packets of `items` to `out`, counting them as sent;
+    /// returns whether one of them was a ping (an Engine.IO ping, sent
+    /// apart).
     pub(super) fn convert(
         &mut self,
         items: impl IntoIterator<Item = Outbound>,
@@ -33,35 +34,49 @@ impl Outgoing {
         let mut ping = false;
         let mut frames = 0;
         for item in items {
-            match item {
-                Outbound::Frame {
-                    bytes,
-                    publication,
-                    change,
-                } => {
-                    frames += 1;
-                    if let Some(p) = &publication {
-                        if let Some(t) = p.accepted_at {
-                            metrics::delivery_latency(t.elapsed());
-                        }
-                        self.tracker.on_publication(p);
-                    }
-                    if let Some(change) = &change {
-                        self.tracker.on_change(change);
-                    }
-                    for packet in split_packets(&bytes) {
-                        out.push(self.packet(packet));
-                    }
+            if let Outbound::Frame {
+                publication: Some(p),
+                ..
+            } = &item
+            {
+                if let Some(t) = p.accepted_at {
+                    metrics::delivery_latency(t.elapsed());
                 }
-                Outbound::Ping => ping = true,
-                // The node frames nothing itself for this transport.
-                Outbound::Raw(_) => {}
             }
+            frames += u64::from(matches!(item, Outbound::Frame { .. }));
+            ping |= self.add(&item, out);
         }
         if frames > 0 {
             metrics::messages_sent(frames);
         }
         ping
+    }
+
+    /// Appends the packets of one item to `out` and moves the positions
+    /// (again, with the same result, when called again for the same item);
+    /// returns whether it was a ping. Counts nothing.
+    pub(super) fn add(&mut self, item: &Outbound, out: &mut Vec<OutPacket>) -> bool {
+        match item {
+            Outbound::Frame {
+                bytes,
+                publication,
+                change,
+            } => {
+                if let Some(p) = publication {
+                    self.tracker.on_publication(p);
+                }
+                if let Some(change) = change {
+                    self.tracker.on_change(change);
+                }
+                for packet in split_packets(bytes) {
+                    out.push(self.packet(packet));
+                }
+                false
+            }
+            Outbound::Ping => true,
+            // Whole WebSocket frames, for the socket writer only.
+            Outbound::Raw(_) => false,
+        }
     }
 
     /// One packet, with the token when it is an event and recovery is on:

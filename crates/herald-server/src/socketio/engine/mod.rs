@@ -18,6 +18,7 @@ mod upgrade;
 mod websocket;
 
 pub(crate) use socket::EioSocket;
+pub(crate) use websocket::{frame_len, write_packets};
 
 use crate::extract::bearer;
 use crate::ops::PeerIp;
