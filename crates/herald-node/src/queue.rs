@@ -513,8 +513,17 @@ impl SendQueue {
             {
                 let mut s = self.state.lock();
                 if !s.items.is_empty() {
-                    batch.extend(s.items.drain(..));
+                    // Taken whole, buffer and all: an idle connection's
+                    // queue then holds no memory between two drains.
+                    let items = std::mem::take(&mut s.items);
                     s.bytes = 0;
+                    drop(s);
+                    if batch.is_empty() {
+                        // The queue's buffer becomes the batch's.
+                        *batch = Vec::from(items);
+                    } else {
+                        batch.extend(items);
+                    }
                     return None;
                 }
                 if let Some(code) = s.closing {

@@ -43,7 +43,7 @@ pub(crate) fn encode_into(positions: &Positions, out: &mut String) {
 }
 
 /// `n` in decimal, written into `buf` (no allocation per entry).
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut i = buf.len();
     loop {
         i -= 1;

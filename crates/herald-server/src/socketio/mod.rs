@@ -10,6 +10,7 @@ mod connect;
 pub(crate) mod engine;
 mod outgoing;
 mod pump;
+mod writer;
 
 use std::time::Duration;
 
@@ -19,8 +20,24 @@ use std::time::Duration;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the Socket.IO layer of one Engine.IO session, from its CONNECT to
-/// its end. Spawned by the engine on the node's task tracker.
+/// its end. Spawned by the engine on the node's task tracker. Only a box
+/// of the connection's state and the idle loop live in this future for the
+/// connection's whole life: the CONNECT, the first packets and the close
+/// run boxed, since an async fn's state is as large as its largest phase
+/// and every idle connection would carry it.
 pub(crate) async fn run(start: Box<engine::EioStart>) {
+    let Some((mut live, end)) = Box::pin(open(start)).await else {
+        return;
+    };
+    let end = match end {
+        Some(end) => end,
+        None => pump::pump(&mut live).await,
+    };
+    Box::pin(pump::finish(live, end)).await;
+}
+
+/// Waits for the CONNECT, opens the session and sends the first packets.
+async fn open(start: Box<engine::EioStart>) -> Option<(Box<pump::Live>, Option<pump::End>)> {
     let engine::EioStart {
         app,
         socket,
@@ -29,10 +46,6 @@ pub(crate) async fn run(start: Box<engine::EioStart>) {
         slot,
         pending,
     } = *start;
-    // Held for the connection's whole life: a place among the node's sockets.
-    let _slot = slot;
-    let Some(opened) = Box::pin(connect::connect(&app, socket, token, pending)).await else {
-        return;
-    };
-    pump::run(app, opened, remote_ip).await;
+    let opened = connect::connect(&app, socket, token, pending).await?;
+    Some(pump::begin(&app, opened, slot, remote_ip).await)
 }

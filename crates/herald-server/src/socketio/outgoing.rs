@@ -14,23 +14,18 @@ use herald_socketio::codec::{event_head, split_packets};
 pub(super) struct Outgoing {
     tracker: Tracker,
     recovery: bool,
-    /// The token's tail for the positions as they stand, until they move.
-    tail: Option<Bytes>,
 }
 
 impl Outgoing {
     /// With `recovery`, events carry the token; `tracker` holds where the
     /// client stands (a recovering client's own positions).
     pub(super) fn new(tracker: Tracker, recovery: bool) -> Self {
-        Self {
-            tracker,
-            recovery,
-            tail: None,
-        }
+        Self { tracker, recovery }
     }
 
-    /// Appends the packets of `items` to `out`; returns whether one of
-    /// them was a ping (an Engine.IO ping, sent apart).
+    /// Appends the packets of `items` to `out`, counting them as sent;
+    /// returns whether one of them was a ping (an Engine.IO ping, sent
+    /// apart).
     pub(super) fn convert(
         &mut self,
         items: impl IntoIterator<Item = Outbound>,
@@ -39,32 +34,17 @@ impl Outgoing {
         let mut ping = false;
         let mut frames = 0;
         for item in items {
-            match item {
-                Outbound::Frame {
-                    bytes,
-                    publication,
-                    change,
-                } => {
-                    frames += 1;
-                    if let Some(p) = &publication {
-                        if let Some(t) = p.accepted_at {
-                            metrics::delivery_latency(t.elapsed());
-                        }
-                        self.tracker.on_publication(p);
-                        self.tail = None;
-                    }
-                    if let Some(change) = &change {
-                        self.tracker.on_change(change);
-                        self.tail = None;
-                    }
-                    for packet in split_packets(&bytes) {
-                        out.push(self.packet(packet));
-                    }
+            if let Outbound::Frame {
+                publication: Some(p),
+                ..
+            } = &item
+            {
+                if let Some(t) = p.accepted_at {
+                    metrics::delivery_latency(t.elapsed());
                 }
-                Outbound::Ping => ping = true,
-                // The node frames nothing itself for this transport.
-                Outbound::Raw(_) => {}
             }
+            frames += u64::from(matches!(item, Outbound::Frame { .. }));
+            ping |= self.add(&item, out);
         }
         if frames > 0 {
             metrics::messages_sent(frames);
@@ -72,15 +52,40 @@ impl Outgoing {
         ping
     }
 
-    /// One packet, with the token when it is an event and recovery is on.
-    pub(super) fn packet(&mut self, packet: Bytes) -> OutPacket {
+    /// Appends the packets of one item to `out` and moves the positions
+    /// (again, with the same result, when called again for the same item);
+    /// returns whether it was a ping. Counts nothing.
+    pub(super) fn add(&mut self, item: &Outbound, out: &mut Vec<OutPacket>) -> bool {
+        match item {
+            Outbound::Frame {
+                bytes,
+                publication,
+                change,
+            } => {
+                if let Some(p) = publication {
+                    self.tracker.on_publication(p);
+                }
+                if let Some(change) = change {
+                    self.tracker.on_change(change);
+                }
+                for packet in split_packets(bytes) {
+                    out.push(self.packet(packet));
+                }
+                false
+            }
+            Outbound::Ping => true,
+            // Whole WebSocket frames, for the socket writer only.
+            Outbound::Raw(_) => false,
+        }
+    }
+
+    /// One packet, with the token when it is an event and recovery is on:
+    /// a tail of its own (one allocation, the text copied; a shared one
+    /// would cost an allocation and atomic counts of its own to share).
+    fn packet(&self, packet: Bytes) -> OutPacket {
         if self.recovery {
             if let Some(head) = event_head(&packet) {
-                let tracker = &self.tracker;
-                let tail = self
-                    .tail
-                    .get_or_insert_with(|| tracker.token_tail())
-                    .clone();
+                let tail = self.tracker.token_tail();
                 return OutPacket {
                     head,
                     tail: Some(tail),
@@ -130,7 +135,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(whole(&out[0]), b"431[{}]", "acks get no token");
         assert_eq!(whole(&out[1]), br#"42["room_joined",{},"a~E~3"]"#);
-        let mut plain_out = Outgoing::new(Tracker::default(), false);
+        let plain_out = Outgoing::new(Tracker::default(), false);
         let packet = plain_out.packet(Bytes::from_static(b"42[\"x\"]"));
         assert!(packet.tail.is_none(), "no token without recovery");
     }

@@ -278,7 +278,7 @@ impl SocketWriter for WsWriter {
 
 /// One write of `slices`: a small total is copied together and sent as one
 /// buffer, a large one goes out as a vectored write.
-fn write_slices(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+pub(crate) fn write_slices(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     let total: usize = slices.iter().map(|s| s.len()).sum();
     if slices.len() == 1 || total > COALESCE {
         return match slices {

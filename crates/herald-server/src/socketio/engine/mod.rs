@@ -18,6 +18,7 @@ mod upgrade;
 mod websocket;
 
 pub(crate) use socket::EioSocket;
+pub(crate) use websocket::{frame_len, write_packets};
 
 use crate::extract::bearer;
 use crate::ops::PeerIp;
@@ -272,31 +273,85 @@ async fn handshake(
         tasks.spawn(crate::socketio::run(start));
         return polling::packets_response(open);
     };
-    let deadline = Instant::now() + app.node.limits().auth_timeout;
     let accept = upgrade.accept.clone();
-    tasks.spawn(async move {
-        let Some(socket) =
-            websocket::take_socket(upgrade.on_upgrade, deadline, config.max_payload).await
-        else {
-            return;
-        };
-        let open = websocket::text_frame(&config.handshake(&sid, Vec::new()));
-        let written = tokio::time::timeout_at(deadline, socket.write_all(&open)).await;
-        if !matches!(written, Ok(Ok(()))) {
-            return;
-        }
-        let link = websocket::WsLink::new(socket, config.stall);
-        let start = Box::new(EioStart {
+    let open = Box::new(WsOpen {
+        on_upgrade: upgrade.on_upgrade,
+        deadline: Instant::now() + app.node.limits().auth_timeout,
+        config,
+        sid,
+        start: EioStartParts {
             app,
-            socket: EioSocket::websocket(sid, link),
             token,
             remote_ip,
             slot,
             pending,
-        });
-        crate::socketio::run(start).await;
+        },
     });
+    tasks.spawn(websocket_session(open));
     switching_protocols(accept)
+}
+
+/// What a WebSocket session starts from, boxed (see [`websocket_session`]).
+struct WsOpen {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    deadline: Instant,
+    config: Config,
+    sid: Box<str>,
+    start: EioStartParts,
+}
+
+/// An [`EioStart`] but for its socket.
+struct EioStartParts {
+    app: AppState,
+    token: Option<String>,
+    remote_ip: Option<std::net::IpAddr>,
+    slot: herald_node::SocketSlot,
+    pending: herald_node::PendingSlot,
+}
+
+/// A session on a WebSocket from its start: the socket taken back from
+/// hyper and the open packet written (boxed: that phase's state would
+/// otherwise stay in every idle connection's task), then the Socket.IO
+/// layer.
+async fn websocket_session(open: Box<WsOpen>) {
+    let Some(start) = Box::pin(open_websocket(open)).await else {
+        return;
+    };
+    crate::socketio::run(start).await;
+}
+
+/// Takes the socket and writes the open packet, by the handshake's
+/// deadline.
+async fn open_websocket(open: Box<WsOpen>) -> Option<Box<EioStart>> {
+    let WsOpen {
+        on_upgrade,
+        deadline,
+        config,
+        sid,
+        start,
+    } = *open;
+    let socket = websocket::take_socket(on_upgrade, deadline, config.max_payload).await?;
+    let packet = websocket::text_frame(&config.handshake(&sid, Vec::new()));
+    let written = tokio::time::timeout_at(deadline, socket.write_all(&packet)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        return None;
+    }
+    let link = websocket::WsLink::new(socket, config.stall);
+    let EioStartParts {
+        app,
+        token,
+        remote_ip,
+        slot,
+        pending,
+    } = start;
+    Some(Box::new(EioStart {
+        app,
+        socket: EioSocket::websocket(sid, link),
+        token,
+        remote_ip,
+        slot,
+        pending,
+    }))
 }
 
 /// A WebSocket request for a polling session: the upgrade probe.

@@ -156,6 +156,42 @@ impl EioSocket {
         }
     }
 
+    /// Hands a WebSocket session's writes to another writer (a
+    /// [`herald_node::SocketWriter`] writing the connection's queue into
+    /// the socket, with no task in between): its socket, once every frame
+    /// this side queued is written (call `send(&[])` first). `None` on
+    /// polling, or while frames are unwritten. Until
+    /// [`Self::take_back_writes`], this side writes nothing: `send`,
+    /// `ping` and `close` must not be called, and control frames (pongs, a
+    /// close) are kept for [`Self::take_control`].
+    pub(crate) fn hand_over_writes(&mut self) -> Option<Arc<tokio::net::TcpStream>> {
+        match &mut self.link {
+            Link::WebSocket(link) if self.ended.is_none() => link.hand_over(),
+            _ => None,
+        }
+    }
+
+    /// Whether the writes are handed over.
+    pub(crate) fn writes_handed_over(&self) -> bool {
+        matches!(&self.link, Link::WebSocket(link) if link.handed_over())
+    }
+
+    /// Writes are this side's again (the other writer stopped).
+    pub(crate) fn take_back_writes(&mut self) {
+        if let Link::WebSocket(link) = &mut self.link {
+            link.take_back();
+        }
+    }
+
+    /// Whole WebSocket control frames kept while the writes are handed
+    /// over, for the other writer.
+    pub(crate) fn take_control(&mut self) -> Option<Bytes> {
+        match &mut self.link {
+            Link::WebSocket(link) => link.take_control(),
+            _ => None,
+        }
+    }
+
     /// An Engine.IO ping (`2`).
     pub(crate) async fn ping(&mut self) -> Result<(), EioClosed> {
         self.send(&[OutPacket {

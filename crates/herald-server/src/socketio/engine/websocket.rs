@@ -5,13 +5,15 @@
 
 use super::{EioEvent, OutPacket};
 use crate::ws::frames::{self, Incoming, ReadError, MAX_HEADER};
-use crate::ws::socket::{Read, ReadFailure, WsSocket};
+use crate::ws::socket::{write_slices, Read, ReadFailure, WsSocket};
 use bytes::Bytes;
 use herald_socketio::engineio::{self, Packet, PacketType};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
@@ -63,6 +65,9 @@ pub(super) struct WsLink {
     stall: Duration,
     /// A close frame is among the control frames: nothing may follow it.
     close_queued: bool,
+    /// Another writer writes the socket ([`Self::hand_over`]): control
+    /// frames are kept, not written.
+    handed_over: bool,
 }
 
 impl WsLink {
@@ -73,6 +78,7 @@ impl WsLink {
             control: Vec::new(),
             stall,
             close_queued: false,
+            handed_over: false,
         }
     }
 
@@ -85,7 +91,7 @@ impl WsLink {
                     return event;
                 }
             }
-            let readable = if self.control.is_empty() {
+            let readable = if self.control.is_empty() || self.handed_over {
                 self.socket.readable().await
             } else {
                 tokio::select! {
@@ -168,7 +174,9 @@ impl WsLink {
         // A close frame's opcode is 0x8 (the first byte, with FIN).
         self.close_queued = frame.first() == Some(&0x88);
         self.control.extend_from_slice(frame);
-        let _ = self.flush_control_now();
+        if !self.handed_over {
+            let _ = self.flush_control_now();
+        }
     }
 
     /// Writes queued control frames without waiting; `Ok(true)` when none
@@ -203,56 +211,47 @@ impl WsLink {
         while !self.flush_control_now()? {
             self.writable().await?;
         }
-        let mut next = 0;
-        // Bytes of packet `next` already written, its header included.
-        let mut offset = 0;
-        while next < packets.len() {
-            let batch = &packets[next..packets.len().min(next + WRITE_BATCH)];
-            let mut heads = [[0u8; MAX_HEADER]; WRITE_BATCH];
-            let mut head_lens = [0usize; WRITE_BATCH];
-            for (i, packet) in batch.iter().enumerate() {
-                head_lens[i] =
-                    frames::header(OpCode::Data(Data::Text), packet.len(), &mut heads[i]);
+        // Bytes of the frames written so far: all that waits with the
+        // future, which stays small in every connection's idle task.
+        let total: usize = packets.iter().map(frame_len).sum();
+        let mut done = 0;
+        loop {
+            done += write_packets(&self.socket.stream, packets, done)?;
+            if done >= total {
+                return Ok(());
             }
-            let mut slices = [IoSlice::new(&[]); 3 * WRITE_BATCH];
-            let mut lens = [0usize; WRITE_BATCH];
-            let mut count = 0;
-            for (i, packet) in batch.iter().enumerate() {
-                let tail: &[u8] = packet.tail.as_deref().unwrap_or(&[]);
-                // The first packet may be partly written already.
-                let mut skip = if i == 0 { offset } else { 0 };
-                lens[i] = head_lens[i] + packet.len() - skip;
-                for part in [&heads[i][..head_lens[i]], &packet.head[..], tail] {
-                    if skip >= part.len() {
-                        skip -= part.len();
-                        continue;
-                    }
-                    slices[count] = IoSlice::new(&part[skip..]);
-                    skip = 0;
-                    count += 1;
-                }
-            }
-            let mut written = match self.socket.stream.try_write_vectored(&slices[..count]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.writable().await?;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            for len in &lens[..batch.len()] {
-                if written < *len {
-                    offset += written;
-                    break;
-                }
-                written -= len;
-                offset = 0;
-                next += 1;
-            }
+            self.writable().await?;
         }
-        Ok(())
+    }
+
+    /// Hands the socket's writes to another writer (a
+    /// [`herald_node::SocketWriter`] on the connection's queue): from now
+    /// on control frames (pongs, a close) are only kept, for
+    /// [`Self::take_control`]. `None` while frames are still unwritten.
+    pub(super) fn hand_over(&mut self) -> Option<Arc<TcpStream>> {
+        if !self.control.is_empty() {
+            return None;
+        }
+        self.handed_over = true;
+        Some(self.socket.stream.clone())
+    }
+
+    /// Whether the writes are handed over.
+    pub(super) fn handed_over(&self) -> bool {
+        self.handed_over
+    }
+
+    /// Takes the writes back (the other writer is done).
+    pub(super) fn take_back(&mut self) {
+        self.handed_over = false;
+    }
+
+    /// The control frames kept while the writes are handed over.
+    pub(super) fn take_control(&mut self) -> Option<Bytes> {
+        if !self.handed_over || self.control.is_empty() {
+            return None;
+        }
+        Some(Bytes::from(std::mem::take(&mut self.control)))
     }
 
     /// Writes `last`, a close frame, then closes the TCP connection, all
@@ -277,6 +276,75 @@ impl WsLink {
             self.socket.shut_down(linger).await;
         }
     }
+}
+
+/// A packet's length as a text frame, header included.
+pub(crate) fn frame_len(packet: &OutPacket) -> usize {
+    let len = packet.len();
+    let header = match len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    header + len
+}
+
+/// Writes `packets` as text frames, from byte `skip` of their frames on,
+/// without waiting; returns how many bytes the socket took (fewer than
+/// the rest: it is full). Small writes (a head and its token) are copied
+/// into one `send`, which costs the kernel less than a `writev`.
+pub(crate) fn write_packets(
+    stream: &TcpStream,
+    packets: &[OutPacket],
+    mut skip: usize,
+) -> io::Result<usize> {
+    let mut taken = 0;
+    let mut next = 0;
+    // Whole packets already written.
+    while next < packets.len() && skip >= frame_len(&packets[next]) {
+        skip -= frame_len(&packets[next]);
+        next += 1;
+    }
+    while next < packets.len() {
+        let batch = &packets[next..packets.len().min(next + WRITE_BATCH)];
+        let mut heads = [[0u8; MAX_HEADER]; WRITE_BATCH];
+        let mut head_lens = [0usize; WRITE_BATCH];
+        for (i, packet) in batch.iter().enumerate() {
+            head_lens[i] = frames::header(OpCode::Data(Data::Text), packet.len(), &mut heads[i]);
+        }
+        let mut slices = [IoSlice::new(&[]); 3 * WRITE_BATCH];
+        let mut count = 0;
+        let mut want = 0;
+        // The first packet may be partly written already.
+        let mut part_skip = skip;
+        for (i, packet) in batch.iter().enumerate() {
+            let tail: &[u8] = packet.tail.as_deref().unwrap_or(&[]);
+            for part in [&heads[i][..head_lens[i]], &packet.head[..], tail] {
+                if part_skip >= part.len() {
+                    part_skip -= part.len();
+                    continue;
+                }
+                slices[count] = IoSlice::new(&part[part_skip..]);
+                want += part.len() - part_skip;
+                part_skip = 0;
+                count += 1;
+            }
+        }
+        let written = match write_slices(stream, &slices[..count]) {
+            Ok(0) if want > 0 => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(taken),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        taken += written;
+        if written < want {
+            return Ok(taken);
+        }
+        skip = 0;
+        next += batch.len();
+    }
+    Ok(taken)
 }
 
 /// What a text packet from the client means for the session.
