@@ -284,8 +284,22 @@ describe('recovery on another node of a Redis cluster', () => {
         }
       })();
       await waitFor(() => ticks(s).length >= 8, 'the first events through node A');
-      proxy.retarget(b.port);
-      await stopA(a);
+      if (label.startsWith('drained')) {
+        // A drain tells its clients before closing: the proxy keeps pointing
+        // at A until the client has the event, since over polling it comes
+        // with the client's next GET, which a proxy already moved to B would
+        // send to a node that does not know the session (as a non-sticky
+        // balancer would; docs/operations.md says polling needs stickiness).
+        const stopping = stopA(a);
+        const [info] = (await nextEvent(s, 'herald:disconnect')).args;
+        assert.equal(info.code, 1001, JSON.stringify(info));
+        assert.equal(info.reconnect, true, JSON.stringify(info));
+        proxy.retarget(b.port);
+        await stopping;
+      } else {
+        proxy.retarget(b.port);
+        await stopA(a);
+      }
       await publisher;
       assert.equal(published, N);
       await waitForTicks(s, N, 10000);
@@ -298,12 +312,6 @@ describe('recovery on another node of a Redis cluster', () => {
         ['transport close', 'transport error', 'ping timeout'].includes(reasons[0]),
         `the connection to node A ended with "${reasons[0]}"`,
       );
-      if (label.startsWith('drained')) {
-        // A drain advises reconnecting, in an event before the close.
-        const [info] = (await nextEvent(s, 'herald:disconnect')).args;
-        assert.equal(info.code, 1001, JSON.stringify(info));
-        assert.equal(info.reconnect, true, JSON.stringify(info));
-      }
     });
   }
 });
