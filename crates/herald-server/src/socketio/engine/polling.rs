@@ -3,7 +3,7 @@
 //! packets. At most one GET and one POST per session at a time, as in
 //! Engine.IO: an overlapping one is a 400 and ends the session.
 
-use super::table::{PollShared, Table};
+use super::table::{PollShared, PollState, Table};
 use super::{error_response, EioRequestError};
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -26,29 +26,79 @@ pub(super) fn packets_response(body: Bytes) -> Response {
         .into_response()
 }
 
-/// Clears the session's "GET pending" mark when the GET ends, however it
-/// ends (answered, or dropped by a client that went away).
-struct PollGuard<'a>(&'a PollShared);
+/// The two requests a polling session has at most one of at a time.
+#[derive(Clone, Copy)]
+enum Side {
+    Get,
+    Post,
+}
 
-impl Drop for PollGuard<'_> {
+impl Side {
+    /// The session's "pending" mark for this side.
+    fn pending(self, s: &mut PollState) -> &mut bool {
+        match self {
+            Side::Get => &mut s.polling,
+            Side::Post => &mut s.posting,
+        }
+    }
+
+    /// Why the session ends when a second one overlaps the first.
+    fn overlap(self) -> &'static str {
+        match self {
+            Side::Get => "poll_overlap",
+            Side::Post => "post_overlap",
+        }
+    }
+}
+
+/// A GET or POST in progress: clears the session's mark when the request
+/// ends, however it ends (answered, or dropped by a client that went away).
+struct Pending<'a> {
+    shared: &'a PollShared,
+    side: Side,
+}
+
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.update(|s| {
-            s.polling = false;
-            s.last_poll = Instant::now();
-            ((), true)
+        let side = self.side;
+        self.shared.update(|s| {
+            *side.pending(s) = false;
+            match side {
+                // The poll timeout counts from the end of the last GET.
+                Side::Get => {
+                    s.last_poll = Instant::now();
+                    ((), true)
+                }
+                Side::Post => ((), false),
+            }
         });
     }
 }
 
-/// Clears the session's "POST pending" mark when the POST ends.
-struct PostGuard<'a>(&'a PollShared);
-
-impl Drop for PostGuard<'_> {
-    fn drop(&mut self) {
-        self.0.update(|s| {
-            s.posting = false;
-            ((), false)
-        });
+/// Marks a GET or POST of the session as in progress. Refused with the
+/// Engine.IO error to answer when the session is gone or upgraded (code 1),
+/// or when one is already in progress (code 3): two at once means a
+/// confused client, and Engine.IO servers end the session.
+fn begin(shared: &PollShared, side: Side) -> Result<Pending<'_>, EioRequestError> {
+    let refusal = shared.update(|s| {
+        if s.ended.is_some() || s.upgraded {
+            return (Some(EioRequestError::UnknownSid), false);
+        }
+        let pending = side.pending(s);
+        if *pending {
+            return (Some(EioRequestError::BadRequest), false);
+        }
+        *pending = true;
+        (None, false)
+    });
+    match refusal {
+        None => Ok(Pending { shared, side }),
+        Some(refusal) => {
+            if refusal == EioRequestError::BadRequest {
+                shared.end(side.overlap());
+            }
+            Err(refusal)
+        }
     }
 }
 
@@ -59,25 +109,10 @@ pub(super) async fn get(table: &Table, sid: &str) -> Response {
     let Some(shared) = table.get(sid) else {
         return error_response(EioRequestError::UnknownSid);
     };
-    let refusal = shared.update(|s| {
-        if s.ended.is_some() || s.upgraded {
-            return (Some(EioRequestError::UnknownSid), false);
-        }
-        if s.polling {
-            return (Some(EioRequestError::BadRequest), false);
-        }
-        s.polling = true;
-        (None, false)
-    });
-    if let Some(refusal) = refusal {
-        if refusal == EioRequestError::BadRequest {
-            // Two GETs at once: the client is confused; Engine.IO servers
-            // end the session.
-            shared.end("poll_overlap");
-        }
-        return error_response(refusal);
-    }
-    let _guard = PollGuard(&shared);
+    let _pending = match begin(&shared, Side::Get) {
+        Ok(pending) => pending,
+        Err(refusal) => return error_response(refusal),
+    };
     let config = shared.config;
     let hold = Instant::now() + config.ping_interval + config.ping_timeout;
     let body = shared
@@ -123,23 +158,10 @@ pub(super) async fn post(table: &Table, sid: &str, body: Body, body_timeout: Dur
     let Some(shared) = table.get(sid) else {
         return error_response(EioRequestError::UnknownSid);
     };
-    let refusal = shared.update(|s| {
-        if s.ended.is_some() || s.upgraded {
-            return (Some(EioRequestError::UnknownSid), false);
-        }
-        if s.posting {
-            return (Some(EioRequestError::BadRequest), false);
-        }
-        s.posting = true;
-        (None, false)
-    });
-    if let Some(refusal) = refusal {
-        if refusal == EioRequestError::BadRequest {
-            shared.end("post_overlap");
-        }
-        return error_response(refusal);
-    }
-    let _guard = PostGuard(&shared);
+    let _pending = match begin(&shared, Side::Post) {
+        Ok(pending) => pending,
+        Err(refusal) => return error_response(refusal),
+    };
     let config = shared.config;
     let bytes = match tokio::time::timeout(body_timeout, read_body(body, config.max_payload)).await
     {
