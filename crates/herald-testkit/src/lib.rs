@@ -1,9 +1,11 @@
-//! Real Redis servers for tests: a single `redis-server`, or a 3-master
-//! Redis Cluster, each on free loopback ports in a temp dir, killed (and the
-//! dir removed) on drop. Tests never mock Redis.
+//! Real Redis and NATS servers for tests: a single `redis-server`, a
+//! 3-master Redis Cluster, or a `nats-server` with JetStream, each on free
+//! loopback ports in a temp dir, killed (and the dir removed) on drop.
+//! Tests never mock Redis or NATS.
 //!
-//! `redis-server` and `redis-cli` must be on `PATH`; `.ci/run` installs
-//! them (`apt-get install -y redis-server`) when missing.
+//! `redis-server`, `redis-cli` and `nats-server` must be on `PATH`;
+//! `.ci/run` installs them (`apt-get install -y redis-server nats-server`)
+//! when missing.
 
 //!
 //! [`conformance`] holds the engine conformance suite.
@@ -11,6 +13,9 @@
 #![warn(missing_docs)]
 
 pub mod conformance;
+mod nats;
+
+pub use nats::NatsServer;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -47,7 +52,7 @@ pub fn free_server_port(cluster_bus: bool) -> u16 {
     panic!("no free server port between 20000 and 32000 on loopback");
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("herald-{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -55,12 +60,12 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-fn wait_for_port(port: u16, within: Duration) {
+pub(crate) fn wait_for_port(port: u16, within: Duration) {
     let deadline = Instant::now() + within;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "redis-server did not listen on {port} within {within:?}"
+            "the server did not listen on {port} within {within:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -223,4 +228,19 @@ impl RedisCluster {
     pub fn servers(&self) -> &[RedisServer] {
         &self.servers
     }
+}
+
+/// `GET path` on `127.0.0.1:port` over plain HTTP/1.0; the body of a 200
+/// answer, or `None`.
+pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.to_owned())
+        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_owned()))
 }
