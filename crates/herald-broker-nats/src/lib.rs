@@ -16,6 +16,7 @@
 
 mod client;
 pub mod names;
+pub mod wire;
 
 pub use client::{NatsClients, NatsSettings, NatsSetupError};
 
