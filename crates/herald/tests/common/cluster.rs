@@ -370,6 +370,17 @@ pub async fn stats(node: &TestNode) -> Result<(Value, Vec<(String, u64, u64, u64
     Ok((b, per))
 }
 
+/// A new connection of `user` on `node`, its `authenticated` frame read;
+/// `Err` describes a refused upgrade.
+pub async fn reconnect(node: &TestNode, user: &str) -> Result<WsClient, String> {
+    let token = node.user_token(user);
+    let mut ws = WsClient::connect(&node.ws_url(), TokenIn::Header(token))
+        .await
+        .map_err(|e| format!("reconnect: {}", describe_ws_error(&e)))?;
+    ws.expect_type("authenticated", FRAME_WAIT).await;
+    Ok(ws)
+}
+
 /// Asserts that an upgrade of `user` on `node` is refused with `status`.
 pub async fn upgrade_refused(node: &TestNode, user: &str, status: u16) {
     match WsClient::connect(&node.ws_url(), TokenIn::Header(node.user_token(user))).await {

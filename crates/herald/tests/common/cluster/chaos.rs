@@ -63,17 +63,13 @@ async fn follow(
             }
             _ended if rep.reconnects < 3 => {
                 rep.reconnects += 1;
-                let node = c.node(fallback);
-                let token = node.user_token(&rep.name);
-                ws = match WsClient::connect(&node.ws_url(), TokenIn::Header(token)).await {
+                ws = match reconnect(c.node(fallback), &rep.name).await {
                     Ok(ws) => ws,
                     Err(e) => {
-                        rep.errors
-                            .push(format!("reconnect: {}", describe_ws_error(&e)));
+                        rep.errors.push(e);
                         return rep;
                     }
                 };
-                ws.expect_type("authenticated", FRAME_WAIT).await;
                 let j = join_since(&mut ws, room, epoch, last).await;
                 if j["recovered"] != true || j["epoch"] != epoch {
                     rep.errors.push(format!("since {last} not recovered: {j}"));

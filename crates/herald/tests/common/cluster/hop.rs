@@ -85,17 +85,13 @@ async fn hopping_client(
             return rep;
         }
         client = loop {
-            let node = c.node(rng.below(3) as usize);
-            let token = node.user_token(&name);
-            let mut ws = match WsClient::connect(&node.ws_url(), TokenIn::Header(token)).await {
+            let mut ws = match reconnect(c.node(rng.below(3) as usize), &name).await {
                 Ok(ws) => ws,
                 Err(e) => {
-                    rep.errors
-                        .push(format!("reconnect: {}", describe_ws_error(&e)));
+                    rep.errors.push(e);
                     return rep;
                 }
             };
-            ws.expect_type("authenticated", FRAME_WAIT).await;
             ws.send_json(json!({"type": "join_room", "id": "j", "room": room,
                 "since": {"epoch": epoch, "offset": last}}))
                 .await;
