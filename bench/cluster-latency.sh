@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Cross-node publish-to-receive latency over Redis, on loopback: starts a
-# redis-server and two Herald nodes (release builds), puts every subscriber
-# on node A and publishes through node B's HTTP API, then stops them all.
+# Cross-node publish-to-receive latency over Redis or NATS, on loopback:
+# starts the broker (a redis-server, or a nats-server with JetStream) and
+# two Herald nodes (release builds), puts every subscriber on node A and
+# publishes through node B's HTTP API, then stops them all.
 #
-#   bench/cluster-latency.sh [CONNS] [EVENTS_PER_S] [DURATION_S]
+#   [ENGINE=redis|nats] bench/cluster-latency.sh [CONNS] [EVENTS_PER_S] [DURATION_S]
 #
 # Defaults: 10,000 subscribers in 10 rooms of 1,000, 20 events/s in all
 # (20,000 deliveries/s), 30 s, 100-byte payloads. ROOMS overrides the room
 # count (e.g. ROOMS=100 with 200 events/s: rooms of 100, the same
-# deliveries/s). Needs redis-server.
+# deliveries/s). ENGINE picks the broker [redis]. Needs redis-server or
+# nats-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,9 +32,7 @@ trap cleanup EXIT
 
 cargo build --release -q -p herald -p herald-bench
 
-RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" &
-PIDS+=($!)
+start_broker
 
 start_node() { # id port
   write_node_config "$1" "$2" <<EOF

@@ -1,7 +1,15 @@
 # Shared by the cluster benchmark scripts (sourced, not run): free loopback
-# ports, readiness, and the config of a bench node on the Redis broker.
-# Expects WORK (a scratch folder) and RPORT (the redis-server port) to be set
-# before write_node_config is called.
+# ports, readiness, the broker server and the config of a bench node on it.
+# ENGINE picks the broker: redis (default) or nats. Expects WORK (a scratch
+# folder) to be set, and RPORT (the redis-server port) or NPORT (the
+# nats-server port) before write_node_config is called; start_broker sets
+# them.
+
+ENGINE=${ENGINE:-redis}
+case "$ENGINE" in
+  redis | nats) ;;
+  *) echo "ENGINE must be redis or nats, not $ENGINE" >&2; exit 2 ;;
+esac
 
 SECRET=bench-secret-0123456789abcdef0123456789
 KEY=bench-admin-key-0123456789
@@ -19,9 +27,36 @@ wait_ready() {
   return 1
 }
 
+# Starts the broker server of $ENGINE on a free loopback port, its data in
+# $WORK, and appends its pid to PIDS: redis-server without persistence
+# (sets RPORT), or nats-server with JetStream, its file store in
+# $WORK/nats (sets NPORT). Waits until it listens.
+start_broker() {
+  if [ "$ENGINE" = nats ]; then
+    NPORT=$(free_port)
+    nats-server -a 127.0.0.1 -p "$NPORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
+    PIDS+=($!)
+    wait_listening "$NPORT" "${PIDS[-1]}" || { echo "nats-server did not start" >&2; return 1; }
+  else
+    RPORT=$(free_port)
+    redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" &
+    PIDS+=($!)
+    wait_listening "$RPORT" "${PIDS[-1]}" || { echo "redis-server did not start" >&2; return 1; }
+  fi
+}
+
+# The [broker] lines of a node on $ENGINE.
+broker_config() {
+  if [ "$ENGINE" = nats ]; then
+    printf 'kind = "nats"\nnats_url = "nats://127.0.0.1:%s"\n' "$NPORT"
+  else
+    printf 'kind = "redis"\nredis_url = "redis://127.0.0.1:%s"\n' "$RPORT"
+  fi
+}
+
 # Writes $WORK/$1.toml: node id $1 on port $2, the bench's secret and admin
-# key, the Redis broker on $RPORT; the rest of stdin (namespace tables) is
-# appended.
+# key, the broker of $ENGINE (broker_config); the rest of stdin (namespace
+# tables) is appended.
 write_node_config() {
   {
     cat <<EOT
@@ -36,8 +71,7 @@ scopes = ["admin"]
 [limits]
 max_connections = 100000
 [broker]
-kind = "redis"
-redis_url = "redis://127.0.0.1:$RPORT"
+$(broker_config)
 EOT
     cat
   } >"$WORK/$1.toml"
