@@ -352,11 +352,17 @@ impl NatsCluster {
     }
 
     /// Live node ids, this node's included (it answers, so it lives, even
-    /// before its first heartbeat). Listed at most every quarter heartbeat.
-    pub(super) async fn live_nodes(&self, b: &Buckets) -> Result<HashSet<String>, BrokerError> {
+    /// before its first heartbeat), among `nodes`. The last listing (a
+    /// quarter heartbeat old at most) answers when it knows them all; a
+    /// node it does not know may have started since, so that asks again.
+    pub(super) async fn live_among<'a>(
+        &self,
+        b: &Buckets,
+        nodes: impl Iterator<Item = &'a str> + Clone,
+    ) -> Result<HashSet<String>, BrokerError> {
         let fresh = self.heartbeat / 4;
         if let Some((at, set)) = self.live.lock().as_ref() {
-            if at.elapsed() < fresh {
+            if at.elapsed() < fresh && nodes.clone().all(|n| set.contains(n)) {
                 return Ok(set.clone());
             }
         }
@@ -394,8 +400,10 @@ impl NatsCluster {
     ) -> Result<Vec<ConnectionRecord>, BrokerError> {
         let b = self.buckets().await?;
         let user_key = self.keys.user(tenant, user);
-        let (live, (doc, _)) =
-            tokio::try_join!(self.live_nodes(&b), self.read_user(&b, &user_key))?;
+        let (doc, _) = self.read_user(&b, &user_key).await?;
+        let live = self
+            .live_among(&b, doc.conns.values().map(|c| c.node.as_str()))
+            .await?;
         let reads = doc
             .conns
             .iter()
@@ -427,16 +435,16 @@ impl NatsCluster {
     ) -> Result<Vec<MemberRecord>, BrokerError> {
         let b = self.buckets().await?;
         let filter = self.keys.room_members(room);
-        let (live, listed) = tokio::try_join!(
-            self.live_nodes(&b),
-            list(&self.clients.client, &b.registry, &filter, self.command_timeout)
-        )?;
+        let listed = list(&self.clients.client, &b.registry, &filter, self.command_timeout).await?;
         let mut members: Vec<MemberRecord> = listed
             .iter()
             .filter_map(|e| serde_json::from_slice::<MemberEntry>(&e.value).ok())
             .map(|e| e.member)
-            .filter(|m| live.contains(&m.node_id))
             .collect();
+        let live = self
+            .live_among(&b, members.iter().map(|m| m.node_id.as_str()))
+            .await?;
+        members.retain(|m| live.contains(&m.node_id));
         members.sort_by(|a, b| (&a.user_id, &a.connection_id).cmp(&(&b.user_id, &b.connection_id)));
         Ok(members)
     }
