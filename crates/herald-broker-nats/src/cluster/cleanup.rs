@@ -34,8 +34,10 @@ impl NatsCluster {
             .iter()
             .map(|rec| self.purge_record(b, node_id, rec))
             .collect();
-        let results: Vec<Result<(), BrokerError>> =
-            stream::iter(work).buffer_unordered(PARALLEL).collect().await;
+        let results: Vec<Result<(), BrokerError>> = stream::iter(work)
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
         results.into_iter().collect()
     }
 
@@ -87,8 +89,10 @@ impl NatsCluster {
             .iter()
             .map(|entry| self.purge_member(b, node_id, entry))
             .collect();
-        let results: Vec<Result<Option<PresenceChange>, BrokerError>> =
-            stream::iter(work).buffer_unordered(PARALLEL).collect().await;
+        let results: Vec<Result<Option<PresenceChange>, BrokerError>> = stream::iter(work)
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
         let mut announced = false;
         for result in results {
             let Some(change) = result? else { continue };
@@ -160,7 +164,13 @@ impl NatsCluster {
         let wait = self.command_timeout;
         // Markers first: a node starting meanwhile has its node key before
         // its marker, so it shows as live.
-        let markers = list(&self.clients.client, &b.registry, self.keys.all_enlisted(), wait).await?;
+        let markers = list(
+            &self.clients.client,
+            &b.registry,
+            self.keys.all_enlisted(),
+            wait,
+        )
+        .await?;
         let (live, _) = self.list_live(&b).await?;
         telemetry::nodes_alive(live.len());
         let dead: HashSet<String> = markers
@@ -220,7 +230,8 @@ impl NatsCluster {
     ) -> Result<(Vec<ConnectionRecord>, Vec<Listed>), BrokerError> {
         let wait = self.command_timeout;
         let client = &self.clients.client;
-        let (conns_filter, members_filter) = (self.keys.node_conns(node), self.keys.node_members(node));
+        let (conns_filter, members_filter) =
+            (self.keys.node_conns(node), self.keys.node_members(node));
         let (conns, members) = tokio::try_join!(
             list(client, &b.registry, &conns_filter, wait),
             list(client, &b.registry, &members_filter, wait)

@@ -42,7 +42,10 @@ impl NatsCluster {
         self.names.control_subject("")
     }
 
-    async fn publish_control(&self, commands: &[(String, ControlCommand)]) -> Result<(), BrokerError> {
+    async fn publish_control(
+        &self,
+        commands: &[(String, ControlCommand)],
+    ) -> Result<(), BrokerError> {
         self.check()?;
         for (subject, command) in commands {
             let json = serde_json::to_vec(command).map_err(json_error)?;

@@ -109,7 +109,7 @@ impl NatsCluster {
         }
         self.check_locks(&b, node).await?;
         // The first beat clears what a previous process of this id left.
-        if st.beats % SWEEP_EVERY == 0 {
+        if st.beats.is_multiple_of(SWEEP_EVERY) {
             self.sweep(&b, node).await?;
         }
         st.beats += 1;
@@ -194,8 +194,10 @@ impl NatsCluster {
             .iter()
             .map(|(rec, rooms)| self.register_one(b, rec, rooms))
             .collect();
-        let results: Vec<Result<(), BrokerError>> =
-            stream::iter(work).buffer_unordered(PARALLEL).collect().await;
+        let results: Vec<Result<(), BrokerError>> = stream::iter(work)
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
         results.into_iter().collect()
     }
 
@@ -257,7 +259,10 @@ impl NatsCluster {
             .iter()
             .map(|(id, key)| self.check_lock(b, id, key))
             .collect();
-        let results: Vec<_> = stream::iter(work).buffer_unordered(PARALLEL).collect().await;
+        let results: Vec<_> = stream::iter(work)
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
         for result in results {
             let (id, kept) = result?;
             if !kept && self.locks.lock().remove(id.as_str()).is_some() {
@@ -332,15 +337,15 @@ impl NatsCluster {
         let stale_ids: HashSet<&str> = stale.iter().map(|r| r.connection_id.as_str()).collect();
         let orphans: Vec<_> = members
             .into_iter()
-            .filter(|m| {
-                match serde_json::from_slice::<super::registry::MemberEntry>(&m.value) {
+            .filter(
+                |m| match serde_json::from_slice::<super::registry::MemberEntry>(&m.value) {
                     Ok(e) => {
                         let id = e.member.connection_id.as_str();
                         !held.contains(id) && (stale_ids.contains(id) || !known.contains(id))
                     }
                     Err(_) => true,
-                }
-            })
+                },
+            )
             .collect();
         if !stale.is_empty() || !orphans.is_empty() {
             tracing::info!(

@@ -89,7 +89,10 @@ pub(super) fn rooms_of(record: &ConnectionRecord) -> Vec<RoomKey> {
 }
 
 /// The presence entry of a record in a room.
-pub(super) fn member_value(record: &ConnectionRecord, room: &RoomKey) -> Result<Bytes, BrokerError> {
+pub(super) fn member_value(
+    record: &ConnectionRecord,
+    room: &RoomKey,
+) -> Result<Bytes, BrokerError> {
     let entry = MemberEntry {
         member: MemberRecord {
             user_id: record.user_id.clone(),
@@ -435,7 +438,13 @@ impl NatsCluster {
     ) -> Result<Vec<MemberRecord>, BrokerError> {
         let b = self.buckets().await?;
         let filter = self.keys.room_members(room);
-        let listed = list(&self.clients.client, &b.registry, &filter, self.command_timeout).await?;
+        let listed = list(
+            &self.clients.client,
+            &b.registry,
+            &filter,
+            self.command_timeout,
+        )
+        .await?;
         let mut members: Vec<MemberRecord> = listed
             .iter()
             .filter_map(|e| serde_json::from_slice::<MemberEntry>(&e.value).ok())
@@ -589,7 +598,10 @@ mod tests {
             panic!("admitted");
         };
         assert_eq!(gone.len(), 1);
-        assert_eq!((gone[0].node_id.as_str(), gone[0].connection_id.as_str()), ("n2", "b"));
+        assert_eq!(
+            (gone[0].node_id.as_str(), gone[0].connection_id.as_str()),
+            ("n2", "b")
+        );
         assert_eq!(d.conns.len(), 3);
 
         let mut d = doc(&[("a", "n1", 5)]);

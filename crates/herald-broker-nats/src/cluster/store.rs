@@ -170,9 +170,7 @@ pub(super) async fn list(
             Ok(None) => return Err(nats_error("listing keys", "the listing ended early")),
             Err(_) => return Err(nats_error("listing keys", "timed out")),
         };
-        let info = message
-            .info()
-            .map_err(|e| nats_error("listing keys", e))?;
+        let info = message.info().map_err(|e| nats_error("listing keys", e))?;
         let (revision, pending) = (info.stream_sequence, info.pending);
         let removed = message
             .headers
@@ -202,7 +200,10 @@ pub(super) async fn purge(
     key: &str,
     up_to: Option<u64>,
 ) -> Result<u64, BrokerError> {
-    let purge = store.stream.purge().filter(format!("{}{key}", store.prefix));
+    let purge = store
+        .stream
+        .purge()
+        .filter(format!("{}{key}", store.prefix));
     let reply = match up_to {
         // `sequence` purges what is below it.
         Some(rev) => purge.sequence(rev + 1).await,

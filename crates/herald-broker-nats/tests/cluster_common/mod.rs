@@ -317,9 +317,13 @@ impl Store {
         let entry = kv.entry(key.as_str()).await.expect("read").expect("exists");
         let mut doc: serde_json::Value = serde_json::from_slice(&entry.value).expect("json");
         doc["lock"] = serde_json::Value::String(holder.into());
-        kv.update(key, serde_json::to_vec(&doc).expect("json").into(), entry.revision)
-            .await
-            .expect("update");
+        kv.update(
+            key,
+            serde_json::to_vec(&doc).expect("json").into(),
+            entry.revision,
+        )
+        .await
+        .expect("update");
     }
 
     /// Keys of a node: its connections (`c.`), presence (`p.`), marker.
