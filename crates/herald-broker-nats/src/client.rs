@@ -2,7 +2,7 @@
 //! exponential backoff and jitter, and its JetStream context.
 
 use async_nats::jetstream;
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectOptions, Event};
 use futures_util::FutureExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,7 +57,14 @@ pub struct NatsClients {
     pub client: Client,
     /// JetStream on that connection, with `command_timeout` as its timeout.
     pub jetstream: jetstream::Context,
+    /// The connection's events (connected, disconnected, slow consumer...),
+    /// for whoever must react to them (the broker's reader catches up).
+    events: tokio::sync::broadcast::Sender<Event>,
 }
+
+/// Connection events kept for a receiver that lags behind; past that it
+/// sees `Lagged` (and catches up as after a reconnect).
+const EVENT_CAPACITY: usize = 256;
 
 /// Messages buffered per subscription before the client reports the
 /// subscriber as slow and drops (the reader then catches up from the
@@ -75,7 +82,23 @@ impl NatsClients {
     /// keeps retrying while NATS is away (`is_connected` tells). Called
     /// inside a Tokio runtime.
     pub fn connect(settings: &NatsSettings) -> Result<Self, NatsSetupError> {
+        let (events, _) = tokio::sync::broadcast::channel(EVENT_CAPACITY);
+        let sender = events.clone();
         let mut options = ConnectOptions::new()
+            .event_callback(move |event| {
+                match &event {
+                    Event::Connected => tracing::info!("connected to NATS"),
+                    Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                    Event::SlowConsumer(sid) => {
+                        tracing::warn!(sid, "NATS subscription too slow: messages dropped")
+                    }
+                    other => tracing::warn!(event = %other, "NATS connection event"),
+                }
+                // Nobody listening yet is fine: a later receiver starts
+                // from the connection's state.
+                let _ = sender.send(event);
+                async {}
+            })
             .name(format!("herald {}", settings.node_id))
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -119,7 +142,16 @@ impl NatsClients {
             .map_err(|e| NatsSetupError::Url(e.to_string()))?;
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(settings.command_timeout);
-        Ok(Self { client, jetstream })
+        Ok(Self {
+            client,
+            jetstream,
+            events,
+        })
+    }
+
+    /// A receiver of the connection's events from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     /// Whether the connection is up.

@@ -138,7 +138,7 @@ impl IngestTarget for Ingest {
         // acknowledging) must not publish twice.
         let key = format!("ingest:{entry_id}");
         self.0
-            .publish_json(payload.as_bytes(), &key)
+            .publish_json(payload.as_bytes(), Some(&key))
             .await
             .map_err(|e| match e {
                 PublishRefusal::Invalid(m) => IngestFailure::Invalid(m),

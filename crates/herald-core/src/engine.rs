@@ -131,11 +131,12 @@ pub enum PublishRefusal {
 #[async_trait]
 pub trait PublishTarget: Send + Sync + 'static {
     /// Publishes `body`; `default_idempotency_key` is used when the body
-    /// has none, so a re-delivered request publishes once.
+    /// has none, so a re-delivered request publishes once (`None` for
+    /// sources without message ids, such as core NATS or Redis pub/sub).
     async fn publish_json(
         &self,
         body: &[u8],
-        default_idempotency_key: &str,
+        default_idempotency_key: Option<&str>,
     ) -> Result<(), PublishRefusal>;
 }
 
@@ -145,7 +146,7 @@ pub struct NoPublishTarget;
 
 #[async_trait]
 impl PublishTarget for NoPublishTarget {
-    async fn publish_json(&self, _body: &[u8], _key: &str) -> Result<(), PublishRefusal> {
+    async fn publish_json(&self, _body: &[u8], _key: Option<&str>) -> Result<(), PublishRefusal> {
         Err(PublishRefusal::Unavailable(
             "the node is not running".into(),
         ))

@@ -1,5 +1,5 @@
 //! What an engine publishes through when publications come from outside
-//! the HTTP API (the Redis ingest stream): the body of `POST
+//! the HTTP API (the Redis ingest stream, the bridges): the body of `POST
 //! /api/v1/publish`, with the same checks.
 
 use crate::api::parse_publish;
@@ -28,7 +28,7 @@ impl PublishTarget for ApiPublish {
     async fn publish_json(
         &self,
         body: &[u8],
-        default_idempotency_key: &str,
+        default_idempotency_key: Option<&str>,
     ) -> Result<(), PublishRefusal> {
         let Some(node) = self.node.get().and_then(WeakNode::upgrade) else {
             return Err(PublishRefusal::Unavailable(
@@ -38,7 +38,7 @@ impl PublishTarget for ApiPublish {
         let mut input =
             parse_publish(body).map_err(|e| PublishRefusal::Invalid(e.message().to_owned()))?;
         if input.idempotency_key.is_none() {
-            input.idempotency_key = Some(default_idempotency_key.to_owned());
+            input.idempotency_key = default_idempotency_key.map(str::to_owned);
         }
         match node.publish(input).await {
             Ok(_) => Ok(()),

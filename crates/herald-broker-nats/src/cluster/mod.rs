@@ -1,97 +1,290 @@
-//! The NATS cluster registry on key-value buckets. PLACEHOLDER on main: the
-//! signatures the engine calls, answering `unavailable`; replaced wholesale
-//! by the cluster work of issue #15 before it merges.
+//! The cluster registry on JetStream key-value buckets (see
+//! [`NatsCluster`]). One file per concern: `store` (buckets, keys, listing
+//! and marker-free deletes), `registry` (connections, memberships and the
+//! views), `control` (commands between nodes), `liveness` (heartbeat,
+//! re-registration, lock renewal, sweep), `cleanup` (purging, the reaper,
+//! leaving), `telemetry`.
 
+mod cleanup;
+mod control;
+mod liveness;
+mod registry;
+mod store;
+mod telemetry;
+
+use crate::names::Names;
 use crate::{NatsClients, NatsSettings};
 use async_trait::async_trait;
 use herald_core::{
     BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef,
     MemberRecord, NodeFigures, PerUserPolicy, RoomKey, Tenant,
 };
-use std::sync::Arc;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use store::{BucketSpec, Buckets, Keys};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The cluster registry on JetStream key-value buckets.
-pub struct NatsCluster {
-    _clients: NatsClients,
-}
+/// Close code for a connection replaced by a newer one (the contract's 4010).
+const SESSION_REPLACED: u16 = 4010;
 
-fn missing() -> BrokerError {
-    BrokerError::Unavailable("the NATS cluster registry is not built yet".into())
+/// The cluster-wide registry on JetStream key-value buckets: nodes,
+/// connections per user and per node, presence, exclusive-session locks,
+/// and the control subjects.
+///
+/// What lives where (keys from `store::Keys`, every id one base64url token):
+/// - bucket `<prefix>-nodes` (history 1, `max_age` 1.5 heartbeats): key
+///   `<node>` → the node's [`NodeFigures`], put every heartbeat. A node whose
+///   key expired is dead; the server's clock decides, so skew between the
+///   nodes' clocks cannot declare a live node dead.
+/// - bucket `<prefix>-registry` (history 1, no expiry):
+///   - `u.<tenant>.<user>` → the user's connections (id → node, connected
+///     at) and exclusive lock holder: the per-user policy is applied by
+///     compare-and-set on this key's revision, so it holds cluster-wide.
+///   - `c.<node>.<connection>` → the [`ConnectionRecord`] with its rooms:
+///     what a node holds, listed by a survivor when it dies.
+///   - `p.<room>.<node>.<connection>` → the member (rooms with presence).
+///   - `m.<node>` → the node registered entries: the reaper compares these
+///     with the live node keys to find the dead.
+/// - bucket `<prefix>-reapers` (`max_age` 4 heartbeats): `<node>` → the
+///   survivor cleaning up after that dead node (taken with `create`).
+/// - subjects `<prefix>.control.<node>` and `<prefix>.control._` (every
+///   node): JSON commands between nodes (see `control`).
+pub struct NatsCluster {
+    clients: NatsClients,
+    names: Names,
+    keys: Keys,
+    node_id: String,
+    heartbeat: Duration,
+    command_timeout: Duration,
+    replicas: usize,
+    /// The buckets, once opened; `None` until then and after a failure that
+    /// says they may be gone (they are opened, or made, again).
+    buckets: RwLock<Option<Arc<Buckets>>>,
+    /// Serializes opening the buckets.
+    opening: tokio::sync::Mutex<()>,
+    /// The node served, known from [`NatsCluster::spawn`] on.
+    node: OnceLock<Arc<dyn ClusterNode>>,
+    /// Local connections holding their user's exclusive lock: connection id
+    /// → (tenant, user). Checked every heartbeat.
+    locks: Mutex<HashMap<String, (Tenant, String)>>,
+    /// Revision of each local connection's record key, for the
+    /// compare-and-set of `joined`/`left` without reading it first.
+    revisions: Mutex<HashMap<String, u64>>,
+    /// Set by [`Cluster::leave`]: the heartbeat must not register again.
+    left: AtomicBool,
+    /// This node's keys were written at least once since the buckets opened.
+    enlisted: AtomicBool,
+    /// The control subjects are subscribed.
+    control_live: AtomicBool,
+    /// Serializes a heartbeat's re-registration with `leave`.
+    beat: tokio::sync::Mutex<()>,
+    /// The live node ids last listed, and when.
+    live: Mutex<Option<(Instant, HashSet<String>)>>,
+    /// When this process's registry started (ms): entries of this node id
+    /// that connected earlier belong to a previous process.
+    started_at: u64,
 }
 
 impl NatsCluster {
     /// A registry for the node of `settings`.
-    pub fn new(clients: NatsClients, _settings: &NatsSettings) -> Arc<Self> {
-        Arc::new(Self { _clients: clients })
+    pub fn new(clients: NatsClients, settings: &NatsSettings) -> Arc<Self> {
+        telemetry::describe();
+        let names = Names::new(&settings.prefix);
+        Arc::new(Self {
+            clients,
+            keys: Keys::new(names.clone()),
+            names,
+            node_id: settings.node_id.clone(),
+            // A zero period would make every loop spin.
+            heartbeat: settings.node_heartbeat.max(Duration::from_millis(100)),
+            command_timeout: settings.command_timeout.max(Duration::from_millis(100)),
+            replicas: settings.replicas,
+            buckets: RwLock::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            node: OnceLock::new(),
+            locks: Mutex::new(HashMap::new()),
+            revisions: Mutex::new(HashMap::new()),
+            left: AtomicBool::new(false),
+            enlisted: AtomicBool::new(false),
+            control_live: AtomicBool::new(false),
+            beat: tokio::sync::Mutex::new(()),
+            live: Mutex::new(None),
+            started_at: now_ms(),
+        })
     }
 
-    /// Starts the registry's tasks (heartbeat, reaper, control) on `tasks`.
+    /// Starts the heartbeat, the reaper and the control reader for `node`;
+    /// they stop when `cancel` fires.
     pub fn spawn(
         self: &Arc<Self>,
-        _node: Arc<dyn ClusterNode>,
-        _cancel: CancellationToken,
-        _tasks: &TaskTracker,
+        node: Arc<dyn ClusterNode>,
+        cancel: CancellationToken,
+        tasks: &TaskTracker,
     ) {
+        if self.node.set(node.clone()).is_err() {
+            tracing::warn!("cluster registry spawned twice; keeping the first node");
+            return;
+        }
+        tasks.spawn(self.clone().heartbeat_loop(node.clone(), cancel.clone()));
+        tasks.spawn(self.clone().reaper_loop(cancel.clone()));
+        tasks.spawn(self.clone().control_loop(node, cancel));
     }
 
     /// The room's members on every node (rooms with presence on).
-    pub async fn presence(&self, _room: &RoomKey) -> Result<Vec<MemberRecord>, BrokerError> {
-        Err(missing())
+    pub async fn presence(&self, room: &RoomKey) -> Result<Vec<MemberRecord>, BrokerError> {
+        self.list_presence(room).await
     }
+
+    /// Fails fast while the connection is down, instead of waiting for the
+    /// command timeout.
+    fn check(&self) -> Result<(), BrokerError> {
+        if self.clients.is_connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable("nats is not connected".into()))
+        }
+    }
+
+    /// The buckets, opened (or made) on first use and after they were lost.
+    async fn buckets(&self) -> Result<Arc<Buckets>, BrokerError> {
+        self.check()?;
+        if let Some(b) = self.buckets.read().clone() {
+            return Ok(b);
+        }
+        let _one = self.opening.lock().await;
+        if let Some(b) = self.buckets.read().clone() {
+            return Ok(b);
+        }
+        let spec = BucketSpec {
+            replicas: self.replicas,
+            node_life: self.dead_after(),
+            claim_life: self.heartbeat * 4,
+        };
+        let opened = tokio::time::timeout(
+            self.command_timeout * 3,
+            Buckets::ensure(&self.clients.jetstream, &self.names, &spec),
+        )
+        .await
+        .map_err(|_| BrokerError::Unavailable("opening the registry buckets timed out".into()))??;
+        let opened = Arc::new(opened);
+        *self.buckets.write() = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// Forgets the buckets after an error that may mean they are gone (NATS
+    /// restarted without its store): the next call opens them again.
+    fn lost_buckets(&self) {
+        *self.buckets.write() = None;
+        self.enlisted.store(false, Ordering::Release);
+    }
+
+    /// A node silent this long is dead.
+    fn dead_after(&self) -> Duration {
+        self.heartbeat * 3 / 2
+    }
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A NATS failure: anything about reaching NATS or JetStream answers
+/// `unavailable` (callers answer 503 and retry).
+fn nats_error(what: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("nats registry, {what}: {e}"))
+}
+
+fn json_error(e: serde_json::Error) -> BrokerError {
+    BrokerError::Internal(format!("registry JSON: {e}"))
 }
 
 #[async_trait]
 impl Cluster for NatsCluster {
     async fn admit(
         &self,
-        _record: &ConnectionRecord,
-        _policy: PerUserPolicy,
-        _max_per_user: usize,
+        record: &ConnectionRecord,
+        policy: PerUserPolicy,
+        max_per_user: usize,
     ) -> Result<ClusterAdmission, BrokerError> {
-        Err(missing())
+        self.admit_record(record, policy, max_per_user).await
     }
 
-    async fn would_refuse(&self, _: &Tenant, _: &str, _: usize) -> Result<bool, BrokerError> {
-        Err(missing())
+    async fn would_refuse(
+        &self,
+        tenant: &Tenant,
+        user_id: &str,
+        max_per_user: usize,
+    ) -> Result<bool, BrokerError> {
+        self.user_count(tenant, user_id)
+            .await
+            .map(|n| n >= max_per_user)
     }
 
-    async fn remove(&self, _record: &ConnectionRecord) -> Result<(), BrokerError> {
-        Err(missing())
+    async fn remove(&self, record: &ConnectionRecord) -> Result<(), BrokerError> {
+        self.remove_record(record).await
     }
 
-    async fn joined(&self, _: &RoomKey, _: &ConnectionRecord, _: bool) -> Result<(), BrokerError> {
-        Err(missing())
+    async fn joined(
+        &self,
+        room: &RoomKey,
+        record: &ConnectionRecord,
+        presence: bool,
+    ) -> Result<(), BrokerError> {
+        self.membership(room, record, presence, true).await
     }
 
-    async fn left(&self, _: &RoomKey, _: &ConnectionRecord, _: bool) -> Result<(), BrokerError> {
-        Err(missing())
+    async fn left(
+        &self,
+        room: &RoomKey,
+        record: &ConnectionRecord,
+        presence: bool,
+    ) -> Result<(), BrokerError> {
+        self.membership(room, record, presence, false).await
     }
 
     async fn user_connections(
         &self,
-        _: &Tenant,
-        _: &str,
+        tenant: &Tenant,
+        user_id: &str,
     ) -> Result<Vec<ConnectionRecord>, BrokerError> {
-        Err(missing())
+        self.list_user(tenant, user_id).await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeFigures>, BrokerError> {
-        Err(missing())
+        self.list_nodes().await
     }
 
-    async fn disconnect_user(&self, _: &Tenant, _: &str, _: u16) -> Result<usize, BrokerError> {
-        Err(missing())
+    async fn disconnect_user(
+        &self,
+        tenant: &Tenant,
+        user_id: &str,
+        code: u16,
+    ) -> Result<usize, BrokerError> {
+        self.disconnect(tenant, user_id, code).await
     }
 
-    async fn close_connections(&self, _: &[ConnectionRef], _: u16) -> Result<(), BrokerError> {
-        Err(missing())
+    async fn close_connections(
+        &self,
+        targets: &[ConnectionRef],
+        code: u16,
+    ) -> Result<(), BrokerError> {
+        self.close_targets(targets, code).await
     }
 
     fn is_ready(&self) -> bool {
-        false
+        self.clients.is_connected()
+            && self.buckets.read().is_some()
+            && self.control_live.load(Ordering::Acquire)
     }
 
-    async fn leave(&self) {}
+    async fn leave(&self) {
+        self.leave_cluster().await;
+    }
 }

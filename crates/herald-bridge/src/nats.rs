@@ -1,0 +1,109 @@
+//! The bridges' NATS connection and the core NATS bridge: one queue
+//! subscription per route, so each message goes to one node of the cluster
+//! (at most once: core NATS keeps nothing for a node that was away).
+
+use crate::backoff::Backoff;
+use crate::config::NatsConnection;
+use crate::handler::{relay_once, Handler};
+use crate::BridgeError;
+use async_nats::{Client, ConnectOptions};
+use futures_util::{FutureExt, StreamExt};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Messages buffered per subscription before the client drops (a slow
+/// consumer; core NATS then loses them).
+const SUBSCRIPTION_CAPACITY: usize = 8_192;
+
+fn reconnect_delay(attempt: usize) -> Duration {
+    // 100 ms doubling to 5 s, plus up to 100 ms of jitter.
+    let base = 100u64.saturating_mul(1u64 << attempt.min(6)).min(5_000);
+    Duration::from_millis(base + rand::random_range(0..100))
+}
+
+/// Builds the client; it connects (and reconnects) in the background, for
+/// ever. Called inside a Tokio runtime.
+pub(crate) fn connect(
+    c: &NatsConnection,
+    node_id: &str,
+    command_timeout: Duration,
+) -> Result<Client, BridgeError> {
+    let mut options = ConnectOptions::new()
+        .name(format!("herald bridge {node_id}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay)
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(command_timeout))
+        .subscription_capacity(SUBSCRIPTION_CAPACITY);
+    if let Some(path) = &c.credentials_file {
+        let creds = std::fs::read_to_string(path)
+            .map_err(|e| BridgeError::NatsCredentials(format!("{path}: {e}")))?;
+        options = options
+            .credentials(&creds)
+            .map_err(|e| BridgeError::NatsCredentials(format!("{path}: {e}")))?;
+    }
+    if let Some((user, password)) = &c.user_password {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &c.token {
+        options = options.token(token.clone());
+    }
+    let servers: Vec<async_nats::ServerAddr> = c
+        .url
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: std::io::Error| BridgeError::NatsUrl(e.to_string()))?;
+    // With `retry_on_initial_connect` the connect future does no I/O: it
+    // spawns the connection task and returns the client at once.
+    options
+        .connect(servers)
+        .now_or_never()
+        .ok_or_else(|| BridgeError::NatsUrl("the client did not start".into()))?
+        .map_err(|e| BridgeError::NatsUrl(e.to_string()))
+}
+
+/// Runs one core NATS route until cancelled. async-nats re-subscribes by
+/// itself after a reconnect; a subscription that ends (the client closed)
+/// is made again after a backoff.
+pub(crate) async fn run_core(
+    client: Client,
+    subject: String,
+    queue_group: String,
+    mut handler: Handler,
+    retry_for: Duration,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let subscribed = tokio::select! {
+            () = cancel.cancelled() => return,
+            s = client.queue_subscribe(subject.clone(), queue_group.clone()) => s,
+        };
+        match subscribed {
+            Ok(mut sub) => {
+                tracing::info!(bridge = handler.label(), %subject, %queue_group, "bridge: subscribed");
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => {
+                            let _ = sub.unsubscribe().await;
+                            return;
+                        }
+                        m = sub.next() => m,
+                    };
+                    let Some(msg) = next else { break };
+                    backoff.reset();
+                    relay_once(&mut handler, &msg.subject, &msg.payload, retry_for, &cancel).await;
+                }
+                handler.warn_source("subscription ended, subscribing again", &subject);
+            }
+            Err(e) => handler.warn_source("cannot subscribe", &e.to_string()),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The rooms this node listens to: a count of local subscribers per room,
+//! an async gate serializing the room's subscription to its delivery subject, the last
+//! publication delivered (the cursor the reader keeps order with), and the
+//! room's owner while a task works on it off the reader (a gap fill or a
+//! catch-up from history): what the delivery subject brings for the room meanwhile
+//! waits in the owner's backlog, so the room stays in order while the
+//! reader goes on with every other room.
+//!
+//! Counts change under the map's sync lock; subscriptions change under the
+//! room's gate. An entry is removed only while its gate is held and its
+//! count is zero, so whoever holds a gate can tell, by comparing gates,
+//! whether the entry it works for is still the live one.
+
+use herald_core::{Publication, RoomKey};
+use herald_protocol::StreamPosition;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Publications one room's backlog holds while its owner works; past it the
+/// owner catches up from history instead (bounded memory per room).
+pub(super) const MAX_BACKLOG: usize = 10_000;
+
+/// A room's gate; it holds the stop token of the room's subscription (its
+/// forwarding task) while that is live.
+pub(super) type Gate = Arc<tokio::sync::Mutex<Option<tokio_util::sync::CancellationToken>>>;
+
+struct Entry {
+    count: usize,
+    gate: Gate,
+    cursor: Option<StreamPosition>,
+    owner: Option<Owner>,
+}
+
+/// A task delivering one room off the reader.
+struct Owner {
+    id: u64,
+    /// What the delivery subject brought meanwhile, in stream order.
+    backlog: VecDeque<Arc<Publication>>,
+    /// Whether to catch up from history before letting go (a resync asked,
+    /// or the backlog overflowed).
+    catch_up: bool,
+    /// Whether that catch-up makes sure the subscription is live first
+    /// (after a reconnect).
+    resubscribe: bool,
+}
+
+/// What to do with a publication read off the delivery subject.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Not listened to, or already delivered.
+    Drop,
+    /// Next in order (or a new epoch): deliver; the cursor has moved.
+    Deliver,
+    /// Offsets between the cursor (`after`) and this one are missing: fill
+    /// them from history first, then offer this one. Told the reader, the
+    /// room now has the owner `owner`, to do that off the reader.
+    Gap {
+        /// The last offset delivered.
+        after: u64,
+        /// The room's owner id (see [`Rooms::next`]).
+        owner: u64,
+    },
+    /// The room has an owner: it went into the owner's backlog.
+    Queued,
+}
+
+/// What a room's owner does next (see [`Rooms::next`]).
+#[derive(Debug)]
+pub(super) enum Next {
+    /// Judge and deliver this publication from the backlog.
+    Publication(Arc<Publication>),
+    /// Catch up from history, under the room's gate; make sure the subscription is
+    /// live first when `resubscribe`.
+    CatchUp {
+        /// The room's gate.
+        gate: Gate,
+        /// Make sure the subscription is live first.
+        resubscribe: bool,
+    },
+    /// Nothing left: the room has no owner any more.
+    Done,
+}
+
+/// What to do with a publication read from history (or after a fill).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Offer {
+    /// Not listened to, or already delivered.
+    Drop,
+    /// Deliver it; `missed` offsets before it can never be delivered.
+    Deliver {
+        /// Offsets skipped over.
+        missed: u64,
+    },
+}
+
+#[derive(Default)]
+pub(super) struct Rooms {
+    map: Mutex<HashMap<RoomKey, Entry>>,
+    /// The last owner id handed out.
+    owners: AtomicU64,
+}
+
+impl Rooms {
+    /// Takes one count of `room` and returns its gate.
+    pub(super) fn join(&self, room: &RoomKey) -> Gate {
+        let mut map = self.map.lock();
+        let entry = map.entry(room.clone()).or_insert_with(|| Entry {
+            count: 0,
+            gate: Gate::default(),
+            cursor: None,
+            owner: None,
+        });
+        entry.count += 1;
+        entry.gate.clone()
+    }
+
+    /// Gives one count back; returns the gate when the count reached zero
+    /// (the caller then stops listening, see [`Rooms::is_idle`]).
+    pub(super) fn leave(&self, room: &RoomKey) -> Option<Gate> {
+        let mut map = self.map.lock();
+        let entry = map.get_mut(room)?;
+        if entry.count == 0 {
+            return None;
+        }
+        entry.count -= 1;
+        (entry.count == 0).then(|| entry.gate.clone())
+    }
+
+    /// Whether `gate` still belongs to `room`'s entry and its count is zero.
+    pub(super) fn is_idle(&self, room: &RoomKey, gate: &Gate) -> bool {
+        let map = self.map.lock();
+        map.get(room)
+            .is_some_and(|e| Arc::ptr_eq(&e.gate, gate) && e.count == 0)
+    }
+
+    /// Whether `gate` still belongs to `room`'s entry and someone listens.
+    pub(super) fn is_wanted(&self, room: &RoomKey, gate: &Gate) -> bool {
+        let map = self.map.lock();
+        map.get(room)
+            .is_some_and(|e| Arc::ptr_eq(&e.gate, gate) && e.count > 0)
+    }
+
+    /// Removes the entry if it is still `gate`'s and idle. The caller holds
+    /// the gate.
+    pub(super) fn forget_if_idle(&self, room: &RoomKey, gate: &Gate) {
+        let mut map = self.map.lock();
+        if map
+            .get(room)
+            .is_some_and(|e| Arc::ptr_eq(&e.gate, gate) && e.count == 0)
+        {
+            map.remove(room);
+        }
+    }
+
+    /// Gives back the count of a subscribe that failed. The caller holds
+    /// the gate.
+    pub(super) fn undo_join(&self, room: &RoomKey, gate: &Gate) {
+        {
+            let mut map = self.map.lock();
+            if let Some(e) = map.get_mut(room).filter(|e| Arc::ptr_eq(&e.gate, gate)) {
+                e.count = e.count.saturating_sub(1);
+            }
+        }
+        self.forget_if_idle(room, gate);
+    }
+
+    /// Rooms with a count above zero, with their gates.
+    pub(super) fn listened(&self) -> Vec<(RoomKey, Gate)> {
+        let map = self.map.lock();
+        map.iter()
+            .filter(|(_, e)| e.count > 0)
+            .map(|(k, e)| (k.clone(), e.gate.clone()))
+            .collect()
+    }
+
+    pub(super) fn listened_count(&self) -> usize {
+        self.map.lock().values().filter(|e| e.count > 0).count()
+    }
+
+    pub(super) fn is_listened(&self, room: &RoomKey) -> bool {
+        self.map.lock().get(room).is_some_and(|e| e.count > 0)
+    }
+
+    /// The last delivered position of `room`.
+    pub(super) fn cursor(&self, room: &RoomKey) -> Option<StreamPosition> {
+        self.map.lock().get(room).and_then(|e| e.cursor.clone())
+    }
+
+    /// Sets where delivery starts, unless something was delivered already.
+    pub(super) fn set_baseline(&self, room: &RoomKey, position: StreamPosition) {
+        if let Some(e) = self.map.lock().get_mut(room) {
+            if e.cursor.is_none() {
+                e.cursor = Some(position);
+            }
+        }
+    }
+
+    /// Judges a publication read off the delivery subject, for the reader: it waits
+    /// in the backlog of the room's owner if there is one; a gap makes the
+    /// room owned (the reader hands the fill to a task).
+    pub(super) fn classify(&self, p: &Arc<Publication>) -> Verdict {
+        let mut map = self.map.lock();
+        let Some(e) = map.get_mut(&p.room).filter(|e| e.count > 0) else {
+            return Verdict::Drop;
+        };
+        if let Some(owner) = &mut e.owner {
+            if owner.backlog.len() < MAX_BACKLOG {
+                owner.backlog.push_back(p.clone());
+            } else {
+                owner.catch_up = true;
+            }
+            return Verdict::Queued;
+        }
+        let id = self.owners.fetch_add(1, Ordering::Relaxed) + 1;
+        let verdict = judge(e, p, id);
+        if matches!(verdict, Verdict::Gap { .. }) {
+            e.owner = Some(Owner {
+                id,
+                backlog: VecDeque::new(),
+                catch_up: false,
+                resubscribe: false,
+            });
+        }
+        verdict
+    }
+
+    /// Judges a publication of the backlog, for the room's owner `id`.
+    pub(super) fn classify_owned(&self, p: &Publication, id: u64) -> Verdict {
+        let mut map = self.map.lock();
+        let Some(e) = map
+            .get_mut(&p.room)
+            .filter(|e| e.count > 0 && e.owner.as_ref().is_some_and(|o| o.id == id))
+        else {
+            return Verdict::Drop;
+        };
+        judge(e, p, id)
+    }
+
+    /// Makes the caller (the reader) the starter of an owner of `room` that
+    /// catches it up from history; when the room already has an owner, asks
+    /// that one to catch up before it lets go (resyncs coalesce) and
+    /// returns `None`, as for a room nobody listens to.
+    pub(super) fn claim_catch_up(&self, room: &RoomKey, resubscribe: bool) -> Option<u64> {
+        let mut map = self.map.lock();
+        let e = map.get_mut(room).filter(|e| e.count > 0)?;
+        if let Some(owner) = &mut e.owner {
+            owner.catch_up = true;
+            owner.resubscribe |= resubscribe;
+            return None;
+        }
+        let id = self.owners.fetch_add(1, Ordering::Relaxed) + 1;
+        e.owner = Some(Owner {
+            id,
+            backlog: VecDeque::new(),
+            catch_up: true,
+            resubscribe,
+        });
+        Some(id)
+    }
+
+    /// The owner `id` of `room` takes its next piece of work: the backlog
+    /// in order, then a catch-up if one was asked. When nothing is left the
+    /// room has no owner any more, decided under the map's lock, so nothing
+    /// the reader queues can be stranded.
+    pub(super) fn next(&self, room: &RoomKey, id: u64) -> Next {
+        let mut map = self.map.lock();
+        let Some(e) = map
+            .get_mut(room)
+            .filter(|e| e.owner.as_ref().is_some_and(|o| o.id == id))
+        else {
+            return Next::Done;
+        };
+        let work = match e.owner.as_mut() {
+            Some(owner) if e.count > 0 => match owner.backlog.pop_front() {
+                Some(p) => Next::Publication(p),
+                None if std::mem::take(&mut owner.catch_up) => Next::CatchUp {
+                    gate: e.gate.clone(),
+                    resubscribe: std::mem::take(&mut owner.resubscribe),
+                },
+                None => Next::Done,
+            },
+            _ => Next::Done,
+        };
+        if matches!(work, Next::Done) {
+            e.owner = None;
+        }
+        work
+    }
+
+    /// Whether `id` still owns `room` (a retrying owner stops when not).
+    pub(super) fn owns(&self, room: &RoomKey, id: u64) -> bool {
+        let map = self.map.lock();
+        map.get(room)
+            .is_some_and(|e| e.count > 0 && e.owner.as_ref().is_some_and(|o| o.id == id))
+    }
+
+    /// Judges a publication read from history, or one whose gap was filled
+    /// as far as history allowed, for the room's owner `owner` (an owner
+    /// whose room was dropped and listened to again delivers nothing more);
+    /// moves the cursor when it is delivered.
+    pub(super) fn offer(&self, p: &Publication, owner: u64) -> Offer {
+        let mut map = self.map.lock();
+        let Some(e) = map
+            .get_mut(&p.room)
+            .filter(|e| e.count > 0 && e.owner.as_ref().is_some_and(|o| o.id == owner))
+        else {
+            return Offer::Drop;
+        };
+        match &mut e.cursor {
+            Some(c) if c.epoch == p.position.epoch => {
+                if p.position.offset <= c.offset {
+                    return Offer::Drop;
+                }
+                let missed = p.position.offset - c.offset - 1;
+                c.offset = p.position.offset;
+                Offer::Deliver { missed }
+            }
+            cursor => {
+                *cursor = Some(p.position.clone());
+                Offer::Deliver { missed: 0 }
+            }
+        }
+    }
+}
+
+/// The cursor's verdict on `p` (see [`Verdict`]); a gap names `owner`.
+fn judge(e: &mut Entry, p: &Publication, owner: u64) -> Verdict {
+    match &mut e.cursor {
+        Some(c) if c.epoch == p.position.epoch => {
+            if p.position.offset <= c.offset {
+                Verdict::Drop
+            } else if p.position.offset == c.offset + 1 {
+                c.offset = p.position.offset;
+                Verdict::Deliver
+            } else {
+                Verdict::Gap {
+                    after: c.offset,
+                    owner,
+                }
+            }
+        }
+        // Nothing delivered yet (the room had no stream when this node
+        // read it) and the stream started in another epoch than the
+        // one read, with a publish that beat the subscription: fill the
+        // events before from history, like any gap.
+        Some(c) if c.offset == 0 && p.position.offset > 1 => {
+            *c = StreamPosition::new(p.position.epoch.clone(), 0);
+            Verdict::Gap { after: 0, owner }
+        }
+        // A new epoch (or the first publication): its stream started over.
+        cursor => {
+            *cursor = Some(p.position.clone());
+            Verdict::Deliver
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::{RoomName, Tenant};
+    use serde_json::value::RawValue;
+
+    fn room() -> RoomKey {
+        RoomKey::new(
+            Tenant::default_tenant(),
+            RoomName::parse("r").expect("room"),
+        )
+    }
+
+    fn publication(epoch: &str, offset: u64) -> Arc<Publication> {
+        publication_in(room(), epoch, offset)
+    }
+
+    fn publication_in(room: RoomKey, epoch: &str, offset: u64) -> Arc<Publication> {
+        Arc::new(Publication {
+            room,
+            position: StreamPosition::new(epoch, offset),
+            event: "e".into(),
+            data: RawValue::from_string("{}".into()).expect("raw"),
+            ts: 0,
+            event_id: "id".into(),
+            from: None,
+            exclude_connection: None,
+            accepted_at: None,
+            encoded: Default::default(),
+        })
+    }
+
+    #[test]
+    fn counts_gate_listening() {
+        let rooms = Rooms::default();
+        let r = room();
+        let g1 = rooms.join(&r);
+        let g2 = rooms.join(&r);
+        assert!(Arc::ptr_eq(&g1, &g2));
+        assert!(rooms.leave(&r).is_none(), "one member is left");
+        let g = rooms.leave(&r).expect("last one out");
+        assert!(rooms.is_idle(&r, &g));
+        rooms.forget_if_idle(&r, &g);
+        assert!(!rooms.is_listened(&r));
+        assert!(rooms.leave(&r).is_none(), "an extra leave is ignored");
+        let fresh = rooms.join(&r);
+        assert!(!Arc::ptr_eq(&fresh, &g), "a new entry has a new gate");
+        assert!(!rooms.is_idle(&r, &g) && !rooms.is_wanted(&r, &g));
+    }
+
+    #[test]
+    fn cursor_orders_and_detects_gaps() {
+        let rooms = Rooms::default();
+        let r = room();
+        assert_eq!(rooms.classify(&publication("a", 1)), Verdict::Drop);
+        rooms.join(&r);
+        rooms.set_baseline(&r, StreamPosition::new("a", 2));
+        assert_eq!(rooms.classify(&publication("a", 2)), Verdict::Drop);
+        assert_eq!(rooms.classify(&publication("a", 3)), Verdict::Deliver);
+        let Verdict::Gap { after: 3, owner } = rooms.classify(&publication("a", 6)) else {
+            panic!("a gap after 3");
+        };
+        assert_eq!(
+            rooms.offer(&publication("a", 4), owner),
+            Offer::Deliver { missed: 0 }
+        );
+        assert_eq!(
+            rooms.offer(&publication("a", 6), owner),
+            Offer::Deliver { missed: 1 }
+        );
+        assert_eq!(rooms.offer(&publication("a", 6), owner), Offer::Drop);
+        assert!(matches!(rooms.next(&r, owner), Next::Done));
+        assert_eq!(rooms.classify(&publication("b", 9)), Verdict::Deliver);
+        assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
+        rooms.set_baseline(&r, StreamPosition::new("c", 0));
+        assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
+    }
+
+    #[test]
+    fn a_room_read_without_a_stream_fills_what_beat_the_subscription() {
+        let rooms = Rooms::default();
+        let r = room();
+        rooms.join(&r);
+        rooms.set_baseline(&r, StreamPosition::new("read", 0));
+        let Verdict::Gap { after: 0, owner } = rooms.classify(&publication("a", 3)) else {
+            panic!("a gap after 0");
+        };
+        assert_eq!(
+            rooms.offer(&publication("a", 1), owner),
+            Offer::Deliver { missed: 0 }
+        );
+        assert!(matches!(rooms.next(&r, owner), Next::Done));
+        assert_eq!(rooms.classify(&publication("a", 2)), Verdict::Deliver);
+    }
+
+    /// While a task fills one room's gap, the reader queues that room's
+    /// publications behind it (in order) and the room's owner takes them
+    /// back; other rooms are judged as usual.
+    #[test]
+    fn an_owned_room_queues_behind_its_owner_and_others_go_on() {
+        let rooms = Rooms::default();
+        let r = room();
+        let other = RoomKey::new(
+            Tenant::default_tenant(),
+            RoomName::parse("other").expect("room"),
+        );
+        rooms.join(&r);
+        rooms.join(&other);
+        rooms.set_baseline(&r, StreamPosition::new("a", 1));
+        rooms.set_baseline(&other, StreamPosition::new("a", 1));
+        let Verdict::Gap { after: 1, owner } = rooms.classify(&publication("a", 4)) else {
+            panic!("a gap after 1");
+        };
+        assert_eq!(rooms.classify(&publication("a", 5)), Verdict::Queued);
+        assert_eq!(rooms.classify(&publication("a", 6)), Verdict::Queued);
+        let elsewhere = publication_in(other.clone(), "a", 2);
+        assert_eq!(rooms.classify(&elsewhere), Verdict::Deliver);
+        // A resync meanwhile is coalesced into the owner's work.
+        assert_eq!(rooms.claim_catch_up(&r, true), None);
+        // The owner fills 2..3, offers 4, then drains its backlog in order.
+        for o in [2, 3, 4] {
+            assert!(matches!(
+                rooms.offer(&publication("a", o), owner),
+                Offer::Deliver { missed: 0 }
+            ));
+        }
+        for want in [5, 6] {
+            let Next::Publication(p) = rooms.next(&r, owner) else {
+                panic!("offset {want} waits in the backlog");
+            };
+            assert_eq!(p.position.offset, want);
+            assert_eq!(rooms.classify_owned(&p, owner), Verdict::Deliver);
+        }
+        assert!(matches!(
+            rooms.next(&r, owner),
+            Next::CatchUp {
+                resubscribe: true,
+                ..
+            }
+        ));
+        assert!(matches!(rooms.next(&r, owner), Next::Done));
+        assert!(!rooms.owns(&r, owner));
+        assert_eq!(
+            rooms.offer(&publication("a", 8), owner),
+            Offer::Drop,
+            "a former owner delivers nothing"
+        );
+        assert_eq!(rooms.classify(&publication("a", 7)), Verdict::Deliver);
+        let Some(again) = rooms.claim_catch_up(&r, false) else {
+            panic!("a room without an owner is claimed");
+        };
+        assert!(matches!(
+            rooms.next(&r, again),
+            Next::CatchUp {
+                resubscribe: false,
+                ..
+            }
+        ));
+        assert!(matches!(rooms.next(&r, again), Next::Done));
+    }
+}

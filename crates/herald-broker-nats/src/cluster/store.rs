@@ -1,0 +1,272 @@
+//! The registry's key-value buckets, their keys, and the two operations
+//! the key-value API lacks: listing the entries under a filter (with their
+//! values) and deleting a key without leaving a delete marker behind.
+//!
+//! Deletes go through the stream's purge with a subject filter: a key-value
+//! `delete` leaves a marker message per key forever (history 1 keeps the
+//! marker), which would grow the bucket by one message per connection ever
+//! seen. A purge bounded by a sequence doubles as a compare-and-delete: it
+//! removes the key only while its revision is at most the one read, and its
+//! `purged` count tells whether this call removed anything (so a
+//! `member_left` goes out once, whoever else purges the same key).
+
+use super::nats_error;
+use crate::names::{room_token, token, Names};
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
+use async_nats::jetstream::kv::{Config, Store};
+use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use async_nats::jetstream::Context;
+use async_nats::Client;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_core::{BrokerError, RoomKey, Tenant};
+use std::time::Duration;
+
+/// The header carrying a key-value operation (`DEL`, `PURGE`).
+const KV_OPERATION: &str = "KV-Operation";
+
+/// The three buckets of the registry.
+pub(super) struct Buckets {
+    /// `<prefix>-registry`: users, connections, presence, node markers.
+    pub(super) registry: Store,
+    /// `<prefix>-nodes`: one key per live node, expiring when not renewed.
+    pub(super) nodes: Store,
+    /// `<prefix>-reapers`: who cleans up after a dead node (expiring).
+    pub(super) reapers: Store,
+}
+
+/// What the buckets are made with.
+pub(super) struct BucketSpec {
+    pub(super) replicas: usize,
+    /// A node key lives this long without a heartbeat.
+    pub(super) node_life: Duration,
+    /// A reaper's claim lives this long.
+    pub(super) claim_life: Duration,
+}
+
+impl Buckets {
+    /// Opens the buckets, creating those that do not exist.
+    pub(super) async fn ensure(
+        js: &Context,
+        names: &Names,
+        spec: &BucketSpec,
+    ) -> Result<Self, BrokerError> {
+        let config = |what: &str, life: Duration| Config {
+            bucket: names.bucket(what),
+            description: format!("herald cluster registry: {what}"),
+            history: 1,
+            max_age: life,
+            storage: StorageType::File,
+            num_replicas: spec.replicas.max(1),
+            ..Config::default()
+        };
+        Ok(Self {
+            registry: bucket(js, config("registry", Duration::ZERO)).await?,
+            nodes: bucket(js, config("nodes", spec.node_life)).await?,
+            reapers: bucket(js, config("reapers", spec.claim_life)).await?,
+        })
+    }
+}
+
+/// Opens a bucket, or creates it. A bucket that exists is used as it is
+/// (another node may have made it with another heartbeat: the first one
+/// made wins, and a mismatch is logged).
+///
+/// The bucket's stream is made here with the key-value conventions rather
+/// than by `create_key_value`, which first asks for the account's info in
+/// a shape nats-server 2.9 does not answer.
+async fn bucket(js: &Context, config: Config) -> Result<Store, BrokerError> {
+    if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
+        let age = store.stream.cached_info().config.max_age;
+        if age != config.max_age {
+            tracing::warn!(
+                bucket = %config.bucket,
+                existing = ?age,
+                wanted = ?config.max_age,
+                "registry bucket made with another broker.node_heartbeat; using it as it is"
+            );
+        }
+        return Ok(store);
+    }
+    let name = config.bucket.clone();
+    // Deduplication is not used; the server wants the window within max_age.
+    let window = Duration::from_secs(120);
+    let duplicate_window = if config.max_age > Duration::ZERO && config.max_age < window {
+        config.max_age
+    } else {
+        window
+    };
+    let stream = stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(config.description.clone()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: config.history,
+        max_age: config.max_age,
+        storage: config.storage,
+        num_replicas: config.num_replicas,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        duplicate_window,
+        ..stream::Config::default()
+    };
+    let created = js.create_stream(stream).await;
+    // Opened again either way: another node may have created it meanwhile.
+    match js.get_key_value(name.as_str()).await {
+        Ok(store) => Ok(store),
+        Err(open) => Err(match created {
+            Err(e) => nats_error(&format!("creating bucket {name}"), e),
+            Ok(_) => nats_error(&format!("opening bucket {name}"), open),
+        }),
+    }
+}
+
+/// One entry of a listing.
+pub(super) struct Listed {
+    /// The key, without the bucket's prefix.
+    pub(super) key: String,
+    /// Its value.
+    pub(super) value: Bytes,
+    /// Its revision (the stream sequence).
+    pub(super) revision: u64,
+}
+
+/// Every live entry whose key matches `filter` (key-value wildcards), with
+/// its value: an ordered consumer delivering the last message per key,
+/// read until nothing is pending. Each message must come within `wait`.
+pub(super) async fn list(
+    client: &Client,
+    store: &Store,
+    filter: &str,
+    wait: Duration,
+) -> Result<Vec<Listed>, BrokerError> {
+    let consumer = store
+        .stream
+        .create_consumer(OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            description: Some("herald registry listing".into()),
+            filter_subject: format!("{}{filter}", store.prefix),
+            replay_policy: ReplayPolicy::Instant,
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..OrderedConfig::default()
+        })
+        .await
+        .map_err(|e| nats_error("listing keys", e))?;
+    let mut out = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| nats_error("listing keys", e))?;
+    loop {
+        let message = match tokio::time::timeout(wait, messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(nats_error("listing keys", e)),
+            Ok(None) => return Err(nats_error("listing keys", "the listing ended early")),
+            Err(_) => return Err(nats_error("listing keys", "timed out")),
+        };
+        let info = message.info().map_err(|e| nats_error("listing keys", e))?;
+        let (revision, pending) = (info.stream_sequence, info.pending);
+        let removed = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(KV_OPERATION))
+            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+        if !removed {
+            if let Some(key) = message.subject.as_str().strip_prefix(&store.prefix) {
+                out.push(Listed {
+                    key: key.to_owned(),
+                    value: message.payload.clone(),
+                    revision,
+                });
+            }
+        }
+        if pending == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+/// Deletes `key` without a marker; with `up_to`, only while its revision is
+/// at most that. Returns how many messages went (0: it was not there, or
+/// was rewritten since).
+pub(super) async fn purge(
+    store: &Store,
+    key: &str,
+    up_to: Option<u64>,
+) -> Result<u64, BrokerError> {
+    let purge = store
+        .stream
+        .purge()
+        .filter(format!("{}{key}", store.prefix));
+    let reply = match up_to {
+        // `sequence` purges what is below it.
+        Some(rev) => purge.sequence(rev + 1).await,
+        None => purge.await,
+    };
+    reply
+        .map(|r| r.purged)
+        .map_err(|e| nats_error("deleting a key", e))
+}
+
+/// The registry's keys (documented in `docs/architecture.md`, "The NATS
+/// cluster registry").
+pub(super) struct Keys {
+    names: Names,
+}
+
+impl Keys {
+    pub(super) fn new(names: Names) -> Self {
+        Self { names }
+    }
+
+    /// A user's connections and exclusive lock: `u.<tenant>.<user>`.
+    pub(super) fn user(&self, tenant: &Tenant, user: &str) -> String {
+        format!("u.{}", self.names.user_key(tenant, user))
+    }
+
+    /// A connection's record: `c.<node>.<connection>`.
+    pub(super) fn conn(&self, node: &str, conn: &str) -> String {
+        format!("c.{}.{}", token(node), token(conn))
+    }
+
+    /// Every connection record of a node.
+    pub(super) fn node_conns(&self, node: &str) -> String {
+        format!("c.{}.*", token(node))
+    }
+
+    /// A presence entry: `p.<room>.<node>.<connection>`.
+    pub(super) fn member(&self, room: &RoomKey, node: &str, conn: &str) -> String {
+        format!("p.{}.{}.{}", room_token(room), token(node), token(conn))
+    }
+
+    /// Every presence entry of a room.
+    pub(super) fn room_members(&self, room: &RoomKey) -> String {
+        format!("p.{}.*.*", room_token(room))
+    }
+
+    /// Every presence entry held by a node.
+    pub(super) fn node_members(&self, node: &str) -> String {
+        format!("p.*.{}.*", token(node))
+    }
+
+    /// The marker of a node that has (or had) entries: `m.<node>`.
+    pub(super) fn enlisted(&self, node: &str) -> String {
+        format!("m.{}", token(node))
+    }
+
+    /// Every node marker.
+    pub(super) fn all_enlisted(&self) -> &'static str {
+        "m.*"
+    }
+
+    /// A node's key in the nodes bucket, and its claim in the reapers one.
+    pub(super) fn node(&self, node: &str) -> String {
+        token(node)
+    }
+}
