@@ -220,7 +220,7 @@ impl Broker for NatsBroker {
     }
 
     /// Counted: returns once the room's subscription is live on the server
-    /// (flushed), even when a concurrent call started it. On error the
+    /// (a round trip), even when a concurrent call started it. On error the
     /// count is not kept.
     async fn subscribe(&self, room: &RoomKey) -> Result<(), BrokerError> {
         self.check_ready()?;
