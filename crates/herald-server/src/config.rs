@@ -9,7 +9,7 @@ use herald_core::Namespaces;
 use herald_node::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use herald_core::duration;
@@ -178,9 +178,32 @@ pub struct BrokerConfig {
     /// up a node silent for two periods.
     #[serde(with = "duration")]
     pub node_heartbeat: Duration,
-    /// Longest wait for one Redis command before answering `unavailable`.
+    /// Longest wait for one Redis command (or NATS request) before
+    /// answering `unavailable`.
     #[serde(with = "duration")]
     pub command_timeout: Duration,
+    /// NATS: a `.creds` file (user JWT and nkey seed).
+    pub nats_credentials_file: Option<PathBuf>,
+    /// NATS: user name (with `nats_password`).
+    pub nats_user: Option<String>,
+    /// NATS: password (with `nats_user`); masked when the config is shown.
+    pub nats_password: Option<String>,
+    /// NATS: authentication token; masked when the config is shown.
+    pub nats_token: Option<String>,
+    /// NATS: CA certificates to verify the server with (TLS is then
+    /// required).
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// NATS: client certificate for mutual TLS (with `nats_tls_key_file`).
+    pub nats_tls_cert_file: Option<PathBuf>,
+    /// NATS: the client certificate's key.
+    pub nats_tls_key_file: Option<PathBuf>,
+    /// NATS: JetStream replicas of the engine's stream and buckets (1 on a
+    /// single server, 3 on a three-server NATS cluster).
+    pub nats_replicas: usize,
+    /// NATS: how long the rooms' stream keeps a message; at least every
+    /// namespace's `history_ttl`.
+    #[serde(with = "duration")]
+    pub nats_max_age: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -192,6 +215,15 @@ impl Default for BrokerConfig {
             prefix: "herald".into(),
             node_heartbeat: Duration::from_secs(5),
             command_timeout: Duration::from_secs(2),
+            nats_credentials_file: None,
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_tls_ca_file: None,
+            nats_tls_cert_file: None,
+            nats_tls_key_file: None,
+            nats_replicas: 1,
+            nats_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -395,6 +427,25 @@ impl Config {
         if b.command_timeout < Duration::from_millis(10) {
             problems.push(invalid("broker.command_timeout", "must be at least 10ms"));
         }
+        // The stream keeps a room's events no longer than its max_age:
+        // history a namespace promises must fit in it.
+        if b.kind == "nats" {
+            if let Ok(rules) = self.namespace_rules() {
+                for (name, ns) in rules.iter() {
+                    if ns.history_ttl > b.nats_max_age {
+                        problems.push(invalid(
+                            "broker.nats_max_age",
+                            format!(
+                                "{} is shorter than namespaces.{name}.history_ttl ({}); \
+                                 raise broker.nats_max_age or lower the history_ttl",
+                                humantime::format_duration(b.nats_max_age),
+                                humantime::format_duration(ns.history_ttl)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
     }
 
     /// Development mode (no token key: a random HS256 secret per run) is for
@@ -469,8 +520,10 @@ impl Config {
             *url = mask_url(url);
         }
         if let Some(url) = &mut c.broker.nats_url {
-            *url = mask_url(url);
+            *url = url.split(',').map(mask_url).collect::<Vec<_>>().join(",");
         }
+        mask(&mut c.broker.nats_password);
+        mask(&mut c.broker.nats_token);
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }

@@ -12,5 +12,7 @@ pub fn compiled() -> Engines {
     let engines = Engines::new().register(Arc::new(herald_broker_memory::MemoryEngine));
     #[cfg(feature = "redis")]
     let engines = engines.register(Arc::new(herald_broker_redis::RedisEngine));
+    #[cfg(feature = "nats")]
+    let engines = engines.register(Arc::new(herald_broker_nats::NatsEngine));
     engines
 }

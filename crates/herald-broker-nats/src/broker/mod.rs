@@ -81,6 +81,8 @@ pub struct NatsBroker {
     /// Per-room publish state (last message, trims, purge checkpoints).
     published: publish::Published,
     trimmed: publish::Trimmed,
+    /// Publish attempts lost to another publisher of the room.
+    retries: std::sync::atomic::AtomicU64,
     /// The rooms' stream, for direct gets and purges.
     stream: Option<stream::Stream<()>>,
     stream_ready: AtomicBool,
@@ -130,6 +132,7 @@ impl NatsBroker {
             rooms: Rooms::default(),
             published: publish::Published::default(),
             trimmed: publish::Trimmed::default(),
+            retries: std::sync::atomic::AtomicU64::new(0),
             stream,
             stream_ready: AtomicBool::new(false),
             setup_wake: tokio::sync::Notify::new(),
@@ -170,6 +173,13 @@ impl NatsBroker {
             .publish_with_headers(self.names.delivery_subject(&change.room), headers, body)
             .await
             .map_err(|e| error::unavailable("announce", e))
+    }
+
+    /// Publish attempts this node retried because another publisher took
+    /// the room's next offset first (also the metric
+    /// `herald_nats_publish_retries_total`).
+    pub fn publish_retries(&self) -> u64 {
+        self.retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The stream handle, while the stream is known to be there.
@@ -220,7 +230,7 @@ impl Broker for NatsBroker {
     }
 
     /// Counted: returns once the room's subscription is live on the server
-    /// (flushed), even when a concurrent call started it. On error the
+    /// (a round trip), even when a concurrent call started it. On error the
     /// count is not kept.
     async fn subscribe(&self, room: &RoomKey) -> Result<(), BrokerError> {
         self.check_ready()?;

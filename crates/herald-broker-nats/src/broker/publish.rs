@@ -281,6 +281,7 @@ impl NatsBroker {
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     metrics::publish_retried();
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     *state.last.lock() = None;
                     tokio::time::sleep(backoff(attempt)).await;
                 }

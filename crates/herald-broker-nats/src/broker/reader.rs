@@ -188,8 +188,21 @@ async fn forward(
 }
 
 impl NatsBroker {
+    /// Returns once the server processed everything this connection sent
+    /// before (subscriptions included): a request nobody answers, which the
+    /// server refuses at once ("no responders"). async-nats' `flush` only
+    /// writes the buffer out and waits for no reply.
+    pub(super) async fn round_trip(&self) -> Result<(), BrokerError> {
+        let subject = format!("{}.ping.{}", self.names.prefix(), crate::names::token(&self.node_id));
+        match self.clients.client.request(subject, bytes::Bytes::new()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Err(e) => Err(super::error::unavailable("round trip", e)),
+        }
+    }
+
     /// Subscribes to the room's delivery subject and returns once the
-    /// server has it (a flush round trip); its forwarding task stops on
+    /// server has it ([`Self::round_trip`]); its forwarding task stops on
     /// the returned token (or the node's cancellation).
     pub(super) async fn subscribe_subject(
         &self,
@@ -203,7 +216,7 @@ impl NatsBroker {
             .subscribe(subject)
             .await
             .map_err(|e| super::error::unavailable("subscribe", e))?;
-        let flushed = self.clients.client.flush().await;
+        let flushed = self.round_trip().await;
         let stop = workers.cancel.child_token();
         // Started before the flush's outcome is known, so the subscription
         // is always drained or unsubscribed.
@@ -215,7 +228,7 @@ impl NatsBroker {
         ));
         if let Err(e) = flushed {
             stop.cancel();
-            return Err(super::error::unavailable("subscribe", e));
+            return Err(e);
         }
         Ok(stop)
     }
@@ -384,7 +397,7 @@ impl NatsBroker {
 
     /// Catches one room up, under its gate so a concurrent unsubscribe
     /// cannot interleave; after a reconnect, first makes sure the
-    /// client's re-subscription is live (a flush round trip).
+    /// client's re-subscription is live (a round trip).
     async fn resync_room(
         &self,
         room: &RoomKey,
@@ -400,11 +413,7 @@ impl NatsBroker {
             return Ok(());
         }
         if resubscribe {
-            self.clients
-                .client
-                .flush()
-                .await
-                .map_err(|e| super::error::unavailable("flush", e))?;
+            self.round_trip().await?;
         }
         self.catch_up(room, owner).await
     }

@@ -73,17 +73,85 @@ fn masks_secrets() {
 
 #[test]
 fn unavailable_broker_kinds_are_refused() {
-    let err = Config::from_toml("[broker]\nkind = \"nats\"\n").unwrap_err();
+    let err = Config::from_toml("[broker]\nkind = \"kafka\"\n").unwrap_err();
     assert!(err.to_string().contains("broker.kind"), "{err}");
     // The message names the kinds this build has (issue #13 item 3).
     let text = err.to_string();
     assert!(
-        text.contains("`nats` is not available in this build"),
+        text.contains("`kafka` is not available in this build"),
         "{text}"
     );
     assert!(text.contains("`memory`"), "{text}");
     #[cfg(feature = "redis")]
     assert!(text.contains("`redis`"), "{text}");
+    #[cfg(feature = "nats")]
+    assert!(text.contains("`nats`"), "{text}");
+}
+
+#[cfg(feature = "nats")]
+const NATS: &str = "[auth]\nhs256_secret = \"s\"\n[broker]\nkind = \"nats\"\n";
+
+/// Issue #15: the NATS engine's keys, checked by the engine, each problem
+/// naming its key.
+#[cfg(feature = "nats")]
+#[test]
+fn nats_keys_are_validated_naming_each_key() {
+    let err = Config::from_toml(NATS).unwrap_err().to_string();
+    assert!(err.contains("broker.nats_url: is required"), "{err}");
+    let err = Config::from_toml(&format!(
+        "{NATS}nats_url = \"http://x:1\"\nnats_user = \"u\"\n\
+         nats_credentials_file = \"/no/such.creds\"\nprefix = \"a.*\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "broker.nats_url",
+        "broker.nats_password",
+        "broker.nats_credentials_file",
+        "broker.prefix",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    let ok = Config::from_toml(&format!(
+        "{NATS}nats_url = \"nats://a:4222,tls://b:4222\"\nnats_replicas = 3\n"
+    ))
+    .expect("valid");
+    assert_eq!(ok.broker.nats_replicas, 3);
+    assert_eq!(ok.broker.nats_max_age, Duration::from_secs(86_400));
+    assert_eq!(ok.engine_settings()["nats_max_age"], "1day");
+}
+
+/// `broker.nats_max_age` must cover every namespace's `history_ttl`.
+#[cfg(feature = "nats")]
+#[test]
+fn nats_max_age_covers_every_history_ttl() {
+    let base = format!("{NATS}nats_url = \"nats://127.0.0.1:4222\"\nnats_max_age = \"30h\"\n");
+    let err = Config::from_toml(&format!(
+        "{base}[namespaces.logs]\njoin = \"any\"\nhistory_size = 10\nhistory_ttl = \"2d\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("broker.nats_max_age") && err.contains("namespaces.logs.history_ttl"),
+        "{err}"
+    );
+    Config::from_toml(&format!(
+        "{base}[namespaces.logs]\njoin = \"any\"\nhistory_size = 10\nhistory_ttl = \"2h\"\n"
+    ))
+    .expect("within max_age");
+}
+
+#[cfg(feature = "nats")]
+#[test]
+fn nats_secrets_are_masked() {
+    let c = Config::from_toml(&format!(
+        "{NATS}nats_url = \"nats://u:pw1hidden@a:4222,nats://b:4222\"\n\
+         nats_user = \"u\"\nnats_password = \"pw2hidden\"\nnats_token = \"tok3hidden\"\n"
+    ))
+    .expect("valid");
+    let text = c.to_masked_toml();
+    assert!(!text.contains("hidden"), "{text}");
+    assert!(text.contains("nats://b:4222"), "{text}");
 }
 
 /// The `[broker]` table reaches the engine as its settings, durations in
