@@ -72,6 +72,57 @@ async fn reject_never_admits_more_than_max_across_nodes() {
     assert!(conns <= 5, "node a holds {conns} connection keys");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_admissions_on_three_nodes_keep_each_policy() {
+    let server = NatsServer::start();
+    let p = prefix("concurrent");
+    let nodes = [
+        Arc::new(TestNode::start(&server.url(), &p, "a").await),
+        Arc::new(TestNode::start(&server.url(), &p, "b").await),
+        Arc::new(TestNode::start(&server.url(), &p, "c").await),
+    ];
+    for (policy, user, max) in [
+        (PerUserPolicy::EvictOldest, "evicted", 3),
+        (PerUserPolicy::Exclusive, "exclusive", 10),
+    ] {
+        let mut admits = Vec::new();
+        for i in 0..12u64 {
+            let node = nodes[i as usize % 3].clone();
+            let rec = node.record(&format!("{user}{i}"), user, 1_000 + i);
+            admits.push(tokio::spawn(async move {
+                node.connect(&rec, policy, max).await
+            }));
+        }
+        let mut displaced = Vec::new();
+        for admit in admits {
+            match admit.await.expect("task").expect("admit") {
+                ClusterAdmission::Admitted(d) => displaced.extend(d),
+                ClusterAdmission::Refused => panic!("{policy:?} never refuses"),
+            }
+        }
+        let kept = nodes[0]
+            .cluster
+            .user_connections(&acme(), user)
+            .await
+            .expect("list");
+        let keep = if policy == PerUserPolicy::Exclusive { 1 } else { max };
+        assert_eq!(kept.len(), keep, "{policy:?}: {kept:?}");
+        // Every other connection was displaced exactly once.
+        let mut ids: Vec<String> = displaced.into_iter().map(|d| d.connection_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 12 - keep, "{policy:?}: {ids:?}");
+        assert!(kept.iter().all(|k| !ids.contains(&k.connection_id)));
+        if policy == PerUserPolicy::Exclusive {
+            let store = Store::connect(&server.url(), &p).await;
+            assert_eq!(
+                store.lock(&acme(), user).await,
+                Some(kept[0].connection_id.clone())
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn evict_oldest_displaces_the_oldest_cluster_wide_and_closes_it_remotely() {
     let server = NatsServer::start();
@@ -446,5 +497,21 @@ async fn every_call_answers_unavailable_while_nats_is_down() {
     assert!(unavailable(
         a.cluster.close_connections(&remote, 4010).await
     ));
+
+    // Back with its store: the registry carries on where it was.
+    server.restart();
+    let up = eventually(Duration::from_secs(10), || async { a.cluster.is_ready() }).await;
+    assert!(up, "not ready after NATS came back");
+    let admitted = eventually(Duration::from_secs(5), || async {
+        a.connect(&rec, PerUserPolicy::Reject, 1).await.is_ok()
+    })
+    .await;
+    assert!(admitted, "admission failed after NATS came back");
+    let listed = a
+        .cluster
+        .user_connections(&acme(), "u1")
+        .await
+        .expect("list");
+    assert_eq!(listed, vec![rec]);
     a.stop().await;
 }

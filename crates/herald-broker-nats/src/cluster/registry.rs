@@ -8,7 +8,7 @@
 use super::store::{list, purge, Buckets};
 use super::{json_error, nats_error, NatsCluster};
 use crate::names::untoken;
-use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use herald_core::{
@@ -165,17 +165,13 @@ impl NatsCluster {
                 }
             } else {
                 let value = Bytes::from(serde_json::to_vec(&doc).map_err(json_error)?);
-                match revision {
-                    None => match b.registry.create(key, value).await {
-                        Ok(_) => true,
-                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => false,
-                        Err(e) => return Err(nats_error("writing a user", e)),
-                    },
-                    Some(rev) => match b.registry.update(key, value, rev).await {
-                        Ok(_) => true,
-                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => false,
-                        Err(e) => return Err(nats_error("writing a user", e)),
-                    },
+                // Revision 0 expects no message under the key: a create
+                // (without `create`'s extra read for delete markers, which
+                // this registry never writes).
+                match b.registry.update(key, value, revision.unwrap_or(0)).await {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => false,
+                    Err(e) => return Err(nats_error("writing a user", e)),
                 }
             };
             if written {
