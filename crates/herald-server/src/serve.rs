@@ -229,13 +229,7 @@ fn start_bridges(
         return Ok(());
     }
     tracing::info!(bridges = plan.routes.len(), "starting ingest bridges");
-    herald_bridge::spawn(
-        plan,
-        node_id,
-        publish,
-        node.cancellation(),
-        node.tasks(),
-    )?;
+    herald_bridge::spawn(plan, node_id, publish, node.cancellation(), node.tasks())?;
     Ok(())
 }
 
