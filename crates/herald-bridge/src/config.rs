@@ -34,6 +34,8 @@ pub struct BridgeConfig {
     /// Longest wait for one NATS or Redis request.
     #[serde(with = "duration")]
     pub command_timeout: Duration,
+    /// Largest message taken; a larger one is invalid (`too_large`).
+    pub max_message_bytes: usize,
     /// `[bridge.nats_publish]`: the publish body as JSON on a subject.
     pub nats_publish: NatsPublishConfig,
     /// `[[bridge.mappings]]`: subjects and channels mapped to rooms.
@@ -52,6 +54,7 @@ impl Default for BridgeConfig {
             redis_leader_ttl: Duration::from_secs(5),
             retry_for: Duration::from_secs(5),
             command_timeout: Duration::from_secs(2),
+            max_message_bytes: 1_048_576,
             nats_publish: NatsPublishConfig::default(),
             mappings: Vec::new(),
         }
@@ -241,6 +244,8 @@ pub struct BridgePlan {
     pub retry_for: Duration,
     /// `bridge.command_timeout`.
     pub command_timeout: Duration,
+    /// `bridge.max_message_bytes`.
+    pub max_message_bytes: usize,
     /// The bridges.
     pub routes: Vec<Route>,
 }
@@ -281,6 +286,9 @@ impl BridgeConfig {
                 p.add(key, "must be at least 100ms");
             }
         }
+        if self.max_message_bytes == 0 {
+            p.add("bridge.max_message_bytes", "must be greater than 0");
+        }
         let mut routes = Vec::new();
         let (mut uses_nats, mut uses_redis) = (false, false);
         if let Some(route) = self.nats_publish_route(d, &mut p) {
@@ -320,12 +328,25 @@ impl BridgeConfig {
                 "bridge.nats_user and bridge.nats_password go together",
             );
         }
+        if let (true, Some(c)) = (uses_nats, &nats) {
+            for server in c.url.split(',') {
+                if let Err(e) = server.trim().parse::<async_nats::ServerAddr>() {
+                    p.add("bridge.nats_url", format!("not a NATS URL: {e}"));
+                }
+            }
+        }
         let redis_url = self.redis_url.clone().or_else(|| d.redis_url.clone());
-        if uses_redis && redis_url.is_none() {
-            p.add(
+        match (&redis_url, uses_redis) {
+            (None, true) => p.add(
                 "bridge.redis_url",
                 "a Redis channel mapping is configured but neither bridge.redis_url nor broker.redis_url is set",
-            );
+            ),
+            (Some(url), true) => {
+                if let Err(e) = fred::types::config::Config::from_url(url) {
+                    p.add("bridge.redis_url", e.to_string());
+                }
+            }
+            _ => {}
         }
         if !p.0.is_empty() {
             return Err(p.0);
@@ -337,6 +358,7 @@ impl BridgeConfig {
             redis_leader_ttl: self.redis_leader_ttl,
             retry_for: self.retry_for,
             command_timeout: self.command_timeout,
+            max_message_bytes: self.max_message_bytes,
             routes,
         })
     }

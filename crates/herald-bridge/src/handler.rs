@@ -20,7 +20,7 @@ pub(crate) enum Attempt {
     Published,
     /// It can never be published; `reason` is a bounded label.
     Invalid {
-        /// `not_json`, `template` or `refused`.
+        /// `too_large`, `not_json`, `template` or `refused`.
         reason: &'static str,
         /// For the log and the dead letter.
         message: String,
@@ -74,16 +74,23 @@ impl LogLimiter {
 /// One bridge's publishing, counting and logging.
 pub(crate) struct Handler {
     label: String,
+    max_message_bytes: usize,
     transform: Transform,
     target: Arc<dyn PublishTarget>,
     log: LogLimiter,
 }
 
 impl Handler {
-    pub(crate) fn new(label: String, transform: Transform, target: Arc<dyn PublishTarget>) -> Self {
+    pub(crate) fn new(
+        label: String,
+        transform: Transform,
+        target: Arc<dyn PublishTarget>,
+        max_message_bytes: usize,
+    ) -> Self {
         describe(&label);
         Self {
             label,
+            max_message_bytes,
             transform,
             target,
             log: LogLimiter::new(),
@@ -102,6 +109,16 @@ impl Handler {
         payload: &[u8],
         key: Option<&str>,
     ) -> Attempt {
+        if payload.len() > self.max_message_bytes {
+            return Attempt::Invalid {
+                reason: "too_large",
+                message: format!(
+                    "{} bytes, over bridge.max_message_bytes ({})",
+                    payload.len(),
+                    self.max_message_bytes
+                ),
+            };
+        }
         let body = match publish_body(&self.transform, subject, payload) {
             Ok(body) => body,
             Err(e) => {
@@ -213,7 +230,7 @@ fn describe(label: &str) {
     );
     describe_counter!(
         "herald_bridge_invalid_total",
-        "Invalid bridge messages by reason (not_json, template, refused)"
+        "Invalid bridge messages by reason (too_large, not_json, template, refused)"
     );
     describe_counter!(
         "herald_bridge_retries_total",

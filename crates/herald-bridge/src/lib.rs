@@ -79,7 +79,12 @@ pub fn spawn(
     };
     let mut redis_routes = Vec::new();
     for route in plan.routes {
-        let handler = Handler::new(route.label, route.transform, target.clone());
+        let handler = Handler::new(
+            route.label,
+            route.transform,
+            target.clone(),
+            plan.max_message_bytes,
+        );
         match (route.source, &client) {
             (
                 Source::NatsCore {

@@ -36,6 +36,8 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceToml>,
     /// `[socketio]`
     pub socketio: SocketIoConfig,
+    /// `[bridge]`: ingest bridges from NATS subjects and Redis channels.
+    pub bridge: herald_bridge::BridgeConfig,
 }
 
 /// `[socketio]`: the Socket.IO v4 endpoint (docs/protocol.md 8).
@@ -376,6 +378,9 @@ impl Config {
             }
         }
         self.validate_broker(&mut problems);
+        for e in self.bridge.validate(&self.bridge_defaults()) {
+            problems.push(invalid(e.key, e.message));
+        }
         self.validate_dev_mode(&mut problems);
         let path = &self.socketio.path;
         if path.len() < 2
@@ -499,6 +504,16 @@ impl Config {
         }
     }
 
+    /// What `[bridge]` falls back on: the `[broker]` table.
+    pub fn bridge_defaults(&self) -> herald_bridge::BridgeDefaults {
+        herald_bridge::BridgeDefaults {
+            prefix: self.broker.prefix.clone(),
+            broker_kind: self.broker.kind.clone(),
+            nats_url: self.broker.nats_url.clone(),
+            redis_url: self.broker.redis_url.clone(),
+        }
+    }
+
     /// The shipped namespaces with the configured ones merged over them.
     pub fn namespace_rules(&self) -> Result<Namespaces, ConfigError> {
         namespaces::merge(&self.namespaces)
@@ -524,6 +539,14 @@ impl Config {
         }
         mask(&mut c.broker.nats_password);
         mask(&mut c.broker.nats_token);
+        for url in [&mut c.bridge.nats_url, &mut c.bridge.redis_url]
+            .into_iter()
+            .flatten()
+        {
+            *url = mask_url(url);
+        }
+        mask(&mut c.bridge.nats_password);
+        mask(&mut c.bridge.nats_token);
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }

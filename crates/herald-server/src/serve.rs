@@ -27,6 +27,9 @@ pub enum ServeError {
     /// The engine `broker.kind` names could not start.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The `[bridge]` bridges could not start.
+    #[error(transparent)]
+    Bridge(#[from] herald_bridge::BridgeError),
 }
 
 /// Latency histogram buckets, in seconds: 100 µs to 10 s.
@@ -144,6 +147,7 @@ pub async fn serve_on_with(
         limits: config.limits.clone(),
         namespaces,
     };
+    let bridges = bridge_plan(&config)?;
     let verifier = Arc::new(JwtVerifier(authenticator.clone()));
     let publish = Arc::new(ApiPublish::default());
     let node = Node::start(
@@ -154,6 +158,12 @@ pub async fn serve_on_with(
         publish.clone(),
     )?;
     publish.fill(&node);
+    if let Err(e) = start_bridges(bridges, &node_id, &node, publish.clone()) {
+        node.drain(Duration::ZERO).await;
+        node.leave_cluster().await;
+        node.shutdown_engine().await;
+        return Err(e);
+    }
     if let Some(handle) = &metrics {
         spawn_metrics_upkeep(&node, handle.clone());
     }
@@ -185,6 +195,41 @@ pub async fn serve_on_with(
     node.leave_cluster().await;
     node.shutdown_engine().await;
     tracing::info!("herald stopped");
+    Ok(())
+}
+
+/// The `[bridge]` bridges, resolved (config validation already checked
+/// them; a config built in code may not have been).
+fn bridge_plan(config: &Config) -> Result<herald_bridge::BridgePlan, ServeError> {
+    config
+        .bridge
+        .plan(&config.bridge_defaults())
+        .map_err(|errors| {
+            ServeError::Config(ConfigError::Many(
+                errors
+                    .into_iter()
+                    .map(|e| ConfigError::Invalid {
+                        key: e.key,
+                        message: e.message,
+                    })
+                    .collect(),
+            ))
+        })
+}
+
+/// Starts the bridges on the node's tracker and token, publishing through
+/// the same path as `POST /api/v1/publish`.
+fn start_bridges(
+    plan: herald_bridge::BridgePlan,
+    node_id: &str,
+    node: &Node,
+    publish: Arc<ApiPublish>,
+) -> Result<(), ServeError> {
+    if plan.routes.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(bridges = plan.routes.len(), "starting ingest bridges");
+    herald_bridge::spawn(plan, node_id, publish, node.cancellation(), node.tasks())?;
     Ok(())
 }
 

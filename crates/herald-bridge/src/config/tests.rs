@@ -84,8 +84,10 @@ fn a_template_naming_a_missing_wildcard_names_its_key() {
 
 #[test]
 fn every_problem_is_reported_with_its_key() {
-    let mut c = BridgeConfig::default();
-    c.redis_leader_ttl = Duration::from_millis(10);
+    let mut c = BridgeConfig {
+        redis_leader_ttl: Duration::from_millis(10),
+        ..Default::default()
+    };
     c.mappings.push(MappingConfig {
         nats_subject: Some("a".into()),
         redis_channel: Some("b".into()),
