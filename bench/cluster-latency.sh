@@ -56,3 +56,4 @@ wait_ready "$BPORT"
   --secret "$SECRET" --api-key "$KEY" \
   fanout --conns "$CONNS" --rooms "${ROOMS:-$((CONNS / 1000 > 0 ? CONNS / 1000 : 1))}" \
   --rate "$RATE" --duration "$DURATION" --payload 100
+print_store

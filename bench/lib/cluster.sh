@@ -30,11 +30,13 @@ wait_ready() {
 # Starts the broker server of $ENGINE on a free loopback port, its data in
 # $WORK, and appends its pid to PIDS: redis-server without persistence
 # (sets RPORT), or nats-server with JetStream, its file store in
-# $WORK/nats (sets NPORT). Waits until it listens.
+# $WORK/nats (sets NPORT, and NMPORT for its monitoring port). Waits until
+# it listens.
 start_broker() {
   if [ "$ENGINE" = nats ]; then
     NPORT=$(free_port)
-    nats-server -a 127.0.0.1 -p "$NPORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
+    NMPORT=$(free_port)
+    nats-server -a 127.0.0.1 -p "$NPORT" -m "$NMPORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
     PIDS+=($!)
     wait_listening "$NPORT" "${PIDS[-1]}" || { echo "nats-server did not start" >&2; return 1; }
   else
@@ -86,4 +88,17 @@ wait_listening() {
     sleep 0.1
   done
   return 1
+}
+
+# With ENGINE=nats: the JetStream streams' messages and bytes, from
+# nats-server's monitoring port (what the store holds after a run).
+print_store() {
+  [ "$ENGINE" = nats ] || return 0
+  curl -fs "http://127.0.0.1:$NMPORT/jsz?streams=1" | python3 -c '
+import json, sys
+for account in json.load(sys.stdin).get("account_details", []):
+    for d in account.get("stream_detail", []):
+        name, n, size = d["name"], d["state"]["messages"], d["state"]["bytes"]
+        print("stream %s: %d messages, %d bytes (%.0f B each)" % (name, n, size, size / n if n else 0))
+'
 }
