@@ -9,7 +9,10 @@ use herald_testkit::NatsServer;
 use std::time::Duration;
 
 fn offsets(page: &herald_core::HistoryPage) -> Vec<u64> {
-    page.publications.iter().map(|p| p.position.offset).collect()
+    page.publications
+        .iter()
+        .map(|p| p.position.offset)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -20,7 +23,10 @@ async fn size_ttl_and_bytes_apply_on_read() {
     // Size: the last 3 of 10.
     let r = room("h:size");
     for _ in 0..10 {
-        a.broker.publish(request(&r, 3, MINUTE)).await.expect("publish");
+        a.broker
+            .publish(request(&r, 3, MINUTE))
+            .await
+            .expect("publish");
     }
     let page = a.broker.history(&r, 0, 100).await.expect("history");
     assert_eq!(offsets(&page), vec![8, 9, 10]);
@@ -31,13 +37,19 @@ async fn size_ttl_and_bytes_apply_on_read() {
     let page = a.broker.history(&r, 0, 2).await.expect("history");
     assert_eq!(offsets(&page), vec![8, 9], "the limit takes the oldest");
     // The last message's policy rules: a larger size shows more again.
-    a.broker.publish(request(&r, 6, MINUTE)).await.expect("publish");
+    a.broker
+        .publish(request(&r, 6, MINUTE))
+        .await
+        .expect("publish");
     let page = a.broker.history(&r, 0, 100).await.expect("history");
     assert_eq!(offsets(&page), vec![6, 7, 8, 9, 10, 11]);
 
     // Size 0: offsets count, nothing is kept.
     let r0 = room("h:none");
-    a.broker.publish(request(&r0, 0, MINUTE)).await.expect("publish");
+    a.broker
+        .publish(request(&r0, 0, MINUTE))
+        .await
+        .expect("publish");
     let page = a.broker.history(&r0, 0, 100).await.expect("history");
     assert_eq!(page.position.offset, 1);
     assert!(page.publications.is_empty() && !page.complete);
@@ -48,7 +60,10 @@ async fn size_ttl_and_bytes_apply_on_read() {
         .publish(request(&rt, 10, Duration::from_millis(300)))
         .await
         .expect("publish");
-    a.broker.publish(request(&rt, 10, MINUTE)).await.expect("publish");
+    a.broker
+        .publish(request(&rt, 10, MINUTE))
+        .await
+        .expect("publish");
     let page = a.broker.history(&rt, 0, 100).await.expect("history");
     assert_eq!(offsets(&page), vec![1, 2]);
     let broker = a.broker.clone();
@@ -96,8 +111,14 @@ async fn pages_start_at_the_right_event_in_a_long_interleaved_stream() {
     let a = Node::start(&server.url(), &prefix("long"), "a").await;
     let (r, other) = (room("l:1"), room("l:2"));
     for _ in 0..200 {
-        a.broker.publish(request(&r, 1000, MINUTE)).await.expect("publish");
-        a.broker.publish(request(&other, 1000, MINUTE)).await.expect("publish");
+        a.broker
+            .publish(request(&r, 1000, MINUTE))
+            .await
+            .expect("publish");
+        a.broker
+            .publish(request(&other, 1000, MINUTE))
+            .await
+            .expect("publish");
     }
     for since in [0, 1, 57, 150, 199] {
         let page = a.broker.history(&r, since, 5).await.expect("history");

@@ -19,7 +19,10 @@ async fn a_restart_keeps_offsets_and_an_empty_restart_starts_a_new_epoch() {
     let r = room("out:1");
     b.broker.subscribe(&r).await.expect("subscribe");
     for _ in 0..3 {
-        a.broker.publish(request(&r, 10, MINUTE)).await.expect("publish");
+        a.broker
+            .publish(request(&r, 10, MINUTE))
+            .await
+            .expect("publish");
     }
     let before = a.broker.position(&r).await.expect("position");
     wait_until("b gets 3", || b.sink.offsets(&r).len() == 3).await;
@@ -46,7 +49,11 @@ async fn a_restart_keeps_offsets_and_an_empty_restart_starts_a_new_epoch() {
 
     server.restart();
     wait_until("ready again", || a.broker.is_ready() && b.broker.is_ready()).await;
-    let next = a.broker.publish(request(&r, 10, MINUTE)).await.expect("publish");
+    let next = a
+        .broker
+        .publish(request(&r, 10, MINUTE))
+        .await
+        .expect("publish");
     assert_eq!(next.position.epoch, before.epoch, "the store kept the room");
     assert_eq!(next.position.offset, 4, "offsets carry on");
     wait_until("b gets it without subscribing again", || {
@@ -59,7 +66,11 @@ async fn a_restart_keeps_offsets_and_an_empty_restart_starts_a_new_epoch() {
         a.broker.is_ready() && b.broker.is_ready()
     })
     .await;
-    let fresh = a.broker.publish(request(&r, 10, MINUTE)).await.expect("publish");
+    let fresh = a
+        .broker
+        .publish(request(&r, 10, MINUTE))
+        .await
+        .expect("publish");
     assert_ne!(fresh.position.epoch, before.epoch, "a new epoch");
     assert_eq!(fresh.position.offset, 1);
     wait_until("b gets the new epoch's first", || {
@@ -83,7 +94,11 @@ async fn a_deleted_stream_is_created_again_in_a_new_epoch() {
     let jsz = server.monitor("/jsz?streams=1").expect("monitor");
     assert!(jsz.contains(&stream), "created when missing: {jsz}");
     let r = room("del:1");
-    let first = a.broker.publish(request(&r, 10, MINUTE)).await.expect("publish");
+    let first = a
+        .broker
+        .publish(request(&r, 10, MINUTE))
+        .await
+        .expect("publish");
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
     js.delete_stream(&stream).await.expect("delete the stream");
     // The first publish after finds it gone; the engine makes it again.
@@ -98,7 +113,10 @@ async fn a_deleted_stream_is_created_again_in_a_new_epoch() {
         }
     };
     assert_eq!(again.position.offset, 1);
-    assert_ne!(again.position.epoch, first.position.epoch, "positions are never reused");
+    assert_ne!(
+        again.position.epoch, first.position.epoch,
+        "positions are never reused"
+    );
     a.stop().await;
 }
 
@@ -114,18 +132,31 @@ async fn a_node_that_lost_its_connection_catches_up() {
     let b = Node::start(&proxy.url(), &prefix, "b").await;
     let r = room("cu:1");
     b.broker.subscribe(&r).await.expect("subscribe");
-    a.broker.publish(request(&r, 100, MINUTE)).await.expect("publish");
+    a.broker
+        .publish(request(&r, 100, MINUTE))
+        .await
+        .expect("publish");
     wait_until("b gets the first", || b.sink.offsets(&r) == vec![1]).await;
     proxy.cut();
     wait_until("b is down", || !b.broker.is_ready()).await;
     for _ in 0..5 {
-        a.broker.publish(request(&r, 100, MINUTE)).await.expect("publish");
+        a.broker
+            .publish(request(&r, 100, MINUTE))
+            .await
+            .expect("publish");
     }
     proxy.heal();
     wait_until("b caught up", || b.sink.offsets(&r).len() == 6).await;
-    a.broker.publish(request(&r, 100, MINUTE)).await.expect("publish");
+    a.broker
+        .publish(request(&r, 100, MINUTE))
+        .await
+        .expect("publish");
     wait_until("b still listens", || b.sink.offsets(&r).len() == 7).await;
-    assert_eq!(b.sink.offsets(&r), (1..=7).collect::<Vec<_>>(), "in order, once");
+    assert_eq!(
+        b.sink.offsets(&r),
+        (1..=7).collect::<Vec<_>>(),
+        "in order, once"
+    );
     a.stop().await;
     b.stop().await;
 }
