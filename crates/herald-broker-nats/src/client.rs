@@ -60,6 +60,8 @@ pub struct NatsClients {
     /// The connection's events (connected, disconnected, slow consumer...),
     /// for whoever must react to them (the broker's reader catches up).
     events: tokio::sync::broadcast::Sender<Event>,
+    /// Bounds each step of [`NatsClients::close`].
+    command_timeout: Duration,
 }
 
 /// Connection events kept for a receiver that lags behind; past that it
@@ -146,6 +148,7 @@ impl NatsClients {
             client,
             jetstream,
             events,
+            command_timeout: settings.command_timeout,
         })
     }
 
@@ -159,10 +162,15 @@ impl NatsClients {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Flushes what is buffered and closes the connection.
+    /// Flushes what is buffered and closes the connection; each step waits
+    /// at most `command_timeout` (a flush waits for a connection that may
+    /// never come back).
     pub async fn close(&self) {
-        let _ = self.client.flush().await;
-        let _ = self.client.drain().await;
+        let limit = self.command_timeout;
+        if self.is_connected() {
+            let _ = tokio::time::timeout(limit, self.client.flush()).await;
+        }
+        let _ = tokio::time::timeout(limit, self.client.drain()).await;
     }
 }
 

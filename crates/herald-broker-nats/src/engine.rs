@@ -48,7 +48,10 @@ fn path(settings: &EngineSettings, key: &str) -> Option<PathBuf> {
 fn replicas(settings: &EngineSettings) -> Result<usize, String> {
     match settings.get("nats_replicas") {
         None | Some(serde_json::Value::Null) => Ok(1),
-        Some(v) => match v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())) {
+        Some(v) => match v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        {
             Some(n @ 1..=5) => Ok(n as usize),
             _ => Err(format!("must be a number of replicas from 1 to 5, not {v}")),
         },
@@ -261,7 +264,10 @@ mod tests {
     #[test]
     fn every_problem_names_its_key() {
         assert_eq!(keys(&settings(&[])), ["broker.nats_url"]);
-        assert_eq!(keys(&settings(&[("nats_url", "redis://x:1")])), ["broker.nats_url"]);
+        assert_eq!(
+            keys(&settings(&[("nats_url", "redis://x:1")])),
+            ["broker.nats_url"]
+        );
         assert!(keys(&settings(&[("nats_url", "nats://a:4222, tls://b:4222")])).is_empty());
         let ok = ("nats_url", "nats://127.0.0.1:4222");
         for bad in ["my app", "a.*", "a.>", "a..b", ""] {
@@ -278,7 +284,10 @@ mod tests {
             ["broker.nats_password"]
         );
         assert_eq!(
-            keys(&settings(&[ok, ("nats_credentials_file", "/no/such.creds")])),
+            keys(&settings(&[
+                ok,
+                ("nats_credentials_file", "/no/such.creds")
+            ])),
             ["broker.nats_credentials_file"]
         );
         assert_eq!(

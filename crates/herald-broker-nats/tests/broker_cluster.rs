@@ -41,10 +41,17 @@ async fn a_three_node_burst_to_one_room_takes_offsets_one_to_n() {
     }
     offsets.sort_unstable();
     let n = 3 * EACH;
-    assert_eq!(offsets, (1..=n).collect::<Vec<_>>(), "distinct and gap-free");
+    assert_eq!(
+        offsets,
+        (1..=n).collect::<Vec<_>>(),
+        "distinct and gap-free"
+    );
     assert_eq!(epochs.len(), 1);
     for node in &nodes {
-        wait_until("every node gets all", || node.sink.offsets(&r).len() >= n as usize).await;
+        wait_until("every node gets all", || {
+            node.sink.offsets(&r).len() >= n as usize
+        })
+        .await;
         assert_eq!(
             node.sink.offsets(&r),
             (1..=n).collect::<Vec<_>>(),
@@ -95,7 +102,11 @@ async fn an_idempotency_key_publishes_once_across_nodes() {
         }
     }
     for outcomes in &keyed {
-        assert_eq!(outcomes.iter().filter(|o| !o.duplicate).count(), 1, "{outcomes:?}");
+        assert_eq!(
+            outcomes.iter().filter(|o| !o.duplicate).count(),
+            1,
+            "{outcomes:?}"
+        );
         let positions: BTreeSet<_> = outcomes
             .iter()
             .map(|o| (o.position.epoch.clone(), o.position.offset))

@@ -47,7 +47,10 @@ async fn republish_delivers_accepted_messages_with_their_headers() {
         .await
         .expect("ack");
     let refused = js
-        .send_publish("p.room.abc", publish("no").expected_last_subject_sequence(99))
+        .send_publish(
+            "p.room.abc",
+            publish("no").expected_last_subject_sequence(99),
+        )
         .await
         .expect("publish")
         .await;
@@ -64,7 +67,10 @@ async fn republish_delivers_accepted_messages_with_their_headers() {
     assert_eq!(got.payload, "one");
     let headers = got.headers.expect("headers");
     assert_eq!(headers.get("Herald-Offset").map(|v| v.as_str()), Some("1"));
-    assert_eq!(headers.get("Nats-Stream").map(|v| v.as_str()), Some("p-rooms"));
+    assert_eq!(
+        headers.get("Nats-Stream").map(|v| v.as_str()),
+        Some("p-rooms")
+    );
     assert_eq!(
         headers.get("Nats-Sequence").map(|v| v.as_str().to_owned()),
         Some(ack.sequence.to_string())
@@ -126,15 +132,23 @@ async fn duplicate_message_ids_answer_the_original_before_the_sequence_check() {
         let js = js.clone();
         async move { js.send_publish("p.room.a", m).await.expect("send").await }
     };
-    let first = send(publish("1").message_id("t.k").expected_last_subject_sequence(0))
-        .await
-        .expect("first");
+    let first = send(
+        publish("1")
+            .message_id("t.k")
+            .expected_last_subject_sequence(0),
+    )
+    .await
+    .expect("first");
     send(publish("2").expected_last_subject_sequence(first.sequence))
         .await
         .expect("second");
-    let dup = send(publish("1").message_id("t.k").expected_last_subject_sequence(0))
-        .await
-        .expect("a duplicate is acknowledged, not refused");
+    let dup = send(
+        publish("1")
+            .message_id("t.k")
+            .expected_last_subject_sequence(0),
+    )
+    .await
+    .expect("a duplicate is acknowledged, not refused");
     assert!(dup.duplicate);
     assert_eq!(dup.sequence, first.sequence, "the original's sequence");
     let elsewhere = js

@@ -115,8 +115,14 @@ mod tests {
 
     #[test]
     fn epochs_live_less_than_the_stream_keeps_messages() {
-        assert_eq!(epoch_life(Duration::from_secs(86_400)), Duration::from_secs(3600));
-        assert_eq!(epoch_life(Duration::from_secs(1200)), Duration::from_secs(600));
+        assert_eq!(
+            epoch_life(Duration::from_secs(86_400)),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            epoch_life(Duration::from_secs(1200)),
+            Duration::from_secs(600)
+        );
         assert_eq!(parse(b"00ff 12"), Some(("00ff".into(), 12)));
         assert_eq!(parse(b"junk"), None);
     }

@@ -238,7 +238,10 @@ mod tests {
         let p = stored.publication;
         assert_eq!(p.position, StreamPosition::new("00ff", 3));
         assert_eq!(p.data.get(), r#"{"x": 1.50, "y":"é"}"#);
-        assert_eq!(p.event, "up\r\ndated", "escaped in JSON, never in the header");
+        assert_eq!(
+            p.event, "up\r\ndated",
+            "escaped in JSON, never in the header"
+        );
         assert_eq!(p.exclude_connection.as_deref(), Some("c2"));
         assert_eq!(stored.meta.k, 5);
         assert_eq!(stored.meta.cb, 42);

@@ -18,8 +18,8 @@ use crate::names::Names;
 use crate::{wire, NatsClients, NatsSettings};
 use async_nats::jetstream::{kv, stream};
 use async_trait::async_trait;
-use futures_util::FutureExt;
 use error::{internal, no_stream, not_connected};
+use futures_util::FutureExt;
 use herald_core::{
     Broker, BrokerError, BrokerStats, HistoryPage, PresenceChange, PresenceSink, PublicationSink,
     PublishOutcome, PublishRequest, RoomKey,

@@ -269,10 +269,11 @@ impl NatsBroker {
                         position: position.clone(),
                         cb: meta.cb,
                     });
-                    let (size, room_bytes) =
-                        window.push(position.offset, bytes, meta.k, meta.b);
+                    let (size, room_bytes) = window.push(position.offset, bytes, meta.k, meta.b);
                     self.trimmed.size.fetch_add(size, Ordering::Relaxed);
-                    self.trimmed.room_bytes.fetch_add(room_bytes, Ordering::Relaxed);
+                    self.trimmed
+                        .room_bytes
+                        .fetch_add(room_bytes, Ordering::Relaxed);
                     self.checkpoint(&state, ack.sequence, position.offset);
                     return Ok(PublishOutcome {
                         position,
@@ -340,7 +341,11 @@ impl NatsBroker {
         if checkpoints.len() >= super::purge::MAX_CHECKPOINTS {
             checkpoints.pop_front();
         }
-        checkpoints.push_back(Checkpoint { at: now, seq, offset });
+        checkpoints.push_back(Checkpoint {
+            at: now,
+            seq,
+            offset,
+        });
     }
 }
 

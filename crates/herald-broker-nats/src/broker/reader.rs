@@ -193,8 +193,17 @@ impl NatsBroker {
     /// server refuses at once ("no responders"). async-nats' `flush` only
     /// writes the buffer out and waits for no reply.
     pub(super) async fn round_trip(&self) -> Result<(), BrokerError> {
-        let subject = format!("{}.ping.{}", self.names.prefix(), crate::names::token(&self.node_id));
-        match self.clients.client.request(subject, bytes::Bytes::new()).await {
+        let subject = format!(
+            "{}.ping.{}",
+            self.names.prefix(),
+            crate::names::token(&self.node_id)
+        );
+        match self
+            .clients
+            .client
+            .request(subject, bytes::Bytes::new())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
             Err(e) => Err(super::error::unavailable("round trip", e)),

@@ -86,8 +86,7 @@ impl NatsBroker {
             Ok(_) => false,
             Err(e) => match e.kind() {
                 GetStreamErrorKind::JetStream(err)
-                    if err.error_code()
-                        == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    if err.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
                 {
                     js.create_stream(self.stream_config())
                         .await
