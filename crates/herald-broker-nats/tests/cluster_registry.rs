@@ -105,7 +105,11 @@ async fn concurrent_admissions_on_three_nodes_keep_each_policy() {
             .user_connections(&acme(), user)
             .await
             .expect("list");
-        let keep = if policy == PerUserPolicy::Exclusive { 1 } else { max };
+        let keep = if policy == PerUserPolicy::Exclusive {
+            1
+        } else {
+            max
+        };
         assert_eq!(kept.len(), keep, "{policy:?}: {kept:?}");
         // Every other connection was displaced exactly once.
         let mut ids: Vec<String> = displaced.into_iter().map(|d| d.connection_id).collect();
