@@ -238,3 +238,41 @@ async fn a_node_restarted_under_the_same_id_drops_what_its_predecessor_left() {
         .expect("list");
     assert_eq!(kept, vec![fresh]);
 }
+
+#[tokio::test]
+async fn a_node_the_store_forgot_registers_again_even_when_an_admission_comes_first() {
+    let server = NatsServer::start();
+    let p = prefix("forgot");
+    let a = TestNode::start(&server.url(), &p, "a").await;
+    let b = TestNode::start(&server.url(), &p, "b").await;
+    let lobby = room("lobby:1");
+    admit_in_room(&a, "a1", "u1", "lobby:1").await;
+    admit_in_room(&b, "b1", "u2", "lobby:1").await;
+
+    // The buckets stay, their contents go (as when a survivor wrongly
+    // reaped both); node a admits before its next heartbeat.
+    let store = Store::connect(&server.url(), &p).await;
+    store.wipe("registry").await;
+    store.wipe("nodes").await;
+    let fresh = a.record("a2", "u3", now_ms());
+    a.connect(&fresh, PerUserPolicy::Reject, 5)
+        .await
+        .expect("admit");
+    let back = eventually(HEARTBEAT * 4, || async {
+        let members = a.cluster.presence(&lobby).await.map(|m| m.len());
+        let u1 = b
+            .cluster
+            .user_connections(&acme(), "u1")
+            .await
+            .map(|l| l.len());
+        let u3 = b
+            .cluster
+            .user_connections(&acme(), "u3")
+            .await
+            .map(|l| l.len());
+        matches!((members, u1, u3), (Ok(2), Ok(1), Ok(1)))
+    })
+    .await;
+    assert!(back, "entries not registered again");
+    assert_eq!(store.lock(&acme(), "u1").await.as_deref(), Some("a1"));
+}

@@ -95,7 +95,9 @@ impl NatsCluster {
             return Ok(());
         }
         let b = self.buckets().await?;
-        let added = self.enlist(&b, Some(node.figures())).await?;
+        self.enlist(&b, Some(node.figures())).await?;
+        // Whichever call wrote the marker (an admission may come first).
+        let added = self.marker_written.swap(false, Ordering::AcqRel);
         if added && st.registered {
             // NATS lost its store, or a survivor took this node for dead:
             // write everything back from what the node holds.
@@ -117,13 +119,13 @@ impl NatsCluster {
     }
 
     /// Renews this node's key in the nodes bucket (with its figures), then
-    /// makes sure its marker exists; returns whether the marker was missing
-    /// (the node's entries were lost or reaped).
+    /// makes sure its marker exists; when the marker was missing (the
+    /// node's entries were lost or reaped), says so to the next heartbeat.
     pub(super) async fn enlist(
         &self,
         b: &Buckets,
         figures: Option<NodeFigures>,
-    ) -> Result<bool, BrokerError> {
+    ) -> Result<(), BrokerError> {
         let mut figures = figures.unwrap_or_default();
         figures.node_id = self.node_id.clone();
         let value = Bytes::from(serde_json::to_vec(&figures).map_err(json_error)?);
@@ -134,17 +136,17 @@ impl NatsCluster {
             .await
             .map_err(|e| nats_error("heartbeat", e))?;
         let marker = Bytes::from(self.node_id.clone().into_bytes());
-        let added = match b
+        match b
             .registry
             .create(self.keys.enlisted(&self.node_id), marker)
             .await
         {
-            Ok(_) => true,
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => false,
+            Ok(_) => self.marker_written.store(true, Ordering::Release),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(nats_error("heartbeat", e)),
-        };
+        }
         self.enlisted.store(true, Ordering::Release);
-        Ok(added)
+        Ok(())
     }
 
     /// Writes every connection of the node back, then writes again whatever

@@ -78,6 +78,9 @@ pub struct NatsCluster {
     left: AtomicBool,
     /// This node's keys were written at least once since the buckets opened.
     enlisted: AtomicBool,
+    /// This node's marker was missing and was written again (by the
+    /// heartbeat or an admission): the heartbeat registers everything again.
+    marker_written: AtomicBool,
     /// The control subjects are subscribed.
     control_live: AtomicBool,
     /// Serializes a heartbeat's re-registration with `leave`.
@@ -110,6 +113,7 @@ impl NatsCluster {
             revisions: Mutex::new(HashMap::new()),
             left: AtomicBool::new(false),
             enlisted: AtomicBool::new(false),
+            marker_written: AtomicBool::new(false),
             control_live: AtomicBool::new(false),
             beat: tokio::sync::Mutex::new(()),
             live: Mutex::new(None),
