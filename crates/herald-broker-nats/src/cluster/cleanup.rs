@@ -2,8 +2,9 @@
 //! and presence entries (with `member_left` for those a call removed), the
 //! reaper of dead nodes, and leaving on shutdown.
 
-use super::registry::{Change, MemberEntry};
+use super::registry::MemberEntry;
 use super::store::{list, purge, Buckets, Listed};
+use super::users::Change;
 use super::{nats_error, telemetry, NatsCluster};
 use crate::names::untoken;
 use crate::wire;

@@ -2,8 +2,9 @@
 //! re-registration after NATS lost this node, the exclusive-lock check and
 //! the sweep of this node's stale entries.
 
-use super::registry::{member_value, record_value, Change, UserConn};
+use super::registry::{member_value, record_value};
 use super::store::{list, Buckets};
+use super::users::{Change, UserConn};
 use super::{json_error, nats_error, now_ms, telemetry, NatsCluster, SESSION_REPLACED};
 use async_nats::jetstream::kv::CreateErrorKind;
 use bytes::Bytes;

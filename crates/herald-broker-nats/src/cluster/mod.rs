@@ -1,7 +1,7 @@
 //! The cluster registry on JetStream key-value buckets (see
 //! [`NatsCluster`]). One file per concern: `store` (buckets, keys, listing
 //! and marker-free deletes), `registry` (connections, memberships and the
-//! views), `control` (commands between nodes), `liveness` (heartbeat,
+//! views), `users` (a user's key and the per-user policy), `control` (commands between nodes), `liveness` (heartbeat,
 //! re-registration, lock renewal, sweep), `cleanup` (purging, the reaper,
 //! leaving), `telemetry`.
 
@@ -11,6 +11,7 @@ mod liveness;
 mod registry;
 mod store;
 mod telemetry;
+mod users;
 
 use crate::names::Names;
 use crate::{NatsClients, NatsSettings};
