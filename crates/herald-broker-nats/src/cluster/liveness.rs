@@ -306,10 +306,11 @@ impl NatsCluster {
         let client = &self.clients.client;
         let conns_filter = self.keys.node_conns(&self.node_id);
         let members_filter = self.keys.node_members(&self.node_id);
-        let (conns, members) = tokio::try_join!(
-            list(client, &b.registry, &conns_filter, wait),
-            list(client, &b.registry, &members_filter, wait)
-        )?;
+        // Members first: a member listed has its record written before it
+        // (admission precedes joins), so the records listed next show it
+        // unless it is really gone.
+        let members = list(client, &b.registry, &members_filter, wait).await?;
+        let conns = list(client, &b.registry, &conns_filter, wait).await?;
         if conns.is_empty() && members.is_empty() {
             return Ok(());
         }
