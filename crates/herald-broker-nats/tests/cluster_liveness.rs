@@ -276,3 +276,39 @@ async fn a_node_the_store_forgot_registers_again_even_when_an_admission_comes_fi
     assert!(back, "entries not registered again");
     assert_eq!(store.lock(&acme(), "u1").await.as_deref(), Some("a1"));
 }
+
+#[tokio::test]
+async fn an_outage_longer_than_the_node_keys_reaps_no_live_node() {
+    let mut server = NatsServer::start();
+    let p = prefix("outage");
+    let a = TestNode::start(&server.url(), &p, "a").await;
+    let b = TestNode::start(&server.url(), &p, "b").await;
+    let lobby = room("lobby:1");
+    admit_in_room(&a, "a1", "u1", "lobby:1").await;
+    admit_in_room(&b, "b1", "u2", "lobby:1").await;
+
+    // Down for longer than a node key lives: every key has expired when
+    // the server comes back with its store.
+    server.kill();
+    tokio::time::sleep(HEARTBEAT * 3).await;
+    server.restart();
+    let store = Store::connect(&server.url(), &p).await;
+    let mut messages = store.subscribe_room(&lobby).await;
+    let up = eventually(Duration::from_secs(10), || async {
+        a.cluster.is_ready() && b.cluster.is_ready()
+    })
+    .await;
+    assert!(up, "not ready after the outage");
+    // Reads may skip b's members until its next heartbeat, but nothing of
+    // b is removed: its record, member and marker stay throughout.
+    let until = Instant::now() + HEARTBEAT * 4;
+    while Instant::now() < until {
+        let held = store.node_keys("b").await;
+        assert_eq!(held.len(), 3, "b's entries were reaped: {held:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let members = a.cluster.presence(&lobby).await.expect("presence");
+    assert_eq!(members.len(), 2);
+    let left = tokio::time::timeout(Duration::from_millis(50), messages.next()).await;
+    assert!(left.is_err(), "member_left announced for a live node");
+}

@@ -15,7 +15,7 @@ use herald_core::{BrokerError, ConnectionRecord, PresenceChange};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -142,12 +142,22 @@ impl NatsCluster {
         let period = (self.heartbeat / 4).max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // After a start or an outage, every node's key may have expired
+        // meanwhile: reaping waits until live nodes had two heartbeats to
+        // renew theirs, so a survivor does not reap its live peers.
+        let grace = self.heartbeat * 2;
+        let mut reap_from: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => {}
             }
             if self.left.load(Ordering::Acquire) || self.check().is_err() {
+                reap_from = None;
+                continue;
+            }
+            let from = *reap_from.get_or_insert_with(|| Instant::now() + grace);
+            if Instant::now() < from {
                 continue;
             }
             let round = tokio::time::timeout(self.command_timeout * 4, self.reap_round());
