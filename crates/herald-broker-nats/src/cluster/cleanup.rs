@@ -50,7 +50,7 @@ impl NatsCluster {
     ) -> Result<(), BrokerError> {
         let id = rec.connection_id.as_str();
         let key = self.keys.user(&rec.tenant, &rec.user_id);
-        self.update_user(b, &key, None, |doc| {
+        self.update_user(b, &key, false, |doc| {
             // Only the entry of that node: the id may have been registered
             // again elsewhere.
             let ours = doc.conns.get(id).is_some_and(|c| c.node == node_id);
@@ -279,7 +279,7 @@ impl NatsCluster {
         let locks: Vec<(String, (herald_core::Tenant, String))> =
             self.locks.lock().drain().collect();
         for (id, (tenant, user)) in locks {
-            self.update_user(&b, &self.keys.user(&tenant, &user), None, |doc| {
+            self.update_user(&b, &self.keys.user(&tenant, &user), false, |doc| {
                 if doc.lock.as_deref() == Some(id.as_str()) {
                     doc.lock = None;
                     Change::Write(())

@@ -65,7 +65,10 @@ impl NatsCluster {
                         Err(_) => Err(BrokerError::Unavailable("heartbeat timed out".into())),
                     }
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    self.forget_guesses();
+                    Err(e)
+                }
             };
             match result {
                 Ok(()) if state.failing => {
@@ -223,7 +226,7 @@ impl NatsCluster {
             at: rec.connected_at,
         };
         let user_key = self.keys.user(&rec.tenant, &rec.user_id);
-        self.update_user(b, &user_key, None, |doc| {
+        self.update_user(b, &user_key, false, |doc| {
             doc.conns.insert(id.to_owned(), entry.clone());
             if locked && doc.lock.is_none() {
                 doc.lock = Some(id.to_owned());
@@ -286,7 +289,7 @@ impl NatsCluster {
         key: &str,
     ) -> Result<(&'a String, bool), BrokerError> {
         let kept = self
-            .update_user(b, key, None, |doc| match doc.lock.as_deref() {
+            .update_user(b, key, false, |doc| match doc.lock.as_deref() {
                 Some(holder) if holder == id => Change::Keep(true),
                 Some(_) => Change::Keep(false),
                 None => {

@@ -72,6 +72,9 @@ pub struct NatsCluster {
     /// Local connections holding their user's exclusive lock: connection id
     /// → (tenant, user). Checked every heartbeat.
     locks: Mutex<HashMap<String, (Tenant, String)>>,
+    /// The user keys this node last wrote, with their revision: the guess
+    /// its next change of that key starts from (see `users`).
+    hints: Mutex<HashMap<String, (users::UserDoc, u64)>>,
     /// Revision of each local connection's record key, for the
     /// compare-and-set of `joined`/`left` without reading it first.
     revisions: Mutex<HashMap<String, u64>>,
@@ -111,6 +114,7 @@ impl NatsCluster {
             opening: tokio::sync::Mutex::new(()),
             node: OnceLock::new(),
             locks: Mutex::new(HashMap::new()),
+            hints: Mutex::new(HashMap::new()),
             revisions: Mutex::new(HashMap::new()),
             left: AtomicBool::new(false),
             enlisted: AtomicBool::new(false),
@@ -185,6 +189,14 @@ impl NatsCluster {
     fn lost_buckets(&self) {
         *self.buckets.write() = None;
         self.enlisted.store(false, Ordering::Release);
+        self.forget_guesses();
+    }
+
+    /// Drops the remembered revisions: after an outage the store may have
+    /// lost them, and a new store numbers its revisions from 1 again.
+    fn forget_guesses(&self) {
+        self.hints.lock().clear();
+        self.revisions.lock().clear();
     }
 
     /// A node silent this long is dead.

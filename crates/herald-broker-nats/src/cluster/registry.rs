@@ -1,7 +1,7 @@
 //! Connections, memberships and the cluster-wide views read from them.
 
 use super::store::{list, purge, Buckets};
-use super::users::{admit_into, Change, UserConn, UserDoc, CAS_ATTEMPTS};
+use super::users::{admit_into, Change, UserConn, CAS_ATTEMPTS};
 use super::{json_error, nats_error, NatsCluster};
 use crate::names::untoken;
 use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
@@ -105,10 +105,10 @@ impl NatsCluster {
             node: self.node_id.clone(),
             at: record.connected_at,
         };
-        // Most users have no other connection: try creating the key first.
-        let guess = Some((UserDoc::default(), None));
+        // Most users have no other connection: without a better guess,
+        // try creating the key first.
         let decided = self
-            .update_user(&b, &user_key, guess, |doc| {
+            .update_user(&b, &user_key, true, |doc| {
                 admit_into(doc, id, &entry, policy, max_per_user)
             })
             .await?;
@@ -145,7 +145,7 @@ impl NatsCluster {
         let b = self.buckets().await?;
         let id = record.connection_id.as_str();
         let user_key = self.keys.user(&record.tenant, &record.user_id);
-        let user = self.update_user(&b, &user_key, None, |doc| {
+        let user = self.update_user(&b, &user_key, false, |doc| {
             let had = doc.conns.remove(id).is_some();
             let locked = doc.lock.as_deref() == Some(id);
             if locked {

@@ -78,28 +78,43 @@ impl NatsCluster {
     }
 
     /// Applies `change` to a user's key by compare-and-set, reading it again
-    /// and deciding again after every conflict. `guess` is a document to
-    /// try first without reading (an absent key), saving a round trip.
+    /// and deciding again after every conflict.
+    ///
+    /// The first attempt may skip the read: it starts from the document
+    /// this node last wrote (kept while the user has connections here), or,
+    /// with `absent_likely`, from an absent key. A wrong guess costs one
+    /// refused write; a guess that says "nothing to change" is read again
+    /// before it is believed.
     pub(super) async fn update_user<T>(
         &self,
         b: &Buckets,
         key: &str,
-        mut guess: Option<(UserDoc, Option<u64>)>,
+        absent_likely: bool,
         mut change: impl FnMut(&mut UserDoc) -> Change<T>,
     ) -> Result<T, BrokerError> {
+        let hint = self.hints.lock().get(key).cloned();
+        let mut guess = match hint {
+            Some((doc, rev)) => Some((doc, Some(rev))),
+            None if absent_likely => Some((UserDoc::default(), None)),
+            None => None,
+        };
         for _ in 0..CAS_ATTEMPTS {
-            let (mut doc, revision) = match guess.take() {
-                Some(g) => g,
-                None => self.read_user(b, key).await?,
+            let (mut doc, revision, guessed) = match guess.take() {
+                Some((doc, rev)) => (doc, rev, true),
+                None => {
+                    let (doc, rev) = self.read_user(b, key).await?;
+                    (doc, rev, false)
+                }
             };
             let answer = match change(&mut doc) {
+                Change::Keep(_) if guessed => continue,
                 Change::Keep(answer) => return Ok(answer),
                 Change::Write(answer) => answer,
             };
             let written = if doc.is_empty() {
                 match revision {
-                    None => true,
-                    Some(rev) => purge(&b.registry, key, Some(rev)).await? > 0,
+                    None => Some(None),
+                    Some(rev) => (purge(&b.registry, key, Some(rev)).await? > 0).then_some(None),
                 }
             } else {
                 let value = Bytes::from(serde_json::to_vec(&doc).map_err(json_error)?);
@@ -107,18 +122,43 @@ impl NatsCluster {
                 // (without `create`'s extra read for delete markers, which
                 // this registry never writes).
                 match b.registry.update(key, value, revision.unwrap_or(0)).await {
-                    Ok(_) => true,
-                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => false,
-                    Err(e) => return Err(nats_error("writing a user", e)),
+                    Ok(rev) => Some(Some(rev)),
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => None,
+                    Err(e) => {
+                        self.hints.lock().remove(key);
+                        return Err(nats_error("writing a user", e));
+                    }
                 }
             };
-            if written {
-                return Ok(answer);
+            match written {
+                Some(rev) => {
+                    self.remember(key, doc, rev);
+                    return Ok(answer);
+                }
+                None => {
+                    self.hints.lock().remove(key);
+                }
             }
         }
+        self.hints.lock().remove(key);
         Err(BrokerError::Unavailable(format!(
             "registry key {key}: still changing after {CAS_ATTEMPTS} attempts"
         )))
+    }
+
+    /// Keeps what this node wrote to a user's key as the next write's
+    /// guess, while the user has connections here (so the hints stay as
+    /// many as the node's users).
+    fn remember(&self, key: &str, doc: UserDoc, revision: Option<u64>) {
+        let mut hints = self.hints.lock();
+        match revision {
+            Some(rev) if doc.conns.values().any(|c| c.node == self.node_id) => {
+                hints.insert(key.to_owned(), (doc, rev));
+            }
+            _ => {
+                hints.remove(key);
+            }
+        }
     }
 }
 
