@@ -160,7 +160,10 @@ impl NatsCluster {
             if Instant::now() < from {
                 continue;
             }
-            let round = tokio::time::timeout(self.command_timeout * 4, self.reap_round());
+            // Every request is bounded by the command timeout; this bounds a
+            // round that reaps a large node (another survivor takes over
+            // once the claim expires).
+            let round = tokio::time::timeout(self.command_timeout * 30, self.reap_round());
             match round.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "reaper round failed"),

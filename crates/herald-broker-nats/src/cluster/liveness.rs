@@ -58,9 +58,9 @@ impl NatsCluster {
             let result = match self.check() {
                 Ok(()) => {
                     let beat = self.beat(&*node, &mut state);
-                    match tokio::time::timeout(self.heartbeat.max(self.command_timeout) * 4, beat)
-                        .await
-                    {
+                    // Every request is bounded by the command timeout; this
+                    // bounds a beat that registers a large node again.
+                    match tokio::time::timeout(self.command_timeout * 30, beat).await {
                         Ok(r) => r,
                         Err(_) => Err(BrokerError::Unavailable("heartbeat timed out".into())),
                     }
