@@ -105,7 +105,11 @@ async fn concurrent_admissions_on_three_nodes_keep_each_policy() {
             .user_connections(&acme(), user)
             .await
             .expect("list");
-        let keep = if policy == PerUserPolicy::Exclusive { 1 } else { max };
+        let keep = if policy == PerUserPolicy::Exclusive {
+            1
+        } else {
+            max
+        };
         assert_eq!(kept.len(), keep, "{policy:?}: {kept:?}");
         // Every other connection was displaced exactly once.
         let mut ids: Vec<String> = displaced.into_iter().map(|d| d.connection_id).collect();
@@ -514,4 +518,40 @@ async fn every_call_answers_unavailable_while_nats_is_down() {
         .expect("list");
     assert_eq!(listed, vec![rec]);
     a.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_deciding_from_what_it_last_wrote_still_sees_other_nodes_changes() {
+    let server = NatsServer::start();
+    let p = prefix("stale");
+    let a = TestNode::start(&server.url(), &p, "a").await;
+    let b = TestNode::start(&server.url(), &p, "b").await;
+
+    // a remembers the user's key with one connection; b adds a second.
+    let a1 = a.record("a1", "u1", 1);
+    let b1 = b.record("b1", "u1", 2);
+    for (node, rec) in [(&a, &a1), (&b, &b1)] {
+        let admitted = node.connect(rec, PerUserPolicy::Reject, 2).await;
+        assert_eq!(
+            admitted.expect("admit"),
+            ClusterAdmission::Admitted(Vec::new())
+        );
+    }
+    // a's next decision counts b's connection.
+    let a2 = a.record("a2", "u1", 3);
+    let third = a.connect(&a2, PerUserPolicy::Reject, 2).await;
+    assert_eq!(third.expect("admit"), ClusterAdmission::Refused);
+
+    // b removes its connection; a's remembered key still lists it, yet
+    // a's removal of its own leaves nothing behind.
+    b.cluster.remove(&b1).await.expect("remove");
+    a.cluster.remove(&a1).await.expect("remove");
+    let store = Store::connect(&server.url(), &p).await;
+    assert_eq!(store.user(&acme(), "u1").await, serde_json::Value::Null);
+    assert!(a
+        .cluster
+        .user_connections(&acme(), "u1")
+        .await
+        .expect("list")
+        .is_empty());
 }

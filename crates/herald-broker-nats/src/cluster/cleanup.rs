@@ -2,8 +2,9 @@
 //! and presence entries (with `member_left` for those a call removed), the
 //! reaper of dead nodes, and leaving on shutdown.
 
-use super::registry::{Change, MemberEntry};
+use super::registry::MemberEntry;
 use super::store::{list, purge, Buckets, Listed};
+use super::users::Change;
 use super::{nats_error, telemetry, NatsCluster};
 use crate::names::untoken;
 use crate::wire;
@@ -14,7 +15,7 @@ use herald_core::{BrokerError, ConnectionRecord, PresenceChange};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +50,7 @@ impl NatsCluster {
     ) -> Result<(), BrokerError> {
         let id = rec.connection_id.as_str();
         let key = self.keys.user(&rec.tenant, &rec.user_id);
-        self.update_user(b, &key, None, |doc| {
+        self.update_user(b, &key, false, |doc| {
             // Only the entry of that node: the id may have been registered
             // again elsewhere.
             let ours = doc.conns.get(id).is_some_and(|c| c.node == node_id);
@@ -141,15 +142,28 @@ impl NatsCluster {
         let period = (self.heartbeat / 4).max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // After a start or an outage, every node's key may have expired
+        // meanwhile: reaping waits until live nodes had two heartbeats to
+        // renew theirs, so a survivor does not reap its live peers.
+        let grace = self.heartbeat * 2;
+        let mut reap_from: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => {}
             }
             if self.left.load(Ordering::Acquire) || self.check().is_err() {
+                reap_from = None;
                 continue;
             }
-            let round = tokio::time::timeout(self.command_timeout * 4, self.reap_round());
+            let from = *reap_from.get_or_insert_with(|| Instant::now() + grace);
+            if Instant::now() < from {
+                continue;
+            }
+            // Every request is bounded by the command timeout; this bounds a
+            // round that reaps a large node (another survivor takes over
+            // once the claim expires).
+            let round = tokio::time::timeout(self.command_timeout * 30, self.reap_round());
             match round.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "reaper round failed"),
@@ -268,7 +282,7 @@ impl NatsCluster {
         let locks: Vec<(String, (herald_core::Tenant, String))> =
             self.locks.lock().drain().collect();
         for (id, (tenant, user)) in locks {
-            self.update_user(&b, &self.keys.user(&tenant, &user), None, |doc| {
+            self.update_user(&b, &self.keys.user(&tenant, &user), false, |doc| {
                 if doc.lock.as_deref() == Some(id.as_str()) {
                     doc.lock = None;
                     Change::Write(())

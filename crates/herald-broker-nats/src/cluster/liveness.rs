@@ -2,8 +2,9 @@
 //! re-registration after NATS lost this node, the exclusive-lock check and
 //! the sweep of this node's stale entries.
 
-use super::registry::{member_value, record_value, Change, UserConn};
+use super::registry::{member_value, record_value};
 use super::store::{list, Buckets};
+use super::users::{Change, UserConn};
 use super::{json_error, nats_error, now_ms, telemetry, NatsCluster, SESSION_REPLACED};
 use async_nats::jetstream::kv::CreateErrorKind;
 use bytes::Bytes;
@@ -57,14 +58,17 @@ impl NatsCluster {
             let result = match self.check() {
                 Ok(()) => {
                     let beat = self.beat(&*node, &mut state);
-                    match tokio::time::timeout(self.heartbeat.max(self.command_timeout) * 4, beat)
-                        .await
-                    {
+                    // Every request is bounded by the command timeout; this
+                    // bounds a beat that registers a large node again.
+                    match tokio::time::timeout(self.command_timeout * 30, beat).await {
                         Ok(r) => r,
                         Err(_) => Err(BrokerError::Unavailable("heartbeat timed out".into())),
                     }
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    self.forget_guesses();
+                    Err(e)
+                }
             };
             match result {
                 Ok(()) if state.failing => {
@@ -95,7 +99,9 @@ impl NatsCluster {
             return Ok(());
         }
         let b = self.buckets().await?;
-        let added = self.enlist(&b, Some(node.figures())).await?;
+        self.enlist(&b, Some(node.figures())).await?;
+        // Whichever call wrote the marker (an admission may come first).
+        let added = self.marker_written.swap(false, Ordering::AcqRel);
         if added && st.registered {
             // NATS lost its store, or a survivor took this node for dead:
             // write everything back from what the node holds.
@@ -117,13 +123,13 @@ impl NatsCluster {
     }
 
     /// Renews this node's key in the nodes bucket (with its figures), then
-    /// makes sure its marker exists; returns whether the marker was missing
-    /// (the node's entries were lost or reaped).
+    /// makes sure its marker exists; when the marker was missing (the
+    /// node's entries were lost or reaped), says so to the next heartbeat.
     pub(super) async fn enlist(
         &self,
         b: &Buckets,
         figures: Option<NodeFigures>,
-    ) -> Result<bool, BrokerError> {
+    ) -> Result<(), BrokerError> {
         let mut figures = figures.unwrap_or_default();
         figures.node_id = self.node_id.clone();
         let value = Bytes::from(serde_json::to_vec(&figures).map_err(json_error)?);
@@ -134,17 +140,17 @@ impl NatsCluster {
             .await
             .map_err(|e| nats_error("heartbeat", e))?;
         let marker = Bytes::from(self.node_id.clone().into_bytes());
-        let added = match b
+        match b
             .registry
             .create(self.keys.enlisted(&self.node_id), marker)
             .await
         {
-            Ok(_) => true,
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => false,
+            Ok(_) => self.marker_written.store(true, Ordering::Release),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(nats_error("heartbeat", e)),
-        };
+        }
         self.enlisted.store(true, Ordering::Release);
-        Ok(added)
+        Ok(())
     }
 
     /// Writes every connection of the node back, then writes again whatever
@@ -220,7 +226,7 @@ impl NatsCluster {
             at: rec.connected_at,
         };
         let user_key = self.keys.user(&rec.tenant, &rec.user_id);
-        self.update_user(b, &user_key, None, |doc| {
+        self.update_user(b, &user_key, false, |doc| {
             doc.conns.insert(id.to_owned(), entry.clone());
             if locked && doc.lock.is_none() {
                 doc.lock = Some(id.to_owned());
@@ -283,7 +289,7 @@ impl NatsCluster {
         key: &str,
     ) -> Result<(&'a String, bool), BrokerError> {
         let kept = self
-            .update_user(b, key, None, |doc| match doc.lock.as_deref() {
+            .update_user(b, key, false, |doc| match doc.lock.as_deref() {
                 Some(holder) if holder == id => Change::Keep(true),
                 Some(_) => Change::Keep(false),
                 None => {
@@ -303,10 +309,11 @@ impl NatsCluster {
         let client = &self.clients.client;
         let conns_filter = self.keys.node_conns(&self.node_id);
         let members_filter = self.keys.node_members(&self.node_id);
-        let (conns, members) = tokio::try_join!(
-            list(client, &b.registry, &conns_filter, wait),
-            list(client, &b.registry, &members_filter, wait)
-        )?;
+        // Members first: a member listed has its record written before it
+        // (admission precedes joins), so the records listed next show it
+        // unless it is really gone.
+        let members = list(client, &b.registry, &members_filter, wait).await?;
+        let conns = list(client, &b.registry, &conns_filter, wait).await?;
         if conns.is_empty() && members.is_empty() {
             return Ok(());
         }

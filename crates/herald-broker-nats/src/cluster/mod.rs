@@ -1,7 +1,7 @@
 //! The cluster registry on JetStream key-value buckets (see
 //! [`NatsCluster`]). One file per concern: `store` (buckets, keys, listing
 //! and marker-free deletes), `registry` (connections, memberships and the
-//! views), `control` (commands between nodes), `liveness` (heartbeat,
+//! views), `users` (a user's key and the per-user policy), `control` (commands between nodes), `liveness` (heartbeat,
 //! re-registration, lock renewal, sweep), `cleanup` (purging, the reaper,
 //! leaving), `telemetry`.
 
@@ -11,6 +11,7 @@ mod liveness;
 mod registry;
 mod store;
 mod telemetry;
+mod users;
 
 use crate::names::Names;
 use crate::{NatsClients, NatsSettings};
@@ -71,6 +72,9 @@ pub struct NatsCluster {
     /// Local connections holding their user's exclusive lock: connection id
     /// → (tenant, user). Checked every heartbeat.
     locks: Mutex<HashMap<String, (Tenant, String)>>,
+    /// The user keys this node last wrote, with their revision: the guess
+    /// its next change of that key starts from (see `users`).
+    hints: Mutex<HashMap<String, (users::UserDoc, u64)>>,
     /// Revision of each local connection's record key, for the
     /// compare-and-set of `joined`/`left` without reading it first.
     revisions: Mutex<HashMap<String, u64>>,
@@ -78,6 +82,9 @@ pub struct NatsCluster {
     left: AtomicBool,
     /// This node's keys were written at least once since the buckets opened.
     enlisted: AtomicBool,
+    /// This node's marker was missing and was written again (by the
+    /// heartbeat or an admission): the heartbeat registers everything again.
+    marker_written: AtomicBool,
     /// The control subjects are subscribed.
     control_live: AtomicBool,
     /// Serializes a heartbeat's re-registration with `leave`.
@@ -107,9 +114,11 @@ impl NatsCluster {
             opening: tokio::sync::Mutex::new(()),
             node: OnceLock::new(),
             locks: Mutex::new(HashMap::new()),
+            hints: Mutex::new(HashMap::new()),
             revisions: Mutex::new(HashMap::new()),
             left: AtomicBool::new(false),
             enlisted: AtomicBool::new(false),
+            marker_written: AtomicBool::new(false),
             control_live: AtomicBool::new(false),
             beat: tokio::sync::Mutex::new(()),
             live: Mutex::new(None),
@@ -180,6 +189,14 @@ impl NatsCluster {
     fn lost_buckets(&self) {
         *self.buckets.write() = None;
         self.enlisted.store(false, Ordering::Release);
+        self.forget_guesses();
+    }
+
+    /// Drops the remembered revisions: after an outage the store may have
+    /// lost them, and a new store numbers its revisions from 1 again.
+    fn forget_guesses(&self) {
+        self.hints.lock().clear();
+        self.revisions.lock().clear();
     }
 
     /// A node silent this long is dead.

@@ -155,10 +155,27 @@ pub(super) async fn list(
         })
         .await
         .map_err(|e| nats_error("listing keys", e))?;
-    let mut out = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
+    let name = consumer.cached_info().name.clone();
+    let listed = if consumer.cached_info().num_pending == 0 {
+        Ok(Vec::new())
+    } else {
+        read_listing(store, consumer, wait).await
+    };
+    // The server keeps an ephemeral push consumer whose subscriber went
+    // away (measured on 2.9: hundreds after a few seconds of reaper
+    // rounds), so each listing deletes its own.
+    if let Err(e) = store.stream.delete_consumer(&name).await {
+        tracing::debug!(error = %e, "deleting a listing consumer failed");
     }
+    listed
+}
+
+async fn read_listing(
+    store: &Store,
+    consumer: async_nats::jetstream::consumer::Consumer<OrderedConfig>,
+    wait: Duration,
+) -> Result<Vec<Listed>, BrokerError> {
+    let mut out = Vec::new();
     let mut messages = consumer
         .messages()
         .await

@@ -353,3 +353,15 @@ impl Store {
         sub
     }
 }
+
+impl Store {
+    /// Empties a bucket (it stays), as if the store forgot its contents.
+    pub async fn wipe(&self, what: &str) {
+        let stream = self
+            .js
+            .get_stream(format!("KV_{}", self.names.bucket(what)))
+            .await
+            .expect("bucket stream");
+        stream.purge().await.expect("purge");
+    }
+}

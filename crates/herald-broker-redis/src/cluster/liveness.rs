@@ -104,7 +104,7 @@ impl RedisCluster {
         .map_err(redis_error)?;
         self.renew_locks(node).await?;
         // The first beat clears what a previous process of this id left.
-        if st.beats % SWEEP_EVERY == 0 {
+        if st.beats.is_multiple_of(SWEEP_EVERY) {
             self.sweep(node).await?;
         }
         st.beats += 1;
