@@ -529,3 +529,79 @@ event = "{body.type}"
         "one subscriber"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_memory_node_bridges_and_carries_on_after_nats_restarts() {
+    let mut nats = NatsServer::start();
+    let (client, js) = nats_with_jobs_stream(&nats).await;
+    // No `[broker]`: the memory engine; bridges do not depend on it.
+    let toml = format!(
+        r#"{}
+[bridge]
+nats_url = "{}"
+
+[[bridge.mappings]]
+name = "agents"
+nats_subject = "agents.*.events"
+room = "stream:agent-{{1}}"
+event = "step"
+
+[[bridge.mappings]]
+name = "jobs"
+nats_subject = "jobs.*.done"
+jetstream_stream = "JOBS"
+durable = "single-node"
+room = "stream:job-{{1}}"
+event = "job.done"
+"#,
+        common::cluster::NAMESPACES,
+        nats.url()
+    );
+    let node = TestNode::start(&toml).await;
+    let ready = |nats: &NatsServer, js: &jetstream::Context| {
+        let (subs, js) = (nats_subscriptions(nats, "agents.*.events"), js.clone());
+        async move {
+            let durable = match js.get_stream("JOBS").await {
+                Ok(s) => s.consumer_info("single-node").await.is_ok(),
+                Err(_) => false,
+            };
+            if subs == 1 && durable {
+                Ok(())
+            } else {
+                Err(format!("subscriptions {subs}, durable {durable}"))
+            }
+        }
+    };
+    eventually("bridge subscribed", WAIT, || ready(&nats, &js)).await;
+    let (mut ws, _) = node.connect_user("watcher").await;
+    ws.join("stream:agent-1").await;
+    ws.join("stream:job-1").await;
+
+    for round in 1..=2u64 {
+        let payload = json!({"round": round}).to_string();
+        client
+            .publish("agents.1.events", payload.clone().into())
+            .await
+            .expect("core publish");
+        js.publish("jobs.1.done", payload.into())
+            .await
+            .expect("JetStream publish")
+            .await
+            .expect("stored");
+        let mut got = BTreeMap::new();
+        while got.len() < 2 {
+            let ev = ws.expect_type("event", WAIT).await;
+            assert_eq!(ev["data"]["round"], round, "{ev}");
+            got.insert(
+                ev["room"].as_str().unwrap_or_default().to_owned(),
+                offset_of(&ev),
+            );
+        }
+        assert!(got.values().all(|&o| o == round), "{got:?}");
+        if round == 1 {
+            // The store is kept: the stream and the durable survive.
+            nats.restart();
+            eventually("bridge subscribed again", WAIT, || ready(&nats, &js)).await;
+        }
+    }
+}
