@@ -605,3 +605,57 @@ event = "job.done"
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_publish_stream_is_made_again_after_nats_loses_its_store() {
+    let mut nats = NatsServer::start();
+    let toml = format!(
+        r#"{}
+[bridge]
+nats_url = "{}"
+
+[bridge.nats_publish]
+enabled = true
+jetstream = true
+"#,
+        common::cluster::NAMESPACES,
+        nats.url()
+    );
+    let node = TestNode::start(&toml).await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let ready = |js: jetstream::Context| async move {
+        match js.get_stream("herald-publish").await {
+            Ok(s) => s
+                .consumer_info("herald-bridge")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    eventually("publish stream and durable", WAIT, || ready(js.clone())).await;
+    let (mut ws, _) = node.connect_user("watcher").await;
+    ws.join("stream:pub-1").await;
+    for round in 1..=2u64 {
+        // Both rounds are the stream's sequence 1: the idempotency key must
+        // tell the new stream's first message from the old one's.
+        let body = json!({"room": "stream:pub-1", "event": "e", "data": {"round": round}});
+        js.publish("herald.publish", body.to_string().into())
+            .await
+            .expect("JetStream publish")
+            .await
+            .expect("stored");
+        let ev = ws.expect_type("event", WAIT).await;
+        assert_eq!(
+            (offset_of(&ev), &ev["data"]["round"]),
+            (round, &json!(round))
+        );
+        if round == 1 {
+            // Every stream and durable is gone; the bridge makes its own
+            // stream and durable again.
+            nats.restart_empty();
+            eventually("publish stream made again", WAIT, || ready(js.clone())).await;
+        }
+    }
+}
