@@ -659,3 +659,80 @@ jetstream = true
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_jetstream_message_waits_out_a_broker_outage_and_is_published_once() {
+    let nats = NatsServer::start();
+    let mut redis = RedisServer::start();
+    let (_client, js) = nats_with_jobs_stream(&nats).await;
+    let toml = format!(
+        r#"{}
+[broker]
+kind = "redis"
+redis_url = "{}"
+prefix = "{}"
+
+[bridge]
+nats_url = "{}"
+
+[[bridge.mappings]]
+name = "jobs"
+nats_subject = "jobs.*.done"
+jetstream_stream = "JOBS"
+durable = "outage"
+room = "stream:job-{{1}}"
+event = "job.done"
+"#,
+        common::cluster::NAMESPACES,
+        redis.url(),
+        common::cluster::unique_prefix("bridge"),
+        nats.url()
+    );
+    let node = TestNode::start(&toml).await;
+    let durable = |js: jetstream::Context| async move {
+        js.get_stream("JOBS")
+            .await
+            .map_err(|e| e.to_string())?
+            .consumer_info("outage")
+            .await
+            .map_err(|e| e.to_string())
+    };
+    eventually("durable made", WAIT, || durable(js.clone())).await;
+    let (mut ws, _) = node.connect_user("watcher").await;
+    ws.join("stream:job-1").await;
+
+    redis.kill();
+    js.publish("jobs.1.done", json!({"n": 1}).to_string().into())
+        .await
+        .expect("JetStream publish")
+        .await
+        .expect("stored");
+    // Answered `unavailable`, nak'ed and delivered again: not acknowledged.
+    eventually("the message delivered again", WAIT, || async {
+        let info = durable(js.clone()).await?;
+        if info.num_redelivered >= 1 && info.ack_floor.stream_sequence == 0 {
+            Ok(())
+        } else {
+            Err(format!("{info:?}"))
+        }
+    })
+    .await;
+    redis.restart();
+    let ev = ws.expect_type("event", WAIT).await;
+    assert_eq!(
+        (&ev["room"], &ev["data"]),
+        (&json!("stream:job-1"), &json!({"n": 1}))
+    );
+    eventually("acknowledged", WAIT, || async {
+        let info = durable(js.clone()).await?;
+        if info.ack_floor.stream_sequence == 1 && info.num_ack_pending == 0 {
+            Ok(())
+        } else {
+            Err(format!("{info:?}"))
+        }
+    })
+    .await;
+    node.publish("stream:job-1", "sentinel", json!({})).await;
+    let next = ws.expect_type("event", WAIT).await;
+    assert_eq!(next["event"], "sentinel", "published once: {next}");
+}
