@@ -3,8 +3,8 @@
 //! (at most once: core NATS keeps nothing for a node that was away).
 
 use crate::backoff::Backoff;
-use crate::config::NatsConnection;
 use crate::handler::{relay_once, Handler};
+use crate::plan::NatsConnection;
 use crate::BridgeError;
 use async_nats::{Client, ConnectOptions};
 use futures_util::{FutureExt, StreamExt};

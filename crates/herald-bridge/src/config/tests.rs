@@ -1,4 +1,5 @@
 use super::*;
+use crate::plan::*;
 
 fn defaults(kind: &str) -> BridgeDefaults {
     BridgeDefaults {
