@@ -19,6 +19,12 @@ pub struct BridgeConfig {
     pub nats_password: Option<String>,
     /// NATS token.
     pub nats_token: Option<String>,
+    /// Roots to verify the NATS server with (TLS is then required).
+    pub nats_tls_ca_file: Option<String>,
+    /// Client certificate for mutual TLS (with `nats_tls_key_file`).
+    pub nats_tls_cert_file: Option<String>,
+    /// Its key.
+    pub nats_tls_key_file: Option<String>,
     /// Redis server the channel mappings read; default `broker.redis_url`.
     pub redis_url: Option<String>,
     /// Lifetime of the Redis pub/sub leader lock; another node takes the
@@ -48,6 +54,9 @@ impl Default for BridgeConfig {
             nats_user: None,
             nats_password: None,
             nats_token: None,
+            nats_tls_ca_file: None,
+            nats_tls_cert_file: None,
+            nats_tls_key_file: None,
             redis_url: None,
             redis_leader_ttl: Duration::from_secs(5),
             retry_for: Duration::from_secs(5),
@@ -143,6 +152,32 @@ pub struct BridgeDefaults {
     pub nats_url: Option<String>,
     /// `broker.redis_url`.
     pub redis_url: Option<String>,
+    /// The broker's NATS credentials and TLS (`broker.nats_credentials_file`,
+    /// `nats_user`, `nats_password`, `nats_token`, `nats_tls_*`), used when
+    /// the bridges read `broker.nats_url` and set none of their own.
+    pub nats_auth: NatsAuth,
+}
+
+/// How to authenticate to NATS and verify it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    /// A `.creds` file.
+    pub credentials_file: Option<String>,
+    /// User and password.
+    pub user_password: Option<(String, String)>,
+    /// Token.
+    pub token: Option<String>,
+    /// Roots to verify the server with (TLS is then required).
+    pub tls_ca_file: Option<String>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_client_cert: Option<(String, String)>,
+}
+
+impl NatsAuth {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// One bad setting, naming its key.

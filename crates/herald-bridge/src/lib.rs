@@ -31,7 +31,7 @@ mod redis;
 mod template;
 
 pub use config::{
-    BodyMode, BridgeConfig, BridgeDefaults, BridgeSettingError, Deliver, MappingConfig,
+    BodyMode, BridgeConfig, BridgeDefaults, BridgeSettingError, Deliver, MappingConfig, NatsAuth,
     NatsPublishConfig,
 };
 pub use pattern::Pattern;

@@ -2,7 +2,7 @@
 //! to run, with every default filled in and every problem found.
 
 use crate::config::{
-    BodyMode, BridgeConfig, BridgeDefaults, BridgeSettingError, Deliver, MappingConfig,
+    BodyMode, BridgeConfig, BridgeDefaults, BridgeSettingError, Deliver, MappingConfig, NatsAuth,
 };
 use crate::pattern::Pattern;
 use crate::template::Template;
@@ -13,12 +13,8 @@ use std::time::Duration;
 pub struct NatsConnection {
     /// Server URL(s), comma-separated.
     pub url: String,
-    /// `.creds` file.
-    pub credentials_file: Option<String>,
-    /// User and password.
-    pub user_password: Option<(String, String)>,
-    /// Token.
-    pub token: Option<String>,
+    /// Credentials and TLS.
+    pub auth: NatsAuth,
 }
 
 /// Where a route's messages come from.
@@ -174,6 +170,12 @@ impl BridgeConfig {
                 "bridge.nats_user and bridge.nats_password go together",
             );
         }
+        if self.nats_tls_cert_file.is_some() != self.nats_tls_key_file.is_some() {
+            p.add(
+                "bridge.nats_tls_key_file",
+                "bridge.nats_tls_cert_file and bridge.nats_tls_key_file go together",
+            );
+        }
         if let (true, Some(c)) = (uses_nats, &nats) {
             for server in c.url.split(',') {
                 if let Err(e) = server.trim().parse::<async_nats::ServerAddr>() {
@@ -210,13 +212,32 @@ impl BridgeConfig {
     }
 
     fn nats_connection(&self, d: &BridgeDefaults) -> Option<NatsConnection> {
-        let url = self.nats_url.clone().or_else(|| d.nats_url.clone())?;
-        Some(NatsConnection {
-            url,
+        let own = NatsAuth {
             credentials_file: self.nats_credentials_file.clone(),
             user_password: self.nats_user.clone().zip(self.nats_password.clone()),
             token: self.nats_token.clone(),
-        })
+            tls_ca_file: self.nats_tls_ca_file.clone(),
+            tls_client_cert: self
+                .nats_tls_cert_file
+                .clone()
+                .zip(self.nats_tls_key_file.clone()),
+        };
+        match &self.nats_url {
+            Some(url) => Some(NatsConnection {
+                url: url.clone(),
+                auth: own,
+            }),
+            // The broker's server: its credentials too, unless the bridge
+            // names its own.
+            None => Some(NatsConnection {
+                url: d.nats_url.clone()?,
+                auth: if own.is_empty() {
+                    d.nats_auth.clone()
+                } else {
+                    own
+                },
+            }),
+        }
     }
 
     fn nats_publish_route(&self, d: &BridgeDefaults, p: &mut Problems) -> Option<Route> {
