@@ -396,9 +396,10 @@ fn mapping_route(
                 p.add(
                     format!("{key}.{field}"),
                     format!(
-                        "{{{}}} but the pattern has {} wildcards",
+                        "{{{}}} but the pattern has {} wildcard{}",
                         t.max_wildcard(),
-                        pattern.wildcards()
+                        pattern.wildcards(),
+                        if pattern.wildcards() == 1 { "" } else { "s" }
                     ),
                 );
                 None
