@@ -4,7 +4,7 @@
 # then pytest against real herald nodes and redis-server on loopback.
 # The node binary is $HERALD_BIN, else ../../target/debug/herald (built with
 # `cargo build -p herald` when missing). Installs python3-venv and
-# redis-server with apt when they are missing and we are root.
+# redis-server (and nats-server) with apt when they are missing and we are root.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,6 +29,8 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null;
   exit 1
 fi
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+# tests/test_bridge.py publishes to NATS as a Python service would.
+command -v nats-server >/dev/null 2>&1 || apt_install nats-server
 
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"

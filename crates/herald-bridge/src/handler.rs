@@ -3,8 +3,8 @@
 //! log.
 
 use crate::backoff::Backoff;
-use crate::config::Transform;
 use crate::message::publish_body;
+use crate::plan::Transform;
 use herald_core::{PublishRefusal, PublishTarget};
 use metrics::counter;
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! only once the node's broker accepted the publish.
 //!
 //! - published: `+ACK`. The publish carries the idempotency key
-//!   `bridge:<stream>:<stream sequence>` (unless the body names its own), so
+//!   `bridge:<stream>:<stream created, ns>:<stream sequence>` (unless the
+//!   body names its own), so
 //!   a message delivered again (a node died before its ack, an ack was lost)
 //!   publishes once.
 //! - invalid: the message goes to the dead-letter subject with the headers
@@ -24,6 +25,7 @@ use async_nats::jetstream::{self, stream, Context, Message};
 use async_nats::{Client, HeaderMap};
 use futures_util::StreamExt;
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Messages pulled at once.
@@ -32,6 +34,11 @@ const BATCH: usize = 64;
 const PULL_WAIT: Duration = Duration::from_secs(1);
 /// How long the server waits for an ack before delivering again.
 const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How often the stream and durable are looked up again: a pull on a
+/// durable (or stream) that NATS lost (a server restarted without its
+/// store, an operator deleted it) just comes back empty, so the bridge
+/// would otherwise wait for ever.
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
 /// Age limit of a publish stream the bridge creates.
 const CREATED_STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
@@ -68,14 +75,29 @@ pub(crate) async fn run(
     let mut js = jetstream::new(client.clone());
     js.set_timeout(command_timeout);
     let mut backoff = Backoff::default();
-    let mut consumer: Option<Consumer<pull::Config>> = None;
+    let mut consumer: Option<Setup> = None;
+    let mut checked = Instant::now();
+    let mut announced = false;
     loop {
+        if checked.elapsed() >= RECHECK_EVERY {
+            consumer = None;
+        }
         let step = async {
             let c = match consumer.take() {
                 Some(c) => c,
-                None => setup(&js, &source).await?,
+                None => {
+                    let c = setup(&js, &source).await?;
+                    checked = Instant::now();
+                    if !announced {
+                        tracing::info!(bridge = handler.label(), stream = %source.stream,
+                            durable = %source.durable, filter = %source.filter, "bridge: consuming");
+                        announced = true;
+                    }
+                    c
+                }
             };
-            let delay = pull_once(&client, &c, &source, &mut handler, &cancel).await?;
+            let delay =
+                pull_once(&client, &c, &source, &mut handler, &cancel, command_timeout).await?;
             Ok::<_, StepError>((c, delay))
         };
         // Not raced against `cancel`: a batch in hand is nak'ed on cancel
@@ -97,6 +119,7 @@ pub(crate) async fn run(
                 delay
             }
             Err(e) => {
+                announced = false;
                 handler.warn_source("JetStream consumer failing, retrying", &e.to_string());
                 backoff.next_delay()
             }
@@ -109,7 +132,7 @@ pub(crate) async fn run(
 }
 
 /// Gets (or creates) the stream and the durable consumer.
-async fn setup(js: &Context, s: &JetStreamSource) -> Result<Consumer<pull::Config>, StepError> {
+async fn setup(js: &Context, s: &JetStreamSource) -> Result<Setup, StepError> {
     let stream_error = |message: String| StepError::Stream {
         stream: s.stream.clone(),
         message,
@@ -151,20 +174,34 @@ async fn setup(js: &Context, s: &JetStreamSource) -> Result<Consumer<pull::Confi
             durable: s.durable.clone(),
             message: e.to_string(),
         })?;
-    tracing::info!(bridge = %s.durable, stream = %s.stream, filter = %s.filter, "bridge: consuming");
-    Ok(consumer)
+    Ok(Setup {
+        consumer,
+        stream_created: stream.cached_info().created.unix_timestamp_nanos(),
+    })
+}
+
+/// A durable ready to pull from, and when its stream was created.
+struct Setup {
+    consumer: Consumer<pull::Config>,
+    /// A stream deleted and made again (or lost by a server restarted
+    /// without its store) counts its sequence from 1 again: the creation
+    /// time in the idempotency key keeps its messages apart from the old
+    /// stream's.
+    stream_created: i128,
 }
 
 /// Pulls one batch and handles it in order. `Some(delay)` when the node was
 /// unavailable: the rest of the batch was nak'ed with that delay.
 async fn pull_once(
     client: &Client,
-    consumer: &Consumer<pull::Config>,
+    setup: &Setup,
     source: &JetStreamSource,
     handler: &mut Handler,
     cancel: &CancellationToken,
+    command_timeout: Duration,
 ) -> Result<Option<Duration>, StepError> {
-    let mut batch = consumer
+    let mut batch = setup
+        .consumer
         .batch()
         .max_messages(BATCH)
         .expires(PULL_WAIT)
@@ -173,7 +210,13 @@ async fn pull_once(
         .map_err(|e| StepError::Pull(e.to_string()))?;
     let mut backoff = Backoff::default();
     let mut nak_delay: Option<Duration> = None;
-    while let Some(next) = batch.next().await {
+    loop {
+        // The server ends a pull at its expiry; a server that restarted
+        // meanwhile never does, and the batch would wait for ever.
+        let next = tokio::time::timeout(PULL_WAIT + command_timeout, batch.next())
+            .await
+            .map_err(|_| StepError::Pull("no answer from the server".into()))?;
+        let Some(next) = next else { break };
         let msg = next.map_err(|e| StepError::Pull(e.to_string()))?;
         if let Some(delay) = nak_delay {
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
@@ -184,7 +227,14 @@ async fn pull_once(
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             continue;
         }
-        if let Some(delay) = handle(client, &msg, source, handler, &mut backoff).await {
+        let key = match msg.info() {
+            Ok(i) => format!(
+                "bridge:{}:{}:{}",
+                source.stream, setup.stream_created, i.stream_sequence
+            ),
+            Err(e) => return Err(StepError::Pull(format!("a message without its info: {e}"))),
+        };
+        if let Some(delay) = handle(client, &msg, &key, source, handler, &mut backoff).await {
             nak_delay = Some(delay);
         }
     }
@@ -196,14 +246,14 @@ async fn pull_once(
 async fn handle(
     client: &Client,
     msg: &Message,
+    key: &str,
     source: &JetStreamSource,
     handler: &mut Handler,
     backoff: &mut Backoff,
 ) -> Option<Duration> {
     let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-    let key = format!("bridge:{}:{sequence}", source.stream);
     let subject = msg.subject.as_str();
-    match handler.attempt(subject, &msg.payload, Some(&key)).await {
+    match handler.attempt(subject, &msg.payload, Some(key)).await {
         Attempt::Published => {
             let _ = msg.ack().await;
             handler.published();

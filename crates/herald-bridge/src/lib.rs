@@ -26,14 +26,16 @@ mod jetstream;
 mod message;
 mod nats;
 mod pattern;
+mod plan;
 mod redis;
 mod template;
 
 pub use config::{
-    BodyMode, BridgeConfig, BridgeDefaults, BridgePlan, BridgeSettingError, Deliver, MappingConfig,
-    NatsConnection, NatsPublishConfig, Route, Source, Transform,
+    BodyMode, BridgeConfig, BridgeDefaults, BridgeSettingError, Deliver, MappingConfig, NatsAuth,
+    NatsPublishConfig,
 };
 pub use pattern::Pattern;
+pub use plan::{BridgePlan, NatsConnection, Route, Source, Transform};
 pub use template::Template;
 
 use handler::Handler;

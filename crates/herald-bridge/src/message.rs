@@ -1,6 +1,7 @@
 //! Turning one bridged message into the JSON body of `POST /api/v1/publish`.
 
-use crate::config::{BodyMode, Transform};
+use crate::config::BodyMode;
+use crate::plan::Transform;
 use crate::template::{Input, Template};
 use serde_json::{Map, Value};
 

@@ -3,8 +3,8 @@
 //! (at most once: core NATS keeps nothing for a node that was away).
 
 use crate::backoff::Backoff;
-use crate::config::NatsConnection;
 use crate::handler::{relay_once, Handler};
+use crate::plan::NatsConnection;
 use crate::BridgeError;
 use async_nats::{Client, ConnectOptions};
 use futures_util::{FutureExt, StreamExt};
@@ -36,18 +36,27 @@ pub(crate) fn connect(
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(command_timeout))
         .subscription_capacity(SUBSCRIPTION_CAPACITY);
-    if let Some(path) = &c.credentials_file {
+    let auth = &c.auth;
+    if let Some(path) = &auth.credentials_file {
         let creds = std::fs::read_to_string(path)
             .map_err(|e| BridgeError::NatsCredentials(format!("{path}: {e}")))?;
         options = options
             .credentials(&creds)
             .map_err(|e| BridgeError::NatsCredentials(format!("{path}: {e}")))?;
     }
-    if let Some((user, password)) = &c.user_password {
+    if let Some((user, password)) = &auth.user_password {
         options = options.user_and_password(user.clone(), password.clone());
     }
-    if let Some(token) = &c.token {
+    if let Some(token) = &auth.token {
         options = options.token(token.clone());
+    }
+    if let Some(ca) = &auth.tls_ca_file {
+        options = options.add_root_certificates(ca.into()).require_tls(true);
+    }
+    if let Some((cert, key)) = &auth.tls_client_cert {
+        options = options
+            .add_client_certificate(cert.into(), key.into())
+            .require_tls(true);
     }
     let servers: Vec<async_nats::ServerAddr> = c
         .url

@@ -506,11 +506,28 @@ impl Config {
 
     /// What `[bridge]` falls back on: the `[broker]` table.
     pub fn bridge_defaults(&self) -> herald_bridge::BridgeDefaults {
+        // Read from the table as the engine reads it, so the broker's
+        // `nats_*` credential keys are found wherever the engine defines
+        // them.
+        let settings = self.engine_settings();
+        let text = |key: &str| {
+            settings
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
         herald_bridge::BridgeDefaults {
             prefix: self.broker.prefix.clone(),
             broker_kind: self.broker.kind.clone(),
             nats_url: self.broker.nats_url.clone(),
             redis_url: self.broker.redis_url.clone(),
+            nats_auth: herald_bridge::NatsAuth {
+                credentials_file: text("nats_credentials_file"),
+                user_password: text("nats_user").zip(text("nats_password")),
+                token: text("nats_token"),
+                tls_ca_file: text("nats_tls_ca_file"),
+                tls_client_cert: text("nats_tls_cert_file").zip(text("nats_tls_key_file")),
+            },
         }
     }
 

@@ -2,11 +2,14 @@
 //! `nats-server` (core subjects, JetStream durables) and Redis pub/sub:
 //! each message reaches its mapped room exactly once cluster-wide; bad
 //! messages are counted, dead-lettered (JetStream) and skipped; the Redis
-//! leader's death hands the channels to another node.
+//! leader's death hands the channels to another node. Single nodes riding
+//! out NATS and broker failures: `bridge_recovery.rs`.
 
+mod bridge_common;
 mod common;
 
 use async_nats::jetstream;
+use bridge_common::{nats_subscriptions, nats_with_jobs_stream, WAIT};
 use common::cluster::{eventually, offset_of, TestCluster};
 use common::*;
 use futures_util::StreamExt;
@@ -17,15 +20,18 @@ use std::time::Duration;
 
 /// How many messages each bridge carries in the exactly-once test.
 const N: u64 = 20;
-const WAIT: Duration = Duration::from_secs(15);
 
 /// The `[bridge]` section: a core subject, a JetStream durable and a Redis
 /// channel mapping, and the `nats_publish` subject (core or JetStream).
-fn bridge_toml(nats_url: &str, publish_jetstream: bool) -> String {
+fn bridge_toml(nats_url: &str, publish_jetstream: bool, redis_url: Option<&str>) -> String {
+    let redis_url = redis_url
+        .map(|u| format!("redis_url = \"{u}\""))
+        .unwrap_or_default();
     format!(
         r#"
 [bridge]
 nats_url = "{nats_url}"
+{redis_url}
 redis_leader_ttl = "1s"
 max_message_bytes = 2048
 
@@ -53,35 +59,6 @@ room = "stream:project-{{1}}"
 event = "{{body.type}}"
 "#
     )
-}
-
-/// A NATS client and JetStream context, with the `JOBS` stream the
-/// durable mapping reads (a team's existing stream).
-async fn nats_with_jobs_stream(nats: &NatsServer) -> (async_nats::Client, jetstream::Context) {
-    let client = async_nats::connect(nats.url())
-        .await
-        .expect("connect to NATS");
-    let js = jetstream::new(client.clone());
-    js.create_stream(jetstream::stream::Config {
-        name: "JOBS".into(),
-        subjects: vec!["jobs.*.done".into()],
-        ..Default::default()
-    })
-    .await
-    .expect("create the JOBS stream");
-    (client, js)
-}
-
-/// Subscriptions on `subject` the server holds (from `/subsz`).
-fn nats_subscriptions(nats: &NatsServer, subject: &str) -> usize {
-    let Some(body) = nats.monitor("/subsz?subs=1&limit=1000") else {
-        return 0;
-    };
-    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    v["subscriptions_list"]
-        .as_array()
-        .map(|subs| subs.iter().filter(|s| s["subject"] == subject).count())
-        .unwrap_or(0)
 }
 
 /// Waits until every node is subscribed to the core subjects, the durable
@@ -152,8 +129,38 @@ async fn each_bridge_reaches_its_room_once_on_a_three_node_cluster() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     let (client, js) = nats_with_jobs_stream(&nats).await;
-    let c = TestCluster::start(3, &redis.url(), &bridge_toml(&nats.url(), false)).await;
-    wait_bridges_ready(&nats, &js, &redis, c.prefix(), 3, false).await;
+    let c = TestCluster::start(3, &redis.url(), &bridge_toml(&nats.url(), false, None)).await;
+    each_bridge_once(&c, &nats, &redis, &client, &js).await;
+}
+
+/// The same bridges on a cluster whose broker is NATS too (the bridges keep
+/// their own connection; the engine's subjects and the bridged ones share
+/// the server). The harness picks the engine by the URL's scheme; a build
+/// without the NATS engine skips this case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bridges_run_the_same_on_a_nats_broker() {
+    if !herald_server::engines::compiled().kinds().contains(&"nats") {
+        eprintln!("skipped: this build has no NATS engine");
+        return;
+    }
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let (client, js) = nats_with_jobs_stream(&nats).await;
+    let toml = bridge_toml(&nats.url(), false, Some(&redis.url()));
+    let c = TestCluster::start(3, &nats.url(), &toml).await;
+    each_bridge_once(&c, &nats, &redis, &client, &js).await;
+}
+
+/// A client on every node joined to each bridge's room sees each bridged
+/// message once: offsets 1..N, every message's `n` once.
+async fn each_bridge_once(
+    c: &TestCluster,
+    nats: &NatsServer,
+    redis: &RedisServer,
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+) {
+    wait_bridges_ready(nats, js, redis, c.prefix(), 3, false).await;
 
     let rooms = [
         "stream:agent-42",
@@ -307,7 +314,8 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
     let redis = RedisServer::start();
     let (client, js) = nats_with_jobs_stream(&nats).await;
     // Processes: `/metrics` has one recorder per process.
-    let c = TestCluster::start_process(3, &redis.url(), &bridge_toml(&nats.url(), true)).await;
+    let c =
+        TestCluster::start_process(3, &redis.url(), &bridge_toml(&nats.url(), true, None)).await;
     let prefix = c.prefix().to_owned();
     let mut mapping_dead = client
         .subscribe(format!("{prefix}.bridge.dead"))

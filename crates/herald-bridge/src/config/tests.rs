@@ -1,4 +1,5 @@
 use super::*;
+use crate::plan::*;
 
 fn defaults(kind: &str) -> BridgeDefaults {
     BridgeDefaults {
@@ -6,6 +7,7 @@ fn defaults(kind: &str) -> BridgeDefaults {
         broker_kind: kind.into(),
         nats_url: Some("nats://127.0.0.1:4222".into()),
         redis_url: None,
+        nats_auth: NatsAuth::default(),
     }
 }
 
@@ -177,4 +179,37 @@ fn the_table_parses_from_toml_and_refuses_unknown_keys() {
 
 fn toml_like(json: &str) -> Result<BridgeConfig, String> {
     serde_json::from_str(json).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_broker_credentials_go_with_the_broker_url_unless_the_bridge_names_its_own() {
+    let mut d = defaults("nats");
+    d.nats_auth.token = Some("broker-token".into());
+    let c = BridgeConfig::default();
+    let plan = c.plan(&d).unwrap();
+    let nats = plan.nats.unwrap();
+    assert_eq!(nats.url, "nats://127.0.0.1:4222");
+    assert_eq!(nats.auth.token.as_deref(), Some("broker-token"));
+    let c = BridgeConfig {
+        nats_user: Some("bridge".into()),
+        nats_password: Some("pw".into()),
+        ..Default::default()
+    };
+    let auth = c.plan(&d).unwrap().nats.unwrap().auth;
+    assert_eq!(auth.token, None);
+    assert_eq!(auth.user_password, Some(("bridge".into(), "pw".into())));
+    let c = BridgeConfig {
+        nats_url: Some("nats://elsewhere:4222".into()),
+        ..Default::default()
+    };
+    let nats = c.plan(&d).unwrap().nats.unwrap();
+    assert!(
+        nats.auth.is_empty(),
+        "another server: not the broker's token"
+    );
+    let c = BridgeConfig {
+        nats_tls_cert_file: Some("c.pem".into()),
+        ..Default::default()
+    };
+    assert_eq!(keys(&c.validate(&d)), vec!["bridge.nats_tls_key_file"]);
 }

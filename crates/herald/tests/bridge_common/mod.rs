@@ -1,0 +1,41 @@
+//! What the bridge tests share: a NATS client with the `JOBS` stream a
+//! team's services would already have, and the subscriptions a server
+//! holds (core NATS and pub/sub keep nothing for a subscriber not there
+//! yet, so tests wait for the bridges' subscriptions before publishing).
+
+use async_nats::jetstream;
+use herald_testkit::NatsServer;
+use serde_json::Value;
+use std::time::Duration;
+
+/// The longest wait for anything a bridge test expects.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A NATS client and JetStream context, with the `JOBS` stream the
+/// durable mapping reads (a team's existing stream).
+pub async fn nats_with_jobs_stream(nats: &NatsServer) -> (async_nats::Client, jetstream::Context) {
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    let js = jetstream::new(client.clone());
+    js.create_stream(jetstream::stream::Config {
+        name: "JOBS".into(),
+        subjects: vec!["jobs.*.done".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create the JOBS stream");
+    (client, js)
+}
+
+/// Subscriptions on `subject` the server holds (from `/subsz`).
+pub fn nats_subscriptions(nats: &NatsServer, subject: &str) -> usize {
+    let Some(body) = nats.monitor("/subsz?subs=1&limit=1000") else {
+        return 0;
+    };
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    v["subscriptions_list"]
+        .as_array()
+        .map(|subs| subs.iter().filter(|s| s["subject"] == subject).count())
+        .unwrap_or(0)
+}
