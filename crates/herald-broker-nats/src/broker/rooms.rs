@@ -341,11 +341,13 @@ fn judge(e: &mut Entry, p: &Publication, owner: u64) -> Verdict {
                 }
             }
         }
-        // Nothing delivered yet (the room had no stream when this node
-        // read it) and the stream started in another epoch than the
-        // one read, with a publish that beat the subscription: fill the
-        // events before from history, like any gap.
-        Some(c) if c.offset == 0 && p.position.offset > 1 => {
+        // Another epoch than the cursor's (nothing delivered yet and the
+        // stream started in another epoch than the one read, or the
+        // stream was lost and started over) whose first events this node
+        // did not see (they beat the subscription, or came while it was
+        // being renewed after a reconnect): the new epoch started at 1,
+        // so fill the events before from history, like any gap.
+        Some(c) if p.position.offset > 1 => {
             *c = StreamPosition::new(p.position.epoch.clone(), 0);
             Verdict::Gap { after: 0, owner }
         }
@@ -429,10 +431,34 @@ mod tests {
         );
         assert_eq!(rooms.offer(&publication("a", 6), owner), Offer::Drop);
         assert!(matches!(rooms.next(&r, owner), Next::Done));
-        assert_eq!(rooms.classify(&publication("b", 9)), Verdict::Deliver);
-        assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
+        assert_eq!(rooms.classify(&publication("b", 1)), Verdict::Deliver);
+        assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 1)));
         rooms.set_baseline(&r, StreamPosition::new("c", 0));
-        assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
+        assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 1)));
+    }
+
+    /// The stream was lost and started over in a new epoch while this node
+    /// was away, and its first events came before the subscription was
+    /// live again: they are filled from history, not skipped.
+    #[test]
+    fn a_new_epoch_whose_first_events_were_missed_is_a_gap() {
+        let rooms = Rooms::default();
+        let r = room();
+        rooms.join(&r);
+        rooms.set_baseline(&r, StreamPosition::new("old", 150));
+        let Verdict::Gap { after: 0, owner } = rooms.classify(&publication("new", 2)) else {
+            panic!("a gap after 0 in the new epoch");
+        };
+        assert_eq!(
+            rooms.offer(&publication("new", 1), owner),
+            Offer::Deliver { missed: 0 }
+        );
+        assert_eq!(
+            rooms.offer(&publication("new", 2), owner),
+            Offer::Deliver { missed: 0 }
+        );
+        assert!(matches!(rooms.next(&r, owner), Next::Done));
+        assert_eq!(rooms.classify(&publication("new", 3)), Verdict::Deliver);
     }
 
     #[test]
