@@ -62,7 +62,16 @@ async fn a_three_node_burst_to_one_room_takes_offsets_one_to_n() {
     // stored nothing).
     let jsz = server.monitor("/jsz?streams=1").expect("monitor");
     let jsz: serde_json::Value = serde_json::from_str(&jsz).expect("json");
-    let state = &jsz["account_details"][0]["stream_detail"][0]["state"];
+    let streams = jsz["account_details"][0]["stream_detail"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let rooms = format!("{prefix}-rooms");
+    let stream = streams
+        .iter()
+        .find(|s| s["name"] == rooms.as_str())
+        .expect("the rooms' stream");
+    let state = &stream["state"];
     assert_eq!(state["messages"], n, "{state}");
     println!(
         "stored bytes per event of data `{{}}` (headers, subject, framing): {}",
