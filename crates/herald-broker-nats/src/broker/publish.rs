@@ -13,7 +13,7 @@
 //! probe in `tests/broker_jetstream.rs`), whose message gives the original
 //! position, or names another room (a conflict).
 
-use super::error::{internal, no_stream, not_connected, unavailable};
+use super::error::{internal, not_connected, unavailable};
 use super::message::{self, event_bytes, headers, meta_of, Stored};
 use super::{metrics, NatsBroker};
 use async_nats::jetstream::context::PublishErrorKind;
@@ -171,7 +171,7 @@ impl NatsBroker {
             return Err(not_connected());
         }
         if !self.stream_ready() {
-            return Err(no_stream());
+            return Err(self.not_ready());
         }
         Ok(())
     }
@@ -285,7 +285,7 @@ impl NatsBroker {
                 }
                 Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
                     self.stream_lost();
-                    return Err(no_stream());
+                    return Err(self.not_ready());
                 }
                 Err(e) => {
                     // The message may have been stored (a timeout): what
