@@ -58,6 +58,25 @@ async fn a_three_node_burst_to_one_room_takes_offsets_one_to_n() {
             "once each, in order"
         );
     }
+    // The stream holds exactly the accepted publishes (refused attempts
+    // stored nothing).
+    let jsz = server.monitor("/jsz?streams=1").expect("monitor");
+    let jsz: serde_json::Value = serde_json::from_str(&jsz).expect("json");
+    let streams = jsz["account_details"][0]["stream_detail"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let rooms = format!("{prefix}-rooms");
+    let stream = streams
+        .iter()
+        .find(|s| s["name"] == rooms.as_str())
+        .expect("the rooms' stream");
+    let state = &stream["state"];
+    assert_eq!(state["messages"], n, "{state}");
+    println!(
+        "stored bytes per event of data `{{}}` (headers, subject, framing): {}",
+        state["bytes"].as_u64().unwrap_or(0) / n
+    );
     let retries: u64 = nodes.iter().map(|n| n.broker.publish_retries()).sum();
     println!("3 nodes x {EACH} concurrent publishes to one room: {retries} retries on wrong last sequence ({:.2} per publish)", retries as f64 / n as f64);
     for node in nodes {

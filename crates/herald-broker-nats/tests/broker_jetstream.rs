@@ -151,6 +151,19 @@ async fn duplicate_message_ids_answer_the_original_before_the_sequence_check() {
     .expect("a duplicate is acknowledged, not refused");
     assert!(dup.duplicate);
     assert_eq!(dup.sequence, first.sequence, "the original's sequence");
+    // A refused publish does not record its id: its retry is stored.
+    let refused = send(
+        publish("r")
+            .message_id("t.r")
+            .expected_last_subject_sequence(1),
+    )
+    .await;
+    assert_eq!(
+        refused.map(drop).map_err(|e| e.kind()),
+        Err(PublishErrorKind::WrongLastSequence)
+    );
+    let retried = send(publish("r").message_id("t.r")).await.expect("retry");
+    assert!(!retried.duplicate, "the refused attempt left no id behind");
     let elsewhere = js
         .send_publish("p.room.b", publish("x").message_id("t.k"))
         .await

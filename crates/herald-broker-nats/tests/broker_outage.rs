@@ -160,3 +160,68 @@ async fn a_node_that_lost_its_connection_catches_up() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A stream made with other settings (by hand, with a shorter max_age and
+/// no direct gets) is brought to the node's; one without the engine's
+/// RePublish (which the server cannot add) leaves the engine not ready,
+/// and its answers say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_with_other_settings_is_updated_or_refused() {
+    use async_nats::jetstream::stream;
+    let server = NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+    let made = |prefix: &str, republish: bool| stream::Config {
+        name: format!("{prefix}-rooms"),
+        subjects: vec![format!("{prefix}.room.*")],
+        max_age: Duration::from_secs(3600),
+        republish: republish.then(|| stream::Republish {
+            source: format!("{prefix}.room.*"),
+            destination: format!("{prefix}.deliver.{{{{wildcard(1)}}}}"),
+            headers_only: false,
+        }),
+        ..Default::default()
+    };
+
+    let prefix = prefix("drift");
+    js.create_stream(made(&prefix, true))
+        .await
+        .expect("a stream made elsewhere");
+    let a = Node::start(&server.url(), &prefix, "a").await;
+    let b = Node::start(&server.url(), &prefix, "b").await;
+    let r = room("drift:1");
+    b.broker.subscribe(&r).await.expect("subscribe");
+    a.broker
+        .publish(request(&r, 10, MINUTE))
+        .await
+        .expect("publish");
+    wait_until("delivered", || b.sink.offsets(&r) == vec![1]).await;
+    let mut stream = js
+        .get_stream(format!("{prefix}-rooms"))
+        .await
+        .expect("stream");
+    let config = &stream.info().await.expect("info").config;
+    assert_eq!(config.max_age, Duration::from_secs(86_400));
+    assert!(config.allow_direct);
+    a.stop().await;
+    b.stop().await;
+
+    let bare = broker_support::prefix("bare");
+    js.create_stream(made(&bare, false))
+        .await
+        .expect("a stream without RePublish");
+    let c = broker_support::Node::start_with(broker_support::settings(&server.url(), &bare, "c"));
+    let broker = c.broker.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match broker.publish(request(&r, 10, MINUTE)).await {
+            Err(BrokerError::Unavailable(why)) if why.contains("RePublish") => break why,
+            Err(BrokerError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("expected a refusal naming RePublish, got {other:?}"),
+        }
+    };
+    assert!(!broker.is_ready());
+    assert!(refused.contains("broker.prefix"), "{refused}");
+    c.stop().await;
+}

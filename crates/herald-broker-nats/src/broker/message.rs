@@ -1,7 +1,8 @@
 //! A publication as a JetStream message: the body is the publisher's data
-//! verbatim; the position is in `Herald-Offset` and `Herald-Epoch`; the
-//! rest is one compact JSON header, `Herald-Meta` ([`Meta`]), serialized
-//! once per publish (a retry only rewrites the two position headers).
+//! verbatim; the position is in `Herald-Offset` and `Herald-Epoch`, the
+//! room's cumulative history bytes in `Herald-Bytes`; the rest is one
+//! compact JSON header, `Herald-Meta` ([`Meta`]), serialized once per
+//! publish (a retry only rewrites the three per-attempt headers).
 //! The room is the subject's last token ([`crate::names::room_token`]).
 
 use async_nats::HeaderMap;
@@ -15,6 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub(super) const OFFSET: &str = "Herald-Offset";
 /// The room's epoch.
 pub(super) const EPOCH: &str = "Herald-Epoch";
+/// The room's history bytes up to and including this event, summed since
+/// the room's first event (reads compute byte budgets from it).
+pub(super) const BYTES: &str = "Herald-Bytes";
 /// Everything else ([`Meta`]).
 pub(super) const META: &str = "Herald-Meta";
 /// Set by the server on stored, republished and directly read messages.
@@ -47,9 +51,6 @@ pub(super) struct Meta {
     pub ex: u64,
     /// The room's `history.max_bytes` when published (0: none).
     pub b: usize,
-    /// The room's history bytes up to and including this event, summed
-    /// since the room's first event (reads compute byte budgets from it).
-    pub cb: u64,
 }
 
 /// What the node needs of a stored or delivered message.
@@ -59,8 +60,10 @@ pub(super) struct Stored {
     pub seq: u64,
     /// The publication.
     pub publication: Publication,
-    /// Its metadata (policy, cumulative bytes).
+    /// Its metadata (policy).
     pub meta: Meta,
+    /// The room's cumulative history bytes through it (`Herald-Bytes`).
+    pub cb: u64,
     /// Its bytes, as counted against a byte budget.
     pub bytes: u64,
 }
@@ -96,7 +99,7 @@ pub(super) fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// The metadata of a new publication (`cb` is set per attempt).
+/// The metadata of a new publication.
 pub(super) fn meta_of(request: &PublishRequest, node_id: &str) -> Meta {
     let ts = now_ms();
     let ttl = u64::try_from(request.history.ttl.as_millis()).unwrap_or(u64::MAX);
@@ -117,7 +120,6 @@ pub(super) fn meta_of(request: &PublishRequest, node_id: &str) -> Meta {
         k: keep,
         ex: ts.saturating_add(ttl),
         b: request.history.max_bytes,
-        cb: 0,
     }
 }
 
@@ -127,11 +129,13 @@ pub(super) fn event_bytes(data: &RawValue, meta_json: &str) -> u64 {
     (data.get().len() + meta_json.len()) as u64
 }
 
-/// The headers of one publish attempt.
-pub(super) fn headers(position: &StreamPosition, meta_json: &str) -> HeaderMap {
+/// The headers of one publish attempt: its position and the room's
+/// cumulative bytes through it, and the metadata.
+pub(super) fn headers(position: &StreamPosition, cb: u64, meta_json: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(OFFSET, position.offset.to_string().as_str());
     headers.insert(EPOCH, position.epoch.as_str());
+    headers.insert(BYTES, cb.to_string().as_str());
     headers.insert(META, meta_json);
     headers
 }
@@ -176,6 +180,9 @@ pub(super) fn decode(
         .parse()
         .map_err(|_| MessageError::Header(OFFSET))?;
     let epoch = header(headers, EPOCH)?.to_owned();
+    let cb: u64 = header(headers, BYTES)?
+        .parse()
+        .map_err(|_| MessageError::Header(BYTES))?;
     let meta_json = header(headers, META)?;
     let meta: Meta = serde_json::from_str(meta_json)?;
     let text = std::str::from_utf8(body).map_err(|_| MessageError::Header("body (UTF-8)"))?;
@@ -197,6 +204,7 @@ pub(super) fn decode(
         seq,
         publication,
         meta,
+        cb,
         bytes,
     })
 }
@@ -228,10 +236,9 @@ mod tests {
                 max_bytes: 100,
             },
         };
-        let mut meta = meta_of(&request, "n1");
-        meta.cb = 42;
+        let meta = meta_of(&request, "n1");
         let json = serde_json::to_string(&meta).expect("json");
-        let h = headers(&StreamPosition::new("00ff", 3), &json);
+        let h = headers(&StreamPosition::new("00ff", 3), 42, &json);
         let body = request.data.get().as_bytes();
         let stored = decode(room.clone(), Some(9), &h, body).expect("decodes");
         assert_eq!(stored.seq, 9);
@@ -244,7 +251,7 @@ mod tests {
         );
         assert_eq!(p.exclude_connection.as_deref(), Some("c2"));
         assert_eq!(stored.meta.k, 5);
-        assert_eq!(stored.meta.cb, 42);
+        assert_eq!(stored.cb, 42);
         let subject = crate::names::Names::new("h").room_subject(&room);
         assert_eq!(room_of_subject(&subject), Some(room));
     }

@@ -86,6 +86,9 @@ pub struct NatsBroker {
     /// The rooms' stream, for direct gets and purges.
     stream: Option<stream::Stream<()>>,
     stream_ready: AtomicBool,
+    /// Why the last ensure of the stream failed (for `unavailable`
+    /// answers while it is not ready).
+    setup_error: Mutex<Option<String>>,
     setup_wake: tokio::sync::Notify,
     epoch_kv: Mutex<Option<kv::Store>>,
     /// The engine epoch and until when this node may use it unchecked.
@@ -135,6 +138,7 @@ impl NatsBroker {
             retries: std::sync::atomic::AtomicU64::new(0),
             stream,
             stream_ready: AtomicBool::new(false),
+            setup_error: Mutex::new(None),
             setup_wake: tokio::sync::Notify::new(),
             epoch_kv: Mutex::new(None),
             engine_epoch: Mutex::new(None),
@@ -185,11 +189,19 @@ impl NatsBroker {
     /// The stream handle, while the stream is known to be there.
     fn stream_handle(&self) -> Result<&stream::Stream<()>, BrokerError> {
         if !self.stream_ready() {
-            return Err(no_stream());
+            return Err(self.not_ready());
         }
         self.stream
             .as_ref()
             .ok_or_else(|| internal("stream", "invalid stream name"))
+    }
+
+    /// The answer while the stream is not ready, with why when known.
+    fn not_ready(&self) -> BrokerError {
+        match &*self.setup_error.lock() {
+            Some(why) => BrokerError::Unavailable(format!("the rooms' stream is not ready: {why}")),
+            None => no_stream(),
+        }
     }
 
     /// Drops what the node knows of rooms' last messages and the engine

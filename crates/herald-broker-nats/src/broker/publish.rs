@@ -13,7 +13,7 @@
 //! probe in `tests/broker_jetstream.rs`), whose message gives the original
 //! position, or names another room (a conflict).
 
-use super::error::{internal, no_stream, not_connected, unavailable};
+use super::error::{internal, not_connected, unavailable};
 use super::message::{self, event_bytes, headers, meta_of, Stored};
 use super::{metrics, NatsBroker};
 use async_nats::jetstream::context::PublishErrorKind;
@@ -171,7 +171,7 @@ impl NatsBroker {
             return Err(not_connected());
         }
         if !self.stream_ready() {
-            return Err(no_stream());
+            return Err(self.not_ready());
         }
         Ok(())
     }
@@ -207,7 +207,11 @@ impl NatsBroker {
         self.check_ready()?;
         let room = &request.room;
         let subject = self.names.room_subject(room);
-        let mut meta = meta_of(&request, &self.node_id);
+        let meta = meta_of(&request, &self.node_id);
+        // Serialized once; a retry only changes the per-attempt headers.
+        let meta_json = serde_json::to_string(&meta).map_err(|e| internal("meta", e))?;
+        let bytes = event_bytes(&request.data, &meta_json);
+        let payload = Bytes::copy_from_slice(request.data.get().as_bytes());
         let state = self.published.room(room);
         let mut window = state.turn.lock().await;
         *state.used.lock() = Some(Instant::now());
@@ -226,7 +230,7 @@ impl NatsBroker {
                 None => self.read_last(room).await?.map(|s| Last {
                     seq: s.seq,
                     position: s.publication.position,
-                    cb: s.meta.cb,
+                    cb: s.cb,
                 }),
             };
             let (position, expected, cb) = match &last {
@@ -237,17 +241,10 @@ impl NatsBroker {
                 ),
                 None => (StreamPosition::new(self.engine_epoch().await?, 1), 0, 0),
             };
-            // The cumulative bytes count this event's metadata without
-            // themselves: `cb` is set to a bound first, so its digits
-            // never change the size.
-            meta.cb = u64::MAX;
-            let probe = serde_json::to_string(&meta).map_err(|e| internal("meta", e))?;
-            let bytes = event_bytes(&request.data, &probe);
-            meta.cb = cb + bytes;
-            let meta_json = serde_json::to_string(&meta).map_err(|e| internal("meta", e))?;
+            let cb = cb + bytes;
             let mut publish = PublishMessage::build()
-                .payload(Bytes::copy_from_slice(request.data.get().as_bytes()))
-                .headers(headers(&position, &meta_json))
+                .payload(payload.clone())
+                .headers(headers(&position, cb, &meta_json))
                 .expected_last_subject_sequence(expected);
             if let Some(id) = &msg_id {
                 publish = publish.message_id(id);
@@ -267,7 +264,7 @@ impl NatsBroker {
                     *state.last.lock() = Some(Last {
                         seq: ack.sequence,
                         position: position.clone(),
-                        cb: meta.cb,
+                        cb,
                     });
                     let (size, room_bytes) = window.push(position.offset, bytes, meta.k, meta.b);
                     self.trimmed.size.fetch_add(size, Ordering::Relaxed);
@@ -288,7 +285,7 @@ impl NatsBroker {
                 }
                 Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
                     self.stream_lost();
-                    return Err(no_stream());
+                    return Err(self.not_ready());
                 }
                 Err(e) => {
                     // The message may have been stored (a timeout): what

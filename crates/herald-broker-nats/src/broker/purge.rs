@@ -12,7 +12,7 @@
 //! message purged is both). Other nodes' messages are covered too: they
 //! are below the checkpoint in stream order, so older.
 
-use super::publish::RoomState;
+use super::publish::{Checkpoint, RoomState};
 use super::setup::DEDUP_WINDOW;
 use super::{metrics, NatsBroker};
 use std::sync::Arc;
@@ -25,9 +25,26 @@ const PURGE_EVERY: Duration = Duration::from_secs(30);
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(15);
 /// Checkpoints kept per room (the oldest go first).
 pub(super) const MAX_CHECKPOINTS: usize = 256;
-/// A room this node has not published to for this long is forgotten once
-/// nothing is left to purge.
+/// A room this node has not published to for this long is forgotten (its
+/// state is small but rooms are many); what it still stores is bounded by
+/// the stream's `max_age`, and a quiet room does not grow.
 const FORGET_AFTER: Duration = Duration::from_secs(900);
+
+/// The newest checkpoint every message below which may go: at least the
+/// duplicate window old, and at or before the oldest event the room's size
+/// keeps (`keep` events, at least 1, up to offset `head`).
+fn purge_point<'a>(
+    checkpoints: impl DoubleEndedIterator<Item = &'a Checkpoint>,
+    keep: usize,
+    head: u64,
+    now: Instant,
+) -> Option<Checkpoint> {
+    let keep = keep.max(1) as u64;
+    checkpoints
+        .rev()
+        .find(|c| now.duration_since(c.at) >= DEDUP_WINDOW && c.offset + keep <= head + 1)
+        .copied()
+}
 
 impl NatsBroker {
     /// Purges one room's old messages, if any may go; returns how many went.
@@ -40,18 +57,13 @@ impl NatsBroker {
         let Some(last) = state.last.lock().clone() else {
             return Ok(0);
         };
-        let keep = (*state.keep.lock()).max(1) as u64;
-        let below = {
-            let checkpoints = state.checkpoints.lock();
-            checkpoints
-                .iter()
-                .rev()
-                .find(|c| {
-                    now.duration_since(c.at) >= DEDUP_WINDOW
-                        && c.offset + keep <= last.position.offset + 1
-                })
-                .copied()
-        };
+        let keep = *state.keep.lock();
+        let below = purge_point(
+            state.checkpoints.lock().iter(),
+            keep,
+            last.position.offset,
+            now,
+        );
         let Some(below) = below else {
             return Ok(0);
         };
@@ -95,12 +107,40 @@ pub(super) async fn run(broker: Arc<NatsBroker>, cancel: CancellationToken) {
                 .used
                 .lock()
                 .is_none_or(|t| now.duration_since(t) > FORGET_AFTER);
-            if idle && state.checkpoints.lock().len() <= 1 {
+            if idle {
                 let mut map = broker.published.map.lock();
                 if map.get(&room).is_some_and(|s| Arc::ptr_eq(s, &state)) {
                     map.remove(&room);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_events_outside_the_size_window_go() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let at = |ago: u64, seq: u64, offset: u64| Checkpoint {
+            at: now - Duration::from_secs(ago),
+            seq,
+            offset,
+        };
+        let cps = [at(900, 10, 5), at(600, 20, 10), at(200, 30, 15)];
+        // The newest old enough one (the one 200 s old is too young).
+        let p = purge_point(cps.iter(), 3, 20, now).expect("a point");
+        assert_eq!(p.seq, 20);
+        // A larger size keeps more: an older checkpoint, or none.
+        assert_eq!(
+            purge_point(cps.iter(), 14, 20, now).map(|c| c.seq),
+            Some(10)
+        );
+        assert_eq!(purge_point(cps.iter(), 100, 20, now).map(|c| c.seq), None);
+        // Size 0 still keeps the last event (it carries the offset).
+        assert_eq!(purge_point(cps.iter(), 0, 10, now).map(|c| c.seq), Some(20));
+        assert_eq!(purge_point([].iter(), 0, 10, now).map(|c| c.seq), None);
     }
 }

@@ -60,7 +60,7 @@ impl Head {
             offset: last.publication.position.offset,
             size: last.meta.k as u64,
             budget: last.meta.b as u64,
-            cb: last.meta.cb,
+            cb: last.cb,
         }
     }
 }
@@ -70,7 +70,7 @@ impl Head {
 fn wanted(m: &Stored, head: Head, since: u64, now: u64) -> bool {
     let offset = m.publication.position.offset;
     let by_size = offset + head.size > head.offset;
-    let before = m.meta.cb.saturating_sub(m.bytes);
+    let before = m.cb.saturating_sub(m.bytes);
     let by_bytes = head.budget == 0 || head.cb.saturating_sub(before) <= head.budget;
     offset > since && by_size && by_bytes && m.meta.ex > now
 }
@@ -111,7 +111,7 @@ impl NatsBroker {
             Last {
                 seq: last.seq,
                 position: last.publication.position.clone(),
-                cb: last.meta.cb,
+                cb: last.cb,
             },
         );
         let position = last.publication.position.clone();

@@ -274,7 +274,7 @@ impl NatsBroker {
             Last {
                 seq: stored.seq,
                 position: stored.publication.position.clone(),
-                cb: stored.meta.cb,
+                cb: stored.cb,
             },
         );
     }

@@ -16,6 +16,7 @@ use super::NatsBroker;
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream;
 use async_nats::Event;
+use herald_core::BrokerError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,11 +80,14 @@ impl NatsBroker {
     /// Makes sure the stream and the epoch bucket exist; a stream created
     /// here (first start, or it was lost) starts a new engine epoch, so no
     /// room can reuse a position it had before.
-    pub(super) async fn ensure(&self) -> Result<(), herald_core::BrokerError> {
+    pub(super) async fn ensure(&self) -> Result<(), BrokerError> {
         let js = &self.clients.jetstream;
         let name = self.names.rooms_stream();
         let created = match js.get_stream(&name).await {
-            Ok(_) => false,
+            Ok(stream) => {
+                self.update_if_changed(stream.cached_info()).await?;
+                false
+            }
             Err(e) => match e.kind() {
                 GetStreamErrorKind::JetStream(err)
                     if err.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
@@ -122,6 +126,49 @@ impl NatsBroker {
         Ok(())
     }
 
+    /// Brings a stream made with other settings (`broker.nats_max_age`,
+    /// `broker.nats_replicas`, an older build) to this node's; a refusal
+    /// (e.g. more replicas than servers) is logged and the stream used as
+    /// it is. A stream without this engine's RePublish cannot be used (it
+    /// would deliver nothing) nor changed (the server refuses to change
+    /// RePublish): an error saying so.
+    async fn update_if_changed(&self, info: &stream::Info) -> Result<(), BrokerError> {
+        let want = self.stream_config();
+        let have = &info.config;
+        if have.republish != want.republish {
+            return Err(internal(
+                "the rooms' stream",
+                format!(
+                    "{} exists without the RePublish to {}.deliver.* this engine needs, which \
+                     the server cannot add to an existing stream; delete the stream or use \
+                     another broker.prefix",
+                    have.name,
+                    self.names.prefix()
+                ),
+            ));
+        }
+        if have.max_age == want.max_age
+            && have.num_replicas == want.num_replicas
+            && have.republish == want.republish
+            && have.allow_direct
+            && have.duplicate_window == want.duplicate_window
+        {
+            return Ok(());
+        }
+        match self.clients.jetstream.update_stream(want).await {
+            Ok(_) => tracing::info!(
+                stream = %have.name,
+                "updated the rooms' stream to this node's settings"
+            ),
+            Err(e) => tracing::warn!(
+                stream = %have.name,
+                error = %e,
+                "the rooms' stream has other settings and could not be updated; using it as it is"
+            ),
+        }
+        Ok(())
+    }
+
     /// Whether the stream is known to be there.
     pub(super) fn stream_ready(&self) -> bool {
         self.stream_ready.load(Ordering::Acquire)
@@ -143,10 +190,12 @@ pub(super) async fn run(broker: Arc<NatsBroker>, cancel: CancellationToken) {
         let wait = if broker.clients.is_connected() {
             match broker.ensure().await {
                 Ok(()) => {
+                    *broker.setup_error.lock() = None;
                     broker.stream_ready.store(true, Ordering::Release);
                     CHECK_EVERY
                 }
                 Err(e) => {
+                    *broker.setup_error.lock() = Some(e.to_string());
                     broker.stream_ready.store(false, Ordering::Release);
                     tracing::warn!(error = %e, "the rooms' stream is not ready; retrying");
                     RETRY_EVERY
