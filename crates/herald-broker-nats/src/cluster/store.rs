@@ -287,3 +287,42 @@ impl Keys {
         token(node)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::RoomName;
+
+    #[test]
+    fn keys_are_dotted_tokens_and_filters_select_them() {
+        let keys = Keys::new(Names::new("my.app"));
+        let room = RoomKey::new(
+            Tenant::from_option(Some("acme")),
+            RoomName::parse("chat:1").expect("room"),
+        );
+        let member = keys.member(&room, "node.1", "conn 1");
+        let parts: Vec<&str> = member.split('.').collect();
+        assert_eq!(parts.len(), 4, "{member}");
+        assert_eq!(parts[0], "p");
+        assert!(parts[1..].iter().all(|p| p
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')));
+        // The room's filter and the node's filter both select it.
+        let matches = |filter: &str| {
+            let f: Vec<&str> = filter.split('.').collect();
+            f.len() == parts.len() && f.iter().zip(&parts).all(|(f, p)| *f == "*" || f == p)
+        };
+        assert!(matches(&keys.room_members(&room)));
+        assert!(matches(&keys.node_members("node.1")));
+        assert!(!matches(&keys.node_members("node.2")));
+        let conn = keys.conn("node.1", "conn 1");
+        assert_eq!(conn.split('.').count(), 3);
+        assert!(keys
+            .node_conns("node.1")
+            .starts_with(&conn[..conn.rfind('.').unwrap_or(0)]));
+        assert_eq!(
+            keys.enlisted("node.1"),
+            format!("m.{}", keys.node("node.1"))
+        );
+    }
+}
