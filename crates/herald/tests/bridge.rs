@@ -149,6 +149,8 @@ async fn the_bridges_run_the_same_on_a_nats_broker() {
     let toml = bridge_toml(&nats.url(), false, Some(&redis.url()));
     let c = TestCluster::start(3, &nats.url(), &toml).await;
     each_bridge_once(&c, &nats, &redis, &client, &js).await;
+    let rooms = js.get_stream(format!("{}-rooms", c.prefix())).await;
+    assert!(rooms.is_ok(), "the NATS engine's stream holds the rooms");
 }
 
 /// A client on every node joined to each bridge's room sees each bridged
