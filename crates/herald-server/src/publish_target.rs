@@ -4,8 +4,8 @@
 
 use crate::api::parse_publish;
 use async_trait::async_trait;
-use herald_core::{PublishRefusal, PublishTarget};
-use herald_node::{Node, WeakNode};
+use herald_core::{BrokerError, PublishRefusal, PublishTarget};
+use herald_node::{Node, NodeError, WeakNode};
 use std::sync::OnceLock;
 
 /// The node's publish path, filled once the node exists (the engine is
@@ -42,6 +42,11 @@ impl PublishTarget for ApiPublish {
         }
         match node.publish(input).await {
             Ok(_) => Ok(()),
+            // A broker failure is not the request's fault: retry it rather
+            // than drop it as invalid.
+            Err(NodeError::Broker(BrokerError::Internal(message))) => Err(
+                PublishRefusal::Unavailable(format!("broker error: {message}")),
+            ),
             Err(e) => {
                 let e = crate::error::ApiError::from(e);
                 let message = e.message().to_owned();

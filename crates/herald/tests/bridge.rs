@@ -9,7 +9,7 @@ mod bridge_common;
 mod common;
 
 use async_nats::jetstream;
-use bridge_common::{nats_subscriptions, nats_with_jobs_stream, WAIT};
+use bridge_common::{nats_subscriptions, nats_with_jobs_stream, samples, WAIT};
 use common::cluster::{eventually, offset_of, TestCluster};
 use common::*;
 use futures_util::StreamExt;
@@ -149,6 +149,8 @@ async fn the_bridges_run_the_same_on_a_nats_broker() {
     let toml = bridge_toml(&nats.url(), false, Some(&redis.url()));
     let c = TestCluster::start(3, &nats.url(), &toml).await;
     each_bridge_once(&c, &nats, &redis, &client, &js).await;
+    let rooms = js.get_stream(format!("{}-rooms", c.prefix())).await;
+    assert!(rooms.is_ok(), "the NATS engine's stream holds the rooms");
 }
 
 /// A client on every node joined to each bridge's room sees each bridged
@@ -237,32 +239,6 @@ async fn each_bridge_once(
         assert_eq!(got["stream:project-9"][0]["event"], "build");
         assert_eq!(got["stream:pub-1"][0]["event"], "published");
     }
-}
-
-/// The samples of `name` in a node's `/metrics`, by their labels.
-async fn samples(node: &TestNode, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    let (_, text) = node.get("/metrics").await;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let Some(rest) = rest.strip_prefix('{') else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once("} ") else {
-            continue;
-        };
-        let labels = labels
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-            .collect();
-        if let Ok(v) = value.trim().parse::<f64>() {
-            out.push((labels, v));
-        }
-    }
-    out
 }
 
 /// `name` summed over the cluster's nodes, per `(bridge, <label>)`.

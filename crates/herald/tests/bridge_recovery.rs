@@ -7,12 +7,23 @@ mod bridge_common;
 mod common;
 
 use async_nats::jetstream;
-use bridge_common::{nats_subscriptions, nats_with_jobs_stream, WAIT};
+use bridge_common::{nats_subscriptions, nats_with_jobs_stream, samples, WAIT};
 use common::cluster::{eventually, offset_of};
 use common::*;
 use herald_testkit::{NatsServer, RedisServer};
 use serde_json::json;
 use std::collections::BTreeMap;
+
+/// Waits until the node answers 200 on `/ready` (its broker reachable).
+async fn ready(node: &TestNode) {
+    eventually("/ready 200", WAIT, || async {
+        match node.get("/ready").await {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_single_memory_node_bridges_and_carries_on_after_nats_restarts() {
@@ -182,6 +193,7 @@ event = "job.done"
             .map_err(|e| e.to_string())
     };
     eventually("durable made", WAIT, || durable(js.clone())).await;
+    ready(&node).await;
     let (mut ws, _) = node.connect_user("watcher").await;
     ws.join("stream:job-1").await;
 
@@ -197,7 +209,15 @@ event = "job.done"
         if info.num_redelivered >= 1 && info.ack_floor.stream_sequence == 0 {
             Ok(())
         } else {
-            Err(format!("{info:?}"))
+            Err(format!(
+                "delivered {:?}, acked {:?}, ack pending {}, pending {}, redelivered {}, waiting {}",
+                info.delivered,
+                info.ack_floor,
+                info.num_ack_pending,
+                info.num_pending,
+                info.num_redelivered,
+                info.num_waiting
+            ) + &format!("; node log: {}", node.log()))
         }
     })
     .await;
@@ -219,4 +239,83 @@ event = "job.done"
     node.publish("stream:job-1", "sentinel", json!({})).await;
     let next = ws.expect_type("event", WAIT).await;
     assert_eq!(next["event"], "sentinel", "published once: {next}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_core_message_is_dropped_and_counted_after_retry_for_and_the_next_one_arrives() {
+    let nats = NatsServer::start();
+    let mut redis = RedisServer::start();
+    let toml = format!(
+        r#"{}
+[broker]
+kind = "redis"
+redis_url = "{}"
+prefix = "{}"
+command_timeout = "200ms"
+
+[bridge]
+nats_url = "{}"
+retry_for = "500ms"
+
+[[bridge.mappings]]
+name = "agents"
+nats_subject = "agents.*.events"
+room = "stream:agent-{{1}}"
+event = "step"
+"#,
+        common::cluster::NAMESPACES,
+        redis.url(),
+        common::cluster::unique_prefix("bridge"),
+        nats.url()
+    );
+    // A process: `/metrics` has one recorder per process.
+    let node = TestNode::start_process(&toml).await;
+    ready(&node).await;
+    eventually("bridge subscribed", WAIT, || async {
+        match nats_subscriptions(&nats, "agents.*.events") {
+            1 => Ok(()),
+            n => Err(format!("{n} subscriptions")),
+        }
+    })
+    .await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    redis.kill();
+    client
+        .publish("agents.1.events", json!({"n": 1}).to_string().into())
+        .await
+        .expect("core publish");
+    client.flush().await.expect("flush");
+    // Core NATS keeps nothing: after `retry_for` the message is given up.
+    eventually("the message dropped", WAIT, || async {
+        let outcomes = samples(&node, "herald_bridge_messages_total").await;
+        let dropped: f64 = outcomes
+            .iter()
+            .filter(|(l, _)| l.get("outcome").map(String::as_str) == Some("dropped"))
+            .map(|(_, v)| v)
+            .sum();
+        let retries: f64 = samples(&node, "herald_bridge_retries_total")
+            .await
+            .iter()
+            .map(|(_, v)| v)
+            .sum();
+        if dropped == 1.0 && retries >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "dropped {dropped}, retries {retries}: {outcomes:?}; log: {}",
+                node.log()
+            ))
+        }
+    })
+    .await;
+    redis.restart();
+    ready(&node).await;
+    let (mut ws, _) = node.connect_user("watcher").await;
+    ws.join("stream:agent-1").await;
+    client
+        .publish("agents.1.events", json!({"n": 2}).to_string().into())
+        .await
+        .expect("core publish");
+    let ev = ws.expect_type("event", WAIT).await;
+    assert_eq!((offset_of(&ev), &ev["data"]), (1, &json!({"n": 2})), "{ev}");
 }

@@ -3,9 +3,11 @@
 //! holds (core NATS and pub/sub keep nothing for a subscriber not there
 //! yet, so tests wait for the bridges' subscriptions before publishing).
 
+use crate::common::TestNode;
 use async_nats::jetstream;
 use herald_testkit::NatsServer;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The longest wait for anything a bridge test expects.
@@ -38,4 +40,30 @@ pub fn nats_subscriptions(nats: &NatsServer, subject: &str) -> usize {
         .as_array()
         .map(|subs| subs.iter().filter(|s| s["subject"] == subject).count())
         .unwrap_or(0)
+}
+
+/// The samples of `name` in a node's `/metrics`, by their labels.
+pub async fn samples(node: &TestNode, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let (_, text) = node.get("/metrics").await;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let Some(rest) = rest.strip_prefix('{') else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let labels = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        if let Ok(v) = value.trim().parse::<f64>() {
+            out.push((labels, v));
+        }
+    }
+    out
 }
