@@ -112,7 +112,16 @@ pub(crate) async fn run(
                     }
                     waited = true;
                 }
-                pull(&c, &source, &handler, &lanes, &lease, &cancel, command_timeout).await?;
+                pull(
+                    &c,
+                    &source,
+                    &handler,
+                    &lanes,
+                    &lease,
+                    &cancel,
+                    command_timeout,
+                )
+                .await?;
                 Ok::<_, StepError>((c, checked))
             };
             match step.await {

@@ -42,7 +42,11 @@ pub(crate) struct NatsLock {
 impl NatsLock {
     /// Holds or waits for the lock until cancelled, telling `lease` until
     /// when this node leads; releases it on the way out.
-    pub(crate) async fn run(self, lease: watch::Sender<Option<Instant>>, cancel: CancellationToken) {
+    pub(crate) async fn run(
+        self,
+        lease: watch::Sender<Option<Instant>>,
+        cancel: CancellationToken,
+    ) {
         let mut js = jetstream::new(self.client.clone());
         js.set_timeout(self.command_timeout);
         let bucket_name = format!("{}-bridge-leaders", self.prefix);
@@ -85,12 +89,14 @@ impl NatsLock {
                         async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => Ok(None),
                         _ => Err(e.to_string()),
                     }),
-                None => kv.create(&self.key, value).await.map(Some).or_else(|e| {
-                    match e.kind() {
+                None => kv
+                    .create(&self.key, value)
+                    .await
+                    .map(Some)
+                    .or_else(|e| match e.kind() {
                         async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(None),
                         _ => Err(e.to_string()),
-                    }
-                }),
+                    }),
             };
             match answer {
                 Ok(Some(revision)) => {

@@ -214,7 +214,8 @@ fn route_lanes(
     cancel: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Lanes<Job> {
-    let (work_handler, work_cancel, drop_handler) = (handler.clone(), cancel.clone(), handler.clone());
+    let (work_handler, work_cancel, drop_handler) =
+        (handler.clone(), cancel.clone(), handler.clone());
     Lanes::spawn(
         move |(channel, payload): Job| {
             let (handler, cancel) = (work_handler.clone(), work_cancel.clone());

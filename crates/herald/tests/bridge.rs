@@ -33,6 +33,8 @@ fn bridge_toml(nats_url: &str, publish_jetstream: bool, redis_url: Option<&str>)
 nats_url = "{nats_url}"
 {redis_url}
 redis_leader_ttl = "1s"
+nats_leader_ttl = "1s"
+command_timeout = "500ms"
 max_message_bytes = 2048
 
 [bridge.nats_publish]
@@ -61,9 +63,10 @@ event = "{{body.type}}"
     )
 }
 
-/// Waits until every node is subscribed to the core subjects, the durable
-/// consumers exist and one node holds the Redis pattern subscription:
-/// core NATS and pub/sub keep nothing for a subscriber not there yet.
+/// Waits until `nodes` nodes are subscribed to the core subjects (1: the
+/// leader of an ordered bridge), the durable consumers exist and one node
+/// holds the Redis pattern subscription: core NATS and pub/sub keep nothing
+/// for a subscriber not there yet.
 async fn wait_bridges_ready(
     nats: &NatsServer,
     js: &jetstream::Context,
@@ -162,7 +165,7 @@ async fn each_bridge_once(
     client: &async_nats::Client,
     js: &jetstream::Context,
 ) {
-    wait_bridges_ready(nats, js, redis, c.prefix(), 3, false).await;
+    wait_bridges_ready(nats, js, redis, c.prefix(), 1, false).await;
 
     let rooms = [
         "stream:agent-42",
@@ -301,7 +304,7 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
         .subscribe(format!("{prefix}.publish.dead"))
         .await
         .expect("subscribe");
-    wait_bridges_ready(&nats, &js, &redis, &prefix, 3, true).await;
+    wait_bridges_ready(&nats, &js, &redis, &prefix, 1, true).await;
     let (mut ws, _) = c.node(0).connect_user("watcher").await;
     let rooms = [
         "stream:agent-1",

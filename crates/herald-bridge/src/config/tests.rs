@@ -218,7 +218,8 @@ fn the_broker_credentials_go_with_the_broker_url_unless_the_bridge_names_its_own
 fn bridges_are_ordered_by_default_and_redis_channels_only_ordered() {
     let mut c = BridgeConfig::default();
     c.nats_publish.enabled = Some(true);
-    c.mappings.push(mapping("agents.*.events", "agent:{1}", "e"));
+    c.mappings
+        .push(mapping("agents.*.events", "agent:{1}", "e"));
     c.mappings.push(MappingConfig {
         ordered: Some(false),
         ..mapping("jobs.*", "job:{1}", "e")
