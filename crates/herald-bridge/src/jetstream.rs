@@ -1,6 +1,8 @@
-//! The JetStream bridge: every node pulls from one shared durable consumer,
-//! so each stored message is handed to one node at a time, and acknowledged
-//! only once the node's broker accepted the publish.
+//! The unordered JetStream bridge (`ordered = false`; the ordered one is
+//! `jetstream_ordered.rs`, which shares the setup and dead letters here):
+//! every node pulls from one shared durable consumer, so each stored
+//! message is handed to one node at a time, and acknowledged only once the
+//! node's broker accepted the publish.
 //!
 //! - published: `+ACK`. The publish carries the idempotency key
 //!   `bridge:<stream>:<stream created, ns>:<stream sequence>` (unless the

@@ -11,6 +11,9 @@
 //! nodes never bridge at once unless the clocks of the leader and Redis
 //! drift by more than a tenth of the TTL.
 //!
+//! The leader publishes each mapping's rooms side by side, each room's
+//! messages in the order received (per-room lanes, `lanes.rs`).
+//!
 //! Each mapping has a subscriber connection of its own: `PSUBSCRIBE`
 //! messages do not say which pattern they matched, and overlapping patterns
 //! on one connection would be indistinguishable.
