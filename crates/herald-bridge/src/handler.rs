@@ -7,7 +7,8 @@ use crate::message::publish_body;
 use crate::plan::Transform;
 use herald_core::{PublishRefusal, PublishTarget};
 use metrics::counter;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -201,11 +202,7 @@ impl Handler {
     }
 
     fn warn(&self, subject: &str, what: &str, reason: &str) {
-        // A poisoned lock only means another lane panicked mid-count.
-        let (allowed, held_back) = match self.log.lock() {
-            Ok(mut log) => log.allow(),
-            Err(poisoned) => poisoned.into_inner().allow(),
-        };
+        let (allowed, held_back) = self.log.lock().allow();
         if held_back > 0 {
             warn!(bridge = %self.label, held_back, "bridge: earlier warnings held back (rate limit)");
         }

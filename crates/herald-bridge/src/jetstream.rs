@@ -74,7 +74,7 @@ pub(crate) async fn run(
     client: Client,
     command_timeout: Duration,
     source: JetStreamSource,
-    mut handler: Handler,
+    handler: Handler,
     cancel: CancellationToken,
 ) {
     let mut js = jetstream::new(client.clone());
@@ -101,8 +101,7 @@ pub(crate) async fn run(
                     c
                 }
             };
-            let delay =
-                pull_once(&client, &c, &source, &mut handler, &cancel, command_timeout).await?;
+            let delay = pull_once(&client, &c, &source, &handler, &cancel, command_timeout).await?;
             Ok::<_, StepError>((c, delay))
         };
         // Not raced against `cancel`: a batch in hand is nak'ed on cancel

@@ -75,7 +75,8 @@ impl<J: Send + 'static> Lanes<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use parking_lot::Mutex;
+    use std::sync::Arc;
     use std::time::Duration;
 
     #[tokio::test]
@@ -92,7 +93,7 @@ mod tests {
                     if lane == 0 {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    record.lock().unwrap().push((lane, n));
+                    record.lock().push((lane, n));
                 }
             },
             |_| async {},
@@ -104,11 +105,11 @@ mod tests {
             assert!(lanes.send(1, (1, n)).await);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while seen.lock().unwrap().len() < 10 {
+        while seen.lock().len() < 10 {
             assert!(tokio::time::Instant::now() < deadline, "lanes stalled");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let seen = seen.lock().unwrap().clone();
+        let seen = seen.lock().clone();
         for lane in [0, 1] {
             let order: Vec<u32> = seen.iter().filter(|j| j.0 == lane).map(|j| j.1).collect();
             assert_eq!(order, vec![0, 1, 2, 3, 4]);

@@ -84,6 +84,7 @@ pub(crate) fn connect(
 /// node reads every message in the order the server sent it. async-nats
 /// re-subscribes by itself after a reconnect; a subscription that ends (the
 /// client closed) is made again after a backoff.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_core(
     client: Client,
     subject: String,

@@ -231,8 +231,10 @@ fn bridges_are_ordered_by_default_and_redis_channels_only_ordered() {
 
     let mut d = defaults("memory");
     d.redis_url = Some("redis://127.0.0.1:6379".into());
-    let mut c = BridgeConfig::default();
-    c.nats_leader_ttl = Duration::from_millis(10);
+    let mut c = BridgeConfig {
+        nats_leader_ttl: Duration::from_millis(10),
+        ..Default::default()
+    };
     c.mappings.push(MappingConfig {
         redis_channel: Some("events:*".into()),
         room: Some("r:{1}".into()),
