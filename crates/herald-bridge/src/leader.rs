@@ -69,7 +69,10 @@ impl NatsLock {
                         kv
                     }
                     Err(e) => {
-                        tracing::warn!(bucket = %bucket_name, error = %e, "bridge: leader bucket unavailable");
+                        // Also what a server without JetStream answers.
+                        tracing::warn!(bucket = %bucket_name, bridge = %self.key, error = %e,
+                            "bridge: no leader lock bucket: an ordered NATS bridge needs JetStream on the \
+                             bridges' NATS server (or set `ordered = false` on it); retrying");
                         tokio::select! {
                             () = cancel.cancelled() => break,
                             () = tokio::time::sleep(backoff.next_delay()) => {}
