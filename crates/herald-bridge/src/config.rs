@@ -31,6 +31,11 @@ pub struct BridgeConfig {
     /// channels over at most this long after the leader died.
     #[serde(with = "duration")]
     pub redis_leader_ttl: Duration,
+    /// Lifetime of an ordered NATS bridge's leader lock (a key in the
+    /// bucket `<prefix>-bridge-leaders`); another node takes the bridge at
+    /// most about this long after the leader died.
+    #[serde(with = "duration")]
+    pub nats_leader_ttl: Duration,
     /// How long a message without redelivery (core NATS, Redis pub/sub) is
     /// retried while the node answers `unavailable` before it is dropped.
     #[serde(with = "duration")]
@@ -59,6 +64,7 @@ impl Default for BridgeConfig {
             nats_tls_key_file: None,
             redis_url: None,
             redis_leader_ttl: Duration::from_secs(5),
+            nats_leader_ttl: Duration::from_secs(5),
             retry_for: Duration::from_secs(5),
             command_timeout: Duration::from_secs(2),
             max_message_bytes: 1_048_576,
@@ -76,7 +82,12 @@ pub struct NatsPublishConfig {
     pub enabled: Option<bool>,
     /// Default `<prefix>.publish`.
     pub subject: Option<String>,
-    /// Core NATS queue group; default `<prefix>-bridge`.
+    /// Keep the producer's order per room (default `true`): one node at a
+    /// time reads the bridge (a leader lock). `false`: every node reads
+    /// (queue group / shared durable), no failover gap, no order.
+    pub ordered: Option<bool>,
+    /// Core NATS queue group (with `ordered = false`); default
+    /// `<prefix>-bridge`.
     pub queue_group: Option<String>,
     /// Consume through a durable JetStream consumer instead.
     pub jetstream: bool,
@@ -127,7 +138,11 @@ pub struct MappingConfig {
     pub jetstream_deliver: Deliver,
     /// JetStream only: the durable's name; default `<prefix>-bridge-<name>`.
     pub durable: Option<String>,
-    /// Core NATS only: default `<prefix>-bridge-<name>`.
+    /// NATS only: keep the producer's order per room (default `true`); see
+    /// [`NatsPublishConfig::ordered`]. Redis channels are always read by
+    /// one node in order.
+    pub ordered: Option<bool>,
+    /// Core NATS with `ordered = false` only: default `<prefix>-bridge-<name>`.
     pub queue_group: Option<String>,
     /// JetStream only: default `<prefix>.bridge.dead`.
     pub dead_letter_subject: Option<String>,

@@ -7,6 +7,7 @@ use crate::message::publish_body;
 use crate::plan::Transform;
 use herald_core::{PublishRefusal, PublishTarget};
 use metrics::counter;
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -71,13 +72,15 @@ impl LogLimiter {
     }
 }
 
-/// One bridge's publishing, counting and logging.
+/// One bridge's publishing, counting and logging; clones share the log
+/// limit (the per-room lanes of one bridge each hold a clone).
+#[derive(Clone)]
 pub(crate) struct Handler {
     label: String,
     max_message_bytes: usize,
-    transform: Transform,
+    transform: Arc<Transform>,
     target: Arc<dyn PublishTarget>,
-    log: LogLimiter,
+    log: Arc<Mutex<LogLimiter>>,
 }
 
 impl Handler {
@@ -91,10 +94,31 @@ impl Handler {
         Self {
             label,
             max_message_bytes,
-            transform,
+            transform: Arc::new(transform),
             target,
-            log: LogLimiter::new(),
+            log: Arc::new(Mutex::new(LogLimiter::new())),
         }
+    }
+
+    /// Which lane (of `lanes`) a message goes to: the lane of its room
+    /// (tenant and room of the publish body), so one room's messages are
+    /// published in the order received; a message without a room (it is
+    /// invalid) goes by its subject.
+    pub(crate) fn lane(&self, subject: &str, payload: &[u8], lanes: usize) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let room = publish_body(&self.transform, subject, payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+                field("room").map(|room| (field("tenant"), room))
+            });
+        match room {
+            Some(key) => key.hash(&mut h),
+            None => subject.hash(&mut h),
+        }
+        (h.finish() % lanes.max(1) as u64) as usize
     }
 
     /// The bridge's label.
@@ -144,7 +168,7 @@ impl Handler {
     }
 
     /// Counts and logs (rate-limited) a message that can never be published.
-    pub(crate) fn invalid(&mut self, subject: &str, reason: &'static str, message: &str) {
+    pub(crate) fn invalid(&self, subject: &str, reason: &'static str, message: &str) {
         counter!("herald_bridge_messages_total", "bridge" => self.label.clone(), "outcome" => "invalid").increment(1);
         counter!("herald_bridge_invalid_total", "bridge" => self.label.clone(), "reason" => reason)
             .increment(1);
@@ -152,13 +176,13 @@ impl Handler {
     }
 
     /// Counts an attempt answered `unavailable` (retried).
-    pub(crate) fn retried(&mut self, subject: &str, message: &str) {
+    pub(crate) fn retried(&self, subject: &str, message: &str) {
         counter!("herald_bridge_retries_total", "bridge" => self.label.clone()).increment(1);
         self.warn(subject, "node unavailable, retrying", message);
     }
 
     /// Counts and logs a message given up on (no redelivery possible).
-    pub(crate) fn dropped(&mut self, subject: &str, message: &str) {
+    pub(crate) fn dropped(&self, subject: &str, message: &str) {
         counter!("herald_bridge_messages_total", "bridge" => self.label.clone(), "outcome" => "dropped").increment(1);
         self.warn(
             subject,
@@ -173,12 +197,12 @@ impl Handler {
     }
 
     /// Logs a failure of the bridge itself (connection, consumer), rate-limited.
-    pub(crate) fn warn_source(&mut self, what: &str, error: &str) {
+    pub(crate) fn warn_source(&self, what: &str, error: &str) {
         self.warn("", what, error);
     }
 
-    fn warn(&mut self, subject: &str, what: &str, reason: &str) {
-        let (allowed, held_back) = self.log.allow();
+    fn warn(&self, subject: &str, what: &str, reason: &str) {
+        let (allowed, held_back) = self.log.lock().allow();
         if held_back > 0 {
             warn!(bridge = %self.label, held_back, "bridge: earlier warnings held back (rate limit)");
         }
@@ -192,7 +216,7 @@ impl Handler {
 /// retried with backoff while the node answers `unavailable`, for at most
 /// `retry_for`, then dropped and counted.
 pub(crate) async fn relay_once(
-    handler: &mut Handler,
+    handler: &Handler,
     subject: &str,
     payload: &[u8],
     retry_for: Duration,

@@ -1,6 +1,8 @@
-//! The JetStream bridge: every node pulls from one shared durable consumer,
-//! so each stored message is handed to one node at a time, and acknowledged
-//! only once the node's broker accepted the publish.
+//! The unordered JetStream bridge (`ordered = false`; the ordered one is
+//! `jetstream_ordered.rs`, which shares the setup and dead letters here):
+//! every node pulls from one shared durable consumer, so each stored
+//! message is handed to one node at a time, and acknowledged only once the
+//! node's broker accepted the publish.
 //!
 //! - published: `+ACK`. The publish carries the idempotency key
 //!   `bridge:<stream>:<stream created, ns>:<stream sequence>` (unless the
@@ -29,16 +31,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Messages pulled at once.
-const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 /// Longest wait of one pull for messages.
-const PULL_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const PULL_WAIT: Duration = Duration::from_secs(1);
 /// How long the server waits for an ack before delivering again.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// How often the stream and durable are looked up again: a pull on a
 /// durable (or stream) that NATS lost (a server restarted without its
 /// store, an operator deleted it) just comes back empty, so the bridge
 /// would otherwise wait for ever.
-const RECHECK_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(5);
 /// Age limit of a publish stream the bridge creates.
 const CREATED_STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
@@ -55,13 +57,16 @@ pub(crate) struct JetStreamSource {
 
 /// Why setting up or pulling failed (retried after a backoff).
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub(crate) enum StepError {
     #[error("stream `{stream}`: {message}")]
     Stream { stream: String, message: String },
     #[error("durable consumer `{durable}`: {message}")]
     Consumer { durable: String, message: String },
     #[error("pull: {0}")]
     Pull(String),
+    /// The route is stopping (its lanes are gone).
+    #[error("stopped")]
+    Stopped,
 }
 
 /// Runs one JetStream route until cancelled.
@@ -69,7 +74,7 @@ pub(crate) async fn run(
     client: Client,
     command_timeout: Duration,
     source: JetStreamSource,
-    mut handler: Handler,
+    handler: Handler,
     cancel: CancellationToken,
 ) {
     let mut js = jetstream::new(client.clone());
@@ -86,7 +91,7 @@ pub(crate) async fn run(
             let c = match consumer.take() {
                 Some(c) => c,
                 None => {
-                    let c = setup(&js, &source).await?;
+                    let c = setup(&js, &source, ACK_WAIT).await?;
                     checked = Instant::now();
                     if !announced {
                         tracing::info!(bridge = handler.label(), stream = %source.stream,
@@ -96,8 +101,7 @@ pub(crate) async fn run(
                     c
                 }
             };
-            let delay =
-                pull_once(&client, &c, &source, &mut handler, &cancel, command_timeout).await?;
+            let delay = pull_once(&client, &c, &source, &handler, &cancel, command_timeout).await?;
             Ok::<_, StepError>((c, delay))
         };
         // Not raced against `cancel`: a batch in hand is nak'ed on cancel
@@ -132,7 +136,11 @@ pub(crate) async fn run(
 }
 
 /// Gets (or creates) the stream and the durable consumer.
-async fn setup(js: &Context, s: &JetStreamSource) -> Result<Setup, StepError> {
+pub(crate) async fn setup(
+    js: &Context,
+    s: &JetStreamSource,
+    ack_wait: Duration,
+) -> Result<Setup, StepError> {
     let stream_error = |message: String| StepError::Stream {
         stream: s.stream.clone(),
         message,
@@ -160,7 +168,9 @@ async fn setup(js: &Context, s: &JetStreamSource) -> Result<Setup, StepError> {
         durable_name: Some(s.durable.clone()),
         filter_subject: s.filter.clone(),
         ack_policy: AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
+        ack_wait,
+        // The per-room lanes hold at most this many (ordered bridges).
+        max_ack_pending: 1024,
         deliver_policy: match s.deliver {
             Deliver::All => DeliverPolicy::All,
             Deliver::New => DeliverPolicy::New,
@@ -181,13 +191,13 @@ async fn setup(js: &Context, s: &JetStreamSource) -> Result<Setup, StepError> {
 }
 
 /// A durable ready to pull from, and when its stream was created.
-struct Setup {
-    consumer: Consumer<pull::Config>,
+pub(crate) struct Setup {
+    pub(crate) consumer: Consumer<pull::Config>,
     /// A stream deleted and made again (or lost by a server restarted
     /// without its store) counts its sequence from 1 again: the creation
     /// time in the idempotency key keeps its messages apart from the old
     /// stream's.
-    stream_created: i128,
+    pub(crate) stream_created: i128,
 }
 
 /// Pulls one batch and handles it in order. `Some(delay)` when the node was
@@ -196,7 +206,7 @@ async fn pull_once(
     client: &Client,
     setup: &Setup,
     source: &JetStreamSource,
-    handler: &mut Handler,
+    handler: &Handler,
     cancel: &CancellationToken,
     command_timeout: Duration,
 ) -> Result<Option<Duration>, StepError> {
@@ -248,10 +258,9 @@ async fn handle(
     msg: &Message,
     key: &str,
     source: &JetStreamSource,
-    handler: &mut Handler,
+    handler: &Handler,
     backoff: &mut Backoff,
 ) -> Option<Duration> {
-    let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let subject = msg.subject.as_str();
     match handler.attempt(subject, &msg.payload, Some(key)).await {
         Attempt::Published => {
@@ -260,28 +269,12 @@ async fn handle(
             None
         }
         Attempt::Invalid { reason, message } => {
-            handler.invalid(subject, reason, &message);
-            let mut headers = HeaderMap::new();
-            headers.insert("Herald-Reason", header_value(&message).as_str());
-            headers.insert("Herald-Subject", subject);
-            headers.insert("Herald-Stream", source.stream.as_str());
-            headers.insert("Herald-Stream-Sequence", sequence.to_string().as_str());
-            let dead = client
-                .publish_with_headers(source.dead_letter.clone(), headers, msg.payload.clone())
-                .await;
-            match dead {
-                Ok(()) => {
-                    handler.dead_lettered();
-                    let _ = msg.ack_with(AckKind::Term).await;
-                    None
-                }
-                Err(e) => {
-                    // Not dead-lettered: keep it for a later try.
-                    handler.warn_source("cannot publish the dead letter", &e.to_string());
-                    let delay = backoff.next_delay();
-                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-                    Some(delay)
-                }
+            if dead_letter(client, msg, source, handler, reason, &message).await {
+                None
+            } else {
+                let delay = backoff.next_delay();
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                Some(delay)
             }
         }
         Attempt::Unavailable(message) => {
@@ -289,6 +282,41 @@ async fn handle(
             let delay = backoff.next_delay();
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
             Some(delay)
+        }
+    }
+}
+
+/// Counts an invalid message, moves it to the dead-letter subject and
+/// terminates it; `false` when the dead letter could not be published (the
+/// caller hands the message back for a later try).
+pub(crate) async fn dead_letter(
+    client: &Client,
+    msg: &Message,
+    source: &JetStreamSource,
+    handler: &Handler,
+    reason: &'static str,
+    message: &str,
+) -> bool {
+    let subject = msg.subject.as_str();
+    let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    handler.invalid(subject, reason, message);
+    let mut headers = HeaderMap::new();
+    headers.insert("Herald-Reason", header_value(message).as_str());
+    headers.insert("Herald-Subject", subject);
+    headers.insert("Herald-Stream", source.stream.as_str());
+    headers.insert("Herald-Stream-Sequence", sequence.to_string().as_str());
+    let dead = client
+        .publish_with_headers(source.dead_letter.clone(), headers, msg.payload.clone())
+        .await;
+    match dead {
+        Ok(()) => {
+            handler.dead_lettered();
+            let _ = msg.ack_with(AckKind::Term).await;
+            true
+        }
+        Err(e) => {
+            handler.warn_source("cannot publish the dead letter", &e.to_string());
+            false
         }
     }
 }

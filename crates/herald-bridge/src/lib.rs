@@ -9,10 +9,14 @@
 //! - `[[bridge.mappings]]`: a NATS subject pattern (core or JetStream) or a
 //!   Redis channel glob mapped to a room, event and tenant by templates.
 //!
-//! Which node handles a message: core NATS, one member of the queue group;
-//! JetStream, the node that pulled it from the shared durable consumer
-//! (acknowledged after the publish was accepted); Redis, the holder of a
-//! leader lock in that Redis. See docs/operations.md, "Bridges".
+//! Which node handles a message: with `ordered = true` (the default), the
+//! holder of the bridge's leader lock (a NATS key-value bucket for NATS
+//! bridges; a key in that Redis for Redis channels, which are always
+//! ordered), publishing each room's messages in the order received while
+//! rooms run concurrently (per-room lanes). With `ordered = false`: core
+//! NATS, one member of the queue group; JetStream, the node that pulled it
+//! from the shared durable consumer. JetStream messages are acknowledged
+//! after the publish was accepted. See docs/operations.md, "Bridges".
 //!
 //! Bridges are independent of `broker.kind`; every task runs on the node's
 //! tracker and stops on its token.
@@ -23,6 +27,9 @@ mod backoff;
 mod config;
 mod handler;
 mod jetstream;
+mod jetstream_ordered;
+mod lanes;
+mod leader;
 mod message;
 mod nats;
 mod pattern;
@@ -87,6 +94,23 @@ pub fn spawn(
             target.clone(),
             plan.max_message_bytes,
         );
+        // An ordered NATS route is read by the holder of its leader lock.
+        let lease = match (&route.source, &client, route.ordered) {
+            (Source::NatsCore { .. } | Source::JetStream { .. }, Some(client), true) => {
+                let (tx, rx) = tokio::sync::watch::channel(None);
+                let lock = leader::NatsLock {
+                    client: client.clone(),
+                    prefix: plan.prefix.clone(),
+                    key: handler.label().to_owned(),
+                    node_id: node_id.to_owned(),
+                    ttl: plan.nats_leader_ttl,
+                    command_timeout: plan.command_timeout,
+                };
+                tasks.spawn(lock.run(tx, cancel.clone()));
+                Some(rx)
+            }
+            _ => None,
+        };
         match (route.source, &client) {
             (
                 Source::NatsCore {
@@ -100,8 +124,10 @@ pub fn spawn(
                     subject,
                     queue_group,
                     handler,
+                    lease,
                     plan.retry_for,
                     cancel.clone(),
+                    tasks.clone(),
                 ));
             }
             (
@@ -123,13 +149,24 @@ pub fn spawn(
                     deliver,
                     dead_letter,
                 };
-                tasks.spawn(jetstream::run(
-                    client.clone(),
-                    plan.command_timeout,
-                    source,
-                    handler,
-                    cancel.clone(),
-                ));
+                match lease {
+                    Some(lease) => tasks.spawn(jetstream_ordered::run(
+                        client.clone(),
+                        plan.command_timeout,
+                        source,
+                        handler,
+                        lease,
+                        cancel.clone(),
+                        tasks.clone(),
+                    )),
+                    None => tasks.spawn(jetstream::run(
+                        client.clone(),
+                        plan.command_timeout,
+                        source,
+                        handler,
+                        cancel.clone(),
+                    )),
+                };
             }
             (Source::Redis { channel }, _) => {
                 redis_routes.push(redis::RedisRoute { channel, handler });

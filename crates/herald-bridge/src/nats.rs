@@ -1,15 +1,20 @@
-//! The bridges' NATS connection and the core NATS bridge: one queue
-//! subscription per route, so each message goes to one node of the cluster
-//! (at most once: core NATS keeps nothing for a node that was away).
+//! The bridges' NATS connection and the core NATS bridge. Ordered (the
+//! default): the leader node alone subscribes, and publishes each room's
+//! messages in the order received. Unordered: a queue subscription per
+//! node, so each message goes to one node of the cluster. Either way at
+//! most once: core NATS keeps nothing for a node that was away.
 
 use crate::backoff::Backoff;
 use crate::handler::{relay_once, Handler};
+use crate::lanes::{Lanes, LANES};
+use crate::leader::{leading, Lease};
 use crate::plan::NatsConnection;
 use crate::BridgeError;
 use async_nats::{Client, ConnectOptions};
 use futures_util::{FutureExt, StreamExt};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Messages buffered per subscription before the client drops (a slow
 /// consumer; core NATS then loses them).
@@ -73,26 +78,67 @@ pub(crate) fn connect(
         .map_err(|e| BridgeError::NatsUrl(e.to_string()))
 }
 
-/// Runs one core NATS route until cancelled. async-nats re-subscribes by
-/// itself after a reconnect; a subscription that ends (the client closed)
-/// is made again after a backoff.
+/// Runs one core NATS route until cancelled, publishing through per-room
+/// lanes. `lease: None` (unordered): a queue subscription on every node.
+/// `Some`: a plain subscription held only while this node leads, so one
+/// node reads every message in the order the server sent it. async-nats
+/// re-subscribes by itself after a reconnect; a subscription that ends (the
+/// client closed) is made again after a backoff.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_core(
     client: Client,
     subject: String,
     queue_group: String,
-    mut handler: Handler,
+    handler: Handler,
+    mut lease: Option<Lease>,
     retry_for: Duration,
     cancel: CancellationToken,
+    tasks: TaskTracker,
 ) {
+    let work_handler = handler.clone();
+    let work_cancel = cancel.clone();
+    let lanes = Lanes::spawn(
+        move |(subject, payload): (async_nats::Subject, bytes::Bytes)| {
+            let (handler, cancel) = (work_handler.clone(), work_cancel.clone());
+            async move { relay_once(&handler, &subject, &payload, retry_for, &cancel).await }
+        },
+        {
+            let handler = handler.clone();
+            move |(subject, _): (async_nats::Subject, bytes::Bytes)| {
+                let handler = handler.clone();
+                async move { handler.dropped(&subject, "the node is shutting down") }
+            }
+        },
+        &cancel,
+        &tasks,
+    );
     let mut backoff = Backoff::default();
+    // Re-checks the lease even when no renewal arrives (NATS away).
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if let Some(lease) = lease.as_mut() {
+            while !leading(lease) {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                    changed = lease.changed() => if changed.is_err() { return },
+                }
+            }
+        }
         let subscribed = tokio::select! {
             () = cancel.cancelled() => return,
-            s = client.queue_subscribe(subject.clone(), queue_group.clone()) => s,
+            s = async {
+                if lease.is_some() {
+                    client.subscribe(subject.clone()).await
+                } else {
+                    client.queue_subscribe(subject.clone(), queue_group.clone()).await
+                }
+            } => s,
         };
         match subscribed {
             Ok(mut sub) => {
-                tracing::info!(bridge = handler.label(), %subject, %queue_group, "bridge: subscribed");
+                tracing::info!(bridge = handler.label(), %subject, ordered = lease.is_some(), "bridge: subscribed");
                 loop {
                     let next = tokio::select! {
                         biased;
@@ -100,13 +146,29 @@ pub(crate) async fn run_core(
                             let _ = sub.unsubscribe().await;
                             return;
                         }
+                        _ = tick.tick(), if lease.is_some() => {
+                            if lease.as_ref().is_some_and(|l| !leading(l)) {
+                                let _ = sub.unsubscribe().await;
+                                tracing::info!(bridge = handler.label(), %subject, "bridge: unsubscribed (not the leader)");
+                                break;
+                            }
+                            continue;
+                        }
                         m = sub.next() => m,
                     };
-                    let Some(msg) = next else { break };
+                    let Some(msg) = next else {
+                        handler.warn_source("subscription ended, subscribing again", &subject);
+                        break;
+                    };
                     backoff.reset();
-                    relay_once(&mut handler, &msg.subject, &msg.payload, retry_for, &cancel).await;
+                    let lane = handler.lane(&msg.subject, &msg.payload, LANES);
+                    if !lanes.send(lane, (msg.subject, msg.payload)).await {
+                        return;
+                    }
                 }
-                handler.warn_source("subscription ended, subscribing again", &subject);
+                if lease.as_ref().is_some_and(|l| !leading(l)) {
+                    continue;
+                }
             }
             Err(e) => handler.warn_source("cannot subscribe", &e.to_string()),
         }

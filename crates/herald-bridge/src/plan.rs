@@ -74,6 +74,9 @@ pub struct Route {
     pub source: Source,
     /// How they become publish bodies.
     pub transform: Transform,
+    /// One node at a time reads it, keeping each room's order (NATS: a
+    /// leader lock; Redis channels are always read this way).
+    pub ordered: bool,
 }
 
 /// The bridges to run, resolved and checked.
@@ -87,6 +90,8 @@ pub struct BridgePlan {
     pub prefix: String,
     /// `bridge.redis_leader_ttl`.
     pub redis_leader_ttl: Duration,
+    /// `bridge.nats_leader_ttl`.
+    pub nats_leader_ttl: Duration,
     /// `bridge.retry_for`.
     pub retry_for: Duration,
     /// `bridge.command_timeout`.
@@ -122,6 +127,7 @@ impl BridgeConfig {
         let mut p = Problems(Vec::new());
         for (key, v) in [
             ("bridge.redis_leader_ttl", self.redis_leader_ttl),
+            ("bridge.nats_leader_ttl", self.nats_leader_ttl),
             ("bridge.command_timeout", self.command_timeout),
         ] {
             if v < Duration::from_millis(100) {
@@ -204,6 +210,7 @@ impl BridgeConfig {
             redis_url: if uses_redis { redis_url } else { None },
             prefix: d.prefix.clone(),
             redis_leader_ttl: self.redis_leader_ttl,
+            nats_leader_ttl: self.nats_leader_ttl,
             retry_for: self.retry_for,
             command_timeout: self.command_timeout,
             max_message_bytes: self.max_message_bytes,
@@ -284,6 +291,7 @@ impl BridgeConfig {
         Some(Route {
             label: "nats_publish".into(),
             source,
+            ordered: c.ordered.unwrap_or(true),
             transform: Transform {
                 mode: BodyMode::Publish,
                 pattern,
@@ -373,6 +381,12 @@ fn mapping_route(
                     );
                 }
             }
+            if m.ordered == Some(false) {
+                p.add(
+                    format!("{key}.ordered"),
+                    "a Redis channel is always read by one node, in order (only `true`)",
+                );
+            }
             let source = Source::Redis {
                 channel: channel.clone(),
             };
@@ -427,6 +441,7 @@ fn mapping_route(
     Some(Route {
         label: name,
         source,
+        ordered: m.ordered.unwrap_or(true),
         transform: Transform {
             mode: m.body,
             pattern,

@@ -11,11 +11,16 @@
 //! nodes never bridge at once unless the clocks of the leader and Redis
 //! drift by more than a tenth of the TTL.
 //!
+//! The leader publishes each mapping's rooms side by side, each room's
+//! messages in the order received (per-room lanes, `lanes.rs`).
+//!
 //! Each mapping has a subscriber connection of its own: `PSUBSCRIBE`
 //! messages do not say which pattern they matched, and overlapping patterns
 //! on one connection would be indistinguishable.
 
 use crate::handler::{relay_once, Handler};
+use crate::lanes::{Lanes, LANES};
+use crate::leader::leading;
 use crate::BridgeError;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface};
@@ -103,12 +108,13 @@ impl RedisBridge {
             let subscriber = build(&self.url, self.command_timeout, PUBSUB_BUFFER)?
                 .build_subscriber_client()
                 .map_err(|e| BridgeError::RedisUrl(e.to_string()))?;
+            let lanes = route_lanes(&route.handler, self.retry_for, &cancel, tasks);
             tasks.spawn(run_route(
                 subscriber,
                 route,
+                lanes,
                 leader_rx.clone(),
                 self.ttl,
-                self.retry_for,
                 cancel.clone(),
             ));
         }
@@ -201,18 +207,40 @@ async fn close<C: ClientLike>(client: C, mut connection: ConnectHandle, deadline
     }
 }
 
-/// Whether this node may bridge now.
-fn leading(leader: &watch::Receiver<Option<Instant>>) -> bool {
-    leader.borrow().is_some_and(|until| Instant::now() < until)
+/// A channel message queued on a lane: the channel and the payload.
+type Job = (String, Vec<u8>);
+
+/// The per-room lanes of one channel mapping.
+fn route_lanes(
+    handler: &Handler,
+    retry_for: Duration,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Lanes<Job> {
+    let (work_handler, work_cancel, drop_handler) =
+        (handler.clone(), cancel.clone(), handler.clone());
+    Lanes::spawn(
+        move |(channel, payload): Job| {
+            let (handler, cancel) = (work_handler.clone(), work_cancel.clone());
+            async move { relay_once(&handler, &channel, &payload, retry_for, &cancel).await }
+        },
+        move |(channel, _): Job| {
+            let handler = drop_handler.clone();
+            async move { handler.dropped(&channel, "the node is shutting down") }
+        },
+        cancel,
+        tasks,
+    )
 }
 
-/// Subscribes while this node leads, and relays what arrives.
+/// Subscribes while this node leads, and queues what arrives on the lane of
+/// its room (each room published in the order received).
 async fn run_route(
     client: SubscriberClient,
-    mut route: RedisRoute,
+    route: RedisRoute,
+    lanes: Lanes<Job>,
     mut leader: watch::Receiver<Option<Instant>>,
     ttl: Duration,
-    retry_for: Duration,
     cancel: CancellationToken,
 ) {
     let connection = client.connect();
@@ -234,7 +262,10 @@ async fn run_route(
                             Value::String(s) => s.as_bytes(),
                             _ => b"",
                         };
-                        relay_once(&mut route.handler, &msg.channel, payload, retry_for, &cancel).await;
+                        let lane = route.handler.lane(&msg.channel, payload, LANES);
+                        if !lanes.send(lane, (msg.channel.to_string(), payload.to_vec())).await {
+                            break;
+                        }
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -23,7 +23,12 @@ const N: u64 = 20;
 
 /// The `[bridge]` section: a core subject, a JetStream durable and a Redis
 /// channel mapping, and the `nats_publish` subject (core or JetStream).
-fn bridge_toml(nats_url: &str, publish_jetstream: bool, redis_url: Option<&str>) -> String {
+fn bridge_toml(
+    nats_url: &str,
+    publish_jetstream: bool,
+    redis_url: Option<&str>,
+    ordered: bool,
+) -> String {
     let redis_url = redis_url
         .map(|u| format!("redis_url = \"{u}\""))
         .unwrap_or_default();
@@ -33,15 +38,19 @@ fn bridge_toml(nats_url: &str, publish_jetstream: bool, redis_url: Option<&str>)
 nats_url = "{nats_url}"
 {redis_url}
 redis_leader_ttl = "1s"
+nats_leader_ttl = "1s"
+command_timeout = "500ms"
 max_message_bytes = 2048
 
 [bridge.nats_publish]
 enabled = true
 jetstream = {publish_jetstream}
+ordered = {ordered}
 
 [[bridge.mappings]]
 name = "agents"
 nats_subject = "agents.*.events"
+ordered = {ordered}
 room = "stream:agent-{{1}}"
 event = "{{body.type}}"
 
@@ -49,6 +58,7 @@ event = "{{body.type}}"
 name = "jobs"
 nats_subject = "jobs.*.done"
 jetstream_stream = "JOBS"
+ordered = {ordered}
 room = "stream:job-{{1}}"
 event = "job.done"
 
@@ -61,9 +71,10 @@ event = "{{body.type}}"
     )
 }
 
-/// Waits until every node is subscribed to the core subjects, the durable
-/// consumers exist and one node holds the Redis pattern subscription:
-/// core NATS and pub/sub keep nothing for a subscriber not there yet.
+/// Waits until `nodes` nodes are subscribed to the core subjects (1: the
+/// leader of an ordered bridge), the durable consumers exist and one node
+/// holds the Redis pattern subscription: core NATS and pub/sub keep nothing
+/// for a subscriber not there yet.
 async fn wait_bridges_ready(
     nats: &NatsServer,
     js: &jetstream::Context,
@@ -129,8 +140,29 @@ async fn each_bridge_reaches_its_room_once_on_a_three_node_cluster() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     let (client, js) = nats_with_jobs_stream(&nats).await;
-    let c = TestCluster::start(3, &redis.url(), &bridge_toml(&nats.url(), false, None)).await;
-    each_bridge_once(&c, &nats, &redis, &client, &js).await;
+    let c = TestCluster::start(
+        3,
+        &redis.url(),
+        &bridge_toml(&nats.url(), false, None, true),
+    )
+    .await;
+    each_bridge_once(&c, &nats, &redis, &client, &js, 1).await;
+}
+
+/// `ordered = false`: every node reads (queue group, shared durable); each
+/// message still reaches its room once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unordered_bridges_reach_their_rooms_once_from_every_node() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let (client, js) = nats_with_jobs_stream(&nats).await;
+    let c = TestCluster::start(
+        3,
+        &redis.url(),
+        &bridge_toml(&nats.url(), false, None, false),
+    )
+    .await;
+    each_bridge_once(&c, &nats, &redis, &client, &js, 3).await;
 }
 
 /// The same bridges on a cluster whose broker is NATS too (the bridges keep
@@ -146,23 +178,25 @@ async fn the_bridges_run_the_same_on_a_nats_broker() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     let (client, js) = nats_with_jobs_stream(&nats).await;
-    let toml = bridge_toml(&nats.url(), false, Some(&redis.url()));
+    let toml = bridge_toml(&nats.url(), false, Some(&redis.url()), true);
     let c = TestCluster::start(3, &nats.url(), &toml).await;
-    each_bridge_once(&c, &nats, &redis, &client, &js).await;
+    each_bridge_once(&c, &nats, &redis, &client, &js, 1).await;
     let rooms = js.get_stream(format!("{}-rooms", c.prefix())).await;
     assert!(rooms.is_ok(), "the NATS engine's stream holds the rooms");
 }
 
 /// A client on every node joined to each bridge's room sees each bridged
-/// message once: offsets 1..N, every message's `n` once.
+/// message once: offsets 1..N, every message's `n` once. `core_subscribers`:
+/// 1 when ordered (the leader), the node count when not.
 async fn each_bridge_once(
     c: &TestCluster,
     nats: &NatsServer,
     redis: &RedisServer,
     client: &async_nats::Client,
     js: &jetstream::Context,
+    core_subscribers: usize,
 ) {
-    wait_bridges_ready(nats, js, redis, c.prefix(), 3, false).await;
+    wait_bridges_ready(nats, js, redis, c.prefix(), core_subscribers, false).await;
 
     let rooms = [
         "stream:agent-42",
@@ -291,7 +325,8 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
     let (client, js) = nats_with_jobs_stream(&nats).await;
     // Processes: `/metrics` has one recorder per process.
     let c =
-        TestCluster::start_process(3, &redis.url(), &bridge_toml(&nats.url(), true, None)).await;
+        TestCluster::start_process(3, &redis.url(), &bridge_toml(&nats.url(), true, None, true))
+            .await;
     let prefix = c.prefix().to_owned();
     let mut mapping_dead = client
         .subscribe(format!("{prefix}.bridge.dead"))
@@ -301,7 +336,7 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
         .subscribe(format!("{prefix}.publish.dead"))
         .await
         .expect("subscribe");
-    wait_bridges_ready(&nats, &js, &redis, &prefix, 3, true).await;
+    wait_bridges_ready(&nats, &js, &redis, &prefix, 1, true).await;
     let (mut ws, _) = c.node(0).connect_user("watcher").await;
     let rooms = [
         "stream:agent-1",

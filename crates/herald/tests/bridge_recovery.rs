@@ -157,6 +157,17 @@ jetstream = true
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_jetstream_message_waits_out_a_broker_outage_and_is_published_once() {
+    jetstream_outage(false).await;
+}
+
+/// Ordered: the message is held (retried in place, kept "in progress")
+/// rather than given back, so the room's later messages stay behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ordered_jetstream_message_is_held_through_a_broker_outage_and_published_once() {
+    jetstream_outage(true).await;
+}
+
+async fn jetstream_outage(ordered: bool) {
     let nats = NatsServer::start();
     let mut redis = RedisServer::start();
     let (_client, js) = nats_with_jobs_stream(&nats).await;
@@ -169,12 +180,14 @@ prefix = "{}"
 
 [bridge]
 nats_url = "{}"
+command_timeout = "500ms"
 
 [[bridge.mappings]]
 name = "jobs"
 nats_subject = "jobs.*.done"
 jetstream_stream = "JOBS"
 durable = "outage"
+ordered = {ordered}
 room = "stream:job-{{1}}"
 event = "job.done"
 "#,
@@ -203,10 +216,26 @@ event = "job.done"
         .expect("JetStream publish")
         .await
         .expect("stored");
-    // Answered `unavailable`, nak'ed and delivered again: not acknowledged.
+    let first_seen = std::sync::Mutex::new(None::<std::time::Instant>);
+    // Answered `unavailable`: unordered, nak'ed and delivered again;
+    // ordered, retried in place (held in progress, not delivered again).
+    // Not acknowledged either way.
     eventually("the message delivered again", WAIT, || async {
         let info = durable(js.clone()).await?;
-        if info.num_redelivered >= 1 && info.ack_floor.stream_sequence == 0 {
+        let held = if ordered {
+            // Delivered, and still held after more than two ack waits
+            // (1 s each with command_timeout = 500ms).
+            let mut seen = first_seen.lock().unwrap();
+            if info.num_ack_pending == 1 && seen.is_none() {
+                *seen = Some(std::time::Instant::now());
+            }
+            info.num_ack_pending == 1
+                && info.num_redelivered == 0
+                && seen.is_some_and(|t| t.elapsed() > std::time::Duration::from_millis(2_500))
+        } else {
+            info.num_redelivered >= 1
+        };
+        if held && info.ack_floor.stream_sequence == 0 {
             Ok(())
         } else {
             Err(format!(

@@ -213,3 +213,38 @@ fn the_broker_credentials_go_with_the_broker_url_unless_the_bridge_names_its_own
     };
     assert_eq!(keys(&c.validate(&d)), vec!["bridge.nats_tls_key_file"]);
 }
+
+#[test]
+fn bridges_are_ordered_by_default_and_redis_channels_only_ordered() {
+    let mut c = BridgeConfig::default();
+    c.nats_publish.enabled = Some(true);
+    c.mappings
+        .push(mapping("agents.*.events", "agent:{1}", "e"));
+    c.mappings.push(MappingConfig {
+        ordered: Some(false),
+        ..mapping("jobs.*", "job:{1}", "e")
+    });
+    let plan = c.plan(&defaults("memory")).unwrap();
+    let ordered: Vec<bool> = plan.routes.iter().map(|r| r.ordered).collect();
+    assert_eq!(ordered, vec![true, true, false]);
+    assert_eq!(plan.nats_leader_ttl, Duration::from_secs(5));
+
+    let mut d = defaults("memory");
+    d.redis_url = Some("redis://127.0.0.1:6379".into());
+    let mut c = BridgeConfig {
+        nats_leader_ttl: Duration::from_millis(10),
+        ..Default::default()
+    };
+    c.mappings.push(MappingConfig {
+        redis_channel: Some("events:*".into()),
+        room: Some("r:{1}".into()),
+        event: Some("e".into()),
+        ordered: Some(false),
+        ..Default::default()
+    });
+    let errors = c.plan(&d).unwrap_err();
+    assert_eq!(
+        keys(&errors),
+        vec!["bridge.nats_leader_ttl", "bridge.mappings[0].ordered"]
+    );
+}
