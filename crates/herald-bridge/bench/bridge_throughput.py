@@ -90,6 +90,25 @@ async def produce(args, nats_url, port):
             await js.publish(f"bench.{room}.ev", payload) if i % 256 == 255 else \
                 await nc.publish(f"bench.{room}.ev", payload)
     await nc.flush()
+    if args.progress:
+        def show():
+            last = -1
+            while True:
+                n = published(port)
+                info = json.loads(urllib.request.urlopen(
+                    f"http://127.0.0.1:{args.monitor}/jsz?consumers=1", timeout=2).read())
+                consumers = [c for a in info.get("account_details", [])
+                             for st in a.get("stream_detail", [])
+                             for c in st.get("consumer_detail", []) or []]
+                state = [(c.get("num_ack_pending"), c.get("num_redelivered"),
+                          c.get("num_pending")) for c in consumers]
+                print(f"  {time.monotonic() - start:6.2f}s published {n}; "
+                      f"consumer (ack pending, redelivered, pending) {state}", flush=True)
+                if n >= args.messages:
+                    return
+                last = n
+                time.sleep(0.5)
+        await asyncio.get_running_loop().run_in_executor(None, show)
     done = await asyncio.get_running_loop().run_in_executor(
         None, wait_for, "every message published",
         lambda: published(port) >= args.messages and time.monotonic(), 120.0)
@@ -104,6 +123,10 @@ def main():
     p.add_argument("--mode", choices=["core", "jetstream"], default="jetstream")
     p.add_argument("--rooms", type=int, default=8)
     p.add_argument("--messages", type=int, default=20000)
+    p.add_argument("--unordered", action="store_true", help="ordered = false on the mapping")
+    p.add_argument("--history-size", type=int, default=1000,
+                   help="the rooms' history_size (namespace stream)")
+    p.add_argument("--progress", action="store_true", help="print the published count every 0.5 s")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="bridge-bench-")
     procs = []
@@ -130,7 +153,7 @@ hs256_secret = "bench-secret-bench-secret-bench-secret"
 
 [namespaces.stream]
 join = "any"
-history_size = 1000
+history_size = {args.history_size}
 history_ttl = "1h"
 
 [bridge]
@@ -139,7 +162,8 @@ nats_url = "nats://127.0.0.1:{nport}"
 [[bridge.mappings]]
 name = "bench"
 nats_subject = "bench.*.ev"
-{jetstream}room = "stream:bench-{{1}}"
+{jetstream}ordered = {"false" if args.unordered else "true"}
+room = "stream:bench-{{1}}"
 event = "step"
 """
         path = os.path.join(tmp, "herald.toml")
