@@ -216,7 +216,7 @@ event = "job.done"
         .expect("JetStream publish")
         .await
         .expect("stored");
-    let first_seen = std::sync::Mutex::new(None::<std::time::Instant>);
+    let first_seen = parking_lot::Mutex::new(None::<std::time::Instant>);
     // Answered `unavailable`: unordered, nak'ed and delivered again;
     // ordered, retried in place (held in progress, not delivered again).
     // Not acknowledged either way.
@@ -225,7 +225,7 @@ event = "job.done"
         let held = if ordered {
             // Delivered, and still held after more than two ack waits
             // (1 s each with command_timeout = 500ms).
-            let mut seen = first_seen.lock().unwrap();
+            let mut seen = first_seen.lock();
             if info.num_ack_pending == 1 && seen.is_none() {
                 *seen = Some(std::time::Instant::now());
             }
