@@ -281,6 +281,12 @@ impl BridgeConfig {
                     .unwrap_or(format!("{prefix}.publish.dead")),
             }
         } else {
+            if c.ordered != Some(false) && c.queue_group.is_some() {
+                p.add(
+                    "bridge.nats_publish.queue_group",
+                    "applies with ordered = false only (an ordered bridge is read by one node)",
+                );
+            }
             let queue_group = c.queue_group.clone().unwrap_or(format!("{prefix}-bridge"));
             check_names(p, "bridge.nats_publish", &[("queue_group", &queue_group)]);
             Source::NatsCore {
@@ -351,6 +357,12 @@ fn mapping_route(
                     }
                 }
                 None => {
+                    if m.ordered != Some(false) && m.queue_group.is_some() {
+                        p.add(
+                            format!("{key}.queue_group"),
+                            "applies with ordered = false only (an ordered bridge is read by one node)",
+                        );
+                    }
                     let queue_group = m
                         .queue_group
                         .clone()

@@ -229,6 +229,16 @@ fn bridges_are_ordered_by_default_and_redis_channels_only_ordered() {
     assert_eq!(ordered, vec![true, true, false]);
     assert_eq!(plan.nats_leader_ttl, Duration::from_secs(5));
 
+    let mut c = BridgeConfig::default();
+    c.mappings.push(MappingConfig {
+        queue_group: Some("workers".into()),
+        ..mapping("jobs.*", "job:{1}", "e")
+    });
+    let errors = c.plan(&defaults("memory")).unwrap_err();
+    assert_eq!(keys(&errors), vec!["bridge.mappings[0].queue_group"]);
+    c.mappings[0].ordered = Some(false);
+    assert!(c.plan(&defaults("memory")).is_ok());
+
     let mut d = defaults("memory");
     d.redis_url = Some("redis://127.0.0.1:6379".into());
     let mut c = BridgeConfig {

@@ -46,6 +46,8 @@ pub fn nats_subscriptions(nats: &NatsServer, subject: &str) -> usize {
 }
 
 /// The samples of `name` in a node's `/metrics`, by their labels.
+// Each test binary compiles this module; not every one reads metrics.
+#[allow(dead_code)]
 pub async fn samples(node: &TestNode, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     let (_, text) = node.get("/metrics").await;
     let mut out = Vec::new();
