@@ -3,9 +3,6 @@
 //! holds (core NATS and pub/sub keep nothing for a subscriber not there
 //! yet, so tests wait for the bridges' subscriptions before publishing).
 
-// Each bridge test binary uses only part of this module.
-#![allow(dead_code)]
-
 use crate::common::TestNode;
 use async_nats::jetstream;
 use herald_testkit::NatsServer;
