@@ -1,7 +1,8 @@
 //! The NATS broker engine (its design is documented on [`NatsBroker`]):
-//! `publish` takes offsets, `read` serves positions and history, `rooms`
-//! counts subscriptions, `reader` delivers in order, `setup` ensures the
-//! stream, `epoch` the engine epoch, `purge` bounds storage.
+//! `publish` takes offsets, `read` serves positions and history, `reader`
+//! holds the rooms' subscriptions and feeds the in-order delivery (counted
+//! subscriptions and ordering are `herald_engine_kit`'s), `setup` ensures
+//! the stream, `epoch` the engine epoch, `purge` bounds storage.
 
 mod epoch;
 mod error;

@@ -1,7 +1,8 @@
 //! The reader: one task delivering what the rooms' subscriptions bring, in
 //! offset order per room, once. Each listened room has a subscription on
 //! its delivery subject, drained by a small forwarding task into the
-//! reader's queue.
+//! reader's queue. The ordering itself (cursor, gap fill, catch-up,
+//! resyncs) is `herald_engine_kit::ordered`; this file carries NATS to it.
 //!
 //! - Duplicates and stale messages are dropped by the room's cursor.
 //! - A gap (an offset skipped) is filled from the stream by a task owning

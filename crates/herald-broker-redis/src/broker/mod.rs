@@ -1,6 +1,7 @@
 //! The Redis broker engine (its design is documented on [`RedisBroker`]):
-//! `publish` and `read` hold the two Lua scripts' callers, `rooms` the
-//! counted subscriptions, `reader` the pub/sub reader and its catch-up.
+//! `publish` and `read` hold the two Lua scripts' callers, `reader` the
+//! pub/sub reader (counted subscriptions, ordering and catch-up are
+//! `herald_engine_kit`'s).
 
 mod epoch;
 mod error;
