@@ -4,7 +4,7 @@
 
 mod cluster_common;
 
-use cluster_common::{acme, eventually, now_ms, prefix, room, TestNode, HEARTBEAT};
+use cluster_common::{acme, eventually, now_ms, prefix, room, RedisBackend, TestNode, HEARTBEAT};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::config::Config;
 use fred::types::Builder;
@@ -20,9 +20,10 @@ async fn the_registry_holds_on_a_redis_cluster() {
     let redis = RedisCluster::start();
     let url = redis.url();
     let p = prefix("rc");
-    let a = Arc::new(TestNode::start(&url, &p, "a").await);
-    let b = Arc::new(TestNode::start(&url, &p, "b").await);
-    let c = Arc::new(TestNode::start(&url, &p, "c").await);
+    let backend = RedisBackend::on(&url);
+    let a = Arc::new(TestNode::start(&backend, &p, "a").await);
+    let b = Arc::new(TestNode::start(&backend, &p, "b").await);
+    let c = Arc::new(TestNode::start(&backend, &p, "c").await);
 
     // reject: concurrent admits on three nodes never exceed the limit.
     let mut admits = Vec::new();

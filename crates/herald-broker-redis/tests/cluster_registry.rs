@@ -1,446 +1,66 @@
-//! The cluster registry across nodes on one redis-server: per-user policies,
-//! the control channel, presence, connections and stats.
+//! The cluster registry across nodes on one redis-server: the registry
+//! conformance suite (`herald_testkit::conformance::cluster::registry`).
 
 mod cluster_common;
 
-use cluster_common::{acme, eventually, prefix, room, TestNode, HEARTBEAT};
-use herald_broker_redis::keys::Keys;
-use herald_core::{BrokerError, Cluster, ClusterAdmission, ConnectionRef, PerUserPolicy};
-use herald_testkit::RedisServer;
-use std::sync::Arc;
-use std::time::Duration;
+use cluster_common::RedisBackend;
+use herald_testkit::conformance::cluster::registry;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reject_never_admits_more_than_max_across_nodes() {
-    let server = RedisServer::start();
-    let p = prefix("reject");
-    let a = Arc::new(TestNode::start(&server.url(), &p, "a").await);
-    let b = Arc::new(TestNode::start(&server.url(), &p, "b").await);
+    registry::reject_never_admits_more_than_max_across_nodes(&mut RedisBackend::start()).await;
+}
 
-    let mut admits = Vec::new();
-    for i in 0..20 {
-        let node = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let rec = node.record(&format!("c{i}"), "u1", 1_000 + i);
-        admits.push(tokio::spawn(async move {
-            node.connect(&rec, PerUserPolicy::Reject, 5).await
-        }));
-    }
-    let (mut admitted, mut refused) = (0, 0);
-    for admit in admits {
-        match admit.await.expect("task").expect("admit") {
-            ClusterAdmission::Admitted(displaced) => {
-                assert!(displaced.is_empty(), "reject displaces nothing");
-                admitted += 1;
-            }
-            ClusterAdmission::Refused => refused += 1,
-        }
-    }
-    assert_eq!((admitted, refused), (5, 15));
-    let listed = a
-        .cluster
-        .user_connections(&acme(), "u1")
-        .await
-        .expect("list");
-    assert_eq!(listed.len(), 5);
-    assert!(a.cluster.would_refuse(&acme(), "u1", 5).await.expect("ask"));
-    assert!(!b.cluster.would_refuse(&acme(), "u2", 5).await.expect("ask"));
-
-    // A removal frees a place on either node.
-    let gone = listed[0].clone();
-    let owner = if gone.node_id == "a" { &a } else { &b };
-    owner.cluster.remove(&gone).await.expect("remove");
-    owner
-        .cluster
-        .remove(&gone)
-        .await
-        .expect("remove is idempotent");
-    assert!(!b.cluster.would_refuse(&acme(), "u1", 5).await.expect("ask"));
-    let rec = b.record("late", "u1", 9_999);
-    assert_eq!(
-        b.connect(&rec, PerUserPolicy::Reject, 5)
-            .await
-            .expect("admit"),
-        ClusterAdmission::Admitted(Vec::new())
-    );
-    // Refused connections left nothing in their node's hash.
-    let node_hash = Keys::new(&p).node_connections("a");
-    let len: usize = server
-        .cli(&["HLEN", &node_hash])
-        .trim()
-        .parse()
-        .expect("hlen");
-    assert!(len <= 5, "node hash holds {len} entries");
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_admissions_on_three_nodes_keep_each_policy() {
+    registry::concurrent_admissions_on_three_nodes_keep_each_policy(&mut RedisBackend::start())
+        .await;
 }
 
 #[tokio::test]
 async fn evict_oldest_displaces_the_oldest_cluster_wide_and_closes_it_remotely() {
-    let server = RedisServer::start();
-    let p = prefix("evict");
-    let a = TestNode::start(&server.url(), &p, "a").await;
-    let b = TestNode::start(&server.url(), &p, "b").await;
-
-    let c1 = a.record("c1", "u1", 100);
-    let c2 = b.record("c2", "u1", 200);
-    let c3 = a.record("c3", "u1", 300);
-    a.fake.hold(&c1, &[]);
-    b.fake.hold(&c2, &[]);
-    a.fake.hold(&c3, &[]);
-    for (node, rec) in [(&a, &c1), (&b, &c2), (&a, &c3)] {
-        let r = node.cluster.admit(rec, PerUserPolicy::EvictOldest, 3).await;
-        assert_eq!(r.expect("admit"), ClusterAdmission::Admitted(Vec::new()));
-    }
-    let c4 = b.record("c4", "u1", 400);
-    b.fake.hold(&c4, &[]);
-    let displaced = match b.cluster.admit(&c4, PerUserPolicy::EvictOldest, 3).await {
-        Ok(ClusterAdmission::Admitted(d)) => d,
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(
-        displaced,
-        vec![ConnectionRef {
-            node_id: "a".into(),
-            connection_id: "c1".into()
-        }]
-    );
-    b.cluster
-        .close_connections(&displaced, 4010)
-        .await
-        .expect("close");
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            a.fake.was_closed("c1", 4010)
-        })
-        .await,
-        "node a never closed c1: {:?}",
-        a.fake.closed()
-    );
-    let ids: Vec<String> = a
-        .cluster
-        .user_connections(&acme(), "u1")
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|r| r.connection_id)
-        .collect();
-    assert_eq!(ids, ["c2", "c3", "c4"]);
+    registry::evict_oldest_displaces_the_oldest_cluster_wide_and_closes_it_remotely(
+        &mut RedisBackend::start(),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn exclusive_displaces_every_older_session_on_any_node() {
-    let server = RedisServer::start();
-    let p = prefix("exclusive");
-    let a = TestNode::start(&server.url(), &p, "a").await;
-    let b = TestNode::start(&server.url(), &p, "b").await;
-
-    let x1 = a.record("x1", "u1", 100);
-    a.fake.hold(&x1, &[]);
-    let first = a.cluster.admit(&x1, PerUserPolicy::Exclusive, 10).await;
-    assert_eq!(
-        first.expect("admit"),
-        ClusterAdmission::Admitted(Vec::new())
-    );
-
-    let x2 = b.record("x2", "u1", 200);
-    b.fake.hold(&x2, &[]);
-    let displaced = match b.cluster.admit(&x2, PerUserPolicy::Exclusive, 10).await {
-        Ok(ClusterAdmission::Admitted(d)) => d,
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(
-        displaced,
-        vec![ConnectionRef {
-            node_id: "a".into(),
-            connection_id: "x1".into()
-        }]
-    );
-    b.cluster
-        .close_connections(&displaced, 4010)
-        .await
-        .expect("close");
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            a.fake.was_closed("x1", 4010)
-        })
-        .await,
-        "x1 was not closed"
-    );
-    let lock = Keys::new(&p).user_lock(&acme(), "u1");
-    assert_eq!(server.cli(&["GET", &lock]).trim(), "x2");
-    let listed = a
-        .cluster
-        .user_connections(&acme(), "u1")
-        .await
-        .expect("list");
-    assert_eq!(listed, vec![x2.clone()]);
-
-    // The holder's removal releases the lock; the lock outlives its TTL
-    // while held (renewed every heartbeat) before that.
-    tokio::time::sleep(HEARTBEAT * 4).await;
-    assert_eq!(server.cli(&["GET", &lock]).trim(), "x2");
-    assert!(b.fake.closed().is_empty());
-    b.cluster.remove(&x2).await.expect("remove");
-    assert_eq!(server.cli(&["EXISTS", &lock]).trim(), "0");
+    registry::exclusive_displaces_every_older_session_on_any_node(&mut RedisBackend::start()).await;
 }
 
 #[tokio::test]
 async fn a_taken_over_lock_closes_its_session_without_any_message() {
-    let server = RedisServer::start();
-    let p = prefix("takeover");
-    let a = TestNode::start(&server.url(), &p, "a").await;
-
-    let x1 = a.record("x1", "u1", 100);
-    a.fake.hold(&x1, &[]);
-    let admitted = a.cluster.admit(&x1, PerUserPolicy::Exclusive, 1).await;
-    assert_eq!(
-        admitted.expect("admit"),
-        ClusterAdmission::Admitted(Vec::new())
-    );
-
-    // Another node took the lock and its close command was lost.
-    let lock = Keys::new(&p).user_lock(&acme(), "u1");
-    server.cli(&["SET", &lock, "someone-else", "PX", "60000"]);
-    assert!(
-        eventually(HEARTBEAT * 3, || async { a.fake.was_closed("x1", 4010) }).await,
-        "x1 kept running after losing its lock"
-    );
-    // The lock stays with its new holder.
-    assert_eq!(server.cli(&["GET", &lock]).trim(), "someone-else");
-
-    // A holder the registry has no record of is displaced too; its node is
-    // unknown, so the close goes to whichever node holds it.
-    let x3 = a.record("x3", "u1", 300);
-    let displaced = match a.connect(&x3, PerUserPolicy::Exclusive, 1).await {
-        Ok(ClusterAdmission::Admitted(d)) => d,
-        other => panic!("{other:?}"),
-    };
-    // x1 was closed; its record is displaced too unless the node's sweep
-    // (which drops records of connections the node no longer holds) got
-    // there first.
-    let lock_holder = ConnectionRef {
-        node_id: String::new(),
-        connection_id: "someone-else".into(),
-    };
-    let x1_ref = ConnectionRef {
-        node_id: "a".into(),
-        connection_id: "x1".into(),
-    };
-    assert!(displaced.contains(&lock_holder), "{displaced:?}");
-    assert!(
-        displaced.iter().all(|d| *d == lock_holder || *d == x1_ref),
-        "{displaced:?}"
-    );
-    assert_eq!(server.cli(&["GET", &lock]).trim(), "x3");
+    registry::a_taken_over_lock_closes_its_session_without_any_message(&mut RedisBackend::start())
+        .await;
 }
 
 #[tokio::test]
 async fn disconnect_user_reaches_connections_on_other_nodes() {
-    let server = RedisServer::start();
-    let p = prefix("disconnect");
-    let a = TestNode::start(&server.url(), &p, "a").await;
-    let b = TestNode::start(&server.url(), &p, "b").await;
-    let c = TestNode::start(&server.url(), &p, "c").await;
-
-    for (node, id) in [(&a, "a1"), (&b, "b1"), (&b, "b2"), (&c, "c1")] {
-        let rec = node.record(id, "u1", 100);
-        node.fake.hold(&rec, &[]);
-        node.cluster
-            .admit(&rec, PerUserPolicy::Reject, 10)
-            .await
-            .expect("admit");
-    }
-    let other = c.record("other", "u2", 100);
-    c.fake.hold(&other, &[]);
-
-    let listed = a
-        .cluster
-        .disconnect_user(&acme(), "u1", 4013)
-        .await
-        .expect("disconnect");
-    assert_eq!(listed, 4);
-    assert!(
-        a.fake.was_closed("a1", 4013),
-        "the local one closes at once"
-    );
-    let reached = eventually(Duration::from_secs(5), || async {
-        b.fake.was_closed("b1", 4013)
-            && b.fake.was_closed("b2", 4013)
-            && c.fake.was_closed("c1", 4013)
-    })
-    .await;
-    assert!(
-        reached,
-        "b: {:?}, c: {:?}",
-        b.fake.closed(),
-        c.fake.closed()
-    );
-    assert_eq!(c.fake.closed().len(), 1, "u2 was left alone");
-    assert_eq!(a.fake.closed().len(), 1, "the origin does not close twice");
+    registry::disconnect_user_reaches_connections_on_other_nodes(&mut RedisBackend::start()).await;
 }
 
 #[tokio::test]
 async fn presence_and_user_connections_list_every_node() {
-    let server = RedisServer::start();
-    let p = prefix("presence");
-    let a = TestNode::start(&server.url(), &p, "a").await;
-    let b = TestNode::start(&server.url(), &p, "b").await;
-    let chat = room("chat:1");
-
-    let mut ra = a.record("ca", "u1", 100);
-    let mut rb = b.record("cb", "u2", 200);
-    let mut rb2 = b.record("cb2", "u1", 300);
-    for (node, rec) in [(&a, &ra), (&b, &rb), (&b, &rb2)] {
-        node.connect(rec, PerUserPolicy::Reject, 10)
-            .await
-            .expect("admit");
-    }
-    for (node, rec) in [(&a, &mut ra), (&b, &mut rb)] {
-        rec.rooms.push("chat:1".into());
-        node.cluster.joined(&chat, rec, true).await.expect("join");
-        node.fake.hold(rec, &[("chat:1", true)]);
-    }
-    // A room without presence: recorded in the record, not in the members.
-    rb2.rooms.push("quiet:1".into());
-    b.cluster
-        .joined(&room("quiet:1"), &rb2, false)
-        .await
-        .expect("join");
-
-    let members = b.cluster.presence(&chat).await.expect("presence");
-    let who: Vec<(&str, &str, &str)> = members
-        .iter()
-        .map(|m| {
-            (
-                m.user_id.as_str(),
-                m.connection_id.as_str(),
-                m.node_id.as_str(),
-            )
-        })
-        .collect();
-    assert_eq!(who, [("u1", "ca", "a"), ("u2", "cb", "b")]);
-    assert!(a
-        .cluster
-        .presence(&room("quiet:1"))
-        .await
-        .expect("presence")
-        .is_empty());
-
-    let u1 = b
-        .cluster
-        .user_connections(&acme(), "u1")
-        .await
-        .expect("list");
-    assert_eq!(
-        u1,
-        vec![ra.clone(), rb2.clone()],
-        "records carry their rooms"
-    );
-
-    // Leaving and disconnecting take the entries away.
-    ra.rooms.clear();
-    a.cluster.left(&chat, &ra, true).await.expect("leave");
-    let members = b.cluster.presence(&chat).await.expect("presence");
-    assert_eq!(members.len(), 1);
-    assert_eq!(
-        a.cluster
-            .user_connections(&acme(), "u1")
-            .await
-            .expect("list")[0]
-            .rooms,
-        Vec::<String>::new()
-    );
-    b.cluster.remove(&rb).await.expect("remove");
-    assert!(a
-        .cluster
-        .presence(&chat)
-        .await
-        .expect("presence")
-        .is_empty());
-
-    // A removed connection that still reports a join does not come back.
-    b.cluster.joined(&chat, &rb, true).await.expect("join");
-    assert!(a
-        .cluster
-        .presence(&chat)
-        .await
-        .expect("presence")
-        .is_empty());
-    assert!(a
-        .cluster
-        .user_connections(&acme(), "u2")
-        .await
-        .expect("list")
-        .is_empty());
+    registry::presence_and_user_connections_list_every_node(&mut RedisBackend::start()).await;
 }
 
 #[tokio::test]
 async fn stats_list_every_live_node_with_its_figures() {
-    let server = RedisServer::start();
-    let p = prefix("stats");
-    let a = TestNode::start(&server.url(), &p, "a").await;
-    let b = TestNode::start(&server.url(), &p, "b").await;
-    let c = TestNode::start(&server.url(), &p, "c").await;
-    c.fake.hold(&c.record("c1", "u1", 1), &[]);
-    c.fake.hold(&c.record("c2", "u2", 1), &[]);
-    a.fake.hold(&a.record("a1", "u1", 1), &[]);
-
-    let listed = eventually(Duration::from_secs(5), || async {
-        let nodes = a.cluster.nodes().await.expect("nodes");
-        let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
-        ids == ["a", "b", "c"] && nodes[2].connections == 2 && nodes[2].users == 2
-    })
-    .await;
-    assert!(listed, "{:?}", a.cluster.nodes().await);
-    let nodes = a.cluster.nodes().await.expect("nodes");
-    assert_eq!(nodes[0].connections, 1, "this node's own figures, fresh");
-    drop(b);
-    drop(c);
+    registry::stats_list_every_live_node_with_its_figures(&mut RedisBackend::start()).await;
 }
 
 #[tokio::test]
 async fn every_call_answers_unavailable_while_redis_is_down() {
-    let mut server = RedisServer::start();
-    let p = prefix("down");
-    let a = TestNode::start(&server.url(), &p, "a").await;
-    // Ready once connected and subscribed to the control channel.
-    let up = eventually(Duration::from_secs(5), || async { a.cluster.is_ready() }).await;
-    assert!(up, "never ready");
-    server.kill();
-    let down = eventually(Duration::from_secs(5), || async { !a.cluster.is_ready() }).await;
-    assert!(down, "still ready with Redis gone");
-    let rec = a.record("c1", "u1", 1);
-    let unavailable = |r: Result<(), BrokerError>| matches!(r, Err(BrokerError::Unavailable(_)));
-    assert!(unavailable(
-        a.cluster
-            .admit(&rec, PerUserPolicy::Reject, 1)
-            .await
-            .map(drop)
-    ));
-    assert!(unavailable(
-        a.cluster.would_refuse(&acme(), "u1", 1).await.map(drop)
-    ));
-    assert!(unavailable(a.cluster.remove(&rec).await));
-    assert!(unavailable(
-        a.cluster.joined(&room("r:1"), &rec, true).await
-    ));
-    assert!(unavailable(
-        a.cluster.presence(&room("r:1")).await.map(drop)
-    ));
-    assert!(unavailable(
-        a.cluster.user_connections(&acme(), "u1").await.map(drop)
-    ));
-    assert!(unavailable(a.cluster.nodes().await.map(drop)));
-    assert!(unavailable(
-        a.cluster
-            .disconnect_user(&acme(), "u1", 4013)
-            .await
-            .map(drop)
-    ));
-    let remote = [ConnectionRef {
-        node_id: "b".into(),
-        connection_id: "x".into(),
-    }];
-    assert!(unavailable(
-        a.cluster.close_connections(&remote, 4010).await
-    ));
-    a.stop().await;
+    registry::every_call_answers_unavailable_while_the_store_is_down(&mut RedisBackend::start())
+        .await;
+}
+
+#[tokio::test]
+async fn a_node_deciding_from_what_it_last_wrote_still_sees_other_nodes_changes() {
+    registry::a_node_deciding_from_what_it_last_wrote_still_sees_other_nodes_changes(
+        &mut RedisBackend::start(),
+    )
+    .await;
 }

@@ -1,7 +1,8 @@
 //! The NATS broker engine (its design is documented on [`NatsBroker`]):
-//! `publish` takes offsets, `read` serves positions and history, `rooms`
-//! counts subscriptions, `reader` delivers in order, `setup` ensures the
-//! stream, `epoch` the engine epoch, `purge` bounds storage.
+//! `publish` takes offsets, `read` serves positions and history, `reader`
+//! holds the rooms' subscriptions and feeds the in-order delivery (counted
+//! subscriptions and ordering are `herald_engine_kit`'s), `setup` ensures
+//! the stream, `epoch` the engine epoch, `purge` bounds storage.
 
 mod epoch;
 mod error;
@@ -11,7 +12,6 @@ mod publish;
 mod purge;
 mod read;
 mod reader;
-mod rooms;
 mod setup;
 
 use crate::names::Names;
@@ -24,9 +24,11 @@ use herald_core::{
     Broker, BrokerError, BrokerStats, HistoryPage, PresenceChange, PresenceSink, PublicationSink,
     PublishOutcome, PublishRequest, RoomKey,
 };
+use herald_engine_kit::history::is_complete;
+use herald_engine_kit::ordered::Workers;
+use herald_engine_kit::rooms::{NewEpoch, Rooms};
 use herald_protocol::StreamPosition;
 use parking_lot::Mutex;
-use rooms::Rooms;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -77,7 +79,7 @@ pub struct NatsBroker {
     limits: Limits,
     sink: Arc<dyn PublicationSink>,
     presence_sink: Arc<dyn PresenceSink>,
-    rooms: Rooms,
+    rooms: Rooms<reader::Live>,
     /// Per-room publish state (last message, trims, purge checkpoints).
     published: publish::Published,
     trimmed: publish::Trimmed,
@@ -99,7 +101,7 @@ pub struct NatsBroker {
     receivers: Mutex<Option<reader::Receivers>>,
     /// The node's tasks and cancellation, set by [`NatsBroker::spawn`]
     /// (room subscriptions run on them).
-    workers: OnceLock<reader::Workers>,
+    workers: OnceLock<Workers>,
 }
 
 impl NatsBroker {
@@ -132,7 +134,7 @@ impl NatsBroker {
             },
             sink,
             presence_sink,
-            rooms: Rooms::default(),
+            rooms: Rooms::new(NewEpoch::AlwaysGap),
             published: publish::Published::default(),
             trimmed: publish::Trimmed::default(),
             retries: std::sync::atomic::AtomicU64::new(0),
@@ -157,7 +159,7 @@ impl NatsBroker {
             tracing::warn!("NatsBroker::spawn called twice; the reader already runs");
             return;
         };
-        let workers = reader::Workers::new(tasks.clone(), cancel.clone());
+        let workers = Workers::new(tasks.clone(), cancel.clone());
         let _ = self.workers.set(workers.clone());
         tasks.spawn(setup::run(self.clone(), cancel.clone()));
         tasks.spawn(purge::run(self.clone(), cancel));
@@ -292,7 +294,7 @@ impl Broker for NatsBroker {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
         let page = self.read(room, since, limit).await?;
-        let complete = read::is_complete(since, page.position.offset, &page.publications);
+        let complete = is_complete(since, page.position.offset, &page.publications);
         Ok(HistoryPage {
             position: page.position,
             publications: page.publications,

@@ -16,34 +16,10 @@ use super::message::{self, now_ms, Stored};
 use super::publish::Last;
 use super::NatsBroker;
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use herald_core::{BrokerError, Publication, RoomKey};
+use herald_core::{BrokerError, RoomKey};
+use herald_engine_kit::history::{Page, MAX_READ};
 use herald_protocol::StreamPosition;
 use std::sync::Arc;
-
-/// Most publications one read returns; a longer page is cut (and reported
-/// incomplete).
-pub(super) const MAX_READ: usize = 10_000;
-
-/// A position and the stored publications after the requested offset.
-pub(super) struct Page {
-    pub(super) position: StreamPosition,
-    pub(super) publications: Vec<Arc<Publication>>,
-}
-
-/// Whether `publications` are every event after `since` up to the head.
-pub(super) fn is_complete(since: u64, head: u64, publications: &[Arc<Publication>]) -> bool {
-    if since >= head {
-        return since == head;
-    }
-    let mut expected = since + 1;
-    for p in publications {
-        if p.position.offset != expected {
-            return false;
-        }
-        expected += 1;
-    }
-    expected == head + 1
-}
 
 /// The room's history policy and head, as its last message says.
 #[derive(Clone, Copy)]

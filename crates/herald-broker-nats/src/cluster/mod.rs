@@ -3,14 +3,13 @@
 //! and marker-free deletes), `registry` (connections, memberships and the
 //! views), `users` (a user's key and the per-user policy), `control` (commands between nodes), `liveness` (heartbeat,
 //! re-registration, lock renewal, sweep), `cleanup` (purging, the reaper,
-//! leaving), `telemetry`.
+//! leaving); its metrics are the kit's (`herald_engine_kit::telemetry`).
 
 mod cleanup;
 mod control;
 mod liveness;
 mod registry;
 mod store;
-mod telemetry;
 mod users;
 
 use crate::names::Names;
@@ -20,6 +19,7 @@ use herald_core::{
     BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef,
     MemberRecord, NodeFigures, PerUserPolicy, RoomKey, Tenant,
 };
+use herald_engine_kit::telemetry;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

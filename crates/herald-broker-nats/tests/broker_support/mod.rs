@@ -6,11 +6,7 @@
 #![allow(dead_code)]
 
 use herald_broker_nats::{NatsBroker, NatsClients, NatsSettings};
-use herald_core::broker::Writes;
-use herald_core::{
-    Broker, MemberRecord, PresenceChange, PresenceSink, Publication, PublicationSink, RoomKey,
-};
-use parking_lot::Mutex;
+use herald_core::Broker;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,41 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 #[allow(unused_imports)]
-pub use herald_testkit::conformance::{prefix, request, request_with, room, wait_until, MINUTE};
-
-/// Collects what a broker delivers.
-#[derive(Default)]
-pub struct Collect {
-    pub publications: Mutex<Vec<Arc<Publication>>>,
-    pub presence: Mutex<Vec<PresenceChange>>,
-}
-
-impl PublicationSink for Collect {
-    fn deliver(&self, publication: Arc<Publication>) -> Writes {
-        self.publications.lock().push(publication);
-        Writes::none()
-    }
-}
-
-impl PresenceSink for Collect {
-    fn changed(&self, change: &PresenceChange) {
-        self.presence.lock().push(change.clone());
-    }
-    fn local_members(&self, _: &RoomKey) -> Vec<MemberRecord> {
-        Vec::new()
-    }
-}
-
-impl Collect {
-    pub fn offsets(&self, room: &RoomKey) -> Vec<u64> {
-        self.publications
-            .lock()
-            .iter()
-            .filter(|p| &p.room == room)
-            .map(|p| p.position.offset)
-            .collect()
-    }
-}
+pub use herald_testkit::conformance::{
+    prefix, request, request_with, room, wait_until, Collect, MINUTE,
+};
 
 pub fn settings(url: &str, prefix: &str, id: &str) -> NatsSettings {
     NatsSettings {

@@ -1,143 +1,52 @@
-//! Shared by the `cluster_*` tests: a fake node that records closes and
-//! serves a snapshot, and nodes of a cluster started on one nats-server.
+//! Shared by the `cluster_*` tests: the NATS backend of the registry
+//! conformance suite (`herald_testkit::conformance::cluster`) on one
+//! nats-server, and a direct view of the registry buckets.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+use futures_util::StreamExt;
 use herald_broker_nats::{NatsClients, NatsCluster, NatsSettings};
-use herald_core::{
-    BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, NodeFigures,
-    PerUserPolicy, RoomKey, RoomName, Tenant,
+use herald_core::{BrokerError, ClusterNode, MemberRecord, PresenceChange, RoomKey, Tenant};
+pub use herald_testkit::conformance::cluster::{
+    acme, eventually, now_ms, prefix, room, ClusterBackend,
 };
-use parking_lot::Mutex;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use herald_testkit::NatsServer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Heartbeat of the nodes under test.
 pub const HEARTBEAT: Duration = Duration::from_millis(300);
 
-/// A unique key prefix per test.
-pub fn prefix(test: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "ht_{test}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A connection as the node's snapshot gives it: record, rooms (presence).
-pub type Held = (ConnectionRecord, Vec<(String, bool)>);
-
-/// The node side, faked: holds connections (record + rooms with their
-/// presence flag) and records every close it is asked for.
-#[derive(Default)]
-pub struct FakeNode {
-    pub id: String,
-    pub conns: Mutex<Vec<Held>>,
-    pub closed: Mutex<Vec<(String, u16)>>,
-}
-
-impl FakeNode {
-    pub fn new(id: &str) -> Arc<Self> {
-        Arc::new(Self {
-            id: id.into(),
-            ..Self::default()
-        })
-    }
-
-    /// Holds a connection locally (as the node's registry would).
-    pub fn hold(&self, record: &ConnectionRecord, rooms: &[(&str, bool)]) {
-        let mut conns = self.conns.lock();
-        conns.retain(|(r, _)| r.connection_id != record.connection_id);
-        conns.push((
-            record.clone(),
-            rooms.iter().map(|(r, p)| ((*r).to_owned(), *p)).collect(),
-        ));
-    }
-
-    pub fn closed(&self) -> Vec<(String, u16)> {
-        self.closed.lock().clone()
-    }
-
-    pub fn was_closed(&self, id: &str, code: u16) -> bool {
-        self.closed
-            .lock()
-            .iter()
-            .any(|(c, k)| c == id && *k == code)
-    }
-}
-
-impl ClusterNode for FakeNode {
-    fn close_connection(&self, connection_id: &str, code: u16) -> bool {
-        let mut conns = self.conns.lock();
-        let before = conns.len();
-        conns.retain(|(r, _)| r.connection_id != connection_id);
-        let here = conns.len() < before;
-        if here {
-            self.closed.lock().push((connection_id.to_owned(), code));
-        }
-        here
-    }
-
-    fn close_user(&self, tenant: &Tenant, user_id: &str, code: u16) -> usize {
-        let mut conns = self.conns.lock();
-        let mut closed = self.closed.lock();
-        let before = conns.len();
-        conns.retain(|(r, _)| {
-            let theirs = r.tenant == *tenant && r.user_id == user_id;
-            if theirs {
-                closed.push((r.connection_id.clone(), code));
-            }
-            !theirs
-        });
-        before - conns.len()
-    }
-
-    fn snapshot(&self) -> Vec<Held> {
-        self.conns.lock().clone()
-    }
-
-    fn figures(&self) -> NodeFigures {
-        let conns = self.conns.lock();
-        let mut users: Vec<&str> = conns.iter().map(|(r, _)| r.user_id.as_str()).collect();
-        users.sort_unstable();
-        users.dedup();
-        NodeFigures {
-            node_id: self.id.clone(),
-            connections: conns.len(),
-            users: users.len(),
-            rooms: 0,
-        }
-    }
-}
-
 /// One node of the cluster under test.
-pub struct TestNode {
-    pub id: String,
-    pub cluster: Arc<NatsCluster>,
-    pub fake: Arc<FakeNode>,
-    pub clients: NatsClients,
-    pub cancel: CancellationToken,
-    pub tasks: TaskTracker,
+pub type TestNode = herald_testkit::conformance::cluster::TestNode<NatsBackend>;
+
+/// The registry on one nats-server with JetStream.
+pub struct NatsBackend {
+    pub server: NatsServer,
 }
 
-impl TestNode {
-    /// Connects, builds the registry and spawns its tasks.
-    pub async fn start(url: &str, prefix: &str, id: &str) -> Self {
-        let node = Self::unspawned(url, prefix, id).await;
-        node.cluster
-            .spawn(node.fake.clone(), node.cancel.clone(), &node.tasks);
-        node
+impl NatsBackend {
+    pub fn start() -> Self {
+        Self {
+            server: NatsServer::start(),
+        }
     }
 
-    /// Connects and builds the registry without spawning its tasks.
-    pub async fn unspawned(url: &str, prefix: &str, id: &str) -> Self {
+    async fn store(&self, prefix: &str) -> Store {
+        Store::connect(&self.server.url(), prefix).await
+    }
+}
+
+impl ClusterBackend for NatsBackend {
+    type Registry = NatsCluster;
+    const HEARTBEAT: Duration = HEARTBEAT;
+
+    async fn registry(&self, prefix: &str, id: &str) -> Arc<NatsCluster> {
         let settings = NatsSettings {
-            url: url.into(),
+            url: self.server.url(),
             prefix: prefix.into(),
             node_id: id.into(),
             node_heartbeat: HEARTBEAT,
@@ -151,69 +60,87 @@ impl TestNode {
         };
         let clients = NatsClients::connect(&settings).expect("clients");
         wait_connected(&clients).await;
-        Self {
-            id: id.into(),
-            cluster: NatsCluster::new(clients.clone(), &settings),
-            fake: FakeNode::new(id),
-            clients,
-            cancel: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-        }
+        NatsCluster::new(clients, &settings)
     }
 
-    /// Stops the tasks (as a crash would: no `leave`).
-    pub async fn stop(&self) {
-        self.cancel.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+    fn spawn(
+        registry: &Arc<NatsCluster>,
+        node: Arc<dyn ClusterNode>,
+        cancel: CancellationToken,
+        tasks: &TaskTracker,
+    ) {
+        registry.spawn(node, cancel, tasks);
     }
 
-    /// Admits a connection as the node does: it holds the connection
-    /// locally while the registry decides, and lets go when refused.
-    pub async fn connect(
-        &self,
-        record: &ConnectionRecord,
-        policy: PerUserPolicy,
-        max: usize,
-    ) -> Result<ClusterAdmission, BrokerError> {
-        self.fake.hold(record, &[]);
-        let result = self.cluster.admit(record, policy, max).await;
-        if !matches!(result, Ok(ClusterAdmission::Admitted(_))) {
-            self.fake
-                .conns
-                .lock()
-                .retain(|(r, _)| r.connection_id != record.connection_id);
-        }
-        result
+    async fn presence(
+        registry: &NatsCluster,
+        room: &RoomKey,
+    ) -> Result<Vec<MemberRecord>, BrokerError> {
+        registry.presence(room).await
     }
 
-    /// A record of a connection on this node.
-    pub fn record(&self, conn: &str, user: &str, connected_at: u64) -> ConnectionRecord {
-        record(&self.id, conn, user, connected_at)
+    async fn lock(&self, prefix: &str, user: &str) -> Option<String> {
+        self.store(prefix).await.lock(&acme(), user).await
     }
-}
 
-pub fn record(node: &str, conn: &str, user: &str, connected_at: u64) -> ConnectionRecord {
-    ConnectionRecord {
-        connection_id: conn.into(),
-        tenant: Tenant::from_option(Some("acme")),
-        user_id: user.into(),
-        node_id: node.into(),
-        transport: "websocket".into(),
-        rooms: Vec::new(),
-        connected_at,
+    async fn set_lock(&self, prefix: &str, user: &str, holder: &str) {
+        self.store(prefix)
+            .await
+            .set_lock(&acme(), user, holder)
+            .await;
     }
-}
 
-pub fn room(name: &str) -> RoomKey {
-    RoomKey::new(
-        Tenant::from_option(Some("acme")),
-        RoomName::parse(name).expect("room name"),
-    )
-}
+    /// The user's key is gone: nothing is left of the user.
+    async fn user_gone(&self, prefix: &str, user: &str) -> bool {
+        self.store(prefix).await.user(&acme(), user).await == serde_json::Value::Null
+    }
 
-pub fn acme() -> Tenant {
-    Tenant::from_option(Some("acme"))
+    async fn node_connections(&self, prefix: &str, node: &str) -> usize {
+        let keys = self.store(prefix).await.node_keys(node).await;
+        keys.iter().filter(|k| k.starts_with("c.")).count()
+    }
+
+    async fn node_gone(&self, prefix: &str, node: &str) -> bool {
+        let store = self.store(prefix).await;
+        store.node_keys(node).await.is_empty()
+            && !store
+                .keys("nodes")
+                .await
+                .contains(&herald_broker_nats::names::token(node))
+    }
+
+    async fn watch(&self, prefix: &str, room: &RoomKey) -> mpsc::UnboundedReceiver<PresenceChange> {
+        let mut messages = self.store(prefix).await.subscribe_room(room).await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = room.clone();
+        tokio::spawn(async move {
+            while let Some(m) = messages.next().await {
+                let change = herald_broker_nats::wire::decode_presence(
+                    &room,
+                    m.headers.as_ref(),
+                    &m.payload,
+                );
+                if let Some(change) = change {
+                    if tx.send(change).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    fn revive(&mut self) {
+        self.server.restart();
+    }
+
+    async fn forget_everything(&mut self) {
+        self.server.restart_empty();
+    }
 }
 
 pub async fn wait_connected(clients: &NatsClients) {
@@ -222,32 +149,6 @@ pub async fn wait_connected(clients: &NatsClients) {
         assert!(Instant::now() < deadline, "clients did not connect");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Polls `check` until it holds or `within` passes; returns whether it held.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
 }
 
 /// A direct view of the registry buckets, to check what the store holds

@@ -1,6 +1,7 @@
 //! The Redis broker engine (its design is documented on [`RedisBroker`]):
-//! `publish` and `read` hold the two Lua scripts' callers, `rooms` the
-//! counted subscriptions, `reader` the pub/sub reader and its catch-up.
+//! `publish` and `read` hold the two Lua scripts' callers, `reader` the
+//! pub/sub reader (counted subscriptions, ordering and catch-up are
+//! `herald_engine_kit`'s).
 
 mod epoch;
 mod error;
@@ -8,7 +9,6 @@ mod metrics;
 mod publish;
 mod read;
 mod reader;
-mod rooms;
 mod script;
 
 use crate::keys::Keys;
@@ -21,9 +21,11 @@ use herald_core::{
     Broker, BrokerError, BrokerStats, HistoryPage, PresenceChange, PresenceSink, PublicationSink,
     PublishOutcome, PublishRequest, RoomKey,
 };
+use herald_engine_kit::history::is_complete;
+use herald_engine_kit::ordered::Workers;
+use herald_engine_kit::rooms::{NewEpoch, Rooms};
 use herald_protocol::StreamPosition;
 use parking_lot::Mutex;
-use rooms::Rooms;
 use script::LuaScript;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +79,7 @@ pub struct RedisBroker {
     sink: Arc<dyn PublicationSink>,
     /// Where presence changes from other nodes go.
     presence_sink: Arc<dyn PresenceSink>,
-    rooms: Rooms,
+    rooms: Rooms<bool>,
     publish_script: LuaScript,
     read_script: LuaScript,
     receivers: Mutex<Option<reader::Receivers>>,
@@ -110,7 +112,7 @@ impl RedisBroker {
             clients,
             sink,
             presence_sink,
-            rooms: Rooms::default(),
+            rooms: Rooms::new(NewEpoch::GapWhenNothingDelivered),
             publish_script: LuaScript::new(script::PUBLISH),
             read_script: LuaScript::new(script::READ),
             trimmed: publish::Trimmed::default(),
@@ -141,7 +143,7 @@ impl RedisBroker {
             tracing::warn!("RedisBroker::spawn called twice; the reader already runs");
             return;
         };
-        let workers = reader::Workers::new(tasks.clone(), cancel);
+        let workers = Workers::new(tasks.clone(), cancel);
         tasks.spawn(reader::run(self.clone(), receivers, workers));
     }
 
@@ -245,7 +247,7 @@ impl Broker for RedisBroker {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
         let page = self.read(room, since, limit).await?;
-        let complete = read::is_complete(since, page.position.offset, &page.publications);
+        let complete = is_complete(since, page.position.offset, &page.publications);
         Ok(HistoryPage {
             position: page.position,
             publications: page.publications,

@@ -9,32 +9,12 @@
 use super::{json_error, redis_error, RedisCluster};
 use fred::interfaces::{EventInterface, PubsubInterface};
 use herald_core::{BrokerError, ClusterNode, ConnectionRef, Tenant};
-use serde::{Deserialize, Serialize};
+use herald_engine_kit::control::{self, ControlCommand};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
-
-/// One command on the control channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum ControlCommand {
-    /// Close one connection. An empty `node` means "whichever holds it".
-    Close {
-        node: String,
-        conn: String,
-        code: u16,
-    },
-    /// Close every connection of a user; `from` already closed its own.
-    DisconnectUser {
-        tenant: Tenant,
-        user: String,
-        code: u16,
-        #[serde(default)]
-        from: String,
-    },
-}
 
 /// Waits between attempts to subscribe while the subscriber is down.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -66,23 +46,8 @@ impl RedisCluster {
         targets: &[ConnectionRef],
         code: u16,
     ) -> Result<(), BrokerError> {
-        let node = self.node.get();
-        let mut remote = Vec::new();
-        for t in targets {
-            let here = t.node_id == self.node_id;
-            if here || t.node_id.is_empty() {
-                if let Some(node) = node {
-                    node.close_connection(&t.connection_id, code);
-                }
-            }
-            if !here {
-                remote.push(ControlCommand::Close {
-                    node: t.node_id.clone(),
-                    conn: t.connection_id.clone(),
-                    code,
-                });
-            }
-        }
+        let node = self.node.get().map(|n| &**n);
+        let remote = control::close_targets(&self.node_id, node, targets, code);
         if remote.is_empty() {
             return Ok(());
         }
@@ -98,50 +63,10 @@ impl RedisCluster {
         code: u16,
     ) -> Result<usize, BrokerError> {
         let listed = self.list_user(tenant, user).await?.len();
-        if let Some(node) = self.node.get() {
-            node.close_user(tenant, user, code);
-        }
-        // Broadcast even when the registry lists none elsewhere: it may lag
-        // behind a connection being admitted right now.
-        self.publish_control(&[ControlCommand::DisconnectUser {
-            tenant: tenant.clone(),
-            user: user.to_owned(),
-            code,
-            from: self.node_id.clone(),
-        }])
-        .await?;
+        let node = self.node.get().map(|n| &**n);
+        let command = control::disconnect_user(&self.node_id, node, tenant, user, code);
+        self.publish_control(&[command]).await?;
         Ok(listed)
-    }
-
-    fn execute(&self, node: &dyn ClusterNode, payload: &[u8]) {
-        let command = match serde_json::from_slice::<ControlCommand>(payload) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable control command ignored");
-                return;
-            }
-        };
-        match command {
-            ControlCommand::Close {
-                node: target,
-                conn,
-                code,
-            } => {
-                if target == self.node_id || target.is_empty() {
-                    node.close_connection(&conn, code);
-                }
-            }
-            ControlCommand::DisconnectUser {
-                tenant,
-                user,
-                code,
-                from,
-            } => {
-                if from != self.node_id {
-                    node.close_user(&tenant, &user, code);
-                }
-            }
-        }
     }
 
     /// Reads the control channel until `cancel` fires, subscribing again
@@ -178,7 +103,7 @@ impl RedisCluster {
                     Ok(m) => {
                         if &*m.channel == channel.as_str() {
                             if let Some(bytes) = m.value.as_bytes() {
-                                self.execute(&*node, bytes);
+                                control::execute(&self.node_id, &*node, bytes);
                             }
                         }
                     }
@@ -210,36 +135,5 @@ async fn pause(cancel: &CancellationToken, d: Duration) {
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commands_have_the_documented_shape() {
-        let close = ControlCommand::Close {
-            node: "n1".into(),
-            conn: "c1".into(),
-            code: 4010,
-        };
-        assert_eq!(
-            serde_json::to_string(&close).expect("json"),
-            r#"{"op":"close","node":"n1","conn":"c1","code":4010}"#
-        );
-        let back: ControlCommand = serde_json::from_str(
-            r#"{"op":"disconnect_user","tenant":"acme","user":"42","code":4013}"#,
-        )
-        .expect("parses without `from`");
-        assert_eq!(
-            back,
-            ControlCommand::DisconnectUser {
-                tenant: Tenant::from_option(Some("acme")),
-                user: "42".into(),
-                code: 4013,
-                from: String::new(),
-            }
-        );
     }
 }

@@ -8,7 +8,6 @@ mod control;
 mod liveness;
 mod registry;
 mod scripts;
-mod telemetry;
 
 use crate::keys::Keys;
 use crate::{RedisClients, RedisSettings};
@@ -17,6 +16,7 @@ use herald_core::{
     BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef,
     MemberRecord, NodeFigures, PerUserPolicy, RoomKey, Tenant,
 };
+use herald_engine_kit::telemetry;
 use parking_lot::Mutex;
 use scripts::Scripts;
 use std::collections::HashMap;

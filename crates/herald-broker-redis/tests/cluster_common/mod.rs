@@ -1,143 +1,76 @@
-//! Shared by the `cluster_*` tests: a fake node that records closes and
-//! serves a snapshot, and nodes of a cluster started on one Redis.
+//! Shared by the `cluster_*` tests: the Redis backend of the registry
+//! conformance suite (`herald_testkit::conformance::cluster`), on one
+//! redis-server or on a Redis Cluster's URL.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+use fred::clients::SubscriberClient;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::config::Config;
+use fred::types::Builder;
+use herald_broker_redis::keys::Keys;
+use herald_broker_redis::wire::{decode_room_message, RoomMessage};
 use herald_broker_redis::{RedisClients, RedisCluster, RedisSettings};
-use herald_core::{
-    BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, NodeFigures,
-    PerUserPolicy, RoomKey, RoomName, Tenant,
+use herald_core::{BrokerError, ClusterNode, MemberRecord, PresenceChange, RoomKey};
+pub use herald_testkit::conformance::cluster::{
+    acme, eventually, now_ms, prefix, room, ClusterBackend,
 };
-use parking_lot::Mutex;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use herald_testkit::RedisServer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Heartbeat of the nodes under test.
 pub const HEARTBEAT: Duration = Duration::from_millis(400);
 
-/// A unique key prefix per test.
-pub fn prefix(test: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "ht-{test}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A connection as the node's snapshot gives it: record, rooms (presence).
-pub type Held = (ConnectionRecord, Vec<(String, bool)>);
-
-/// The node side, faked: holds connections (record + rooms with their
-/// presence flag) and records every close it is asked for.
-#[derive(Default)]
-pub struct FakeNode {
-    pub id: String,
-    pub conns: Mutex<Vec<Held>>,
-    pub closed: Mutex<Vec<(String, u16)>>,
-}
-
-impl FakeNode {
-    pub fn new(id: &str) -> Arc<Self> {
-        Arc::new(Self {
-            id: id.into(),
-            ..Self::default()
-        })
-    }
-
-    /// Holds a connection locally (as the node's registry would).
-    pub fn hold(&self, record: &ConnectionRecord, rooms: &[(&str, bool)]) {
-        let mut conns = self.conns.lock();
-        conns.retain(|(r, _)| r.connection_id != record.connection_id);
-        conns.push((
-            record.clone(),
-            rooms.iter().map(|(r, p)| ((*r).to_owned(), *p)).collect(),
-        ));
-    }
-
-    pub fn closed(&self) -> Vec<(String, u16)> {
-        self.closed.lock().clone()
-    }
-
-    pub fn was_closed(&self, id: &str, code: u16) -> bool {
-        self.closed
-            .lock()
-            .iter()
-            .any(|(c, k)| c == id && *k == code)
-    }
-}
-
-impl ClusterNode for FakeNode {
-    fn close_connection(&self, connection_id: &str, code: u16) -> bool {
-        let mut conns = self.conns.lock();
-        let before = conns.len();
-        conns.retain(|(r, _)| r.connection_id != connection_id);
-        let here = conns.len() < before;
-        if here {
-            self.closed.lock().push((connection_id.to_owned(), code));
-        }
-        here
-    }
-
-    fn close_user(&self, tenant: &Tenant, user_id: &str, code: u16) -> usize {
-        let mut conns = self.conns.lock();
-        let mut closed = self.closed.lock();
-        let before = conns.len();
-        conns.retain(|(r, _)| {
-            let theirs = r.tenant == *tenant && r.user_id == user_id;
-            if theirs {
-                closed.push((r.connection_id.clone(), code));
-            }
-            !theirs
-        });
-        before - conns.len()
-    }
-
-    fn snapshot(&self) -> Vec<Held> {
-        self.conns.lock().clone()
-    }
-
-    fn figures(&self) -> NodeFigures {
-        let conns = self.conns.lock();
-        let mut users: Vec<&str> = conns.iter().map(|(r, _)| r.user_id.as_str()).collect();
-        users.sort_unstable();
-        users.dedup();
-        NodeFigures {
-            node_id: self.id.clone(),
-            connections: conns.len(),
-            users: users.len(),
-            rooms: 0,
-        }
-    }
-}
-
 /// One node of the cluster under test.
-pub struct TestNode {
-    pub id: String,
-    pub cluster: Arc<RedisCluster>,
-    pub fake: Arc<FakeNode>,
-    pub clients: RedisClients,
-    pub cancel: CancellationToken,
-    pub tasks: TaskTracker,
+pub type TestNode = herald_testkit::conformance::cluster::TestNode<RedisBackend>;
+
+/// The registry on one redis-server (or only a URL, for a Redis Cluster:
+/// then the store views and server controls are not available).
+pub struct RedisBackend {
+    url: String,
+    server: Option<RedisServer>,
 }
 
-impl TestNode {
-    /// Connects, builds the registry and spawns its tasks.
-    pub async fn start(url: &str, prefix: &str, id: &str) -> Self {
-        let node = Self::unspawned(url, prefix, id).await;
-        node.cluster
-            .spawn(node.fake.clone(), node.cancel.clone(), &node.tasks);
-        node
+impl RedisBackend {
+    /// A fresh redis-server.
+    pub fn start() -> Self {
+        let server = RedisServer::start();
+        Self {
+            url: server.url(),
+            server: Some(server),
+        }
     }
 
-    /// Connects and builds the registry without spawning its tasks.
-    pub async fn unspawned(url: &str, prefix: &str, id: &str) -> Self {
-        let settings = RedisSettings {
+    /// Nodes on `url` (a server this backend does not control).
+    pub fn on(url: &str) -> Self {
+        Self {
             url: url.into(),
+            server: None,
+        }
+    }
+
+    fn server(&self) -> &RedisServer {
+        self.server
+            .as_ref()
+            .expect("a redis-server this test started")
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        self.server().cli(args).trim().to_owned()
+    }
+}
+
+impl ClusterBackend for RedisBackend {
+    type Registry = RedisCluster;
+    const HEARTBEAT: Duration = HEARTBEAT;
+
+    async fn registry(&self, prefix: &str, id: &str) -> Arc<RedisCluster> {
+        let settings = RedisSettings {
+            url: self.url.clone(),
             prefix: prefix.into(),
             node_id: id.into(),
             node_heartbeat: HEARTBEAT,
@@ -146,69 +79,96 @@ impl TestNode {
         let clients = RedisClients::connect(&settings).expect("clients");
         clients.start();
         wait_connected(&clients).await;
-        Self {
-            id: id.into(),
-            cluster: RedisCluster::new(clients.clone(), &settings),
-            fake: FakeNode::new(id),
-            clients,
-            cancel: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-        }
+        RedisCluster::new(clients, &settings)
     }
 
-    /// Stops the tasks (as a crash would: no `leave`).
-    pub async fn stop(&self) {
-        self.cancel.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+    fn spawn(
+        registry: &Arc<RedisCluster>,
+        node: Arc<dyn ClusterNode>,
+        cancel: CancellationToken,
+        tasks: &TaskTracker,
+    ) {
+        registry.spawn(node, cancel, tasks);
     }
 
-    /// Admits a connection as the node does: it holds the connection
-    /// locally while the registry decides, and lets go when refused.
-    pub async fn connect(
-        &self,
-        record: &ConnectionRecord,
-        policy: PerUserPolicy,
-        max: usize,
-    ) -> Result<ClusterAdmission, BrokerError> {
-        self.fake.hold(record, &[]);
-        let result = self.cluster.admit(record, policy, max).await;
-        if !matches!(result, Ok(ClusterAdmission::Admitted(_))) {
-            self.fake
-                .conns
-                .lock()
-                .retain(|(r, _)| r.connection_id != record.connection_id);
-        }
-        result
+    async fn presence(
+        registry: &RedisCluster,
+        room: &RoomKey,
+    ) -> Result<Vec<MemberRecord>, BrokerError> {
+        registry.presence(room).await
     }
 
-    /// A record of a connection on this node.
-    pub fn record(&self, conn: &str, user: &str, connected_at: u64) -> ConnectionRecord {
-        record(&self.id, conn, user, connected_at)
+    async fn lock(&self, prefix: &str, user: &str) -> Option<String> {
+        let holder = self.cli(&["GET", &Keys::new(prefix).user_lock(&acme(), user)]);
+        (!holder.is_empty()).then_some(holder)
+    }
+
+    async fn set_lock(&self, prefix: &str, user: &str, holder: &str) {
+        let lock = Keys::new(prefix).user_lock(&acme(), user);
+        self.cli(&["SET", &lock, holder, "PX", "60000"]);
+    }
+
+    /// The user's connections hash is empty (gone).
+    async fn user_gone(&self, prefix: &str, user: &str) -> bool {
+        self.cli(&["HLEN", &Keys::new(prefix).user_connections(&acme(), user)]) == "0"
+    }
+
+    async fn node_connections(&self, prefix: &str, node: &str) -> usize {
+        let len = self.cli(&["HLEN", &Keys::new(prefix).node_connections(node)]);
+        len.parse().expect("hlen")
+    }
+
+    async fn node_gone(&self, prefix: &str, node: &str) -> bool {
+        let keys = Keys::new(prefix);
+        self.cli(&["ZSCORE", &keys.nodes(), node]).is_empty()
+            && self.cli(&["EXISTS", &keys.node_connections(node)]) == "0"
+    }
+
+    async fn watch(&self, prefix: &str, room: &RoomKey) -> mpsc::UnboundedReceiver<PresenceChange> {
+        let channel = Keys::new(prefix).room_channel(room);
+        let sub = subscriber(&self.url, &channel).await;
+        let mut messages = sub.message_rx();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(m) = messages.recv().await {
+                let Some(bytes) = m.value.as_bytes() else {
+                    continue;
+                };
+                if let Ok(RoomMessage::Presence(change)) = decode_room_message(bytes) {
+                    if tx.send(change).is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = sub.quit().await;
+        });
+        rx
+    }
+
+    fn kill(&mut self) {
+        self.server.as_mut().expect("a redis-server").kill();
+    }
+
+    /// A redis-server without persistence comes back empty.
+    fn revive(&mut self) {
+        self.server.as_mut().expect("a redis-server").restart();
+    }
+
+    async fn forget_everything(&mut self) {
+        self.server.as_mut().expect("a redis-server").restart();
+        assert_eq!(self.cli(&["DBSIZE"]), "0");
     }
 }
 
-pub fn record(node: &str, conn: &str, user: &str, connected_at: u64) -> ConnectionRecord {
-    ConnectionRecord {
-        connection_id: conn.into(),
-        tenant: Tenant::from_option(Some("acme")),
-        user_id: user.into(),
-        node_id: node.into(),
-        transport: "websocket".into(),
-        rooms: Vec::new(),
-        connected_at,
-    }
-}
-
-pub fn room(name: &str) -> RoomKey {
-    RoomKey::new(
-        Tenant::from_option(Some("acme")),
-        RoomName::parse(name).expect("room name"),
-    )
-}
-
-pub fn acme() -> Tenant {
-    Tenant::from_option(Some("acme"))
+/// Room channels are sharded channels, on a single server too.
+pub async fn subscriber(url: &str, channel: &str) -> SubscriberClient {
+    let config = Config::from_url(url).expect("url");
+    let sub = Builder::from_config(config)
+        .build_subscriber_client()
+        .expect("subscriber");
+    sub.init().await.expect("connect");
+    sub.ssubscribe(channel).await.expect("ssubscribe");
+    sub
 }
 
 pub async fn wait_connected(clients: &RedisClients) {
@@ -217,30 +177,4 @@ pub async fn wait_connected(clients: &RedisClients) {
         assert!(Instant::now() < deadline, "clients did not connect");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Polls `check` until it holds or `within` passes; returns whether it held.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
 }

@@ -9,6 +9,7 @@
 //! ([`Needs::MultiNode`]) and is skipped, saying why, for an engine that
 //! serves one node; every other scenario must pass on every engine.
 
+pub mod cluster;
 pub mod scenarios;
 
 use herald_core::{

@@ -1,12 +1,13 @@
 //! The rooms this node listens to: a count of local subscribers per room,
-//! an async gate serializing the room's SUBSCRIBE/UNSUBSCRIBE, the last
+//! an async gate serializing the room's subscription (a Redis channel, a
+//! NATS delivery subject), the last
 //! publication delivered (the cursor the reader keeps order with), and the
 //! room's owner while a task works on it off the reader (a gap fill or a
-//! catch-up from history): what the channel brings for the room meanwhile
+//! catch-up from history): what the subscription brings for the room meanwhile
 //! waits in the owner's backlog, so the room stays in order while the
 //! reader goes on with every other room.
 //!
-//! Counts change under the map's sync lock; channel commands run under the
+//! Counts change under the map's sync lock; subscriptions change under the
 //! room's gate. An entry is removed only while its gate is held and its
 //! count is zero, so whoever holds a gate can tell, by comparing gates,
 //! whether the entry it works for is still the live one.
@@ -20,14 +21,30 @@ use std::sync::Arc;
 
 /// Publications one room's backlog holds while its owner works; past it the
 /// owner catches up from history instead (bounded memory per room).
-pub(super) const MAX_BACKLOG: usize = 10_000;
+pub const MAX_BACKLOG: usize = 10_000;
 
-/// A room's gate; the flag says whether its channel subscription is live.
-pub(super) type Gate = Arc<tokio::sync::Mutex<bool>>;
+/// A room's gate; it holds the engine's state of the room's subscription
+/// (`L`: whatever tells the engine the subscription is live, e.g. a flag
+/// or the stop token of a forwarding task).
+pub type Gate<L> = Arc<tokio::sync::Mutex<L>>;
 
-struct Entry {
+/// What a publication of a new epoch whose first offsets were not seen
+/// means (the engines differ in when a stream can start over unseen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewEpoch {
+    /// Only when nothing was delivered yet (the cursor is the baseline of a
+    /// room read without a stream, offset 0) are the offsets before it a
+    /// gap; otherwise a new epoch is delivered from where it is.
+    GapWhenNothingDelivered,
+    /// Any new epoch started at 1: offsets before the publication are a
+    /// gap (the stream may have been lost and started over while the
+    /// subscription was being renewed).
+    AlwaysGap,
+}
+
+struct Entry<L> {
     count: usize,
-    gate: Gate,
+    gate: Gate<L>,
     cursor: Option<StreamPosition>,
     owner: Option<Owner>,
 }
@@ -35,19 +52,19 @@ struct Entry {
 /// A task delivering one room off the reader.
 struct Owner {
     id: u64,
-    /// What the channel brought meanwhile, in channel order.
+    /// What the delivery subject brought meanwhile, in stream order.
     backlog: VecDeque<Arc<Publication>>,
     /// Whether to catch up from history before letting go (a resync asked,
     /// or the backlog overflowed).
     catch_up: bool,
-    /// Whether that catch-up re-issues the channel subscription first
-    /// (after the subscriber reconnected).
+    /// Whether that catch-up makes sure the subscription is live first
+    /// (after a reconnect).
     resubscribe: bool,
 }
 
-/// What to do with a publication read off the channel.
+/// What to do with a publication read off the subscription.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub enum Verdict {
     /// Not listened to, or already delivered.
     Drop,
     /// Next in order (or a new epoch): deliver; the cursor has moved.
@@ -67,15 +84,15 @@ pub(super) enum Verdict {
 
 /// What a room's owner does next (see [`Rooms::next`]).
 #[derive(Debug)]
-pub(super) enum Next {
+pub enum Next<L> {
     /// Judge and deliver this publication from the backlog.
     Publication(Arc<Publication>),
-    /// Catch up from history, under the room's gate; re-subscribe first
-    /// when `resubscribe`.
+    /// Catch up from history, under the room's gate; make sure the subscription is
+    /// live first when `resubscribe`.
     CatchUp {
         /// The room's gate.
-        gate: Gate,
-        /// Re-issue the channel subscription first.
+        gate: Gate<L>,
+        /// Make sure the subscription is live first.
         resubscribe: bool,
     },
     /// Nothing left: the room has no owner any more.
@@ -84,7 +101,7 @@ pub(super) enum Next {
 
 /// What to do with a publication read from history (or after a fill).
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Offer {
+pub enum Offer {
     /// Not listened to, or already delivered.
     Drop,
     /// Deliver it; `missed` offsets before it can never be delivered.
@@ -94,20 +111,30 @@ pub(super) enum Offer {
     },
 }
 
-#[derive(Default)]
-pub(super) struct Rooms {
-    map: Mutex<HashMap<RoomKey, Entry>>,
+/// The rooms this node listens to (see the module's documentation).
+pub struct Rooms<L> {
+    map: Mutex<HashMap<RoomKey, Entry<L>>>,
     /// The last owner id handed out.
     owners: AtomicU64,
+    new_epoch: NewEpoch,
 }
 
-impl Rooms {
+impl<L: Default> Rooms<L> {
+    /// No rooms yet; `new_epoch` says how an unseen new epoch is judged.
+    pub fn new(new_epoch: NewEpoch) -> Self {
+        Self {
+            map: Mutex::default(),
+            owners: AtomicU64::new(0),
+            new_epoch,
+        }
+    }
+
     /// Takes one count of `room` and returns its gate.
-    pub(super) fn join(&self, room: &RoomKey) -> Gate {
+    pub fn join(&self, room: &RoomKey) -> Gate<L> {
         let mut map = self.map.lock();
         let entry = map.entry(room.clone()).or_insert_with(|| Entry {
             count: 0,
-            gate: Gate::default(),
+            gate: Gate::<L>::default(),
             cursor: None,
             owner: None,
         });
@@ -117,7 +144,7 @@ impl Rooms {
 
     /// Gives one count back; returns the gate when the count reached zero
     /// (the caller then stops listening, see [`Rooms::is_idle`]).
-    pub(super) fn leave(&self, room: &RoomKey) -> Option<Gate> {
+    pub fn leave(&self, room: &RoomKey) -> Option<Gate<L>> {
         let mut map = self.map.lock();
         let entry = map.get_mut(room)?;
         if entry.count == 0 {
@@ -128,14 +155,14 @@ impl Rooms {
     }
 
     /// Whether `gate` still belongs to `room`'s entry and its count is zero.
-    pub(super) fn is_idle(&self, room: &RoomKey, gate: &Gate) -> bool {
+    pub fn is_idle(&self, room: &RoomKey, gate: &Gate<L>) -> bool {
         let map = self.map.lock();
         map.get(room)
             .is_some_and(|e| Arc::ptr_eq(&e.gate, gate) && e.count == 0)
     }
 
     /// Whether `gate` still belongs to `room`'s entry and someone listens.
-    pub(super) fn is_wanted(&self, room: &RoomKey, gate: &Gate) -> bool {
+    pub fn is_wanted(&self, room: &RoomKey, gate: &Gate<L>) -> bool {
         let map = self.map.lock();
         map.get(room)
             .is_some_and(|e| Arc::ptr_eq(&e.gate, gate) && e.count > 0)
@@ -143,7 +170,7 @@ impl Rooms {
 
     /// Removes the entry if it is still `gate`'s and idle. The caller holds
     /// the gate.
-    pub(super) fn forget_if_idle(&self, room: &RoomKey, gate: &Gate) {
+    pub fn forget_if_idle(&self, room: &RoomKey, gate: &Gate<L>) {
         let mut map = self.map.lock();
         if map
             .get(room)
@@ -155,7 +182,7 @@ impl Rooms {
 
     /// Gives back the count of a subscribe that failed. The caller holds
     /// the gate.
-    pub(super) fn undo_join(&self, room: &RoomKey, gate: &Gate) {
+    pub fn undo_join(&self, room: &RoomKey, gate: &Gate<L>) {
         {
             let mut map = self.map.lock();
             if let Some(e) = map.get_mut(room).filter(|e| Arc::ptr_eq(&e.gate, gate)) {
@@ -166,7 +193,7 @@ impl Rooms {
     }
 
     /// Rooms with a count above zero, with their gates.
-    pub(super) fn listened(&self) -> Vec<(RoomKey, Gate)> {
+    pub fn listened(&self) -> Vec<(RoomKey, Gate<L>)> {
         let map = self.map.lock();
         map.iter()
             .filter(|(_, e)| e.count > 0)
@@ -174,21 +201,23 @@ impl Rooms {
             .collect()
     }
 
-    pub(super) fn listened_count(&self) -> usize {
+    /// How many rooms have a count above zero.
+    pub fn listened_count(&self) -> usize {
         self.map.lock().values().filter(|e| e.count > 0).count()
     }
 
-    pub(super) fn is_listened(&self, room: &RoomKey) -> bool {
+    /// Whether `room` has a count above zero.
+    pub fn is_listened(&self, room: &RoomKey) -> bool {
         self.map.lock().get(room).is_some_and(|e| e.count > 0)
     }
 
     /// The last delivered position of `room`.
-    pub(super) fn cursor(&self, room: &RoomKey) -> Option<StreamPosition> {
+    pub fn cursor(&self, room: &RoomKey) -> Option<StreamPosition> {
         self.map.lock().get(room).and_then(|e| e.cursor.clone())
     }
 
     /// Sets where delivery starts, unless something was delivered already.
-    pub(super) fn set_baseline(&self, room: &RoomKey, position: StreamPosition) {
+    pub fn set_baseline(&self, room: &RoomKey, position: StreamPosition) {
         if let Some(e) = self.map.lock().get_mut(room) {
             if e.cursor.is_none() {
                 e.cursor = Some(position);
@@ -196,10 +225,10 @@ impl Rooms {
         }
     }
 
-    /// Judges a publication read off the channel, for the reader: it waits
+    /// Judges a publication read off the delivery subject, for the reader: it waits
     /// in the backlog of the room's owner if there is one; a gap makes the
     /// room owned (the reader hands the fill to a task).
-    pub(super) fn classify(&self, p: &Arc<Publication>) -> Verdict {
+    pub fn classify(&self, p: &Arc<Publication>) -> Verdict {
         let mut map = self.map.lock();
         let Some(e) = map.get_mut(&p.room).filter(|e| e.count > 0) else {
             return Verdict::Drop;
@@ -213,7 +242,7 @@ impl Rooms {
             return Verdict::Queued;
         }
         let id = self.owners.fetch_add(1, Ordering::Relaxed) + 1;
-        let verdict = judge(e, p, id);
+        let verdict = judge(e, p, id, self.new_epoch);
         if matches!(verdict, Verdict::Gap { .. }) {
             e.owner = Some(Owner {
                 id,
@@ -226,7 +255,7 @@ impl Rooms {
     }
 
     /// Judges a publication of the backlog, for the room's owner `id`.
-    pub(super) fn classify_owned(&self, p: &Publication, id: u64) -> Verdict {
+    pub fn classify_owned(&self, p: &Publication, id: u64) -> Verdict {
         let mut map = self.map.lock();
         let Some(e) = map
             .get_mut(&p.room)
@@ -234,14 +263,14 @@ impl Rooms {
         else {
             return Verdict::Drop;
         };
-        judge(e, p, id)
+        judge(e, p, id, self.new_epoch)
     }
 
     /// Makes the caller (the reader) the starter of an owner of `room` that
     /// catches it up from history; when the room already has an owner, asks
     /// that one to catch up before it lets go (resyncs coalesce) and
     /// returns `None`, as for a room nobody listens to.
-    pub(super) fn claim_catch_up(&self, room: &RoomKey, resubscribe: bool) -> Option<u64> {
+    pub fn claim_catch_up(&self, room: &RoomKey, resubscribe: bool) -> Option<u64> {
         let mut map = self.map.lock();
         let e = map.get_mut(room).filter(|e| e.count > 0)?;
         if let Some(owner) = &mut e.owner {
@@ -263,7 +292,7 @@ impl Rooms {
     /// in order, then a catch-up if one was asked. When nothing is left the
     /// room has no owner any more, decided under the map's lock, so nothing
     /// the reader queues can be stranded.
-    pub(super) fn next(&self, room: &RoomKey, id: u64) -> Next {
+    pub fn next(&self, room: &RoomKey, id: u64) -> Next<L> {
         let mut map = self.map.lock();
         let Some(e) = map
             .get_mut(room)
@@ -289,7 +318,7 @@ impl Rooms {
     }
 
     /// Whether `id` still owns `room` (a retrying owner stops when not).
-    pub(super) fn owns(&self, room: &RoomKey, id: u64) -> bool {
+    pub fn owns(&self, room: &RoomKey, id: u64) -> bool {
         let map = self.map.lock();
         map.get(room)
             .is_some_and(|e| e.count > 0 && e.owner.as_ref().is_some_and(|o| o.id == id))
@@ -299,7 +328,7 @@ impl Rooms {
     /// as far as history allowed, for the room's owner `owner` (an owner
     /// whose room was dropped and listened to again delivers nothing more);
     /// moves the cursor when it is delivered.
-    pub(super) fn offer(&self, p: &Publication, owner: u64) -> Offer {
+    pub fn offer(&self, p: &Publication, owner: u64) -> Offer {
         let mut map = self.map.lock();
         let Some(e) = map
             .get_mut(&p.room)
@@ -325,7 +354,7 @@ impl Rooms {
 }
 
 /// The cursor's verdict on `p` (see [`Verdict`]); a gap names `owner`.
-fn judge(e: &mut Entry, p: &Publication, owner: u64) -> Verdict {
+fn judge<L>(e: &mut Entry<L>, p: &Publication, owner: u64, new_epoch: NewEpoch) -> Verdict {
     match &mut e.cursor {
         Some(c) if c.epoch == p.position.epoch => {
             if p.position.offset <= c.offset {
@@ -340,11 +369,13 @@ fn judge(e: &mut Entry, p: &Publication, owner: u64) -> Verdict {
                 }
             }
         }
-        // Nothing delivered yet (the room had no stream when this node
-        // read it) and the stream started in another epoch than the
-        // one read, with a publish that beat the subscription: fill the
-        // events before from history, like any gap.
-        Some(c) if c.offset == 0 && p.position.offset > 1 => {
+        // Another epoch than the cursor's (nothing delivered yet and the
+        // stream started in another epoch than the one read, or, with
+        // `AlwaysGap`, the stream was lost and started over) whose first
+        // events this node did not see (they beat the subscription, or came
+        // while it was being renewed after a reconnect): the new epoch
+        // started at 1, so fill the events before from history, like any gap.
+        Some(c) if p.position.offset > 1 && (new_epoch == NewEpoch::AlwaysGap || c.offset == 0) => {
             *c = StreamPosition::new(p.position.epoch.clone(), 0);
             Verdict::Gap { after: 0, owner }
         }
@@ -369,6 +400,10 @@ mod tests {
         )
     }
 
+    fn rooms() -> Rooms<bool> {
+        Rooms::new(NewEpoch::AlwaysGap)
+    }
+
     fn publication(epoch: &str, offset: u64) -> Arc<Publication> {
         publication_in(room(), epoch, offset)
     }
@@ -390,7 +425,7 @@ mod tests {
 
     #[test]
     fn counts_gate_listening() {
-        let rooms = Rooms::default();
+        let rooms = rooms();
         let r = room();
         let g1 = rooms.join(&r);
         let g2 = rooms.join(&r);
@@ -408,7 +443,7 @@ mod tests {
 
     #[test]
     fn cursor_orders_and_detects_gaps() {
-        let rooms = Rooms::default();
+        let rooms = rooms();
         let r = room();
         assert_eq!(rooms.classify(&publication("a", 1)), Verdict::Drop);
         rooms.join(&r);
@@ -428,15 +463,58 @@ mod tests {
         );
         assert_eq!(rooms.offer(&publication("a", 6), owner), Offer::Drop);
         assert!(matches!(rooms.next(&r, owner), Next::Done));
+        assert_eq!(rooms.classify(&publication("b", 1)), Verdict::Deliver);
+        assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 1)));
+        rooms.set_baseline(&r, StreamPosition::new("c", 0));
+        assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 1)));
+    }
+
+    /// With `GapWhenNothingDelivered` (Redis), a new epoch after deliveries
+    /// is delivered from where it is; before any, it is a gap.
+    #[test]
+    fn a_new_epoch_after_deliveries_starts_over_unless_always_gap() {
+        let rooms = Rooms::<bool>::new(NewEpoch::GapWhenNothingDelivered);
+        let r = room();
+        rooms.join(&r);
+        rooms.set_baseline(&r, StreamPosition::new("a", 3));
         assert_eq!(rooms.classify(&publication("b", 9)), Verdict::Deliver);
         assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
-        rooms.set_baseline(&r, StreamPosition::new("c", 0));
-        assert_eq!(rooms.cursor(&r), Some(StreamPosition::new("b", 9)));
+        let other = Rooms::<bool>::new(NewEpoch::GapWhenNothingDelivered);
+        other.join(&r);
+        other.set_baseline(&r, StreamPosition::new("read", 0));
+        assert!(matches!(
+            other.classify(&publication("a", 3)),
+            Verdict::Gap { after: 0, .. }
+        ));
+    }
+
+    /// The stream was lost and started over in a new epoch while this node
+    /// was away, and its first events came before the subscription was
+    /// live again: they are filled from history, not skipped.
+    #[test]
+    fn a_new_epoch_whose_first_events_were_missed_is_a_gap() {
+        let rooms = rooms();
+        let r = room();
+        rooms.join(&r);
+        rooms.set_baseline(&r, StreamPosition::new("old", 150));
+        let Verdict::Gap { after: 0, owner } = rooms.classify(&publication("new", 2)) else {
+            panic!("a gap after 0 in the new epoch");
+        };
+        assert_eq!(
+            rooms.offer(&publication("new", 1), owner),
+            Offer::Deliver { missed: 0 }
+        );
+        assert_eq!(
+            rooms.offer(&publication("new", 2), owner),
+            Offer::Deliver { missed: 0 }
+        );
+        assert!(matches!(rooms.next(&r, owner), Next::Done));
+        assert_eq!(rooms.classify(&publication("new", 3)), Verdict::Deliver);
     }
 
     #[test]
     fn a_room_read_without_a_stream_fills_what_beat_the_subscription() {
-        let rooms = Rooms::default();
+        let rooms = rooms();
         let r = room();
         rooms.join(&r);
         rooms.set_baseline(&r, StreamPosition::new("read", 0));
@@ -456,7 +534,7 @@ mod tests {
     /// back; other rooms are judged as usual.
     #[test]
     fn an_owned_room_queues_behind_its_owner_and_others_go_on() {
-        let rooms = Rooms::default();
+        let rooms = rooms();
         let r = room();
         let other = RoomKey::new(
             Tenant::default_tenant(),

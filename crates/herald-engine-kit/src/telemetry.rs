@@ -1,4 +1,5 @@
-//! The registry's metrics (no labels: node ids are not bounded).
+//! The cluster registry's metrics, the same names for every engine (no
+//! labels: node ids are not bounded).
 
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use std::sync::Once;
@@ -8,7 +9,7 @@ const NODES_REAPED: &str = "herald_cluster_nodes_reaped_total";
 const LOCKS_LOST: &str = "herald_cluster_locks_lost_total";
 
 /// Describes the metrics once per process, registered at zero.
-pub(super) fn describe() {
+pub fn describe() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         describe_gauge!(NODES_ALIVE, "Nodes whose heartbeat is current");
@@ -25,14 +26,17 @@ pub(super) fn describe() {
     });
 }
 
-pub(super) fn nodes_alive(n: usize) {
+/// Sets how many nodes have a current heartbeat.
+pub fn nodes_alive(n: usize) {
     gauge!(NODES_ALIVE).set(n as f64);
 }
 
-pub(super) fn node_reaped() {
+/// Counts a dead node whose entries this node cleaned up.
+pub fn node_reaped() {
     counter!(NODES_REAPED).increment(1);
 }
 
-pub(super) fn lock_lost() {
+/// Counts an exclusive session closed because its lock was taken.
+pub fn lock_lost() {
     counter!(LOCKS_LOST).increment(1);
 }
