@@ -2,10 +2,10 @@
 //! it to the node, count the outcome and log failures without flooding the
 //! log.
 
-use crate::backoff::Backoff;
 use crate::message::publish_body;
 use crate::plan::Transform;
 use herald_core::{PublishRefusal, PublishTarget};
+use herald_engine_kit::backoff::Backoff;
 use metrics::counter;
 use parking_lot::Mutex;
 use std::sync::Arc;

@@ -18,7 +18,6 @@
 //! A batch in hand when the node stops is nak'ed at once, so another node
 //! takes it without waiting for the ack timeout.
 
-use crate::backoff::Backoff;
 use crate::config::Deliver;
 use crate::handler::{Attempt, Handler};
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
@@ -26,6 +25,7 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream, Context, Message};
 use async_nats::{Client, HeaderMap};
 use futures_util::StreamExt;
+use herald_engine_kit::backoff::Backoff;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

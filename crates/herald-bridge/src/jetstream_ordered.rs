@@ -13,7 +13,6 @@
 //! - The idempotency key is the unordered bridge's (`bridge:<stream>:
 //!   <created>:<sequence>`): a message delivered twice publishes once.
 
-use crate::backoff::Backoff;
 use crate::handler::{Attempt, Handler};
 use crate::jetstream::{
     dead_letter, setup, JetStreamSource, Setup, StepError, BATCH, PULL_WAIT, RECHECK_EVERY,
@@ -24,6 +23,7 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, Message};
 use async_nats::Client;
 use futures_util::StreamExt;
+use herald_engine_kit::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;

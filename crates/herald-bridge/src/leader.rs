@@ -9,11 +9,11 @@
 //! A holder that cannot renew stops when its lock may have expired
 //! (measured from before its last successful write, with a tenth of margin).
 
-use crate::backoff::Backoff;
 use async_nats::jetstream::kv::{Config, Store};
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 use async_nats::Client;
+use herald_engine_kit::backoff::Backoff;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;

@@ -23,7 +23,6 @@
 
 #![warn(missing_docs)]
 
-mod backoff;
 mod config;
 mod handler;
 mod jetstream;

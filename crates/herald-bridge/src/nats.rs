@@ -4,7 +4,6 @@
 //! node, so each message goes to one node of the cluster. Either way at
 //! most once: core NATS keeps nothing for a node that was away.
 
-use crate::backoff::Backoff;
 use crate::handler::{relay_once, Handler};
 use crate::lanes::{Lanes, LANES};
 use crate::leader::{leading, Lease};
@@ -12,6 +11,7 @@ use crate::plan::NatsConnection;
 use crate::BridgeError;
 use async_nats::{Client, ConnectOptions};
 use futures_util::{FutureExt, StreamExt};
+use herald_engine_kit::backoff::Backoff;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -39,7 +39,6 @@
 //! are often fresh per process); one that stops with entries pending keeps
 //! them, and another node claims them after `claim_idle`.
 
-mod backoff;
 mod reply;
 mod worker;
 

@@ -1,7 +1,6 @@
 //! The consumer's task: read or claim a batch, take each entry through
 //! publish (or dead-letter) and acknowledgement, back off on failures.
 
-use super::backoff::Backoff;
 use super::reply::{self, Entry, Payload, ReplyError};
 use super::{IngestFailure, IngestOptions, IngestTarget, GROUP};
 use crate::keys::Keys;
@@ -10,6 +9,7 @@ use fred::clients::Client;
 use fred::interfaces::{ClientLike, LuaInterface, StreamsInterface};
 use fred::types::config::Options;
 use fred::types::{ConnectHandle, Key, Value};
+use herald_engine_kit::backoff::Backoff;
 use metrics::counter;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -1,5 +1,6 @@
-//! Waits between failed attempts: exponential from 100 ms, capped at 5 s,
-//! with jitter so that the nodes of a cluster do not retry in step.
+//! Waits between failed attempts of a reconnecting loop (the Redis ingest
+//! consumer's, the bridges'): exponential from 100 ms, capped at 5 s, with
+//! jitter so that the nodes of a cluster do not retry in step.
 
 use rand::Rng;
 use std::time::Duration;
@@ -9,14 +10,14 @@ const CAP: Duration = Duration::from_secs(5);
 
 /// Consecutive failures and the next wait.
 #[derive(Debug, Default)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     failures: u32,
 }
 
 impl Backoff {
     /// The wait before the next attempt, in [d/2, d] where d doubles with
     /// each failure up to the cap.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let shift = self.failures.min(16);
         self.failures = self.failures.saturating_add(1);
         let full = FIRST.saturating_mul(1 << shift).min(CAP);
@@ -25,8 +26,13 @@ impl Backoff {
         half + Duration::from_millis(jitter)
     }
 
+    /// Whether the last attempt failed.
+    pub fn failing(&self) -> bool {
+        self.failures > 0
+    }
+
     /// After a success.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.failures = 0;
     }
 }
@@ -45,7 +51,9 @@ mod tests {
             assert!(d <= CAP, "{d:?}");
         }
         assert!(b.next_delay() >= CAP / 2);
+        assert!(b.failing());
         b.reset();
+        assert!(!b.failing());
         assert!(b.next_delay() <= FIRST);
     }
 }
