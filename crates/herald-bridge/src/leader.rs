@@ -10,7 +10,7 @@
 //! (measured from before its last successful write, with a tenth of margin).
 
 use async_nats::jetstream::kv::{Config, Store};
-use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use async_nats::jetstream::stream::StorageType;
 use async_nats::jetstream::{self, Context};
 use async_nats::Client;
 use herald_engine_kit::backoff::Backoff;
@@ -134,45 +134,19 @@ impl NatsLock {
     }
 }
 
-/// Opens the leaders' bucket, or creates it. The stream is made with the
-/// key-value conventions rather than by `create_key_value`, which first
-/// asks for the account's info in a shape nats-server 2.9 does not answer.
-/// A bucket that exists is used as it is (the first node's TTL wins).
+/// Opens the leaders' bucket, or creates it
+/// ([`herald_broker_nats::kv::open_or_create`]). A bucket that exists is
+/// used as it is (the first node's TTL wins).
 async fn bucket(js: &Context, name: &str, ttl: Duration) -> Result<Store, String> {
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
-    }
     let config = Config {
         bucket: name.to_owned(),
+        description: "herald bridge leader locks".into(),
         history: 1,
         max_age: ttl,
         storage: StorageType::File,
         ..Config::default()
     };
-    let created = js
-        .create_stream(stream::Config {
-            name: format!("KV_{name}"),
-            description: Some("herald bridge leader locks".into()),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: config.history,
-            max_age: config.max_age,
-            storage: config.storage,
-            discard: DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            deny_purge: false,
-            allow_direct: true,
-            // The server wants the dedup window within max_age.
-            duplicate_window: ttl.min(Duration::from_secs(120)),
-            ..stream::Config::default()
-        })
-        .await;
-    // Opened again either way: another node may have created it meanwhile.
-    match js.get_key_value(name).await {
-        Ok(store) => Ok(store),
-        Err(open) => Err(match created {
-            Err(e) => format!("creating bucket {name}: {e}"),
-            Ok(_) => format!("opening bucket {name}: {open}"),
-        }),
-    }
+    herald_broker_nats::kv::open_or_create(js, &config)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -9,9 +9,11 @@ use crate::lanes::{Lanes, LANES};
 use crate::leader::{leading, Lease};
 use crate::plan::NatsConnection;
 use crate::BridgeError;
-use async_nats::{Client, ConnectOptions};
-use futures_util::{FutureExt, StreamExt};
+use async_nats::Client;
+use futures_util::StreamExt;
+use herald_broker_nats::{connect_options, start_client, NatsAuthRef, NatsSetupError};
 use herald_engine_kit::backoff::Backoff;
+use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,62 +22,43 @@ use tokio_util::task::TaskTracker;
 /// consumer; core NATS then loses them).
 const SUBSCRIPTION_CAPACITY: usize = 8_192;
 
-fn reconnect_delay(attempt: usize) -> Duration {
-    // 100 ms doubling to 5 s, plus up to 100 ms of jitter.
-    let base = 100u64.saturating_mul(1u64 << attempt.min(6)).min(5_000);
-    Duration::from_millis(base + rand::random_range(0..100))
-}
-
-/// Builds the client; it connects (and reconnects) in the background, for
-/// ever. Called inside a Tokio runtime.
+/// Builds the client with the engine's connection options
+/// ([`herald_broker_nats::connect_options`]); it connects (and
+/// reconnects) in the background, for ever. Called inside a Tokio runtime.
 pub(crate) fn connect(
     c: &NatsConnection,
     node_id: &str,
     command_timeout: Duration,
 ) -> Result<Client, BridgeError> {
-    let mut options = ConnectOptions::new()
-        .name(format!("herald bridge {node_id}"))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .reconnect_delay_callback(reconnect_delay)
-        .connection_timeout(Duration::from_secs(2))
-        .request_timeout(Some(command_timeout))
-        .subscription_capacity(SUBSCRIPTION_CAPACITY);
-    let auth = &c.auth;
-    if let Some(path) = &auth.credentials_file {
-        let creds = std::fs::read_to_string(path)
-            .map_err(|e| BridgeError::NatsCredentials(format!("{path}: {e}")))?;
-        options = options
-            .credentials(&creds)
-            .map_err(|e| BridgeError::NatsCredentials(format!("{path}: {e}")))?;
+    let a = &c.auth;
+    let auth = NatsAuthRef {
+        credentials_file: a.credentials_file.as_deref().map(Path::new),
+        user_password: a
+            .user_password
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str())),
+        token: a.token.as_deref(),
+        tls_ca_file: a.tls_ca_file.as_deref().map(Path::new),
+        tls_client_cert: a
+            .tls_client_cert
+            .as_ref()
+            .map(|(c, k)| (Path::new(c.as_str()), Path::new(k.as_str()))),
+    };
+    let options = connect_options(
+        format!("herald bridge {node_id}"),
+        command_timeout,
+        SUBSCRIPTION_CAPACITY,
+        auth,
+    )
+    .map_err(setup_error)?;
+    start_client(options, &c.url).map_err(setup_error)
+}
+
+fn setup_error(e: NatsSetupError) -> BridgeError {
+    match e {
+        NatsSetupError::Url(m) => BridgeError::NatsUrl(m),
+        NatsSetupError::Credentials(m) => BridgeError::NatsCredentials(m),
     }
-    if let Some((user, password)) = &auth.user_password {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(token) = &auth.token {
-        options = options.token(token.clone());
-    }
-    if let Some(ca) = &auth.tls_ca_file {
-        options = options.add_root_certificates(ca.into()).require_tls(true);
-    }
-    if let Some((cert, key)) = &auth.tls_client_cert {
-        options = options
-            .add_client_certificate(cert.into(), key.into())
-            .require_tls(true);
-    }
-    let servers: Vec<async_nats::ServerAddr> = c
-        .url
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e: std::io::Error| BridgeError::NatsUrl(e.to_string()))?;
-    // With `retry_on_initial_connect` the connect future does no I/O: it
-    // spawns the connection task and returns the client at once.
-    options
-        .connect(servers)
-        .now_or_never()
-        .ok_or_else(|| BridgeError::NatsUrl("the client did not start".into()))?
-        .map_err(|e| BridgeError::NatsUrl(e.to_string()))
 }
 
 /// Runs one core NATS route until cancelled, publishing through per-room

@@ -4,7 +4,7 @@
 use async_nats::jetstream;
 use async_nats::{Client, ConnectOptions, Event};
 use futures_util::FutureExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Settings of the NATS engine (the `[broker]` table, resolved).
@@ -79,6 +79,84 @@ fn reconnect_delay(attempt: usize) -> Duration {
     Duration::from_millis(base + rand::random_range(0..100))
 }
 
+/// Credentials and TLS of a NATS connection (the engine's, from the
+/// `broker.nats_*` keys, or the bridges').
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NatsAuthRef<'a> {
+    /// A `.creds` file (JWT and nkey seed).
+    pub credentials_file: Option<&'a Path>,
+    /// User and password.
+    pub user_password: Option<(&'a str, &'a str)>,
+    /// Token.
+    pub token: Option<&'a str>,
+    /// Roots to verify the server with (TLS is then required).
+    pub tls_ca_file: Option<&'a Path>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_client_cert: Option<(&'a Path, &'a Path)>,
+}
+
+/// What every Herald NATS connection shares: its name, reconnecting for
+/// ever with backoff and jitter (the first connection too), requests
+/// bounded by `command_timeout`, `subscription_capacity` messages buffered
+/// per subscription, and the credentials and TLS of `auth`.
+pub fn connect_options(
+    name: String,
+    command_timeout: Duration,
+    subscription_capacity: usize,
+    auth: NatsAuthRef<'_>,
+) -> Result<ConnectOptions, NatsSetupError> {
+    let mut options = ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay)
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(command_timeout))
+        .subscription_capacity(subscription_capacity);
+    if let Some(path) = auth.credentials_file {
+        let creds = std::fs::read_to_string(path)
+            .map_err(|e| NatsSetupError::Credentials(format!("{}: {e}", path.display())))?;
+        options = options
+            .credentials(&creds)
+            .map_err(|e| NatsSetupError::Credentials(format!("{}: {e}", path.display())))?;
+    }
+    if let Some((user, password)) = auth.user_password {
+        options = options.user_and_password(user.to_owned(), password.to_owned());
+    }
+    if let Some(token) = auth.token {
+        options = options.token(token.to_owned());
+    }
+    if let Some(ca) = auth.tls_ca_file {
+        options = options
+            .add_root_certificates(ca.to_owned())
+            .require_tls(true);
+    }
+    if let Some((cert, key)) = auth.tls_client_cert {
+        options = options
+            .add_client_certificate(cert.to_owned(), key.to_owned())
+            .require_tls(true);
+    }
+    Ok(options)
+}
+
+/// Starts a client on `url` (one or more servers, comma-separated): it
+/// connects, and reconnects, in the background. Called inside a Tokio
+/// runtime.
+pub fn start_client(options: ConnectOptions, url: &str) -> Result<Client, NatsSetupError> {
+    let servers: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: std::io::Error| NatsSetupError::Url(e.to_string()))?;
+    // With `retry_on_initial_connect` the connect future does no I/O: it
+    // spawns the connection task and returns the client at once.
+    options
+        .connect(servers)
+        .now_or_never()
+        .ok_or_else(|| NatsSetupError::Url("the client did not start".into()))?
+        .map_err(|e| NatsSetupError::Url(e.to_string()))
+}
+
 impl NatsClients {
     /// Builds the client and starts connecting it in the background; it
     /// keeps retrying while NATS is away (`is_connected` tells). Called
@@ -86,62 +164,40 @@ impl NatsClients {
     pub fn connect(settings: &NatsSettings) -> Result<Self, NatsSetupError> {
         let (events, _) = tokio::sync::broadcast::channel(EVENT_CAPACITY);
         let sender = events.clone();
-        let mut options = ConnectOptions::new()
-            .event_callback(move |event| {
-                match &event {
-                    Event::Connected => tracing::info!("connected to NATS"),
-                    Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                    Event::SlowConsumer(sid) => {
-                        tracing::warn!(sid, "NATS subscription too slow: messages dropped")
-                    }
-                    other => tracing::warn!(event = %other, "NATS connection event"),
+        let auth = NatsAuthRef {
+            credentials_file: settings.credentials_file.as_deref(),
+            user_password: settings
+                .user_password
+                .as_ref()
+                .map(|(u, p)| (u.as_str(), p.as_str())),
+            token: settings.token.as_deref(),
+            tls_ca_file: settings.tls_ca_file.as_deref(),
+            tls_client_cert: settings
+                .tls_client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+        };
+        let options = connect_options(
+            format!("herald {}", settings.node_id),
+            settings.command_timeout,
+            SUBSCRIPTION_CAPACITY,
+            auth,
+        )?
+        .event_callback(move |event| {
+            match &event {
+                Event::Connected => tracing::info!("connected to NATS"),
+                Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                Event::SlowConsumer(sid) => {
+                    tracing::warn!(sid, "NATS subscription too slow: messages dropped")
                 }
-                // Nobody listening yet is fine: a later receiver starts
-                // from the connection's state.
-                let _ = sender.send(event);
-                async {}
-            })
-            .name(format!("herald {}", settings.node_id))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .reconnect_delay_callback(reconnect_delay)
-            .connection_timeout(Duration::from_secs(2))
-            .request_timeout(Some(settings.command_timeout))
-            .subscription_capacity(SUBSCRIPTION_CAPACITY);
-        if let Some(path) = &settings.credentials_file {
-            let creds = std::fs::read_to_string(path)
-                .map_err(|e| NatsSetupError::Credentials(format!("{}: {e}", path.display())))?;
-            options = options
-                .credentials(&creds)
-                .map_err(|e| NatsSetupError::Credentials(format!("{}: {e}", path.display())))?;
-        }
-        if let Some((user, password)) = &settings.user_password {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(token) = &settings.token {
-            options = options.token(token.clone());
-        }
-        if let Some(ca) = &settings.tls_ca_file {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        if let Some((cert, key)) = &settings.tls_client_cert {
-            options = options
-                .add_client_certificate(cert.clone(), key.clone())
-                .require_tls(true);
-        }
-        let servers: Vec<async_nats::ServerAddr> = settings
-            .url
-            .split(',')
-            .map(|s| s.trim().parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e: std::io::Error| NatsSetupError::Url(e.to_string()))?;
-        // With `retry_on_initial_connect` the connect future does no I/O:
-        // it spawns the connection task and returns the client at once.
-        let client = options
-            .connect(servers)
-            .now_or_never()
-            .ok_or_else(|| NatsSetupError::Url("the client did not start".into()))?
-            .map_err(|e| NatsSetupError::Url(e.to_string()))?;
+                other => tracing::warn!(event = %other, "NATS connection event"),
+            }
+            // Nobody listening yet is fine: a later receiver starts from
+            // the connection's state.
+            let _ = sender.send(event);
+            async {}
+        });
+        let client = start_client(options, &settings.url)?;
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(settings.command_timeout);
         Ok(Self {

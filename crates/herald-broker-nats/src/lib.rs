@@ -15,10 +15,13 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod kv;
 pub mod names;
 pub mod wire;
 
-pub use client::{NatsClients, NatsSettings, NatsSetupError};
+pub use client::{
+    connect_options, start_client, NatsAuthRef, NatsClients, NatsSettings, NatsSetupError,
+};
 
 mod broker;
 mod cluster;

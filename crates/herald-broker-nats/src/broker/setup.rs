@@ -14,7 +14,7 @@
 use super::error::{internal, unavailable};
 use super::NatsBroker;
 use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::stream;
+use async_nats::jetstream::{kv, stream};
 use async_nats::Event;
 use herald_core::BrokerError;
 use std::sync::atomic::Ordering;
@@ -53,26 +53,16 @@ impl NatsBroker {
         }
     }
 
-    /// The epoch bucket's stream, made with the key-value conventions
-    /// rather than by `create_key_value`, which first asks for the
-    /// account's info in a shape nats-server 2.9 does not answer.
-    fn epoch_bucket_stream(&self) -> stream::Config {
-        let bucket = self.names.bucket("epoch");
-        // The value carries its own deadline; `max_age` only clears it.
-        let max_age = super::epoch::epoch_life(self.limits.max_age) * 2;
-        stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("Herald's engine epoch (new rooms start in it)".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age,
+    /// The epoch bucket (made by [`crate::kv::open_or_create`]).
+    fn epoch_bucket(&self) -> kv::Config {
+        kv::Config {
+            bucket: self.names.bucket("epoch"),
+            description: "Herald's engine epoch (new rooms start in it)".into(),
+            history: 1,
+            // The value carries its own deadline; `max_age` only clears it.
+            max_age: super::epoch::epoch_life(self.limits.max_age) * 2,
             storage: stream::StorageType::File,
             num_replicas: self.limits.replicas,
-            discard: stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            duplicate_window: Duration::from_secs(120).min(max_age),
             ..Default::default()
         }
     }
@@ -101,23 +91,12 @@ impl NatsBroker {
                 _ => return Err(unavailable("reading the rooms' stream", e)),
             },
         };
-        let bucket = self.names.bucket("epoch");
-        let store = match js.get_key_value(&bucket).await {
-            Ok(store) => store,
-            Err(_) => {
-                let created = js.create_stream(self.epoch_bucket_stream()).await;
-                // Opened again either way: another node may have made it.
-                match js.get_key_value(&bucket).await {
-                    Ok(store) => store,
-                    Err(e) => {
-                        return Err(match created {
-                            Err(c) => internal("creating the epoch bucket", c),
-                            Ok(_) => unavailable("opening the epoch bucket", e),
-                        })
-                    }
-                }
-            }
-        };
+        let store = crate::kv::open_or_create(js, &self.epoch_bucket())
+            .await
+            .map_err(|e| match e {
+                crate::kv::BucketError::Create { .. } => internal("the epoch bucket", e),
+                crate::kv::BucketError::Open { .. } => unavailable("the epoch bucket", e),
+            })?;
         *self.epoch_kv.lock() = Some(store);
         if created {
             self.forget_caches();

@@ -15,7 +15,7 @@ use crate::names::{room_token, token, Names};
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::kv::{Config, Store};
-use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use async_nats::jetstream::stream::StorageType;
 use async_nats::jetstream::Context;
 use async_nats::Client;
 use bytes::Bytes;
@@ -69,59 +69,23 @@ impl Buckets {
     }
 }
 
-/// Opens a bucket, or creates it. A bucket that exists is used as it is
-/// (another node may have made it with another heartbeat: the first one
-/// made wins, and a mismatch is logged).
-///
-/// The bucket's stream is made here with the key-value conventions rather
-/// than by `create_key_value`, which first asks for the account's info in
-/// a shape nats-server 2.9 does not answer.
+/// Opens a bucket, or creates it ([`crate::kv::open_or_create`]). A bucket
+/// that exists is used as it is (another node may have made it with
+/// another heartbeat: the first one made wins, and a mismatch is logged).
 async fn bucket(js: &Context, config: Config) -> Result<Store, BrokerError> {
-    if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
-        let age = store.stream.cached_info().config.max_age;
-        if age != config.max_age {
-            tracing::warn!(
-                bucket = %config.bucket,
-                existing = ?age,
-                wanted = ?config.max_age,
-                "registry bucket made with another broker.node_heartbeat; using it as it is"
-            );
-        }
-        return Ok(store);
+    let store = crate::kv::open_or_create(js, &config)
+        .await
+        .map_err(|e| nats_error("a bucket", e))?;
+    let age = store.stream.cached_info().config.max_age;
+    if age != config.max_age {
+        tracing::warn!(
+            bucket = %config.bucket,
+            existing = ?age,
+            wanted = ?config.max_age,
+            "registry bucket made with another broker.node_heartbeat; using it as it is"
+        );
     }
-    let name = config.bucket.clone();
-    // Deduplication is not used; the server wants the window within max_age.
-    let window = Duration::from_secs(120);
-    let duplicate_window = if config.max_age > Duration::ZERO && config.max_age < window {
-        config.max_age
-    } else {
-        window
-    };
-    let stream = stream::Config {
-        name: format!("KV_{name}"),
-        description: Some(config.description.clone()),
-        subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: config.history,
-        max_age: config.max_age,
-        storage: config.storage,
-        num_replicas: config.num_replicas,
-        discard: DiscardPolicy::New,
-        allow_rollup: true,
-        deny_delete: true,
-        deny_purge: false,
-        allow_direct: true,
-        duplicate_window,
-        ..stream::Config::default()
-    };
-    let created = js.create_stream(stream).await;
-    // Opened again either way: another node may have created it meanwhile.
-    match js.get_key_value(name.as_str()).await {
-        Ok(store) => Ok(store),
-        Err(open) => Err(match created {
-            Err(e) => nats_error(&format!("creating bucket {name}"), e),
-            Ok(_) => nats_error(&format!("opening bucket {name}"), open),
-        }),
-    }
+    Ok(store)
 }
 
 /// One entry of a listing.
