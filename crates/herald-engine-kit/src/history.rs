@@ -1,6 +1,6 @@
 //! A page of a room's stored history, as both engines read it.
 
-use herald_core::Publication;
+use herald_core::{HistoryPage, Publication};
 use herald_protocol::StreamPosition;
 use std::sync::Arc;
 
@@ -14,6 +14,19 @@ pub struct Page {
     pub position: StreamPosition,
     /// The stored publications after the requested offset, oldest first.
     pub publications: Vec<Arc<Publication>>,
+}
+
+impl Page {
+    /// The page as a [`HistoryPage`] answering a read after `since`, with
+    /// whether it holds every event from there to the head.
+    pub fn into_history(self, since: u64) -> HistoryPage {
+        let complete = is_complete(since, self.position.offset, &self.publications);
+        HistoryPage {
+            position: self.position,
+            publications: self.publications,
+            complete,
+        }
+    }
 }
 
 /// Whether `publications` are every event after `since` up to the head.

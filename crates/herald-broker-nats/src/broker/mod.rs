@@ -24,7 +24,6 @@ use herald_core::{
     Broker, BrokerError, BrokerStats, HistoryPage, PresenceChange, PresenceSink, PublicationSink,
     PublishOutcome, PublishRequest, RoomKey,
 };
-use herald_engine_kit::history::is_complete;
 use herald_engine_kit::ordered::Workers;
 use herald_engine_kit::rooms::{NewEpoch, Rooms};
 use herald_protocol::StreamPosition;
@@ -293,13 +292,7 @@ impl Broker for NatsBroker {
         since: u64,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        let page = self.read(room, since, limit).await?;
-        let complete = is_complete(since, page.position.offset, &page.publications);
-        Ok(HistoryPage {
-            position: page.position,
-            publications: page.publications,
-            complete,
-        })
+        Ok(self.read(room, since, limit).await?.into_history(since))
     }
 
     fn is_ready(&self) -> bool {
