@@ -50,6 +50,9 @@ pub struct Session {
     pub(crate) access: AccessCache,
     /// `rpc` calls in flight.
     pub(crate) rpc: crate::rpc::RpcCalls,
+    /// Where a refreshed credential comes from; the transport's name until
+    /// [`Session::set_credential_context`].
+    credential_context: CredentialContext,
 }
 
 impl Session {
@@ -59,12 +62,19 @@ impl Session {
             bucket: TokenBucket::new(limits.messages_per_second, limits.burst),
             access: AccessCache::default(),
             rpc: crate::rpc::RpcCalls::new(&node.inner.cancel),
+            credential_context: CredentialContext::for_transport(conn.transport.name),
             node,
             conn,
             limited_since: None,
             last_limited: None,
             replays: VecDeque::new(),
         }
+    }
+
+    /// The context a token refresh (`authenticate` on the open
+    /// connection) is verified with: the one the connection opened with.
+    pub fn set_credential_context(&mut self, ctx: CredentialContext) {
+        self.credential_context = ctx;
     }
 
     /// The connection this session drives.
@@ -229,8 +239,11 @@ impl Session {
     async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), NodeError> {
         // A refresh keeps the connection's rooms: the backend's extra
         // rooms are joined at open only.
-        let ctx = CredentialContext::for_transport(self.conn.transport.name);
-        let identity = match self.node.verify_credential(token, &ctx).await {
+        let verified = self
+            .node
+            .verify_credential(token, &self.credential_context)
+            .await;
+        let identity = match verified {
             Ok(verified) => verified.identity,
             Err(e) if e.is_unavailable() => {
                 self.reply_error(id, ErrorCode::Unavailable, e.message);

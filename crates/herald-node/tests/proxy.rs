@@ -215,9 +215,11 @@ fn node_with_inbox(backend: Option<Arc<Backend>>, limits: Limits) -> Node {
     node_of(backend, limits, namespaces(Some("inbox:allow-{sub}")))
 }
 
+/// Opens a session as a transport that verified the credential itself
+/// (over SSE, so a token refresh's context says `sse`).
 async fn open_with(node: &Node, identity: Identity, options: OpenOptions) -> (Session, Vec<Value>) {
     let s = node
-        .open_session(identity, &Transport::WEBSOCKET, options)
+        .open_session(identity, &Transport::SSE, options)
         .await
         .expect("admitted");
     let f = frames(&s).await;
@@ -669,6 +671,34 @@ async fn an_authenticate_frame_is_verified_with_the_context_and_joins_the_backen
         rooms_of(&f[0]),
         ["global", "inbox:allow-7", "user:7", "extra:1"]
     );
+    // A refresh is verified with the context the connection opened with,
+    // and joins no new rooms.
+    let mut s = s;
+    let refreshed = ask(
+        &mut s,
+        json!({"type":"authenticate","id":3,"token":"opaque:7"}),
+    )
+    .await;
+    assert_eq!(
+        (
+            refreshed["type"].as_str(),
+            refreshed["rooms"].as_array().map(Vec::len)
+        ),
+        (Some("authenticated"), Some(0))
+    );
+    let (mut sse, _) = open_with(&node, Identity::new("7"), OpenOptions::default()).await;
+    let refused = ask(
+        &mut sse,
+        json!({"type":"authenticate","id":4,"token":"opaque:7"}),
+    )
+    .await;
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    let down = ask(
+        &mut sse,
+        json!({"type":"authenticate","id":5,"token":"down"}),
+    )
+    .await;
+    assert_eq!(down["code"], "unavailable", "{down}");
 
     // Another transport: the verifier sees it and refuses.
     let mut pre = PreAuth::new(&node);

@@ -133,7 +133,8 @@ pub(crate) async fn stream(
                 ))
             }
         };
-        if !namespaces.can_join(&identity, &room) {
+        // A `proxy` rule is asked when the stream joins the room, below.
+        if !namespaces.can_join(&identity, &room) && !namespaces.for_room(&room).join.is_proxy() {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
@@ -200,9 +201,9 @@ pub(crate) async fn stream(
     }
     let options = OpenOptions {
         reply_to: None,
+        // Used for the rooms joined at open (auto-join, the backend's).
         resume: resume
             .iter()
-            .filter(|(room, _)| auto.contains(room))
             .map(|(r, p)| (r.clone(), p.clone()))
             .collect::<HashMap<_, _>>(),
         announce_rooms: true,
@@ -220,7 +221,8 @@ pub(crate) async fn stream(
         Ok(s) => s,
         Err(code) => return open_refusal(code),
     };
-    for room in rooms.iter().filter(|r| !auto.contains(r)) {
+    let conn = session.connection().clone();
+    for room in rooms.iter().filter(|r| !conn.in_room(r)) {
         if let Err(e) = session
             .join_room(room.as_str(), resume.get(room).cloned())
             .await
