@@ -133,8 +133,7 @@ pub(crate) async fn stream(
                 ))
             }
         };
-        // A `proxy` rule is asked when the stream joins the room, below.
-        if !namespaces.can_join(&identity, &room) && !namespaces.for_room(&room).join.is_proxy() {
+        if !namespaces.can_join(&identity, &room) {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
@@ -201,9 +200,9 @@ pub(crate) async fn stream(
     }
     let options = OpenOptions {
         reply_to: None,
-        // Used for the rooms joined at open (auto-join, the backend's).
         resume: resume
             .iter()
+            .filter(|(room, _)| auto.contains(room))
             .map(|(r, p)| (r.clone(), p.clone()))
             .collect::<HashMap<_, _>>(),
         announce_rooms: true,
@@ -221,8 +220,7 @@ pub(crate) async fn stream(
         Ok(s) => s,
         Err(code) => return open_refusal(code),
     };
-    let conn = session.connection().clone();
-    for room in rooms.iter().filter(|r| !conn.in_room(r)) {
+    for room in rooms.iter().filter(|r| !auto.contains(r)) {
         if let Err(e) = session
             .join_room(room.as_str(), resume.get(room).cloned())
             .await
