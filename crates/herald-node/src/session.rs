@@ -443,6 +443,7 @@ impl Session {
                 "send_message: `event` must be 1 to 255 bytes".into(),
             ));
         }
+        // Checked after the event name, which a `proxy` rule sends on.
         self.check_access(&name, Action::Send(&event)).await?;
         let outcome = self
             .node
