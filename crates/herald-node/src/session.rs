@@ -264,6 +264,8 @@ impl Session {
             ));
         }
         self.conn.set_identity(self.node.trim_claims(identity));
+        // The backend's answers were for the old roles and claims.
+        self.access = AccessCache::default();
         self.reply(ServerFrame::Authenticated {
             id,
             connection_id: self.conn.id.to_string(),

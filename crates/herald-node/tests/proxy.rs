@@ -316,6 +316,19 @@ async fn proxy_joins_are_asked_once_per_ttl_allow_and_deny_alike() {
         ["allow-9", "deny-8", "nocache-7", "nocache-7"],
         "cached answers are reused, uncached ones asked again"
     );
+    // A refresh forgets the answers: they were for the old claims.
+    let refreshed = ask(
+        &mut s,
+        json!({"type":"authenticate","id":6,"token":"{\"sub\":\"42\"}"}),
+    )
+    .await;
+    assert_eq!(refreshed["type"], "authenticated", "{refreshed}");
+    ask(
+        &mut s,
+        json!({"type":"join_room","id":7,"room":"chat:deny-8"}),
+    )
+    .await;
+    assert_eq!(backend.calls().len(), 5);
     // Another connection has its own cache.
     let mut other = open(&node, "43").await;
     ask(
@@ -323,7 +336,7 @@ async fn proxy_joins_are_asked_once_per_ttl_allow_and_deny_alike() {
         json!({"type":"join_room","id":1,"room":"chat:allow-9"}),
     )
     .await;
-    assert_eq!(backend.calls().len(), 5);
+    assert_eq!(backend.calls().len(), 6);
     // Admins pass without asking.
     let mut admin = open_with(
         &node,
@@ -341,7 +354,7 @@ async fn proxy_joins_are_asked_once_per_ttl_allow_and_deny_alike() {
     )
     .await;
     assert_eq!(joined["type"], "room_joined");
-    assert_eq!(backend.calls().len(), 5);
+    assert_eq!(backend.calls().len(), 6);
 }
 
 #[tokio::test]
