@@ -11,7 +11,7 @@ use crate::node::Node;
 use crate::queue::{Outbound, PositionChange};
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
 use crate::replay::{Replay, Resolved};
-use herald_core::{CredentialContext, Publication, PublishRequest, RoomKey, RoomName, Tenant};
+use herald_core::{CredentialContext, Publication, PublishRequest, RoomKey, RoomName};
 use herald_protocol::{
     ClientRequest, CloseCode, ErrorCode, RequestId, Sender, ServerFrame, StreamPosition,
 };
@@ -52,7 +52,7 @@ pub struct Session {
     pub(crate) rpc: crate::rpc::RpcCalls,
     /// Where a refreshed credential comes from; the transport's name until
     /// [`Session::set_credential_context`].
-    credential_context: CredentialContext,
+    pub(crate) credential_context: CredentialContext,
 }
 
 impl Session {
@@ -69,12 +69,6 @@ impl Session {
             last_limited: None,
             replays: VecDeque::new(),
         }
-    }
-
-    /// The context a token refresh (`authenticate` on the open
-    /// connection) is verified with: the one the connection opened with.
-    pub fn set_credential_context(&mut self, ctx: CredentialContext) {
-        self.credential_context = ctx;
     }
 
     /// The connection this session drives.
@@ -190,7 +184,7 @@ impl Session {
         self.conn.reply(&frame);
     }
 
-    fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
+    pub(crate) fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
         self.reply(ServerFrame::Error { id, code, message });
     }
 
@@ -234,47 +228,6 @@ impl Session {
                 position.map_or((None, None), |p| (Some(p.epoch), Some(p.offset)));
             self.reply(ServerFrame::Ack { id, epoch, offset });
         }
-    }
-
-    async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), NodeError> {
-        // A refresh keeps the connection's rooms: the backend's extra
-        // rooms are joined at open only.
-        let verified = self
-            .node
-            .verify_credential(token, &self.credential_context)
-            .await;
-        let identity = match verified {
-            Ok(verified) => verified.identity,
-            Err(e) if e.is_unavailable() => {
-                self.reply_error(id, ErrorCode::Unavailable, e.message);
-                return Ok(());
-            }
-            Err(e) => {
-                self.reply_error(id, ErrorCode::Unauthorized, e.message);
-                return Ok(());
-            }
-        };
-        let current = self.conn.identity();
-        if identity.user_id != current.user_id
-            || Tenant::from_option(identity.tenant.as_deref()) != self.conn.tenant
-        {
-            metrics::auth_failure("subject_changed");
-            return Err(NodeError::Forbidden(
-                "a refreshed token must carry the same `sub` and `tenant`".into(),
-            ));
-        }
-        self.conn.set_identity(self.node.trim_claims(identity));
-        // The backend's answers were for the old roles and claims.
-        self.access = AccessCache::default();
-        self.reply(ServerFrame::Authenticated {
-            id,
-            connection_id: self.conn.id.to_string(),
-            user_id: self.conn.user_id.to_string(),
-            node_id: self.node.id().to_owned(),
-            rooms: Vec::new(),
-            heartbeat_interval_ms: self.node.limits().heartbeat_interval.as_millis() as u64,
-        });
-        Ok(())
     }
 
     pub(crate) fn room_key(&self, room: &str) -> Result<(RoomName, RoomKey), NodeError> {
