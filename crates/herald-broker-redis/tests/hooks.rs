@@ -145,9 +145,20 @@ fn types(events: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn transitions_fire_once_for_the_whole_cluster() {
     let redis = RedisServer::start();
+    transitions_once(&redis.url()).await;
+}
+
+/// Every webhook script stays in the `{hooks}` slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transitions_and_the_outbox_work_on_a_redis_cluster() {
+    let redis = herald_testkit::RedisCluster::start();
+    transitions_once(&redis.url()).await;
+}
+
+async fn transitions_once(url: &str) {
     let p = prefix("hooks-transitions");
-    let a = Node::start(&redis.url(), &p, "a", HookSet::all()).await;
-    let b = Node::start(&redis.url(), &p, "b", HookSet::all()).await;
+    let a = Node::start(url, &p, "a", HookSet::all()).await;
+    let b = Node::start(url, &p, "b", HookSet::all()).await;
 
     let mut c1 = a.connect("c1", "u").await;
     let mut c2 = b.connect("c2", "u").await;
@@ -367,5 +378,37 @@ async fn with_webhooks_off_the_registry_writes_no_webhook_key() {
     a.remove(&c1).await;
     let pattern = format!("{}*", Keys::new(&p).hooks_stream());
     assert_eq!(redis.cli(&["KEYS", &pattern]).trim(), "");
+    a.stop().await;
+}
+
+/// Redis restarted empty: the heartbeat writes the connections back into
+/// the sets (reporting the transitions that makes), so the removal that
+/// follows still reports `user.offline` and `room.vacated`.
+#[tokio::test]
+async fn after_a_store_loss_the_sets_come_back_and_offline_still_fires() {
+    let mut redis = RedisServer::start();
+    let p = prefix("hooks-store-loss");
+    let a = Node::start(&redis.url(), &p, "a", HookSet::all()).await;
+    let mut c1 = a.connect("c1", "u").await;
+    a.join(&mut c1, "chat:1").await;
+    drain(&[&a], |seen| seen.len() >= 2).await;
+
+    redis.restart();
+    let user_set = Keys::new(&p).hooks_user(&herald_testkit::conformance::cluster::acme(), "u");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["SISMEMBER", &user_set, "c1"]).trim() != "1" {
+        assert!(Instant::now() < deadline, "the connection was not written back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.remove(&c1).await;
+    let events = drain(&[&a], |seen| {
+        !of_type(seen, "user.offline").is_empty() && !of_type(seen, "room.vacated").is_empty()
+    })
+    .await;
+    assert_eq!(
+        types(&events),
+        ["user.online", "room.occupied", "room.vacated", "user.offline"],
+        "{events:#?}"
+    );
     a.stop().await;
 }
