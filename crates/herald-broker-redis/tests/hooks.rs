@@ -8,8 +8,8 @@ use cluster_common::{wait_connected, HEARTBEAT};
 use herald_broker_redis::keys::Keys;
 use herald_broker_redis::{RedisClients, RedisCluster, RedisHooks, RedisSettings};
 use herald_core::{
-    Cluster, ClusterAdmission, ConnectionRecord, HookEvent, HookKind, HookSet, Outbox,
-    OutboxEntry, PerUserPolicy,
+    Cluster, ClusterAdmission, ConnectionRecord, HookEvent, HookKind, HookSet, Outbox, OutboxEntry,
+    PerUserPolicy,
 };
 use herald_testkit::conformance::cluster::{now_ms, prefix, record, room, FakeNode};
 use herald_testkit::RedisServer;
@@ -171,7 +171,12 @@ async fn transitions_once(url: &str) {
     let events = drain(&[&a, &b], |seen| !of_type(seen, "user.offline").is_empty()).await;
     assert_eq!(
         types(&events),
-        ["user.online", "room.occupied", "room.vacated", "user.offline"],
+        [
+            "user.online",
+            "room.occupied",
+            "room.vacated",
+            "user.offline"
+        ],
         "{events:#?}"
     );
     assert_eq!(events[0]["tenant"], "acme");
@@ -202,7 +207,12 @@ async fn a_dead_nodes_connections_are_reported_once_by_the_reaper() {
     let before = drain(&[&a, &b, &c], |seen| seen.len() >= 4).await;
     assert_eq!(
         types(&before),
-        ["user.online", "user.online", "room.occupied", "room.occupied"]
+        [
+            "user.online",
+            "user.online",
+            "room.occupied",
+            "room.occupied"
+        ]
     );
 
     // Two survivors race to reap it; each record is reported once.
@@ -340,10 +350,7 @@ async fn a_deposed_holders_ack_moves_nothing() {
     let p = prefix("hooks-deposed");
     let set: HookSet = [HookKind::MessageSent].into_iter().collect();
     let a = Node::start(&redis.url(), &p, "a", set).await;
-    a.hooks
-        .append(&[event(1), event(2)])
-        .await
-        .expect("append");
+    a.hooks.append(&[event(1), event(2)]).await.expect("append");
     holder(&redis, &p, &[&a]).await;
     let batch = a
         .hooks
@@ -397,7 +404,10 @@ async fn after_a_store_loss_the_sets_come_back_and_offline_still_fires() {
     let user_set = Keys::new(&p).hooks_user(&herald_testkit::conformance::cluster::acme(), "u");
     let deadline = Instant::now() + Duration::from_secs(10);
     while redis.cli(&["SISMEMBER", &user_set, "c1"]).trim() != "1" {
-        assert!(Instant::now() < deadline, "the connection was not written back");
+        assert!(
+            Instant::now() < deadline,
+            "the connection was not written back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     a.remove(&c1).await;
@@ -407,7 +417,12 @@ async fn after_a_store_loss_the_sets_come_back_and_offline_still_fires() {
     .await;
     assert_eq!(
         types(&events),
-        ["user.online", "room.occupied", "room.vacated", "user.offline"],
+        [
+            "user.online",
+            "room.occupied",
+            "room.vacated",
+            "user.offline"
+        ],
         "{events:#?}"
     );
     a.stop().await;

@@ -55,12 +55,16 @@ fn count(events: &[Value], kind: &str, field: &str, value: &str) -> usize {
 async fn lease_holder(redis: &RedisServer, c: &TestCluster) -> usize {
     // The Redis engine's lease key (docs/architecture.md, "Webhooks on Redis").
     let key = &format!("{}:{{hooks}}:lease", c.prefix());
-    eventually("a node holds the lease", Duration::from_secs(10), || async move {
-        let holder = redis.cli(&["GET", key]);
-        (0..c.nodes().len())
-            .find(|i| holder.trim().starts_with(&format!("{}/", c.id(*i))))
-            .ok_or(holder)
-    })
+    eventually(
+        "a node holds the lease",
+        Duration::from_secs(10),
+        || async move {
+            let holder = redis.cli(&["GET", key]);
+            (0..c.nodes().len())
+                .find(|i| holder.trim().starts_with(&format!("{}/", c.id(*i))))
+                .ok_or(holder)
+        },
+    )
     .await
 }
 
@@ -194,7 +198,9 @@ async fn a_sigkilled_node_loses_no_event_and_transitions_fire_once_cluster_wide(
             .iter()
             .map(|u| count(&events, "user.offline", "user_id", u))
             .sum::<usize>();
-        (off == 2).then_some(()).ok_or(format!("{off} of 2 offline"))
+        (off == 2)
+            .then_some(())
+            .ok_or(format!("{off} of 2 offline"))
     })
     .await;
     let users: Vec<String> = conns

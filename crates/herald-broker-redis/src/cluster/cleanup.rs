@@ -190,7 +190,8 @@ impl RedisCluster {
                 .values()
                 .filter_map(|json| serde_json::from_str(json).ok())
                 .collect();
-            self.purge(dead, &records, true, &|_| Farewell::Lost).await?;
+            self.purge(dead, &records, true, &|_| Farewell::Lost)
+                .await?;
             c.del::<(), _>(vec![node_key, self.keys.node_figures(dead)])
                 .await
                 .map_err(redis_error)?;

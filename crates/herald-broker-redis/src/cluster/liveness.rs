@@ -3,8 +3,8 @@
 //! and the sweep of this node's stale entries.
 
 use super::registry::{member_json, room_key};
-use crate::hooks::Farewell;
 use super::{json_error, millis, now_ms, redis_error, telemetry, RedisCluster, SESSION_REPLACED};
+use crate::hooks::Farewell;
 use fred::interfaces::{HashesInterface, KeysInterface};
 use fred::types::{Expiration, Value};
 use herald_core::{BrokerError, ClusterNode, ConnectionRecord};

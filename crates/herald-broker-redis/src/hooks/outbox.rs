@@ -131,10 +131,7 @@ impl RedisHooks {
                 .run(
                     &self.clients.commands,
                     vec![self.keys.hooks_lease(), self.keys.hooks_stream()],
-                    vec![
-                        self.token.clone().into(),
-                        int(LEASE_TTL.as_millis() as u64),
-                    ],
+                    vec![self.token.clone().into(), int(LEASE_TTL.as_millis() as u64)],
                 )
                 .await
                 .and_then(|v| v.convert());
@@ -210,11 +207,7 @@ impl RedisHooks {
             }
             self.scripts
                 .append
-                .run(
-                    &self.clients.commands,
-                    vec![self.keys.hooks_stream()],
-                    args,
-                )
+                .run(&self.clients.commands, vec![self.keys.hooks_stream()], args)
                 .await
                 .map_err(redis_error)?;
         }
