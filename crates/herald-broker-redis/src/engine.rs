@@ -109,7 +109,6 @@ impl EngineFactory for RedisEngine {
                     let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
                 }
             })),
-            outbox: None,
         })
     }
 }
