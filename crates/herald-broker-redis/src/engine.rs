@@ -81,7 +81,7 @@ impl EngineFactory for RedisEngine {
         })?;
         let connections = clients.start();
         // With webhooks off it starts nothing and the registry skips it.
-        let hooks = RedisHooks::new(clients.clone(), &settings.prefix, &ctx.node_id, ctx.hooks);
+        let hooks = RedisHooks::new(clients.clone(), &settings, ctx.hooks);
         hooks.spawn(ctx.cancel.clone(), &ctx.tasks);
         let cluster = RedisCluster::with_hooks(clients.clone(), &settings, Some(hooks.clone()));
         let broker = RedisBroker::new(clients.clone(), &settings, ctx.sink, ctx.presence_sink);

@@ -40,7 +40,7 @@ impl Node {
         let clients = RedisClients::connect(&settings).expect("clients");
         clients.start();
         wait_connected(&clients).await;
-        let hooks = RedisHooks::new(clients.clone(), prefix, id, set);
+        let hooks = RedisHooks::new(clients.clone(), &settings, set);
         let cluster = RedisCluster::with_hooks(clients, &settings, Some(hooks.clone()));
         let node = Node {
             cluster,

@@ -14,7 +14,7 @@ use common::{Backend, WsClient};
 use herald_testkit::RedisServer;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest wait for the receiver to have seen what it should.
 const DELIVERY: Duration = Duration::from_secs(20);

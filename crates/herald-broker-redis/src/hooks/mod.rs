@@ -8,8 +8,9 @@
 //! - `hooks_stream()`: the outbox, a stream of `{t: time_ms, b: json}`,
 //!   bounded by `MAXLEN ~` [`MAX_LEN`] (when the receiver stays away that
 //!   long, the oldest events are trimmed unsent).
-//! - `hooks_lease()`: the dispatch lease, `SET NX PX` [`LEASE_TTL`] naming
-//!   one node process, renewed every [`LEASE_RENEW`]. Only its holder reads.
+//! - `hooks_lease()`: the dispatch lease, `SET NX PX <ttl>` naming one node
+//!   process. Its TTL is one `broker.node_heartbeat` (at least 1 s; 5 s by
+//!   default), renewed every 30% of it. Only its holder reads.
 //! - `hooks_cursor()`: the id of the last acknowledged entry; it only moves
 //!   forward, only by the lease holder, and everything behind it is trimmed.
 //! - `hooks_user(tenant, user)`: set of the user's live connection ids;
@@ -28,7 +29,7 @@ mod transitions;
 
 use crate::broker::script::LuaScript;
 use crate::keys::Keys;
-use crate::RedisClients;
+use crate::{RedisClients, RedisSettings};
 use herald_core::{BrokerError, HookKind, HookSet};
 use parking_lot::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -41,15 +42,8 @@ pub use transitions::Farewell;
 /// Approximate bound of the outbox stream (`XADD MAXLEN ~`): about a
 /// million events, a few hundred MB of Redis memory at most.
 pub const MAX_LEN: u64 = 1_000_000;
-/// How long the dispatch lease lives without renewal: a dead holder's
-/// successor starts sending at most this long (plus one renewal period)
-/// after it died.
-pub const LEASE_TTL: Duration = Duration::from_secs(5);
-/// How often the holder renews the lease (and others try to take it).
-pub const LEASE_RENEW: Duration = Duration::from_millis(1500);
-/// The holder stops reading this long before the lease could have expired
-/// in Redis, so two nodes never send at once.
-const LEASE_MARGIN: Duration = Duration::from_secs(1);
+/// The shortest dispatch lease, whatever the heartbeat.
+const MIN_LEASE: Duration = Duration::from_secs(1);
 /// How often a holder waiting for events looks at the stream (events
 /// appended by this node wake it at once).
 const POLL: Duration = Duration::from_millis(100);
@@ -77,13 +71,16 @@ pub struct RedisHooks {
     token: String,
     scripts: Scripts,
     /// Until when this process may read as the lease holder (by its own
-    /// clock, [`LEASE_MARGIN`] short of the lease's TTL); `None` when it
+    /// clock, a fifth short of the lease's TTL); `None` when it
     /// does not hold the lease.
     held_until: Mutex<Option<Instant>>,
     /// The outbox length at the last lease round, `u64::MAX` before one.
     backlog: AtomicU64,
     /// Woken by this node's appends, so a waiting holder reads at once.
     wake: Notify,
+    /// How long the lease lives without renewal: a dead holder's successor
+    /// starts sending at most this long (plus one renewal period) later.
+    lease_ttl: Duration,
 }
 
 /// A number as a script argument.
@@ -102,14 +99,14 @@ struct Scripts {
 }
 
 impl RedisHooks {
-    /// The outbox and transitions of node `node_id` under `prefix`, for the
+    /// The outbox and transitions of the node `settings` describe, for the
     /// kinds in `set`.
-    pub fn new(clients: RedisClients, prefix: &str, node_id: &str, set: HookSet) -> Arc<Self> {
+    pub fn new(clients: RedisClients, settings: &RedisSettings, set: HookSet) -> Arc<Self> {
         Arc::new(Self {
             clients,
-            keys: Keys::new(prefix),
+            keys: Keys::new(&settings.prefix),
             set,
-            token: format!("{node_id}/{:016x}", rand::random::<u64>()),
+            token: format!("{}/{:016x}", settings.node_id, rand::random::<u64>()),
             scripts: Scripts {
                 append: LuaScript::new(scripts::APPEND),
                 enter: LuaScript::new(scripts::ENTER),
@@ -122,7 +119,19 @@ impl RedisHooks {
             held_until: Mutex::new(None),
             backlog: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
+            lease_ttl: settings.node_heartbeat.max(MIN_LEASE),
         })
+    }
+
+    /// How often the holder renews the lease (and others try to take it).
+    fn lease_renew(&self) -> Duration {
+        self.lease_ttl * 3 / 10
+    }
+
+    /// The holder stops reading this long before the lease could expire in
+    /// Redis, so two nodes never send at once.
+    fn lease_margin(&self) -> Duration {
+        self.lease_ttl / 5
     }
 
     /// Whether the registry keeps the transition sets (a kind in

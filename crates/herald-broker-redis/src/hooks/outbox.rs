@@ -1,7 +1,7 @@
 //! The outbox proper: appending, the dispatch lease, reading after the
 //! cursor and acknowledging.
 
-use super::{int, RedisHooks, APPEND_CHUNK, LEASE_MARGIN, LEASE_RENEW, LEASE_TTL, MAX_LEN, POLL};
+use super::{int, RedisHooks, APPEND_CHUNK, MAX_LEN, POLL};
 use crate::cluster::redis_error;
 use async_trait::async_trait;
 use fred::types::Value;
@@ -114,7 +114,7 @@ impl RedisHooks {
     }
 
     async fn lease_loop(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(LEASE_RENEW);
+        let mut tick = tokio::time::interval(self.lease_renew());
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -131,7 +131,10 @@ impl RedisHooks {
                 .run(
                     &self.clients.commands,
                     vec![self.keys.hooks_lease(), self.keys.hooks_stream()],
-                    vec![self.token.clone().into(), int(LEASE_TTL.as_millis() as u64)],
+                    vec![
+                        self.token.clone().into(),
+                        int(self.lease_ttl.as_millis() as u64),
+                    ],
                 )
                 .await
                 .and_then(|v| v.convert());
@@ -141,7 +144,7 @@ impl RedisHooks {
                     if *held == 1 {
                         // Counted from before the request: the lease in
                         // Redis lives at least this long from then on.
-                        let until = asked + LEASE_TTL - LEASE_MARGIN;
+                        let until = asked + self.lease_ttl - self.lease_margin();
                         if self.held_until.lock().replace(until).is_none() {
                             counter!(LEASE_TAKEN).increment(1);
                             gauge!(LEASE_HELD).set(1.0);
