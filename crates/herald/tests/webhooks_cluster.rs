@@ -305,6 +305,7 @@ async fn a_receiver_away_then_the_sender_sigkilled_mid_backlog_loses_nothing() {
         (n >= 10).then_some(()).ok_or(format!("{n} events"))
     })
     .await;
+    let before_kill = unique_events(backend).await.len();
     c.kill(holder);
     backend.configure(json!({"webhooks": {"mode": "ok"}})).await;
     let later = &later;
@@ -318,6 +319,13 @@ async fn a_receiver_away_then_the_sender_sigkilled_mid_backlog_loses_nothing() {
     .await;
     check_everything_went_away(&rest, later)
         .unwrap_or_else(|e| panic!("{e}: {rest:#?}\n{}", c.logs()));
+    // The successor sent the rest: more than the one batch that may have
+    // been in flight when the sender died.
+    assert!(
+        rest.len() > before_kill + 5,
+        "{before_kill} delivered before the kill, {} in all",
+        rest.len()
+    );
     let new_holder = lease_holder(&redis, &c).await;
     assert_ne!(new_holder, holder, "a survivor took the lease");
 }
