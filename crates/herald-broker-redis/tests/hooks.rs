@@ -427,3 +427,68 @@ async fn after_a_store_loss_the_sets_come_back_and_offline_still_fires() {
     );
     a.stop().await;
 }
+
+/// Volume: 100,000 events appended by two nodes' writers (100 per call,
+/// as the node's writer batches) come out of the outbox once each, in
+/// each writer's order, through 1,000-event batches. Prints the rates;
+/// run with `cargo test -p herald-broker-redis --test hooks -- --ignored
+/// --nocapture outbox_volume` (Redis does the work: a debug build measures
+/// the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run on demand"]
+async fn outbox_volume() {
+    const EVENTS: u64 = 100_000;
+    let redis = RedisServer::start();
+    let p = prefix("hooks-volume");
+    let set: HookSet = [HookKind::MessageSent].into_iter().collect();
+    let a = Node::start(&redis.url(), &p, "a", set).await;
+    let b = Node::start(&redis.url(), &p, "b", set).await;
+    let started = Instant::now();
+    let write = |n: &'static str, node: &Node| {
+        let hooks = node.hooks.clone();
+        async move {
+            for chunk in (0..EVENTS / 2).collect::<Vec<_>>().chunks(100) {
+                let events: Vec<HookEvent> = chunk
+                    .iter()
+                    .map(|i| {
+                        let mut e = event(*i);
+                        e.fields.insert("writer".into(), n.into());
+                        e
+                    })
+                    .collect();
+                hooks.append(&events).await.expect("append");
+            }
+        }
+    };
+    tokio::join!(write("a", &a), write("b", &b));
+    let appended = started.elapsed();
+    let holder = holder(&redis, &p, &[&a, &b]).await;
+    let started = Instant::now();
+    let mut next = std::collections::HashMap::from([("a", 0u64), ("b", 0u64)]);
+    let mut read = 0;
+    while read < EVENTS {
+        let batch = holder
+            .hooks
+            .next_batch(1000, Duration::from_secs(2))
+            .await
+            .expect("next_batch");
+        assert!(!batch.is_empty(), "outbox ran dry after {read}");
+        for e in &batch {
+            let v: Value = serde_json::from_slice(&e.body).expect("json");
+            let writer = if v["writer"] == "a" { "a" } else { "b" };
+            let want = next.get_mut(writer).expect("writer");
+            assert_eq!(v["n"].as_u64(), Some(*want), "order of writer {writer}");
+            *want += 1;
+        }
+        read += batch.len() as u64;
+        holder.hooks.ack(&batch).await.expect("ack");
+    }
+    let drained = started.elapsed();
+    println!(
+        "appended {EVENTS} events in {appended:?} ({:.0}/s); read and acked in {drained:?} ({:.0}/s)",
+        EVENTS as f64 / appended.as_secs_f64(),
+        EVENTS as f64 / drained.as_secs_f64()
+    );
+    a.stop().await;
+    b.stop().await;
+}
