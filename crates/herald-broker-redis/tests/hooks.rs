@@ -375,6 +375,24 @@ async fn a_deposed_holders_ack_moves_nothing() {
 }
 
 #[tokio::test]
+async fn user_kinds_alone_keep_no_room_set() {
+    let redis = RedisServer::start();
+    let p = prefix("hooks-users-only");
+    let set: HookSet = [HookKind::UserOnline, HookKind::UserOffline]
+        .into_iter()
+        .collect();
+    let a = Node::start(&redis.url(), &p, "a", set).await;
+    let mut c1 = a.connect("c1", "u").await;
+    a.join(&mut c1, "chat:1").await;
+    let pattern = format!("{}:room:*", Keys::new(&p).hooks_stream());
+    assert_eq!(redis.cli(&["KEYS", &pattern]).trim(), "");
+    a.remove(&c1).await;
+    let events = drain(&[&a], |seen| seen.len() >= 2).await;
+    assert_eq!(types(&events), ["user.online", "user.offline"]);
+    a.stop().await;
+}
+
+#[tokio::test]
 async fn with_webhooks_off_the_registry_writes_no_webhook_key() {
     let redis = RedisServer::start();
     let p = prefix("hooks-off");

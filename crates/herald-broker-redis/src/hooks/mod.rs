@@ -20,8 +20,9 @@
 //!   once however many nodes (or reapers) race.
 //!
 //! The transition sets are kept only when `webhooks.events` names a kind
-//! that needs them ([`TRACKED`]); with webhooks off the engine sends no
-//! command it did not send before.
+//! that needs them ([`TRACKED`]; the rooms' sets only for `room.*` and
+//! `member.left`); with webhooks off the engine sends no command it did
+//! not send before.
 
 mod outbox;
 mod scripts;
@@ -138,6 +139,18 @@ impl RedisHooks {
     /// [`TRACKED`] is enabled).
     pub fn tracking(&self) -> bool {
         TRACKED.iter().any(|k| self.set.contains(*k))
+    }
+
+    /// Whether the registry keeps the rooms' sets too (`room.*`, or the
+    /// reaper's `member.left`, which the room set makes exactly once).
+    fn tracks_rooms(&self) -> bool {
+        [
+            HookKind::RoomOccupied,
+            HookKind::RoomVacated,
+            HookKind::MemberLeft,
+        ]
+        .iter()
+        .any(|k| self.set.contains(*k))
     }
 
     /// Fails fast while the command connection is down.

@@ -89,9 +89,10 @@ impl RedisHooks {
         rooms: &[RoomKey],
         mode: &str,
     ) -> Result<bool, BrokerError> {
-        if !self.tracking() {
+        if !self.tracking() || (mode == "join" && !self.tracks_rooms()) {
             return Ok(true);
         }
+        let rooms = if self.tracks_rooms() { rooms } else { &[] };
         self.check()?;
         let mut keys = Vec::with_capacity(2 + rooms.len());
         keys.push(self.keys.hooks_stream());
@@ -129,9 +130,10 @@ impl RedisHooks {
         mode: &str,
         farewell: Farewell,
     ) -> Result<bool, BrokerError> {
-        if !self.tracking() {
+        if !self.tracking() || (mode == "leave" && !self.tracks_rooms()) {
             return Ok(false);
         }
+        let rooms = if self.tracks_rooms() { rooms } else { &[] };
         self.check()?;
         let lost = farewell == Farewell::Lost;
         let mut keys = Vec::with_capacity(2 + rooms.len());
