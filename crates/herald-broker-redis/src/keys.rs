@@ -160,6 +160,12 @@ impl Keys {
         format!("{}:{{hooks}}:cursor", self.prefix)
     }
 
+    /// How many unsent events the outbox's bound trimmed since the lease
+    /// holder last took the count.
+    pub fn hooks_trimmed(&self) -> String {
+        format!("{}:{{hooks}}:trimmed", self.prefix)
+    }
+
     /// Set of a user's live connection ids, whose 0 <-> 1 transitions are
     /// `user.online` / `user.offline`.
     pub fn hooks_user(&self, tenant: &Tenant, user: &str) -> String {
@@ -227,6 +233,7 @@ mod tests {
             keys.hooks_stream(),
             keys.hooks_lease(),
             keys.hooks_cursor(),
+            keys.hooks_trimmed(),
             keys.hooks_user(&tenant, "u{1}"),
             keys.hooks_room(&room),
         ];

@@ -30,6 +30,27 @@ struct Node {
 
 impl Node {
     async fn start(url: &str, prefix: &str, id: &str, set: HookSet) -> Node {
+        Self::start_with(
+            url,
+            prefix,
+            id,
+            set,
+            herald_broker_redis::hooks::MAX_LEN,
+            true,
+        )
+        .await
+    }
+
+    /// A node whose outbox holds at most `max_len` events; with `spawn`
+    /// false its tasks (heartbeat, lease) do not run.
+    async fn start_with(
+        url: &str,
+        prefix: &str,
+        id: &str,
+        set: HookSet,
+        max_len: u64,
+        spawn: bool,
+    ) -> Node {
         let settings = RedisSettings {
             url: url.into(),
             prefix: prefix.into(),
@@ -40,7 +61,7 @@ impl Node {
         let clients = RedisClients::connect(&settings).expect("clients");
         clients.start();
         wait_connected(&clients).await;
-        let hooks = RedisHooks::new(clients.clone(), &settings, set);
+        let hooks = RedisHooks::bounded(clients.clone(), &settings, set, max_len);
         let cluster = RedisCluster::with_hooks(clients, &settings, Some(hooks.clone()));
         let node = Node {
             cluster,
@@ -49,9 +70,11 @@ impl Node {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
-        node.cluster
-            .spawn(node.fake.clone(), node.cancel.clone(), &node.tasks);
-        node.hooks.spawn(node.cancel.clone(), &node.tasks);
+        if spawn {
+            node.cluster
+                .spawn(node.fake.clone(), node.cancel.clone(), &node.tasks);
+            node.hooks.spawn(node.cancel.clone(), &node.tasks);
+        }
         node
     }
 
@@ -390,6 +413,30 @@ async fn user_kinds_alone_keep_no_room_set() {
     let events = drain(&[&a], |seen| seen.len() >= 2).await;
     assert_eq!(types(&events), ["user.online", "user.offline"]);
     a.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_outbox_drops_its_oldest_and_the_holder_takes_the_count() {
+    let redis = RedisServer::start();
+    let p = prefix("hooks-full");
+    let set: HookSet = [HookKind::MessageSent].into_iter().collect();
+    let writer = Node::start_with(&redis.url(), &p, "w", set, 5, false).await;
+    let events: Vec<HookEvent> = (0..8).map(event).collect();
+    writer.hooks.append(&events).await.expect("append");
+    let keys = Keys::new(&p);
+    assert_eq!(redis.cli(&["XLEN", &keys.hooks_stream()]).trim(), "5");
+    assert_eq!(redis.cli(&["GET", &keys.hooks_trimmed()]).trim(), "3");
+
+    let reader = Node::start_with(&redis.url(), &p, "r", set, 5, true).await;
+    let batch = reader
+        .hooks
+        .next_batch(10, Duration::from_secs(5))
+        .await
+        .expect("next_batch");
+    assert_eq!(batch.iter().map(n_of).collect::<Vec<_>>(), [3, 4, 5, 6, 7]);
+    // The holder took the count (and reported it as dropped).
+    assert_eq!(redis.cli(&["EXISTS", &keys.hooks_trimmed()]).trim(), "0");
+    reader.stop().await;
 }
 
 #[tokio::test]

@@ -6,8 +6,9 @@
 //! What lives where (names from [`Keys`], all with the `{hooks}` hash tag,
 //! so one script can touch any of them, on Redis Cluster too):
 //! - `hooks_stream()`: the outbox, a stream of `{t: time_ms, b: json}`,
-//!   bounded by `MAXLEN ~` [`MAX_LEN`] (when the receiver stays away that
-//!   long, the oldest events are trimmed unsent).
+//!   bounded to [`MAX_LEN`] events: when the receiver stays away that
+//!   long, the oldest are trimmed unsent and counted in
+//!   `hooks_trimmed()`, which the lease holder reports.
 //! - `hooks_lease()`: the dispatch lease, `SET NX PX <ttl>` naming one node
 //!   process. Its TTL is one `broker.node_heartbeat` (at least 1 s; 5 s by
 //!   default), renewed every 30% of it. Only its holder reads.
@@ -40,8 +41,9 @@ use tokio::sync::Notify;
 
 pub use transitions::Farewell;
 
-/// Approximate bound of the outbox stream (`XADD MAXLEN ~`): about a
-/// million events, a few hundred MB of Redis memory at most.
+/// Bound of the outbox stream: a million waiting events, a few hundred MB
+/// of Redis memory at most. Beyond, the oldest unsent are dropped and
+/// counted (`herald_webhook_events_dropped_total{reason="outbox_full"}`).
 pub const MAX_LEN: u64 = 1_000_000;
 /// The shortest dispatch lease, whatever the heartbeat.
 const MIN_LEASE: Duration = Duration::from_secs(1);
@@ -82,6 +84,9 @@ pub struct RedisHooks {
     /// How long the lease lives without renewal: a dead holder's successor
     /// starts sending at most this long (plus one renewal period) later.
     lease_ttl: Duration,
+    /// Most events the outbox holds; beyond, the oldest unsent are dropped
+    /// (counted by the lease holder).
+    max_len: u64,
 }
 
 /// A number as a script argument.
@@ -103,6 +108,17 @@ impl RedisHooks {
     /// The outbox and transitions of the node `settings` describe, for the
     /// kinds in `set`.
     pub fn new(clients: RedisClients, settings: &RedisSettings, set: HookSet) -> Arc<Self> {
+        Self::bounded(clients, settings, set, MAX_LEN)
+    }
+
+    /// [`RedisHooks::new`] with an outbox of at most `max_len` waiting
+    /// events instead of [`MAX_LEN`].
+    pub fn bounded(
+        clients: RedisClients,
+        settings: &RedisSettings,
+        set: HookSet,
+        max_len: u64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             clients,
             keys: Keys::new(&settings.prefix),
@@ -121,6 +137,7 @@ impl RedisHooks {
             backlog: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
             lease_ttl: settings.node_heartbeat.max(MIN_LEASE),
+            max_len: max_len.max(1),
         })
     }
 

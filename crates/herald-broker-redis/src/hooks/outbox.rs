@@ -1,7 +1,7 @@
 //! The outbox proper: appending, the dispatch lease, reading after the
 //! cursor and acknowledging.
 
-use super::{int, RedisHooks, APPEND_CHUNK, MAX_LEN, POLL};
+use super::{int, RedisHooks, APPEND_CHUNK, POLL};
 use crate::cluster::redis_error;
 use async_trait::async_trait;
 use fred::types::Value;
@@ -16,6 +16,8 @@ use tokio_util::task::TaskTracker;
 
 const LEASE_HELD: &str = "herald_webhook_lease_held";
 const LEASE_TAKEN: &str = "herald_webhook_lease_acquired_total";
+/// The dispatcher's drop counter; the outbox's bound adds `outbox_full`.
+const DROPPED: &str = "herald_webhook_events_dropped_total";
 
 fn describe() {
     static ONCE: Once = Once::new();
@@ -130,7 +132,11 @@ impl RedisHooks {
                 .lease
                 .run(
                     &self.clients.commands,
-                    vec![self.keys.hooks_lease(), self.keys.hooks_stream()],
+                    vec![
+                        self.keys.hooks_lease(),
+                        self.keys.hooks_stream(),
+                        self.keys.hooks_trimmed(),
+                    ],
                     vec![
                         self.token.clone().into(),
                         int(self.lease_ttl.as_millis() as u64),
@@ -139,8 +145,16 @@ impl RedisHooks {
                 .await
                 .and_then(|v| v.convert());
             match reply.as_deref() {
-                Ok([held, len]) => {
+                Ok([held, len, trimmed]) => {
                     self.backlog.store(*len, Ordering::Relaxed);
+                    if *trimmed > 0 {
+                        counter!(DROPPED, "reason" => "outbox_full").increment(*trimmed);
+                        tracing::warn!(
+                            events = trimmed,
+                            bound = self.max_len,
+                            "webhook outbox full: its oldest unsent events were dropped"
+                        );
+                    }
                     if *held == 1 {
                         // Counted from before the request: the lease in
                         // Redis lives at least this long from then on.
@@ -203,14 +217,18 @@ impl RedisHooks {
         self.check()?;
         for chunk in bodies.chunks(APPEND_CHUNK) {
             let mut args: Vec<Value> = Vec::with_capacity(1 + chunk.len() * 2);
-            args.push(int(MAX_LEN));
+            args.push(int(self.max_len));
             for (t, body) in chunk {
                 args.push(int(*t));
                 args.push(Value::Bytes(body.clone()));
             }
             self.scripts
                 .append
-                .run(&self.clients.commands, vec![self.keys.hooks_stream()], args)
+                .run(
+                    &self.clients.commands,
+                    vec![self.keys.hooks_stream(), self.keys.hooks_trimmed()],
+                    args,
+                )
                 .await
                 .map_err(redis_error)?;
         }

@@ -4,7 +4,7 @@
 //! `scripts.rs`); the caller (the cluster registry) runs it next to the
 //! registry write it belongs to.
 
-use super::{int, RedisHooks, MAX_LEN};
+use super::{int, RedisHooks};
 use crate::cluster::redis_error;
 use fred::types::Value;
 use herald_core::hooks::{now_ms, NODE_LOST_CODE, NODE_LOST_REASON};
@@ -94,11 +94,12 @@ impl RedisHooks {
         }
         let rooms = if self.tracks_rooms() { rooms } else { &[] };
         self.check()?;
-        let mut keys = Vec::with_capacity(2 + rooms.len());
+        let mut keys = Vec::with_capacity(3 + rooms.len());
         keys.push(self.keys.hooks_stream());
+        keys.push(self.keys.hooks_trimmed());
         keys.push(self.keys.hooks_user(&rec.tenant, &rec.user_id));
         let mut args: Vec<Value> = vec![
-            int(MAX_LEN),
+            int(self.max_len),
             rec.connection_id.as_str().into(),
             int(now_ms()),
             mode.into(),
@@ -136,8 +137,9 @@ impl RedisHooks {
         let rooms = if self.tracks_rooms() { rooms } else { &[] };
         self.check()?;
         let lost = farewell == Farewell::Lost;
-        let mut keys = Vec::with_capacity(2 + rooms.len());
+        let mut keys = Vec::with_capacity(3 + rooms.len());
         keys.push(self.keys.hooks_stream());
+        keys.push(self.keys.hooks_trimmed());
         keys.push(self.keys.hooks_user(&rec.tenant, &rec.user_id));
         let closed = if lost {
             body(self, HookKind::ConnectionClosed, || {
@@ -147,7 +149,7 @@ impl RedisHooks {
             Value::from("")
         };
         let mut args: Vec<Value> = vec![
-            int(MAX_LEN),
+            int(self.max_len),
             rec.connection_id.as_str().into(),
             int(now_ms()),
             mode.into(),
