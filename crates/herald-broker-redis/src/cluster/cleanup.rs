@@ -233,8 +233,11 @@ impl RedisCluster {
             .values()
             .filter_map(|json| serde_json::from_str(json).ok())
             .collect();
-        // The node reported these connections' closes as it closed them.
-        self.purge(&self.node_id, &records, true, &|_| Farewell::Quiet)
+        // Entries still here were not removed through their sessions (the
+        // drain ran out of time, or a removal failed): report them as a
+        // reaper would. A close the node did report has the same id, and
+        // a membership it removed is no longer in the room's set.
+        self.purge(&self.node_id, &records, true, &|_| Farewell::Lost)
             .await?;
         let locks: Vec<(String, (herald_core::Tenant, String))> =
             self.locks.lock().drain().collect();
