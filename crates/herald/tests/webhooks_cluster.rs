@@ -229,8 +229,9 @@ async fn a_sigkilled_node_loses_no_event_and_transitions_fire_once_cluster_wide(
         done.then_some(events).ok_or("not yet".to_owned())
     })
     .await;
-    // Nothing more is coming: a last sentinel user's events arrive after
-    // anything still queued.
+    // Complete: a user's `user.offline` is appended after every event of
+    // its last connection (members left, closed, rooms vacated), and the
+    // outbox is delivered in order.
     if let Err(e) = check_everything_went_away(&events, users) {
         panic!("{e}\nevents: {events:#?}\n{}", c.logs());
     }
