@@ -224,6 +224,7 @@ impl EngineFactory for NatsEngine {
             shutdown: Some(Box::pin(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(2), clients.close()).await;
             })),
+            outbox: None,
         })
     }
 }

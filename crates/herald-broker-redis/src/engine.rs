@@ -1,10 +1,10 @@
 //! The Redis engine's factory (`broker.kind = "redis"`): connects the
-//! node's clients and starts the broker, the cluster registry and the
-//! ingest consumer, every task on the node's tracker.
+//! node's clients and starts the broker, the cluster registry, the webhook
+//! outbox and the ingest consumer, every task on the node's tracker.
 
 use crate::{
     IngestConsumer, IngestFailure, IngestTarget, RedisBroker, RedisClients, RedisCluster,
-    RedisSettings,
+    RedisHooks, RedisSettings,
 };
 use async_trait::async_trait;
 use herald_core::{
@@ -80,7 +80,10 @@ impl EngineFactory for RedisEngine {
             message: e.to_string(),
         })?;
         let connections = clients.start();
-        let cluster = RedisCluster::new(clients.clone(), &settings);
+        // With webhooks off it starts nothing and the registry skips it.
+        let hooks = RedisHooks::new(clients.clone(), &settings, ctx.hooks);
+        hooks.spawn(ctx.cancel.clone(), &ctx.tasks);
+        let cluster = RedisCluster::with_hooks(clients.clone(), &settings, Some(hooks.clone()));
         let broker = RedisBroker::new(clients.clone(), &settings, ctx.sink, ctx.presence_sink);
         broker.spawn(ctx.cancel.clone(), &ctx.tasks);
         cluster.spawn(ctx.node, ctx.cancel.clone(), &ctx.tasks);
@@ -99,6 +102,7 @@ impl EngineFactory for RedisEngine {
             broker,
             cluster: Some(cluster),
             presence,
+            outbox: Some(hooks),
             shutdown: Some(Box::pin(async move {
                 clients.quit().await;
                 for handle in connections {

@@ -141,6 +141,52 @@ impl Keys {
     pub fn ingest_dead(&self) -> String {
         format!("{}:ingest:dead", self.prefix)
     }
+
+    /// The webhook outbox: a stream of events (fields `t`, the event's
+    /// `time_ms`, and `b`, its JSON). Every webhook key shares the hash tag
+    /// `{hooks}`, so one script may append events and change the
+    /// transition sets below on Redis Cluster too.
+    pub fn hooks_stream(&self) -> String {
+        format!("{}:{{hooks}}", self.prefix)
+    }
+
+    /// The dispatch lease: names the one node process sending webhooks.
+    pub fn hooks_lease(&self) -> String {
+        format!("{}:{{hooks}}:lease", self.prefix)
+    }
+
+    /// The id of the last outbox entry acknowledged (delivered or dropped).
+    pub fn hooks_cursor(&self) -> String {
+        format!("{}:{{hooks}}:cursor", self.prefix)
+    }
+
+    /// How many unsent events the outbox's bound trimmed since the lease
+    /// holder last took the count.
+    pub fn hooks_trimmed(&self) -> String {
+        format!("{}:{{hooks}}:trimmed", self.prefix)
+    }
+
+    /// Set of a user's live connection ids, whose 0 <-> 1 transitions are
+    /// `user.online` / `user.offline`.
+    pub fn hooks_user(&self, tenant: &Tenant, user: &str) -> String {
+        format!(
+            "{}:{{hooks}}:user:{}/{}",
+            self.prefix,
+            escape(tenant.as_str()),
+            escape(user)
+        )
+    }
+
+    /// Set of a room's member connection ids, whose 0 <-> 1 transitions are
+    /// `room.occupied` / `room.vacated`.
+    pub fn hooks_room(&self, room: &RoomKey) -> String {
+        format!(
+            "{}:{{hooks}}:room:{}/{}",
+            self.prefix,
+            escape(room.tenant.as_str()),
+            escape(room.name.as_str())
+        )
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +218,28 @@ mod tests {
             keys.room_idempotency(&room, "k"),
         ] {
             assert!(k.contains("{/user:42}"), "{k}");
+        }
+    }
+
+    #[test]
+    fn webhook_keys_share_one_slot_whatever_the_names() {
+        let keys = Keys::new("herald");
+        let room = RoomKey::new(
+            Tenant::from_option(Some("a}b")),
+            RoomName::parse("user:42").expect("room"),
+        );
+        let tenant = Tenant::from_option(Some("{x}"));
+        let all = [
+            keys.hooks_stream(),
+            keys.hooks_lease(),
+            keys.hooks_cursor(),
+            keys.hooks_trimmed(),
+            keys.hooks_user(&tenant, "u{1}"),
+            keys.hooks_room(&room),
+        ];
+        let slot = fred::util::redis_keyslot(all[0].as_bytes());
+        for k in &all {
+            assert_eq!(fred::util::redis_keyslot(k.as_bytes()), slot, "{k}");
         }
     }
 }

@@ -6,6 +6,9 @@
 //! - [`RedisCluster`] keeps the cluster-wide registry: nodes and their
 //!   heartbeats, connections per user, presence, exclusive-session locks,
 //!   and the control channel that carries disconnects between nodes.
+//! - [`RedisHooks`] is the durable webhook outbox (a stream with a
+//!   cluster-wide dispatch lease) and reports the registry's cluster-wide
+//!   transitions (`user.online`, `room.vacated`, ...) into it.
 //! - [`IngestConsumer`] publishes entries services append to the
 //!   `<prefix>:ingest` stream, once each, as one consumer group.
 //!
@@ -28,9 +31,11 @@ pub use fred::types::ConnectHandle;
 mod broker;
 mod cluster;
 mod engine;
+pub mod hooks;
 mod ingest;
 
 pub use broker::RedisBroker;
 pub use cluster::RedisCluster;
 pub use engine::{RedisEngine, RedisPresence};
+pub use hooks::RedisHooks;
 pub use ingest::{IngestConsumer, IngestFailure, IngestOptions, IngestTarget};

@@ -13,6 +13,7 @@ mod engine;
 mod error;
 mod filter;
 mod flush;
+mod hooks;
 mod housekeeping;
 mod limits;
 mod members;

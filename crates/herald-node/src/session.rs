@@ -400,6 +400,7 @@ impl Session {
         }
         // Checked after the event name, which a `proxy` rule sends on.
         self.check_access(&name, Action::Send(&event)).await?;
+        let hook = self.node.hook_message(&key, &event, &data);
         let outcome = self
             .node
             .broker()
@@ -417,6 +418,10 @@ impl Session {
             })
             .await?;
         metrics::published();
+        if let Some(hook) = hook {
+            self.node
+                .hook_message_sent(hook, &self.conn, &outcome.position);
+        }
         self.ack(id, Some(outcome.position));
         Ok(())
     }
@@ -553,6 +558,7 @@ impl Session {
                 self.node.announce_presence(&key, &self.conn, false).await;
             }
         }
+        self.node.hook_closed(&self.conn, reason).await;
         self.node.inner.registry.remove(&self.conn);
         self.node.cluster_remove(&record).await;
         metrics::connection_closed(reason, self.conn.transport.name);

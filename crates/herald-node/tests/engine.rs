@@ -84,6 +84,7 @@ fn settings() -> NodeSettings {
         access_proxy: None,
         limits: Limits::default(),
         namespaces,
+        hooks: herald_core::HookSet::empty(),
     }
 }
 

@@ -93,6 +93,7 @@ async fn a_join_the_broker_fails_answers_without_the_engine_text() {
             access_proxy: None,
             limits: Limits::default(),
             namespaces,
+            hooks: herald_core::HookSet::empty(),
         },
         Arc::new(AnyToken),
         |sink: Arc<dyn PublicationSink>| -> Arc<dyn Broker> {
@@ -232,6 +233,7 @@ fn failing_reads_node() -> (Node, Arc<FailingReads>) {
             access_proxy: None,
             limits: Limits::default(),
             namespaces,
+            hooks: herald_core::HookSet::empty(),
         },
         Arc::new(AnyToken),
         move |sink: Arc<dyn PublicationSink>| -> Arc<dyn Broker> {

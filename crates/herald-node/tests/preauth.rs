@@ -36,6 +36,7 @@ fn node() -> Node {
             access_proxy: None,
             limits: Limits::default(),
             namespaces: Namespaces::shipped(),
+            hooks: herald_core::HookSet::empty(),
         },
         Arc::new(JsonVerifier),
         |sink| Arc::new(MemoryBroker::new(sink)),

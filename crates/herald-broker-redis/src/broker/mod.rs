@@ -9,7 +9,7 @@ mod metrics;
 mod publish;
 mod read;
 mod reader;
-mod script;
+pub(crate) mod script;
 
 use crate::keys::Keys;
 use crate::{wire, RedisClients, RedisSettings};

@@ -14,13 +14,13 @@ pub(super) const PUBLISH: &str = concat!(include_str!("common.lua"), include_str
 pub(super) const READ: &str = concat!(include_str!("common.lua"), include_str!("read.lua"));
 
 /// One script and its hash.
-pub(super) struct LuaScript {
+pub(crate) struct LuaScript {
     lua: &'static str,
     script: Script,
 }
 
 impl LuaScript {
-    pub(super) fn new(lua: &'static str) -> Self {
+    pub(crate) fn new(lua: &'static str) -> Self {
         Self {
             lua,
             script: Script::from_lua(lua),
@@ -29,7 +29,7 @@ impl LuaScript {
 
     /// Runs the script. A NOSCRIPT answer means nothing ran, so sending the
     /// source is safe even with one command attempt.
-    pub(super) async fn run(
+    pub(crate) async fn run(
         &self,
         client: &Client,
         keys: Vec<String>,

@@ -4,6 +4,7 @@
 
 use super::registry::rooms_of;
 use super::{millis, redis_error, telemetry, RedisCluster};
+use crate::hooks::Farewell;
 use crate::wire;
 use fred::clients::Client;
 use fred::interfaces::{HashesInterface, KeysInterface, PubsubInterface, SortedSetsInterface};
@@ -39,12 +40,14 @@ impl RedisCluster {
     /// Removes records of `node_id` from their users' hashes and their
     /// rooms' presence; with `announce`, publishes `member_left` for every
     /// presence entry this call removed (so each leave goes out once, even
-    /// when two survivors purge the same node).
+    /// when two survivors purge the same node). With webhooks on, reports
+    /// each record's transitions, and what `farewell` says of it.
     pub(super) async fn purge(
         &self,
         node_id: &str,
         records: &[ConnectionRecord],
         announce: bool,
+        farewell: &(dyn Fn(&ConnectionRecord) -> Farewell + Sync),
     ) -> Result<(), BrokerError> {
         let c = &self.clients.commands;
         for chunk in records.chunks(BATCH) {
@@ -82,6 +85,13 @@ impl RedisCluster {
             }
             if announce && !removed.is_empty() {
                 self.announce_left(c, node_id, &removed).await?;
+            }
+            if let Some(hooks) = &self.hooks {
+                // One script per record: its events and its transitions
+                // are one step, reported once however often it is purged.
+                for rec in chunk {
+                    hooks.closed(rec, &rooms_of(rec), farewell(rec)).await?;
+                }
             }
         }
         Ok(())
@@ -180,7 +190,8 @@ impl RedisCluster {
                 .values()
                 .filter_map(|json| serde_json::from_str(json).ok())
                 .collect();
-            self.purge(dead, &records, true).await?;
+            self.purge(dead, &records, true, &|_| Farewell::Lost)
+                .await?;
             c.del::<(), _>(vec![node_key, self.keys.node_figures(dead)])
                 .await
                 .map_err(redis_error)?;
@@ -222,7 +233,12 @@ impl RedisCluster {
             .values()
             .filter_map(|json| serde_json::from_str(json).ok())
             .collect();
-        self.purge(&self.node_id, &records, true).await?;
+        // Entries still here were not removed through their sessions (the
+        // drain ran out of time, or a removal failed): report them as a
+        // reaper would. A close the node did report has the same id, and
+        // a membership it removed is no longer in the room's set.
+        self.purge(&self.node_id, &records, true, &|_| Farewell::Lost)
+            .await?;
         let locks: Vec<(String, (herald_core::Tenant, String))> =
             self.locks.lock().drain().collect();
         for (id, (tenant, user)) in locks {

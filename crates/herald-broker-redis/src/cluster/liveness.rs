@@ -4,6 +4,7 @@
 
 use super::registry::{member_json, room_key};
 use super::{json_error, millis, now_ms, redis_error, telemetry, RedisCluster, SESSION_REPLACED};
+use crate::hooks::Farewell;
 use fred::interfaces::{HashesInterface, KeysInterface};
 use fred::types::{Expiration, Value};
 use herald_core::{BrokerError, ClusterNode, ConnectionRecord};
@@ -154,6 +155,13 @@ impl RedisCluster {
                 }
             }
         }
+        if let Some(hooks) = &self.hooks {
+            for (rec, room) in &left {
+                if let Some(key) = room_key(rec, room) {
+                    hooks.left(&key, rec).await?;
+                }
+            }
+        }
         let pipe = self.clients.commands.pipeline();
         for (rec, room) in &left {
             if let Some(key) = room_key(rec, room) {
@@ -170,7 +178,9 @@ impl RedisCluster {
             .filter(|e| !now.contains(e.0.connection_id.as_str()))
             .map(|e| e.0.clone())
             .collect();
-        self.purge(&self.node_id, &gone, false).await?;
+        // Closed by this node, which reported them.
+        self.purge(&self.node_id, &gone, false, &|_| Farewell::Quiet)
+            .await?;
         self.forget_in_node_hash(&gone).await
     }
 
@@ -200,6 +210,15 @@ impl RedisCluster {
                 }
             }
             pipe.all::<Value>().await.map_err(redis_error)?;
+            if let Some(hooks) = &self.hooks {
+                // Its transitions, should Redis have lost them too (after
+                // a flush the sets are empty; after a wrong reap they say
+                // offline): `online`/`offline` keep alternating.
+                for (rec, rooms) in chunk {
+                    let keys: Vec<_> = rooms.iter().filter_map(|r| room_key(rec, &r.0)).collect();
+                    hooks.restore(rec, &keys).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -295,7 +314,17 @@ impl RedisCluster {
                 "dropping stale registry entries of this node"
             );
         }
-        self.purge(&self.node_id, &stale, true).await?;
+        // A previous process of this node id never reported its closes;
+        // this process's own connections it reported as they closed.
+        let started_at = self.started_at;
+        self.purge(&self.node_id, &stale, true, &move |r| {
+            if r.connected_at < started_at {
+                Farewell::Lost
+            } else {
+                Farewell::Quiet
+            }
+        })
+        .await?;
         self.forget_in_node_hash(&stale).await?;
         if !unreadable.is_empty() {
             self.clients

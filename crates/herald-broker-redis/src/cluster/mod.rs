@@ -9,6 +9,7 @@ mod liveness;
 mod registry;
 mod scripts;
 
+use crate::hooks::RedisHooks;
 use crate::keys::Keys;
 use crate::{RedisClients, RedisSettings};
 use async_trait::async_trait;
@@ -78,11 +79,24 @@ pub struct RedisCluster {
     /// When this process's registry started (ms): entries of this node id
     /// that connected earlier belong to a previous process.
     started_at: u64,
+    /// The webhook transitions, when `webhooks.events` asks for any the
+    /// engine reports (see [`crate::hooks`]); `None` costs nothing.
+    hooks: Option<Arc<RedisHooks>>,
 }
 
 impl RedisCluster {
     /// A registry over `clients`.
     pub fn new(clients: RedisClients, settings: &RedisSettings) -> Arc<Self> {
+        Self::with_hooks(clients, settings, None)
+    }
+
+    /// A registry over `clients` that reports webhook transitions to
+    /// `hooks` (taken only when it tracks any: [`RedisHooks::tracking`]).
+    pub fn with_hooks(
+        clients: RedisClients,
+        settings: &RedisSettings,
+        hooks: Option<Arc<RedisHooks>>,
+    ) -> Arc<Self> {
         telemetry::describe();
         Arc::new(Self {
             clients,
@@ -98,6 +112,7 @@ impl RedisCluster {
             control_live: AtomicBool::new(false),
             beat: tokio::sync::Mutex::new(()),
             started_at: now_ms(),
+            hooks: hooks.filter(|h| h.tracking()),
         })
     }
 
@@ -157,7 +172,7 @@ fn millis(d: Duration) -> String {
 
 /// Maps a fred error: anything about reaching Redis is `Unavailable`
 /// (callers answer 503 and retry); anything else is a bug or a bad reply.
-fn redis_error(e: fred::error::Error) -> BrokerError {
+pub(crate) fn redis_error(e: fred::error::Error) -> BrokerError {
     use fred::error::ErrorKind as K;
     const TRANSIENT: [&str; 6] = [
         "LOADING",

@@ -1,6 +1,7 @@
 //! Connections, memberships and the cluster-wide views read from them.
 
 use super::{json_error, millis, redis_error, RedisCluster};
+use crate::hooks::Farewell;
 use fred::interfaces::{HashesInterface, KeysInterface};
 use fred::types::Value;
 use herald_core::{
@@ -120,6 +121,11 @@ impl RedisCluster {
             }
             return Ok(ClusterAdmission::Refused);
         }
+        if let Some(hooks) = &self.hooks {
+            // Should this fail, the entries written above stay until the
+            // sweep purges them (the node refuses the connection).
+            hooks.opened(record).await?;
+        }
         if policy == PerUserPolicy::Exclusive {
             self.locks.lock().insert(
                 id.to_owned(),
@@ -161,6 +167,11 @@ impl RedisCluster {
                 .map_err(redis_error)?;
         }
         pipe.all::<Value>().await.map_err(redis_error)?;
+        if let Some(hooks) = &self.hooks {
+            hooks
+                .closed(record, &rooms_of(record), Farewell::Quiet)
+                .await?;
+        }
         // The node's entry last: while it is there, the sweep can still
         // finish a removal that failed half-way.
         c.hdel::<(), _, _>(self.keys.node_connections(&self.node_id), id)
@@ -210,6 +221,12 @@ impl RedisCluster {
                     .await
                     .map_err(redis_error)?;
             }
+            if let (true, Some(hooks)) = (joined, &self.hooks) {
+                hooks.joined(room, record).await?;
+            }
+        }
+        if let (false, Some(hooks)) = (joined, &self.hooks) {
+            hooks.left(room, record).await?;
         }
         // A displaced or removed connection may still leave: its member
         // entry goes whatever became of its record.
