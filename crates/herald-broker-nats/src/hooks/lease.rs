@@ -92,6 +92,9 @@ impl NatsOutbox {
     /// Takes or renews the lease once; whether this node holds it after.
     pub(super) async fn renew(&self) -> Result<bool, BrokerError> {
         let store = self.lease_store().await?;
+        // One write of the key at a time: a renewal and a cursor move on
+        // the same revision would refuse each other.
+        let _one = self.lease_write.lock().await;
         let held = *self.lease.lock();
         let started = Instant::now();
         let result = match held {
@@ -108,7 +111,16 @@ impl NatsOutbox {
                 // the stream's first.
                 let cursor = self.first_sequence().await?.saturating_sub(1);
                 let value = self.lease_value(cursor)?;
-                store.update(KEY, value, 0).await.map(|rev| (rev, cursor))
+                match store.update(KEY, value, 0).await {
+                    Ok(rev) => Ok((rev, cursor)),
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                        match self.own_lease(&store).await {
+                            Some(adopted) => Ok(adopted),
+                            None => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
         match result {
@@ -149,6 +161,7 @@ impl NatsOutbox {
     /// Moves the cursor to `cursor` (an update on the lease's revision);
     /// whether this node still held the lease.
     pub(super) async fn advance(&self, cursor: u64) -> Result<bool, BrokerError> {
+        let _one = self.lease_write.lock().await;
         let Some(held) = self.held() else {
             return Ok(false);
         };
@@ -178,6 +191,14 @@ impl NatsOutbox {
             }
             Err(e) => Err(hooks_error("moving the webhook cursor", e)),
         }
+    }
+
+    /// The lease key's revision and cursor when it names this node (a
+    /// write whose answer was lost, or this node's previous process).
+    async fn own_lease(&self, store: &Store) -> Option<(u64, u64)> {
+        let entry = store.entry(KEY).await.ok()??;
+        let value: LeaseValue = serde_json::from_slice(&entry.value).ok()?;
+        (value.node == self.node_id).then_some((entry.revision, value.cursor))
     }
 
     fn lease_value(&self, cursor: u64) -> Result<Bytes, BrokerError> {

@@ -60,13 +60,15 @@ pub struct NatsOutbox {
     lease_kv: Mutex<Option<Store>>,
     /// The lease, while this node holds it.
     lease: Mutex<Option<lease::Held>>,
+    /// Serializes this node's writes of the lease key.
+    lease_write: tokio::sync::Mutex<()>,
     /// Bumped every time this node takes the lease: the reader starts
     /// again from the cursor.
     generation: AtomicU64,
     /// The holder's reading position and doorbell.
     reader: tokio::sync::Mutex<Option<read::Reader>>,
-    /// Events waiting, as the holder last saw them (`u64::MAX`: unknown).
-    backlog: AtomicU64,
+    /// The stream's last sequence when the holder last looked.
+    last_seq: AtomicU64,
 }
 
 impl NatsOutbox {
@@ -84,9 +86,10 @@ impl NatsOutbox {
             stream: Mutex::new(None),
             lease_kv: Mutex::new(None),
             lease: Mutex::new(None),
+            lease_write: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             reader: tokio::sync::Mutex::new(None),
-            backlog: AtomicU64::new(u64::MAX),
+            last_seq: AtomicU64::new(0),
         })
     }
 
@@ -247,10 +250,12 @@ impl Outbox for NatsOutbox {
             .unwrap_or_else(|_| Err(hooks_error("acking", "timed out")))
     }
 
+    /// Known to the lease holder only: events after the cursor.
     fn backlog(&self) -> Option<u64> {
-        match self.backlog.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            n => Some(n),
-        }
+        self.held().map(|h| {
+            self.last_seq
+                .load(Ordering::Relaxed)
+                .saturating_sub(h.cursor)
+        })
     }
 }

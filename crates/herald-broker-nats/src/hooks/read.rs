@@ -50,7 +50,6 @@ impl NatsOutbox {
             let Some(held) = self.held() else {
                 // Not the holder: no doorbell, no reads.
                 *guard = None;
-                self.backlog.store(u64::MAX, Ordering::Relaxed);
                 tokio::time::sleep_until(deadline).await;
                 return Ok(Vec::new());
             };
@@ -127,8 +126,7 @@ impl NatsOutbox {
             );
             reader.next = first;
         }
-        self.backlog
-            .store((last + 1).saturating_sub(reader.next), Ordering::Relaxed);
+        self.last_seq.store(last, Ordering::Relaxed);
         if last < reader.next {
             return Ok(Vec::new());
         }
