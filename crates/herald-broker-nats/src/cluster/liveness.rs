@@ -366,6 +366,14 @@ impl NatsCluster {
                 "dropping stale registry entries of this node"
             );
         }
+        // A previous process's connections never reported their close;
+        // this process's own leftovers did (the node reports its own).
+        let lost: Vec<_> = stale
+            .iter()
+            .filter(|r| r.connected_at < self.started_at)
+            .flat_map(|r| self.lost_connection_events(r))
+            .collect();
+        self.publish_events(&lost).await?;
         self.purge_members(b, &self.node_id, &orphans).await?;
         self.purge_records(b, &self.node_id, &stale).await?;
         // Room keys listing this node without members here (a previous

@@ -150,9 +150,7 @@ impl NatsOutbox {
             Err(e) => {
                 // Unknown outcome: kept while it can be trusted, so a slow
                 // answer does not stop the holder at once.
-                if held.is_some_and(|h| !h.fresh()) {
-                    *self.lease.lock() = None;
-                }
+                self.drop_stale();
                 Err(hooks_error("renewing the dispatch lease", e))
             }
         }
@@ -210,12 +208,22 @@ impl NatsOutbox {
         .map_err(|e| BrokerError::Internal(format!("webhook lease JSON: {e}")))
     }
 
+    /// Forgets a lease that can no longer be trusted.
+    fn drop_stale(&self) {
+        let mut lease = self.lease.lock();
+        if lease.is_some_and(|h| !h.fresh()) {
+            *lease = None;
+            crate::hooks::metrics::lease_held(false);
+        }
+    }
+
     /// Gives the lease back (on shutdown) so another node takes over at
     /// once rather than after [`LEASE_TTL`].
     async fn release(&self) {
         let Some(held) = self.lease.lock().take() else {
             return;
         };
+        crate::hooks::metrics::lease_held(false);
         let Some(store) = self.lease_kv.lock().clone() else {
             return;
         };
@@ -250,13 +258,11 @@ impl NatsOutbox {
                         *self.lease_kv.lock() = None;
                     }
                     Err(_) => {
-                        if self.lease.lock().is_some_and(|h| !h.fresh()) {
-                            *self.lease.lock() = None;
-                        }
+                        self.drop_stale();
                     }
                 }
-            } else if self.lease.lock().is_some_and(|h| !h.fresh()) {
-                *self.lease.lock() = None;
+            } else {
+                self.drop_stale();
             }
             tokio::select! {
                 () = cancel.cancelled() => break,
