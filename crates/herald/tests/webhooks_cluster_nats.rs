@@ -53,16 +53,20 @@ async fn lease_holder(nats: &NatsServer, c: &TestCluster) -> usize {
     let js = async_nats::jetstream::new(client);
     let bucket = format!("{}-hooks-lease", c.prefix());
     let (js, bucket) = (&js, &bucket);
-    eventually("a node holds the lease", Duration::from_secs(10), || async move {
-        let kv = js.get_key_value(bucket).await.map_err(|e| e.to_string())?;
-        let entry = kv.get("holder").await.map_err(|e| e.to_string())?;
-        let value: Value = entry
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .ok_or("no holder")?;
-        (0..c.nodes().len())
-            .find(|i| value["node"] == c.id(*i))
-            .ok_or(value.to_string())
-    })
+    eventually(
+        "a node holds the lease",
+        Duration::from_secs(10),
+        || async move {
+            let kv = js.get_key_value(bucket).await.map_err(|e| e.to_string())?;
+            let entry = kv.get("holder").await.map_err(|e| e.to_string())?;
+            let value: Value = entry
+                .and_then(|v| serde_json::from_slice(&v).ok())
+                .ok_or("no holder")?;
+            (0..c.nodes().len())
+                .find(|i| value["node"] == c.id(*i))
+                .ok_or(value.to_string())
+        },
+    )
     .await
 }
 
@@ -190,7 +194,9 @@ async fn a_sigkilled_node_loses_no_event_and_transitions_fire_once_on_nats() {
             .iter()
             .map(|u| count(&events, "user.offline", "user_id", u))
             .sum();
-        (off == 2).then_some(()).ok_or(format!("{off} of 2 offline"))
+        (off == 2)
+            .then_some(())
+            .ok_or(format!("{off} of 2 offline"))
     })
     .await;
     let users: Vec<String> = conns
