@@ -343,3 +343,73 @@ async fn without_webhooks_the_registry_writes_no_events() {
     node.stop().await;
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn an_event_left_in_a_users_key_by_a_node_that_died_is_published_by_the_reaper() {
+    let h = NatsBackend::start();
+    let p = prefix("pending");
+    let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+    let reader = outbox(&h, &p, "reader", &cancel, &tasks).await;
+    let a = hooked(&h, &p, "a").await;
+    // c never beats: once its admission's node key expires it is dead.
+    let s = settings(&h, &p, "c");
+    let cc = clients(&s).await;
+    let c = NatsCluster::with_hooks(
+        cc.clone(),
+        &s,
+        HookSet::all(),
+        Some(NatsOutbox::new(cc, &s, Duration::from_secs(3600))),
+    );
+    let rec = herald_testkit::conformance::cluster::record("c", "c1", "u9", now_ms());
+    c.admit(&rec, PerUserPolicy::EvictOldest, 5)
+        .await
+        .expect("admit");
+
+    // c died right after the write that took u9 offline, before its
+    // publish: the key holds the event, the record is still there.
+    let store = cluster_common::Store::connect(&h.server.url(), &p).await;
+    let kv = store
+        .js
+        .get_key_value(store.names.bucket("registry"))
+        .await
+        .expect("registry");
+    let key = format!("u.{}", store.names.user_key(&acme(), "u9"));
+    let entry = kv.entry(key.as_str()).await.expect("read").expect("u9");
+    let mut offline = HookEvent::user_offline(&acme(), "u9");
+    offline.id = "pending-offline".into();
+    let doc = serde_json::json!({"conns": {}, "pending": [offline]});
+    kv.update(
+        &key,
+        serde_json::to_vec(&doc).expect("json").into(),
+        entry.revision,
+    )
+    .await
+    .expect("rewrite");
+
+    let mut seen = Vec::new();
+    assert!(
+        read_until(&reader, 100, &mut seen, Duration::from_secs(10), |s| {
+            count(s, "user.offline", "user_id", "u9") >= 1
+                && count(s, "connection.closed", "connection_id", "c1") >= 1
+        })
+        .await,
+        "{seen:?}"
+    );
+    read_until(&reader, 100, &mut seen, HEARTBEAT * 4, |_| false).await;
+    let offline: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e["type"] == "user.offline")
+        .collect();
+    assert_eq!(offline.len(), 1, "{seen:?}");
+    assert_eq!(offline[0]["id"], "pending-offline");
+    assert_eq!(count(&seen, "user.online", "user_id", "u9"), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            store.user(&acme(), "u9").await == Value::Null
+        })
+        .await,
+        "the user's key went once its event was out"
+    );
+    a.stop().await;
+    cancel.cancel();
+}
