@@ -9,8 +9,9 @@
 //! - The dispatch lease and the cursor (`lease`): only the holder reads
 //!   the stream; it reads after the cursor and moves the cursor when the
 //!   dispatcher acks.
-//! - The holder waits for new events on the stream's subject itself (a
-//!   core subscription, a doorbell), and reads them from the stream.
+//! - An idle holder waits for new events on the stream's subject itself (a
+//!   core subscription made only while it waits, a doorbell), and reads
+//!   them from the stream.
 //!
 //! The cluster registry publishes its transitions (`user.*`, `room.*`, and
 //! a dead node's events) here too, through [`NatsOutbox::publish`].

@@ -5,7 +5,7 @@ use super::{hooks_error, metrics, NatsOutbox};
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::Subscriber;
 use futures_util::future::join_all;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use herald_core::{BrokerError, OutboxEntry};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
@@ -24,8 +24,10 @@ pub(super) struct Reader {
     generation: u64,
     /// The next stream sequence to hand out.
     next: u64,
-    /// Every event published to the stream's subject: says "look again".
-    doorbell: Subscriber,
+    /// While idle: every event published to the stream's subject says
+    /// "look again". Dropped as soon as it rang, so a busy holder buffers
+    /// no copies of the events it reads from the stream anyway.
+    doorbell: Option<Subscriber>,
 }
 
 /// The one field of an event the outbox needs.
@@ -55,16 +57,10 @@ impl NatsOutbox {
             };
             let generation = self.generation.load(Ordering::Acquire);
             if guard.as_ref().is_none_or(|r| r.generation != generation) {
-                let doorbell = self
-                    .clients
-                    .client
-                    .subscribe(self.names.hooks_subject())
-                    .await
-                    .map_err(|e| hooks_error("subscribing to the outbox", e))?;
                 *guard = Some(Reader {
                     generation,
                     next: held.cursor + 1,
-                    doorbell,
+                    doorbell: None,
                 });
             }
             let Some(reader) = guard.as_mut() else {
@@ -76,6 +72,7 @@ impl NatsOutbox {
                 .await
                 .unwrap_or_else(|_| Err(hooks_error("reading", "timed out")))?;
             if !batch.is_empty() {
+                reader.doorbell = None;
                 // Handed out only while the lease still holds.
                 return Ok(if self.held().is_some() {
                     batch
@@ -87,17 +84,24 @@ impl NatsOutbox {
             if now >= deadline {
                 return Ok(Vec::new());
             }
+            let Some(doorbell) = reader.doorbell.as_mut() else {
+                // Subscribed (and the subscription known to the server)
+                // before the stream is read again: nothing slips between.
+                let client = &self.clients.client;
+                let sub = client
+                    .subscribe(self.names.hooks_subject())
+                    .await
+                    .map_err(|e| hooks_error("subscribing to the outbox", e))?;
+                tokio::time::timeout(self.command_timeout, client.flush())
+                    .await
+                    .map_err(|_| hooks_error("subscribing to the outbox", "timed out"))?
+                    .map_err(|e| hooks_error("subscribing to the outbox", e))?;
+                reader.doorbell = Some(sub);
+                continue;
+            };
             let nap = (deadline - now).min(IDLE_CHECK);
             tokio::select! {
-                rung = reader.doorbell.next() => {
-                    if rung.is_none() {
-                        // The subscription ended (the client closed).
-                        *guard = None;
-                    } else {
-                        // One look serves every event published meanwhile.
-                        while let Some(Some(_)) = reader.doorbell.next().now_or_never() {}
-                    }
-                }
+                _ = doorbell.next() => reader.doorbell = None,
                 () = tokio::time::sleep(nap) => {}
             }
         }
