@@ -49,6 +49,7 @@ impl EngineFactory for MemoryEngine {
             cluster: None,
             presence: Arc::new(LocalPresence::new(ctx.presence_sink)),
             shutdown: None,
+            outbox: None,
         })
     }
 }

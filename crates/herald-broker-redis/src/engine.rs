@@ -105,6 +105,7 @@ impl EngineFactory for RedisEngine {
                     let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
                 }
             })),
+            outbox: None,
         })
     }
 }

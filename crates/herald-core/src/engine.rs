@@ -16,7 +16,9 @@
 //! its token; on shutdown the node (after draining and leaving the cluster)
 //! awaits [`Engine::shutdown`], which closes the engine's connections.
 
-use crate::{Broker, Cluster, ClusterNode, Presence, PresenceSink, PublicationSink};
+use crate::{
+    Broker, Cluster, ClusterNode, HookSet, Outbox, Presence, PresenceSink, PublicationSink,
+};
 use async_trait::async_trait;
 use std::future::Future;
 use std::pin::Pin;
@@ -51,6 +53,10 @@ pub struct EngineContext {
     pub history_budget: usize,
     /// The `[broker]` table.
     pub settings: EngineSettings,
+    /// The webhook kinds `webhooks.events` enables (empty: webhooks off).
+    /// A cluster engine appends the kinds it emits (see [`crate::hooks`])
+    /// only when they are in this set.
+    pub hooks: HookSet,
 }
 
 /// The engine's shutdown step: closes its connections and waits for their
@@ -68,6 +74,10 @@ pub struct Engine {
     /// Closes the engine (see [`EngineShutdown`]); `None` when there is
     /// nothing to close beyond the cancelled tasks.
     pub shutdown: Option<EngineShutdown>,
+    /// Where webhook events wait for the dispatcher: the memory engine's
+    /// in-memory one, a cluster engine's durable one; `None` when the
+    /// engine has none (webhooks cannot be enabled with it).
+    pub outbox: Option<Arc<dyn Outbox>>,
 }
 
 /// What an engine can do, for the conformance suite and the docs.

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod cluster;
 pub mod duration;
 pub mod engine;
+pub mod hooks;
 mod identity;
 pub mod namespace;
 pub mod presence;
@@ -27,6 +28,7 @@ pub use engine::{
     Engine, EngineCapabilities, EngineContext, EngineError, EngineFactory, EngineSettings,
     EngineShutdown, Engines, NoPublishTarget, PublishRefusal, PublishTarget, SettingError,
 };
+pub use hooks::{HookEvent, HookKind, HookSet, Outbox, OutboxEntry, SentMessage, UnknownHookKind};
 pub use identity::Identity;
 pub use namespace::{NamespaceConfig, Namespaces, Rule, RuleError};
 pub use presence::{LocalPresence, Presence, PresenceChange, PresenceSink};

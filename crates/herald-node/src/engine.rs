@@ -77,6 +77,7 @@ impl Node {
             publish,
             history_budget: settings.limits.history_total_bytes,
             settings: engine_settings,
+            hooks: herald_core::HookSet::empty(),
         });
         let engine = match engine {
             Ok(engine) => engine,

@@ -175,6 +175,7 @@ impl Node {
             cluster: None,
             presence,
             shutdown: None,
+            outbox: None,
         };
         Self::assemble(settings, verifier, parts, engine)
     }

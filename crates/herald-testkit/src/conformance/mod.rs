@@ -143,6 +143,7 @@ impl TestNode {
                 publish: Arc::new(NoPublishTarget),
                 history_budget: 0,
                 settings,
+                hooks: herald_core::HookSet::empty(),
             })
             .expect("the engine starts");
         let broker = engine.broker.clone();
