@@ -413,3 +413,43 @@ async fn an_event_left_in_a_users_key_by_a_node_that_died_is_published_by_the_re
     a.stop().await;
     cancel.cancel();
 }
+
+/// A measurement, not run by default (`cargo test -p herald-broker-nats
+/// --release --test hooks_cluster -- --ignored --nocapture`): appends
+/// 20,000 events in appends of 100, then reads and acks them in batches of
+/// 500, and prints both rates; checks every event comes back once, in order.
+#[tokio::test]
+#[ignore]
+async fn outbox_throughput() {
+    let h = NatsBackend::start();
+    let p = prefix("throughput");
+    let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+    let reader = outbox(&h, &p, "reader", &cancel, &tasks).await;
+    let events: Vec<HookEvent> = (0..20_000)
+        .map(|i| HookEvent::user_online(&acme(), &format!("user-{i}")))
+        .collect();
+    let started = std::time::Instant::now();
+    for chunk in events.chunks(100) {
+        reader.append(chunk).await.expect("append");
+    }
+    let appended = started.elapsed();
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    assert!(
+        read_until(&reader, 500, &mut seen, Duration::from_secs(120), |s| {
+            s.len() >= events.len()
+        })
+        .await
+    );
+    let read = started.elapsed();
+    assert!(seen
+        .iter()
+        .zip(&events)
+        .all(|(s, e)| s["id"] == e.id.as_str()));
+    println!(
+        "append: {:.0} events/s; read + ack: {:.0} events/s",
+        events.len() as f64 / appended.as_secs_f64(),
+        events.len() as f64 / read.as_secs_f64()
+    );
+    cancel.cancel();
+}
