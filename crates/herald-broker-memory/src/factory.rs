@@ -1,7 +1,8 @@
 //! The memory engine's factory: one node, history in the node's memory,
-//! presence answered from the node's own members.
+//! presence answered from the node's own members, webhook events in a
+//! bounded in-memory outbox ([`MemoryOutbox`]).
 
-use crate::MemoryBroker;
+use crate::{MemoryBroker, MemoryOutbox};
 use herald_core::{
     Engine, EngineCapabilities, EngineContext, EngineError, EngineFactory, EngineSettings,
     LocalPresence, SettingError,
@@ -49,7 +50,7 @@ impl EngineFactory for MemoryEngine {
             cluster: None,
             presence: Arc::new(LocalPresence::new(ctx.presence_sink)),
             shutdown: None,
-            outbox: None,
+            outbox: Some(Arc::new(MemoryOutbox::default())),
         })
     }
 }

@@ -26,9 +26,11 @@
 mod budget;
 mod factory;
 mod idempotency;
+mod outbox;
 mod stream;
 
 pub use factory::{MemoryEngine, SWEEP_INTERVAL};
+pub use outbox::{MemoryOutbox, DEFAULT_OUTBOX_CAPACITY};
 
 use async_trait::async_trait;
 use budget::Accounting;

@@ -1,6 +1,7 @@
 //! The registry of local connections and per-user admission.
 
 use crate::conn::Connection;
+use crate::hooks::Emitter;
 use crate::limits::{Limits, PerUserPolicy};
 use herald_core::Tenant;
 use herald_protocol::CloseCode;
@@ -30,6 +31,9 @@ const SHARDS: usize = 32;
 /// applied under one lock.
 pub(crate) struct Registry {
     shards: Box<[Mutex<Shard>]>,
+    /// `user.online` / `user.offline`, emitted under the user's shard lock
+    /// so they come in the order of the transitions.
+    hooks: Emitter,
     /// Connections, kept with the shards (read without a lock).
     len: AtomicUsize,
     /// Distinct users, kept with the shards.
@@ -48,6 +52,7 @@ impl Default for Registry {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hooks: Emitter::off(Arc::from("")),
             len: AtomicUsize::new(0),
             users: AtomicUsize::new(0),
         }
@@ -55,6 +60,14 @@ impl Default for Registry {
 }
 
 impl Registry {
+    /// A registry emitting the user kinds `hooks` has.
+    pub(crate) fn with_hooks(hooks: Emitter) -> Self {
+        Self {
+            hooks,
+            ..Self::default()
+        }
+    }
+
     fn shard(&self, tenant: &Tenant, user: &str) -> &Mutex<Shard> {
         let mut h = std::hash::DefaultHasher::new();
         tenant.hash(&mut h);
@@ -95,6 +108,7 @@ impl Registry {
         existing.push(conn.clone());
         if new_user {
             self.users.fetch_add(1, Ordering::Relaxed);
+            self.hooks.user_online(conn);
         }
         for v in &victims {
             if shard.by_id.remove(&v.id).is_some() {
@@ -115,6 +129,7 @@ impl Registry {
         let list = shard.by_user.entry(key).or_default();
         if list.is_empty() {
             self.users.fetch_add(1, Ordering::Relaxed);
+            self.hooks.user_online(conn);
         }
         list.push(conn.clone());
         if shard.by_id.insert(conn.id.clone(), conn.clone()).is_none() {
@@ -148,6 +163,7 @@ impl Registry {
             if list.is_empty() {
                 shard.by_user.remove(&key);
                 self.users.fetch_sub(1, Ordering::Relaxed);
+                self.hooks.user_offline(conn);
             }
         }
     }

@@ -3,10 +3,12 @@
 //! is built around the engine and fills the callbacks it handed over.
 
 use crate::flush::Flusher;
+use crate::hooks::{Emitter, EmitterQueue};
 use crate::node::{Inner, Node, NodeSettings, JOIN_BUFFER_FLOOR};
 use crate::rooms::Rooms;
 use herald_core::{
-    EngineContext, EngineError, EngineFactory, EngineSettings, PublishTarget, TokenVerifier,
+    EngineContext, EngineError, EngineFactory, EngineSettings, HookKind, HookSet, PublishTarget,
+    TokenVerifier,
 };
 use std::sync::{Arc, Weak};
 use tokio_util::sync::CancellationToken;
@@ -31,26 +33,57 @@ pub(crate) struct Parts {
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// Webhook emission (off when `hooks` is empty).
+    pub(crate) hooks: Emitter,
+    /// The emitter's queue, for the writer started once the outbox exists.
+    pub(crate) hook_queue: Option<EmitterQueue>,
 }
 
 impl Parts {
-    pub(crate) fn new(settings: &NodeSettings) -> Self {
+    /// The parts of a node emitting the webhook kinds in `hooks`; on a
+    /// `multi_node` engine the rooms leave `room.*` to the engine.
+    pub(crate) fn new(settings: &NodeSettings, hooks: HookSet, multi_node: bool) -> Self {
         let tasks = TaskTracker::new();
         let node_id: Arc<str> = Arc::from(settings.node_id.as_str());
-        let rooms = Arc::new(Rooms::new(
-            node_id.clone(),
-            // A paced replay may take a while on a slow link: the room's
-            // live events wait in this buffer meanwhile.
-            settings.limits.send_queue_messages.max(JOIN_BUFFER_FLOOR),
-            Flusher::new(tasks.clone()),
-        ));
+        let (emitter, hook_queue) = Emitter::new(hooks, node_id.clone());
+        let room_hooks = if multi_node {
+            emitter.restricted(cluster_node_kinds())
+        } else {
+            emitter.clone()
+        };
+        let rooms = Arc::new(
+            Rooms::new(
+                node_id.clone(),
+                // A paced replay may take a while on a slow link: the room's
+                // live events wait in this buffer meanwhile.
+                settings.limits.send_queue_messages.max(JOIN_BUFFER_FLOOR),
+                Flusher::new(tasks.clone()),
+            )
+            .with_hooks(room_hooks),
+        );
         Self {
             node_id,
             rooms,
             cancel: CancellationToken::new(),
             tasks,
+            hooks: emitter,
+            hook_queue,
         }
     }
+}
+
+/// The kinds a node emits itself on a cluster (the engine emits `user.*`
+/// and `room.*` with its registry writes).
+pub(crate) fn cluster_node_kinds() -> HookSet {
+    [
+        HookKind::ConnectionOpened,
+        HookKind::ConnectionClosed,
+        HookKind::MemberJoined,
+        HookKind::MemberLeft,
+        HookKind::MessageSent,
+    ]
+    .into_iter()
+    .collect()
 }
 
 impl Node {
@@ -65,7 +98,7 @@ impl Node {
         engine_settings: EngineSettings,
         publish: Arc<dyn PublishTarget>,
     ) -> Result<Self, EngineError> {
-        let parts = Parts::new(&settings);
+        let parts = Parts::new(&settings, settings.hooks, factory.capabilities().multi_node);
         let handle = crate::cluster::LateHandle::new(&settings.node_id);
         let engine = factory.start(EngineContext {
             node_id: settings.node_id.clone(),
@@ -77,9 +110,17 @@ impl Node {
             publish,
             history_budget: settings.limits.history_total_bytes,
             settings: engine_settings,
-            hooks: herald_core::HookSet::empty(),
+            hooks: settings.hooks,
         });
         let engine = match engine {
+            Ok(engine) if engine.outbox.is_none() && !settings.hooks.is_empty() => {
+                parts.cancel.cancel();
+                parts.tasks.close();
+                return Err(EngineError {
+                    kind: factory.kind().to_owned(),
+                    message: "webhooks are configured but this engine has no outbox".into(),
+                });
+            }
             Ok(engine) => engine,
             Err(e) => {
                 // Whatever the engine spawned before failing stops here.

@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod filter;
 mod flush;
+mod hooks;
 mod housekeeping;
 mod limits;
 mod members;

@@ -87,9 +87,10 @@ impl Members {
         self.0.get_mut(&ConnKey::of(conn))
     }
 
-    /// Adds `member`, replacing an entry of the same connection.
-    pub(crate) fn insert(&mut self, member: Member) {
-        self.0.insert(ConnKey::of(&member.conn), member);
+    /// Adds `member`, replacing an entry of the same connection; returns
+    /// whether it is new.
+    pub(crate) fn insert(&mut self, member: Member) -> bool {
+        self.0.insert(ConnKey::of(&member.conn), member).is_none()
     }
 
     /// Removes the entry of `conn` in O(1) (the last member takes its place).

@@ -11,9 +11,9 @@ use crate::rooms::Rooms;
 use crate::session::Session;
 use crate::transport::Transport;
 use herald_core::{
-    Broker, Cluster, Engine, EngineShutdown, HistoryPolicy, Identity, LocalPresence, Namespaces,
-    Presence, PublicationSink, PublishOutcome, PublishRequest, RoomKey, RoomName, Tenant,
-    TokenVerifier, VerifyError,
+    Broker, Cluster, Engine, EngineShutdown, HistoryPolicy, HookSet, Identity, LocalPresence,
+    Namespaces, Presence, PublicationSink, PublishOutcome, PublishRequest, RoomKey, RoomName,
+    Tenant, TokenVerifier, VerifyError,
 };
 use herald_protocol::{
     ClientCodec, CloseCode, JoinedRoom, RequestId, ServerFrame, StreamPosition, HERALD_JSON,
@@ -41,6 +41,10 @@ pub struct NodeSettings {
     pub limits: Limits,
     /// Namespace rules.
     pub namespaces: Namespaces,
+    /// The webhook kinds to emit (`webhooks.events`; empty: webhooks off).
+    /// Needs an engine with an outbox ([`Node::start`]); [`Node::new`] has
+    /// none and emits nothing.
+    pub hooks: HookSet,
 }
 
 /// How a session opens.
@@ -136,6 +140,10 @@ pub(crate) struct Inner {
     verifier: Arc<dyn TokenVerifier>,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) registry: Registry,
+    /// Webhook emission (off when no kind is configured).
+    pub(crate) hooks: crate::hooks::Emitter,
+    /// The engine's webhook outbox, for the dispatcher.
+    outbox: Option<Arc<dyn herald_core::Outbox>>,
     pub(crate) clock: Instant,
     /// Socket counts for `max_connections` and the pre-auth and per-IP caps.
     pub(crate) slots: crate::slots::Slots,
@@ -167,7 +175,7 @@ impl Node {
         verifier: Arc<dyn TokenVerifier>,
         make_broker: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>,
     ) -> Self {
-        let parts = crate::engine::Parts::new(&settings);
+        let parts = crate::engine::Parts::new(&settings, HookSet::empty(), false);
         let broker = make_broker(parts.rooms.clone());
         let presence = Arc::new(LocalPresence::new(parts.rooms.clone()));
         let engine = Engine {
@@ -188,6 +196,14 @@ impl Node {
     ) -> Self {
         let open_rates = UserRates::new(settings.limits.messages_per_second, settings.limits.burst);
         metrics::describe();
+        // On a cluster the engine emits `user.*` with its registry writes.
+        let registry_hooks = match engine.cluster {
+            Some(_) => parts.hooks.restricted(crate::engine::cluster_node_kinds()),
+            None => parts.hooks.clone(),
+        };
+        if let (Some(queue), Some(outbox)) = (parts.hook_queue, engine.outbox.clone()) {
+            crate::hooks::spawn_writer(queue, outbox, parts.cancel.clone(), &parts.tasks);
+        }
         let node = Self {
             inner: Arc::new(Inner {
                 node_id: parts.node_id,
@@ -200,7 +216,9 @@ impl Node {
                 engine_shutdown: parking_lot::Mutex::new(engine.shutdown),
                 verifier,
                 rooms: parts.rooms,
-                registry: Registry::default(),
+                registry: Registry::with_hooks(registry_hooks),
+                hooks: parts.hooks,
+                outbox: engine.outbox,
                 clock: Instant::now(),
                 slots: crate::slots::Slots::default(),
                 open_rates,
@@ -231,6 +249,12 @@ impl Node {
     /// The broker engine.
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.inner.broker
+    }
+
+    /// The engine's webhook outbox, which the dispatcher reads (`None`
+    /// for a node built by [`Node::new`]).
+    pub fn outbox(&self) -> Option<&Arc<dyn herald_core::Outbox>> {
+        self.inner.outbox.as_ref()
     }
 
     /// Takes one open from the user's budget (`limits.messages_per_second`
@@ -307,6 +331,7 @@ impl Node {
                 Admission::Admitted(victims) => evict(&victims),
             }
         }
+        self.hook_opened(&conn);
         metrics::connection_opened(transport.name);
         metrics::connections(self.inner.registry.len());
         if let Some(patterns) = &options.events {

@@ -16,6 +16,7 @@
 
 use crate::conn::Connection;
 use crate::flush::Flusher;
+use crate::hooks::Emitter;
 use crate::members::{Member, Members};
 use crate::metrics;
 use crate::queue::{Outbound, PushResult};
@@ -48,17 +49,28 @@ pub(crate) struct Rooms {
     pending_limit: usize,
     count: AtomicUsize,
     flusher: Flusher,
+    /// `member.*` and (alone) `room.*`, emitted under the room's shard
+    /// lock so a room's events come in the order of its transitions.
+    hooks: Emitter,
 }
 
 impl Rooms {
     pub(crate) fn new(node_id: Arc<str>, pending_limit: usize, flusher: Flusher) -> Self {
+        let node_id_for_hooks = node_id.clone();
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             node_id,
             pending_limit: pending_limit.max(1),
             count: AtomicUsize::new(0),
             flusher,
+            hooks: Emitter::off(node_id_for_hooks),
         }
+    }
+
+    /// The same rooms, emitting webhook events through `hooks`.
+    pub(crate) fn with_hooks(mut self, hooks: Emitter) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     fn shard(&self, room: &RoomKey) -> &RwLock<HashMap<RoomKey, RoomEntry>> {
@@ -99,7 +111,11 @@ impl Rooms {
                     member.before_rejoin = None;
                 }
             }
-            _ => entry.members.insert(Member::joining(conn)),
+            _ => {
+                if entry.members.insert(Member::joining(conn)) {
+                    self.hooks.joined(room, conn, created);
+                }
+            }
         }
         if created {
             self.count.fetch_add(1, Ordering::Relaxed);
@@ -216,7 +232,8 @@ impl Rooms {
             let Some(entry) = shard.get_mut(room) else {
                 return;
             };
-            let was_announced = entry.members.remove(conn).is_some_and(|m| m.announced);
+            let removed = entry.members.remove(conn);
+            let was_announced = removed.as_ref().is_some_and(|m| m.announced);
             if was_announced && entry.presence {
                 let frame = ServerFrame::MemberLeft {
                     room: room.name.to_string(),
@@ -224,6 +241,9 @@ impl Rooms {
                     connection_id: conn.id.to_string(),
                 };
                 tell_live(entry.members.iter(), &frame, &mut written);
+            }
+            if removed.is_some() {
+                self.hooks.left(room, conn, entry.members.is_empty());
             }
             if entry.members.is_empty() {
                 shard.remove(room);

@@ -429,6 +429,7 @@ impl Session {
                 "send_message: `event` must be 1 to 255 bytes".into(),
             ));
         }
+        let hook = self.node.hook_message(&key, &event, &data);
         let outcome = self
             .node
             .broker()
@@ -446,6 +447,10 @@ impl Session {
             })
             .await?;
         metrics::published();
+        if let Some(hook) = hook {
+            self.node
+                .hook_message_sent(hook, &self.conn, &outcome.position);
+        }
         self.ack(id, Some(outcome.position));
         Ok(())
     }
@@ -588,6 +593,7 @@ impl Session {
                 self.node.announce_presence(&key, &self.conn, false).await;
             }
         }
+        self.node.hook_closed(&self.conn, reason).await;
         self.node.inner.registry.remove(&self.conn);
         self.node.cluster_remove(&record).await;
         metrics::connection_closed(reason, self.conn.transport.name);

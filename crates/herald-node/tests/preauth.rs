@@ -35,6 +35,7 @@ fn node() -> Node {
             node_id: "n1".into(),
             limits: Limits::default(),
             namespaces: Namespaces::shipped(),
+            hooks: herald_core::HookSet::empty(),
         },
         Arc::new(JsonVerifier),
         |sink| Arc::new(MemoryBroker::new(sink)),

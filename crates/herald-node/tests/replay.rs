@@ -90,6 +90,7 @@ fn node_with(make: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>) -> 
                 ..Limits::default()
             },
             namespaces,
+            hooks: herald_core::HookSet::empty(),
         },
         Arc::new(AnyToken),
         make,

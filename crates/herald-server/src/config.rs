@@ -4,6 +4,7 @@
 
 mod env;
 mod namespaces;
+mod webhooks;
 
 use herald_core::Namespaces;
 use herald_node::Limits;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use herald_core::duration;
 pub use herald_core::duration::parse as parse_duration;
 pub use namespaces::NamespaceToml;
+pub use webhooks::WebhooksConfig;
 
 /// Smallest `limits.max_pending_message_bytes`: room for an `authenticate`
 /// frame with a JWT of ordinary size.
@@ -38,6 +40,8 @@ pub struct Config {
     pub socketio: SocketIoConfig,
     /// `[bridge]`: ingest bridges from NATS subjects and Redis channels.
     pub bridge: herald_bridge::BridgeConfig,
+    /// `[webhooks]`: signed event batches to the backend.
+    pub webhooks: WebhooksConfig,
 }
 
 /// `[socketio]`: the Socket.IO v4 endpoint (docs/protocol.md 8).
@@ -382,6 +386,9 @@ impl Config {
             problems.push(invalid(e.key, e.message));
         }
         self.validate_dev_mode(&mut problems);
+        if let Err(errors) = self.webhooks.resolve() {
+            problems.extend(errors);
+        }
         let path = &self.socketio.path;
         if path.len() < 2
             || !path.starts_with('/')
@@ -564,6 +571,7 @@ impl Config {
         }
         mask(&mut c.bridge.nats_password);
         mask(&mut c.bridge.nats_token);
+        mask(&mut c.webhooks.secret);
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }

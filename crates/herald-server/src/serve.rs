@@ -146,7 +146,12 @@ pub async fn serve_on_with(
         node_id: node_id.clone(),
         limits: config.limits.clone(),
         namespaces,
+        hooks: config.webhooks.hook_set(),
     };
+    let webhooks = config
+        .webhooks
+        .resolve()
+        .map_err(|errors| ServeError::Config(ConfigError::Many(errors)))?;
     let bridges = bridge_plan(&config)?;
     let verifier = Arc::new(JwtVerifier(authenticator.clone()));
     let publish = Arc::new(ApiPublish::default());
@@ -158,6 +163,12 @@ pub async fn serve_on_with(
         publish.clone(),
     )?;
     publish.fill(&node);
+    if let Err(e) = start_webhooks(webhooks, &node) {
+        node.drain(Duration::ZERO).await;
+        node.leave_cluster().await;
+        node.shutdown_engine().await;
+        return Err(e);
+    }
     if let Err(e) = start_bridges(bridges, &node_id, &node, publish.clone()) {
         node.drain(Duration::ZERO).await;
         node.leave_cluster().await;
@@ -230,6 +241,29 @@ fn start_bridges(
     }
     tracing::info!(bridges = plan.routes.len(), "starting ingest bridges");
     herald_bridge::spawn(plan, node_id, publish, node.cancellation(), node.tasks())?;
+    Ok(())
+}
+
+/// Starts the webhook dispatcher on the node's tracker and token, reading
+/// the engine's outbox (`Node::start` refused an engine without one).
+fn start_webhooks(
+    settings: Option<herald_webhooks::WebhookSettings>,
+    node: &Node,
+) -> Result<(), ServeError> {
+    let (Some(settings), Some(outbox)) = (settings, node.outbox()) else {
+        return Ok(());
+    };
+    let dispatcher =
+        herald_webhooks::Dispatcher::new(settings, outbox.clone()).map_err(|e| match e {
+            herald_webhooks::WebhookError::Invalid { key, message } => {
+                ServeError::Config(ConfigError::Invalid { key, message })
+            }
+            other => ServeError::Config(ConfigError::Invalid {
+                key: "webhooks".into(),
+                message: other.to_string(),
+            }),
+        })?;
+    dispatcher.spawn(node.cancellation(), node.tasks());
     Ok(())
 }
 
