@@ -133,12 +133,21 @@ impl Outbox for MemoryOutbox {
     }
 
     async fn ack(&self, entries: &[OutboxEntry]) -> Result<(), BrokerError> {
-        let acked: HashSet<u64> = entries
+        let mut acked: HashSet<u64> = entries
             .iter()
             .filter_map(|e| e.cursor.parse().ok())
             .collect();
+        let mut state = self.state.lock();
+        // Batches are acked from the front, in O(batch); only what is left
+        // (entries dropped meanwhile) costs a pass over the queue.
+        while let Some(front) = state.queue.front() {
+            if !acked.remove(&front.seq) {
+                break;
+            }
+            state.queue.pop_front();
+        }
         if !acked.is_empty() {
-            self.state.lock().queue.retain(|s| !acked.contains(&s.seq));
+            state.queue.retain(|s| !acked.contains(&s.seq));
         }
         Ok(())
     }

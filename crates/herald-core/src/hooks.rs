@@ -479,7 +479,7 @@ mod tests {
         for kind in HookKind::ALL {
             assert_eq!(kind.as_str().parse::<HookKind>(), Ok(kind));
         }
-        let err = "user.away".parse::<HookKind>().err().expect("refused");
+        let err = "user.away".parse::<HookKind>().expect_err("refused");
         assert!(err.to_string().contains("`user.away`"), "{err}");
     }
 
