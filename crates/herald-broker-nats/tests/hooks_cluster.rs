@@ -453,3 +453,37 @@ async fn outbox_throughput() {
     );
     cancel.cancel();
 }
+
+/// A measurement, not run by default (as `outbox_throughput`): 300
+/// admissions and removals of one-connection users, without webhooks and
+/// with every kind on (each a `user.online` and a `user.offline`
+/// transition); prints the time per admit + remove.
+#[tokio::test]
+#[ignore]
+async fn transition_cost() {
+    let h = NatsBackend::start();
+    let p = prefix("cost");
+    let s = settings(&h, &p, "a");
+    let c = clients(&s).await;
+    for hooks in [HookSet::empty(), HookSet::all()] {
+        let outbox = NatsOutbox::new(c.clone(), &s, Duration::from_secs(3600));
+        let cluster = NatsCluster::with_hooks(c.clone(), &s, hooks, Some(outbox));
+        let started = std::time::Instant::now();
+        for i in 0..300 {
+            let rec = herald_testkit::conformance::cluster::record(
+                "a",
+                &format!("c{i}"),
+                &format!("u{i}-{}", hooks.is_empty()),
+                now_ms(),
+            );
+            let admitted = cluster.admit(&rec, PerUserPolicy::EvictOldest, 5).await;
+            assert!(admitted.is_ok());
+            cluster.remove(&rec).await.expect("remove");
+        }
+        println!(
+            "webhooks {}: {:.2} ms per admit + remove",
+            if hooks.is_empty() { "off" } else { "on" },
+            started.elapsed().as_secs_f64() * 1000.0 / 300.0
+        );
+    }
+}
