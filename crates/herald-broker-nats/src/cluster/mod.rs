@@ -3,7 +3,9 @@
 //! and marker-free deletes), `registry` (connections, memberships and the
 //! views), `users` (a user's key and the per-user policy), `control` (commands between nodes), `liveness` (heartbeat,
 //! re-registration, lock renewal, sweep), `cleanup` (purging, the reaper,
-//! leaving); its metrics are the kit's (`herald_engine_kit::telemetry`).
+//! leaving), `transitions` (webhook events of user and room transitions,
+//! and of a dead node's connections); its metrics are the kit's
+//! (`herald_engine_kit::telemetry`).
 
 mod cleanup;
 mod control;
