@@ -168,8 +168,8 @@ impl NatsOutbox {
         if events.is_empty() {
             return Ok(());
         }
-        let stream = self.stream().await?;
-        drop(stream);
+        // The stream must exist, or the publishes go nowhere.
+        self.stream().await?;
         let subject = self.names.hooks_subject();
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
