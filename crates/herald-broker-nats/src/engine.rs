@@ -2,7 +2,7 @@
 //! client and starts the broker and the cluster registry, every task on
 //! the node's tracker.
 
-use crate::{NatsBroker, NatsClients, NatsCluster, NatsSettings};
+use crate::{NatsBroker, NatsClients, NatsCluster, NatsOutbox, NatsSettings};
 use async_trait::async_trait;
 use herald_core::{
     BrokerError, Engine, EngineCapabilities, EngineContext, EngineError, EngineFactory,
@@ -211,7 +211,14 @@ impl EngineFactory for NatsEngine {
             ctx.presence_sink,
         );
         broker.spawn(ctx.cancel.clone(), &ctx.tasks);
-        let cluster = NatsCluster::new(clients.clone(), &settings);
+        let outbox = NatsOutbox::new(clients.clone(), &settings, Self::max_age(&ctx.settings));
+        if !ctx.hooks.is_empty() {
+            // Without webhooks the outbox is never touched: no lease, no
+            // stream, no traffic.
+            outbox.spawn(ctx.cancel.clone(), &ctx.tasks);
+        }
+        let cluster =
+            NatsCluster::with_hooks(clients.clone(), &settings, ctx.hooks, Some(outbox.clone()));
         cluster.spawn(ctx.node, ctx.cancel.clone(), &ctx.tasks);
         let presence = Arc::new(NatsPresence {
             broker: broker.clone(),
@@ -224,7 +231,7 @@ impl EngineFactory for NatsEngine {
             shutdown: Some(Box::pin(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(2), clients.close()).await;
             })),
-            outbox: None,
+            outbox: Some(outbox),
         })
     }
 }

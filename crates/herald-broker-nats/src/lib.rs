@@ -6,6 +6,8 @@
 //! - [`NatsCluster`] keeps the cluster-wide registry in JetStream key-value
 //!   buckets: nodes and their heartbeats, connections per user, presence,
 //!   exclusive-session locks, and carries disconnects between nodes.
+//! - [`NatsOutbox`] keeps webhook events durably in a JetStream stream
+//!   until the node holding the dispatch lease delivered them.
 //! - [`NatsEngine`] builds them for a node (the engine factory), with
 //!   [`NatsPresence`].
 //!
@@ -26,7 +28,9 @@ pub use client::{
 mod broker;
 mod cluster;
 mod engine;
+mod hooks;
 
 pub use broker::NatsBroker;
 pub use cluster::NatsCluster;
 pub use engine::{NatsEngine, NatsPresence};
+pub use hooks::{NatsOutbox, MAX_EVENTS as HOOKS_MAX_EVENTS};

@@ -112,6 +112,16 @@ impl Names {
         format!("{}.control.{}", self.subject, token(node_id))
     }
 
+    /// The JetStream stream of the webhook outbox: `<prefix>-hooks`.
+    pub fn hooks_stream(&self) -> String {
+        format!("{}-hooks", self.name)
+    }
+
+    /// The subject webhook events are stored under: `<prefix>.hooks`.
+    pub fn hooks_subject(&self) -> String {
+        format!("{}.hooks", self.subject)
+    }
+
     /// A key-value bucket of the engine: `<prefix>-<what>`.
     pub fn bucket(&self, what: &str) -> String {
         format!("{}-{what}", self.name)
@@ -167,5 +177,7 @@ mod tests {
         let names = Names::new("my.app v2");
         assert_eq!(names.rooms_stream(), "my_app_v2-rooms");
         assert_eq!(names.bucket("registry"), "my_app_v2-registry");
+        assert_eq!(names.hooks_stream(), "my_app_v2-hooks");
+        assert_eq!(names.hooks_subject(), "my.app v2.hooks");
     }
 }

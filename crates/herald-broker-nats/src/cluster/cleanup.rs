@@ -49,8 +49,7 @@ impl NatsCluster {
         rec: &ConnectionRecord,
     ) -> Result<(), BrokerError> {
         let id = rec.connection_id.as_str();
-        let key = self.keys.user(&rec.tenant, &rec.user_id);
-        self.update_user(b, &key, false, |doc| {
+        self.update_user(b, &rec.tenant, &rec.user_id, false, |doc| {
             // Only the entry of that node: the id may have been registered
             // again elsewhere.
             let ours = doc.conns.get(id).is_some_and(|c| c.node == node_id);
@@ -68,6 +67,12 @@ impl NatsCluster {
             }
         })
         .await?;
+        if self.user_unflushed(&rec.tenant, &rec.user_id) {
+            // The record stays until the user's event is out.
+            return Err(BrokerError::Unavailable(
+                "the user's webhook event could not be published yet".into(),
+            ));
+        }
         purge(&b.registry, &self.keys.conn(node_id, id), None).await?;
         if node_id == self.node_id {
             self.revisions.lock().remove(id);
@@ -226,8 +231,18 @@ impl NatsCluster {
             return Ok(());
         }
         let records = self.own_entries(b, dead).await?;
+        // What the dead node's connections would have said on closing,
+        // durable before their records go (ids derived from them: a
+        // second reaper's are the same events).
+        let lost: Vec<_> = records
+            .0
+            .iter()
+            .flat_map(|r| self.lost_connection_events(r))
+            .collect();
+        self.publish_events(&lost).await?;
         self.purge_members(b, dead, &records.1).await?;
         self.purge_records(b, dead, &records.0).await?;
+        self.unlist_node(b, dead).await?;
         // Last: should the node still be alive after all, its next
         // heartbeat finds its marker gone and registers everything again.
         purge(&b.registry, &self.keys.enlisted(dead), None).await?;
@@ -282,7 +297,7 @@ impl NatsCluster {
         let locks: Vec<(String, (herald_core::Tenant, String))> =
             self.locks.lock().drain().collect();
         for (id, (tenant, user)) in locks {
-            self.update_user(&b, &self.keys.user(&tenant, &user), false, |doc| {
+            self.update_user(&b, &tenant, &user, false, |doc| {
                 if doc.lock.as_deref() == Some(id.as_str()) {
                     doc.lock = None;
                     Change::Write(())
@@ -292,6 +307,7 @@ impl NatsCluster {
             })
             .await?;
         }
+        self.unlist_own_rooms(&b).await?;
         purge(&b.nodes, &self.keys.node(&self.node_id), None).await?;
         purge(&b.registry, &self.keys.enlisted(&self.node_id), None).await?;
         Ok(())

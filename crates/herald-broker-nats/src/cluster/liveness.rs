@@ -9,7 +9,7 @@ use super::{json_error, nats_error, now_ms, telemetry, NatsCluster, SESSION_REPL
 use async_nats::jetstream::kv::CreateErrorKind;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
-use herald_core::{BrokerError, ClusterNode, ConnectionRecord, NodeFigures, RoomName};
+use herald_core::{BrokerError, ClusterNode, ConnectionRecord, NodeFigures, RoomName, Tenant};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -114,6 +114,9 @@ impl NatsCluster {
             st.reregister = false;
         }
         self.check_locks(&b, node).await?;
+        if self.outbox.is_some() {
+            self.retry_unflushed(&b).await?;
+        }
         // The first beat clears what a previous process of this id left.
         if st.beats.is_multiple_of(SWEEP_EVERY) {
             self.sweep(&b, node).await?;
@@ -156,6 +159,8 @@ impl NatsCluster {
     /// Writes every connection of the node back, then writes again whatever
     /// changed locally while the first pass was on its way.
     async fn reregister(&self, b: &Buckets, node: &dyn ClusterNode) -> Result<(), BrokerError> {
+        // Room keys may be lost too: listed again by the heartbeat's retry.
+        self.rooms_unlisted();
         let first = node.snapshot();
         self.register(b, &first).await?;
         let second = node.snapshot();
@@ -225,8 +230,7 @@ impl NatsCluster {
             node: self.node_id.clone(),
             at: rec.connected_at,
         };
-        let user_key = self.keys.user(&rec.tenant, &rec.user_id);
-        self.update_user(b, &user_key, false, |doc| {
+        self.update_user(b, &rec.tenant, &rec.user_id, false, |doc| {
             doc.conns.insert(id.to_owned(), entry.clone());
             if locked && doc.lock.is_none() {
                 doc.lock = Some(id.to_owned());
@@ -255,15 +259,15 @@ impl NatsCluster {
     /// lock another connection took, even if the close command sent by the
     /// taker's node never arrived.
     async fn check_locks(&self, b: &Buckets, node: &dyn ClusterNode) -> Result<(), BrokerError> {
-        let held: Vec<(String, String)> = self
+        let held: Vec<(String, (Tenant, String))> = self
             .locks
             .lock()
             .iter()
-            .map(|(id, (tenant, user))| (id.clone(), self.keys.user(tenant, user)))
+            .map(|(id, who)| (id.clone(), who.clone()))
             .collect();
         let work: Vec<_> = held
             .iter()
-            .map(|(id, key)| self.check_lock(b, id, key))
+            .map(|(id, (tenant, user))| self.check_lock(b, id, tenant, user))
             .collect();
         let results: Vec<_> = stream::iter(work)
             .buffer_unordered(PARALLEL)
@@ -286,10 +290,11 @@ impl NatsCluster {
         &self,
         b: &Buckets,
         id: &'a String,
-        key: &str,
+        tenant: &Tenant,
+        user: &str,
     ) -> Result<(&'a String, bool), BrokerError> {
         let kept = self
-            .update_user(b, key, false, |doc| match doc.lock.as_deref() {
+            .update_user(b, tenant, user, false, |doc| match doc.lock.as_deref() {
                 Some(holder) if holder == id => Change::Keep(true),
                 Some(_) => Change::Keep(false),
                 None => {
@@ -361,7 +366,18 @@ impl NatsCluster {
                 "dropping stale registry entries of this node"
             );
         }
+        // A previous process's connections never reported their close;
+        // this process's own leftovers did (the node reports its own).
+        let lost: Vec<_> = stale
+            .iter()
+            .filter(|r| r.connected_at < self.started_at)
+            .flat_map(|r| self.lost_connection_events(r))
+            .collect();
+        self.publish_events(&lost).await?;
         self.purge_members(b, &self.node_id, &orphans).await?;
-        self.purge_records(b, &self.node_id, &stale).await
+        self.purge_records(b, &self.node_id, &stale).await?;
+        // Room keys listing this node without members here (a previous
+        // process, a failed write), and room events left pending.
+        self.unlist_node(b, &self.node_id).await
     }
 }

@@ -3,20 +3,23 @@
 //! and marker-free deletes), `registry` (connections, memberships and the
 //! views), `users` (a user's key and the per-user policy), `control` (commands between nodes), `liveness` (heartbeat,
 //! re-registration, lock renewal, sweep), `cleanup` (purging, the reaper,
-//! leaving); its metrics are the kit's (`herald_engine_kit::telemetry`).
+//! leaving), `transitions` (webhook events of user and room transitions,
+//! and of a dead node's connections); its metrics are the kit's
+//! (`herald_engine_kit::telemetry`).
 
 mod cleanup;
 mod control;
 mod liveness;
 mod registry;
 mod store;
+mod transitions;
 mod users;
 
 use crate::names::Names;
-use crate::{NatsClients, NatsSettings};
+use crate::{NatsClients, NatsOutbox, NatsSettings};
 use async_trait::async_trait;
 use herald_core::{
-    BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef,
+    BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef, HookSet,
     MemberRecord, NodeFigures, PerUserPolicy, RoomKey, Tenant,
 };
 use herald_engine_kit::telemetry;
@@ -52,6 +55,10 @@ const SESSION_REPLACED: u16 = 4010;
 ///     with the live node keys to find the dead.
 /// - bucket `<prefix>-reapers` (`max_age` 4 heartbeats): `<node>` → the
 ///   survivor cleaning up after that dead node (taken with `create`).
+/// - with webhooks on: `u.<tenant>.<user>` also carries its transitions'
+///   events until they are published, and `r.<room>` (only with `room.*`
+///   events enabled) lists the nodes with members in the room (see
+///   `transitions`).
 /// - subjects `<prefix>.control.<node>` and `<prefix>.control._` (every
 ///   node): JSON commands between nodes (see `control`).
 pub struct NatsCluster {
@@ -94,12 +101,36 @@ pub struct NatsCluster {
     /// When this process's registry started (ms): entries of this node id
     /// that connected earlier belong to a previous process.
     started_at: u64,
+    /// The webhook kinds enabled; the registry emits the `user.*` and
+    /// `room.*` ones and a dead node's, into `outbox`.
+    hooks: HookSet,
+    /// Where the registry's events go; `None`: webhooks off.
+    outbox: Option<Arc<NatsOutbox>>,
+    /// This node's members per room (kept only with `room.*` events on).
+    rooms: Mutex<HashMap<RoomKey, transitions::LocalRoom>>,
+    /// Serialize this node's writes of one room's key.
+    room_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Users whose key holds events this node failed to publish.
+    unflushed_users: Mutex<HashSet<(Tenant, String)>>,
 }
 
 impl NatsCluster {
-    /// A registry for the node of `settings`.
+    /// A registry for the node of `settings`, without webhooks.
     pub fn new(clients: NatsClients, settings: &NatsSettings) -> Arc<Self> {
+        Self::with_hooks(clients, settings, HookSet::empty(), None)
+    }
+
+    /// A registry for the node of `settings` that emits the kinds of
+    /// `hooks` it is responsible for (`user.*`, `room.*`, and a dead
+    /// node's `connection.closed` and `member.left`) into `outbox`.
+    pub fn with_hooks(
+        clients: NatsClients,
+        settings: &NatsSettings,
+        hooks: HookSet,
+        outbox: Option<Arc<NatsOutbox>>,
+    ) -> Arc<Self> {
         telemetry::describe();
+        let outbox = outbox.filter(|_| !hooks.is_empty());
         let names = Names::new(&settings.prefix);
         Arc::new(Self {
             clients,
@@ -123,6 +154,13 @@ impl NatsCluster {
             beat: tokio::sync::Mutex::new(()),
             live: Mutex::new(None),
             started_at: now_ms(),
+            hooks,
+            outbox,
+            rooms: Mutex::new(HashMap::new()),
+            room_locks: (0..transitions::ROOM_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            unflushed_users: Mutex::new(HashSet::new()),
         })
     }
 

@@ -1,7 +1,7 @@
 //! Connections, memberships and the cluster-wide views read from them.
 
 use super::store::{list, purge, Buckets};
-use super::users::{admit_into, Change, UserConn, CAS_ATTEMPTS};
+use super::users::{admit_into, Change, UserConn, UserDoc, CAS_ATTEMPTS};
 use super::{json_error, nats_error, NatsCluster};
 use crate::names::untoken;
 use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
@@ -100,7 +100,6 @@ impl NatsCluster {
             .await
             .map_err(|e| nats_error("writing a connection", e))?;
         self.revisions.lock().insert(id.to_owned(), rev);
-        let user_key = self.keys.user(&record.tenant, &record.user_id);
         let entry = UserConn {
             node: self.node_id.clone(),
             at: record.connected_at,
@@ -108,7 +107,7 @@ impl NatsCluster {
         // Most users have no other connection: without a better guess,
         // try creating the key first.
         let decided = self
-            .update_user(&b, &user_key, true, |doc| {
+            .update_user(&b, &record.tenant, &record.user_id, true, |doc| {
                 admit_into(doc, id, &entry, policy, max_per_user)
             })
             .await?;
@@ -136,7 +135,9 @@ impl NatsCluster {
         user: &str,
     ) -> Result<usize, BrokerError> {
         let b = self.buckets().await?;
-        let (doc, _) = self.read_user(&b, &self.keys.user(tenant, user)).await?;
+        let (doc, _) = self
+            .read_doc::<UserDoc>(&b, &self.keys.user(tenant, user))
+            .await?;
         Ok(doc.conns.len())
     }
 
@@ -144,8 +145,7 @@ impl NatsCluster {
     pub(super) async fn remove_record(&self, record: &ConnectionRecord) -> Result<(), BrokerError> {
         let b = self.buckets().await?;
         let id = record.connection_id.as_str();
-        let user_key = self.keys.user(&record.tenant, &record.user_id);
-        let user = self.update_user(&b, &user_key, false, |doc| {
+        let user = self.update_user(&b, &record.tenant, &record.user_id, false, |doc| {
             let had = doc.conns.remove(id).is_some();
             let locked = doc.lock.as_deref() == Some(id);
             if locked {
@@ -166,6 +166,16 @@ impl NatsCluster {
         user?;
         for m in members {
             m?;
+        }
+        for room in rooms_of(record) {
+            self.room_membership(&b, &room, id, false).await?;
+        }
+        if self.user_unflushed(&record.tenant, &record.user_id) {
+            // The record stays until the user's event is out: whoever
+            // cleans it up (the sweep, or a reaper) publishes it first.
+            return Err(BrokerError::Unavailable(
+                "the user's webhook event could not be published yet".into(),
+            ));
         }
         // The node's key last: while it is there, the sweep can still
         // finish a removal that failed half-way.
@@ -216,11 +226,16 @@ impl NatsCluster {
         let b = self.buckets().await?;
         let member_key = self.keys.member(room, &self.node_id, &record.connection_id);
         if joined {
-            if self.rewrite(&b, record).await? && presence {
+            let registered = self.rewrite(&b, record).await?;
+            if registered && presence {
                 b.registry
                     .put(&member_key, member_value(record, room)?)
                     .await
                     .map_err(|e| nats_error("writing a member", e))?;
+            }
+            if registered {
+                self.room_membership(&b, room, &record.connection_id, true)
+                    .await?;
             }
             return Ok(());
         }
@@ -235,7 +250,9 @@ impl NatsCluster {
         };
         let (rewritten, gone) = tokio::join!(self.rewrite(&b, record), gone);
         rewritten?;
-        gone
+        gone?;
+        self.room_membership(&b, room, &record.connection_id, false)
+            .await
     }
 
     /// Live node ids, this node's included (it answers, so it lives, even
@@ -287,7 +304,7 @@ impl NatsCluster {
     ) -> Result<Vec<ConnectionRecord>, BrokerError> {
         let b = self.buckets().await?;
         let user_key = self.keys.user(tenant, user);
-        let (doc, _) = self.read_user(&b, &user_key).await?;
+        let (doc, _) = self.read_doc::<UserDoc>(&b, &user_key).await?;
         let live = self
             .live_among(&b, doc.conns.values().map(|c| c.node.as_str()))
             .await?;

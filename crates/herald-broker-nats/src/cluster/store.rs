@@ -236,6 +236,17 @@ impl Keys {
         format!("p.*.{}.*", token(node))
     }
 
+    /// A room's key (the nodes with members, for webhooks):
+    /// `r.<room>`.
+    pub(super) fn room(&self, room: &RoomKey) -> String {
+        format!("r.{}", room_token(room))
+    }
+
+    /// Every room's key.
+    pub(super) fn all_rooms(&self) -> &'static str {
+        "r.*"
+    }
+
     /// The marker of a node that has (or had) entries: `m.<node>`.
     pub(super) fn enlisted(&self, node: &str) -> String {
         format!("m.{}", token(node))

@@ -5,10 +5,11 @@
 //! the per-user policy holds cluster-wide.
 
 use super::store::{purge, Buckets};
+use super::transitions::PendingDoc;
 use super::{json_error, nats_error, NatsCluster};
-use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+use async_nats::jetstream::kv::UpdateErrorKind;
 use bytes::Bytes;
-use herald_core::{BrokerError, ConnectionRef, PerUserPolicy};
+use herald_core::{BrokerError, ConnectionRef, HookEvent, PerUserPolicy, Tenant};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -26,11 +27,19 @@ pub(super) struct UserDoc {
     /// The connection holding the user's `exclusive` session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) lock: Option<String>,
+    /// Webhook events of this key's transitions not yet published (see
+    /// `transitions`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) pending: Vec<HookEvent>,
 }
 
-impl UserDoc {
+impl PendingDoc for UserDoc {
+    fn pending(&mut self) -> &mut Vec<HookEvent> {
+        &mut self.pending
+    }
+
     fn is_empty(&self) -> bool {
-        self.conns.is_empty() && self.lock.is_none()
+        self.conns.is_empty() && self.lock.is_none() && self.pending.is_empty()
     }
 }
 
@@ -52,31 +61,6 @@ pub(super) enum Change<T> {
 }
 
 impl NatsCluster {
-    /// Reads a user's key: the document and its revision (`None`: no key).
-    pub(super) async fn read_user(
-        &self,
-        b: &Buckets,
-        key: &str,
-    ) -> Result<(UserDoc, Option<u64>), BrokerError> {
-        let entry = b
-            .registry
-            .entry(key)
-            .await
-            .map_err(|e| nats_error("reading a user", e))?;
-        Ok(match entry {
-            None => (UserDoc::default(), None),
-            Some(e) if e.operation != Operation::Put => (UserDoc::default(), Some(e.revision)),
-            Some(e) => match serde_json::from_slice(&e.value) {
-                Ok(doc) => (doc, Some(e.revision)),
-                Err(err) => {
-                    // Rewritten whole by the next change.
-                    tracing::warn!(key, error = %err, "unreadable user entry replaced");
-                    (UserDoc::default(), Some(e.revision))
-                }
-            },
-        })
-    }
-
     /// Applies `change` to a user's key by compare-and-set, reading it again
     /// and deciding again after every conflict.
     ///
@@ -85,13 +69,43 @@ impl NatsCluster {
     /// with `absent_likely`, from an absent key. A wrong guess costs one
     /// refused write; a guess that says "nothing to change" is read again
     /// before it is believed.
+    ///
+    /// A change that gives the user their first connection, or takes their
+    /// last, writes `user.online` / `user.offline` into the key with it (when
+    /// enabled); events pending in the key are then published (see
+    /// `transitions`). A failed publish does not fail the change: the
+    /// events stay in the key, and [`NatsCluster::user_unflushed`] says so.
     pub(super) async fn update_user<T>(
         &self,
         b: &Buckets,
-        key: &str,
+        tenant: &Tenant,
+        user: &str,
         absent_likely: bool,
         mut change: impl FnMut(&mut UserDoc) -> Change<T>,
     ) -> Result<T, BrokerError> {
+        let key_string = self.keys.user(tenant, user);
+        let key = key_string.as_str();
+        let (answer, pending) = self
+            .cas_user(b, key, tenant, user, absent_likely, &mut change)
+            .await?;
+        if !pending.is_empty() {
+            // Kept in the key on failure; the caller carries on.
+            let _ = self.flush_user(b, tenant, user, &pending).await;
+        }
+        Ok(answer)
+    }
+
+    /// The compare-and-set loop of [`NatsCluster::update_user`]: the answer
+    /// and the events pending in the key as left.
+    async fn cas_user<T>(
+        &self,
+        b: &Buckets,
+        key: &str,
+        tenant: &Tenant,
+        user: &str,
+        absent_likely: bool,
+        change: &mut impl FnMut(&mut UserDoc) -> Change<T>,
+    ) -> Result<(T, Vec<HookEvent>), BrokerError> {
         let hint = self.hints.lock().get(key).cloned();
         let mut guess = match hint {
             Some((doc, rev)) => Some((doc, Some(rev))),
@@ -102,15 +116,22 @@ impl NatsCluster {
             let (mut doc, revision, guessed) = match guess.take() {
                 Some((doc, rev)) => (doc, rev, true),
                 None => {
-                    let (doc, rev) = self.read_user(b, key).await?;
+                    let (doc, rev) = self.read_doc::<UserDoc>(b, key).await?;
                     (doc, rev, false)
                 }
             };
+            let had = !doc.conns.is_empty();
             let answer = match change(&mut doc) {
                 Change::Keep(_) if guessed => continue,
-                Change::Keep(answer) => return Ok(answer),
+                Change::Keep(answer) => return Ok((answer, doc.pending)),
                 Change::Write(answer) => answer,
             };
+            let has = !doc.conns.is_empty();
+            if had != has {
+                if let Some(event) = self.user_event(tenant, user, has) {
+                    doc.pending.push(event);
+                }
+            }
             let written = if doc.is_empty() {
                 match revision {
                     None => Some(None),
@@ -132,8 +153,9 @@ impl NatsCluster {
             };
             match written {
                 Some(rev) => {
+                    let pending = doc.pending.clone();
                     self.remember(key, doc, rev);
-                    return Ok(answer);
+                    return Ok((answer, pending));
                 }
                 None => {
                     self.hints.lock().remove(key);
@@ -249,6 +271,7 @@ mod tests {
                 })
                 .collect(),
             lock: None,
+            pending: Vec::new(),
         }
     }
 
