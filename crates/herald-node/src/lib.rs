@@ -8,6 +8,7 @@
 mod admission;
 mod cluster;
 mod conn;
+mod direct;
 mod engine;
 mod error;
 mod filter;

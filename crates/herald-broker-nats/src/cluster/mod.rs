@@ -17,7 +17,7 @@ use crate::{NatsClients, NatsSettings};
 use async_trait::async_trait;
 use herald_core::{
     BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef,
-    MemberRecord, NodeFigures, PerUserPolicy, RoomKey, Tenant,
+    DirectMessage, DirectTarget, MemberRecord, NodeFigures, PerUserPolicy, RoomKey, Tenant,
 };
 use herald_engine_kit::telemetry;
 use parking_lot::{Mutex, RwLock};
@@ -293,6 +293,14 @@ impl Cluster for NatsCluster {
         code: u16,
     ) -> Result<(), BrokerError> {
         self.close_targets(targets, code).await
+    }
+
+    async fn send_direct(
+        &self,
+        target: &DirectTarget,
+        message: &DirectMessage,
+    ) -> Result<Option<usize>, BrokerError> {
+        self.direct(target, message).await
     }
 
     fn is_ready(&self) -> bool {

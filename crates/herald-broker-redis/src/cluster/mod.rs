@@ -14,7 +14,7 @@ use crate::{RedisClients, RedisSettings};
 use async_trait::async_trait;
 use herald_core::{
     BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef,
-    MemberRecord, NodeFigures, PerUserPolicy, RoomKey, Tenant,
+    DirectMessage, DirectTarget, MemberRecord, NodeFigures, PerUserPolicy, RoomKey, Tenant,
 };
 use herald_engine_kit::telemetry;
 use parking_lot::Mutex;
@@ -44,7 +44,9 @@ const SESSION_REPLACED: u16 = 4010;
 /// - `room_presence(room)`: hash connection id → [`MemberRecord`] JSON.
 /// - `control_channel()`: JSON commands between nodes, plain PUBLISH:
 ///   `{"op":"close","node","conn","code"}` (an empty `node` means whichever
-///   node holds it) and `{"op":"disconnect_user","tenant","user","code","from"}`.
+///   node holds it), `{"op":"disconnect_user","tenant","user","code","from"}`
+///   and `{"op":"direct","node","target","message"}` (a direct message for
+///   the target's connections on `node`).
 ///
 /// The node stays the authority. Its heartbeat re-registers everything
 /// from [`ClusterNode::snapshot`] when Redis forgot the node (flushed,
@@ -253,6 +255,14 @@ impl Cluster for RedisCluster {
         code: u16,
     ) -> Result<(), BrokerError> {
         self.close_targets(targets, code).await
+    }
+
+    async fn send_direct(
+        &self,
+        target: &DirectTarget,
+        message: &DirectMessage,
+    ) -> Result<Option<usize>, BrokerError> {
+        self.direct(target, message).await
     }
 
     fn is_ready(&self) -> bool {

@@ -161,3 +161,15 @@ fn the_token_is_appended_without_copying_the_event() {
     assert!(event_head(&Bytes::from_static(b"431[{}]")).is_none());
     assert_eq!(split_packets(&Bytes::from_static(b"40")).count(), 1);
 }
+
+#[test]
+fn direct_messages_are_events_with_a_null_room() {
+    let data = RawValue::from_string(r#"{"n":1}"#.into()).expect("raw");
+    let bytes = SOCKET_IO.encode_direct(&DirectFrame::new("note", &data, 9, "e1"));
+    assert_eq!(
+        &bytes[..],
+        br#"42["note",{"n":1},{"room":null,"ts":9,"event_id":"e1"}]"#
+    );
+    let reserved = SOCKET_IO.encode_direct(&DirectFrame::new("disconnect", &data, 9, "e1"));
+    assert!(reserved.starts_with(br#"42["herald:disconnect","#));
+}
