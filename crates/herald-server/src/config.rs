@@ -2,6 +2,7 @@
 //! (PROTOCOL.md 1). Unknown keys and bad values are refused before any port
 //! is bound, each error naming its key.
 
+mod bridge;
 mod env;
 mod namespaces;
 
@@ -37,7 +38,7 @@ pub struct Config {
     /// `[socketio]`
     pub socketio: SocketIoConfig,
     /// `[bridge]`: ingest bridges from NATS subjects and Redis channels.
-    pub bridge: herald_bridge::BridgeConfig,
+    pub bridge: bridge::BridgeConfig,
 }
 
 /// `[socketio]`: the Socket.IO v4 endpoint (docs/protocol.md 8).
@@ -378,8 +379,8 @@ impl Config {
             }
         }
         self.validate_broker(&mut problems);
-        for e in self.bridge.validate(&self.bridge_defaults()) {
-            problems.push(invalid(e.key, e.message));
+        for (key, message) in self.bridge_problems() {
+            problems.push(invalid(key, message));
         }
         self.validate_dev_mode(&mut problems);
         let path = &self.socketio.path;
@@ -504,33 +505,6 @@ impl Config {
         }
     }
 
-    /// What `[bridge]` falls back on: the `[broker]` table.
-    pub fn bridge_defaults(&self) -> herald_bridge::BridgeDefaults {
-        // Read from the table as the engine reads it, so the broker's
-        // `nats_*` credential keys are found wherever the engine defines
-        // them.
-        let settings = self.engine_settings();
-        let text = |key: &str| {
-            settings
-                .get(key)
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_owned)
-        };
-        herald_bridge::BridgeDefaults {
-            prefix: self.broker.prefix.clone(),
-            broker_kind: self.broker.kind.clone(),
-            nats_url: self.broker.nats_url.clone(),
-            redis_url: self.broker.redis_url.clone(),
-            nats_auth: herald_bridge::NatsAuth {
-                credentials_file: text("nats_credentials_file"),
-                user_password: text("nats_user").zip(text("nats_password")),
-                token: text("nats_token"),
-                tls_ca_file: text("nats_tls_ca_file"),
-                tls_client_cert: text("nats_tls_cert_file").zip(text("nats_tls_key_file")),
-            },
-        }
-    }
-
     /// The shipped namespaces with the configured ones merged over them.
     pub fn namespace_rules(&self) -> Result<Namespaces, ConfigError> {
         namespaces::merge(&self.namespaces)
@@ -556,14 +530,7 @@ impl Config {
         }
         mask(&mut c.broker.nats_password);
         mask(&mut c.broker.nats_token);
-        for url in [&mut c.bridge.nats_url, &mut c.bridge.redis_url]
-            .into_iter()
-            .flatten()
-        {
-            *url = mask_url(url);
-        }
-        mask(&mut c.bridge.nats_password);
-        mask(&mut c.bridge.nats_token);
+        c.mask_bridge();
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }

@@ -10,6 +10,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod bridges;
+use bridges::{bridge_plan, start_bridges};
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -28,6 +31,7 @@ pub enum ServeError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// The `[bridge]` bridges could not start.
+    #[cfg(feature = "bridge")]
     #[error(transparent)]
     Bridge(#[from] herald_bridge::BridgeError),
 }
@@ -195,41 +199,6 @@ pub async fn serve_on_with(
     node.leave_cluster().await;
     node.shutdown_engine().await;
     tracing::info!("herald stopped");
-    Ok(())
-}
-
-/// The `[bridge]` bridges, resolved (config validation already checked
-/// them; a config built in code may not have been).
-fn bridge_plan(config: &Config) -> Result<herald_bridge::BridgePlan, ServeError> {
-    config
-        .bridge
-        .plan(&config.bridge_defaults())
-        .map_err(|errors| {
-            ServeError::Config(ConfigError::Many(
-                errors
-                    .into_iter()
-                    .map(|e| ConfigError::Invalid {
-                        key: e.key,
-                        message: e.message,
-                    })
-                    .collect(),
-            ))
-        })
-}
-
-/// Starts the bridges on the node's tracker and token, publishing through
-/// the same path as `POST /api/v1/publish`.
-fn start_bridges(
-    plan: herald_bridge::BridgePlan,
-    node_id: &str,
-    node: &Node,
-    publish: Arc<ApiPublish>,
-) -> Result<(), ServeError> {
-    if plan.routes.is_empty() {
-        return Ok(());
-    }
-    tracing::info!(bridges = plan.routes.len(), "starting ingest bridges");
-    herald_bridge::spawn(plan, node_id, publish, node.cancellation(), node.tasks())?;
     Ok(())
 }
 
