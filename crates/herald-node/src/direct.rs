@@ -68,7 +68,7 @@ impl Node {
             ts: now_ms(),
             event_id: format!("{:032x}", rand::random::<u128>()),
         };
-        crate::metrics::direct_sent(match target {
+        count_sent(match target {
             DirectTarget::Connection { .. } => "connection",
             DirectTarget::User { .. } => "user",
         });
@@ -86,4 +86,18 @@ impl Node {
             },
         }
     }
+}
+
+/// Counts a direct message sent from this node's API, by `target`
+/// (`connection` or `user`): `herald_direct_messages_total`, described on
+/// first use.
+fn count_sent(target: &'static str) {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        metrics::describe_counter!(
+            "herald_direct_messages_total",
+            "Direct messages sent through the HTTP API from this node, by target (connection, user)"
+        );
+    });
+    metrics::counter!("herald_direct_messages_total", "target" => target).increment(1);
 }

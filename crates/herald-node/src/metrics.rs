@@ -47,10 +47,6 @@ pub fn describe() {
         "herald_rate_limited_total",
         "Client frames refused by the rate limit"
     );
-    describe_counter!(
-        "herald_direct_messages_total",
-        "Direct messages sent through the HTTP API from this node, by target (connection, user)"
-    );
     // Registered at zero so dashboards and alerts see every series from
     // the start, not after the first incident.
     for name in [
@@ -137,10 +133,4 @@ pub fn rooms(n: usize) {
 /// Counts a rate-limited frame.
 pub fn rate_limited() {
     counter!("herald_rate_limited_total").increment(1);
-}
-
-/// Counts a direct message sent from this node; `target` is `connection`
-/// or `user`.
-pub fn direct_sent(target: &'static str) {
-    counter!("herald_direct_messages_total", "target" => target).increment(1);
 }

@@ -3,6 +3,9 @@
 //! is bound, each error naming its key.
 
 mod bridge;
+// A build without bridges reads `[bridge]` into a table that refuses keys.
+#[cfg(not(feature = "bridge"))]
+use bridge as herald_bridge;
 mod env;
 mod namespaces;
 
@@ -38,7 +41,7 @@ pub struct Config {
     /// `[socketio]`
     pub socketio: SocketIoConfig,
     /// `[bridge]`: ingest bridges from NATS subjects and Redis channels.
-    pub bridge: bridge::BridgeConfig,
+    pub bridge: herald_bridge::BridgeConfig,
 }
 
 /// `[socketio]`: the Socket.IO v4 endpoint (docs/protocol.md 8).
@@ -530,7 +533,14 @@ impl Config {
         }
         mask(&mut c.broker.nats_password);
         mask(&mut c.broker.nats_token);
-        c.mask_bridge();
+        for url in [&mut c.bridge.nats_url, &mut c.bridge.redis_url]
+            .into_iter()
+            .flatten()
+        {
+            *url = mask_url(url);
+        }
+        mask(&mut c.bridge.nats_password);
+        mask(&mut c.bridge.nats_token);
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }

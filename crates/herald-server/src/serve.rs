@@ -10,8 +10,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::Arc;
 use std::time::Duration;
 
-mod bridges;
-use bridges::{bridge_plan, start_bridges};
+#[cfg(not(feature = "bridge"))]
+mod no_bridges;
+#[cfg(not(feature = "bridge"))]
+use no_bridges::{bridge_plan, start_bridges};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +201,43 @@ pub async fn serve_on_with(
     node.leave_cluster().await;
     node.shutdown_engine().await;
     tracing::info!("herald stopped");
+    Ok(())
+}
+
+/// The `[bridge]` bridges, resolved (config validation already checked
+/// them; a config built in code may not have been).
+#[cfg(feature = "bridge")]
+fn bridge_plan(config: &Config) -> Result<herald_bridge::BridgePlan, ServeError> {
+    config
+        .bridge
+        .plan(&config.bridge_defaults())
+        .map_err(|errors| {
+            ServeError::Config(ConfigError::Many(
+                errors
+                    .into_iter()
+                    .map(|e| ConfigError::Invalid {
+                        key: e.key,
+                        message: e.message,
+                    })
+                    .collect(),
+            ))
+        })
+}
+
+/// Starts the bridges on the node's tracker and token, publishing through
+/// the same path as `POST /api/v1/publish`.
+#[cfg(feature = "bridge")]
+fn start_bridges(
+    plan: herald_bridge::BridgePlan,
+    node_id: &str,
+    node: &Node,
+    publish: Arc<ApiPublish>,
+) -> Result<(), ServeError> {
+    if plan.routes.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(bridges = plan.routes.len(), "starting ingest bridges");
+    herald_bridge::spawn(plan, node_id, publish, node.cancellation(), node.tasks())?;
     Ok(())
 }
 

@@ -3,17 +3,31 @@
 //! a slimmed binary) still reads the table, so a config naming bridges is
 //! refused at start with the key named rather than silently ignored.
 
-use super::{mask_url, Config};
+use super::Config;
 
-/// `[bridge]` (herald-bridge's settings).
-#[cfg(feature = "bridge")]
-pub type BridgeConfig = herald_bridge::BridgeConfig;
-
-/// `[bridge]` in a build without bridges: any key in it is refused.
+/// `[bridge]` in a build without bridges: read so that any key in it can
+/// be refused by name. The secret-bearing keys are fields of their own so
+/// the effective config masks them as a full build does.
 #[cfg(not(feature = "bridge"))]
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-#[serde(transparent)]
-pub struct BridgeConfig(toml::Table);
+#[serde(default)]
+pub struct BridgeConfig {
+    /// `bridge.nats_url`, refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// `bridge.redis_url`, refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// `bridge.nats_password`, refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_password: Option<String>,
+    /// `bridge.nats_token`, refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_token: Option<String>,
+    /// Every other key, refused.
+    #[serde(flatten)]
+    rest: toml::Table,
+}
 
 impl Config {
     /// What `[bridge]` falls back on: the `[broker]` table.
@@ -57,9 +71,18 @@ impl Config {
     /// What is wrong with `[bridge]`: in a build without bridges, any key.
     #[cfg(not(feature = "bridge"))]
     pub(super) fn bridge_problems(&self) -> Vec<(String, String)> {
-        self.bridge
-            .0
-            .keys()
+        let b = &self.bridge;
+        let named = [
+            ("nats_url", b.nats_url.is_some()),
+            ("redis_url", b.redis_url.is_some()),
+            ("nats_password", b.nats_password.is_some()),
+            ("nats_token", b.nats_token.is_some()),
+        ];
+        named
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| *k)
+            .chain(b.rest.keys().map(String::as_str))
             .map(|k| {
                 (
                     format!("bridge.{k}"),
@@ -67,32 +90,6 @@ impl Config {
                 )
             })
             .collect()
-    }
-
-    /// Masks the secrets of `[bridge]` (for the effective config shown).
-    #[cfg(feature = "bridge")]
-    pub(super) fn mask_bridge(&mut self) {
-        for url in [&mut self.bridge.nats_url, &mut self.bridge.redis_url]
-            .into_iter()
-            .flatten()
-        {
-            *url = mask_url(url);
-        }
-        for secret in [&mut self.bridge.nats_password, &mut self.bridge.nats_token]
-            .into_iter()
-            .flatten()
-        {
-            *secret = "********".into();
-        }
-    }
-
-    /// Masks the secrets of `[bridge]`: without bridges, the whole table.
-    #[cfg(not(feature = "bridge"))]
-    pub(super) fn mask_bridge(&mut self) {
-        let _ = mask_url;
-        for (_, value) in self.bridge.0.iter_mut() {
-            *value = toml::Value::String("********".into());
-        }
     }
 }
 
@@ -103,12 +100,15 @@ mod tests {
     #[test]
     fn a_build_without_bridges_refuses_bridge_keys_by_name() {
         assert!(Config::from_toml("").is_ok());
-        let err = Config::from_toml("[bridge]\nnats_url = \"nats://u:p@h:4222\"\n")
-            .expect_err("no bridges here");
+        let err = Config::from_toml(
+            "[bridge]\nnats_url = \"nats://u:p@h:4222\"\n[[bridge.routes]]\nsubject = \"a\"\n",
+        )
+        .expect_err("no bridges here");
         let text = err.to_string();
         assert!(
-            text.contains("bridge.nats_url") && text.contains("feature"),
+            text.contains("bridge.nats_url") && text.contains("bridge.routes"),
             "{text}"
         );
+        assert!(text.contains("feature `bridge`"), "{text}");
     }
 }

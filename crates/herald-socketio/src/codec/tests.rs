@@ -151,18 +151,6 @@ fn publications_carry_data_and_meta() {
 }
 
 #[test]
-fn the_token_is_appended_without_copying_the_event() {
-    let packet = Bytes::from_static(br#"42["e",1,{}]"#);
-    let head = event_head(&packet).expect("an event");
-    assert_eq!(head.as_ptr(), packet.as_ptr(), "shared, not copied");
-    let mut whole = head.to_vec();
-    whole.extend_from_slice(br#","a~E~3"]"#);
-    assert_eq!(whole, br#"42["e",1,{},"a~E~3"]"#);
-    assert!(event_head(&Bytes::from_static(b"431[{}]")).is_none());
-    assert_eq!(split_packets(&Bytes::from_static(b"40")).count(), 1);
-}
-
-#[test]
 fn direct_messages_are_events_with_a_null_room() {
     let data = RawValue::from_string(r#"{"n":1}"#.into()).expect("raw");
     let bytes = SOCKET_IO.encode_direct(&DirectFrame::new("note", &data, 9, "e1"));
@@ -172,4 +160,16 @@ fn direct_messages_are_events_with_a_null_room() {
     );
     let reserved = SOCKET_IO.encode_direct(&DirectFrame::new("disconnect", &data, 9, "e1"));
     assert!(reserved.starts_with(br#"42["herald:disconnect","#));
+}
+
+#[test]
+fn the_token_is_appended_without_copying_the_event() {
+    let packet = Bytes::from_static(br#"42["e",1,{}]"#);
+    let head = event_head(&packet).expect("an event");
+    assert_eq!(head.as_ptr(), packet.as_ptr(), "shared, not copied");
+    let mut whole = head.to_vec();
+    whole.extend_from_slice(br#","a~E~3"]"#);
+    assert_eq!(whole, br#"42["e",1,{},"a~E~3"]"#);
+    assert!(event_head(&Bytes::from_static(b"431[{}]")).is_none());
+    assert_eq!(split_packets(&Bytes::from_static(b"40")).count(), 1);
 }
