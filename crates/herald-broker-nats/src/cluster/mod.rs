@@ -17,7 +17,7 @@ use crate::{NatsClients, NatsSettings};
 use async_trait::async_trait;
 use herald_core::{
     BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef,
-    DirectMessage, DirectTarget, MemberRecord, NodeFigures, PerUserPolicy, RoomKey, Tenant,
+    MemberRecord, NodeFigures, PerUserPolicy, RoomKey, Tenant,
 };
 use herald_engine_kit::telemetry;
 use parking_lot::{Mutex, RwLock};
@@ -297,8 +297,8 @@ impl Cluster for NatsCluster {
 
     async fn send_direct(
         &self,
-        target: &DirectTarget,
-        message: &DirectMessage,
+        target: &herald_core::DirectTarget,
+        message: &herald_core::DirectMessage,
     ) -> Result<Option<usize>, BrokerError> {
         self.direct(target, message).await
     }
