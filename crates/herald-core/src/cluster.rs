@@ -9,11 +9,13 @@
 //! The node stays the authority for its own connections: it registers them
 //! here, and the engine calls back into the [`ClusterNode`] it was given to
 //! close local connections, to re-register everything after the shared
-//! store was lost, and to read the node's own figures for its heartbeat.
+//! store was lost, to read the node's own figures for its heartbeat, and
+//! to deliver direct messages ([`DirectMessage`]) to local connections.
 
 use crate::{BrokerError, RoomKey, Tenant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// What happens when a user opens more than `max_connections_per_user`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -92,6 +94,59 @@ pub struct MemberRecord {
     pub node_id: String,
 }
 
+/// Whom a direct message is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "snake_case")]
+pub enum DirectTarget {
+    /// One connection, by its (cluster-wide unique) id.
+    Connection {
+        /// The connection id.
+        connection_id: String,
+        /// When set, the connection must belong to this tenant (another
+        /// tenant's connection is not found).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<Tenant>,
+    },
+    /// Every connection of one user.
+    User {
+        /// The user's tenant.
+        tenant: Tenant,
+        /// The user id.
+        user_id: String,
+    },
+}
+
+impl DirectTarget {
+    /// Whether the connection of `tenant`, `user_id`, `connection_id` is
+    /// one the target names.
+    pub fn names(&self, tenant: &Tenant, user_id: &str, connection_id: &str) -> bool {
+        match self {
+            Self::Connection {
+                connection_id: id,
+                tenant: t,
+            } => id == connection_id && t.as_ref().is_none_or(|t| t == tenant),
+            Self::User {
+                tenant: t,
+                user_id: u,
+            } => t == tenant && u == user_id,
+        }
+    }
+}
+
+/// An event sent to a connection or a user outside any room (an `event`
+/// frame with `room: null`): in no stream, so not resumable.
+#[derive(Debug, Clone)]
+pub struct DirectMessage {
+    /// Event name (subject to the connections' event filters).
+    pub event: String,
+    /// Payload, verbatim JSON.
+    pub data: Box<RawValue>,
+    /// When it was accepted, ms since the Unix epoch.
+    pub ts: u64,
+    /// Unique id of the message.
+    pub event_id: String,
+}
+
 /// What the cluster engine may ask of the node it serves.
 pub trait ClusterNode: Send + Sync + 'static {
     /// Closes the local connection `connection_id` with `code` (a close code
@@ -107,6 +162,11 @@ pub trait ClusterNode: Send + Sync + 'static {
 
     /// This node's own figures, for its heartbeat.
     fn figures(&self) -> NodeFigures;
+
+    /// Queues `message` for the local connections `target` names (those
+    /// whose event filter takes it); returns how many connections it
+    /// named here, filtered or not.
+    fn deliver(&self, target: &DirectTarget, message: &DirectMessage) -> usize;
 }
 
 /// A cluster engine (see the module docs). Every call that reaches the
@@ -177,6 +237,17 @@ pub trait Cluster: Send + Sync + 'static {
         targets: &[ConnectionRef],
         code: u16,
     ) -> Result<(), BrokerError>;
+
+    /// Sends a direct message to `target` on whatever node holds it: the
+    /// local connections at once, the others through the control channel.
+    /// Returns how many connections the registry listed for the target:
+    /// `Some(1)` for a connection it knows, `None` for one it does not;
+    /// `Some(n)` for a user (0 when none is connected).
+    async fn send_direct(
+        &self,
+        target: &DirectTarget,
+        message: &DirectMessage,
+    ) -> Result<Option<usize>, BrokerError>;
 
     /// Whether the shared store is reachable (readiness).
     fn is_ready(&self) -> bool;

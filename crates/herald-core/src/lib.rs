@@ -23,8 +23,8 @@ pub use broker::{
     Publication, PublicationSink, PublishOutcome, PublishRequest,
 };
 pub use cluster::{
-    Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef, MemberRecord,
-    NodeFigures, PerUserPolicy,
+    Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef, DirectMessage,
+    DirectTarget, MemberRecord, NodeFigures, PerUserPolicy,
 };
 pub use engine::{
     Engine, EngineCapabilities, EngineContext, EngineError, EngineFactory, EngineSettings,

@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use herald_core::{Publication, RoomKey, RoomName, Tenant};
 use herald_protocol::{
-    ClientCodec, ClientFrame, FrameError, PublicationFrame, ServerFrame, StreamPosition,
-    HERALD_JSON,
+    ClientCodec, ClientFrame, DirectFrame, FrameError, PublicationFrame, ServerFrame,
+    StreamPosition, HERALD_JSON,
 };
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +35,9 @@ impl ClientCodec for Counting {
     fn encode_publication(&self, frame: &PublicationFrame<'_>) -> Bytes {
         self.calls.fetch_add(1, Ordering::Relaxed);
         Bytes::from(format!("counted:{}", frame.offset))
+    }
+    fn encode_direct(&self, frame: &DirectFrame<'_>) -> Bytes {
+        HERALD_JSON.encode_direct(frame)
     }
 }
 

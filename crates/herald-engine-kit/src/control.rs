@@ -1,10 +1,14 @@
 //! The registry's commands between nodes: small JSON messages carrying
-//! closes to whatever node holds the connection. The engines differ only
-//! in how they carry them (a Redis sharded channel, NATS subjects); what a
-//! command says and what a node does with it is here.
+//! closes and direct messages to whatever node holds the connection. The
+//! engines differ only in how they carry them (a Redis sharded channel,
+//! NATS subjects); what a command says and what a node does with it is
+//! here.
 
-use herald_core::{ClusterNode, ConnectionRef, Tenant};
+use herald_core::{
+    ClusterNode, ConnectionRecord, ConnectionRef, DirectMessage, DirectTarget, Tenant,
+};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// One command between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +35,87 @@ pub enum ControlCommand {
         #[serde(default)]
         from: String,
     },
+    /// Deliver a direct message to the target's connections on `node`.
+    Direct {
+        /// The node holding (some of) the target's connections.
+        node: String,
+        /// The connection or the user.
+        target: DirectTarget,
+        /// The message.
+        message: DirectWire,
+    },
+}
+
+/// A [`DirectMessage`] in a command. `data` travels as JSON text in a
+/// string: a raw JSON value cannot be read back inside a tagged enum (serde
+/// buffers its fields first), and parsing it into a value would reorder
+/// its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectWire {
+    /// Event name.
+    pub event: String,
+    /// The payload's JSON text.
+    pub data: String,
+    /// When it was accepted, ms since the Unix epoch.
+    pub ts: u64,
+    /// Unique id of the message.
+    pub event_id: String,
+}
+
+impl From<&DirectMessage> for DirectWire {
+    fn from(m: &DirectMessage) -> Self {
+        Self {
+            event: m.event.clone(),
+            data: m.data.get().to_owned(),
+            ts: m.ts,
+            event_id: m.event_id.clone(),
+        }
+    }
+}
+
+impl DirectWire {
+    /// The message again; `None` when `data` is not JSON (a sender that is
+    /// not Herald).
+    fn into_message(self) -> Option<DirectMessage> {
+        let data = RawValue::from_string(self.data).ok()?;
+        Some(DirectMessage {
+            event: self.event,
+            data,
+            ts: self.ts,
+            event_id: self.event_id,
+        })
+    }
+}
+
+/// [`herald_core::Cluster::send_direct`] on node `node_id`, once the
+/// registry listed `holders` (the target's connections): delivers to the
+/// local ones directly and returns one command per other node holding
+/// some.
+pub fn direct(
+    node_id: &str,
+    node: Option<&dyn ClusterNode>,
+    holders: &[ConnectionRecord],
+    target: &DirectTarget,
+    message: &DirectMessage,
+) -> Vec<ControlCommand> {
+    let mut nodes: Vec<&str> = holders.iter().map(|r| r.node_id.as_str()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let mut remote = Vec::new();
+    for n in nodes {
+        if n == node_id {
+            if let Some(node) = node {
+                node.deliver(target, message);
+            }
+        } else {
+            remote.push(ControlCommand::Direct {
+                node: n.to_owned(),
+                target: target.clone(),
+                message: DirectWire::from(message),
+            });
+        }
+    }
+    remote
 }
 
 /// [`herald_core::Cluster::close_connections`] on node `node_id`: closes
@@ -113,12 +198,98 @@ pub fn execute(node_id: &str, node: &dyn ClusterNode, payload: &[u8]) {
                 node.close_user(&tenant, &user, code);
             }
         }
+        ControlCommand::Direct {
+            node: target_node,
+            target,
+            message,
+        } => {
+            if target_node != node_id && !target_node.is_empty() {
+                return;
+            }
+            match message.into_message() {
+                Some(message) => {
+                    node.deliver(&target, &message);
+                }
+                None => tracing::warn!("direct message with unreadable data ignored"),
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_core::NodeFigures;
+    use parking_lot::Mutex;
+
+    /// Records what it was asked to deliver.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(DirectTarget, String, String)>>);
+
+    impl ClusterNode for Recorder {
+        fn close_connection(&self, _: &str, _: u16) -> bool {
+            false
+        }
+        fn close_user(&self, _: &Tenant, _: &str, _: u16) -> usize {
+            0
+        }
+        fn snapshot(&self) -> Vec<(ConnectionRecord, Vec<(String, bool)>)> {
+            Vec::new()
+        }
+        fn figures(&self) -> NodeFigures {
+            NodeFigures::default()
+        }
+        fn deliver(&self, target: &DirectTarget, message: &DirectMessage) -> usize {
+            self.0.lock().push((
+                target.clone(),
+                message.event.clone(),
+                message.data.get().to_owned(),
+            ));
+            1
+        }
+    }
+
+    fn held(node: &str, conn: &str) -> ConnectionRecord {
+        ConnectionRecord {
+            connection_id: conn.into(),
+            tenant: Tenant::default_tenant(),
+            user_id: "u".into(),
+            node_id: node.into(),
+            transport: "websocket".into(),
+            rooms: Vec::new(),
+            connected_at: 1,
+        }
+    }
+
+    #[test]
+    fn direct_messages_go_once_to_each_node_holding_the_target() {
+        let message = DirectMessage {
+            event: "note".into(),
+            data: RawValue::from_string(r#"{"b":1,"a":[2]}"#.into()).expect("raw"),
+            ts: 7,
+            event_id: "e1".into(),
+        };
+        let target = DirectTarget::User {
+            tenant: Tenant::default_tenant(),
+            user_id: "u".into(),
+        };
+        let here = Recorder::default();
+        let holders = [held("n1", "c1"), held("n2", "c2"), held("n2", "c3")];
+        let remote = direct("n1", Some(&here), &holders, &target, &message);
+        assert_eq!(here.0.lock().len(), 1, "local connections directly");
+        assert_eq!(remote.len(), 1, "one command for n2's two connections");
+        let json = serde_json::to_vec(&remote[0]).expect("json");
+        let there = Recorder::default();
+        execute("n3", &there, &json);
+        assert!(there.0.lock().is_empty(), "not for n3");
+        execute("n2", &there, &json);
+        let got = there.0.lock().clone();
+        assert_eq!(
+            got,
+            vec![(target, "note".to_owned(), r#"{"b":1,"a":[2]}"#.to_owned())],
+            "data arrives verbatim"
+        );
+    }
 
     #[test]
     fn commands_have_the_documented_shape() {

@@ -7,8 +7,8 @@ use crate::conn::{Connection, ConnectionInfo};
 use crate::error::NodeError;
 use crate::node::{BrokerSummary, Inner, Node, NodeStats, NodeSummary};
 use herald_core::{
-    ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef, NodeFigures, PresenceChange,
-    RoomKey, Tenant,
+    ClusterAdmission, ClusterNode, ConnectionRecord, ConnectionRef, DirectMessage, DirectTarget,
+    NodeFigures, PresenceChange, RoomKey, Tenant,
 };
 use herald_protocol::{CloseCode, MemberSummary};
 use std::sync::{Arc, OnceLock, Weak};
@@ -101,6 +101,12 @@ impl ClusterNode for LateHandle {
                 (record, rooms)
             })
             .collect()
+    }
+
+    fn deliver(&self, target: &DirectTarget, message: &DirectMessage) -> usize {
+        self.upgrade().map_or(0, |inner| {
+            crate::direct::deliver_local(&inner, target, message)
+        })
     }
 
     fn figures(&self) -> NodeFigures {

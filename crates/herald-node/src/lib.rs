@@ -9,6 +9,7 @@ mod access;
 mod admission;
 mod cluster;
 mod conn;
+mod direct;
 mod engine;
 mod error;
 mod filter;

@@ -7,7 +7,7 @@
 //! one more implementation of [`ClientCodec`] with its own
 //! [`ClientCodec::slot`].
 
-use crate::server::PublicationFrame;
+use crate::server::{DirectFrame, PublicationFrame};
 use crate::{ClientRequest, ErrorCode, FrameError, RequestId, ServerFrame};
 use bytes::Bytes;
 
@@ -44,6 +44,11 @@ pub trait ClientCodec: Send + Sync + std::fmt::Debug + 'static {
     /// Encodes a room event (`event` or `message`). Called once per event
     /// and codec; every recipient shares the bytes.
     fn encode_publication(&self, frame: &PublicationFrame<'_>) -> Bytes;
+
+    /// Encodes a direct message (an `event` with no room and no position).
+    /// Called once per message and codec on each node; its recipients
+    /// there share the bytes.
+    fn encode_direct(&self, frame: &DirectFrame<'_>) -> Bytes;
 }
 
 /// Herald's JSON text frames (PROTOCOL.md 3).
@@ -81,6 +86,10 @@ impl ClientCodec for HeraldJson {
 
     fn encode_publication(&self, frame: &PublicationFrame<'_>) -> Bytes {
         crate::server::encode_publication_frame(frame)
+    }
+
+    fn encode_direct(&self, frame: &DirectFrame<'_>) -> Bytes {
+        crate::server::encode_direct_frame(frame)
     }
 }
 

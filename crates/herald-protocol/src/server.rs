@@ -232,6 +232,52 @@ impl<'a> PublicationFrame<'a> {
     }
 }
 
+/// The parts of a direct message's `event` frame (an extension): an event
+/// sent to one connection or one user through the HTTP API, outside any
+/// room. `room` is always `null` and there is no `epoch` or `offset`: it is
+/// in no stream, so it cannot be resumed or replayed.
+#[derive(Debug, Serialize)]
+pub struct DirectFrame<'a> {
+    /// Always `event`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Always `None` (`null` on the wire): no room.
+    pub room: Option<&'a str>,
+    /// Event name.
+    pub event: &'a str,
+    /// Payload, verbatim.
+    pub data: &'a RawValue,
+    /// Send time, ms since the Unix epoch.
+    pub ts: u64,
+    /// Unique id of the message.
+    pub event_id: &'a str,
+}
+
+impl<'a> DirectFrame<'a> {
+    /// The frame of a direct message.
+    pub fn new(event: &'a str, data: &'a RawValue, ts: u64, event_id: &'a str) -> Self {
+        Self {
+            kind: "event",
+            room: None,
+            event,
+            data,
+            ts,
+            event_id,
+        }
+    }
+}
+
+/// Herald JSON of a direct message's frame.
+pub(crate) fn encode_direct_frame(frame: &DirectFrame<'_>) -> Bytes {
+    let mut buf = Vec::with_capacity(96 + frame.data.get().len() + frame.event.len());
+    match serde_json::to_writer(&mut buf, frame) {
+        Ok(()) => Bytes::from(buf),
+        Err(_) => Bytes::from_static(
+            br#"{"type":"error","code":"internal","message":"frame encoding failed"}"#,
+        ),
+    }
+}
+
 /// Encodes a room event once in Herald JSON; the bytes are shared by every
 /// recipient.
 #[allow(clippy::too_many_arguments)]
@@ -317,6 +363,16 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(v["type"], "message");
         assert_eq!(v["from"]["user_id"], "u");
+    }
+
+    #[test]
+    fn direct_frame_has_a_null_room_and_no_position() {
+        let data = RawValue::from_string(r#"{"x":1}"#.into()).expect("raw");
+        let bytes = encode_direct_frame(&DirectFrame::new("note", &data, 5, "id1"));
+        assert_eq!(
+            &bytes[..],
+            br#"{"type":"event","room":null,"event":"note","data":{"x":1},"ts":5,"event_id":"id1"}"#
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 pub(crate) use crate::extract::bearer;
 
+pub(crate) mod direct;
+
 /// Most rooms one broadcast may name.
 const MAX_BROADCAST_ROOMS: usize = 1000;
 /// Most events one history request returns.

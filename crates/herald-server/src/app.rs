@@ -44,6 +44,11 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/v1/users/{user_id}/connections",
             get(api::user_connections),
         )
+        .route("/api/v1/users/{user_id}/send", post(api::direct::to_user))
+        .route(
+            "/api/v1/connections/{connection_id}/send",
+            post(api::direct::to_connection),
+        )
         .route("/api/v1/rooms/{room}/presence", get(api::presence))
         .route("/api/v1/rooms/{room}/history", get(api::history))
         .route("/api/v1/stats", get(api::stats))

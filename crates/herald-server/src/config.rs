@@ -2,6 +2,10 @@
 //! (PROTOCOL.md 1). Unknown keys and bad values are refused before any port
 //! is bound, each error naming its key.
 
+mod bridge;
+// A build without bridges reads `[bridge]` into a table that refuses keys.
+#[cfg(not(feature = "bridge"))]
+use bridge as herald_bridge;
 mod env;
 mod namespaces;
 mod webhooks;
@@ -382,8 +386,8 @@ impl Config {
             }
         }
         self.validate_broker(&mut problems);
-        for e in self.bridge.validate(&self.bridge_defaults()) {
-            problems.push(invalid(e.key, e.message));
+        for (key, message) in self.bridge_problems() {
+            problems.push(invalid(key, message));
         }
         self.validate_dev_mode(&mut problems);
         if let Err(errors) = self.webhooks.resolve() {
@@ -508,33 +512,6 @@ impl Config {
         match serde_json::to_value(&self.broker) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => herald_core::EngineSettings::new(),
-        }
-    }
-
-    /// What `[bridge]` falls back on: the `[broker]` table.
-    pub fn bridge_defaults(&self) -> herald_bridge::BridgeDefaults {
-        // Read from the table as the engine reads it, so the broker's
-        // `nats_*` credential keys are found wherever the engine defines
-        // them.
-        let settings = self.engine_settings();
-        let text = |key: &str| {
-            settings
-                .get(key)
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_owned)
-        };
-        herald_bridge::BridgeDefaults {
-            prefix: self.broker.prefix.clone(),
-            broker_kind: self.broker.kind.clone(),
-            nats_url: self.broker.nats_url.clone(),
-            redis_url: self.broker.redis_url.clone(),
-            nats_auth: herald_bridge::NatsAuth {
-                credentials_file: text("nats_credentials_file"),
-                user_password: text("nats_user").zip(text("nats_password")),
-                token: text("nats_token"),
-                tls_ca_file: text("nats_tls_ca_file"),
-                tls_client_cert: text("nats_tls_cert_file").zip(text("nats_tls_key_file")),
-            },
         }
     }
 

@@ -10,6 +10,11 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(not(feature = "bridge"))]
+mod no_bridges;
+#[cfg(not(feature = "bridge"))]
+use no_bridges::{bridge_plan, start_bridges};
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -28,6 +33,7 @@ pub enum ServeError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// The `[bridge]` bridges could not start.
+    #[cfg(feature = "bridge")]
     #[error(transparent)]
     Bridge(#[from] herald_bridge::BridgeError),
 }
@@ -212,6 +218,7 @@ pub async fn serve_on_with(
 
 /// The `[bridge]` bridges, resolved (config validation already checked
 /// them; a config built in code may not have been).
+#[cfg(feature = "bridge")]
 fn bridge_plan(config: &Config) -> Result<herald_bridge::BridgePlan, ServeError> {
     config
         .bridge
@@ -231,6 +238,7 @@ fn bridge_plan(config: &Config) -> Result<herald_bridge::BridgePlan, ServeError>
 
 /// Starts the bridges on the node's tracker and token, publishing through
 /// the same path as `POST /api/v1/publish`.
+#[cfg(feature = "bridge")]
 fn start_bridges(
     plan: herald_bridge::BridgePlan,
     node_id: &str,

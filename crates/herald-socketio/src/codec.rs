@@ -22,8 +22,8 @@
 use crate::packet::{self, write_head, PacketType};
 use bytes::Bytes;
 use herald_protocol::{
-    parse_client_frame, ClientCodec, ClientFrame, ErrorCode, FrameError, PublicationFrame,
-    RequestId, Sender, ServerFrame,
+    parse_client_frame, ClientCodec, ClientFrame, DirectFrame, ErrorCode, FrameError,
+    PublicationFrame, RequestId, Sender, ServerFrame,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -212,6 +212,33 @@ impl ClientCodec for SocketIoCodec {
         out.push(b']');
         Bytes::from(out)
     }
+
+    fn encode_direct(&self, frame: &DirectFrame<'_>) -> Bytes {
+        let meta = DirectMeta {
+            room: frame.room,
+            ts: frame.ts,
+            event_id: frame.event_id,
+        };
+        let mut out = Vec::with_capacity(96 + frame.data.get().len() + frame.event.len());
+        write_head(&mut out, PacketType::Event, "/", None);
+        out.push(b'[');
+        json_into(&mut out, &*event_name(frame.event));
+        out.push(b',');
+        out.extend_from_slice(frame.data.get().as_bytes());
+        out.push(b',');
+        json_into(&mut out, &meta);
+        out.push(b']');
+        Bytes::from(out)
+    }
+}
+
+/// The third argument of a direct message: `room` is `null` and there is
+/// no position (it belongs to no stream).
+#[derive(Serialize)]
+struct DirectMeta<'a> {
+    room: Option<&'a str>,
+    ts: u64,
+    event_id: &'a str,
 }
 
 /// The third argument of a room event.

@@ -1,12 +1,16 @@
 //! Commands between nodes: small JSON messages on core NATS subjects, one
-//! per node (`<prefix>.control.<node>`) and one every node reads
-//! (`<prefix>.control._`, the subject of the empty node id: a connection
-//! whose node is unknown, and user-wide disconnects). A lost message only
+//! per node (`<prefix>.control.<node>`: closes and direct messages for its
+//! connections) and one every node reads (`<prefix>.control._`, the subject
+//! of the empty node id: a connection whose node is unknown, and user-wide
+//! disconnects). A lost message only
 //! delays an `exclusive` replacement until the lock check notices.
 
 use super::{json_error, nats_error, NatsCluster};
+use futures_util::future::join_all;
 use futures_util::StreamExt;
-use herald_core::{BrokerError, ClusterNode, ConnectionRef, Tenant};
+use herald_core::{
+    BrokerError, ClusterNode, ConnectionRecord, ConnectionRef, DirectMessage, DirectTarget, Tenant,
+};
 use herald_engine_kit::control::{self, ControlCommand};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -52,10 +56,7 @@ impl NatsCluster {
         let remote: Vec<_> = control::close_targets(&self.node_id, node, targets, code)
             .into_iter()
             .map(|command| {
-                let subject = match &command {
-                    ControlCommand::Close { node, .. } => self.names.control_subject(node),
-                    ControlCommand::DisconnectUser { .. } => self.broadcast_subject(),
-                };
+                let subject = self.subject_of(&command);
                 (subject, command)
             })
             .collect();
@@ -79,6 +80,64 @@ impl NatsCluster {
         self.publish_control(&[(self.broadcast_subject(), command)])
             .await?;
         Ok(listed)
+    }
+
+    /// The subject carrying `command`: its node's, or every node's.
+    fn subject_of(&self, command: &ControlCommand) -> String {
+        match command {
+            ControlCommand::Close { node, .. } | ControlCommand::Direct { node, .. } => {
+                self.names.control_subject(node)
+            }
+            ControlCommand::DisconnectUser { .. } => self.broadcast_subject(),
+        }
+    }
+
+    /// [`herald_core::Cluster::send_direct`]: finds the nodes holding the
+    /// target in the registry, delivers to the local connections, and sends
+    /// one command to each other node on its own subject.
+    pub(super) async fn direct(
+        &self,
+        target: &DirectTarget,
+        message: &DirectMessage,
+    ) -> Result<Option<usize>, BrokerError> {
+        let holders = match target {
+            DirectTarget::Connection { connection_id, .. } => {
+                match self.find_connection(connection_id).await? {
+                    Some(r) if target.names(&r.tenant, &r.user_id, &r.connection_id) => vec![r],
+                    _ => return Ok(None),
+                }
+            }
+            DirectTarget::User { tenant, user_id } => self.list_user(tenant, user_id).await?,
+        };
+        let node = self.node.get().map(|n| &**n);
+        let remote: Vec<_> = control::direct(&self.node_id, node, &holders, target, message)
+            .into_iter()
+            .map(|command| (self.subject_of(&command), command))
+            .collect();
+        if !remote.is_empty() {
+            self.publish_control(&remote).await?;
+        }
+        Ok(Some(holders.len()))
+    }
+
+    /// The record of connection `id` on a live node: its key under every
+    /// live node read at once (there are few nodes).
+    async fn find_connection(&self, id: &str) -> Result<Option<ConnectionRecord>, BrokerError> {
+        let b = self.buckets().await?;
+        let live = self.live_among(&b, std::iter::empty()).await?;
+        let reads = live.iter().map(|node| {
+            let key = self.keys.conn(node, id);
+            let b = &b;
+            async move { b.registry.get(key).await }
+        });
+        for read in join_all(reads).await {
+            let value = read.map_err(|e| nats_error("reading a connection", e))?;
+            if let Some(r) = value.and_then(|v| serde_json::from_slice::<ConnectionRecord>(&v).ok())
+            {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
     }
 
     /// Reads the control subjects until `cancel` fires. The client

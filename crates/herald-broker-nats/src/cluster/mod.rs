@@ -333,6 +333,14 @@ impl Cluster for NatsCluster {
         self.close_targets(targets, code).await
     }
 
+    async fn send_direct(
+        &self,
+        target: &herald_core::DirectTarget,
+        message: &herald_core::DirectMessage,
+    ) -> Result<Option<usize>, BrokerError> {
+        self.direct(target, message).await
+    }
+
     fn is_ready(&self) -> bool {
         self.clients.is_connected()
             && self.buckets.read().is_some()

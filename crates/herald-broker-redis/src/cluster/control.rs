@@ -1,5 +1,5 @@
 //! The control channel: small JSON commands every node receives, carrying
-//! closes to whatever node holds the connection. A sharded channel
+//! closes and direct messages to whatever node holds the connection. A sharded channel
 //! (SSUBSCRIBE/SPUBLISH, on one server too): its one slot means one shard
 //! of a Redis Cluster carries it, and SSUBSCRIBE answers only once the
 //! server confirmed it, so "subscribed" (and so readiness) is true. A lost
@@ -7,8 +7,11 @@
 //! notices.
 
 use super::{json_error, redis_error, RedisCluster};
-use fred::interfaces::{EventInterface, PubsubInterface};
-use herald_core::{BrokerError, ClusterNode, ConnectionRef, Tenant};
+use fred::interfaces::{EventInterface, HashesInterface, PubsubInterface};
+use fred::types::Value;
+use herald_core::{
+    BrokerError, ClusterNode, ConnectionRecord, ConnectionRef, DirectMessage, DirectTarget, Tenant,
+};
 use herald_engine_kit::control::{self, ControlCommand};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -67,6 +70,57 @@ impl RedisCluster {
         let command = control::disconnect_user(&self.node_id, node, tenant, user, code);
         self.publish_control(&[command]).await?;
         Ok(listed)
+    }
+
+    /// [`herald_core::Cluster::send_direct`]: finds the nodes holding the
+    /// target in the registry, delivers to the local connections, tells
+    /// the other nodes (one command each).
+    pub(super) async fn direct(
+        &self,
+        target: &DirectTarget,
+        message: &DirectMessage,
+    ) -> Result<Option<usize>, BrokerError> {
+        let holders = match target {
+            DirectTarget::Connection { connection_id, .. } => {
+                match self.find_connection(connection_id).await? {
+                    Some(r) if target.names(&r.tenant, &r.user_id, &r.connection_id) => vec![r],
+                    _ => return Ok(None),
+                }
+            }
+            DirectTarget::User { tenant, user_id } => self.list_user(tenant, user_id).await?,
+        };
+        let node = self.node.get().map(|n| &**n);
+        let remote = control::direct(&self.node_id, node, &holders, target, message);
+        if !remote.is_empty() {
+            self.publish_control(&remote).await?;
+        }
+        Ok(Some(holders.len()))
+    }
+
+    /// The record of connection `id` on a live node (every node's hash of
+    /// connections asked in one pipeline: there are few nodes).
+    async fn find_connection(&self, id: &str) -> Result<Option<ConnectionRecord>, BrokerError> {
+        self.check()?;
+        let (mut live, _) = self.nodes_by_age().await?;
+        // This node answers, so it lives, even before its first heartbeat.
+        if !live.contains(&self.node_id) {
+            live.push(self.node_id.clone());
+        }
+        let pipe = self.clients.commands.pipeline();
+        for node in &live {
+            pipe.hget::<(), _, _>(self.keys.node_connections(node), id)
+                .await
+                .map_err(redis_error)?;
+        }
+        let replies = match pipe.all::<Value>().await.map_err(redis_error)? {
+            Value::Array(v) => v,
+            one => vec![one],
+        };
+        Ok(replies
+            .iter()
+            .filter_map(|reply| reply.as_str())
+            .filter_map(|json| serde_json::from_str::<ConnectionRecord>(&json).ok())
+            .find(|r| r.connection_id == id))
     }
 
     /// Reads the control channel until `cancel` fires, subscribing again

@@ -45,7 +45,9 @@ const SESSION_REPLACED: u16 = 4010;
 /// - `room_presence(room)`: hash connection id → [`MemberRecord`] JSON.
 /// - `control_channel()`: JSON commands between nodes, plain PUBLISH:
 ///   `{"op":"close","node","conn","code"}` (an empty `node` means whichever
-///   node holds it) and `{"op":"disconnect_user","tenant","user","code","from"}`.
+///   node holds it), `{"op":"disconnect_user","tenant","user","code","from"}`
+///   and `{"op":"direct","node","target","message"}` (a direct message for
+///   the target's connections on `node`).
 ///
 /// The node stays the authority. Its heartbeat re-registers everything
 /// from [`ClusterNode::snapshot`] when Redis forgot the node (flushed,
@@ -268,6 +270,14 @@ impl Cluster for RedisCluster {
         code: u16,
     ) -> Result<(), BrokerError> {
         self.close_targets(targets, code).await
+    }
+
+    async fn send_direct(
+        &self,
+        target: &herald_core::DirectTarget,
+        message: &herald_core::DirectMessage,
+    ) -> Result<Option<usize>, BrokerError> {
+        self.direct(target, message).await
     }
 
     fn is_ready(&self) -> bool {

@@ -392,11 +392,15 @@ impl StreamState {
                 frame_type(&bytes)?
             }
         };
+        // An `event` that is not a room's publication is a direct message:
+        // in no stream, so it carries no id and leaves the browser's
+        // Last-Event-ID where the rooms' events put it.
+        let direct = publication.is_none() && kind == "event";
         let text = String::from_utf8_lossy(&bytes);
-        let mut event = Event::default()
-            .event(kind)
-            .data(text)
-            .id(self.positions.id());
+        let mut event = Event::default().event(kind).data(text);
+        if !direct {
+            event = event.id(self.positions.id());
+        }
         if self.first {
             event = event.retry(RETRY);
             self.first = false;

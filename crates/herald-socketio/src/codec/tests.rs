@@ -169,6 +169,18 @@ fn publications_carry_data_and_meta() {
 }
 
 #[test]
+fn direct_messages_are_events_with_a_null_room() {
+    let data = RawValue::from_string(r#"{"n":1}"#.into()).expect("raw");
+    let bytes = SOCKET_IO.encode_direct(&DirectFrame::new("note", &data, 9, "e1"));
+    assert_eq!(
+        &bytes[..],
+        br#"42["note",{"n":1},{"room":null,"ts":9,"event_id":"e1"}]"#
+    );
+    let reserved = SOCKET_IO.encode_direct(&DirectFrame::new("disconnect", &data, 9, "e1"));
+    assert!(reserved.starts_with(br#"42["herald:disconnect","#));
+}
+
+#[test]
 fn the_token_is_appended_without_copying_the_event() {
     let packet = Bytes::from_static(br#"42["e",1,{}]"#);
     let head = event_head(&packet).expect("an event");

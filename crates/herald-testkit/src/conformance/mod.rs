@@ -187,6 +187,9 @@ impl herald_core::ClusterNode for NoNode {
     fn snapshot(&self) -> Vec<(herald_core::ConnectionRecord, Vec<(String, bool)>)> {
         Vec::new()
     }
+    fn deliver(&self, _: &herald_core::DirectTarget, _: &herald_core::DirectMessage) -> usize {
+        0
+    }
     fn figures(&self) -> NodeFigures {
         NodeFigures {
             node_id: self.0.clone(),

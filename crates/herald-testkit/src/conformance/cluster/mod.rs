@@ -14,8 +14,9 @@ pub mod liveness;
 pub mod registry;
 
 use herald_core::{
-    BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, MemberRecord,
-    NodeFigures, PerUserPolicy, PresenceChange, RoomKey, RoomName, Tenant,
+    BrokerError, Cluster, ClusterAdmission, ClusterNode, ConnectionRecord, DirectMessage,
+    DirectTarget, MemberRecord, NodeFigures, PerUserPolicy, PresenceChange, RoomKey, RoomName,
+    Tenant,
 };
 use parking_lot::Mutex;
 use std::future::Future;
@@ -101,6 +102,9 @@ pub struct FakeNode {
     pub conns: Mutex<Vec<Held>>,
     /// Every close asked of it: connection id and close code.
     pub closed: Mutex<Vec<(String, u16)>>,
+    /// Every direct message delivered to a held connection: connection id
+    /// and the message's event id.
+    pub delivered: Mutex<Vec<(String, String)>>,
 }
 
 impl FakeNode {
@@ -160,6 +164,19 @@ impl ClusterNode for FakeNode {
             !theirs
         });
         before - conns.len()
+    }
+
+    fn deliver(&self, target: &DirectTarget, message: &DirectMessage) -> usize {
+        let conns = self.conns.lock();
+        let mut delivered = self.delivered.lock();
+        let mut n = 0;
+        for (r, _) in conns.iter() {
+            if target.names(&r.tenant, &r.user_id, &r.connection_id) {
+                delivered.push((r.connection_id.clone(), message.event_id.clone()));
+                n += 1;
+            }
+        }
+        n
     }
 
     fn snapshot(&self) -> Vec<Held> {
