@@ -200,6 +200,7 @@ fn node_of(backend: Option<Arc<Backend>>, limits: Limits, namespaces: Namespaces
             limits,
             namespaces,
             access_proxy: backend.map(|b| b as Arc<dyn AccessProxy>),
+            hooks: herald_core::HookSet::empty(),
         },
         Arc::new(Verifier),
         |sink| Arc::new(MemoryBroker::new(sink)),
