@@ -16,6 +16,7 @@
 // covers every submodule below.
 #![allow(dead_code)]
 
+mod backend;
 pub mod cdp;
 pub mod cluster;
 mod inproc;
@@ -28,6 +29,8 @@ mod ws;
 
 // A test binary that uses nothing from one of these would report its glob
 // re-export as unused.
+#[allow(unused_imports)]
+pub use backend::Backend;
 #[allow(unused_imports)]
 pub use node::*;
 #[allow(unused_imports)]
