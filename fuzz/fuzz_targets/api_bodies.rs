@@ -1,5 +1,5 @@
-//! The HTTP API's body parsers (publish, broadcast, tokens) on the same
-//! arbitrary bytes.
+//! The HTTP API's body parsers (publish, broadcast, tokens, direct
+//! messages) on the same arbitrary bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,4 +8,5 @@ fuzz_target!(|data: &[u8]| {
     herald_server::fuzzing::publish_body(data);
     herald_server::fuzzing::broadcast_body(data);
     herald_server::fuzzing::token_body(data);
+    herald_server::fuzzing::direct_body(data);
 });

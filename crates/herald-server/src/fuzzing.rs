@@ -77,6 +77,35 @@ pub fn broadcast_body(body: &[u8]) {
     let _ = crate::extract::parse_json::<BroadcastBody>(body);
 }
 
+/// Parses a direct-message body (`POST /api/v1/users/{id}/send`) as the
+/// API does; one that passes its checks must encode, in Herald JSON, to a
+/// frame that reads back with `room: null`, the same `event` and the same
+/// `data` text.
+pub fn direct_body(body: &[u8]) {
+    use herald_protocol::{ClientCodec, DirectFrame, HERALD_JSON};
+    let Ok(b) = crate::extract::parse_json::<api::direct::DirectBody>(body) else {
+        return;
+    };
+    if b.check(None).is_err() {
+        return;
+    }
+    let bytes = HERALD_JSON.encode_direct(&DirectFrame::new(&b.event, &b.data, 1, "id"));
+    #[derive(serde::Deserialize)]
+    struct Back<'a> {
+        room: Option<String>,
+        event: String,
+        #[serde(borrow)]
+        data: &'a serde_json::value::RawValue,
+    }
+    let back: Back<'_> = match serde_json::from_slice(&bytes) {
+        Ok(back) => back,
+        Err(e) => panic!("a checked direct message encodes to unreadable JSON: {e}"),
+    };
+    assert!(back.room.is_none(), "room must be null");
+    assert_eq!(back.event, b.event, "event changed");
+    assert_eq!(back.data.get(), b.data.get(), "data changed");
+}
+
 /// Parses a `POST /api/v1/tokens` body as the API does, then reads the
 /// body as a token request (`ttl` through the API's duration parser,
 /// the rest as JSON) and mints it with a fixed secret.

@@ -21,8 +21,8 @@ use serde_json::value::RawValue;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DirectBody {
-    event: String,
-    data: Box<RawValue>,
+    pub(crate) event: String,
+    pub(crate) data: Box<RawValue>,
     #[serde(default)]
     tenant: Option<String>,
 }
@@ -30,7 +30,7 @@ pub(crate) struct DirectBody {
 impl DirectBody {
     /// Checks the body; returns the tenant it names, from the body or the
     /// `?tenant=` query the other user APIs take (both must agree).
-    fn check(&self, query: Option<&str>) -> Result<Option<Tenant>, ApiError> {
+    pub(crate) fn check(&self, query: Option<&str>) -> Result<Option<Tenant>, ApiError> {
         check_event(&self.event)?;
         check_data(&self.data)?;
         let named = match (self.tenant.as_deref(), query) {
