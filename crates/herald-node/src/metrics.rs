@@ -24,6 +24,14 @@ pub fn describe() {
         "Connections closed, by reason and transport"
     );
     describe_counter!("herald_auth_failures_total", "Rejected tokens, by reason");
+    describe_counter!(
+        "herald_access_checks_total",
+        "Proxy-rule checks, by action (join, send), result (allow, deny, unavailable, rejected) and whether the connection's cache answered"
+    );
+    describe_counter!(
+        "herald_rpc_calls_total",
+        "Client rpc calls, by result (ok, rejected, unavailable, limit_exceeded, disabled)"
+    );
     describe_counter!("herald_messages_received_total", "Client frames received");
     describe_counter!("herald_messages_sent_total", "Frames written to clients");
     describe_counter!(
@@ -91,6 +99,18 @@ pub fn connection_closed(reason: &'static str, transport: &'static str) {
 /// Counts a rejected token by reason.
 pub fn auth_failure(reason: &'static str) {
     counter!("herald_auth_failures_total", "reason" => reason).increment(1);
+}
+
+/// Counts a `proxy` rule check.
+pub fn access_check(action: &'static str, result: &'static str, cached: bool) {
+    let cached = if cached { "true" } else { "false" };
+    counter!("herald_access_checks_total", "action" => action, "result" => result, "cached" => cached)
+        .increment(1);
+}
+
+/// Counts an `rpc` call by result.
+pub fn rpc_call(result: &'static str) {
+    counter!("herald_rpc_calls_total", "result" => result).increment(1);
 }
 
 /// Counts client frames received.

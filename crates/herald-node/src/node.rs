@@ -10,6 +10,7 @@ use crate::rate::UserRates;
 use crate::rooms::Rooms;
 use crate::session::Session;
 use crate::transport::Transport;
+use herald_core::{AccessProxy, CredentialContext, Verified};
 use herald_core::{
     Broker, Cluster, Engine, EngineShutdown, HistoryPolicy, HookSet, Identity, LocalPresence,
     Namespaces, Presence, PublicationSink, PublishOutcome, PublishRequest, RoomKey, RoomName,
@@ -33,10 +34,13 @@ use tokio_util::task::TaskTracker;
 pub(crate) const JOIN_BUFFER_FLOOR: usize = 1024;
 
 /// What a node needs to know.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeSettings {
     /// This node's id.
     pub node_id: String,
+    /// Asks the backend about `proxy` rules and forwards `rpc` frames;
+    /// `None`: `proxy` rules deny and `rpc` is not enabled.
+    pub access_proxy: Option<Arc<dyn AccessProxy>>,
     /// Limits applied to connections.
     pub limits: Limits,
     /// Namespace rules.
@@ -45,6 +49,17 @@ pub struct NodeSettings {
     /// Needs an engine with an outbox ([`Node::start`]); [`Node::new`] has
     /// none and emits nothing.
     pub hooks: HookSet,
+}
+
+impl std::fmt::Debug for NodeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSettings")
+            .field("node_id", &self.node_id)
+            .field("limits", &self.limits)
+            .field("namespaces", &self.namespaces)
+            .field("access_proxy", &self.access_proxy.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a session opens.
@@ -64,6 +79,11 @@ pub struct OpenOptions {
     pub writer: Option<Arc<dyn SocketWriter>>,
     /// How the connection's frames are encoded; Herald JSON when `None`.
     pub codec: Option<&'static dyn ClientCodec>,
+    /// Extra rooms the backend asked this connection to join
+    /// ([`Verified::rooms`]): joined after the auto-join rooms, like them,
+    /// without namespace rules (the backend decided); invalid names are
+    /// skipped with a warning.
+    pub rooms: Vec<String>,
 }
 
 /// One event to publish through the HTTP API.
@@ -138,6 +158,8 @@ pub(crate) struct Inner {
     /// The engine's shutdown step, taken by [`Node::shutdown_engine`].
     pub(crate) engine_shutdown: parking_lot::Mutex<Option<EngineShutdown>>,
     verifier: Arc<dyn TokenVerifier>,
+    /// The backend behind `proxy` rules and `rpc` frames, when configured.
+    pub(crate) access_proxy: Option<Arc<dyn AccessProxy>>,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) registry: Registry,
     /// Webhook emission (off when no kind is configured).
@@ -215,6 +237,7 @@ impl Node {
                 presence: engine.presence,
                 engine_shutdown: parking_lot::Mutex::new(engine.shutdown),
                 verifier,
+                access_proxy: settings.access_proxy,
                 rooms: parts.rooms,
                 registry: Registry::with_hooks(registry_hooks),
                 hooks: parts.hooks,
@@ -244,6 +267,11 @@ impl Node {
     /// The namespace rules.
     pub fn namespaces(&self) -> &Namespaces {
         &self.inner.namespaces
+    }
+
+    /// The backend asked about `proxy` rules and `rpc` frames, if any.
+    pub fn access_proxy(&self) -> Option<&Arc<dyn AccessProxy>> {
+        self.inner.access_proxy.as_ref()
     }
 
     /// The broker engine.
@@ -282,9 +310,28 @@ impl Node {
         result
     }
 
+    /// Verifies a credential (a JWT, or whatever the client sent where a
+    /// token goes, for a verifier that asks the backend), counting failures
+    /// by reason like [`Node::verify_token`].
+    pub async fn verify_credential(
+        &self,
+        credential: &str,
+        ctx: &CredentialContext,
+    ) -> Result<Verified, VerifyError> {
+        let result = self.inner.verifier.verify_credential(credential, ctx).await;
+        if let Err(e) = &result {
+            metrics::auth_failure(e.reason);
+        }
+        result
+    }
+
     /// Drops the token claims no namespace rule reads: a connection holds
     /// its identity for its whole life, and tokens can carry many claims.
+    /// With an access proxy every claim is kept: the backend is sent them.
     pub(crate) fn trim_claims(&self, mut identity: Identity) -> Identity {
+        if self.inner.access_proxy.is_some() {
+            return identity;
+        }
         identity
             .claims
             .retain(|name, _| self.inner.rule_claims.contains(name));
@@ -343,7 +390,7 @@ impl Node {
             }
         }
         let mut session = Session::new(self.clone(), conn.clone());
-        let pending = session.auto_join(&options.resume).await;
+        let pending = session.auto_join(&options.resume, &options.rooms).await;
         let authenticated = conn.encode(&ServerFrame::Authenticated {
             id: options.reply_to,
             connection_id: conn.id.to_string(),

@@ -2,6 +2,7 @@
 //! of the transport: a transport feeds it frames and drains the
 //! connection's queue.
 
+use crate::access::{AccessCache, Action};
 use crate::conn::Connection;
 use crate::error::NodeError;
 use crate::filter::check_patterns;
@@ -10,7 +11,7 @@ use crate::node::Node;
 use crate::queue::{Outbound, PositionChange};
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
 use crate::replay::{Replay, Resolved};
-use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
+use herald_core::{CredentialContext, Publication, PublishRequest, RoomKey, RoomName};
 use herald_protocol::{
     ClientRequest, CloseCode, ErrorCode, RequestId, Sender, ServerFrame, StreamPosition,
 };
@@ -45,6 +46,13 @@ pub struct Session {
     last_limited: Option<Instant>,
     /// Recovering joins whose events are still being queued, in order.
     pub(crate) replays: VecDeque<Replay>,
+    /// The backend's cached answers for `proxy` rules.
+    pub(crate) access: AccessCache,
+    /// `rpc` calls in flight.
+    pub(crate) rpc: crate::rpc::RpcCalls,
+    /// Where a refreshed credential comes from; the transport's name until
+    /// [`Session::set_credential_context`].
+    pub(crate) credential_context: CredentialContext,
 }
 
 impl Session {
@@ -52,6 +60,9 @@ impl Session {
         let limits = node.limits();
         Self {
             bucket: TokenBucket::new(limits.messages_per_second, limits.burst),
+            access: AccessCache::default(),
+            rpc: crate::rpc::RpcCalls::new(&node.inner.cancel),
+            credential_context: CredentialContext::for_transport(conn.transport.name),
             node,
             conn,
             limited_since: None,
@@ -173,7 +184,7 @@ impl Session {
         self.conn.reply(&frame);
     }
 
-    fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
+    pub(crate) fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
         self.reply(ServerFrame::Error { id, code, message });
     }
 
@@ -206,6 +217,7 @@ impl Session {
                 self.send_message(id, &room, event, data).await?
             }
             ClientRequest::Presence { room } => self.presence(id, &room).await?,
+            ClientRequest::Rpc { method, data } => self.rpc(id, method, data)?,
         }
         Ok(())
     }
@@ -216,35 +228,6 @@ impl Session {
                 position.map_or((None, None), |p| (Some(p.epoch), Some(p.offset)));
             self.reply(ServerFrame::Ack { id, epoch, offset });
         }
-    }
-
-    async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), NodeError> {
-        let identity = match self.node.verify_token(token).await {
-            Ok(i) => i,
-            Err(e) => {
-                self.reply_error(id, ErrorCode::Unauthorized, e.message);
-                return Ok(());
-            }
-        };
-        let current = self.conn.identity();
-        if identity.user_id != current.user_id
-            || Tenant::from_option(identity.tenant.as_deref()) != self.conn.tenant
-        {
-            metrics::auth_failure("subject_changed");
-            return Err(NodeError::Forbidden(
-                "a refreshed token must carry the same `sub` and `tenant`".into(),
-            ));
-        }
-        self.conn.set_identity(self.node.trim_claims(identity));
-        self.reply(ServerFrame::Authenticated {
-            id,
-            connection_id: self.conn.id.to_string(),
-            user_id: self.conn.user_id.to_string(),
-            node_id: self.node.id().to_owned(),
-            rooms: Vec::new(),
-            heartbeat_interval_ms: self.node.limits().heartbeat_interval.as_millis() as u64,
-        });
-        Ok(())
     }
 
     pub(crate) fn room_key(&self, room: &str) -> Result<(RoomName, RoomKey), NodeError> {
@@ -260,12 +243,7 @@ impl Session {
         since: Option<StreamPosition>,
     ) -> Result<(), NodeError> {
         let (name, key) = self.room_key(room)?;
-        let identity = self.conn.identity();
-        if !self.node.namespaces().can_join(&identity, &name) {
-            return Err(NodeError::Forbidden(format!(
-                "not allowed to join room `{name}`"
-            )));
-        }
+        self.check_access(&name, Action::Join).await?;
         let rejoin = self.conn.in_room(&name);
         // A replay still running for this room is superseded by this join,
         // which then makes the announcement that replay still owed the
@@ -414,21 +392,14 @@ impl Session {
         if !self.conn.in_room(&name) {
             return Err(NodeError::NotJoined(name.to_string()));
         }
-        if !self
-            .node
-            .namespaces()
-            .can_send(&self.conn.identity(), &name)
-        {
-            return Err(NodeError::Forbidden(format!(
-                "not allowed to send to room `{name}`"
-            )));
-        }
         let event = event.unwrap_or_else(|| "message".to_owned());
         if event.is_empty() || event.len() > 255 {
             return Err(NodeError::BadRequest(
                 "send_message: `event` must be 1 to 255 bytes".into(),
             ));
         }
+        // Checked after the event name, which a `proxy` rule sends on.
+        self.check_access(&name, Action::Send(&event)).await?;
         let hook = self.node.hook_message(&key, &event, &data);
         let outcome = self
             .node
@@ -455,24 +426,18 @@ impl Session {
         Ok(())
     }
 
-    /// Joins the auto-join rooms as pending members and reads their
+    /// Joins the auto-join rooms and the backend's `extra` rooms
+    /// ([`Session::rooms_at_open`]) as pending members and reads their
     /// positions (or, with a `resume` position, their history); events
     /// arriving meanwhile are buffered until [`Session::finish_auto_join`],
     /// so they follow `authenticated`.
     pub(crate) async fn auto_join(
-        &self,
+        &mut self,
         resume: &HashMap<RoomName, StreamPosition>,
+        extra: &[String],
     ) -> Vec<PendingJoin> {
-        let identity = self.conn.identity();
-        let max = self.node.limits().max_rooms_per_connection;
         let mut pending = Vec::new();
-        for name in self
-            .node
-            .namespaces()
-            .auto_join_rooms(&identity)
-            .into_iter()
-            .take(max)
-        {
+        for name in self.rooms_at_open(extra).await {
             let key = RoomKey::new(self.conn.tenant.clone(), name.clone());
             let ns = self.node.namespaces().for_room(&name);
             let since = resume.get(&name);

@@ -81,6 +81,7 @@ fn settings() -> NodeSettings {
     );
     NodeSettings {
         node_id: "n1".into(),
+        access_proxy: None,
         limits: Limits::default(),
         namespaces,
         hooks: herald_core::HookSet::empty(),

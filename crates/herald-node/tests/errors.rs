@@ -90,6 +90,7 @@ async fn a_join_the_broker_fails_answers_without_the_engine_text() {
     let node = Node::new(
         NodeSettings {
             node_id: "n1".into(),
+            access_proxy: None,
             limits: Limits::default(),
             namespaces,
             hooks: herald_core::HookSet::empty(),
@@ -229,6 +230,7 @@ fn failing_reads_node() -> (Node, Arc<FailingReads>) {
     let node = Node::new(
         NodeSettings {
             node_id: "n1".into(),
+            access_proxy: None,
             limits: Limits::default(),
             namespaces,
             hooks: herald_core::HookSet::empty(),

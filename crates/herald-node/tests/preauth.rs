@@ -33,6 +33,7 @@ fn node() -> Node {
     Node::new(
         NodeSettings {
             node_id: "n1".into(),
+            access_proxy: None,
             limits: Limits::default(),
             namespaces: Namespaces::shipped(),
             hooks: herald_core::HookSet::empty(),
@@ -75,7 +76,9 @@ async fn before_authenticate_pings_are_answered_and_requests_refused_then_a_sess
 
     let token = r#"{\"sub\":\"alice\"}"#;
     let frame = format!(r#"{{"type":"authenticate","id":7,"token":"{token}"}}"#);
-    let Step::Authenticated { identity, reply_to } = pre.handle_message(frame.as_bytes()).await
+    let Step::Authenticated {
+        identity, reply_to, ..
+    } = pre.handle_message(frame.as_bytes()).await
     else {
         panic!("a valid token authenticates");
     };

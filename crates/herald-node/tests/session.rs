@@ -51,6 +51,7 @@ fn node_with(limits: Limits) -> Node {
     Node::new(
         NodeSettings {
             node_id: "n1".into(),
+            access_proxy: None,
             limits,
             namespaces: namespaces(),
             hooks: herald_core::HookSet::empty(),
@@ -265,6 +266,7 @@ async fn filter_applies_to_events_not_messages() {
     let node = Node::new(
         NodeSettings {
             node_id: "n".into(),
+            access_proxy: None,
             limits: Limits::default(),
             namespaces: ns,
             hooks: herald_core::HookSet::empty(),

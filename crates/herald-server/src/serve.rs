@@ -146,6 +146,7 @@ pub async fn serve_on_with(
         node_id: node_id.clone(),
         limits: config.limits.clone(),
         namespaces,
+        access_proxy: None,
         hooks: config.webhooks.hook_set(),
     };
     let webhooks = config

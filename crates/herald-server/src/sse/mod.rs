@@ -210,6 +210,7 @@ pub(crate) async fn stream(
         writer: None,
         // Herald JSON: an SSE stream carries text only.
         codec: None,
+        rooms: Vec::new(),
     };
     let mut session = match app
         .node

@@ -183,7 +183,9 @@ async fn await_authenticate(
                 let frame = frames::data(codec.binary(), &reply);
                 write_by(socket, deadline, &frame).await?;
             }
-            Step::Authenticated { identity, reply_to } => return Some((identity, reply_to)),
+            Step::Authenticated {
+                identity, reply_to, ..
+            } => return Some((identity, reply_to)),
             Step::Close(refusal) => {
                 close_unopened(socket, codec, refusal).await;
                 return None;
