@@ -363,3 +363,45 @@ events = ["user.online", "user.offline"]"#,
         .unwrap_or(0.0);
     assert!(sent >= 2.0, "sent counted: {sent}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_named_and_sse_streams_report_their_transport() {
+    let backend = Backend::start().await;
+    let node = TestNode::start(&config(&backend, "")).await;
+    let token = node.token(
+        "erin",
+        &[],
+        Some("acme"),
+        json!({}),
+        Duration::from_secs(600),
+    );
+    let auth = format!("Bearer {token}");
+    let stream = common::sse::open_sse(&node, "?rooms=chat:7", &[("Authorization", auth.as_str())])
+        .await
+        .unwrap_or_else(|(status, body)| panic!("SSE open: {status} {body}"));
+    let events = events_until(&backend, "erin's member.joined chat:7", |e| {
+        e.iter()
+            .any(|x| x["type"] == "member.joined" && x["room"] == "chat:7")
+    })
+    .await;
+    drop(stream);
+    let opened = of_type(&events, "connection.opened");
+    assert_eq!(opened.len(), 1, "{events:?}");
+    assert_eq!(opened[0]["transport"], "sse");
+    assert_eq!(opened[0]["tenant"], "acme");
+    let joined = events
+        .iter()
+        .find(|x| x["type"] == "member.joined" && x["room"] == "chat:7")
+        .expect("joined");
+    assert_eq!(
+        joined["tenant"], "acme",
+        "the room is named without its tenant: {joined}"
+    );
+    let events = events_until(&backend, "erin's connection.closed", |e| {
+        has(e, "connection.closed", "user_id", "erin")
+    })
+    .await;
+    let closed = of_type(&events, "connection.closed")[0];
+    assert_eq!(closed["transport"], "sse");
+    assert_eq!(closed["tenant"], "acme");
+}
