@@ -204,7 +204,7 @@ async fn every_event_type_arrives_signed_with_its_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_failing_for_a_while_gets_every_event_in_order_per_room() {
     let backend = Backend::start().await;
-    let fail_until = now_ms() + 2_000;
+    let fail_until = now_ms() + 3_000;
     backend
         .configure(json!({"webhooks": {"mode": "fail_for", "until_ms": fail_until}}))
         .await;
