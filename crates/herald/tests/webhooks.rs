@@ -204,9 +204,10 @@ async fn every_event_type_arrives_signed_with_its_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_failing_for_a_while_gets_every_event_in_order_per_room() {
     let backend = Backend::start().await;
-    let fail_until = now_ms() + 3_000;
+    // Failing (500) until the churn is over and a POST was refused; kept
+    // short so the retry backoff (0.5 s doubling, full jitter) stays small.
     backend
-        .configure(json!({"webhooks": {"mode": "fail_for", "until_ms": fail_until}}))
+        .configure(json!({"webhooks": {"mode": "fail"}}))
         .await;
     let node = TestNode::start(&config(&backend, "batch_size = 7")).await;
     // Three users come and go through two rooms while the receiver fails.
@@ -227,10 +228,24 @@ async fn a_receiver_failing_for_a_while_gets_every_event_in_order_per_room() {
             c.close_handshake(1000, "bye").await;
         }
     }
+    let deadline = Instant::now() + EVENTS_WAIT;
+    while !backend
+        .webhook_posts()
+        .await
+        .iter()
+        .any(|p| p["status"] == 500)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no POST reached the failing receiver"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
-        now_ms() < fail_until,
-        "the churn outlasted the failure window; raise it"
+        backend.webhook_events().await.is_empty(),
+        "nothing accepted while failing"
     );
+    backend.configure(json!({"webhooks": {"mode": "ok"}})).await;
     let events = events_until(&backend, "every member.left after recovery", |e| {
         of_type(e, "member.left").len() >= expected_joins && of_type(e, "user.offline").len() >= 9
     })
