@@ -16,6 +16,7 @@ use herald_core::hooks::SentMessage;
 use herald_core::{ConnectionRecord, HookEvent, HookKind, HookSet, Outbox, RoomKey};
 use herald_protocol::StreamPosition;
 use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -49,6 +50,33 @@ pub(crate) struct Emitter {
     set: HookSet,
     tx: Option<mpsc::Sender<Item>>,
     node_id: Arc<str>,
+    drops: Arc<DropLog>,
+}
+
+/// Logs dropped events at most once a second (a full queue drops many),
+/// each line with one event's id and type and how many went unlogged.
+#[derive(Default)]
+struct DropLog {
+    last_ms: AtomicU64,
+    unlogged: AtomicU64,
+}
+
+impl DropLog {
+    fn log(&self, event: &HookEvent, reason: &'static str) {
+        let now = herald_core::hooks::now_ms();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= 1000
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if !due {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let also = self.unlogged.swap(0, Ordering::Relaxed);
+        tracing::warn!(id = %event.id, r#type = event.kind.as_str(), reason, also_dropped = also, "webhook event dropped");
+    }
 }
 
 /// The writer's end of an [`Emitter`]'s channel, until the writer starts.
@@ -61,6 +89,7 @@ impl Emitter {
             set: HookSet::empty(),
             tx: None,
             node_id,
+            drops: Arc::default(),
         }
     }
 
@@ -75,6 +104,7 @@ impl Emitter {
             set,
             tx: Some(tx),
             node_id,
+            drops: Arc::default(),
         };
         (emitter, Some(EmitterQueue(rx)))
     }
@@ -87,6 +117,7 @@ impl Emitter {
             set,
             tx: self.tx.clone(),
             node_id: self.node_id.clone(),
+            drops: self.drops.clone(),
         }
     }
 
@@ -105,11 +136,11 @@ impl Emitter {
                 mpsc::error::TrySendError::Full(item) => ("queue_full", item),
                 mpsc::error::TrySendError::Closed(item) => ("shutdown", item),
             };
-            if let Item::Event(event) = item {
-                tracing::warn!(id = %event.id, r#type = event.kind.as_str(), reason, "webhook event dropped");
-            }
             metrics::counter!("herald_webhook_events_dropped_total", "reason" => reason)
                 .increment(1);
+            if let Item::Event(event) = item {
+                self.drops.log(&event, reason);
+            }
         }
     }
 
@@ -320,5 +351,73 @@ async fn write(items: Vec<Item>, outbox: &dyn Outbox, cancel: Option<&Cancellati
     }
     for done in flushes {
         let _ = done.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_broker_memory::MemoryOutbox;
+    use herald_core::Tenant;
+
+    fn online(user: &str) -> HookEvent {
+        HookEvent::user_online(&Tenant::default_tenant(), user)
+    }
+
+    #[tokio::test]
+    async fn events_reach_the_outbox_in_order_and_flush_waits_for_them() {
+        let (emitter, queue) = Emitter::new(HookSet::all(), Arc::from("n1"));
+        let outbox = Arc::new(MemoryOutbox::default());
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        spawn_writer(
+            queue.expect("a queue when kinds are on"),
+            outbox.clone(),
+            cancel.clone(),
+            &tasks,
+        );
+        for user in ["a", "b", "c"] {
+            emitter.emit(online(user));
+        }
+        assert!(emitter.flush(Duration::from_secs(5)).await);
+        let batch = outbox
+            .next_batch(10, Duration::from_millis(10))
+            .await
+            .expect("batch");
+        let users: Vec<String> = batch
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_slice(&e.body).expect("json");
+                v["user_id"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert_eq!(users, ["a", "b", "c"]);
+        cancel.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .expect("the writer stops on cancel");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_without_waiting_and_flush_gives_up_at_its_deadline() {
+        let (emitter, _queue) = Emitter::new(HookSet::all(), Arc::from("n1"));
+        // No writer: the queue fills, and emitting past it returns at once.
+        for i in 0..QUEUE_CAPACITY + 10 {
+            emitter.emit(online(&i.to_string()));
+        }
+        assert!(!emitter.flush(Duration::from_millis(50)).await);
+    }
+
+    #[test]
+    fn off_and_restricted_emitters_want_only_their_kinds() {
+        let off = Emitter::off(Arc::from("n1"));
+        assert!(HookKind::ALL.iter().all(|k| !off.wants(*k)));
+        let (all, _) = Emitter::new(HookSet::all(), Arc::from("n1"));
+        let cluster = all.restricted(crate::engine::cluster_node_kinds());
+        assert!(cluster.wants(HookKind::MemberJoined));
+        assert!(cluster.wants(HookKind::ConnectionClosed));
+        assert!(!cluster.wants(HookKind::UserOnline));
+        assert!(!cluster.wants(HookKind::RoomVacated));
     }
 }

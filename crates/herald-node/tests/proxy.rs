@@ -199,6 +199,7 @@ fn node_of(backend: Option<Arc<Backend>>, limits: Limits, namespaces: Namespaces
             node_id: "n1".into(),
             limits,
             namespaces,
+            hooks: herald_core::HookSet::empty(),
             access_proxy: backend.map(|b| b as Arc<dyn AccessProxy>),
             hooks: herald_core::HookSet::empty(),
         },

@@ -130,6 +130,7 @@ impl Dispatcher {
         tracing::info!(url = %self.settings.url, "webhook dispatcher started");
         let mut backoff = Backoff::new(RETRY_START, RETRY_CAP);
         loop {
+            let asked = Instant::now();
             let next = tokio::select! {
                 _ = cancel.cancelled() => break,
                 next = self.outbox.next_batch(self.settings.batch_size, POLL_WAIT) => next,
@@ -149,6 +150,13 @@ impl Dispatcher {
             };
             backoff.reset();
             if batch.is_empty() {
+                // An outbox that answers "nothing" at once (it lost the
+                // lease, say) must not make this a busy loop.
+                if asked.elapsed() < POLL_WAIT / 10
+                    && sleep_or_cancel(POLL_WAIT / 10, &cancel).await
+                {
+                    break;
+                }
                 continue;
             }
             if !self.deliver(batch, &mut backoff, &cancel).await {
@@ -298,5 +306,93 @@ async fn sleep_or_cancel(wait: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
         _ = cancel.cancelled() => true,
         _ = tokio::time::sleep(wait) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_broker_memory::MemoryOutbox;
+    use herald_core::{HookEvent, HookSet, Tenant};
+
+    fn settings() -> WebhookSettings {
+        WebhookSettings {
+            // Nothing listens there: connections are refused.
+            url: "http://127.0.0.1:9/hooks".into(),
+            secret: b"s".to_vec(),
+            events: HookSet::all(),
+            max_age: Duration::from_secs(60),
+            batch_size: 10,
+            timeout: Duration::from_secs(1),
+            headers: vec![("X-Env".into(), "test".into())],
+        }
+    }
+
+    async fn outbox_with(time_ms: u64) -> Arc<MemoryOutbox> {
+        let outbox = Arc::new(MemoryOutbox::default());
+        let mut event = HookEvent::user_online(&Tenant::default_tenant(), "u");
+        event.time_ms = time_ms;
+        outbox.append(&[event]).await.expect("append");
+        outbox
+    }
+
+    #[test]
+    fn the_batch_is_the_stored_events_in_an_events_array() {
+        let entry = |body: &str| OutboxEntry {
+            cursor: String::new(),
+            time_ms: 0,
+            body: Bytes::from(body.to_owned()),
+        };
+        let body = batch_body(&[entry(r#"{"id":"a"}"#), entry(r#"{"id":"b"}"#)]);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v, serde_json::json!({"events": [{"id": "a"}, {"id": "b"}]}));
+        assert_eq!(&batch_body(&[])[..], br#"{"events":[]}"#);
+    }
+
+    #[tokio::test]
+    async fn events_past_max_age_are_acked_as_dropped_without_a_post() {
+        let outbox = outbox_with(1).await;
+        let dispatcher = Dispatcher::new(settings(), outbox.clone()).expect("dispatcher");
+        let batch = outbox
+            .next_batch(10, Duration::from_millis(10))
+            .await
+            .expect("batch");
+        let mut backoff = Backoff::new(RETRY_START, RETRY_CAP);
+        let delivered = dispatcher
+            .deliver(batch, &mut backoff, &CancellationToken::new())
+            .await;
+        assert!(delivered);
+        assert!(outbox.is_empty(), "dropped events leave the outbox");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_receiver_keeps_the_batch_until_cancelled() {
+        let outbox = outbox_with(now_ms()).await;
+        let dispatcher = Dispatcher::new(settings(), outbox.clone()).expect("dispatcher");
+        let batch = outbox
+            .next_batch(10, Duration::from_millis(10))
+            .await
+            .expect("batch");
+        assert_eq!(
+            dispatcher
+                .post(&batch_body(&batch), Duration::from_secs(1))
+                .await,
+            Outcome::Connect
+        );
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.cancel();
+        });
+        let mut backoff = Backoff::new(RETRY_START, RETRY_CAP);
+        let finished = tokio::time::timeout(
+            Duration::from_secs(10),
+            dispatcher.deliver(batch, &mut backoff, &cancel),
+        )
+        .await
+        .expect("deliver stops on cancel");
+        assert!(!finished, "cancelled, not delivered");
+        assert_eq!(outbox.len(), 1, "the batch stays in the outbox");
     }
 }

@@ -204,9 +204,10 @@ async fn every_event_type_arrives_signed_with_its_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_failing_for_a_while_gets_every_event_in_order_per_room() {
     let backend = Backend::start().await;
-    let fail_until = now_ms() + 2_000;
+    // Failing (500) until the churn is over and a POST was refused; kept
+    // short so the retry backoff (0.5 s doubling, full jitter) stays small.
     backend
-        .configure(json!({"webhooks": {"mode": "fail_for", "until_ms": fail_until}}))
+        .configure(json!({"webhooks": {"mode": "fail"}}))
         .await;
     let node = TestNode::start(&config(&backend, "batch_size = 7")).await;
     // Three users come and go through two rooms while the receiver fails.
@@ -227,10 +228,24 @@ async fn a_receiver_failing_for_a_while_gets_every_event_in_order_per_room() {
             c.close_handshake(1000, "bye").await;
         }
     }
+    let deadline = Instant::now() + EVENTS_WAIT;
+    while !backend
+        .webhook_posts()
+        .await
+        .iter()
+        .any(|p| p["status"] == 500)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no POST reached the failing receiver"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
-        now_ms() < fail_until,
-        "the churn outlasted the failure window; raise it"
+        backend.webhook_events().await.is_empty(),
+        "nothing accepted while failing"
     );
+    backend.configure(json!({"webhooks": {"mode": "ok"}})).await;
     let events = events_until(&backend, "every member.left after recovery", |e| {
         of_type(e, "member.left").len() >= expected_joins && of_type(e, "user.offline").len() >= 9
     })
@@ -362,4 +377,46 @@ events = ["user.online", "user.offline"]"#,
         .await
         .unwrap_or(0.0);
     assert!(sent >= 2.0, "sent counted: {sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_named_and_sse_streams_report_their_transport() {
+    let backend = Backend::start().await;
+    let node = TestNode::start(&config(&backend, "")).await;
+    let token = node.token(
+        "erin",
+        &[],
+        Some("acme"),
+        json!({}),
+        Duration::from_secs(600),
+    );
+    let auth = format!("Bearer {token}");
+    let stream = common::sse::open_sse(&node, "?rooms=chat:7", &[("Authorization", auth.as_str())])
+        .await
+        .unwrap_or_else(|(status, body)| panic!("SSE open: {status} {body}"));
+    let events = events_until(&backend, "erin's member.joined chat:7", |e| {
+        e.iter()
+            .any(|x| x["type"] == "member.joined" && x["room"] == "chat:7")
+    })
+    .await;
+    drop(stream);
+    let opened = of_type(&events, "connection.opened");
+    assert_eq!(opened.len(), 1, "{events:?}");
+    assert_eq!(opened[0]["transport"], "sse");
+    assert_eq!(opened[0]["tenant"], "acme");
+    let joined = events
+        .iter()
+        .find(|x| x["type"] == "member.joined" && x["room"] == "chat:7")
+        .expect("joined");
+    assert_eq!(
+        joined["tenant"], "acme",
+        "the room is named without its tenant: {joined}"
+    );
+    let events = events_until(&backend, "erin's connection.closed", |e| {
+        has(e, "connection.closed", "user_id", "erin")
+    })
+    .await;
+    let closed = of_type(&events, "connection.closed")[0];
+    assert_eq!(closed["transport"], "sse");
+    assert_eq!(closed["tenant"], "acme");
 }
