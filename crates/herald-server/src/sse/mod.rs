@@ -4,6 +4,7 @@
 //! every room of the stream (see [`crate::resume`]).
 
 use crate::api::bearer;
+use crate::credential::{self, CredentialSource};
 use crate::error::ApiError;
 use crate::http::ConnectionHandle;
 use crate::ops::PeerIp;
@@ -15,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::stream::{self, Stream};
-use herald_core::RoomName;
+use herald_core::{RoomName, Rule};
 use herald_node::{metrics, Connection, OpenOptions, Outbound, Session, SocketSlot, Transport};
 use herald_protocol::{CloseCode, ErrorCode};
 use parking_lot::Mutex;
@@ -87,6 +88,7 @@ pub(crate) async fn stream(
     headers: HeaderMap,
     Query(q): Query<SseQuery>,
     PeerIp(ip): PeerIp,
+    source: CredentialSource,
 ) -> Response {
     let slot = match crate::ops::reserve_socket(&app, ip) {
         Ok(slot) => slot,
@@ -100,13 +102,15 @@ pub(crate) async fn stream(
         )
         .into_response();
     };
-    let identity = match app.node.verify_token(&token).await {
-        Ok(i) => i,
-        Err(e) => {
-            return ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.message)
-                .into_response()
-        }
+    let verified = match app
+        .node
+        .verify_credential(&token, &source.context("sse"))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return credential::refusal(e),
     };
+    let identity = verified.identity;
     if !app.node.admit_open(&identity) {
         let mut refusal = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -133,7 +137,10 @@ pub(crate) async fn stream(
                 ))
             }
         };
-        if !namespaces.can_join(&identity, &room) {
+        // A `proxy` rule is the backend's to decide, when the session
+        // joins the room below.
+        if namespaces.for_room(&room).join != Rule::Proxy && !namespaces.can_join(&identity, &room)
+        {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
@@ -146,7 +153,14 @@ pub(crate) async fn stream(
         }
     }
     let auto = namespaces.auto_join_rooms(&identity);
-    let total = rooms.iter().filter(|r| !auto.contains(r)).count() + auto.len();
+    // The rooms the connect proxy added are joined with the auto-joined ones.
+    let extra = verified
+        .rooms
+        .iter()
+        .filter_map(|r| RoomName::parse(r).ok())
+        .filter(|r| !auto.contains(r) && !rooms.contains(r))
+        .count();
+    let total = rooms.iter().filter(|r| !auto.contains(r)).count() + auto.len() + extra;
     let max_rooms = app.node.limits().max_rooms_per_connection;
     if total > max_rooms {
         return ApiError::new(
@@ -210,6 +224,7 @@ pub(crate) async fn stream(
         writer: None,
         // Herald JSON: an SSE stream carries text only.
         codec: None,
+        rooms: verified.rooms,
     };
     let mut session = match app
         .node
