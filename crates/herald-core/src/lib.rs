@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod broker;
 pub mod cluster;
 pub mod duration;
@@ -15,6 +16,7 @@ pub mod presence;
 mod room;
 mod verify;
 
+pub use access::{AccessDecision, AccessProxy, ProxyFailure};
 pub use broker::{
     Broker, BrokerError, BrokerStats, EncodedFrames, HistoryPage, HistoryPolicy, HistoryTrims,
     Publication, PublicationSink, PublishOutcome, PublishRequest,
@@ -33,4 +35,4 @@ pub use presence::{LocalPresence, Presence, PresenceChange, PresenceSink};
 pub use room::{
     RoomError, RoomKey, RoomName, Tenant, TenantError, MAX_ROOM_NAME_BYTES, MAX_TENANT_BYTES,
 };
-pub use verify::{TokenVerifier, VerifyError};
+pub use verify::{CredentialContext, TokenVerifier, Verified, VerifyError};

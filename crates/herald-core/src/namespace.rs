@@ -13,19 +13,24 @@ use std::time::Duration;
 pub enum Rule {
     /// Every authenticated user.
     Any,
-    /// Users whose `sub` equals the room id (`user:42` for `sub` 42).
+    /// Users whose `sub` equals the room id (`user:42` for `sub` 42) or
+    /// its first `:`-separated segment (`user:42:operation:7`).
     Owner,
-    /// Users whose claim of that name is an array listing the room id.
+    /// Users whose claim of that name is an array listing the room id or
+    /// its first `:`-separated segment (`collection:c5:status` for `c5`).
     Claim(String),
     /// Users holding at least one of these roles.
     Roles(Vec<String>),
     /// Nobody (except role `admin`, which passes every rule).
     None,
+    /// The backend decides (`proxy.join_url` / `proxy.send_url`): the node
+    /// asks its [`crate::AccessProxy`]; [`Rule::allows`] alone says no.
+    Proxy,
 }
 
 /// A rule string that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a rule; expected any, owner, claim:<name>, role:<r1>,<r2> or none")]
+#[error("`{0}` is not a rule; expected any, owner, claim:<name>, role:<r1>,<r2>, proxy or none")]
 pub struct RuleError(pub String);
 
 impl FromStr for Rule {
@@ -37,6 +42,7 @@ impl FromStr for Rule {
             "any" => Ok(Self::Any),
             "owner" => Ok(Self::Owner),
             "none" => Ok(Self::None),
+            "proxy" => Ok(Self::Proxy),
             _ => {
                 if let Some(name) = s.strip_prefix("claim:") {
                     if name.is_empty() {
@@ -70,6 +76,7 @@ impl fmt::Display for Rule {
             Self::Claim(c) => write!(f, "claim:{c}"),
             Self::Roles(r) => write!(f, "role:{}", r.join(",")),
             Self::None => f.write_str("none"),
+            Self::Proxy => f.write_str("proxy"),
         }
     }
 }
@@ -88,19 +95,35 @@ impl<'de> Deserialize<'de> for Rule {
 }
 
 impl Rule {
-    /// Whether `who` passes this rule for `room`.
+    /// Whether `who` passes this rule for `room` without asking anyone:
+    /// false for [`Rule::Proxy`] unless `who` is an admin (the node asks
+    /// the backend then).
     pub fn allows(&self, who: &Identity, room: &RoomName) -> bool {
         if who.is_admin() {
             return true;
         }
         match self {
             Self::Any => true,
-            Self::Owner => room.id() == who.user_id,
-            Self::Claim(name) => who.claim_lists(name, room.id()),
+            Self::Owner => scopes(room).any(|id| id == who.user_id),
+            Self::Claim(name) => scopes(room).any(|id| who.claim_lists(name, id)),
             Self::Roles(roles) => roles.iter().any(|r| who.has_role(r)),
-            Self::None => false,
+            Self::None | Self::Proxy => false,
         }
     }
+
+    /// Whether this rule asks the backend.
+    pub fn is_proxy(&self) -> bool {
+        matches!(self, Self::Proxy)
+    }
+}
+
+/// The ids `owner` and `claim:` rules match for `room`: its whole id, and
+/// the id's first `:`-separated segment when there is more after it, so a
+/// room scoped below an id (`user:42:operation:7`) belongs to that id.
+fn scopes(room: &RoomName) -> impl Iterator<Item = &str> {
+    let id = room.id();
+    let first = id.split_once(':').map(|(first, _)| first);
+    std::iter::once(id).chain(first.filter(|f| !f.is_empty()))
 }
 
 /// The rules of one namespace.
@@ -241,12 +264,22 @@ impl Namespaces {
             .collect()
     }
 
-    /// Whether `who` may join `room`.
+    /// Whether any namespace (or the fallback) has a `proxy` join or send
+    /// rule: such a config needs an access proxy.
+    pub fn uses_proxy(&self) -> bool {
+        self.map
+            .values()
+            .chain(std::iter::once(&self.fallback))
+            .any(|ns| ns.join.is_proxy() || ns.send.is_proxy())
+    }
+
+    /// Whether `who` may join `room` by the rules alone (a `proxy` rule
+    /// says no here: see [`Rule::allows`]).
     pub fn can_join(&self, who: &Identity, room: &RoomName) -> bool {
         self.for_room(room).join.allows(who, room)
     }
 
-    /// Whether `who` may send to `room`.
+    /// Whether `who` may send to `room` by the rules alone.
     pub fn can_send(&self, who: &Identity, room: &RoomName) -> bool {
         self.for_room(room).send.allows(who, room)
     }
@@ -287,6 +320,8 @@ mod tests {
             "role:a, b".parse(),
             Ok(Rule::Roles(vec!["a".into(), "b".into()]))
         );
+        assert_eq!("proxy".parse(), Ok(Rule::Proxy));
+        assert_eq!(Rule::Proxy.to_string(), "proxy");
         assert!("claim:".parse::<Rule>().is_err());
         assert!("role:".parse::<Rule>().is_err());
         assert!("everyone".parse::<Rule>().is_err());
@@ -334,5 +369,67 @@ mod tests {
         assert!(!rule.allows(&w, &room("a:b")));
         w.roles.push("owner".into());
         assert!(rule.allows(&w, &room("a:b")));
+    }
+
+    #[test]
+    fn proxy_rule_allows_only_admins_by_itself() {
+        let mut w = who("42");
+        assert!(!Rule::Proxy.allows(&w, &room("chat:9")));
+        w.roles.push("admin".into());
+        assert!(Rule::Proxy.allows(&w, &room("chat:9")));
+        let mut ns = Namespaces::shipped();
+        assert!(!ns.uses_proxy());
+        ns.insert(
+            "chat",
+            NamespaceConfig {
+                join: Rule::Proxy,
+                ..Default::default()
+            },
+        );
+        assert!(ns.uses_proxy());
+    }
+
+    #[test]
+    fn owner_matches_the_id_or_its_first_segment() {
+        let w = who("42");
+        assert!(Rule::Owner.allows(&w, &room("user:42")));
+        assert!(Rule::Owner.allows(&w, &room("user:42:operation:7")));
+        assert!(Rule::Owner.allows(&w, &room("user:42:")));
+        assert!(!Rule::Owner.allows(&w, &room("user:420:operation:7")));
+        assert!(!Rule::Owner.allows(&w, &room("user:4:42")));
+        assert!(!Rule::Owner.allows(&w, &room("user:operation:42")));
+        assert!(!Rule::Owner.allows(&w, &room("user:")));
+        // A `sub` holding `:` still owns its exact id.
+        let scoped = who("a:b");
+        assert!(Rule::Owner.allows(&scoped, &room("user:a:b")));
+        assert!(!Rule::Owner.allows(&scoped, &room("user:a")));
+    }
+
+    #[test]
+    fn claim_matches_the_id_or_its_first_segment() {
+        let mut w = who("x");
+        w.claims.insert("collections".into(), json!(["c5", 7]));
+        let rule = Rule::Claim("collections".into());
+        assert!(rule.allows(&w, &room("collection:c5")));
+        assert!(rule.allows(&w, &room("collection:c5:status")));
+        assert!(rule.allows(&w, &room("collection:7:status:deep")));
+        assert!(!rule.allows(&w, &room("collection:c55:status")));
+        assert!(!rule.allows(&w, &room("collection:status:c5")));
+        assert!(!rule.allows(&w, &room("collection:c6:c5")));
+        // Exact ids holding `:` keep matching a claim listing them whole.
+        w.claims.insert("collections".into(), json!(["c5:status"]));
+        assert!(rule.allows(&w, &room("collection:c5:status")));
+        assert!(!rule.allows(&w, &room("collection:c5")));
+    }
+
+    #[test]
+    fn shipped_namespaces_take_scoped_rooms() {
+        let ns = Namespaces::shipped();
+        let mut w = who("42");
+        w.claims.insert("projects".into(), json!([7]));
+        assert!(ns.can_join(&w, &room("user:42:operation:7")));
+        assert!(!ns.can_join(&w, &room("user:43:operation:7")));
+        assert!(ns.can_join(&w, &room("project:7:board")));
+        assert!(!ns.can_join(&w, &room("project:8:board")));
     }
 }

@@ -11,9 +11,9 @@ use crate::rooms::Rooms;
 use crate::session::Session;
 use crate::transport::Transport;
 use herald_core::{
-    Broker, Cluster, Engine, EngineShutdown, HistoryPolicy, Identity, LocalPresence, Namespaces,
-    Presence, PublicationSink, PublishOutcome, PublishRequest, RoomKey, RoomName, Tenant,
-    TokenVerifier, VerifyError,
+    AccessProxy, Broker, Cluster, CredentialContext, Engine, EngineShutdown, HistoryPolicy,
+    Identity, LocalPresence, Namespaces, Presence, PublicationSink, PublishOutcome, PublishRequest,
+    RoomKey, RoomName, Tenant, TokenVerifier, Verified, VerifyError,
 };
 use herald_protocol::{
     ClientCodec, CloseCode, JoinedRoom, RequestId, ServerFrame, StreamPosition, HERALD_JSON,
@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 pub(crate) const JOIN_BUFFER_FLOOR: usize = 1024;
 
 /// What a node needs to know.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeSettings {
     /// This node's id.
     pub node_id: String,
@@ -41,6 +41,20 @@ pub struct NodeSettings {
     pub limits: Limits,
     /// Namespace rules.
     pub namespaces: Namespaces,
+    /// Asks the backend about `proxy` rules and forwards `rpc` frames;
+    /// `None`: `proxy` rules deny and `rpc` is not enabled.
+    pub access_proxy: Option<Arc<dyn AccessProxy>>,
+}
+
+impl std::fmt::Debug for NodeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSettings")
+            .field("node_id", &self.node_id)
+            .field("limits", &self.limits)
+            .field("namespaces", &self.namespaces)
+            .field("access_proxy", &self.access_proxy.is_some())
+            .finish()
+    }
 }
 
 /// How a session opens.
@@ -60,6 +74,11 @@ pub struct OpenOptions {
     pub writer: Option<Arc<dyn SocketWriter>>,
     /// How the connection's frames are encoded; Herald JSON when `None`.
     pub codec: Option<&'static dyn ClientCodec>,
+    /// Extra rooms the backend asked this connection to join
+    /// ([`Verified::rooms`]): joined after the auto-join rooms, like them,
+    /// without namespace rules (the backend decided); invalid names are
+    /// skipped with a warning.
+    pub rooms: Vec<String>,
 }
 
 /// One event to publish through the HTTP API.
@@ -134,6 +153,8 @@ pub(crate) struct Inner {
     /// The engine's shutdown step, taken by [`Node::shutdown_engine`].
     pub(crate) engine_shutdown: parking_lot::Mutex<Option<EngineShutdown>>,
     verifier: Arc<dyn TokenVerifier>,
+    /// The backend behind `proxy` rules and `rpc` frames, when configured.
+    pub(crate) access_proxy: Option<Arc<dyn AccessProxy>>,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) registry: Registry,
     pub(crate) clock: Instant,
@@ -198,6 +219,7 @@ impl Node {
                 presence: engine.presence,
                 engine_shutdown: parking_lot::Mutex::new(engine.shutdown),
                 verifier,
+                access_proxy: settings.access_proxy,
                 rooms: parts.rooms,
                 registry: Registry::default(),
                 clock: Instant::now(),
@@ -227,6 +249,11 @@ impl Node {
         &self.inner.namespaces
     }
 
+    /// The backend asked about `proxy` rules and `rpc` frames, if any.
+    pub fn access_proxy(&self) -> Option<&Arc<dyn AccessProxy>> {
+        self.inner.access_proxy.as_ref()
+    }
+
     /// The broker engine.
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.inner.broker
@@ -251,6 +278,21 @@ impl Node {
     /// Verifies a bearer token, counting failures by reason.
     pub async fn verify_token(&self, token: &str) -> Result<Identity, VerifyError> {
         let result = self.inner.verifier.verify(token).await;
+        if let Err(e) = &result {
+            metrics::auth_failure(e.reason);
+        }
+        result
+    }
+
+    /// Verifies a credential (a JWT, or whatever the client sent where a
+    /// token goes, for a verifier that asks the backend), counting failures
+    /// by reason like [`Node::verify_token`].
+    pub async fn verify_credential(
+        &self,
+        credential: &str,
+        ctx: &CredentialContext,
+    ) -> Result<Verified, VerifyError> {
+        let result = self.inner.verifier.verify_credential(credential, ctx).await;
         if let Err(e) = &result {
             metrics::auth_failure(e.reason);
         }

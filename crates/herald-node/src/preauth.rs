@@ -11,7 +11,7 @@ use crate::node::{Node, OpenOptions};
 use crate::session::Session;
 use crate::transport::Transport;
 use bytes::Bytes;
-use herald_core::Identity;
+use herald_core::{CredentialContext, Identity};
 use herald_protocol::{
     ClientCodec, ClientRequest, CloseCode, ErrorCode, RequestId, ServerFrame, HERALD_JSON,
 };
@@ -43,6 +43,10 @@ pub enum Step {
         identity: Identity,
         /// The `authenticate` request, answered by `authenticated`.
         reply_to: Option<RequestId>,
+        /// Extra rooms the backend named for this connection.
+        /// [`PreAuth::open`] joins them itself: a transport need not pass
+        /// them in [`OpenOptions::rooms`].
+        rooms: Vec<String>,
     },
     /// End the connection.
     Close(Refusal),
@@ -55,6 +59,10 @@ pub struct PreAuth {
     codec: &'static dyn ClientCodec,
     deadline: Instant,
     frames: usize,
+    /// Where an `authenticate` frame's credential comes from.
+    context: CredentialContext,
+    /// The backend's extra rooms from the `authenticate` frame's credential.
+    rooms: Vec<String>,
 }
 
 impl std::fmt::Debug for PreAuth {
@@ -77,7 +85,15 @@ impl PreAuth {
             node: node.clone(),
             codec: &HERALD_JSON,
             frames: 0,
+            context: CredentialContext::default(),
+            rooms: Vec::new(),
         }
+    }
+
+    /// The context an `authenticate` frame's credential is verified with
+    /// (the transport, the client's address, the forwarded headers).
+    pub fn set_context(&mut self, ctx: CredentialContext) {
+        self.context = ctx;
     }
 
     /// Uses `codec` for the client's frames (a transport that negotiated one).
@@ -154,13 +170,22 @@ impl PreAuth {
         }
         let reply = match self.codec.decode(message) {
             Ok((id, ClientRequest::Authenticate { token })) => {
-                let verified = timeout_at(self.deadline, self.node.verify_token(&token)).await;
-                return match verified {
+                let verify = self.node.verify_credential(&token, &self.context);
+                return match timeout_at(self.deadline, verify).await {
                     Err(_) => Step::Close(self.timed_out()),
-                    Ok(Ok(identity)) => Step::Authenticated {
-                        identity,
-                        reply_to: id,
-                    },
+                    Ok(Ok(verified)) => {
+                        self.rooms = verified.rooms.clone();
+                        Step::Authenticated {
+                            identity: verified.identity,
+                            reply_to: id,
+                            rooms: verified.rooms,
+                        }
+                    }
+                    // Not a refusal: the client should come back (1013).
+                    Ok(Err(e)) if e.is_unavailable() => Step::Close(Refusal {
+                        reply: Some(self.error(id, ErrorCode::Unavailable, &e.message)),
+                        code: CloseCode::TryAgainLater,
+                    }),
                     Ok(Err(e)) => Step::Close(Refusal {
                         reply: Some(self.error(id, ErrorCode::Unauthorized, &e.message)),
                         code: CloseCode::Unauthorized,
@@ -175,19 +200,27 @@ impl PreAuth {
     }
 
     /// Opens the session of `identity` (answering `reply_to` when the token
-    /// came in a frame) with this phase's codec. A refusal (the per-user
-    /// cap, a cluster registry outage) still answers the `authenticate`
-    /// request.
+    /// came in a frame) with this phase's codec, joining the backend's extra
+    /// rooms of an `authenticate` frame's credential after `options.rooms`.
+    /// A refusal (the per-user cap, a cluster registry outage) still answers
+    /// the `authenticate` request.
     pub async fn open(
-        self,
+        mut self,
         identity: Identity,
         reply_to: Option<RequestId>,
         transport: &'static Transport,
         options: OpenOptions,
     ) -> Result<Session, Refusal> {
+        let mut rooms = options.rooms;
+        for room in std::mem::take(&mut self.rooms) {
+            if !rooms.contains(&room) {
+                rooms.push(room);
+            }
+        }
         let options = OpenOptions {
             reply_to: reply_to.clone(),
             codec: Some(self.codec),
+            rooms,
             ..options
         };
         match self.node.open_session(identity, transport, options).await {

@@ -83,6 +83,7 @@ fn settings() -> NodeSettings {
         node_id: "n1".into(),
         limits: Limits::default(),
         namespaces,
+        access_proxy: None,
     }
 }
 

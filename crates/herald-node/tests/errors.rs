@@ -92,6 +92,7 @@ async fn a_join_the_broker_fails_answers_without_the_engine_text() {
             node_id: "n1".into(),
             limits: Limits::default(),
             namespaces,
+            access_proxy: None,
         },
         Arc::new(AnyToken),
         |sink: Arc<dyn PublicationSink>| -> Arc<dyn Broker> {
@@ -230,6 +231,7 @@ fn failing_reads_node() -> (Node, Arc<FailingReads>) {
             node_id: "n1".into(),
             limits: Limits::default(),
             namespaces,
+            access_proxy: None,
         },
         Arc::new(AnyToken),
         move |sink: Arc<dyn PublicationSink>| -> Arc<dyn Broker> {

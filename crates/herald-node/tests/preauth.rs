@@ -35,6 +35,7 @@ fn node() -> Node {
             node_id: "n1".into(),
             limits: Limits::default(),
             namespaces: Namespaces::shipped(),
+            access_proxy: None,
         },
         Arc::new(JsonVerifier),
         |sink| Arc::new(MemoryBroker::new(sink)),
@@ -74,7 +75,9 @@ async fn before_authenticate_pings_are_answered_and_requests_refused_then_a_sess
 
     let token = r#"{\"sub\":\"alice\"}"#;
     let frame = format!(r#"{{"type":"authenticate","id":7,"token":"{token}"}}"#);
-    let Step::Authenticated { identity, reply_to } = pre.handle_message(frame.as_bytes()).await
+    let Step::Authenticated {
+        identity, reply_to, ..
+    } = pre.handle_message(frame.as_bytes()).await
     else {
         panic!("a valid token authenticates");
     };

@@ -90,6 +90,7 @@ fn node_with(make: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>) -> 
                 ..Limits::default()
             },
             namespaces,
+            access_proxy: None,
         },
         Arc::new(AnyToken),
         make,

@@ -192,10 +192,9 @@ async fn await_authenticate(
                 write_by(socket, deadline, &frame).await?;
             }
             Step::Authenticated {
-                identity,
-                rooms,
-                reply_to,
-            } => return Some((Verified { identity, rooms }, reply_to)),
+                identity, reply_to, ..
+                // PreAuth::open joins the frame credential's rooms itself.
+            } => return Some((Verified::from(identity), reply_to)),
             Step::Close(refusal) => {
                 close_unopened(socket, codec, refusal).await;
                 return None;
