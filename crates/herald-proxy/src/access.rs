@@ -252,8 +252,9 @@ mod tests {
                    "room": "chat:9", "event": "typing"})
         );
         let data = RawValue::from_string(r#"{"x":1}"#.into()).expect("raw");
+        let seven = Identity::new("7");
         let rpc = RpcRequest {
-            caller: (&Identity::new("7")).into(),
+            caller: (&seven).into(),
             connection_id: "c1",
             method: "select",
             data: &data,

@@ -72,6 +72,12 @@ fn install_metrics() -> Option<PrometheusHandle> {
 /// API key are generated and announced, so `herald serve` works alone.
 fn apply_dev_mode(config: &mut Config) {
     if !dev_mode(config) {
+        if crate::auth::no_token_key(&config.auth) {
+            tracing::info!(
+                "no token key configured: the connect proxy (proxy.connect_url) decides who every \
+                 connection is, JWT-shaped credentials included"
+            );
+        }
         if config.auth.api_keys.is_empty() {
             tracing::warn!("no auth.api_keys configured: every HTTP API call will be refused");
         }

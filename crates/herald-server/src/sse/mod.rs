@@ -153,14 +153,16 @@ pub(crate) async fn stream(
         }
     }
     let auto = namespaces.auto_join_rooms(&identity);
-    // The rooms the connect proxy added are joined with the auto-joined ones.
-    let extra = verified
+    // The rooms the connect proxy named are joined at open, with the
+    // auto-joined ones (and resumed like them).
+    let extra: Vec<RoomName> = verified
         .rooms
         .iter()
         .filter_map(|r| RoomName::parse(r).ok())
-        .filter(|r| !auto.contains(r) && !rooms.contains(r))
-        .count();
-    let total = rooms.iter().filter(|r| !auto.contains(r)).count() + auto.len() + extra;
+        .filter(|r| !auto.contains(r))
+        .collect();
+    let at_open = |room: &RoomName| auto.contains(room) || extra.contains(room);
+    let total = rooms.iter().filter(|r| !at_open(r)).count() + auto.len() + extra.len();
     let max_rooms = app.node.limits().max_rooms_per_connection;
     if total > max_rooms {
         return ApiError::new(
@@ -216,7 +218,7 @@ pub(crate) async fn stream(
         reply_to: None,
         resume: resume
             .iter()
-            .filter(|(room, _)| auto.contains(room))
+            .filter(|(room, _)| at_open(room))
             .map(|(r, p)| (r.clone(), p.clone()))
             .collect::<HashMap<_, _>>(),
         announce_rooms: true,
@@ -234,7 +236,7 @@ pub(crate) async fn stream(
         Ok(s) => s,
         Err(code) => return open_refusal(code),
     };
-    for room in rooms.iter().filter(|r| !auto.contains(r)) {
+    for room in rooms.iter().filter(|r| !at_open(r)) {
         if let Err(e) = session
             .join_room(room.as_str(), resume.get(room).cloned())
             .await
@@ -262,7 +264,7 @@ pub(crate) async fn stream(
         positions: Tracker::resuming(
             resume
                 .into_iter()
-                .filter(|(room, _)| rooms.contains(room) || auto.contains(room))
+                .filter(|(room, _)| rooms.contains(room) || at_open(room))
                 .collect(),
         ),
         first: true,
