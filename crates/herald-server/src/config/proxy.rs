@@ -186,3 +186,100 @@ impl ProxyConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use herald_proxy::ConnectMode;
+    use std::time::Duration;
+
+    #[test]
+    fn defaults_and_a_full_table() {
+        let c = Config::from_toml("").expect("defaults are valid");
+        assert_eq!(c.proxy.timeout, Duration::from_secs(2));
+        assert_eq!(c.proxy.max_concurrency, 256);
+        assert_eq!(c.proxy.breaker_failures, 5);
+        assert_eq!(c.proxy.breaker_cooldown, Duration::from_secs(5));
+        assert_eq!(c.proxy.connect_mode, ConnectMode::Fallback);
+        assert!(!c.proxy.has_access_proxy());
+        let c = Config::from_toml(
+            r#"
+            [auth]
+            hs256_secret = "s"
+            [proxy]
+            connect_url = "http://127.0.0.1:9/connect"
+            connect_mode = "always"
+            forward_headers = ["Cookie", "x-tag", "cookie"]
+            join_url = "https://backend.internal/join"
+            timeout = "500ms"
+            headers = { authorization = "Bearer backend-secret" }
+            [namespaces.chat]
+            join = "proxy"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.proxy.connect_mode, ConnectMode::Always);
+        assert_eq!(c.proxy.forward_header_names(), ["cookie", "x-tag"]);
+        assert!(c.proxy.has_access_proxy());
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("backend-secret"), "{shown}");
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let err = Config::from_toml(
+            r#"
+            [proxy]
+            connect_url = "ftp://x/y"
+            rpc_url = "not a url"
+            timeout = "1ms"
+            max_concurrency = 0
+            breaker_failures = 0
+            breaker_cooldown = "0s"
+            forward_headers = ["bad header"]
+            headers = { "x-bad" = "a\nb" }
+            "#,
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for key in [
+            "proxy.connect_url",
+            "proxy.rpc_url",
+            "proxy.timeout",
+            "proxy.max_concurrency",
+            "proxy.breaker_failures",
+            "proxy.breaker_cooldown",
+            "proxy.forward_headers",
+            "proxy.headers.x-bad",
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+        let unknown = Config::from_toml("[proxy]\nconect_url = \"http://x/\"\n").expect_err("typo");
+        assert!(unknown.to_string().contains("conect_url"), "{unknown}");
+    }
+
+    #[test]
+    fn proxy_rules_need_their_url_and_always_needs_connect_url() {
+        let err = Config::from_toml(
+            "[namespaces.chat]\njoin = \"proxy\"\nsend = \"proxy\"\n[proxy]\nconnect_mode = \"always\"\n",
+        )
+        .expect_err("no URLs");
+        let text = err.to_string();
+        for both in [
+            ("namespaces.chat.join", "proxy.join_url"),
+            ("namespaces.chat.send", "proxy.send_url"),
+            ("proxy.connect_mode", "proxy.connect_url"),
+        ] {
+            assert!(text.contains(both.0) && text.contains(both.1), "{both:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_connect_proxy_without_a_token_key_is_not_development_mode() {
+        let c = Config::from_toml(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[proxy]\nconnect_url = \"http://backend/connect\"\n",
+        )
+        .expect("the backend decides who connects; no made-up secret");
+        assert!(!c.is_dev_mode());
+    }
+}
