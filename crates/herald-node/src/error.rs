@@ -24,6 +24,14 @@ pub enum NodeError {
     /// The payload is over the size limit.
     #[error("{0}")]
     TooLarge(String),
+    /// Something the request needs cannot answer now (the backend behind
+    /// a `proxy` rule or `rpc`); the client should retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// What the request names does not exist (an `rpc` method the backend
+    /// does not know, `rpc` not enabled).
+    #[error("{0}")]
+    NotFound(String),
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -64,6 +72,8 @@ impl NodeError {
             Self::NotJoined(_) => ErrorCode::NotJoined,
             Self::LimitExceeded(_) => ErrorCode::LimitExceeded,
             Self::TooLarge(_) => ErrorCode::TooLarge,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::NotFound(_) => ErrorCode::NotFound,
             Self::Broker(BrokerError::Unavailable(_)) => ErrorCode::Unavailable,
             Self::Broker(BrokerError::IdempotencyConflict { .. }) => ErrorCode::BadRequest,
             Self::Broker(BrokerError::Internal(_)) => ErrorCode::Internal,

@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod access;
 mod admission;
 mod cluster;
 mod conn;
@@ -22,6 +23,7 @@ mod queue;
 mod rate;
 mod replay;
 mod rooms;
+mod rpc;
 mod session;
 mod session_presence;
 mod slots;
@@ -40,6 +42,7 @@ pub use preauth::{PreAuth, Refusal, Step, MAX_FRAMES_BEFORE_AUTH};
 pub use queue::{Drain, Duty, Outbound, PositionChange, PushResult, SendQueue, SocketWriter};
 pub use rate::TokenBucket;
 pub use replay::{ReplayPage, ReplayRead};
+pub use rpc::MAX_RPC_IN_FLIGHT;
 pub use session::Session;
 pub use slots::{PendingSlot, SlotRefusal, SocketSlot};
 pub use transport::{Delivery, Transport};

@@ -47,6 +47,14 @@ pub fn describe() {
         "herald_rate_limited_total",
         "Client frames refused by the rate limit"
     );
+    describe_counter!(
+        "herald_access_checks_total",
+        "Proxy-rule checks, by action (join, send), result (allow, deny, unavailable, rejected) and whether the connection's cache answered"
+    );
+    describe_counter!(
+        "herald_rpc_calls_total",
+        "Client rpc calls, by result (ok, rejected, unavailable, limit_exceeded, disabled)"
+    );
     // Registered at zero so dashboards and alerts see every series from
     // the start, not after the first incident.
     for name in [
@@ -133,4 +141,16 @@ pub fn rooms(n: usize) {
 /// Counts a rate-limited frame.
 pub fn rate_limited() {
     counter!("herald_rate_limited_total").increment(1);
+}
+
+/// Counts a `proxy` rule check.
+pub fn access_check(action: &'static str, result: &'static str, cached: bool) {
+    let cached = if cached { "true" } else { "false" };
+    counter!("herald_access_checks_total", "action" => action, "result" => result, "cached" => cached)
+        .increment(1);
+}
+
+/// Counts an `rpc` call by result.
+pub fn rpc_call(result: &'static str) {
+    counter!("herald_rpc_calls_total", "result" => result).increment(1);
 }

@@ -301,7 +301,11 @@ impl Node {
 
     /// Drops the token claims no namespace rule reads: a connection holds
     /// its identity for its whole life, and tokens can carry many claims.
+    /// With an access proxy every claim is kept: the backend is sent them.
     pub(crate) fn trim_claims(&self, mut identity: Identity) -> Identity {
+        if self.inner.access_proxy.is_some() {
+            return identity;
+        }
         identity
             .claims
             .retain(|name, _| self.inner.rule_claims.contains(name));
@@ -359,7 +363,7 @@ impl Node {
             }
         }
         let mut session = Session::new(self.clone(), conn.clone());
-        let pending = session.auto_join(&options.resume).await;
+        let pending = session.auto_join(&options.resume, &options.rooms).await;
         let authenticated = conn.encode(&ServerFrame::Authenticated {
             id: options.reply_to,
             connection_id: conn.id.to_string(),

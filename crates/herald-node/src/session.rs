@@ -2,6 +2,7 @@
 //! of the transport: a transport feeds it frames and drains the
 //! connection's queue.
 
+use crate::access::{AccessCache, Action};
 use crate::conn::Connection;
 use crate::error::NodeError;
 use crate::filter::check_patterns;
@@ -10,7 +11,7 @@ use crate::node::Node;
 use crate::queue::{Outbound, PositionChange};
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
 use crate::replay::{Replay, Resolved};
-use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
+use herald_core::{CredentialContext, Publication, PublishRequest, RoomKey, RoomName, Tenant};
 use herald_protocol::{
     ClientRequest, CloseCode, ErrorCode, RequestId, Sender, ServerFrame, StreamPosition,
 };
@@ -45,6 +46,10 @@ pub struct Session {
     last_limited: Option<Instant>,
     /// Recovering joins whose events are still being queued, in order.
     pub(crate) replays: VecDeque<Replay>,
+    /// The backend's cached answers for `proxy` rules.
+    pub(crate) access: AccessCache,
+    /// `rpc` calls in flight.
+    pub(crate) rpc: crate::rpc::RpcCalls,
 }
 
 impl Session {
@@ -52,6 +57,8 @@ impl Session {
         let limits = node.limits();
         Self {
             bucket: TokenBucket::new(limits.messages_per_second, limits.burst),
+            access: AccessCache::default(),
+            rpc: crate::rpc::RpcCalls::new(&node.inner.cancel),
             node,
             conn,
             limited_since: None,
@@ -206,6 +213,7 @@ impl Session {
                 self.send_message(id, &room, event, data).await?
             }
             ClientRequest::Presence { room } => self.presence(id, &room).await?,
+            ClientRequest::Rpc { method, data } => self.rpc(id, method, data)?,
         }
         Ok(())
     }
@@ -219,8 +227,15 @@ impl Session {
     }
 
     async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), NodeError> {
-        let identity = match self.node.verify_token(token).await {
-            Ok(i) => i,
+        // A refresh keeps the connection's rooms: the backend's extra
+        // rooms are joined at open only.
+        let ctx = CredentialContext::for_transport(self.conn.transport.name);
+        let identity = match self.node.verify_credential(token, &ctx).await {
+            Ok(verified) => verified.identity,
+            Err(e) if e.is_unavailable() => {
+                self.reply_error(id, ErrorCode::Unavailable, e.message);
+                return Ok(());
+            }
             Err(e) => {
                 self.reply_error(id, ErrorCode::Unauthorized, e.message);
                 return Ok(());
@@ -260,12 +275,7 @@ impl Session {
         since: Option<StreamPosition>,
     ) -> Result<(), NodeError> {
         let (name, key) = self.room_key(room)?;
-        let identity = self.conn.identity();
-        if !self.node.namespaces().can_join(&identity, &name) {
-            return Err(NodeError::Forbidden(format!(
-                "not allowed to join room `{name}`"
-            )));
-        }
+        self.check_access(&name, Action::Join).await?;
         let rejoin = self.conn.in_room(&name);
         // A replay still running for this room is superseded by this join,
         // which then makes the announcement that replay still owed the
@@ -414,21 +424,13 @@ impl Session {
         if !self.conn.in_room(&name) {
             return Err(NodeError::NotJoined(name.to_string()));
         }
-        if !self
-            .node
-            .namespaces()
-            .can_send(&self.conn.identity(), &name)
-        {
-            return Err(NodeError::Forbidden(format!(
-                "not allowed to send to room `{name}`"
-            )));
-        }
         let event = event.unwrap_or_else(|| "message".to_owned());
         if event.is_empty() || event.len() > 255 {
             return Err(NodeError::BadRequest(
                 "send_message: `event` must be 1 to 255 bytes".into(),
             ));
         }
+        self.check_access(&name, Action::Send(&event)).await?;
         let outcome = self
             .node
             .broker()
@@ -450,24 +452,18 @@ impl Session {
         Ok(())
     }
 
-    /// Joins the auto-join rooms as pending members and reads their
+    /// Joins the auto-join rooms and the backend's `extra` rooms
+    /// ([`Session::rooms_at_open`]) as pending members and reads their
     /// positions (or, with a `resume` position, their history); events
     /// arriving meanwhile are buffered until [`Session::finish_auto_join`],
     /// so they follow `authenticated`.
     pub(crate) async fn auto_join(
-        &self,
+        &mut self,
         resume: &HashMap<RoomName, StreamPosition>,
+        extra: &[String],
     ) -> Vec<PendingJoin> {
-        let identity = self.conn.identity();
-        let max = self.node.limits().max_rooms_per_connection;
         let mut pending = Vec::new();
-        for name in self
-            .node
-            .namespaces()
-            .auto_join_rooms(&identity)
-            .into_iter()
-            .take(max)
-        {
+        for name in self.rooms_at_open(extra).await {
             let key = RoomKey::new(self.conn.tenant.clone(), name.clone());
             let ns = self.node.namespaces().for_room(&name);
             let since = resume.get(&name);

@@ -13,6 +13,9 @@ use serde_json::Value;
 /// Longest string request id accepted, in bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 64;
 
+/// Longest `rpc` method name accepted, in bytes.
+pub const MAX_RPC_METHOD_BYTES: usize = 128;
+
 /// A client's request id: a JSON number or a short string, echoed verbatim.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -68,6 +71,14 @@ pub enum ClientRequest {
         /// Room name.
         room: String,
     },
+    /// A call the backend answers (`proxy.rpc_url`): replied to with
+    /// `rpc_result` or `error`. Always carries a request id.
+    Rpc {
+        /// The method: 1 to [`MAX_RPC_METHOD_BYTES`] bytes.
+        method: String,
+        /// Any JSON (`null` when omitted), kept as the client's bytes.
+        data: Box<RawValue>,
+    },
     /// Application-level ping.
     Ping,
 }
@@ -83,6 +94,7 @@ impl ClientRequest {
             Self::Unsubscribe { .. } => "unsubscribe",
             Self::SendMessage { .. } => "send_message",
             Self::Presence { .. } => "presence",
+            Self::Rpc { .. } => "rpc",
             Self::Ping => "ping",
         }
     }
@@ -127,6 +139,12 @@ struct Room {
 #[derive(Deserialize)]
 struct Events {
     events: Vec<String>,
+}
+#[derive(Deserialize)]
+struct Rpc {
+    method: String,
+    #[serde(default)]
+    data: Value,
 }
 #[derive(Deserialize)]
 struct SendMessage {
@@ -206,6 +224,24 @@ pub fn parse_client_frame(text: &str) -> Result<(Option<RequestId>, ClientReques
         "presence" => {
             let f: Room = fields_of(&id, &kind, fields)?;
             ClientRequest::Presence { room: f.room }
+        }
+        "rpc" => {
+            let f: Rpc = fields_of(&id, &kind, fields)?;
+            if id.is_none() {
+                return Err(FrameError::bad(None, "rpc: missing field `id`"));
+            }
+            if f.method.is_empty() || f.method.len() > MAX_RPC_METHOD_BYTES {
+                return Err(FrameError::bad(
+                    id,
+                    format!("rpc: `method` must be 1 to {MAX_RPC_METHOD_BYTES} bytes"),
+                ));
+            }
+            let data = serde_json::value::to_raw_value(&f.data)
+                .map_err(|e| FrameError::bad(id.clone(), format!("rpc: data: {e}")))?;
+            ClientRequest::Rpc {
+                method: f.method,
+                data,
+            }
         }
         "ping" => ClientRequest::Ping,
         other => {
@@ -313,5 +349,42 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn parses_rpc() {
+        let (id, req) =
+            parse_client_frame(r#"{"type":"rpc","id":3,"method":"select","data":{"chat":9}}"#)
+                .expect("valid");
+        assert_eq!(id, Some(RequestId::Number(3.into())));
+        match req {
+            ClientRequest::Rpc { method, data } => {
+                assert_eq!(method, "select");
+                assert_eq!(data.get(), r#"{"chat":9}"#);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let (_, req) =
+            parse_client_frame(r#"{"type":"rpc","id":"a","method":"m"}"#).expect("valid");
+        assert!(matches!(req, ClientRequest::Rpc { data, .. } if data.get() == "null"));
+    }
+
+    #[test]
+    fn rpc_needs_an_id_and_a_short_method() {
+        let err = parse_client_frame(r#"{"type":"rpc","method":"m"}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("`id`"), "{}", err.message);
+        let err = parse_client_frame(r#"{"type":"rpc","id":1,"method":""}"#).unwrap_err();
+        assert_eq!(err.id, Some(RequestId::Number(1.into())));
+        assert!(err.message.contains("128"), "{}", err.message);
+        let long = "m".repeat(MAX_RPC_METHOD_BYTES + 1);
+        let frame = format!(r#"{{"type":"rpc","id":1,"method":"{long}"}}"#);
+        assert!(parse_client_frame(&frame).is_err());
+        let frame = format!(r#"{{"type":"rpc","id":1,"method":"{}"}}"#, &long[1..]);
+        assert!(parse_client_frame(&frame).is_ok());
+        let err = parse_client_frame(r#"{"type":"rpc","id":1}"#).unwrap_err();
+        assert!(err.message.contains("method"), "{}", err.message);
+        let err = parse_client_frame(r#"{"type":"rpc","id":1,"method":5}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
     }
 }

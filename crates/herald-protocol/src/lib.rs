@@ -10,7 +10,10 @@ mod codes;
 mod position;
 mod server;
 
-pub use client::{parse_client_frame, ClientRequest, FrameError, RequestId, MAX_REQUEST_ID_BYTES};
+pub use client::{
+    parse_client_frame, ClientRequest, FrameError, RequestId, MAX_REQUEST_ID_BYTES,
+    MAX_RPC_METHOD_BYTES,
+};
 pub use codec::{ClientCodec, ClientFrame, HeraldJson, CODEC_SLOTS, HERALD_JSON};
 pub use codes::{CloseCode, ErrorCode};
 pub use position::StreamPosition;

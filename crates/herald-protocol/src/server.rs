@@ -142,6 +142,13 @@ pub enum ServerFrame {
         /// Current members, cluster-wide.
         members: Vec<MemberSummary>,
     },
+    /// The backend's answer to an `rpc` request.
+    RpcResult {
+        /// Request id of the `rpc`.
+        id: RequestId,
+        /// The backend's JSON answer, verbatim.
+        data: Box<RawValue>,
+    },
     /// Reply to `ping`.
     Pong {
         /// Request id.
@@ -276,6 +283,19 @@ mod tests {
         assert_eq!(v["offset"], 4);
         assert_eq!(v["epoch"], "ep");
         assert!(v.get("from").is_none());
+    }
+
+    #[test]
+    fn rpc_result_carries_the_backend_json() {
+        let data = RawValue::from_string(r#"{"ok":true}"#.into()).expect("raw");
+        let bytes = encode(&ServerFrame::RpcResult {
+            id: RequestId::Number(9.into()),
+            data,
+        });
+        assert_eq!(
+            &bytes[..],
+            br#"{"type":"rpc_result","id":9,"data":{"ok":true}}"#
+        );
     }
 
     #[test]

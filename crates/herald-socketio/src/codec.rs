@@ -6,6 +6,8 @@
 //! [`RequestId::Number`]. A reply to a request with an id is an ACK,
 //! `43<id>[{reply}]`, whose argument is Herald's reply object without
 //! `type` and `id`; a frame without an id is an event named by its type,
+//! so `emit("rpc", {method, data}, ack)` gets `{"data": <answer>}` or
+//! `{"code", "message"}` in its ack (an `rpc` needs the ack);
 //! `42["room_joined",{...}]`. Room events are `42["<event>",<data>,<meta>]`.
 //!
 //! Every encoding is a complete Engine.IO message packet (the leading `4`
@@ -134,7 +136,7 @@ impl ClientCodec for SocketIoCodec {
             // `events` it is Herald's event filter.
             "subscribe" if fields.contains_key("room") => "join_room",
             "join_room" | "leave_room" | "send_message" | "subscribe" | "unsubscribe"
-            | "presence" | "authenticate" | "ping" => name.as_str(),
+            | "presence" | "authenticate" | "ping" | "rpc" => name.as_str(),
             other => {
                 return Err(FrameError {
                     id,
@@ -144,7 +146,11 @@ impl ClientCodec for SocketIoCodec {
             }
         };
         // The ack id is the request id; an `id` in the payload is not.
+        // It goes into the frame for the requests that need one (`rpc`).
         fields.remove("id");
+        if let Some(RequestId::Number(n)) = &id {
+            fields.insert("id".into(), Value::Number(n.clone()));
+        }
         fields.insert("type".into(), Value::String(kind.into()));
         let text = Value::Object(fields).to_string();
         let (_, request) = parse_client_frame(&text).map_err(|e| FrameError {

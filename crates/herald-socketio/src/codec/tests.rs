@@ -161,3 +161,21 @@ fn the_token_is_appended_without_copying_the_event() {
     assert!(event_head(&Bytes::from_static(b"431[{}]")).is_none());
     assert_eq!(split_packets(&Bytes::from_static(b"40")).count(), 1);
 }
+
+#[test]
+fn rpc_is_an_emit_answered_in_its_ack() {
+    let (id, req) = decode(r#"212["rpc",{"method":"select","data":{"chat":9},"id":"x"}]"#)
+        .expect("rpc with an ack");
+    assert_eq!(id, num(12));
+    assert!(
+        matches!(req, ClientRequest::Rpc { method, data } if method == "select" && data.get() == r#"{"chat":9}"#)
+    );
+    let err = decode(r#"2["rpc",{"method":"select"}]"#).expect_err("rpc without an ack");
+    assert_eq!((err.id.clone(), err.code), (None, ErrorCode::BadRequest));
+    let data = RawValue::from_string(r#"{"ok":1}"#.into()).expect("raw");
+    let reply = SOCKET_IO.encode(&ServerFrame::RpcResult {
+        id: RequestId::Number(12.into()),
+        data,
+    });
+    assert_eq!(&reply[..], br#"4312[{"data":{"ok":1}}]"#);
+}
