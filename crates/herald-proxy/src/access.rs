@@ -189,7 +189,7 @@ impl AccessProxy for HttpAccessProxy {
         let Some(client) = &self.rpc else {
             return Err(ProxyFailure::Rejected {
                 status: 404,
-                message: "RPC is not enabled on this server (no proxy.rpc_url)".into(),
+                message: "rpc is not enabled (proxy.rpc_url)".into(),
             });
         };
         let body = RpcRequest {
@@ -210,9 +210,15 @@ mod tests {
     #[test]
     fn cache_ttl_is_a_duration_string_or_seconds() {
         assert_eq!(parse_cache_ttl(&json!("30s")), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_cache_ttl(&json!("250ms")), Ok(Duration::from_millis(250)));
+        assert_eq!(
+            parse_cache_ttl(&json!("250ms")),
+            Ok(Duration::from_millis(250))
+        );
         assert_eq!(parse_cache_ttl(&json!(30)), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_cache_ttl(&json!(1.5)), Ok(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_cache_ttl(&json!(1.5)),
+            Ok(Duration::from_millis(1500))
+        );
         assert!(parse_cache_ttl(&json!(-1)).is_err());
         assert!(parse_cache_ttl(&json!("soon")).is_err());
         assert!(parse_cache_ttl(&json!(true)).is_err());

@@ -258,7 +258,9 @@ fn decode<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, CallError>
             status,
             message: refusal_message(status, body),
         }),
-        _ => Err(CallError::Failed(format!("the backend answered HTTP {status}"))),
+        _ => Err(CallError::Failed(format!(
+            "the backend answered HTTP {status}"
+        ))),
     }
 }
 
@@ -315,7 +317,10 @@ mod tests {
     #[test]
     fn messages_are_bounded_on_a_char_boundary() {
         let long = "é".repeat(400);
-        let m = refusal_message(401, serde_json::json!({"message": long}).to_string().as_bytes());
+        let m = refusal_message(
+            401,
+            serde_json::json!({"message": long}).to_string().as_bytes(),
+        );
         assert!(m.len() <= MAX_MESSAGE_BYTES);
         assert!(m.chars().all(|c| c == 'é'));
     }

@@ -45,7 +45,11 @@ impl ConnectVerifier {
     /// Asks `client` about credentials; `jwt` verifies JWT-shaped ones in
     /// mode `fallback` (`None`: no JWT key is configured, so every
     /// credential goes to the backend whatever the mode).
-    pub fn new(jwt: Option<Arc<dyn TokenVerifier>>, client: ProxyClient, mode: ConnectMode) -> Self {
+    pub fn new(
+        jwt: Option<Arc<dyn TokenVerifier>>,
+        client: ProxyClient,
+        mode: ConnectMode,
+    ) -> Self {
         Self { jwt, client, mode }
     }
 

@@ -79,9 +79,12 @@ fn forwarded(headers: &HeaderMap, forward: &[String]) -> Vec<(String, String)> {
 /// the verifier's (or the backend's) message.
 pub(crate) fn refusal(e: VerifyError) -> Response {
     if e.is_unavailable() {
-        let mut response =
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, e.message)
-                .into_response();
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            e.message,
+        )
+        .into_response();
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -102,7 +105,10 @@ mod tests {
         headers.append("x-tag", HeaderValue::from_static("one"));
         headers.append("x-tag", HeaderValue::from_static("two"));
         headers.append("authorization", HeaderValue::from_static("Bearer secret"));
-        headers.append("x-binary", HeaderValue::from_bytes(b"\xff").expect("opaque"));
+        headers.append(
+            "x-binary",
+            HeaderValue::from_bytes(b"\xff").expect("opaque"),
+        );
         let forward = ["cookie", "x-tag", "x-binary", "origin"].map(String::from);
         assert_eq!(
             forwarded(&headers, &forward),

@@ -270,7 +270,10 @@ mod tests {
             ("namespaces.chat.send", "proxy.send_url"),
             ("proxy.connect_mode", "proxy.connect_url"),
         ] {
-            assert!(text.contains(both.0) && text.contains(both.1), "{both:?}: {text}");
+            assert!(
+                text.contains(both.0) && text.contains(both.1),
+                "{both:?}: {text}"
+            );
         }
     }
 

@@ -20,8 +20,8 @@ mod websocket;
 pub(crate) use socket::EioSocket;
 pub(crate) use websocket::{frame_len, write_packets};
 
-use crate::extract::bearer;
 use crate::credential::CredentialSource;
+use crate::extract::bearer;
 use crate::ops::PeerIp;
 use crate::ws::WsUpgrade;
 use crate::AppState;
