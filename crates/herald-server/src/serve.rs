@@ -63,6 +63,11 @@ fn install_metrics() -> Option<PrometheusHandle> {
             LATENCY_BUCKETS,
         )
         .ok()?
+        .set_buckets_for_metric(
+            Matcher::Full("herald_proxy_duration_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .ok()?
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
         .ok()
