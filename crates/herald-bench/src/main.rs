@@ -157,7 +157,10 @@ fn main() -> Result<()> {
     if herald_server
         && needs_server
         && c.api_key.is_empty()
-        && !matches!(cli.scenario, Scenario::Idle(_) | Scenario::ConnectLatency(_))
+        && !matches!(
+            cli.scenario,
+            Scenario::Idle(_) | Scenario::ConnectLatency(_)
+        )
     {
         bail!("--api-key (an API key with scope admin) is required for this scenario");
     }

@@ -60,7 +60,10 @@ impl Kind {
     }
 
     fn percentiles(&self) -> Percentiles {
-        self.latency.as_ref().map(Percentiles::of).unwrap_or_default()
+        self.latency
+            .as_ref()
+            .map(Percentiles::of)
+            .unwrap_or_default()
     }
 
     fn figures(&self) -> Value {
