@@ -119,12 +119,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn verify_credential_defaults_to_verify() {
+    /// Runs a future that never waits (no runtime needed).
+    fn ready<T>(future: impl std::future::Future<Output = T>) -> T {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(future).poll(&mut cx) {
+            std::task::Poll::Ready(value) => value,
+            std::task::Poll::Pending => panic!("the fixed verifier never waits"),
+        }
+    }
+
+    #[test]
+    fn verify_credential_defaults_to_verify() {
         let ctx = CredentialContext::for_transport("sse");
-        let verified = Fixed.verify_credential("good", &ctx).await;
+        let verified = ready(Fixed.verify_credential("good", &ctx));
         assert_eq!(verified.ok(), Some(Verified::from(Identity::new("7"))));
-        let refused = Fixed.verify_credential("bad", &ctx).await;
+        let refused = ready(Fixed.verify_credential("bad", &ctx));
         let Err(e) = refused else {
             panic!("a bad token verified")
         };

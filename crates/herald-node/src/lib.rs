@@ -25,6 +25,7 @@ mod replay;
 mod rooms;
 mod rpc;
 mod session;
+mod session_auth;
 mod session_presence;
 mod slots;
 mod transport;

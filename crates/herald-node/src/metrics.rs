@@ -24,6 +24,14 @@ pub fn describe() {
         "Connections closed, by reason and transport"
     );
     describe_counter!("herald_auth_failures_total", "Rejected tokens, by reason");
+    describe_counter!(
+        "herald_access_checks_total",
+        "Proxy-rule checks, by action (join, send), result (allow, deny, unavailable, rejected) and whether the connection's cache answered"
+    );
+    describe_counter!(
+        "herald_rpc_calls_total",
+        "Client rpc calls, by result (ok, rejected, unavailable, limit_exceeded, disabled)"
+    );
     describe_counter!("herald_messages_received_total", "Client frames received");
     describe_counter!("herald_messages_sent_total", "Frames written to clients");
     describe_counter!(
@@ -46,14 +54,6 @@ pub fn describe() {
     describe_counter!(
         "herald_rate_limited_total",
         "Client frames refused by the rate limit"
-    );
-    describe_counter!(
-        "herald_access_checks_total",
-        "Proxy-rule checks, by action (join, send), result (allow, deny, unavailable, rejected) and whether the connection's cache answered"
-    );
-    describe_counter!(
-        "herald_rpc_calls_total",
-        "Client rpc calls, by result (ok, rejected, unavailable, limit_exceeded, disabled)"
     );
     // Registered at zero so dashboards and alerts see every series from
     // the start, not after the first incident.
@@ -101,6 +101,18 @@ pub fn auth_failure(reason: &'static str) {
     counter!("herald_auth_failures_total", "reason" => reason).increment(1);
 }
 
+/// Counts a `proxy` rule check.
+pub fn access_check(action: &'static str, result: &'static str, cached: bool) {
+    let cached = if cached { "true" } else { "false" };
+    counter!("herald_access_checks_total", "action" => action, "result" => result, "cached" => cached)
+        .increment(1);
+}
+
+/// Counts an `rpc` call by result.
+pub fn rpc_call(result: &'static str) {
+    counter!("herald_rpc_calls_total", "result" => result).increment(1);
+}
+
 /// Counts client frames received.
 pub fn message_received() {
     counter!("herald_messages_received_total").increment(1);
@@ -141,16 +153,4 @@ pub fn rooms(n: usize) {
 /// Counts a rate-limited frame.
 pub fn rate_limited() {
     counter!("herald_rate_limited_total").increment(1);
-}
-
-/// Counts a `proxy` rule check.
-pub fn access_check(action: &'static str, result: &'static str, cached: bool) {
-    let cached = if cached { "true" } else { "false" };
-    counter!("herald_access_checks_total", "action" => action, "result" => result, "cached" => cached)
-        .increment(1);
-}
-
-/// Counts an `rpc` call by result.
-pub fn rpc_call(result: &'static str) {
-    counter!("herald_rpc_calls_total", "result" => result).increment(1);
 }

@@ -10,10 +10,11 @@ use crate::rate::UserRates;
 use crate::rooms::Rooms;
 use crate::session::Session;
 use crate::transport::Transport;
+use herald_core::{AccessProxy, CredentialContext, Verified};
 use herald_core::{
-    AccessProxy, Broker, Cluster, CredentialContext, Engine, EngineShutdown, HistoryPolicy,
-    Identity, LocalPresence, Namespaces, Presence, PublicationSink, PublishOutcome, PublishRequest,
-    RoomKey, RoomName, Tenant, TokenVerifier, Verified, VerifyError,
+    Broker, Cluster, Engine, EngineShutdown, HistoryPolicy, Identity, LocalPresence, Namespaces,
+    Presence, PublicationSink, PublishOutcome, PublishRequest, RoomKey, RoomName, Tenant,
+    TokenVerifier, VerifyError,
 };
 use herald_protocol::{
     ClientCodec, CloseCode, JoinedRoom, RequestId, ServerFrame, StreamPosition, HERALD_JSON,
@@ -37,13 +38,13 @@ pub(crate) const JOIN_BUFFER_FLOOR: usize = 1024;
 pub struct NodeSettings {
     /// This node's id.
     pub node_id: String,
+    /// Asks the backend about `proxy` rules and forwards `rpc` frames;
+    /// `None`: `proxy` rules deny and `rpc` is not enabled.
+    pub access_proxy: Option<Arc<dyn AccessProxy>>,
     /// Limits applied to connections.
     pub limits: Limits,
     /// Namespace rules.
     pub namespaces: Namespaces,
-    /// Asks the backend about `proxy` rules and forwards `rpc` frames;
-    /// `None`: `proxy` rules deny and `rpc` is not enabled.
-    pub access_proxy: Option<Arc<dyn AccessProxy>>,
 }
 
 impl std::fmt::Debug for NodeSettings {
@@ -53,7 +54,7 @@ impl std::fmt::Debug for NodeSettings {
             .field("limits", &self.limits)
             .field("namespaces", &self.namespaces)
             .field("access_proxy", &self.access_proxy.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -224,7 +224,14 @@ impl PreAuth {
             ..options
         };
         match self.node.open_session(identity, transport, options).await {
-            Ok(session) => Ok(session),
+            Ok(mut session) => {
+                let mut ctx = std::mem::take(&mut self.context);
+                if ctx.transport.is_empty() {
+                    ctx.transport = transport.name;
+                }
+                session.set_credential_context(ctx);
+                Ok(session)
+            }
             Err(code) => {
                 let reply = reply_to.map(|id| {
                     let (error_code, message) = if code == CloseCode::TryAgainLater {

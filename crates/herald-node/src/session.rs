@@ -11,7 +11,7 @@ use crate::node::Node;
 use crate::queue::{Outbound, PositionChange};
 use crate::rate::{TokenBucket, RATE_LIMIT_GRACE};
 use crate::replay::{Replay, Resolved};
-use herald_core::{CredentialContext, Publication, PublishRequest, RoomKey, RoomName, Tenant};
+use herald_core::{CredentialContext, Publication, PublishRequest, RoomKey, RoomName};
 use herald_protocol::{
     ClientRequest, CloseCode, ErrorCode, RequestId, Sender, ServerFrame, StreamPosition,
 };
@@ -50,6 +50,9 @@ pub struct Session {
     pub(crate) access: AccessCache,
     /// `rpc` calls in flight.
     pub(crate) rpc: crate::rpc::RpcCalls,
+    /// Where a refreshed credential comes from; the transport's name until
+    /// [`Session::set_credential_context`].
+    pub(crate) credential_context: CredentialContext,
 }
 
 impl Session {
@@ -59,6 +62,7 @@ impl Session {
             bucket: TokenBucket::new(limits.messages_per_second, limits.burst),
             access: AccessCache::default(),
             rpc: crate::rpc::RpcCalls::new(&node.inner.cancel),
+            credential_context: CredentialContext::for_transport(conn.transport.name),
             node,
             conn,
             limited_since: None,
@@ -180,7 +184,7 @@ impl Session {
         self.conn.reply(&frame);
     }
 
-    fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
+    pub(crate) fn reply_error(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
         self.reply(ServerFrame::Error { id, code, message });
     }
 
@@ -224,42 +228,6 @@ impl Session {
                 position.map_or((None, None), |p| (Some(p.epoch), Some(p.offset)));
             self.reply(ServerFrame::Ack { id, epoch, offset });
         }
-    }
-
-    async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Result<(), NodeError> {
-        // A refresh keeps the connection's rooms: the backend's extra
-        // rooms are joined at open only.
-        let ctx = CredentialContext::for_transport(self.conn.transport.name);
-        let identity = match self.node.verify_credential(token, &ctx).await {
-            Ok(verified) => verified.identity,
-            Err(e) if e.is_unavailable() => {
-                self.reply_error(id, ErrorCode::Unavailable, e.message);
-                return Ok(());
-            }
-            Err(e) => {
-                self.reply_error(id, ErrorCode::Unauthorized, e.message);
-                return Ok(());
-            }
-        };
-        let current = self.conn.identity();
-        if identity.user_id != current.user_id
-            || Tenant::from_option(identity.tenant.as_deref()) != self.conn.tenant
-        {
-            metrics::auth_failure("subject_changed");
-            return Err(NodeError::Forbidden(
-                "a refreshed token must carry the same `sub` and `tenant`".into(),
-            ));
-        }
-        self.conn.set_identity(self.node.trim_claims(identity));
-        self.reply(ServerFrame::Authenticated {
-            id,
-            connection_id: self.conn.id.to_string(),
-            user_id: self.conn.user_id.to_string(),
-            node_id: self.node.id().to_owned(),
-            rooms: Vec::new(),
-            heartbeat_interval_ms: self.node.limits().heartbeat_interval.as_millis() as u64,
-        });
-        Ok(())
     }
 
     pub(crate) fn room_key(&self, room: &str) -> Result<(RoomName, RoomKey), NodeError> {
@@ -430,6 +398,7 @@ impl Session {
                 "send_message: `event` must be 1 to 255 bytes".into(),
             ));
         }
+        // Checked after the event name, which a `proxy` rule sends on.
         self.check_access(&name, Action::Send(&event)).await?;
         let outcome = self
             .node

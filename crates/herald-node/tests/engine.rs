@@ -81,9 +81,9 @@ fn settings() -> NodeSettings {
     );
     NodeSettings {
         node_id: "n1".into(),
+        access_proxy: None,
         limits: Limits::default(),
         namespaces,
-        access_proxy: None,
     }
 }
 

@@ -90,9 +90,9 @@ async fn a_join_the_broker_fails_answers_without_the_engine_text() {
     let node = Node::new(
         NodeSettings {
             node_id: "n1".into(),
+            access_proxy: None,
             limits: Limits::default(),
             namespaces,
-            access_proxy: None,
         },
         Arc::new(AnyToken),
         |sink: Arc<dyn PublicationSink>| -> Arc<dyn Broker> {
@@ -229,9 +229,9 @@ fn failing_reads_node() -> (Node, Arc<FailingReads>) {
     let node = Node::new(
         NodeSettings {
             node_id: "n1".into(),
+            access_proxy: None,
             limits: Limits::default(),
             namespaces,
-            access_proxy: None,
         },
         Arc::new(AnyToken),
         move |sink: Arc<dyn PublicationSink>| -> Arc<dyn Broker> {

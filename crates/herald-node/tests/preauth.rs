@@ -33,9 +33,9 @@ fn node() -> Node {
     Node::new(
         NodeSettings {
             node_id: "n1".into(),
+            access_proxy: None,
             limits: Limits::default(),
             namespaces: Namespaces::shipped(),
-            access_proxy: None,
         },
         Arc::new(JsonVerifier),
         |sink| Arc::new(MemoryBroker::new(sink)),

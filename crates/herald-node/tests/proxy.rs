@@ -215,9 +215,11 @@ fn node_with_inbox(backend: Option<Arc<Backend>>, limits: Limits) -> Node {
     node_of(backend, limits, namespaces(Some("inbox:allow-{sub}")))
 }
 
+/// Opens a session as a transport that verified the credential itself
+/// (over SSE, so a token refresh's context says `sse`).
 async fn open_with(node: &Node, identity: Identity, options: OpenOptions) -> (Session, Vec<Value>) {
     let s = node
-        .open_session(identity, &Transport::WEBSOCKET, options)
+        .open_session(identity, &Transport::SSE, options)
         .await
         .expect("admitted");
     let f = frames(&s).await;
@@ -314,6 +316,19 @@ async fn proxy_joins_are_asked_once_per_ttl_allow_and_deny_alike() {
         ["allow-9", "deny-8", "nocache-7", "nocache-7"],
         "cached answers are reused, uncached ones asked again"
     );
+    // A refresh forgets the answers: they were for the old claims.
+    let refreshed = ask(
+        &mut s,
+        json!({"type":"authenticate","id":6,"token":"{\"sub\":\"42\"}"}),
+    )
+    .await;
+    assert_eq!(refreshed["type"], "authenticated", "{refreshed}");
+    ask(
+        &mut s,
+        json!({"type":"join_room","id":7,"room":"chat:deny-8"}),
+    )
+    .await;
+    assert_eq!(backend.calls().len(), 5);
     // Another connection has its own cache.
     let mut other = open(&node, "43").await;
     ask(
@@ -321,7 +336,7 @@ async fn proxy_joins_are_asked_once_per_ttl_allow_and_deny_alike() {
         json!({"type":"join_room","id":1,"room":"chat:allow-9"}),
     )
     .await;
-    assert_eq!(backend.calls().len(), 5);
+    assert_eq!(backend.calls().len(), 6);
     // Admins pass without asking.
     let mut admin = open_with(
         &node,
@@ -339,7 +354,7 @@ async fn proxy_joins_are_asked_once_per_ttl_allow_and_deny_alike() {
     )
     .await;
     assert_eq!(joined["type"], "room_joined");
-    assert_eq!(backend.calls().len(), 5);
+    assert_eq!(backend.calls().len(), 6);
 }
 
 #[tokio::test]
@@ -669,6 +684,34 @@ async fn an_authenticate_frame_is_verified_with_the_context_and_joins_the_backen
         rooms_of(&f[0]),
         ["global", "inbox:allow-7", "user:7", "extra:1"]
     );
+    // A refresh is verified with the context the connection opened with,
+    // and joins no new rooms.
+    let mut s = s;
+    let refreshed = ask(
+        &mut s,
+        json!({"type":"authenticate","id":3,"token":"opaque:7"}),
+    )
+    .await;
+    assert_eq!(
+        (
+            refreshed["type"].as_str(),
+            refreshed["rooms"].as_array().map(Vec::len)
+        ),
+        (Some("authenticated"), Some(0))
+    );
+    let (mut sse, _) = open_with(&node, Identity::new("7"), OpenOptions::default()).await;
+    let refused = ask(
+        &mut sse,
+        json!({"type":"authenticate","id":4,"token":"opaque:7"}),
+    )
+    .await;
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    let down = ask(
+        &mut sse,
+        json!({"type":"authenticate","id":5,"token":"down"}),
+    )
+    .await;
+    assert_eq!(down["code"], "unavailable", "{down}");
 
     // Another transport: the verifier sees it and refuses.
     let mut pre = PreAuth::new(&node);

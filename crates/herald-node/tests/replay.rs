@@ -85,12 +85,12 @@ fn node_with(make: impl FnOnce(Arc<dyn PublicationSink>) -> Arc<dyn Broker>) -> 
     Node::new(
         NodeSettings {
             node_id: "n1".into(),
+            access_proxy: None,
             limits: Limits {
                 send_queue_messages: 8,
                 ..Limits::default()
             },
             namespaces,
-            access_proxy: None,
         },
         Arc::new(AnyToken),
         make,

@@ -51,9 +51,9 @@ fn node_with(limits: Limits) -> Node {
     Node::new(
         NodeSettings {
             node_id: "n1".into(),
+            access_proxy: None,
             limits,
             namespaces: namespaces(),
-            access_proxy: None,
         },
         Arc::new(JsonVerifier),
         |sink| Arc::new(MemoryBroker::new(sink)),
@@ -265,9 +265,9 @@ async fn filter_applies_to_events_not_messages() {
     let node = Node::new(
         NodeSettings {
             node_id: "n".into(),
+            access_proxy: None,
             limits: Limits::default(),
             namespaces: ns,
-            access_proxy: None,
         },
         Arc::new(JsonVerifier),
         |sink| Arc::new(MemoryBroker::new(sink)),

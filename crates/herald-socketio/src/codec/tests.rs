@@ -41,6 +41,24 @@ fn emits_with_acks_become_requests() {
 }
 
 #[test]
+fn rpc_is_an_emit_answered_in_its_ack() {
+    let (id, req) = decode(r#"212["rpc",{"method":"select","data":{"chat":9},"id":"x"}]"#)
+        .expect("rpc with an ack");
+    assert_eq!(id, num(12));
+    assert!(
+        matches!(req, ClientRequest::Rpc { method, data } if method == "select" && data.get() == r#"{"chat":9}"#)
+    );
+    let err = decode(r#"2["rpc",{"method":"select"}]"#).expect_err("rpc without an ack");
+    assert_eq!((err.id.clone(), err.code), (None, ErrorCode::BadRequest));
+    let data = RawValue::from_string(r#"{"ok":1}"#.into()).expect("raw");
+    let reply = SOCKET_IO.encode(&ServerFrame::RpcResult {
+        id: RequestId::Number(12.into()),
+        data,
+    });
+    assert_eq!(&reply[..], br#"4312[{"data":{"ok":1}}]"#);
+}
+
+#[test]
 fn bad_emits_are_clear_errors_keeping_the_ack_id() {
     let err = decode(r#"51-7["up",{"_placeholder":true,"num":0}]"#).expect_err("binary");
     assert_eq!((err.id.clone(), err.code), (num(7), ErrorCode::BadRequest));
@@ -160,22 +178,4 @@ fn the_token_is_appended_without_copying_the_event() {
     assert_eq!(whole, br#"42["e",1,{},"a~E~3"]"#);
     assert!(event_head(&Bytes::from_static(b"431[{}]")).is_none());
     assert_eq!(split_packets(&Bytes::from_static(b"40")).count(), 1);
-}
-
-#[test]
-fn rpc_is_an_emit_answered_in_its_ack() {
-    let (id, req) = decode(r#"212["rpc",{"method":"select","data":{"chat":9},"id":"x"}]"#)
-        .expect("rpc with an ack");
-    assert_eq!(id, num(12));
-    assert!(
-        matches!(req, ClientRequest::Rpc { method, data } if method == "select" && data.get() == r#"{"chat":9}"#)
-    );
-    let err = decode(r#"2["rpc",{"method":"select"}]"#).expect_err("rpc without an ack");
-    assert_eq!((err.id.clone(), err.code), (None, ErrorCode::BadRequest));
-    let data = RawValue::from_string(r#"{"ok":1}"#.into()).expect("raw");
-    let reply = SOCKET_IO.encode(&ServerFrame::RpcResult {
-        id: RequestId::Number(12.into()),
-        data,
-    });
-    assert_eq!(&reply[..], br#"4312[{"data":{"ok":1}}]"#);
 }
