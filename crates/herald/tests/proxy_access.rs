@@ -218,3 +218,22 @@ async fn proxy_metrics_are_exported() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_rooms_in_proxy_namespaces_ask_the_backend() {
+    let backend = Backend::start().await;
+    backend
+        .configure(json!({"join": {"allow": {"chat:9": true}}}))
+        .await;
+    let node = TestNode::start(&access_toml(&backend, "")).await;
+    let mut s = common::sse::open_ok(&node, "?token=opaque:sam&rooms=chat:9", &[]).await;
+    let (_, joined) = common::sse::read_opening(&mut s, 3).await;
+    assert!(joined.contains_key("chat:9"), "{joined:?}");
+    let (status, body) = common::sse::open_sse(&node, "?token=opaque:sam&rooms=chat:8", &[])
+        .await
+        .err()
+        .expect("the backend denies chat:8");
+    assert_eq!(status, 403, "{body}");
+    let rooms: Vec<Value> = backend.calls("join").await;
+    assert_eq!(rooms.len(), 2, "{rooms:?}");
+}
