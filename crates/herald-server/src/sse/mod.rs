@@ -162,7 +162,9 @@ pub(crate) async fn stream(
         .filter(|r| !auto.contains(r))
         .collect();
     let at_open = |room: &RoomName| auto.contains(room) || extra.contains(room);
-    let total = rooms.iter().filter(|r| !at_open(r)).count() + auto.len() + extra.len();
+    // The backend's rooms are not the client's request: the node joins
+    // them within the cap, leaving out those beyond it.
+    let total = rooms.iter().filter(|r| !at_open(r)).count() + auto.len();
     let max_rooms = app.node.limits().max_rooms_per_connection;
     if total > max_rooms {
         return ApiError::new(
