@@ -181,6 +181,19 @@ impl Ctx {
         let token = self
             .token(&self.user_id(i))
             .map_err(|e| format!("token: {e}"))?;
+        self.connect_credential(target, i, &token).await
+    }
+
+    /// As [`Ctx::connect_to`] with `credential` (a JWT, or an opaque one
+    /// for a connect proxy) in the query instead of a minted token; no
+    /// timeout of its own.
+    pub async fn connect_credential(
+        &self,
+        target: &Target,
+        i: u64,
+        credential: &str,
+    ) -> Result<Ws, String> {
+        let token = credential;
         let url = format!("{}?token={token}", target.ws_url);
         let mut ws = self.open_ws_to(target.addr, i, url).await?;
         use futures_util::StreamExt;

@@ -122,6 +122,9 @@ enum Scenario {
     Members(scenarios::members::MembersArgs),
     /// Publish E events into rooms with history: bytes per stored event.
     History(scenarios::history::HistoryArgs),
+    /// JWT connects against connects through the connect proxy (a
+    /// built-in backend): what the proxy adds, median and p99.
+    ConnectLatency(scenarios::connect::ConnectArgs),
     /// No server: the kernel's own CPU cost of one loopback send per
     /// delivery, the floor under any server's CPU per delivery.
     Floor(scenarios::floor::FloorArgs),
@@ -154,7 +157,10 @@ fn main() -> Result<()> {
     if herald_server
         && needs_server
         && c.api_key.is_empty()
-        && !matches!(cli.scenario, Scenario::Idle(_))
+        && !matches!(
+            cli.scenario,
+            Scenario::Idle(_) | Scenario::ConnectLatency(_)
+        )
     {
         bail!("--api-key (an API key with scope admin) is required for this scenario");
     }
@@ -174,6 +180,7 @@ fn main() -> Result<()> {
             Scenario::Soak(a) => scenarios::soak::run(c, a).await,
             Scenario::Members(a) => scenarios::members::run(c, a).await,
             Scenario::History(a) => scenarios::history::run(c, a).await,
+            Scenario::ConnectLatency(a) => scenarios::connect::run(c, a).await,
             Scenario::Floor(a) => scenarios::floor::run(c, a).await,
         }
     })?;

@@ -21,6 +21,9 @@ pub struct AppState {
     pub(crate) body_timeout: Duration,
     /// `[socketio]`.
     pub(crate) socketio: Arc<crate::config::SocketIoConfig>,
+    /// `proxy.forward_headers`, lower-case: the request headers passed to
+    /// the connect proxy.
+    pub(crate) forward_headers: Arc<[String]>,
 }
 
 /// Every route of PROTOCOL.md 2.

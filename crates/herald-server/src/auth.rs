@@ -1,10 +1,14 @@
-//! Glue between config and authentication: the token verifier the node
-//! uses, API keys with scopes, and development mode.
+//! Glue between config and authentication: the verifier stack the node
+//! uses (JWT, with the connect proxy in front when configured), the access
+//! proxies, API keys with scopes, and development mode.
 
 use crate::config::{AuthConfig, Config, ConfigError, Scope};
 use async_trait::async_trait;
 use herald_auth::{AuthSettings, Authenticator, TokenMinter};
+use herald_core::access::AccessProxy;
 use herald_core::{Identity, TokenVerifier, VerifyError};
+use herald_proxy::{ConnectVerifier, HttpAccessProxy, ProxyClient};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// Adapts the JWT authenticator to the node's verifier contract.
@@ -41,9 +45,9 @@ fn read_key(
     }
 }
 
-/// Whether no token key of any kind is configured (development mode: a
-/// random HS256 secret is generated and announced).
-pub fn dev_mode(auth: &AuthConfig) -> bool {
+/// Whether no token key of any kind is configured: no JWT can be
+/// verified locally.
+pub fn no_token_key(auth: &AuthConfig) -> bool {
     auth.hs256_secret.is_none()
         && auth.hs256_secret_file.is_none()
         && auth.rs256_public_key_pem.is_none()
@@ -51,6 +55,63 @@ pub fn dev_mode(auth: &AuthConfig) -> bool {
         && auth.es256_public_key_pem.is_none()
         && auth.es256_public_key_pem_file.is_none()
         && auth.jwks_url.is_none()
+}
+
+/// Whether the node runs in development mode: no token key and no connect
+/// proxy, so a random HS256 secret is generated and announced. With a
+/// connect proxy and no key the backend decides who every connection is,
+/// and no secret is made up: clients never get JWTs the backend knows
+/// nothing about.
+pub fn dev_mode(config: &Config) -> bool {
+    no_token_key(&config.auth) && config.proxy.connect_url.is_none()
+}
+
+/// The verifier the node uses: the JWT verifier alone, or the connect
+/// proxy in front of it (`proxy.connect_url`). Without any token key the
+/// connect proxy answers for every credential, whatever
+/// `proxy.connect_mode` says, since no JWT could verify here.
+pub fn build_verifier(
+    config: &Config,
+    authenticator: Authenticator,
+    http: &reqwest::Client,
+) -> Result<Arc<dyn TokenVerifier>, ConfigError> {
+    let jwt: Arc<dyn TokenVerifier> = Arc::new(JwtVerifier(authenticator));
+    let Some(url) = &config.proxy.connect_url else {
+        return Ok(jwt);
+    };
+    let client = ProxyClient::new("connect", url, &config.proxy.settings(), http.clone())
+        .map_err(proxy_error)?;
+    let jwt = (!no_token_key(&config.auth)).then_some(jwt);
+    Ok(Arc::new(ConnectVerifier::new(
+        jwt,
+        client,
+        config.proxy.connect_mode,
+    )))
+}
+
+/// The join, send and RPC proxies, when any URL is configured.
+pub fn build_access_proxy(
+    config: &Config,
+    http: &reqwest::Client,
+) -> Result<Option<Arc<dyn AccessProxy>>, ConfigError> {
+    if !config.proxy.has_access_proxy() {
+        return Ok(None);
+    }
+    let proxy = HttpAccessProxy::new(&config.proxy.access_urls(), &config.proxy.settings(), http)
+        .map_err(proxy_error)?;
+    Ok(Some(Arc::new(proxy)))
+}
+
+/// The proxies' shared HTTP client (one connection pool).
+pub fn proxy_http_client() -> Result<reqwest::Client, ConfigError> {
+    herald_proxy::http_client().map_err(proxy_error)
+}
+
+fn proxy_error(e: herald_proxy::ProxyError) -> ConfigError {
+    ConfigError::Invalid {
+        key: "proxy".into(),
+        message: e.to_string(),
+    }
 }
 
 /// Reads the key files and builds the authenticator, returning it with the

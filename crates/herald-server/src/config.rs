@@ -9,6 +9,7 @@ use bridge as herald_bridge;
 mod env;
 mod namespaces;
 mod webhooks;
+mod proxy;
 
 use herald_core::Namespaces;
 use herald_node::Limits;
@@ -21,6 +22,7 @@ use herald_core::duration;
 pub use herald_core::duration::parse as parse_duration;
 pub use namespaces::NamespaceToml;
 pub use webhooks::WebhooksConfig;
+pub use proxy::ProxyConfig;
 
 /// Smallest `limits.max_pending_message_bytes`: room for an `authenticate`
 /// frame with a JWT of ordinary size.
@@ -46,6 +48,8 @@ pub struct Config {
     pub bridge: herald_bridge::BridgeConfig,
     /// `[webhooks]`: signed event batches to the backend.
     pub webhooks: WebhooksConfig,
+    /// `[proxy]`: the backend's connect, join, send and RPC endpoints.
+    pub proxy: ProxyConfig,
 }
 
 /// `[socketio]`: the Socket.IO v4 endpoint (docs/protocol.md 8).
@@ -410,8 +414,12 @@ impl Config {
                 ),
             ));
         }
-        if let Err(e) = self.namespace_rules() {
-            problems.push(e);
+        match self.namespace_rules() {
+            Ok(rules) => self.proxy.validate(Some(&rules), &mut problems),
+            Err(e) => {
+                problems.push(e);
+                self.proxy.validate(None, &mut problems);
+            }
         }
         match problems.len() {
             0 => Ok(()),
@@ -469,7 +477,7 @@ impl Config {
     /// a loopback address with the memory broker, so a forgotten key can
     /// never open a reachable node or a cluster to made-up secrets.
     fn validate_dev_mode(&self, problems: &mut Vec<ConfigError>) {
-        if !crate::auth::dev_mode(&self.auth) {
+        if !self.is_dev_mode() {
             return;
         }
         let loopback = self
@@ -494,7 +502,7 @@ impl Config {
                      only serves on a loopback server.listen with broker.kind = \"memory\" \
                      ({why}); set auth.hs256_secret (or HERALD_AUTH__HS256_SECRET, \
                      auth.hs256_secret_file), auth.rs256_public_key_pem[_file], \
-                     auth.es256_public_key_pem[_file] or auth.jwks_url"
+                     auth.es256_public_key_pem[_file], auth.jwks_url, or proxy.connect_url"
                 ),
             ));
         }
@@ -503,7 +511,7 @@ impl Config {
     /// Whether `herald serve` would run in development mode with this
     /// config (no token key; see [`Config::validate`]).
     pub fn is_dev_mode(&self) -> bool {
-        crate::auth::dev_mode(&self.auth)
+        crate::auth::dev_mode(self)
     }
 
     /// The `[broker]` table as its engine reads it (see
@@ -549,6 +557,7 @@ impl Config {
         mask(&mut c.bridge.nats_password);
         mask(&mut c.bridge.nats_token);
         mask(&mut c.webhooks.secret);
+        c.proxy.mask();
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }

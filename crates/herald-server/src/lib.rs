@@ -8,6 +8,7 @@ mod api;
 mod app;
 mod auth;
 pub mod config;
+mod credential;
 mod dashboard;
 pub mod engines;
 mod error;
@@ -25,6 +26,6 @@ mod sse;
 mod ws;
 
 pub use app::AppState;
-pub use auth::{build_authenticator, dev_mode, token_minter};
+pub use auth::{build_authenticator, dev_mode, no_token_key, token_minter};
 pub use config::{Config, ConfigError};
 pub use serve::{serve, serve_on, serve_on_with, ServeError};

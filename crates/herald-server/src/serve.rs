@@ -1,7 +1,10 @@
 //! Starting a node and draining it on SIGTERM / SIGINT.
 
 use crate::app::{router, AppState};
-use crate::auth::{build_authenticator, dev_mode, token_minter, ApiKeys, JwtVerifier};
+use crate::auth::{
+    build_access_proxy, build_authenticator, build_verifier, dev_mode, proxy_http_client,
+    token_minter, ApiKeys,
+};
 use crate::config::{ApiKeyConfig, Config, ConfigError, Scope};
 use crate::publish_target::ApiPublish;
 use herald_core::{EngineError, Engines};
@@ -66,6 +69,11 @@ fn install_metrics() -> Option<PrometheusHandle> {
             LATENCY_BUCKETS,
         )
         .ok()?
+        .set_buckets_for_metric(
+            Matcher::Full("herald_proxy_duration_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .ok()?
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
         .ok()
@@ -74,7 +82,13 @@ fn install_metrics() -> Option<PrometheusHandle> {
 /// In development mode (no key configured) a random HS256 secret and admin
 /// API key are generated and announced, so `herald serve` works alone.
 fn apply_dev_mode(config: &mut Config) {
-    if !dev_mode(&config.auth) {
+    if !dev_mode(config) {
+        if crate::auth::no_token_key(&config.auth) {
+            tracing::info!(
+                "no token key configured: the connect proxy (proxy.connect_url) decides who every \
+                 connection is, JWT-shaped credentials included"
+            );
+        }
         if config.auth.api_keys.is_empty() {
             tracing::warn!("no auth.api_keys configured: every HTTP API call will be refused");
         }
@@ -148,11 +162,12 @@ pub async fn serve_on_with(
         .node_id
         .clone()
         .unwrap_or_else(default_node_id);
+    let http = proxy_http_client()?;
     let settings = NodeSettings {
         node_id: node_id.clone(),
         limits: config.limits.clone(),
         namespaces,
-        access_proxy: None,
+        access_proxy: build_access_proxy(&config, &http)?,
         hooks: config.webhooks.hook_set(),
     };
     let webhooks = config
@@ -160,7 +175,7 @@ pub async fn serve_on_with(
         .resolve()
         .map_err(|errors| ServeError::Config(ConfigError::Many(errors)))?;
     let bridges = bridge_plan(&config)?;
-    let verifier = Arc::new(JwtVerifier(authenticator.clone()));
+    let verifier = build_verifier(&config, authenticator.clone(), &http)?;
     let publish = Arc::new(ApiPublish::default());
     let node = Node::start(
         settings,
@@ -197,6 +212,7 @@ pub async fn serve_on_with(
         metrics,
         body_timeout: config.server.body_timeout,
         socketio: Arc::new(config.socketio.clone()),
+        forward_headers: config.proxy.forward_header_names().into(),
     };
     let local = listener
         .local_addr()

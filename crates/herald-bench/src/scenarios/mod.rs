@@ -1,6 +1,8 @@
 //! One module per scenario, each with its arguments and its `run`.
 
 pub mod chat;
+pub mod connect;
+mod connect_backend;
 pub mod fanout;
 pub mod floor;
 pub mod history;

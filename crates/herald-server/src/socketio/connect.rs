@@ -17,7 +17,7 @@ use crate::resume::{last_event_id, Positions, Tracker};
 use crate::AppState;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use herald_core::Identity;
+use herald_core::{CredentialContext, Identity, RoomName, Verified};
 use herald_node::{
     metrics, OpenOptions, Outbound, PendingSlot, PositionChange, PreAuth, Session, Step, Transport,
 };
@@ -48,6 +48,7 @@ pub(super) async fn connect(
     app: &AppState,
     mut socket: EioSocket,
     header_token: Option<String>,
+    credential: &CredentialContext,
     pending: PendingSlot,
 ) -> Option<Opened> {
     let mut pre = PreAuth::new(&app.node);
@@ -110,21 +111,27 @@ pub(super) async fn connect(
             refuse(socket, "unauthorized", why).await;
             return None;
         };
-        let identity = match timeout_at(deadline, app.node.verify_token(&token)).await {
+        let verify = app.node.verify_credential(&token, credential);
+        let verified = match timeout_at(deadline, verify).await {
             Err(_) => {
                 pre.timed_out();
                 refuse(socket, "unauthorized", "token verification timed out").await;
+                return None;
+            }
+            // The backend could not answer: worth retrying, unlike a refusal.
+            Ok(Err(e)) if e.is_unavailable() => {
+                refuse(socket, "unavailable", &e.message).await;
                 return None;
             }
             Ok(Err(e)) => {
                 refuse(socket, "unauthorized", &e.message).await;
                 return None;
             }
-            Ok(Ok(identity)) => identity,
+            Ok(Ok(verified)) => verified,
         };
         // Authenticated: the place among unauthenticated sockets goes back.
         drop(pending);
-        return match open(app, identity, &auth).await {
+        return match open(app, verified, &auth).await {
             Ok(opened) => Some(opened.into_opened(socket)),
             Err(code) => {
                 let (code, why) = open_refusal(code);
@@ -160,7 +167,8 @@ impl Open {
 
 /// Opens the session: recovering the previous one when the client asks
 /// and every room of its offset recovers, else fresh.
-async fn open(app: &AppState, identity: Identity, auth: &ConnectAuth) -> Result<Open, CloseCode> {
+async fn open(app: &AppState, verified: Verified, auth: &ConnectAuth) -> Result<Open, CloseCode> {
+    let Verified { identity, rooms } = verified;
     let recovery = app.socketio.recovery;
     let resume = match (&auth.pid, &auth.offset) {
         (Some(pid), Some(offset)) if recovery => last_event_id::parse(offset)
@@ -170,13 +178,14 @@ async fn open(app: &AppState, identity: Identity, auth: &ConnectAuth) -> Result<
         _ => None,
     };
     if let Some((pid, positions)) = resume {
-        if let Some(open) = recover(app, identity.clone(), pid, positions).await? {
+        if let Some(open) = recover(app, identity.clone(), &rooms, pid, positions).await? {
             return Ok(open);
         }
     }
     let options = OpenOptions {
         announce_rooms: true,
         codec: Some(&SOCKET_IO),
+        rooms,
         ..OpenOptions::default()
     };
     let session = app
@@ -198,18 +207,23 @@ async fn open(app: &AppState, identity: Identity, auth: &ConnectAuth) -> Result<
 async fn recover(
     app: &AppState,
     identity: Identity,
+    extra: &[String],
     pid: String,
     positions: Positions,
 ) -> Result<Option<Open>, CloseCode> {
     let auto = app.node.namespaces().auto_join_rooms(&identity);
+    // Rooms joined at open (auto-joined, or named by the connect proxy)
+    // resume through the open; the others are joined again below.
+    let at_open = |room: &RoomName| auto.contains(room) || extra.iter().any(|r| r == room.as_str());
     let options = OpenOptions {
         resume: positions
             .iter()
-            .filter(|(room, _)| auto.contains(room))
+            .filter(|(room, _)| at_open(room))
             .map(|(r, p)| (r.clone(), p.clone()))
             .collect(),
         announce_rooms: true,
         codec: Some(&SOCKET_IO),
+        rooms: extra.to_vec(),
         ..OpenOptions::default()
     };
     let mut session = app
@@ -217,7 +231,7 @@ async fn recover(
         .open_session(identity, &Transport::SOCKETIO, options)
         .await?;
     let mut joined = true;
-    for (room, since) in positions.iter().filter(|(r, _)| !auto.contains(r)) {
+    for (room, since) in positions.iter().filter(|(r, _)| !at_open(r)) {
         if session
             .join_room(room.as_str(), Some(since.clone()))
             .await

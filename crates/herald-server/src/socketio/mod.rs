@@ -42,10 +42,12 @@ async fn open(start: Box<engine::EioStart>) -> Option<(Box<pump::Live>, Option<p
         app,
         socket,
         token,
+        credential,
         remote_ip,
         slot,
         pending,
     } = *start;
-    let opened = connect::connect(&app, socket, token, pending).await?;
+    let credential = credential.context("socketio");
+    let opened = connect::connect(&app, socket, token, &credential, pending).await?;
     Some(pump::begin(&app, opened, slot, remote_ip).await)
 }

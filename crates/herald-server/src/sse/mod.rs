@@ -4,6 +4,7 @@
 //! every room of the stream (see [`crate::resume`]).
 
 use crate::api::bearer;
+use crate::credential::{self, CredentialSource};
 use crate::error::ApiError;
 use crate::http::ConnectionHandle;
 use crate::ops::PeerIp;
@@ -15,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::stream::{self, Stream};
-use herald_core::RoomName;
+use herald_core::{RoomName, Rule};
 use herald_node::{metrics, Connection, OpenOptions, Outbound, Session, SocketSlot, Transport};
 use herald_protocol::{CloseCode, ErrorCode};
 use parking_lot::Mutex;
@@ -87,6 +88,7 @@ pub(crate) async fn stream(
     headers: HeaderMap,
     Query(q): Query<SseQuery>,
     PeerIp(ip): PeerIp,
+    source: CredentialSource,
 ) -> Response {
     let slot = match crate::ops::reserve_socket(&app, ip) {
         Ok(slot) => slot,
@@ -100,13 +102,15 @@ pub(crate) async fn stream(
         )
         .into_response();
     };
-    let identity = match app.node.verify_token(&token).await {
-        Ok(i) => i,
-        Err(e) => {
-            return ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.message)
-                .into_response()
-        }
+    let verified = match app
+        .node
+        .verify_credential(&token, &source.context("sse"))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return credential::refusal(e),
     };
+    let identity = verified.identity;
     if !app.node.admit_open(&identity) {
         let mut refusal = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -133,7 +137,10 @@ pub(crate) async fn stream(
                 ))
             }
         };
-        if !namespaces.can_join(&identity, &room) {
+        // A `proxy` rule is the backend's to decide, when the session
+        // joins the room below.
+        if namespaces.for_room(&room).join != Rule::Proxy && !namespaces.can_join(&identity, &room)
+        {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
@@ -146,7 +153,18 @@ pub(crate) async fn stream(
         }
     }
     let auto = namespaces.auto_join_rooms(&identity);
-    let total = rooms.iter().filter(|r| !auto.contains(r)).count() + auto.len();
+    // The rooms the connect proxy named are joined at open, with the
+    // auto-joined ones (and resumed like them).
+    let extra: Vec<RoomName> = verified
+        .rooms
+        .iter()
+        .filter_map(|r| RoomName::parse(r).ok())
+        .filter(|r| !auto.contains(r))
+        .collect();
+    let at_open = |room: &RoomName| auto.contains(room) || extra.contains(room);
+    // The backend's rooms are not the client's request: the node joins
+    // them within the cap, leaving out those beyond it.
+    let total = rooms.iter().filter(|r| !at_open(r)).count() + auto.len();
     let max_rooms = app.node.limits().max_rooms_per_connection;
     if total > max_rooms {
         return ApiError::new(
@@ -202,7 +220,7 @@ pub(crate) async fn stream(
         reply_to: None,
         resume: resume
             .iter()
-            .filter(|(room, _)| auto.contains(room))
+            .filter(|(room, _)| at_open(room))
             .map(|(r, p)| (r.clone(), p.clone()))
             .collect::<HashMap<_, _>>(),
         announce_rooms: true,
@@ -210,7 +228,7 @@ pub(crate) async fn stream(
         writer: None,
         // Herald JSON: an SSE stream carries text only.
         codec: None,
-        rooms: Vec::new(),
+        rooms: verified.rooms,
     };
     let mut session = match app
         .node
@@ -220,7 +238,7 @@ pub(crate) async fn stream(
         Ok(s) => s,
         Err(code) => return open_refusal(code),
     };
-    for room in rooms.iter().filter(|r| !auto.contains(r)) {
+    for room in rooms.iter().filter(|r| !at_open(r)) {
         if let Err(e) = session
             .join_room(room.as_str(), resume.get(room).cloned())
             .await
@@ -248,7 +266,7 @@ pub(crate) async fn stream(
         positions: Tracker::resuming(
             resume
                 .into_iter()
-                .filter(|(room, _)| rooms.contains(room) || auto.contains(room))
+                .filter(|(room, _)| rooms.contains(room) || at_open(room))
                 .collect(),
         ),
         first: true,

@@ -7,7 +7,7 @@
 use super::frames::{self, Incoming, ReadError};
 use super::socket::{Read, ReadFailure, WsSocket};
 use crate::AppState;
-use herald_core::Identity;
+use herald_core::{CredentialContext, Verified};
 use herald_node::{
     Drain, Duty, OpenOptions, Outbound, PendingSlot, PreAuth, Refusal, Session, SocketSlot, Step,
     Transport,
@@ -29,7 +29,12 @@ const LINGER: Duration = Duration::from_secs(1);
 pub(super) struct Start {
     pub(super) app: AppState,
     pub(super) on_upgrade: OnUpgrade,
-    pub(super) identity: Option<Identity>,
+    /// Who the upgrade's credential says the client is (`None`: it will
+    /// authenticate with a frame).
+    pub(super) verified: Option<Verified>,
+    /// What the verifier is told about an `authenticate` frame's
+    /// credential.
+    pub(super) credential: CredentialContext,
     /// The place among unauthenticated sockets (`None` when the upgrade
     /// carried the token), given back once authenticated.
     pub(super) pending: Option<PendingSlot>,
@@ -55,12 +60,14 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
     let Start {
         app,
         on_upgrade,
-        identity,
+        verified,
+        credential,
         pending,
     } = *start;
     // One deadline for the whole unauthenticated phase: the upgrade, every
     // read and write, and the token's verification.
     let mut pre = PreAuth::new(&app.node);
+    pre.set_context(credential);
     let deadline = pre.deadline();
     let Ok(Ok(upgraded)) = timeout_at(deadline, on_upgrade).await else {
         return None;
@@ -72,7 +79,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
     };
     let max = app.node.limits().max_message_bytes;
     // An unauthenticated socket gets the smaller pre-auth byte budget.
-    let first_max = match identity {
+    let first_max = match verified {
         Some(_) => max,
         None => pre.max_message_bytes(),
     };
@@ -81,8 +88,8 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         &parts.read_buf,
         first_max,
     );
-    let (identity, reply_to) = match identity {
-        Some(i) => (i, None),
+    let (Verified { identity, rooms }, reply_to) = match verified {
+        Some(v) => (v, None),
         None => await_authenticate(&mut pre, &mut socket).await?,
     };
     drop(pending);
@@ -90,6 +97,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
     let binary = pre.codec().binary();
     let options = OpenOptions {
         writer: Some(socket.writer(binary)),
+        rooms,
         ..OpenOptions::default()
     };
     let codec = pre.codec();
@@ -141,7 +149,7 @@ async fn finish(
 async fn await_authenticate(
     pre: &mut PreAuth,
     socket: &mut WsSocket,
-) -> Option<(Identity, Option<RequestId>)> {
+) -> Option<(Verified, Option<RequestId>)> {
     let deadline = pre.deadline();
     let codec = pre.codec();
     loop {
@@ -185,7 +193,8 @@ async fn await_authenticate(
             }
             Step::Authenticated {
                 identity, reply_to, ..
-            } => return Some((identity, reply_to)),
+                // PreAuth::open joins the frame credential's rooms itself.
+            } => return Some((Verified::from(identity), reply_to)),
             Step::Close(refusal) => {
                 close_unopened(socket, codec, refusal).await;
                 return None;

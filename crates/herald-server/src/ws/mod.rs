@@ -14,6 +14,7 @@ pub(crate) mod frames;
 pub(crate) mod socket;
 
 use crate::api::bearer;
+use crate::credential::CredentialSource;
 use crate::error::ApiError;
 use crate::ops::PeerIp;
 use crate::AppState;
@@ -21,7 +22,7 @@ use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use herald_core::Identity;
+use herald_core::Verified;
 use herald_protocol::ErrorCode;
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
@@ -94,6 +95,7 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     Query(q): Query<WsQuery>,
     PeerIp(ip): PeerIp,
+    source: CredentialSource,
     ws: WsUpgrade,
 ) -> Response {
     let slot = match crate::ops::reserve_socket(&app, ip) {
@@ -110,18 +112,16 @@ pub(crate) async fn upgrade(
             Err(refusal) => return refusal.into_response(),
         },
     };
-    let identity: Option<Identity> = match token {
+    let credential = source.context("websocket");
+    let verified: Option<Verified> = match token {
         None => None,
-        Some(t) => match app.node.verify_token(&t).await {
-            Ok(identity) => Some(identity),
-            Err(e) => {
-                return ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.message)
-                    .into_response()
-            }
+        Some(t) => match app.node.verify_credential(&t, &credential).await {
+            Ok(verified) => Some(verified),
+            Err(e) => return crate::credential::refusal(e),
         },
     };
-    let refused = match &identity {
-        Some(i) => app.node.would_refuse_user(i).await,
+    let refused = match &verified {
+        Some(v) => app.node.would_refuse_user(&v.identity).await,
         None => false,
     };
     if refused {
@@ -136,7 +136,8 @@ pub(crate) async fn upgrade(
     let start = Box::new(connection::Start {
         app,
         on_upgrade: ws.on_upgrade,
-        identity,
+        verified,
+        credential,
         pending,
     });
     tasks.spawn(connection::run(start, slot));

@@ -20,6 +20,7 @@ mod websocket;
 pub(crate) use socket::EioSocket;
 pub(crate) use websocket::{frame_len, write_packets};
 
+use crate::credential::CredentialSource;
 use crate::extract::bearer;
 use crate::ops::PeerIp;
 use crate::ws::WsUpgrade;
@@ -240,6 +241,7 @@ async fn handshake(
 ) -> Response {
     let (mut parts, _body) = request.into_parts();
     let Ok(PeerIp(remote_ip)) = PeerIp::from_request_parts(&mut parts, &()).await;
+    let credential = CredentialSource::of(&parts, &app.forward_headers);
     let upgrade = if websocket {
         match WsUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(upgrade) => Some(upgrade),
@@ -266,6 +268,7 @@ async fn handshake(
             app,
             socket: EioSocket::polling(shared),
             token,
+            credential,
             remote_ip,
             slot,
             pending,
@@ -282,6 +285,7 @@ async fn handshake(
         start: EioStartParts {
             app,
             token,
+            credential,
             remote_ip,
             slot,
             pending,
@@ -304,6 +308,7 @@ struct WsOpen {
 struct EioStartParts {
     app: AppState,
     token: Option<String>,
+    credential: CredentialSource,
     remote_ip: Option<std::net::IpAddr>,
     slot: herald_node::SocketSlot,
     pending: herald_node::PendingSlot,
@@ -340,6 +345,7 @@ async fn open_websocket(open: Box<WsOpen>) -> Option<Box<EioStart>> {
     let EioStartParts {
         app,
         token,
+        credential,
         remote_ip,
         slot,
         pending,
@@ -348,6 +354,7 @@ async fn open_websocket(open: Box<WsOpen>) -> Option<Box<EioStart>> {
         app,
         socket: EioSocket::websocket(sid, link),
         token,
+        credential,
         remote_ip,
         slot,
         pending,
@@ -392,6 +399,9 @@ pub(crate) struct EioStart {
     pub(crate) socket: EioSocket,
     /// `Authorization: Bearer` or `?token=` of the handshake request, if any.
     pub(crate) token: Option<String>,
+    /// The handshake request's address and forwarded headers, for the
+    /// connect proxy.
+    pub(crate) credential: CredentialSource,
     /// The client's IP address, when known.
     pub(crate) remote_ip: Option<std::net::IpAddr>,
     /// Reserved at the handshake (crate::ops::reserve_socket /
