@@ -201,7 +201,6 @@ fn node_of(backend: Option<Arc<Backend>>, limits: Limits, namespaces: Namespaces
             namespaces,
             hooks: herald_core::HookSet::empty(),
             access_proxy: backend.map(|b| b as Arc<dyn AccessProxy>),
-            hooks: herald_core::HookSet::empty(),
         },
         Arc::new(Verifier),
         |sink| Arc::new(MemoryBroker::new(sink)),
