@@ -51,6 +51,7 @@ def test_rotation_accepts_any_v1() -> None:
         (f"v1={EMPTY_SIG}", EMPTY, 1700000000, "malformed_header"),
         ("t=1700000000", EMPTY, 1700000000, "malformed_header"),
         (f"t=abc,v1={EMPTY_SIG}", EMPTY, 1700000000, "malformed_header"),
+        (f"t=\u00b2,v1={EMPTY_SIG}", EMPTY, 1700000000, "malformed_header"),
         ("", EMPTY, 1700000000, "malformed_header"),
     ],
 )

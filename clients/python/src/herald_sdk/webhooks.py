@@ -99,7 +99,7 @@ def verify_webhook(
             timestamp = value
         elif name == "v1":
             candidates.append(value)
-    if timestamp is None or not timestamp.isdigit():
+    if timestamp is None or not (timestamp.isascii() and timestamp.isdigit()):
         raise WebhookVerificationError("malformed_header", "Herald-Signature has no integer `t=`")
     if not candidates:
         raise WebhookVerificationError("malformed_header", "Herald-Signature has no `v1=`")
