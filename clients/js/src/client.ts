@@ -11,7 +11,7 @@ export type { ClientEvents, ConnectOptions } from './options.js';
 /** Options of {@link HeraldClient.rpc}. */
 export interface RpcOptions {
   /** Time allowed for the reply, in ms. Default: the client's `requestTimeoutMs`. */
-  timeout?: number;
+  timeoutMs?: number;
 }
 
 /** Opens a client and starts connecting. */
@@ -114,7 +114,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements RoomOwner {
    * (`unavailable`: the backend could not answer, retry later; `not_found`:
    * unknown method, or rpc not enabled on the node; `forbidden`;
    * `bad_request`; `limit_exceeded`: 8 calls already in flight), with
-   * `timeout` when no reply came within `options.timeout`, and with
+   * `timeout` when no reply came within `options.timeoutMs`, and with
    * `disconnected` when the connection dropped first (the call is not
    * retried: the backend may or may not have run it). WebSocket only: over
    * SSE it rejects with `UnsupportedError`. Waits for the connection (up to
@@ -126,9 +126,9 @@ export class HeraldClient extends Emitter<ClientEvents> implements RoomOwner {
     if (typeof method !== 'string' || method.length === 0) {
       return Promise.reject(new TypeError('rpc: `method` must be a non-empty string'));
     }
-    const timeout = options.timeout;
+    const timeout = options.timeoutMs;
     if (timeout !== undefined && !(Number.isFinite(timeout) && timeout > 0)) {
-      return Promise.reject(new TypeError('rpc: `timeout` must be a positive number of ms'));
+      return Promise.reject(new TypeError('rpc: `timeoutMs` must be a positive number of ms'));
     }
     const unsupported = () => new UnsupportedError('rpc is not available over SSE (a one-way transport)');
     const go = (): Promise<T> => {

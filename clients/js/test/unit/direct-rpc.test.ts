@@ -146,7 +146,7 @@ describe('rpc', () => {
 
   it('times out after its own timeout and ignores the late reply', async () => {
     const { client, ws } = await connected();
-    const p = client.rpc('slow', null, { timeout: 300 }).catch((e) => e);
+    const p = client.rpc('slow', null, { timeoutMs: 300 }).catch((e) => e);
     await vi.advanceTimersByTimeAsync(299);
     await vi.advanceTimersByTimeAsync(1);
     const err = await p;
@@ -176,7 +176,7 @@ describe('rpc', () => {
   it('refuses bad arguments, SSE and a closed client', async () => {
     const { client } = await connected();
     await expect(client.rpc('')).rejects.toBeInstanceOf(TypeError);
-    await expect(client.rpc('m', null, { timeout: -1 })).rejects.toBeInstanceOf(TypeError);
+    await expect(client.rpc('m', null, { timeoutMs: -1 })).rejects.toBeInstanceOf(TypeError);
     client.close();
     await expect(client.rpc('m')).rejects.toMatchObject({ code: 'closed' });
     const sse = open({ transports: ['sse'], EventSource: FakeEventSource as any });
