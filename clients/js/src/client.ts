@@ -8,6 +8,12 @@ import type { ConnectionState, Position, TransportKind } from './types.js';
 
 export type { ClientEvents, ConnectOptions } from './options.js';
 
+/** Options of {@link HeraldClient.rpc}. */
+export interface RpcOptions {
+  /** Time allowed for the reply, in ms. Default: the client's `requestTimeoutMs`. */
+  timeoutMs?: number;
+}
+
 /** Opens a client and starts connecting. */
 export function connect(options: ConnectOptions): HeraldClient {
   const client = new HeraldClient(options);
@@ -93,6 +99,43 @@ export class HeraldClient extends Emitter<ClientEvents> implements RoomOwner {
       const frame: Record<string, unknown> = { type: 'send_message', room, data };
       if (event !== undefined) frame.event = event;
       return conn.request(frame, 'send').then((ack) => ({ epoch: ack.epoch, offset: ack.offset }));
+    };
+    if (conn.authed) return go();
+    if (conn.transportKind === 'sse' || !conn.choice.canUse('websocket') || conn.choice.sseOnly) {
+      return Promise.reject(unsupported());
+    }
+    return conn.requests.whenConnected().then(go);
+  }
+
+  /**
+   * `rpc`: asks the application backend (the node's `proxy.rpc_url`) and
+   * resolves with its JSON answer (the `rpc_result` frame's `data`).
+   * Rejects with a {@link HeraldError} carrying the `error` frame's code
+   * (`unavailable`: the backend could not answer, retry later; `not_found`:
+   * unknown method, or rpc not enabled on the node; `forbidden`;
+   * `bad_request`; `limit_exceeded`: 8 calls already in flight), with
+   * `timeout` when no reply came within `options.timeoutMs`, and with
+   * `disconnected` when the connection dropped first (the call is not
+   * retried: the backend may or may not have run it). WebSocket only: over
+   * SSE it rejects with `UnsupportedError`. Waits for the connection (up to
+   * the request timeout) while reconnecting.
+   */
+  rpc<T = unknown>(method: string, data?: unknown, options: RpcOptions = {}): Promise<T> {
+    const conn = this.conn;
+    if (conn.closed) return Promise.reject(new HeraldError('closed', 'the client is closed'));
+    if (typeof method !== 'string' || method.length === 0) {
+      return Promise.reject(new TypeError('rpc: `method` must be a non-empty string'));
+    }
+    const timeout = options.timeoutMs;
+    if (timeout !== undefined && !(Number.isFinite(timeout) && timeout > 0)) {
+      return Promise.reject(new TypeError('rpc: `timeoutMs` must be a positive number of ms'));
+    }
+    const unsupported = () => new UnsupportedError('rpc is not available over SSE (a one-way transport)');
+    const go = (): Promise<T> => {
+      if (conn.transportKind === 'sse') return Promise.reject(unsupported());
+      if (!conn.transportKind || !conn.authed) return Promise.reject(new HeraldError('disconnected', 'not connected'));
+      const frame: Record<string, unknown> = { type: 'rpc', method, data: data === undefined ? null : data };
+      return conn.request(frame, 'rpc', timeout).then((reply) => reply.data as T);
     };
     if (conn.authed) return go();
     if (conn.transportKind === 'sse' || !conn.choice.canUse('websocket') || conn.choice.sseOnly) {

@@ -228,7 +228,9 @@ export class Connection implements RequestHost, RoomsHost, TokenHost {
         break;
       case 'event':
       case 'message':
-        this.rooms.onPublication(f);
+        // A direct message is in no room: it never moves a room's position.
+        if (f.room === null) this.emit('direct', f);
+        else this.rooms.onPublication(f);
         break;
       case 'member_joined':
       case 'member_left':

@@ -16,10 +16,10 @@ export type ProtocolErrorCode =
  * Codes the client itself produces:
  * - `timeout`: no reply within `requestTimeoutMs` ({@link TimeoutError});
  * - `disconnected`: the connection dropped before a `send` was acknowledged
- *   (it may or may not have been delivered);
+ *   or an `rpc` answered (it may or may not have been delivered, or run);
  * - `closed`: the client was closed, or gave up reconnecting;
  * - `unsupported`: the operation is not possible on the current transport
- *   (`send` over SSE).
+ *   (`send` or `rpc` over SSE).
  */
 export type ClientErrorCode = 'timeout' | 'disconnected' | 'closed' | 'unsupported';
 

@@ -1,5 +1,5 @@
 export { connect, HeraldClient } from './client.js';
-export type { ConnectOptions, ClientEvents } from './client.js';
+export type { ConnectOptions, ClientEvents, RpcOptions } from './client.js';
 export { Room } from './room.js';
 export type { RoomLifecycleEvents } from './room.js';
 export { HeraldError, TimeoutError, UnsupportedError } from './errors.js';
@@ -12,10 +12,12 @@ export type {
   ConnectionState,
   EventSourceConstructor,
   EventSourceLike,
+  HeraldDirectEvent,
   HeraldEvent,
   Member,
   Position,
   RecoveryFailed,
+  RpcResultFrame,
   ServerFrame,
   StateChange,
   TransportKind,

@@ -1,6 +1,7 @@
 import type { BackoffOptions } from './backoff.js';
 import type {
   EventSourceConstructor,
+  HeraldDirectEvent,
   HeraldEvent,
   RecoveryFailed,
   StateChange,
@@ -59,6 +60,12 @@ export interface ClientEvents {
   event: HeraldEvent;
   /** `message` frames only. */
   message: HeraldEvent;
+  /**
+   * Direct messages sent to this user or connection through the HTTP API
+   * (`room: null`, no epoch or offset). Not resumable: one sent while the
+   * client is reconnecting is never delivered.
+   */
+  direct: HeraldDirectEvent;
   /** A room could not be resumed after a reconnect; reload it. */
   recovery_failed: RecoveryFailed;
   /** An error not tied to a request: an unsolicited `error` frame, a failed token refresh. */

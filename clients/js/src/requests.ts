@@ -2,7 +2,7 @@ import { HeraldError, TimeoutError } from './errors.js';
 import type { Transport } from './transport.js';
 import type { ServerFrame } from './types.js';
 
-export type RequestKind = 'authenticate' | 'join' | 'leave' | 'subscribe' | 'unsubscribe' | 'send' | 'ping';
+export type RequestKind = 'authenticate' | 'join' | 'leave' | 'subscribe' | 'unsubscribe' | 'send' | 'ping' | 'rpc';
 
 interface Pending {
   kind: RequestKind;

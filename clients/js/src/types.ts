@@ -28,6 +28,30 @@ export interface HeraldEvent<T = unknown, N extends string = string> {
   from?: { user_id: string; connection_id: string };
 }
 
+/**
+ * A direct message (`POST /api/v1/users/{id}/send` or
+ * `/api/v1/connections/{id}/send`): an `event` frame with `room: null`, sent
+ * to one connection or to every connection of a user. It is in no room's
+ * stream: it has no `epoch` or `offset`, and it is **not resumable** (a
+ * client that was not connected when it was sent never gets it).
+ */
+export interface HeraldDirectEvent<T = unknown, N extends string = string> {
+  type: 'event';
+  room: null;
+  event: N;
+  data: T;
+  /** When the event was sent, ms since the Unix epoch. */
+  ts?: number;
+  event_id?: string;
+}
+
+/** The reply to an `rpc` frame: the application backend's JSON answer. */
+export interface RpcResultFrame {
+  type: 'rpc_result';
+  id: number | string;
+  data: unknown;
+}
+
 export interface AuthenticatedFrame {
   type: 'authenticated';
   id?: number | string;
@@ -98,6 +122,8 @@ export type ServerFrame =
   | PongFrame
   | ErrorFrame
   | DisconnectFrame
+  | RpcResultFrame
+  | HeraldDirectEvent
   | (HeraldEvent & { type: 'event' | 'message' });
 
 /** Minimal shape of a WebSocket constructor (the browser's, or `ws`'s in Node). */

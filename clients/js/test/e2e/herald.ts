@@ -40,7 +40,8 @@ export interface Node {
   log(): string;
 }
 
-export async function startHerald(port?: number): Promise<Node> {
+/** Starts a node; `extraConfig` is TOML appended to the config (e.g. a `[proxy]` table). */
+export async function startHerald(port?: number, extraConfig = ''): Promise<Node> {
   ensureBinary();
   const p = port ?? (await freePort());
   const dir = mkdtempSync(join(tmpdir(), 'herald-js-e2e-'));
@@ -71,7 +72,7 @@ send = "any"
 presence = true
 history_size = 1000
 history_ttl = "1h"
-`,
+${extraConfig}`,
   );
   const child: ChildProcess = spawn(BINARY, ['serve', '--config', config], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -141,6 +142,10 @@ export function api(url: string) {
       call('POST', '/api/v1/publish', { room, event, data }),
     connections: (user: string) => call('GET', `/api/v1/users/${encodeURIComponent(user)}/connections`),
     disconnect: (user: string) => call('POST', `/api/v1/users/${encodeURIComponent(user)}/disconnect`),
+    sendToUser: (user: string, event: string, data: unknown): Promise<{ user_id: string; delivered: number }> =>
+      call('POST', `/api/v1/users/${encodeURIComponent(user)}/send`, { event, data }),
+    sendToConnection: (conn: string, event: string, data: unknown): Promise<{ connection_id: string; delivered: number }> =>
+      call('POST', `/api/v1/connections/${encodeURIComponent(conn)}/send`, { event, data }),
   };
 }
 

@@ -26,6 +26,7 @@ from .errors import (
 )
 from .ingest import AsyncRedisIngest, RedisIngest
 from .tokens import mint_token
+from .webhooks import WebhookEvent, WebhookVerificationError, sign_webhook, verify_webhook
 from .types import (
     BroadcastResult,
     BrokerStats,
@@ -48,6 +49,10 @@ __all__ = [
     "Retry",
     "new_idempotency_key",
     "mint_token",
+    "verify_webhook",
+    "sign_webhook",
+    "WebhookEvent",
+    "WebhookVerificationError",
     "RedisIngest",
     "AsyncRedisIngest",
     "PublishResult",

@@ -112,6 +112,22 @@ def broadcast_body(rooms: Sequence[str], event: str, data: JSON, tenant: Optiona
     return body
 
 
+def direct_body(event: str, data: JSON, tenant: Optional[str]) -> Dict[str, Any]:
+    """The body of ``POST /api/v1/users/{id}/send`` and ``/connections/{id}/send``."""
+    body: Dict[str, Any] = {"event": event, "data": data}
+    if tenant is not None:
+        body["tenant"] = tenant
+    return body
+
+
+def delivered(value: Any) -> int:
+    """The ``delivered`` count of a direct message's answer."""
+    count = as_object(value).get("delivered")
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise HeraldError(200, "bad_response", "answer has no integer `delivered`")
+    return count
+
+
 def token_body(
     sub: str,
     roles: Optional[Sequence[str]],

@@ -163,6 +163,32 @@ class AsyncHerald:
         count = _core.as_object(value).get("disconnected")
         return count if isinstance(count, int) else 0
 
+    async def send_to_user(self, user_id: str, event: str, data: JSON = None, *, tenant: Optional[str] = None) -> int:
+        """Sends one event to every connection of ``user_id`` on any node,
+        outside any room; returns how many connections it was delivered to
+        (``0`` when the user has none: not an error).
+
+        Clients get an ``event`` frame with ``room`` null, no epoch and no
+        offset: it is **not resumable** (a client not connected at that
+        moment never gets it). Not retried once the request may have
+        reached the node (it has no idempotency key).
+        """
+        body = _core.direct_body(event, data, tenant)
+        value, _ = await self._send(Call("POST", f"/api/v1/users/{_core.seg(user_id)}/send", False, body))
+        return _core.delivered(value)
+
+    async def send_to_connection(
+        self, connection_id: str, event: str, data: JSON = None, *, tenant: Optional[str] = None
+    ) -> int:
+        """Sends one event to one connection (on any node), outside any room;
+        returns ``1``. Raises :class:`NotFoundError` when no such connection
+        is registered (or it belongs to another tenant than ``tenant``).
+        Not resumable, like :meth:`send_to_user`.
+        """
+        body = _core.direct_body(event, data, tenant)
+        value, _ = await self._send(Call("POST", f"/api/v1/connections/{_core.seg(connection_id)}/send", False, body))
+        return _core.delivered(value)
+
     async def stats(self) -> Stats:
         """Per-node and cluster totals."""
         value, _ = await self._send(Call("GET", "/api/v1/stats", True))
