@@ -8,8 +8,8 @@ mod bridge;
 use bridge as herald_bridge;
 mod env;
 mod namespaces;
-mod webhooks;
 mod proxy;
+mod webhooks;
 
 use herald_core::Namespaces;
 use herald_node::Limits;
@@ -21,8 +21,8 @@ use std::time::Duration;
 use herald_core::duration;
 pub use herald_core::duration::parse as parse_duration;
 pub use namespaces::NamespaceToml;
-pub use webhooks::WebhooksConfig;
 pub use proxy::ProxyConfig;
+pub use webhooks::WebhooksConfig;
 
 /// Smallest `limits.max_pending_message_bytes`: room for an `authenticate`
 /// frame with a JWT of ordinary size.
