@@ -202,6 +202,38 @@ pub fn check_everything_went_away(events: &[Value], users: &[String]) -> Result<
     Ok(())
 }
 
+/// Twelve users `<prefix>-<i>` each connect to one of the nodes other
+/// than `holder` (alternately), join `room` and go; their ids.
+async fn come_and_go_elsewhere(
+    c: &TestCluster,
+    holder: usize,
+    prefix: &str,
+    room: &str,
+) -> Vec<String> {
+    let others: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
+    let mut users = Vec::new();
+    for i in 0..12 {
+        let user = format!("{prefix}-{i}");
+        let conn = connect(c, others[i % 2], &user, &[room]).await;
+        conn.ws.close().await;
+        users.push(user);
+    }
+    users
+}
+
+/// Everything the receiver accepted, once it has one `user.offline` for
+/// each of `users`.
+async fn all_offline(backend: &Backend, users: &[String], what: &str) -> Vec<Value> {
+    eventually(what, DELIVERY, || async move {
+        let events = unique_events(backend).await;
+        let done = users
+            .iter()
+            .all(|u| count(&events, "user.offline", "user_id", u) == 1);
+        done.then_some(events).ok_or("not yet".to_owned())
+    })
+    .await
+}
+
 /// Users come and go across nodes while node 0 is SIGKILLed: the receiver
 /// still sees every connection closed (node 0's by the reaper), one
 /// `user.online` and one `user.offline` per user, each room's transitions
@@ -311,24 +343,9 @@ pub async fn receiver_away_gets_everything_after(
         .configure(json!({"webhooks": {"mode": "fail_for", "until_ms": until}}))
         .await;
     let holder = engine.lease_holder(c).await;
-    let others: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
-    let mut users = Vec::new();
-    for i in 0..12 {
-        let user = format!("away-{i}");
-        let conn = connect(c, others[i % 2], &user, &["chat:away"]).await;
-        conn.ws.close().await;
-        users.push(user);
-    }
-    let users = &users;
-    let first = eventually("every event after the outage", DELIVERY, || async move {
-        let events = unique_events(backend).await;
-        let done = users
-            .iter()
-            .all(|u| count(&events, "user.offline", "user_id", u) == 1);
-        done.then_some(events).ok_or("not yet".to_owned())
-    })
-    .await;
-    check_everything_went_away(&first, users).unwrap_or_else(|e| panic!("{e}: {first:#?}"));
+    let users = come_and_go_elsewhere(c, holder, "away", "chat:away").await;
+    let first = all_offline(backend, &users, "every event after the outage").await;
+    check_everything_went_away(&first, &users).unwrap_or_else(|e| panic!("{e}: {first:#?}"));
     assert!(
         backend
             .webhook_posts()
@@ -352,14 +369,7 @@ pub async fn sender_sigkilled_mid_backlog_loses_nothing(
         .configure(json!({"webhooks": {"mode": "slow", "delay_ms": 300}}))
         .await;
     let holder = engine.lease_holder(c).await;
-    let others: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
-    let mut later = Vec::new();
-    for i in 0..12 {
-        let user = format!("backlog-{i}");
-        let conn = connect(c, others[i % 2], &user, &["chat:backlog"]).await;
-        conn.ws.close().await;
-        later.push(user);
-    }
+    let later = come_and_go_elsewhere(c, holder, "backlog", "chat:backlog").await;
     eventually("a first part delivered", DELIVERY, || async move {
         let n = backend.webhook_events().await.len();
         (n >= 10).then_some(()).ok_or(format!("{n} events"))
@@ -368,16 +378,8 @@ pub async fn sender_sigkilled_mid_backlog_loses_nothing(
     let before_kill = unique_events(backend).await.len();
     c.kill(holder);
     backend.configure(json!({"webhooks": {"mode": "ok"}})).await;
-    let later = &later;
-    let rest = eventually("the rest from another node", DELIVERY, || async move {
-        let events = unique_events(backend).await;
-        let done = later
-            .iter()
-            .all(|u| count(&events, "user.offline", "user_id", u) == 1);
-        done.then_some(events).ok_or("not yet".to_owned())
-    })
-    .await;
-    check_everything_went_away(&rest, later)
+    let rest = all_offline(backend, &later, "the rest from another node").await;
+    check_everything_went_away(&rest, &later)
         .unwrap_or_else(|e| panic!("{e}: {rest:#?}\n{}", c.logs()));
     // The successor sent the rest: more than the one batch that may have
     // been in flight when the sender died.
