@@ -233,6 +233,15 @@ async fn open(node: &Node, sub: &str) -> Session {
         .0
 }
 
+/// A session of `root` with role `admin` (passes every rule).
+async fn open_admin(node: &Node) -> Session {
+    let admin = Identity {
+        roles: vec!["admin".into()],
+        ..Identity::new("root")
+    };
+    open_with(node, admin, OpenOptions::default()).await.0
+}
+
 /// Every JSON frame queued so far (waits up to 5 s for the first).
 async fn frames(session: &Session) -> Vec<Value> {
     let mut batch = Vec::new();
@@ -329,16 +338,7 @@ async fn proxy_joins_are_asked_once_per_ttl_allow_and_deny_alike() {
     join(&mut other, 1, "chat:allow-9").await;
     assert_eq!(backend.calls().len(), 6);
     // Admins pass without asking.
-    let mut admin = open_with(
-        &node,
-        Identity {
-            roles: vec!["admin".into()],
-            ..Identity::new("root")
-        },
-        OpenOptions::default(),
-    )
-    .await
-    .0;
+    let mut admin = open_admin(&node).await;
     let joined = join(&mut admin, 1, "chat:deny-8").await;
     assert_eq!(joined["type"], "room_joined");
     assert_eq!(backend.calls().len(), 6);
@@ -395,16 +395,7 @@ async fn proxy_sends_are_asked_per_event() {
     }
     let mut other = open(&node, "43").await;
     join(&mut other, 1, "chat:deny-1").await;
-    let mut admin = open_with(
-        &node,
-        Identity {
-            roles: vec!["admin".into()],
-            ..Identity::new("root")
-        },
-        OpenOptions::default(),
-    )
-    .await
-    .0;
+    let mut admin = open_admin(&node).await;
     join(&mut admin, 1, "chat:deny-1").await;
     let denied = ask(
         &mut admin,
