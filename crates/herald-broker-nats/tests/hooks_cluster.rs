@@ -89,6 +89,18 @@ async fn read_until(
     done(seen)
 }
 
+/// [`read_until`] in batches of 100, failing the test when `done` does
+/// not hold within `within`.
+async fn expect_events(
+    reader: &NatsOutbox,
+    seen: &mut Vec<Value>,
+    within: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) {
+    let ok = read_until(reader, 100, seen, within, done).await;
+    assert!(ok, "{seen:?}");
+}
+
 fn count(seen: &[Value], kind: &str, key: &str, value: &str) -> usize {
     seen.iter()
         .filter(|e| e["type"] == kind && e[key] == value)
@@ -201,13 +213,10 @@ async fn transitions_fire_once_per_cluster_and_a_dead_nodes_connections_are_reap
         .expect("b1");
     a.cluster.remove(&a1).await.expect("remove a1");
     b.cluster.remove(&b1).await.expect("remove b1");
-    assert!(
-        read_until(&reader, 100, &mut seen, Duration::from_secs(10), |s| {
-            count(s, "user.offline", "user_id", "u1") >= 1
-        })
-        .await,
-        "{seen:?}"
-    );
+    expect_events(&reader, &mut seen, Duration::from_secs(10), |s| {
+        count(s, "user.offline", "user_id", "u1") >= 1
+    })
+    .await;
 
     // lobby:1 has members on a and c; solo:1 only on c. c dies.
     let a2 = a.admit_in_room("a2", "u2", "lobby:1").await;
@@ -222,14 +231,11 @@ async fn transitions_fire_once_per_cluster_and_a_dead_nodes_connections_are_reap
         .await
         .expect("join solo");
     c.stop().await;
-    assert!(
-        read_until(&reader, 100, &mut seen, Duration::from_secs(15), |s| {
-            count(s, "user.offline", "user_id", "u3") >= 1
-                && count(s, "room.vacated", "room", "solo:1") >= 1
-        })
-        .await,
-        "{seen:?}"
-    );
+    expect_events(&reader, &mut seen, Duration::from_secs(15), |s| {
+        count(s, "user.offline", "user_id", "u3") >= 1
+            && count(s, "room.vacated", "room", "solo:1") >= 1
+    })
+    .await;
     let closed: Vec<&Value> = seen
         .iter()
         .filter(|e| e["type"] == "connection.closed")
@@ -245,13 +251,10 @@ async fn transitions_fire_once_per_cluster_and_a_dead_nodes_connections_are_reap
 
     // The last member of lobby:1 leaves.
     a.cluster.remove(&a2).await.expect("remove a2");
-    assert!(
-        read_until(&reader, 100, &mut seen, Duration::from_secs(10), |s| {
-            count(s, "room.vacated", "room", "lobby:1") >= 1
-        })
-        .await,
-        "{seen:?}"
-    );
+    expect_events(&reader, &mut seen, Duration::from_secs(10), |s| {
+        count(s, "room.vacated", "room", "lobby:1") >= 1
+    })
+    .await;
     // Let any duplicate show up before counting.
     read_until(&reader, 100, &mut seen, HEARTBEAT * 4, |_| false).await;
     for user in ["u1", "u2", "u3"] {
@@ -361,14 +364,11 @@ async fn an_event_left_in_a_users_key_by_a_node_that_died_is_published_by_the_re
     .expect("rewrite");
 
     let mut seen = Vec::new();
-    assert!(
-        read_until(&reader, 100, &mut seen, Duration::from_secs(10), |s| {
-            count(s, "user.offline", "user_id", "u9") >= 1
-                && count(s, "connection.closed", "connection_id", "c1") >= 1
-        })
-        .await,
-        "{seen:?}"
-    );
+    expect_events(&reader, &mut seen, Duration::from_secs(10), |s| {
+        count(s, "user.offline", "user_id", "u9") >= 1
+            && count(s, "connection.closed", "connection_id", "c1") >= 1
+    })
+    .await;
     read_until(&reader, 100, &mut seen, HEARTBEAT * 4, |_| false).await;
     let offline: Vec<&Value> = seen
         .iter()
@@ -486,12 +486,9 @@ async fn with_nats_away_appends_answer_unavailable_and_what_was_stored_is_delive
 
     // The stream kept what it had acked; the lease comes back.
     let mut seen = Vec::new();
-    assert!(
-        read_until(&reader, 100, &mut seen, Duration::from_secs(15), |s| {
-            s.iter().any(|e| e["id"] == stored.id.as_str())
-        })
-        .await,
-        "{seen:?}"
-    );
+    expect_events(&reader, &mut seen, Duration::from_secs(15), |s| {
+        s.iter().any(|e| e["id"] == stored.id.as_str())
+    })
+    .await;
     cancel.cancel();
 }
