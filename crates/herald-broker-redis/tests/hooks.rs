@@ -4,9 +4,9 @@
 
 mod cluster_common;
 
-use cluster_common::{wait_connected, HEARTBEAT};
+use cluster_common::HEARTBEAT;
 use herald_broker_redis::keys::Keys;
-use herald_broker_redis::{RedisClients, RedisCluster, RedisHooks, RedisSettings};
+use herald_broker_redis::{RedisCluster, RedisHooks};
 use herald_core::{
     Cluster, ClusterAdmission, ConnectionRecord, HookEvent, HookKind, HookSet, Outbox, OutboxEntry,
     PerUserPolicy,
@@ -51,16 +51,7 @@ impl Node {
         max_len: u64,
         spawn: bool,
     ) -> Node {
-        let settings = RedisSettings {
-            url: url.into(),
-            prefix: prefix.into(),
-            node_id: id.into(),
-            node_heartbeat: HEARTBEAT,
-            command_timeout: Duration::from_secs(2),
-        };
-        let clients = RedisClients::connect(&settings).expect("clients");
-        clients.start();
-        wait_connected(&clients).await;
+        let (settings, clients) = cluster_common::connect(url, prefix, id).await;
         let hooks = RedisHooks::bounded(clients.clone(), &settings, set, max_len);
         let cluster = RedisCluster::with_hooks(clients, &settings, Some(hooks.clone()));
         let node = Node {
@@ -118,6 +109,11 @@ impl Node {
             .expect("leave");
     }
 
+    /// The outbox's next batch: at most `max` events, waiting up to `wait`.
+    async fn next(&self, max: usize, wait: Duration) -> Vec<OutboxEntry> {
+        self.hooks.next_batch(max, wait).await.expect("next_batch")
+    }
+
     async fn remove(&self, rec: &ConnectionRecord) {
         self.fake
             .conns
@@ -134,11 +130,7 @@ async fn drain(nodes: &[&Node], mut done: impl FnMut(&[Value]) -> bool) -> Vec<V
     let mut seen = Vec::new();
     loop {
         for n in nodes {
-            let batch = n
-                .hooks
-                .next_batch(100, Duration::from_millis(20))
-                .await
-                .expect("next_batch");
+            let batch = n.next(100, Duration::from_millis(20)).await;
             for e in &batch {
                 seen.push(serde_json::from_slice::<Value>(&e.body).expect("event JSON"));
             }
@@ -153,6 +145,15 @@ async fn drain(nodes: &[&Node], mut done: impl FnMut(&[Value]) -> bool) -> Vec<V
         );
     }
 }
+
+/// What a user's first connection joining a room, then leaving it and
+/// going, reports.
+const ONE_USER_IN_ONE_ROOM: [&str; 4] = [
+    "user.online",
+    "room.occupied",
+    "room.vacated",
+    "user.offline",
+];
 
 fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
@@ -192,16 +193,7 @@ async fn transitions_once(url: &str) {
     b.remove(&c2).await;
 
     let events = drain(&[&a, &b], |seen| !of_type(seen, "user.offline").is_empty()).await;
-    assert_eq!(
-        types(&events),
-        [
-            "user.online",
-            "room.occupied",
-            "room.vacated",
-            "user.offline"
-        ],
-        "{events:#?}"
-    );
+    assert_eq!(types(&events), ONE_USER_IN_ONE_ROOM, "{events:#?}");
     assert_eq!(events[0]["tenant"], "acme");
     assert_eq!(events[0]["user_id"], "u");
     assert_eq!(events[1]["room"], "chat:1");
@@ -278,6 +270,11 @@ async fn a_dead_nodes_connections_are_reported_once_by_the_reaper() {
     c.stop().await;
 }
 
+/// Only `message.sent`: the kind the outbox tests append by hand.
+fn messages_only() -> HookSet {
+    [HookKind::MessageSent].into_iter().collect()
+}
+
 fn event(n: u64) -> HookEvent {
     let mut fields = serde_json::Map::new();
     fields.insert("n".into(), n.into());
@@ -311,7 +308,7 @@ fn n_of(e: &OutboxEntry) -> u64 {
 async fn only_the_lease_holder_reads_and_its_successor_resumes_after_the_cursor() {
     let redis = RedisServer::start();
     let p = prefix("hooks-lease");
-    let set: HookSet = [HookKind::MessageSent].into_iter().collect();
+    let set = messages_only();
     let a = Node::start(&redis.url(), &p, "a", set).await;
     let b = Node::start(&redis.url(), &p, "b", set).await;
     let events: Vec<HookEvent> = (0..10).map(event).collect();
@@ -320,37 +317,21 @@ async fn only_the_lease_holder_reads_and_its_successor_resumes_after_the_cursor(
 
     let first = holder(&redis, &p, &[&a, &b]).await;
     let second = if std::ptr::eq(first, &a) { &b } else { &a };
-    let none = second
-        .hooks
-        .next_batch(100, Duration::from_millis(200))
-        .await
-        .expect("next_batch");
+    let none = second.next(100, Duration::from_millis(200)).await;
     assert!(none.is_empty(), "a node without the lease read {none:?}");
-    let batch = first
-        .hooks
-        .next_batch(4, Duration::from_secs(5))
-        .await
-        .expect("next_batch");
+    let batch = first.next(4, Duration::from_secs(5)).await;
     assert_eq!(batch.iter().map(n_of).collect::<Vec<_>>(), [0, 1, 2, 3]);
     first.hooks.ack(&batch).await.expect("ack");
     // Acknowledging an older batch again moves nothing back.
     first.hooks.ack(&batch[..1]).await.expect("ack");
     // Read but not acked: the successor sends these again.
-    let unacked = first
-        .hooks
-        .next_batch(2, Duration::from_secs(5))
-        .await
-        .expect("next_batch");
+    let unacked = first.next(2, Duration::from_secs(5)).await;
     assert_eq!(unacked.iter().map(n_of).collect::<Vec<_>>(), [4, 5]);
 
     first.stop().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let rest = loop {
-        let rest = second
-            .hooks
-            .next_batch(100, Duration::from_millis(200))
-            .await
-            .expect("next_batch");
+        let rest = second.next(100, Duration::from_millis(200)).await;
         if !rest.is_empty() {
             break rest;
         }
@@ -371,15 +352,11 @@ async fn only_the_lease_holder_reads_and_its_successor_resumes_after_the_cursor(
 async fn a_deposed_holders_ack_moves_nothing() {
     let redis = RedisServer::start();
     let p = prefix("hooks-deposed");
-    let set: HookSet = [HookKind::MessageSent].into_iter().collect();
+    let set = messages_only();
     let a = Node::start(&redis.url(), &p, "a", set).await;
     a.hooks.append(&[event(1), event(2)]).await.expect("append");
     holder(&redis, &p, &[&a]).await;
-    let batch = a
-        .hooks
-        .next_batch(10, Duration::from_secs(5))
-        .await
-        .expect("next_batch");
+    let batch = a.next(10, Duration::from_secs(5)).await;
     assert_eq!(batch.len(), 2);
     // Another process took the lease meanwhile (this one was paused past
     // its TTL).
@@ -388,11 +365,7 @@ async fn a_deposed_holders_ack_moves_nothing() {
     a.hooks.ack(&batch).await.expect("ack");
     assert_eq!(redis.cli(&["EXISTS", &keys.hooks_cursor()]).trim(), "0");
     assert_eq!(redis.cli(&["XLEN", &keys.hooks_stream()]).trim(), "2");
-    let none = a
-        .hooks
-        .next_batch(10, Duration::from_millis(200))
-        .await
-        .expect("next_batch");
+    let none = a.next(10, Duration::from_millis(200)).await;
     assert!(none.is_empty(), "a deposed holder read {none:?}");
     a.stop().await;
 }
@@ -419,7 +392,7 @@ async fn user_kinds_alone_keep_no_room_set() {
 async fn a_full_outbox_drops_its_oldest_and_the_holder_takes_the_count() {
     let redis = RedisServer::start();
     let p = prefix("hooks-full");
-    let set: HookSet = [HookKind::MessageSent].into_iter().collect();
+    let set = messages_only();
     let writer = Node::start_with(&redis.url(), &p, "w", set, 5, false).await;
     let events: Vec<HookEvent> = (0..8).map(event).collect();
     writer.hooks.append(&events).await.expect("append");
@@ -428,11 +401,7 @@ async fn a_full_outbox_drops_its_oldest_and_the_holder_takes_the_count() {
     assert_eq!(redis.cli(&["GET", &keys.hooks_trimmed()]).trim(), "3");
 
     let reader = Node::start_with(&redis.url(), &p, "r", set, 5, true).await;
-    let batch = reader
-        .hooks
-        .next_batch(10, Duration::from_secs(5))
-        .await
-        .expect("next_batch");
+    let batch = reader.next(10, Duration::from_secs(5)).await;
     assert_eq!(batch.iter().map(n_of).collect::<Vec<_>>(), [3, 4, 5, 6, 7]);
     // The holder took the count (and reported it as dropped).
     assert_eq!(redis.cli(&["EXISTS", &keys.hooks_trimmed()]).trim(), "0");
@@ -480,16 +449,7 @@ async fn after_a_store_loss_the_sets_come_back_and_offline_still_fires() {
         !of_type(seen, "user.offline").is_empty() && !of_type(seen, "room.vacated").is_empty()
     })
     .await;
-    assert_eq!(
-        types(&events),
-        [
-            "user.online",
-            "room.occupied",
-            "room.vacated",
-            "user.offline"
-        ],
-        "{events:#?}"
-    );
+    assert_eq!(types(&events), ONE_USER_IN_ONE_ROOM, "{events:#?}");
     a.stop().await;
 }
 
@@ -505,7 +465,7 @@ async fn outbox_volume() {
     const EVENTS: u64 = 100_000;
     let redis = RedisServer::start();
     let p = prefix("hooks-volume");
-    let set: HookSet = [HookKind::MessageSent].into_iter().collect();
+    let set = messages_only();
     let a = Node::start(&redis.url(), &p, "a", set).await;
     let b = Node::start(&redis.url(), &p, "b", set).await;
     let started = Instant::now();
@@ -532,11 +492,7 @@ async fn outbox_volume() {
     let mut next = std::collections::HashMap::from([("a", 0u64), ("b", 0u64)]);
     let mut read = 0;
     while read < EVENTS {
-        let batch = holder
-            .hooks
-            .next_batch(1000, Duration::from_secs(2))
-            .await
-            .expect("next_batch");
+        let batch = holder.next(1000, Duration::from_secs(2)).await;
         assert!(!batch.is_empty(), "outbox ran dry after {read}");
         for e in &batch {
             let v: Value = serde_json::from_slice(&e.body).expect("json");

@@ -5,10 +5,11 @@
 //! here.
 
 use herald_core::{
-    ClusterNode, ConnectionRecord, ConnectionRef, DirectMessage, DirectTarget, Tenant,
+    BrokerError, ClusterNode, ConnectionRecord, ConnectionRef, DirectMessage, DirectTarget, Tenant,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::future::Future;
 
 /// One command between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +86,58 @@ impl DirectWire {
             event_id: self.event_id,
         })
     }
+}
+
+/// The registry lookups [`send_direct`] needs from an engine.
+pub trait DirectRegistry: Sync {
+    /// The record of connection `id` on a live node, if any.
+    fn find_connection(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<ConnectionRecord>, BrokerError>> + Send;
+    /// Every connection of `user` the registry lists on live nodes.
+    fn list_user(
+        &self,
+        tenant: &Tenant,
+        user: &str,
+    ) -> impl Future<Output = Result<Vec<ConnectionRecord>, BrokerError>> + Send;
+}
+
+/// What [`send_direct`] did locally and leaves to the engine's carrier.
+#[derive(Debug)]
+pub struct DirectPlan {
+    /// How many connections the registry listed for the target.
+    pub listed: usize,
+    /// One command per other node holding some of them.
+    pub remote: Vec<ControlCommand>,
+}
+
+/// [`herald_core::Cluster::send_direct`] on node `node_id` up to the wire:
+/// finds the target's connections in `registry`, delivers to the local
+/// ones and returns the commands for the other nodes. `None` when the
+/// target is one connection the registry does not list under that tenant
+/// and user.
+pub async fn send_direct(
+    registry: &impl DirectRegistry,
+    node_id: &str,
+    node: Option<&dyn ClusterNode>,
+    target: &DirectTarget,
+    message: &DirectMessage,
+) -> Result<Option<DirectPlan>, BrokerError> {
+    let holders = match target {
+        DirectTarget::Connection { connection_id, .. } => {
+            match registry.find_connection(connection_id).await? {
+                Some(r) if target.names(&r.tenant, &r.user_id, &r.connection_id) => vec![r],
+                _ => return Ok(None),
+            }
+        }
+        DirectTarget::User { tenant, user_id } => registry.list_user(tenant, user_id).await?,
+    };
+    let remote = direct(node_id, node, &holders, target, message);
+    Ok(Some(DirectPlan {
+        listed: holders.len(),
+        remote,
+    }))
 }
 
 /// [`herald_core::Cluster::send_direct`] on node `node_id`, once the

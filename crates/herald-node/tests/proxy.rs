@@ -233,6 +233,15 @@ async fn open(node: &Node, sub: &str) -> Session {
         .0
 }
 
+/// A session of `root` with role `admin` (passes every rule).
+async fn open_admin(node: &Node) -> Session {
+    let admin = Identity {
+        roles: vec!["admin".into()],
+        ..Identity::new("root")
+    };
+    open_with(node, admin, OpenOptions::default()).await.0
+}
+
 /// Every JSON frame queued so far (waits up to 5 s for the first).
 async fn frames(session: &Session) -> Vec<Value> {
     let mut batch = Vec::new();
@@ -264,6 +273,24 @@ async fn ask(session: &mut Session, frame: Value) -> Value {
     replies.remove(0)
 }
 
+/// Asks to join `room` with request id `id`; the answer.
+async fn join(session: &mut Session, id: u64, room: &str) -> Value {
+    ask(
+        session,
+        json!({"type": "join_room", "id": id, "room": room}),
+    )
+    .await
+}
+
+/// Asks to leave `room` with request id `id`; the answer.
+async fn leave(session: &mut Session, id: u64, room: &str) -> Value {
+    ask(
+        session,
+        json!({"type": "leave_room", "id": id, "room": room}),
+    )
+    .await
+}
+
 fn rooms_of(authenticated: &Value) -> Vec<String> {
     authenticated["rooms"]
         .as_array()
@@ -279,38 +306,18 @@ async fn proxy_joins_are_asked_once_per_ttl_allow_and_deny_alike() {
     let node = node_with(Some(backend.clone()), Limits::default());
     let mut s = open(&node, "42").await;
     for _ in 0..2 {
-        let joined = ask(
-            &mut s,
-            json!({"type":"join_room","id":1,"room":"chat:allow-9"}),
-        )
-        .await;
+        let joined = join(&mut s, 1, "chat:allow-9").await;
         assert_eq!(joined["type"], "room_joined", "{joined}");
-        let left = ask(
-            &mut s,
-            json!({"type":"leave_room","id":2,"room":"chat:allow-9"}),
-        )
-        .await;
+        let left = leave(&mut s, 2, "chat:allow-9").await;
         assert_eq!(left["type"], "room_left");
-        let denied = ask(
-            &mut s,
-            json!({"type":"join_room","id":3,"room":"chat:deny-8"}),
-        )
-        .await;
+        let denied = join(&mut s, 3, "chat:deny-8").await;
         assert_eq!(
             (denied["code"].as_str(), denied["id"].as_u64()),
             (Some("forbidden"), Some(3))
         );
-        let joined = ask(
-            &mut s,
-            json!({"type":"join_room","id":4,"room":"chat:nocache-7"}),
-        )
-        .await;
+        let joined = join(&mut s, 4, "chat:nocache-7").await;
         assert_eq!(joined["type"], "room_joined");
-        ask(
-            &mut s,
-            json!({"type":"leave_room","id":5,"room":"chat:nocache-7"}),
-        )
-        .await;
+        leave(&mut s, 5, "chat:nocache-7").await;
     }
     assert_eq!(
         backend.calls(),
@@ -324,36 +331,15 @@ async fn proxy_joins_are_asked_once_per_ttl_allow_and_deny_alike() {
     )
     .await;
     assert_eq!(refreshed["type"], "authenticated", "{refreshed}");
-    ask(
-        &mut s,
-        json!({"type":"join_room","id":7,"room":"chat:deny-8"}),
-    )
-    .await;
+    join(&mut s, 7, "chat:deny-8").await;
     assert_eq!(backend.calls().len(), 5);
     // Another connection has its own cache.
     let mut other = open(&node, "43").await;
-    ask(
-        &mut other,
-        json!({"type":"join_room","id":1,"room":"chat:allow-9"}),
-    )
-    .await;
+    join(&mut other, 1, "chat:allow-9").await;
     assert_eq!(backend.calls().len(), 6);
     // Admins pass without asking.
-    let mut admin = open_with(
-        &node,
-        Identity {
-            roles: vec!["admin".into()],
-            ..Identity::new("root")
-        },
-        OpenOptions::default(),
-    )
-    .await
-    .0;
-    let joined = ask(
-        &mut admin,
-        json!({"type":"join_room","id":1,"room":"chat:deny-8"}),
-    )
-    .await;
+    let mut admin = open_admin(&node).await;
+    let joined = join(&mut admin, 1, "chat:deny-8").await;
     assert_eq!(joined["type"], "room_joined");
     assert_eq!(backend.calls().len(), 6);
 }
@@ -364,11 +350,7 @@ async fn a_backend_that_cannot_answer_or_refuses_is_a_clear_error() {
     let node = node_with(Some(backend.clone()), Limits::default());
     let mut s = open(&node, "42").await;
     for _ in 0..2 {
-        let down = ask(
-            &mut s,
-            json!({"type":"join_room","id":1,"room":"chat:down-1"}),
-        )
-        .await;
+        let down = join(&mut s, 1, "chat:down-1").await;
         assert_eq!(down["code"], "unavailable", "{down}");
         let message = down["message"].as_str().expect("message");
         assert!(message.contains("retry"), "{message}");
@@ -377,11 +359,7 @@ async fn a_backend_that_cannot_answer_or_refuses_is_a_clear_error() {
             "the backend's detail stays in the log"
         );
     }
-    let refused = ask(
-        &mut s,
-        json!({"type":"join_room","id":2,"room":"chat:other-1"}),
-    )
-    .await;
+    let refused = join(&mut s, 2, "chat:other-1").await;
     assert_eq!(refused["code"], "forbidden");
     assert_eq!(refused["message"], "not a member of this chat");
     assert_eq!(backend.calls().len(), 3, "failures are not cached");
@@ -394,11 +372,7 @@ async fn a_backend_that_cannot_answer_or_refuses_is_a_clear_error() {
 async fn without_an_access_proxy_proxy_rules_deny() {
     let node = node_with(None, Limits::default());
     let mut s = open(&node, "42").await;
-    let denied = ask(
-        &mut s,
-        json!({"type":"join_room","id":1,"room":"chat:allow-9"}),
-    )
-    .await;
+    let denied = join(&mut s, 1, "chat:allow-9").await;
     assert_eq!(denied["code"], "forbidden");
     let off = ask(&mut s, json!({"type":"rpc","id":2,"method":"echo"})).await;
     assert_eq!(off["code"], "not_found");
@@ -410,11 +384,7 @@ async fn proxy_sends_are_asked_per_event() {
     let backend = Arc::new(Backend::default());
     let node = node_with(Some(backend.clone()), Limits::default());
     let mut s = open(&node, "42").await;
-    ask(
-        &mut s,
-        json!({"type":"join_room","id":1,"room":"chat:allow-9"}),
-    )
-    .await;
+    join(&mut s, 1, "chat:allow-9").await;
     for _ in 0..2 {
         let sent = ask(
             &mut s,
@@ -424,26 +394,9 @@ async fn proxy_sends_are_asked_per_event() {
         assert_eq!(sent["type"], "ack", "{sent}");
     }
     let mut other = open(&node, "43").await;
-    ask(
-        &mut other,
-        json!({"type":"join_room","id":1,"room":"chat:deny-1"}),
-    )
-    .await;
-    let mut admin = open_with(
-        &node,
-        Identity {
-            roles: vec!["admin".into()],
-            ..Identity::new("root")
-        },
-        OpenOptions::default(),
-    )
-    .await
-    .0;
-    ask(
-        &mut admin,
-        json!({"type":"join_room","id":1,"room":"chat:deny-1"}),
-    )
-    .await;
+    join(&mut other, 1, "chat:deny-1").await;
+    let mut admin = open_admin(&node).await;
+    join(&mut admin, 1, "chat:deny-1").await;
     let denied = ask(
         &mut admin,
         json!({"type":"send_message","id":2,"room":"chat:deny-1","event":"typing","data":1}),

@@ -201,16 +201,7 @@ impl ClientCodec for SocketIoCodec {
             event_id: frame.event_id,
             from: frame.from,
         };
-        let mut out = Vec::with_capacity(128 + frame.data.get().len() + frame.event.len());
-        write_head(&mut out, PacketType::Event, "/", None);
-        out.push(b'[');
-        json_into(&mut out, &*event_name(frame.event));
-        out.push(b',');
-        out.extend_from_slice(frame.data.get().as_bytes());
-        out.push(b',');
-        json_into(&mut out, &meta);
-        out.push(b']');
-        Bytes::from(out)
+        event_packet(frame.event, frame.data.get(), &meta, 128)
     }
 
     fn encode_direct(&self, frame: &DirectFrame<'_>) -> Bytes {
@@ -219,17 +210,23 @@ impl ClientCodec for SocketIoCodec {
             ts: frame.ts,
             event_id: frame.event_id,
         };
-        let mut out = Vec::with_capacity(96 + frame.data.get().len() + frame.event.len());
-        write_head(&mut out, PacketType::Event, "/", None);
-        out.push(b'[');
-        json_into(&mut out, &*event_name(frame.event));
-        out.push(b',');
-        out.extend_from_slice(frame.data.get().as_bytes());
-        out.push(b',');
-        json_into(&mut out, &meta);
-        out.push(b']');
-        Bytes::from(out)
+        event_packet(frame.event, frame.data.get(), &meta, 96)
     }
+}
+
+/// An event packet on the main namespace: `[name, data, meta]`, with
+/// `data` (JSON text) copied as is; `meta_len` is room for `meta`.
+fn event_packet(event: &str, data: &str, meta: &impl Serialize, meta_len: usize) -> Bytes {
+    let mut out = Vec::with_capacity(meta_len + data.len() + event.len());
+    write_head(&mut out, PacketType::Event, "/", None);
+    out.push(b'[');
+    json_into(&mut out, &*event_name(event));
+    out.push(b',');
+    out.extend_from_slice(data.as_bytes());
+    out.push(b',');
+    json_into(&mut out, meta);
+    out.push(b']');
+    Bytes::from(out)
 }
 
 /// The third argument of a direct message: `room` is `null` and there is

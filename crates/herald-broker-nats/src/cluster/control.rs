@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use herald_core::{
     BrokerError, ClusterNode, ConnectionRecord, ConnectionRef, DirectMessage, DirectTarget, Tenant,
 };
-use herald_engine_kit::control::{self, ControlCommand};
+use herald_engine_kit::control::{self, ControlCommand, DirectRegistry};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,52 +92,27 @@ impl NatsCluster {
         }
     }
 
-    /// [`herald_core::Cluster::send_direct`]: finds the nodes holding the
-    /// target in the registry, delivers to the local connections, and sends
-    /// one command to each other node on its own subject.
+    /// [`herald_core::Cluster::send_direct`]: the shared lookup and local
+    /// delivery, then one command to each other node on its own subject.
     pub(super) async fn direct(
         &self,
         target: &DirectTarget,
         message: &DirectMessage,
     ) -> Result<Option<usize>, BrokerError> {
-        let holders = match target {
-            DirectTarget::Connection { connection_id, .. } => {
-                match self.find_connection(connection_id).await? {
-                    Some(r) if target.names(&r.tenant, &r.user_id, &r.connection_id) => vec![r],
-                    _ => return Ok(None),
-                }
-            }
-            DirectTarget::User { tenant, user_id } => self.list_user(tenant, user_id).await?,
-        };
         let node = self.node.get().map(|n| &**n);
-        let remote: Vec<_> = control::direct(&self.node_id, node, &holders, target, message)
+        let Some(plan) = control::send_direct(self, &self.node_id, node, target, message).await?
+        else {
+            return Ok(None);
+        };
+        let remote: Vec<_> = plan
+            .remote
             .into_iter()
             .map(|command| (self.subject_of(&command), command))
             .collect();
         if !remote.is_empty() {
             self.publish_control(&remote).await?;
         }
-        Ok(Some(holders.len()))
-    }
-
-    /// The record of connection `id` on a live node: its key under every
-    /// live node read at once (there are few nodes).
-    async fn find_connection(&self, id: &str) -> Result<Option<ConnectionRecord>, BrokerError> {
-        let b = self.buckets().await?;
-        let live = self.live_among(&b, std::iter::empty()).await?;
-        let reads = live.iter().map(|node| {
-            let key = self.keys.conn(node, id);
-            let b = &b;
-            async move { b.registry.get(key).await }
-        });
-        for read in join_all(reads).await {
-            let value = read.map_err(|e| nats_error("reading a connection", e))?;
-            if let Some(r) = value.and_then(|v| serde_json::from_slice::<ConnectionRecord>(&v).ok())
-            {
-                return Ok(Some(r));
-            }
-        }
-        Ok(None)
+        Ok(Some(plan.listed))
     }
 
     /// Reads the control subjects until `cancel` fires. The client
@@ -200,5 +175,35 @@ async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
         _ = cancel.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
+    }
+}
+
+impl DirectRegistry for NatsCluster {
+    /// The record of connection `id` on a live node: its key under every
+    /// live node read at once (there are few nodes).
+    async fn find_connection(&self, id: &str) -> Result<Option<ConnectionRecord>, BrokerError> {
+        let b = self.buckets().await?;
+        let live = self.live_among(&b, std::iter::empty()).await?;
+        let reads = live.iter().map(|node| {
+            let key = self.keys.conn(node, id);
+            let b = &b;
+            async move { b.registry.get(key).await }
+        });
+        for read in join_all(reads).await {
+            let value = read.map_err(|e| nats_error("reading a connection", e))?;
+            if let Some(r) = value.and_then(|v| serde_json::from_slice::<ConnectionRecord>(&v).ok())
+            {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn list_user(
+        &self,
+        tenant: &Tenant,
+        user: &str,
+    ) -> Result<Vec<ConnectionRecord>, BrokerError> {
+        NatsCluster::list_user(self, tenant, user).await
     }
 }

@@ -20,6 +20,31 @@ use tokio_util::task::TaskTracker;
 /// Heartbeat of the nodes under test.
 pub const HEARTBEAT: Duration = Duration::from_millis(300);
 
+/// The settings of node `id` on `url` under `prefix` (heartbeat
+/// [`HEARTBEAT`], one replica).
+pub fn settings(url: &str, prefix: &str, id: &str) -> NatsSettings {
+    NatsSettings {
+        url: url.into(),
+        prefix: prefix.into(),
+        node_id: id.into(),
+        node_heartbeat: HEARTBEAT,
+        command_timeout: Duration::from_secs(2),
+        credentials_file: None,
+        user_password: None,
+        token: None,
+        tls_ca_file: None,
+        tls_client_cert: None,
+        replicas: 1,
+    }
+}
+
+/// Clients for `settings`, connected.
+pub async fn clients(settings: &NatsSettings) -> NatsClients {
+    let clients = NatsClients::connect(settings).expect("clients");
+    wait_connected(&clients).await;
+    clients
+}
+
 /// One node of the cluster under test.
 pub type TestNode = herald_testkit::conformance::cluster::TestNode<NatsBackend>;
 
@@ -45,22 +70,8 @@ impl ClusterBackend for NatsBackend {
     const HEARTBEAT: Duration = HEARTBEAT;
 
     async fn registry(&self, prefix: &str, id: &str) -> Arc<NatsCluster> {
-        let settings = NatsSettings {
-            url: self.server.url(),
-            prefix: prefix.into(),
-            node_id: id.into(),
-            node_heartbeat: HEARTBEAT,
-            command_timeout: Duration::from_secs(2),
-            credentials_file: None,
-            user_password: None,
-            token: None,
-            tls_ca_file: None,
-            tls_client_cert: None,
-            replicas: 1,
-        };
-        let clients = NatsClients::connect(&settings).expect("clients");
-        wait_connected(&clients).await;
-        NatsCluster::new(clients, &settings)
+        let settings = settings(&self.server.url(), prefix, id);
+        NatsCluster::new(clients(&settings).await, &settings)
     }
 
     fn spawn(

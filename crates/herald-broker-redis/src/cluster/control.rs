@@ -12,7 +12,7 @@ use fred::types::Value;
 use herald_core::{
     BrokerError, ClusterNode, ConnectionRecord, ConnectionRef, DirectMessage, DirectTarget, Tenant,
 };
-use herald_engine_kit::control::{self, ControlCommand};
+use herald_engine_kit::control::{self, ControlCommand, DirectRegistry};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,55 +72,22 @@ impl RedisCluster {
         Ok(listed)
     }
 
-    /// [`herald_core::Cluster::send_direct`]: finds the nodes holding the
-    /// target in the registry, delivers to the local connections, tells
-    /// the other nodes (one command each).
+    /// [`herald_core::Cluster::send_direct`]: the shared lookup and local
+    /// delivery, then one command per other node on the channel.
     pub(super) async fn direct(
         &self,
         target: &DirectTarget,
         message: &DirectMessage,
     ) -> Result<Option<usize>, BrokerError> {
-        let holders = match target {
-            DirectTarget::Connection { connection_id, .. } => {
-                match self.find_connection(connection_id).await? {
-                    Some(r) if target.names(&r.tenant, &r.user_id, &r.connection_id) => vec![r],
-                    _ => return Ok(None),
-                }
-            }
-            DirectTarget::User { tenant, user_id } => self.list_user(tenant, user_id).await?,
-        };
         let node = self.node.get().map(|n| &**n);
-        let remote = control::direct(&self.node_id, node, &holders, target, message);
-        if !remote.is_empty() {
-            self.publish_control(&remote).await?;
-        }
-        Ok(Some(holders.len()))
-    }
-
-    /// The record of connection `id` on a live node (every node's hash of
-    /// connections asked in one pipeline: there are few nodes).
-    async fn find_connection(&self, id: &str) -> Result<Option<ConnectionRecord>, BrokerError> {
-        self.check()?;
-        let (mut live, _) = self.nodes_by_age().await?;
-        // This node answers, so it lives, even before its first heartbeat.
-        if !live.contains(&self.node_id) {
-            live.push(self.node_id.clone());
-        }
-        let pipe = self.clients.commands.pipeline();
-        for node in &live {
-            pipe.hget::<(), _, _>(self.keys.node_connections(node), id)
-                .await
-                .map_err(redis_error)?;
-        }
-        let replies = match pipe.all::<Value>().await.map_err(redis_error)? {
-            Value::Array(v) => v,
-            one => vec![one],
+        let Some(plan) = control::send_direct(self, &self.node_id, node, target, message).await?
+        else {
+            return Ok(None);
         };
-        Ok(replies
-            .iter()
-            .filter_map(|reply| reply.as_str())
-            .filter_map(|json| serde_json::from_str::<ConnectionRecord>(&json).ok())
-            .find(|r| r.connection_id == id))
+        if !plan.remote.is_empty() {
+            self.publish_control(&plan.remote).await?;
+        }
+        Ok(Some(plan.listed))
     }
 
     /// Reads the control channel until `cancel` fires, subscribing again
@@ -189,5 +156,41 @@ async fn pause(cancel: &CancellationToken, d: Duration) {
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
+    }
+}
+
+impl DirectRegistry for RedisCluster {
+    /// The record of connection `id` on a live node (every node's hash of
+    /// connections asked in one pipeline: there are few nodes).
+    async fn find_connection(&self, id: &str) -> Result<Option<ConnectionRecord>, BrokerError> {
+        self.check()?;
+        let (mut live, _) = self.nodes_by_age().await?;
+        // This node answers, so it lives, even before its first heartbeat.
+        if !live.contains(&self.node_id) {
+            live.push(self.node_id.clone());
+        }
+        let pipe = self.clients.commands.pipeline();
+        for node in &live {
+            pipe.hget::<(), _, _>(self.keys.node_connections(node), id)
+                .await
+                .map_err(redis_error)?;
+        }
+        let replies = match pipe.all::<Value>().await.map_err(redis_error)? {
+            Value::Array(v) => v,
+            one => vec![one],
+        };
+        Ok(replies
+            .iter()
+            .filter_map(|reply| reply.as_str())
+            .filter_map(|json| serde_json::from_str::<ConnectionRecord>(&json).ok())
+            .find(|r| r.connection_id == id))
+    }
+
+    async fn list_user(
+        &self,
+        tenant: &Tenant,
+        user: &str,
+    ) -> Result<Vec<ConnectionRecord>, BrokerError> {
+        RedisCluster::list_user(self, tenant, user).await
     }
 }

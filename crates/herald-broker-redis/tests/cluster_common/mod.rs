@@ -25,6 +25,22 @@ use tokio_util::task::TaskTracker;
 /// Heartbeat of the nodes under test.
 pub const HEARTBEAT: Duration = Duration::from_millis(400);
 
+/// The settings of node `id` on `url` under `prefix` (heartbeat
+/// [`HEARTBEAT`]) and its clients, connected.
+pub async fn connect(url: &str, prefix: &str, id: &str) -> (RedisSettings, RedisClients) {
+    let settings = RedisSettings {
+        url: url.into(),
+        prefix: prefix.into(),
+        node_id: id.into(),
+        node_heartbeat: HEARTBEAT,
+        command_timeout: Duration::from_secs(2),
+    };
+    let clients = RedisClients::connect(&settings).expect("clients");
+    clients.start();
+    wait_connected(&clients).await;
+    (settings, clients)
+}
+
 /// One node of the cluster under test.
 pub type TestNode = herald_testkit::conformance::cluster::TestNode<RedisBackend>;
 
@@ -69,16 +85,7 @@ impl ClusterBackend for RedisBackend {
     const HEARTBEAT: Duration = HEARTBEAT;
 
     async fn registry(&self, prefix: &str, id: &str) -> Arc<RedisCluster> {
-        let settings = RedisSettings {
-            url: self.url.clone(),
-            prefix: prefix.into(),
-            node_id: id.into(),
-            node_heartbeat: HEARTBEAT,
-            command_timeout: Duration::from_secs(2),
-        };
-        let clients = RedisClients::connect(&settings).expect("clients");
-        clients.start();
-        wait_connected(&clients).await;
+        let (settings, clients) = connect(&self.url, prefix, id).await;
         RedisCluster::new(clients, &settings)
     }
 

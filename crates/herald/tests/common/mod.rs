@@ -8,7 +8,8 @@
 //! One file per part: `node` (a node and its HTTP API), `inproc` (running
 //! one inside the test process),
 //! `ws` (the WebSocket client), `raw` (the hand-made socket), `tokens`
-//! (signing), `sse` (the SSE client, used as `common::sse::...`) and `cdp`
+//! (signing), `sse` (the SSE client, used as `common::sse::...`), `webhooks` (the
+//! cluster webhook scenarios) and `cdp`
 //! (headless Chromium). The first four are re-exported here, so tests
 //! `use common::*`.
 
@@ -25,6 +26,7 @@ mod process;
 mod raw;
 pub mod sse;
 mod tokens;
+pub mod webhooks;
 mod ws;
 
 // A test binary that uses nothing from one of these would report its glob
