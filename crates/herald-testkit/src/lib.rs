@@ -78,6 +78,14 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run redis-cli (apt-get install -y redis-server)");
+    if !out.status.success() || out.stdout.is_empty() {
+        // Said where the test's own assertion on the output will not.
+        eprintln!(
+            "redis-cli -p {port} {args:?}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -110,19 +118,57 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("redis.log")).expect("log file");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.extra)
-            .stdout(log)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server (apt-get install -y redis-server)");
-        self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10));
+        // Another test process may take the same port between our check and
+        // redis-server's bind; then our server exits and something else
+        // answers on the port. Only a PONG from a live child of ours counts,
+        // and a lost port is traded for another (a restart keeps its port
+        // while it can, since the caller's clients point at it).
+        for attempt in 0..5 {
+            if attempt > 0 {
+                self.port = free_server_port(self.extra.iter().any(|a| a == "--cluster-enabled"));
+            }
+            let log = std::fs::File::create(self.dir.join("redis.log")).expect("log file");
+            let child = Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&self.dir)
+                .args(&self.extra)
+                .stdout(log)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server (apt-get install -y redis-server)");
+            self.child = Some(child);
+            if self.wait_until_ours(Duration::from_secs(10)) {
+                return;
+            }
+            self.kill();
+        }
+        panic!("redis-server could not listen on a free port in 5 attempts");
+    }
+
+    /// Waits until our child answers PING on its port; false when it
+    /// exited first (its port was taken).
+    fn wait_until_ours(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return false;
+                }
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && redis_cli(self.port, &["PING"]).trim() == "PONG"
+            {
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer on {} within {within:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The port it listens on.
