@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { connect, HeraldError, TimeoutError, UnsupportedError, type HeraldClient, type StateChange } from '../../src/index.js';
-import { accept, ev, FakeWebSocket, flush, tokenFor } from './fakes.js';
+import { accept, ev, FakeWebSocket, flush, openWsClient, tokenFor } from './fakes.js';
 
 let clients: HeraldClient[] = [];
 
@@ -15,20 +15,7 @@ afterEach(() => {
   vi.useRealTimers();
 });
 
-function open(extra: Record<string, unknown> = {}): HeraldClient {
-  const c = connect({
-    url: 'https://herald.test/',
-    token: tokenFor(3600),
-    WebSocket: FakeWebSocket as any,
-    transports: ['websocket'],
-    backoff: { initialMs: 100, maxMs: 1000 },
-    requestTimeoutMs: 1000,
-    pingIntervalMs: 0,
-    ...extra,
-  });
-  clients.push(c);
-  return c;
-}
+const open = (extra: Record<string, unknown> = {}): HeraldClient => openWsClient(clients, extra);
 
 async function connected(extra: Record<string, unknown> = {}, rooms: any[] = []) {
   const client = open(extra);

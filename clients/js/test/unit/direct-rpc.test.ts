@@ -1,6 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
-  connect,
   HeraldError,
   TimeoutError,
   UnsupportedError,
@@ -8,7 +7,7 @@ import {
   type HeraldDirectEvent,
   type HeraldEvent,
 } from '../../src/index.js';
-import { accept, ev, FakeEventSource, FakeWebSocket, flush, tokenFor } from './fakes.js';
+import { accept, ev, FakeEventSource, FakeWebSocket, flush, openWsClient } from './fakes.js';
 
 let clients: HeraldClient[] = [];
 
@@ -24,20 +23,7 @@ afterEach(() => {
   vi.useRealTimers();
 });
 
-function open(extra: Record<string, unknown> = {}): HeraldClient {
-  const c = connect({
-    url: 'https://herald.test/',
-    token: tokenFor(3600),
-    WebSocket: FakeWebSocket as any,
-    transports: ['websocket'],
-    backoff: { initialMs: 100, maxMs: 1000 },
-    requestTimeoutMs: 1000,
-    pingIntervalMs: 0,
-    ...extra,
-  });
-  clients.push(c);
-  return c;
-}
+const open = (extra: Record<string, unknown> = {}): HeraldClient => openWsClient(clients, extra);
 
 async function connected(extra: Record<string, unknown> = {}) {
   const client = open(extra);

@@ -1,4 +1,5 @@
 import { vi } from 'vitest';
+import { connect, type HeraldClient } from '../../src/index.js';
 
 /** A WebSocket double: the test plays the server. */
 export class FakeWebSocket {
@@ -133,4 +134,24 @@ export async function accept(ws: FakeWebSocket, rooms: Array<{ room: string; epo
 
 export function ev(room: string, offset: number, event = 'e', epoch = 'E1', data: unknown = offset) {
   return { type: 'event', room, event, data, epoch, offset, ts: 0, event_id: `id${offset}` };
+}
+
+/**
+ * Opens a client on a fake WebSocket with the unit tests' options
+ * (fast backoff, a 1 s request timeout, no pings), recorded in `clients`
+ * so the test file's `afterEach` closes it.
+ */
+export function openWsClient(clients: HeraldClient[], extra: Record<string, unknown> = {}): HeraldClient {
+  const c = connect({
+    url: 'https://herald.test/',
+    token: tokenFor(3600),
+    WebSocket: FakeWebSocket as any,
+    transports: ['websocket'],
+    backoff: { initialMs: 100, maxMs: 1000 },
+    requestTimeoutMs: 1000,
+    pingIntervalMs: 0,
+    ...extra,
+  });
+  clients.push(c);
+  return c;
 }
