@@ -1,7 +1,9 @@
 //! The HTTP API of PROTOCOL.md 2 and 5.
 
+use crate::audit;
 use crate::error::ApiError;
 use crate::extract::{Admin, ApiKey, JsonBody, Publish};
+use crate::request_id::RequestId;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -137,13 +139,20 @@ pub(crate) fn parse_publish(json: &[u8]) -> Result<PublishInput, ApiError> {
 
 /// `POST /api/v1/publish`
 pub(crate) async fn publish(
-    _: ApiKey<Publish>,
+    key: ApiKey<Publish>,
+    request_id: RequestId,
     State(app): State<AppState>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<Response, ApiError> {
     let input = publish_input(body)?;
     let room = input.room.clone();
+    let event = input.event.clone();
     let outcome = app.node.publish(input).await?;
+    tracing::debug!(
+        request_id = request_id.as_str(), api_key = key.name(), room = room.as_str(),
+        event = event.as_str(), offset = outcome.position.offset, duplicate = outcome.duplicate,
+        "published"
+    );
     Ok(Json(json!({
         "room": room,
         "epoch": outcome.position.epoch,
@@ -165,7 +174,8 @@ pub(crate) struct BroadcastBody {
 
 /// `POST /api/v1/broadcast`
 pub(crate) async fn broadcast(
-    _: ApiKey<Publish>,
+    key: ApiKey<Publish>,
+    request_id: RequestId,
     State(app): State<AppState>,
     JsonBody(b): JsonBody<BroadcastBody>,
 ) -> Result<Response, ApiError> {
@@ -184,12 +194,12 @@ pub(crate) async fn broadcast(
         .map(|r| room_key(b.tenant.as_deref(), r))
         .collect::<Result<Vec<_>, _>>()?;
     let mut results = Vec::with_capacity(keys.len());
-    for (i, key) in keys.iter().enumerate() {
+    for (i, room) in keys.iter().enumerate() {
         let published = app
             .node
             .publish(PublishInput {
-                tenant: key.tenant.clone(),
-                room: key.name.to_string(),
+                tenant: room.tenant.clone(),
+                room: room.name.to_string(),
                 event: b.event.clone(),
                 data: b.data.clone(),
                 idempotency_key: None,
@@ -198,16 +208,20 @@ pub(crate) async fn broadcast(
             .await;
         match published {
             Ok(outcome) => results.push(json!({
-                "room": key.name.as_str(),
+                "room": room.name.as_str(),
                 "epoch": outcome.position.epoch,
                 "offset": outcome.position.offset,
             })),
             Err(e) => {
-                tracing::warn!(room = %key.name, published = i, error = %e, "broadcast stopped at a failed room");
+                tracing::warn!(room = %room.name, published = i, error = %e, "broadcast stopped at a failed room");
                 return Ok(partial_broadcast(ApiError::from(e), results, &keys[i..]));
             }
         }
     }
+    tracing::debug!(
+        request_id = request_id.as_str(), api_key = key.name(), rooms = results.len(),
+        event = b.event.as_str(), "broadcast"
+    );
     Ok(Json(json!({ "results": results })).into_response())
 }
 
@@ -385,9 +399,15 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// `POST /api/v1/tokens`
 pub(crate) async fn mint_token(
     _: ApiKey<Admin>,
+    note: audit::Note,
     State(app): State<AppState>,
     JsonBody(b): JsonBody<TokenBody>,
 ) -> Result<Response, ApiError> {
+    // The audit line names whom the token is for.
+    note.set_resource("user", &b.sub);
+    if let Some(t) = &b.tenant {
+        note.set_tenant(t);
+    }
     // The same rule verification applies, so a minted token verifies.
     tenant(b.tenant.as_deref())?;
     let Some(minter) = &app.minter else {

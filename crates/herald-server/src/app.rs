@@ -1,6 +1,8 @@
 //! Shared state of the HTTP handlers and the router.
 
+use crate::audit::admin;
 use crate::auth::ApiKeys;
+use crate::origin::OriginPolicy;
 use crate::{api, ops, sse, ws};
 use axum::routing::{get, post};
 use axum::Router;
@@ -24,6 +26,8 @@ pub struct AppState {
     /// `proxy.forward_headers`, lower-case: the request headers passed to
     /// the connect proxy.
     pub(crate) forward_headers: Arc<[String]>,
+    /// `server.allowed_origins`.
+    pub(crate) origins: Arc<OriginPolicy>,
 }
 
 /// Every route of PROTOCOL.md 2.
@@ -41,21 +45,27 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/broadcast", post(api::broadcast))
         .route(
             "/api/v1/users/{user_id}/disconnect",
-            post(api::disconnect_user),
+            admin("connection.disconnect", post(api::disconnect_user)),
         )
         .route(
             "/api/v1/users/{user_id}/connections",
-            get(api::user_connections),
+            admin("connections.read", get(api::user_connections)),
         )
         .route("/api/v1/users/{user_id}/send", post(api::direct::to_user))
         .route(
             "/api/v1/connections/{connection_id}/send",
             post(api::direct::to_connection),
         )
-        .route("/api/v1/rooms/{room}/presence", get(api::presence))
-        .route("/api/v1/rooms/{room}/history", get(api::history))
-        .route("/api/v1/stats", get(api::stats))
-        .route("/api/v1/tokens", post(api::mint_token))
+        .route(
+            "/api/v1/rooms/{room}/presence",
+            admin("presence.read", get(api::presence)),
+        )
+        .route(
+            "/api/v1/rooms/{room}/history",
+            admin("history.read", get(api::history)),
+        )
+        .route("/api/v1/stats", admin("stats.read", get(api::stats)))
+        .route("/api/v1/tokens", admin("token.mint", post(api::mint_token)))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/ws/health", get(ops::ready))
@@ -65,7 +75,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn(crate::guard::request_limits))
         .layer(axum::middleware::map_response(ops::json_errors))
-        // Outermost, so a panic anywhere below still gets the JSON 500.
+        // Outside the rest, so a panic anywhere below still gets the JSON 500.
         .layer(axum::middleware::from_fn(crate::guard::catch_panic))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::origin::api_cors,
+        ))
+        // Outermost: every answer of an API call, the 500 of a panic and a
+        // refused preflight included, carries the request id.
+        .layer(axum::middleware::from_fn(crate::request_id::assign))
         .with_state(state)
 }

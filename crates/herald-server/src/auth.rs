@@ -156,19 +156,38 @@ pub fn token_minter(config: &Config, hs256_secret: &str) -> TokenMinter {
     )
 }
 
-/// Configured API keys, compared in constant time.
+/// Configured API keys, compared in constant time, each with its name
+/// (`auth.api_keys[].name`) for logs.
 pub(crate) struct ApiKeys {
-    keys: Vec<(Vec<u8>, Vec<Scope>)>,
+    keys: Vec<ApiKeyEntry>,
 }
 
-/// Outcome of checking an API request's key.
+struct ApiKeyEntry {
+    secret: Vec<u8>,
+    scopes: Vec<Scope>,
+    name: Arc<str>,
+}
+
+/// Outcome of checking an API request's key. The name is the matched
+/// key's, never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeyCheck {
     /// The key is valid and holds the scope.
-    Allowed,
+    Allowed(Arc<str>),
     /// No key or an unknown key (401).
     Unauthorized,
     /// A valid key without the scope (403).
-    Forbidden,
+    Forbidden(Arc<str>),
+}
+
+impl KeyCheck {
+    /// The matched key's name, if a key matched.
+    pub(crate) fn name(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::Allowed(name) | Self::Forbidden(name) => Some(name),
+            Self::Unauthorized => None,
+        }
+    }
 }
 
 impl ApiKeys {
@@ -177,7 +196,12 @@ impl ApiKeys {
             keys: config
                 .api_keys
                 .iter()
-                .map(|k| (k.key.as_bytes().to_vec(), k.scopes.clone()))
+                .enumerate()
+                .map(|(i, k)| ApiKeyEntry {
+                    secret: k.key.as_bytes().to_vec(),
+                    scopes: k.scopes.clone(),
+                    name: k.name_or_default(i).into(),
+                })
                 .collect(),
         }
     }
@@ -188,16 +212,59 @@ impl ApiKeys {
         let Some(presented) = presented else {
             return KeyCheck::Unauthorized;
         };
-        let mut found: Option<&Vec<Scope>> = None;
-        for (key, scopes) in &self.keys {
-            if bool::from(key.as_slice().ct_eq(presented.as_bytes())) {
-                found = Some(scopes);
+        let mut found: Option<&ApiKeyEntry> = None;
+        for key in &self.keys {
+            if bool::from(key.secret.as_slice().ct_eq(presented.as_bytes())) {
+                found = Some(key);
             }
         }
         match found {
             None => KeyCheck::Unauthorized,
-            Some(s) if s.contains(&Scope::Admin) || s.contains(&scope) => KeyCheck::Allowed,
-            Some(_) => KeyCheck::Forbidden,
+            Some(k) if k.scopes.contains(&Scope::Admin) || k.scopes.contains(&scope) => {
+                KeyCheck::Allowed(k.name.clone())
+            }
+            Some(k) => KeyCheck::Forbidden(k.name.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ApiKeys, KeyCheck};
+    use crate::config::{ApiKeyConfig, AuthConfig, Scope};
+
+    #[test]
+    fn check_names_the_matched_key() {
+        let auth = AuthConfig {
+            api_keys: vec![
+                ApiKeyConfig {
+                    key: "publisher-key-0000000".into(),
+                    scopes: vec![Scope::Publish],
+                    name: Some("billing".into()),
+                },
+                ApiKeyConfig {
+                    key: "admin-key-00000000000".into(),
+                    scopes: vec![Scope::Admin],
+                    name: None,
+                },
+            ],
+            ..AuthConfig::default()
+        };
+        let keys = ApiKeys::new(&auth);
+        let check = |key: Option<&str>, scope| keys.check(key, scope);
+        assert_eq!(
+            check(Some("publisher-key-0000000"), Scope::Publish),
+            KeyCheck::Allowed("billing".into())
+        );
+        assert_eq!(
+            check(Some("publisher-key-0000000"), Scope::Admin),
+            KeyCheck::Forbidden("billing".into())
+        );
+        assert_eq!(
+            check(Some("admin-key-00000000000"), Scope::Publish),
+            KeyCheck::Allowed("key-2".into())
+        );
+        assert_eq!(check(Some("nope"), Scope::Publish), KeyCheck::Unauthorized);
+        assert_eq!(check(None, Scope::Publish), KeyCheck::Unauthorized);
     }
 }

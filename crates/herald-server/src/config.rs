@@ -2,12 +2,14 @@
 //! (PROTOCOL.md 1). Unknown keys and bad values are refused before any port
 //! is bound, each error naming its key.
 
+mod audit;
 mod bridge;
 // A build without bridges reads `[bridge]` into a table that refuses keys.
 #[cfg(not(feature = "bridge"))]
 use bridge as herald_bridge;
 mod env;
 mod namespaces;
+mod origins;
 mod proxy;
 mod webhooks;
 
@@ -91,6 +93,10 @@ pub struct ServerConfig {
     /// a slower one is answered 408.
     #[serde(with = "duration")]
     pub body_timeout: Duration,
+    /// Browser origins allowed to connect and call the API (patterns:
+    /// `*`, `https://app.example.com`, `https://*.example.com`); unset, no
+    /// origin is checked (docs/operations.md, "Browser origins").
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +106,7 @@ impl Default for ServerConfig {
             node_id: None,
             shutdown_drain: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            allowed_origins: None,
         }
     }
 }
@@ -112,6 +119,10 @@ pub struct ApiKeyConfig {
     pub key: String,
     /// `publish` and/or `admin`.
     pub scopes: Vec<Scope>,
+    /// The name logs show instead of the key; `key-<n>` (1-based) when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// What an API key may do.
@@ -389,6 +400,8 @@ impl Config {
                 ));
             }
         }
+        audit::validate_names(&self.auth.api_keys, &mut problems);
+        origins::validate(&self.server, &mut problems);
         self.validate_broker(&mut problems);
         for (key, message) in self.bridge_problems() {
             problems.push(invalid(key, message));
@@ -537,8 +550,9 @@ impl Config {
             }
         };
         mask(&mut c.auth.hs256_secret);
-        for k in &mut c.auth.api_keys {
+        for (i, k) in c.auth.api_keys.iter_mut().enumerate() {
             k.key = "********".into();
+            k.name = Some(k.name_or_default(i));
         }
         if let Some(url) = &mut c.broker.redis_url {
             *url = mask_url(url);

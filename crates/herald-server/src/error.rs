@@ -1,5 +1,8 @@
-//! API errors as JSON `{"error": {"code", "message"}}` with a fitting status.
+//! API errors as JSON `{"error": {"code", "message"}}` with a fitting status,
+//! plus `request_id` in `error` when the answer is to an HTTP API call
+//! (see [`crate::request_id`]).
 
+use crate::request_id::RequestId;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herald_node::NodeError;
@@ -83,15 +86,24 @@ impl ApiError {
         fields: serde_json::Map<String, serde_json::Value>,
     ) -> Response {
         let mut body = fields;
-        body.insert(
-            "error".into(),
-            json!({"code": self.code, "message": self.message}),
-        );
+        body.insert("error".into(), self.error_object());
         self.respond(serde_json::Value::Object(body))
+    }
+
+    /// The `error` object: code, message, and the request id of the API
+    /// call being answered, if any.
+    fn error_object(&self) -> serde_json::Value {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(id) = RequestId::current() {
+            error["request_id"] = id.as_str().into();
+        }
+        error
     }
 
     fn respond(self, body: serde_json::Value) -> Response {
         let mut response = (self.status, axum::Json(body)).into_response();
+        // For the audit log's `outcome`, without reparsing the body.
+        response.extensions_mut().insert(self.code);
         if self.close {
             response.headers_mut().insert(
                 axum::http::header::CONNECTION,
@@ -104,7 +116,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = json!({ "error": self.error_object() });
         self.respond(body)
     }
 }

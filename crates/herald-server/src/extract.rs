@@ -7,6 +7,7 @@
 //! taking `(ApiKey<Publish>, JsonBody<T>)` refuses a keyless request
 //! without waiting for its body.
 
+use crate::audit;
 use crate::auth::KeyCheck;
 use crate::config::Scope;
 use crate::error::ApiError;
@@ -19,6 +20,7 @@ use futures_util::StreamExt;
 use herald_protocol::ErrorCode;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// Largest request body the API reads, in bytes (2 MiB).
 pub(crate) const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -52,22 +54,41 @@ impl RequiredScope for Admin {
     const SCOPE: Scope = Scope::Admin;
 }
 
-/// Proof that the request carried an API key holding scope `S`; refuses
-/// with 401 (no or unknown key) or 403 (key without the scope).
-pub(crate) struct ApiKey<S>(PhantomData<S>);
+/// Proof that the request carried an API key holding scope `S`, with the
+/// key's name; refuses with 401 (no or unknown key) or 403 (key without
+/// the scope). The name of a matched key is also handed to the audit
+/// log's note of the call, when the route is audited.
+pub(crate) struct ApiKey<S> {
+    name: Arc<str>,
+    scope: PhantomData<S>,
+}
+
+impl<S> ApiKey<S> {
+    /// The key's name (`auth.api_keys[].name`), never the key itself.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
 
 impl<S: RequiredScope> FromRequestParts<AppState> for ApiKey<S> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        match app.api_keys.check(bearer(&parts.headers), S::SCOPE) {
-            KeyCheck::Allowed => Ok(Self(PhantomData)),
+        let check = app.api_keys.check(bearer(&parts.headers), S::SCOPE);
+        if let (Some(note), Some(name)) = (parts.extensions.get::<audit::Note>(), check.name()) {
+            note.set_api_key(name.clone());
+        }
+        match check {
+            KeyCheck::Allowed(name) => Ok(Self {
+                name,
+                scope: PhantomData,
+            }),
             KeyCheck::Unauthorized => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,
                 "missing or unknown API key; send Authorization: Bearer <api key>",
             )),
-            KeyCheck::Forbidden => Err(ApiError::new(
+            KeyCheck::Forbidden(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
                 "this API key lacks the scope for this call",

@@ -6,6 +6,7 @@
 
 mod api;
 mod app;
+mod audit;
 mod auth;
 pub mod config;
 mod credential;
@@ -18,7 +19,9 @@ pub mod fuzzing;
 mod guard;
 mod http;
 mod ops;
+mod origin;
 mod publish_target;
+mod request_id;
 mod resume;
 mod serve;
 mod socketio;
@@ -28,4 +31,5 @@ mod ws;
 pub use app::AppState;
 pub use auth::{build_authenticator, dev_mode, no_token_key, token_minter};
 pub use config::{Config, ConfigError};
+pub use request_id::RequestId;
 pub use serve::{serve, serve_on, serve_on_with, ServeError};

@@ -158,7 +158,18 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         .await
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let code = match status {
+    let code = status_error_code(status);
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.trim().to_owned()
+    };
+    ApiError::new(status, code, message).into_response()
+}
+
+/// The error code of an error answer that carries only a status.
+pub(crate) fn status_error_code(status: StatusCode) -> ErrorCode {
+    match status {
         StatusCode::NOT_FOUND => ErrorCode::NotFound,
         StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
         StatusCode::FORBIDDEN => ErrorCode::Forbidden,
@@ -167,11 +178,5 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
         s if s.is_server_error() => ErrorCode::Internal,
         _ => ErrorCode::BadRequest,
-    };
-    let message = if text.trim().is_empty() {
-        status.canonical_reason().unwrap_or("error").to_owned()
-    } else {
-        text.trim().to_owned()
-    };
-    ApiError::new(status, code, message).into_response()
+    }
 }

@@ -102,6 +102,7 @@ fn apply_dev_mode(config: &mut Config) {
         config.auth.api_keys.push(ApiKeyConfig {
             key: key.clone(),
             scopes: vec![Scope::Admin],
+            name: Some("dev".into()),
         });
         api_key = Some(key);
     }
@@ -156,6 +157,7 @@ pub async fn serve_on_with(
     apply_dev_mode(&mut config);
     let (authenticator, hs256) = build_authenticator(&config)?;
     let namespaces = config.namespace_rules()?;
+    let origins = crate::origin::OriginPolicy::from_config(&config.server)?;
     let metrics = install_metrics();
     let node_id = config
         .server
@@ -213,6 +215,7 @@ pub async fn serve_on_with(
         body_timeout: config.server.body_timeout,
         socketio: Arc::new(config.socketio.clone()),
         forward_headers: config.proxy.forward_header_names().into(),
+        origins: Arc::new(origins),
     };
     let local = listener
         .local_addr()

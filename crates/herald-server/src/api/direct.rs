@@ -7,6 +7,7 @@
 use super::{check_data, check_event, tenant, TenantQuery};
 use crate::error::ApiError;
 use crate::extract::{ApiKey, JsonBody, Publish};
+use crate::request_id::RequestId;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -48,7 +49,8 @@ impl DirectBody {
 
 /// `POST /api/v1/connections/{connection_id}/send`
 pub(crate) async fn to_connection(
-    _: ApiKey<Publish>,
+    key: ApiKey<Publish>,
+    request_id: RequestId,
     State(app): State<AppState>,
     Path(connection_id): Path<String>,
     Query(q): Query<TenantQuery>,
@@ -59,7 +61,12 @@ pub(crate) async fn to_connection(
         connection_id: connection_id.clone(),
         tenant,
     };
-    match app.node.send_direct(&target, b.event, b.data).await? {
+    let delivered = app.node.send_direct(&target, b.event, b.data).await?;
+    tracing::debug!(
+        request_id = request_id.as_str(), api_key = key.name(),
+        connection_id = connection_id.as_str(), ?delivered, "direct message sent"
+    );
+    match delivered {
         Some(n) => {
             Ok(Json(json!({"connection_id": connection_id, "delivered": n})).into_response())
         }
@@ -76,7 +83,8 @@ pub(crate) async fn to_connection(
 
 /// `POST /api/v1/users/{user_id}/send`
 pub(crate) async fn to_user(
-    _: ApiKey<Publish>,
+    key: ApiKey<Publish>,
+    request_id: RequestId,
     State(app): State<AppState>,
     Path(user_id): Path<String>,
     Query(q): Query<TenantQuery>,
@@ -92,5 +100,9 @@ pub(crate) async fn to_user(
         .send_direct(&target, b.event, b.data)
         .await?
         .unwrap_or(0);
+    tracing::debug!(
+        request_id = request_id.as_str(), api_key = key.name(), user_id = user_id.as_str(),
+        delivered = n, "direct message sent"
+    );
     Ok(Json(json!({"user_id": user_id, "delivered": n})).into_response())
 }

@@ -90,6 +90,9 @@ pub(crate) async fn stream(
     PeerIp(ip): PeerIp,
     source: CredentialSource,
 ) -> Response {
+    if let Some(refusal) = app.origins.refusal(&headers) {
+        return refusal;
+    }
     let slot = match crate::ops::reserve_socket(&app, ip) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
@@ -254,6 +257,7 @@ pub(crate) async fn stream(
     );
     let session: SessionSlot = Arc::new(Mutex::new(Some(session)));
     spawn_slow_reader_watch(&app, &conn, &session, handle.map(|Extension(h)| h));
+    let app_origins = app.origins.clone();
     let state = StreamState {
         conn,
         session,
@@ -279,12 +283,9 @@ pub(crate) async fn stream(
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    // Browser apps live on other origins; the token travels in the query,
-    // never in cookies, so any origin may read its own stream.
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    // Browser apps live on other origins: `*`, or the allowed origin
+    // under `server.allowed_origins`.
+    app_origins.stream_headers(&headers, h);
     response
 }
 

@@ -98,6 +98,11 @@ pub(crate) async fn upgrade(
     source: CredentialSource,
     ws: WsUpgrade,
 ) -> Response {
+    // A browser page not in `server.allowed_origins` (when set) is refused
+    // before anything is reserved or verified.
+    if let Some(refusal) = app.origins.refusal(&headers) {
+        return refusal;
+    }
     let slot = match crate::ops::reserve_socket(&app, ip) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),

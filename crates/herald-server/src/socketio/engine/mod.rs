@@ -89,7 +89,15 @@ pub(crate) fn routes(path: &str) -> axum::Router<AppState> {
     let table = Arc::new(Table::default());
     let handler = move |State(app): State<AppState>, request: Request| {
         let table = table.clone();
-        async move { cors(handle(table, app, request).await) }
+        async move {
+            // Under `server.allowed_origins`, a page not allowed gets 403
+            // (no CORS headers) for its handshake, polls, preflight and
+            // WebSocket upgrade alike.
+            if let Some(refusal) = app.origins.refusal(request.headers()) {
+                return refusal;
+            }
+            cors(handle(table, app, request).await)
+        }
     };
     let trimmed = path.trim_end_matches('/');
     let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
@@ -116,6 +124,7 @@ struct Answer(Response, Option<HeaderValue>);
 
 /// Adds the CORS headers, so browser clients on another origin can poll:
 /// the request's `Origin` echoed (with credentials allowed), else `*`.
+/// Under `server.allowed_origins` only allowed origins get this far.
 fn cors(answer: Answer) -> Response {
     let Answer(mut response, origin) = answer;
     let headers = response.headers_mut();
