@@ -149,8 +149,12 @@ pub(crate) async fn publish(
     let event = input.event.clone();
     let outcome = app.node.publish(input).await?;
     tracing::debug!(
-        request_id = request_id.as_str(), api_key = key.name(), room = room.as_str(),
-        event = event.as_str(), offset = outcome.position.offset, duplicate = outcome.duplicate,
+        request_id = request_id.as_str(),
+        api_key = key.name(),
+        room = room.as_str(),
+        event = event.as_str(),
+        offset = outcome.position.offset,
+        duplicate = outcome.duplicate,
         "published"
     );
     Ok(Json(json!({
@@ -219,8 +223,11 @@ pub(crate) async fn broadcast(
         }
     }
     tracing::debug!(
-        request_id = request_id.as_str(), api_key = key.name(), rooms = results.len(),
-        event = b.event.as_str(), "broadcast"
+        request_id = request_id.as_str(),
+        api_key = key.name(),
+        rooms = results.len(),
+        event = b.event.as_str(),
+        "broadcast"
     );
     Ok(Json(json!({ "results": results })).into_response())
 }

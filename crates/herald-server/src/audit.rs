@@ -35,10 +35,7 @@ const NONE: &str = "-";
 /// Audits every call of `route` that reaches one of its methods under
 /// `action` (e.g. `stats.read`). A wrong method (405) is not an admin call
 /// and is not audited.
-pub(crate) fn admin(
-    action: &'static str,
-    route: MethodRouter<AppState>,
-) -> MethodRouter<AppState> {
+pub(crate) fn admin(action: &'static str, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
     route.route_layer(axum::middleware::from_fn(
         move |request: Request, next: Next| record(action, request, next),
     ))

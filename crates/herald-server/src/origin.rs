@@ -311,7 +311,11 @@ fn refused(origin: &HeaderValue) -> Response {
 /// methods and headers the API takes, from another origin 403; an actual
 /// request from an allowed origin gets `Access-Control-Allow-Origin` with
 /// that origin. Unset, the API sends no CORS headers, as before.
-pub(crate) async fn api_cors(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn api_cors(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !app.origins.is_set() || !crate::request_id::is_api(request.uri().path()) {
         return next.run(request).await;
     }

@@ -90,18 +90,22 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn varies_by_origin(headers: &HeaderMap) -> bool {
-    headers
-        .get_all("vary")
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("origin")))
+    headers.get_all("vary").iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("origin"))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_follow_the_policy() {
     let node = TestNode::start(POLICY).await;
     let path = format!("/ws?token={}", node.user_token("alice"));
-    upgrade(&node, &path, Some(ALLOWED)).await.expect("exact origin");
-    upgrade(&node, &path, Some(WILDCARD)).await.expect("wildcard origin");
+    upgrade(&node, &path, Some(ALLOWED))
+        .await
+        .expect("exact origin");
+    upgrade(&node, &path, Some(WILDCARD))
+        .await
+        .expect("wildcard origin");
     // Case and the default port do not make another origin.
     upgrade(&node, &path, Some("HTTPS://APP.EXAMPLE.COM:443"))
         .await
@@ -129,7 +133,10 @@ async fn sse_echoes_allowed_origins_and_refuses_others() {
     let s = open_sse(&node, "", &[("Authorization", &auth)])
         .await
         .unwrap_or_else(|(status, body)| panic!("no origin: {status} {body}"));
-    assert_eq!(header(s.resp.headers(), "access-control-allow-origin"), None);
+    assert_eq!(
+        header(s.resp.headers(), "access-control-allow-origin"),
+        None
+    );
     for origin in [REFUSED, BARE] {
         let Err((status, body)) =
             open_sse(&node, "", &[("Authorization", &auth), ("Origin", origin)]).await
@@ -177,23 +184,46 @@ async fn api_cors_answers_allowed_origins_only() {
     let publish = format!("{}/api/v1/publish", node.url());
     let preflight = [
         ("Access-Control-Request-Method", "POST"),
-        ("Access-Control-Request-Headers", "authorization, content-type, x-request-id"),
+        (
+            "Access-Control-Request-Headers",
+            "authorization, content-type, x-request-id",
+        ),
     ];
-    let (status, h, body) =
-        http(Method::OPTIONS, publish.clone(), Some(ALLOWED), &preflight, None).await;
+    let (status, h, body) = http(
+        Method::OPTIONS,
+        publish.clone(),
+        Some(ALLOWED),
+        &preflight,
+        None,
+    )
+    .await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(header(&h, "access-control-allow-origin"), Some(ALLOWED));
     assert!(varies_by_origin(&h), "{h:?}");
     let methods = header(&h, "access-control-allow-methods").unwrap_or_default();
-    assert!(methods.contains("POST") && methods.contains("GET"), "{methods}");
+    assert!(
+        methods.contains("POST") && methods.contains("GET"),
+        "{methods}"
+    );
     let allowed = header(&h, "access-control-allow-headers").unwrap_or_default();
-    for name in ["authorization", "content-type", "x-request-id", "idempotency-key"] {
+    for name in [
+        "authorization",
+        "content-type",
+        "x-request-id",
+        "idempotency-key",
+    ] {
         assert!(allowed.contains(name), "{name}: {allowed}");
     }
     assert!(header(&h, "x-request-id").is_some(), "{h:?}");
 
-    let (status, h, body) =
-        http(Method::OPTIONS, publish.clone(), Some(REFUSED), &preflight, None).await;
+    let (status, h, body) = http(
+        Method::OPTIONS,
+        publish.clone(),
+        Some(REFUSED),
+        &preflight,
+        None,
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("server.allowed_origins"), "{body}");
     assert_eq!(header(&h, "access-control-allow-origin"), None);
@@ -226,7 +256,14 @@ async fn api_cors_answers_allowed_origins_only() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(header(&h, "access-control-allow-origin"), None);
-    let (status, h, _) = http(Method::POST, publish, None, &[("Authorization", &auth)], Some(event)).await;
+    let (status, h, _) = http(
+        Method::POST,
+        publish,
+        None,
+        &[("Authorization", &auth)],
+        Some(event),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(header(&h, "access-control-allow-origin"), None);
 }
@@ -235,13 +272,18 @@ async fn api_cors_answers_allowed_origins_only() {
 async fn without_the_key_every_transport_behaves_as_before() {
     let node = TestNode::start("").await;
     let path = format!("/ws?token={}", node.user_token("alice"));
-    upgrade(&node, &path, Some(REFUSED)).await.expect("any origin");
+    upgrade(&node, &path, Some(REFUSED))
+        .await
+        .expect("any origin");
 
     let auth = bearer(&node.user_token("alice"));
     let s = open_sse(&node, "", &[("Authorization", &auth), ("Origin", REFUSED)])
         .await
         .unwrap_or_else(|(status, body)| panic!("{status} {body}"));
-    assert_eq!(header(s.resp.headers(), "access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        header(s.resp.headers(), "access-control-allow-origin"),
+        Some("*")
+    );
 
     let polling = format!("{}/socket.io/?EIO=4&transport=polling", node.url());
     let (status, h, _) = http(Method::GET, polling, Some(REFUSED), &[], None).await;

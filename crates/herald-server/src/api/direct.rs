@@ -63,8 +63,11 @@ pub(crate) async fn to_connection(
     };
     let delivered = app.node.send_direct(&target, b.event, b.data).await?;
     tracing::debug!(
-        request_id = request_id.as_str(), api_key = key.name(),
-        connection_id = connection_id.as_str(), ?delivered, "direct message sent"
+        request_id = request_id.as_str(),
+        api_key = key.name(),
+        connection_id = connection_id.as_str(),
+        ?delivered,
+        "direct message sent"
     );
     match delivered {
         Some(n) => {
@@ -101,8 +104,11 @@ pub(crate) async fn to_user(
         .await?
         .unwrap_or(0);
     tracing::debug!(
-        request_id = request_id.as_str(), api_key = key.name(), user_id = user_id.as_str(),
-        delivered = n, "direct message sent"
+        request_id = request_id.as_str(),
+        api_key = key.name(),
+        user_id = user_id.as_str(),
+        delivered = n,
+        "direct message sent"
     );
     Ok(Json(json!({"user_id": user_id, "delivered": n})).into_response())
 }

@@ -44,7 +44,9 @@ pub(super) fn validate_names(keys: &[ApiKeyConfig], problems: &mut Vec<ConfigErr
         if let Some(first) = seen.insert(name.clone(), i) {
             problems.push(invalid(
                 key,
-                format!("`{name}` is already the name of auth.api_keys[{first}]; names must be unique"),
+                format!(
+                    "`{name}` is already the name of auth.api_keys[{first}]; names must be unique"
+                ),
             ));
         }
     }
