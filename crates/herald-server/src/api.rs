@@ -146,13 +146,11 @@ pub(crate) async fn publish(
 ) -> Result<Response, ApiError> {
     let input = publish_input(body)?;
     let room = input.room.clone();
-    let event = input.event.clone();
     let outcome = app.node.publish(input).await?;
     tracing::debug!(
         request_id = request_id.as_str(),
         api_key = key.name(),
         room = room.as_str(),
-        event = event.as_str(),
         offset = outcome.position.offset,
         duplicate = outcome.duplicate,
         "published"

@@ -9,6 +9,7 @@
 //! message; hyper's own answers get the JSON body from `http::ServerIo`.
 
 use crate::error::ApiError;
+use crate::request_id::RequestId;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -42,6 +43,7 @@ pub(crate) fn describe_metrics() {
 pub(crate) async fn catch_panic(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let request_id = req.extensions().get::<RequestId>().cloned();
     // The handler's state is dropped with the panic; nothing of it is
     // used afterwards, so unwind safety holds.
     match AssertUnwindSafe(next.run(req)).catch_unwind().await {
@@ -53,7 +55,8 @@ pub(crate) async fn catch_panic(req: Request, next: Next) -> Response {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             metrics::counter!(PANICS_METRIC).increment(1);
-            tracing::error!(%method, %path, panic = %what, "HTTP handler panicked");
+            let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
+            tracing::error!(%method, %path, request_id, panic = %what, "HTTP handler panicked");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Internal,
@@ -153,6 +156,34 @@ mod tests {
         let (status, body) = call(router, get_request("/fine")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, "ok");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_api_call_answers_with_its_request_id() {
+        async fn boom() -> &'static str {
+            panic!("handler bug");
+        }
+        let router = Router::new()
+            .route("/api/boom", get(boom))
+            .layer(axum::middleware::from_fn(catch_panic))
+            .layer(axum::middleware::from_fn(crate::request_id::assign));
+        let mut req = get_request("/api/boom");
+        req.headers_mut().insert(
+            "x-request-id",
+            axum::http::HeaderValue::from_static("boom-1"),
+        );
+        let service = TowerToHyperService::new(router);
+        let Ok(response) = service.call(req).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers().get("x-request-id").map(|v| v.as_bytes()),
+            Some(&b"boom-1"[..])
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+        assert_eq!(body["error"]["request_id"], "boom-1", "{body}");
     }
 
     #[tokio::test]
