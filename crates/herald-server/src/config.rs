@@ -9,6 +9,7 @@ use bridge as herald_bridge;
 mod env;
 mod namespaces;
 mod proxy;
+mod tls;
 mod webhooks;
 
 use herald_core::Namespaces;
@@ -91,6 +92,11 @@ pub struct ServerConfig {
     /// a slower one is answered 408.
     #[serde(with = "duration")]
     pub body_timeout: Duration,
+    /// PEM certificate chain (leaf first) to serve HTTPS/WSS with; set
+    /// together with `tls_key_file` (see `config/tls.rs`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`'s certificate.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +106,8 @@ impl Default for ServerConfig {
             node_id: None,
             shutdown_drain: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -394,6 +402,7 @@ impl Config {
             problems.push(invalid(key, message));
         }
         self.validate_dev_mode(&mut problems);
+        tls::validate(&self.server, &mut problems);
         if let Err(errors) = self.webhooks.resolve() {
             problems.extend(errors);
         }
