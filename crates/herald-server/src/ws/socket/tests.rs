@@ -10,7 +10,7 @@
 use super::*;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Bound on any single wait of these tests.
 const WAIT: Duration = Duration::from_secs(10);
