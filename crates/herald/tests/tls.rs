@@ -38,7 +38,14 @@ async fn a_verifying_client_gets_events_over_wss_and_sse_and_others_are_refused(
     let mut seen = String::new();
     read_until(&mut sse, &mut seen, "room_joined").await;
 
-    publish(&client, node.port, "feed:tls", "hello", json!({"over": "tls"})).await;
+    publish(
+        &client,
+        node.port,
+        "feed:tls",
+        "hello",
+        json!({"over": "tls"}),
+    )
+    .await;
     let event = next_event(&mut ws, "hello").await;
     assert_eq!(event["data"], json!({"over": "tls"}));
     read_until(&mut sse, &mut seen, r#""over":"tls""#).await;
@@ -46,14 +53,20 @@ async fn a_verifying_client_gets_events_over_wss_and_sse_and_others_are_refused(
     // A client that does not trust the node's CA fails its handshake...
     let stranger = Pki::new("Some other CA");
     let refused = tls_connect(node.port, &connector(&stranger.ca_der), false).await;
-    assert!(refused.is_err(), "a client without the CA completed a handshake");
+    assert!(
+        refused.is_err(),
+        "a client without the CA completed a handshake"
+    );
     // ...and so does plain HTTP; the node serves on.
     let plain = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{}/health", node.port))
         .timeout(WAIT)
         .send()
         .await;
-    assert!(plain.map(|r| r.status() != 200).unwrap_or(true), "plain HTTP answered 200");
+    assert!(
+        plain.map(|r| r.status() != 200).unwrap_or(true),
+        "plain HTTP answered 200"
+    );
     publish(&client, node.port, "feed:tls", "again", json!(2)).await;
     assert_eq!(next_event(&mut ws, "again").await["data"], json!(2));
 }
@@ -69,10 +82,18 @@ async fn changed_files_swap_the_certificate_for_new_handshakes_and_open_connecti
 
     let second = pki.leaf("node-second", 2);
     files.write(&second);
-    eventually("the new certificate on new handshakes", Duration::from_secs(15), || async {
-        let der = presented(node.port, &pki).await;
-        if der == second.der { Ok(()) } else { Err("the old certificate".to_owned()) }
-    })
+    eventually(
+        "the new certificate on new handshakes",
+        Duration::from_secs(15),
+        || async {
+            let der = presented(node.port, &pki).await;
+            if der == second.der {
+                Ok(())
+            } else {
+                Err("the old certificate".to_owned())
+            }
+        },
+    )
     .await;
 
     // The connection opened before the swap keeps its session.
@@ -90,8 +111,7 @@ struct Process {
 
 impl Process {
     async fn start(pki: &Pki, files: &Files) -> Process {
-        let (dir, config, port) =
-            TestNode::write_config(&format!("[server]\n{}", files.toml()));
+        let (dir, config, port) = TestNode::write_config(&format!("[server]\n{}", files.toml()));
         let log = std::fs::File::create(dir.join("herald.log")).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["serve", "--config"])
@@ -155,7 +175,11 @@ async fn sighup_reloads_through_the_binary_and_a_failed_reload_keeps_the_certifi
     node.signal("HUP");
     eventually("SIGHUP's reload", Duration::from_secs(10), || async {
         let der = presented(node.port, &pki).await;
-        if der == second.der { Ok(()) } else { Err("the old certificate".to_owned()) }
+        if der == second.der {
+            Ok(())
+        } else {
+            Err("the old certificate".to_owned())
+        }
     })
     .await;
     let ok = r#"herald_tls_reloads_total{outcome="ok"} "#;
@@ -165,10 +189,18 @@ async fn sighup_reloads_through_the_binary_and_a_failed_reload_keeps_the_certifi
     std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
     node.signal("HUP");
     let error = r#"herald_tls_reloads_total{outcome="error"} "#;
-    eventually("the failed reload counted", Duration::from_secs(10), || async {
-        let n = node.metric(&pki, error).await;
-        if n >= 1.0 { Ok(()) } else { Err(format!("{n} failed reloads")) }
-    })
+    eventually(
+        "the failed reload counted",
+        Duration::from_secs(10),
+        || async {
+            let n = node.metric(&pki, error).await;
+            if n >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{n} failed reloads"))
+            }
+        },
+    )
     .await;
     assert_eq!(presented(node.port, &pki).await, second.der);
 }
@@ -193,35 +225,72 @@ fn bad_certificates_stop_the_node_and_fail_config_check_naming_the_key() {
     let (files, config) = config_with(&pki, &good, "");
     std::fs::write(&files.cert, "not a certificate\n").expect("write");
     let path = config.to_str().expect("utf-8");
-    for args in [&["serve", "--config", path][..], &["config", "check", "--config", path]] {
+    for args in [
+        &["serve", "--config", path][..],
+        &["config", "check", "--config", path],
+    ] {
         let (code, _, stderr) = run_herald(args, &[]);
         assert_ne!(code, Some(0), "{args:?} accepted a broken certificate");
-        assert!(stderr.contains("server.tls_cert_file"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("server.tls_cert_file"),
+            "{args:?}: {stderr}"
+        );
     }
 
     // A key that is not the certificate's.
     let (files, config) = config_with(&pki, &good, "");
     std::fs::write(&files.key, &other.key_pem).expect("write");
-    let (code, _, stderr) = run_herald(&["config", "check", "--config", config.to_str().expect("utf-8")], &[]);
+    let (code, _, stderr) = run_herald(
+        &[
+            "config",
+            "check",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
     assert_ne!(code, Some(0));
-    assert!(stderr.contains("server.tls_key_file") && stderr.contains("does not match"), "{stderr}");
+    assert!(
+        stderr.contains("server.tls_key_file") && stderr.contains("does not match"),
+        "{stderr}"
+    );
 
     // Half-configured TLS.
     let (code, _, stderr) = run_herald(
         &["config", "check"],
         &[
-            ("HERALD_AUTH__HS256_SECRET", "integration-test-secret-0123456789abcdef"),
-            ("HERALD_SERVER__TLS_CERT_FILE", files.cert.to_str().expect("utf-8")),
+            (
+                "HERALD_AUTH__HS256_SECRET",
+                "integration-test-secret-0123456789abcdef",
+            ),
+            (
+                "HERALD_SERVER__TLS_CERT_FILE",
+                files.cert.to_str().expect("utf-8"),
+            ),
         ],
     );
     assert_ne!(code, Some(0));
-    assert!(stderr.contains("server.tls_key_file") && stderr.contains("missing"), "{stderr}");
+    assert!(
+        stderr.contains("server.tls_key_file") && stderr.contains("missing"),
+        "{stderr}"
+    );
 
     // An expired certificate is a warning only.
     let (_files, config) = config_with(&pki, &pki.expired_leaf("old"), "");
-    let (code, _, stderr) = run_herald(&["config", "check", "--config", config.to_str().expect("utf-8")], &[]);
+    let (code, _, stderr) = run_herald(
+        &[
+            "config",
+            "check",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("warning: server.tls_cert_file") && stderr.contains("expired"), "{stderr}");
+    assert!(
+        stderr.contains("warning: server.tls_cert_file") && stderr.contains("expired"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,13 +304,18 @@ async fn a_large_event_and_a_burst_reach_a_slow_wss_reader_whole_and_in_order() 
     // A 4 KiB receive window and no reading while everything is
     // published: the node's socket fills, ciphertext waits in rustls.
     let mut ws = wss_joined(node.port, &pki, "slow", "feed:big", true).await;
-    let big: String = (0..1_000_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let big: String = (0..1_000_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     publish(&client, node.port, "feed:big", "big", json!(big)).await;
     for seq in 0..BURST {
         publish(&client, node.port, "feed:big", "small", json!(seq)).await;
     }
     let first = next_event(&mut ws, "big").await;
-    assert!(first["data"] == Value::String(big), "the large event arrived altered");
+    assert!(
+        first["data"] == Value::String(big),
+        "the large event arrived altered"
+    );
     for seq in 0..BURST {
         let v = next_event(&mut ws, "small").await;
         assert_eq!(v["data"], json!(seq), "out of order or lost");
@@ -256,19 +330,35 @@ async fn socketio_works_over_https_polling_and_a_tls_websocket() {
     let client = https(&pki);
 
     let open = client
-        .get(format!("https://localhost:{}/socket.io/?EIO=4&transport=polling", node.port))
+        .get(format!(
+            "https://localhost:{}/socket.io/?EIO=4&transport=polling",
+            node.port
+        ))
         .send()
         .await
         .expect("polling handshake");
     assert_eq!(open.status(), 200);
     let body = open.text().await.expect("body");
-    let open: Value = serde_json::from_str(body.strip_prefix('0').expect("open packet")).expect("JSON");
+    let open: Value =
+        serde_json::from_str(body.strip_prefix('0').expect("open packet")).expect("JSON");
     assert!(open["sid"].is_string(), "{open}");
 
-    let mut ws = wss(node.port, &pki, "/socket.io/?EIO=4&transport=websocket", false).await;
-    assert!(next_text(&mut ws).await.starts_with("0{"), "open packet first");
+    let mut ws = wss(
+        node.port,
+        &pki,
+        "/socket.io/?EIO=4&transport=websocket",
+        false,
+    )
+    .await;
+    assert!(
+        next_text(&mut ws).await.starts_with("0{"),
+        "open packet first"
+    );
     send_text(&mut ws, &format!(r#"40{{"token":"{}"}}"#, token("carol"))).await;
-    assert!(next_text(&mut ws).await.starts_with("40{"), "CONNECT answered");
+    assert!(
+        next_text(&mut ws).await.starts_with("40{"),
+        "CONNECT answered"
+    );
     send_text(&mut ws, r#"421["join_room",{"room":"feed:sio"}]"#).await;
     loop {
         if next_text(&mut ws).await.starts_with("431") {

@@ -80,15 +80,24 @@ mod tests {
         assert!(problems(None, None).is_empty());
         let only_cert = problems(Some("/c.pem"), None);
         assert_eq!(only_cert.len(), 1);
-        assert!(only_cert[0].starts_with("server.tls_key_file: missing"), "{only_cert:?}");
+        assert!(
+            only_cert[0].starts_with("server.tls_key_file: missing"),
+            "{only_cert:?}"
+        );
         let only_key = problems(None, Some("/k.pem"));
-        assert!(only_key[0].starts_with("server.tls_cert_file: missing"), "{only_key:?}");
+        assert!(
+            only_key[0].starts_with("server.tls_cert_file: missing"),
+            "{only_key:?}"
+        );
     }
 
     #[test]
     fn unreadable_and_unparsable_files_name_their_key() {
         let missing = problems(Some("/nonexistent/cert.pem"), Some("/nonexistent/key.pem"));
-        assert!(missing[0].starts_with("server.tls_cert_file: cannot read /nonexistent/cert.pem"), "{missing:?}");
+        assert!(
+            missing[0].starts_with("server.tls_cert_file: cannot read /nonexistent/cert.pem"),
+            "{missing:?}"
+        );
         let dir = std::env::temp_dir().join(format!("herald-tls-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let garbage = dir.join("garbage.pem");

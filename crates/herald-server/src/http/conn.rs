@@ -99,8 +99,9 @@ impl AsyncWrite for Served {
 pub(crate) enum Conn {
     /// Plain TCP: every call goes straight to the socket.
     Plain(TcpStream),
-    /// TLS over the socket.
-    Tls(TlsConn),
+    /// TLS over the socket. Boxed: idle plain connections must not carry
+    /// rustls' kilobyte of state.
+    Tls(Box<TlsConn>),
 }
 
 /// A TLS connection taken apart: the socket and rustls' state, locked
@@ -119,10 +120,10 @@ impl From<Served> for Conn {
             Served::Tls(tls) => {
                 let (stream, mut session) = tls.into_inner();
                 session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-                Conn::Tls(TlsConn {
+                Conn::Tls(Box::new(TlsConn {
                     stream,
                     session: Mutex::new(session),
-                })
+                }))
             }
         }
     }

@@ -12,6 +12,7 @@
 //! a head with the same status, `content-type: application/json` and the
 //! JSON body. Everything else passes through untouched.
 
+use super::conn::Served;
 use bytes::Bytes;
 use herald_protocol::ErrorCode;
 use serde_json::json;
@@ -19,7 +20,6 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use super::conn::Served;
 
 /// A served connection; see the module doc.
 pub(crate) struct ServerIo {

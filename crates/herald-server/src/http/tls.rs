@@ -367,11 +367,17 @@ mod tests {
     #[test]
     fn der_times_read_as_calendar_dates() {
         let utc = der_time(0x17, b"491231235959Z").expect("UTCTime");
-        assert_eq!(humantime::format_rfc3339_seconds(utc).to_string(), "2049-12-31T23:59:59Z");
+        assert_eq!(
+            humantime::format_rfc3339_seconds(utc).to_string(),
+            "2049-12-31T23:59:59Z"
+        );
         let old = der_time(0x17, b"700101000000Z").expect("UTCTime 19xx");
         assert_eq!(old, SystemTime::UNIX_EPOCH);
         let general = der_time(0x18, b"20240229120000Z").expect("GeneralizedTime");
-        assert_eq!(humantime::format_rfc3339_seconds(general).to_string(), "2024-02-29T12:00:00Z");
+        assert_eq!(
+            humantime::format_rfc3339_seconds(general).to_string(),
+            "2024-02-29T12:00:00Z"
+        );
         assert!(der_time(0x17, b"garbage").is_none());
         assert!(der_time(0x02, b"491231235959Z").is_none());
     }
@@ -384,6 +390,9 @@ mod tests {
         let (tag, body, rest) = der_element(&long).expect("element");
         assert_eq!((tag, body.len(), rest), (0x30, 256, &[0x05][..]));
         assert!(der_element(&long[..100]).is_none(), "truncated");
-        assert!(not_after(b"\x30\x03\x02\x01\x01").is_none(), "not a certificate");
+        assert!(
+            not_after(b"\x30\x03\x02\x01\x01").is_none(),
+            "not a certificate"
+        );
     }
 }

@@ -2,9 +2,7 @@
 //! leaves for `localhost` and `127.0.0.1` signed by it, written where a
 //! node's `server.tls_cert_file` / `server.tls_key_file` point.
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -66,7 +64,9 @@ impl Pki {
         params.distinguished_name.push(DnType::CommonName, cn);
         params.serial_number = Some(SerialNumber::from(vec![serial]));
         adjust(&mut params);
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -108,7 +108,9 @@ impl Files {
     /// modification time: invisible to the poll.
     pub fn write_unnoticed(&self, leaf: &Leaf) {
         for (path, pem) in [(&self.cert, &leaf.cert_pem), (&self.key, &leaf.key_pem)] {
-            let before = std::fs::metadata(path).and_then(|m| m.modified()).expect("mtime");
+            let before = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .expect("mtime");
             write_padded(path, pem);
             set_modified(path, before);
         }

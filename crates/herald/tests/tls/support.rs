@@ -4,7 +4,7 @@
 //! through tokio-tungstenite) and reqwest with the CA as its only root.
 
 use super::pki::{Files, Pki};
-use crate::common::{sign_hs256, now_secs, ADMIN_KEY, SECRET};
+use crate::common::{now_secs, sign_hs256, ADMIN_KEY, SECRET};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -43,7 +43,9 @@ impl Node {
         let mut config =
             herald_server::Config::from_toml(&config_toml(files, extra)).expect("config");
         config.server.shutdown_drain = Duration::ZERO;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -82,7 +84,10 @@ pub async fn wait_healthy(pki: &Pki, port: u16) {
         match answer {
             Ok(r) if r.status() == 200 => return,
             other => {
-                assert!(Instant::now() < deadline, "no healthy node on {port}: {other:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no healthy node on {port}: {other:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -172,7 +177,13 @@ pub async fn wss(port: u16, pki: &Pki, path: &str, small_window: bool) -> Wss {
 /// `/ws` over TLS as `sub`, after its `authenticated` frame, joined to
 /// `room`.
 pub async fn wss_joined(port: u16, pki: &Pki, sub: &str, room: &str, small_window: bool) -> Wss {
-    let mut ws = wss(port, pki, &format!("/ws?token={}", token(sub)), small_window).await;
+    let mut ws = wss(
+        port,
+        pki,
+        &format!("/ws?token={}", token(sub)),
+        small_window,
+    )
+    .await;
     let first = next_json(&mut ws).await;
     assert_eq!(first["type"], "authenticated", "{first}");
     send_json(&mut ws, json!({"type": "join_room", "room": room, "id": 1})).await;
@@ -231,7 +242,12 @@ pub async fn publish(client: &reqwest::Client, port: u16, room: &str, event: &st
         .await
         .expect("publish");
     let status = answer.status();
-    assert_eq!(status, 200, "publish: {}", answer.text().await.unwrap_or_default());
+    assert_eq!(
+        status,
+        200,
+        "publish: {}",
+        answer.text().await.unwrap_or_default()
+    );
 }
 
 /// Reads a streaming body until it contains `needle`; returns all read.

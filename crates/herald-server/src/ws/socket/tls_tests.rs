@@ -79,10 +79,9 @@ async fn tls_pair() -> (Arc<Conn>, TlsStream<TcpStream>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
     let name = ServerName::try_from("localhost").expect("name");
-    let (server, client) = tokio::time::timeout(
-        WAIT,
-        async { tokio::join!(acceptor.accept(server), connector.connect(name, client)) },
-    )
+    let (server, client) = tokio::time::timeout(WAIT, async {
+        tokio::join!(acceptor.accept(server), connector.connect(name, client))
+    })
     .await
     .expect("handshake in time");
     let conn = Conn::from(Served::Tls(Box::new(server.expect("server handshake"))));
@@ -114,7 +113,9 @@ async fn once_every_item_is_reported_done_every_byte_reaches_the_client_in_order
             .await
             .expect("socket never writable")
             .expect("writable");
-        done += writer.write_now(&items[done..], &mut offset).expect("write_now");
+        done += writer
+            .write_now(&items[done..], &mut offset)
+            .expect("write_now");
         if done == items.len() {
             break;
         }
@@ -137,7 +138,11 @@ async fn once_every_item_is_reported_done_every_byte_reaches_the_client_in_order
     tokio::time::timeout(WAIT, client.read_exact(&mut rest))
         .await
         .unwrap_or_else(|_| {
-            panic!("all items reported done; the client got {} of {} bytes", received.len(), all.len())
+            panic!(
+                "all items reported done; the client got {} of {} bytes",
+                received.len(),
+                all.len()
+            )
         })
         .expect("read");
     received.extend_from_slice(&rest);
@@ -179,6 +184,11 @@ async fn reads_decrypt_what_the_client_sent_and_end_at_its_close() {
             Err(e) => panic!("read: {e}"),
         }
     }
-    assert!(got == sent, "{} of {} bytes, or other bytes", got.len(), sent.len());
+    assert!(
+        got == sent,
+        "{} of {} bytes, or other bytes",
+        got.len(),
+        sent.len()
+    );
     drop(writer.await.expect("client task"));
 }
