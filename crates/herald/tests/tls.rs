@@ -138,7 +138,8 @@ impl Process {
         assert!(status.success(), "kill -{name}");
     }
 
-    async fn metric(&self, pki: &Pki, line_prefix: &str) -> f64 {
+    /// The value of the `/metrics` line starting with `line_prefix`.
+    async fn metric(&self, pki: &Pki, line_prefix: &str) -> Option<f64> {
         let text = https(pki)
             .get(format!("https://localhost:{}/metrics", self.port))
             .send()
@@ -150,7 +151,6 @@ impl Process {
         text.lines()
             .find_map(|l| l.strip_prefix(line_prefix))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
     }
 }
 
@@ -168,6 +168,14 @@ async fn sighup_reloads_through_the_binary_and_a_failed_reload_keeps_the_certifi
     let files = Files::new(&first);
     let node = Process::start(&pki, &files).await;
     assert_eq!(presented(node.port, &pki).await, first.der);
+    let ok = r#"herald_tls_reloads_total{outcome="ok"} "#;
+    let error = r#"herald_tls_reloads_total{outcome="error"} "#;
+    assert_eq!(
+        node.metric(&pki, ok).await,
+        Some(0.0),
+        "scraped before any reload"
+    );
+    assert_eq!(node.metric(&pki, error).await, Some(0.0));
 
     // Same lengths and modification times: only the signal can tell.
     let second = pki.leaf("node-second", 2);
@@ -182,18 +190,16 @@ async fn sighup_reloads_through_the_binary_and_a_failed_reload_keeps_the_certifi
         }
     })
     .await;
-    let ok = r#"herald_tls_reloads_total{outcome="ok"} "#;
-    assert!(node.metric(&pki, ok).await >= 1.0);
+    assert_eq!(node.metric(&pki, ok).await, Some(1.0));
 
     // A broken certificate file: the reload fails, the certificate stays.
     std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
     node.signal("HUP");
-    let error = r#"herald_tls_reloads_total{outcome="error"} "#;
     eventually(
         "the failed reload counted",
         Duration::from_secs(10),
         || async {
-            let n = node.metric(&pki, error).await;
+            let n = node.metric(&pki, error).await.unwrap_or(0.0);
             if n >= 1.0 {
                 Ok(())
             } else {
