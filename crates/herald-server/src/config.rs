@@ -11,6 +11,7 @@ mod env;
 mod namespaces;
 mod origins;
 mod proxy;
+mod tls;
 mod webhooks;
 
 use herald_core::Namespaces;
@@ -97,6 +98,11 @@ pub struct ServerConfig {
     /// `*`, `https://app.example.com`, `https://*.example.com`); unset, no
     /// origin is checked (docs/operations.md, "Browser origins").
     pub allowed_origins: Option<Vec<String>>,
+    /// PEM certificate chain (leaf first) to serve HTTPS/WSS with; set
+    /// together with `tls_key_file` (see `config/tls.rs`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`'s certificate.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -107,6 +113,8 @@ impl Default for ServerConfig {
             shutdown_drain: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             allowed_origins: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -407,6 +415,7 @@ impl Config {
             problems.push(invalid(key, message));
         }
         self.validate_dev_mode(&mut problems);
+        tls::validate(&self.server, &mut problems);
         if let Err(errors) = self.webhooks.resolve() {
             problems.extend(errors);
         }

@@ -159,6 +159,8 @@ pub async fn serve_on_with(
     let namespaces = config.namespace_rules()?;
     let origins = crate::origin::OriginPolicy::from_config(&config.server)?;
     let metrics = install_metrics();
+    // After the recorder: its reload counter starts at 0 in /metrics.
+    let tls = listener_tls(&config)?;
     let node_id = config
         .server
         .node_id
@@ -202,6 +204,9 @@ pub async fn serve_on_with(
     if let Some(handle) = &metrics {
         spawn_metrics_upkeep(&node, handle.clone());
     }
+    if let Some(tls) = &tls {
+        tls.spawn_reloader(node.tasks(), node.cancellation());
+    }
     if let Some(handle) = authenticator.spawn_jwks_refresh(node.cancellation()) {
         node.tasks().spawn(async move {
             let _ = handle.await;
@@ -220,10 +225,14 @@ pub async fn serve_on_with(
     let local = listener
         .local_addr()
         .map_or_else(|_| config.server.listen.clone(), |a| a.to_string());
-    tracing::info!(listen = %local, node_id = %node_id, broker = node.broker().kind(), "herald serving");
+    tracing::info!(
+        listen = %local, node_id = %node_id, broker = node.broker().kind(), tls = tls.is_some(),
+        "herald serving"
+    );
     let drain = config.server.shutdown_drain;
     let draining = node.clone();
-    crate::http::serve(listener, router(state), async move {
+    let acceptor = tls.map(|t| t.acceptor().clone());
+    crate::http::serve(listener, router(state), acceptor, async move {
         shutdown.await;
         tracing::info!(connections = draining.connection_count(), drain = ?drain, "shutting down: draining connections");
         draining.drain(drain).await;
@@ -233,6 +242,19 @@ pub async fn serve_on_with(
     node.shutdown_engine().await;
     tracing::info!("herald stopped");
     Ok(())
+}
+
+/// The listener's TLS when `server.tls_cert_file` and `server.tls_key_file`
+/// are set (validation loaded them already; a config built in code may not
+/// have been validated, and the files may have changed since).
+fn listener_tls(config: &Config) -> Result<Option<crate::http::tls::Tls>, ServeError> {
+    let (Some(cert), Some(key)) = (&config.server.tls_cert_file, &config.server.tls_key_file)
+    else {
+        return Ok(None);
+    };
+    crate::http::tls::Tls::new(cert, key)
+        .map(Some)
+        .map_err(|e| ServeError::Config(e.into()))
 }
 
 /// The `[bridge]` bridges, resolved (config validation already checked

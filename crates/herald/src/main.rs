@@ -168,6 +168,9 @@ fn run() -> anyhow::Result<()> {
             let config = Config::load(config.as_deref()).context("invalid configuration")?;
             build_authenticator(&config)?;
             print!("{}", config.to_masked_toml());
+            for warning in config.tls_warnings() {
+                eprintln!("warning: {warning}");
+            }
             if config.is_dev_mode() {
                 eprintln!(
                     "config OK, in DEVELOPMENT MODE: no token key is configured, so `herald serve` \

@@ -390,3 +390,86 @@ fn a_writer_replaced_during_a_write_hands_the_rest_to_the_new_one_in_order() {
     assert_eq!(next.written(), b"222333");
     assert!(q.is_empty());
 }
+
+/// A writer as TLS behaves: it takes an item's bytes whole (encrypting
+/// them), but when the wire is shut they stay buffered inside it, so it
+/// reports that item unfinished with `offset` at its full length; a later
+/// call puts the buffered bytes on the wire first and then counts it done.
+#[derive(Debug, Default)]
+struct BuffersWhenFull {
+    /// Items taken but not yet on the wire (at most one).
+    buffered: parking_lot::Mutex<Option<Vec<u8>>>,
+    wire: parking_lot::Mutex<Vec<u8>>,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl SocketWriter for BuffersWhenFull {
+    fn write_now(&self, items: &[Outbound], offset: &mut usize) -> io::Result<usize> {
+        let open = self.open.load(std::sync::atomic::Ordering::SeqCst);
+        let mut buffered = self.buffered.lock();
+        if buffered.is_some() {
+            if !open {
+                return Ok(0);
+            }
+            self.wire.lock().extend(buffered.take().unwrap_or_default());
+        }
+        for (i, item) in items.iter().enumerate() {
+            let bytes: &[u8] = match item {
+                Outbound::Frame { bytes, .. } | Outbound::Raw(bytes) => bytes,
+                Outbound::Ping => b"P",
+            };
+            if *offset == bytes.len() {
+                // Taken by an earlier call, flushed just now.
+                *offset = 0;
+                continue;
+            }
+            let rest = bytes[*offset..].to_vec();
+            if !open {
+                *buffered = Some(rest);
+                *offset = bytes.len();
+                return Ok(i);
+            }
+            self.wire.lock().extend(rest);
+            *offset = 0;
+        }
+        Ok(items.len())
+    }
+}
+
+/// `offset == len` round-trips through the queue: the item stays in
+/// front, the task is asked to wait for the socket, and after `resume` the
+/// item counts done without being written twice, the rest following in
+/// order.
+#[tokio::test]
+async fn an_item_taken_whole_but_not_yet_on_the_wire_is_finished_after_resume() {
+    let socket = Arc::new(BuffersWhenFull::default());
+    let q = SendQueue::with_writer(10, 1000, socket.clone());
+    q.push(tagged(b'a', 3));
+    assert_eq!(q.duty().await, Duty::AwaitWritable);
+    assert_eq!(q.len(), 1, "the taken item is not done yet");
+    q.push(tagged(b'b', 2)); // behind it, not written
+    assert!(socket.wire.lock().is_empty());
+    socket.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    q.resume();
+    assert_eq!(*socket.wire.lock(), b"aaabb");
+    assert!(q.is_empty());
+    assert_eq!(q.drain_state(), Drain::Done);
+}
+
+/// A slow-consumer cut keeps such an item (its offset is past 0): its
+/// bytes are still flushed whole before the close frame.
+#[tokio::test]
+async fn a_slow_consumer_cut_keeps_an_item_taken_whole() {
+    let socket = Arc::new(BuffersWhenFull::default());
+    let q = SendQueue::with_writer(10, 1000, socket.clone());
+    q.push(tagged(b'a', 3));
+    q.push(tagged(b'b', 3));
+    assert_eq!(q.duty().await, Duty::AwaitWritable);
+    q.close(CloseCode::SlowConsumer);
+    assert_eq!(q.len(), 1, "only the taken item stays");
+    q.finish([Outbound::Raw(Bytes::from_static(b"Z"))]);
+    socket.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    q.resume();
+    assert_eq!(*socket.wire.lock(), b"aaaZ");
+    assert_eq!(q.drain_state(), Drain::Done);
+}

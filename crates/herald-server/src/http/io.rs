@@ -1,5 +1,6 @@
-//! The connection type hyper serves: a `TcpStream` that gives hyper's own
-//! error answers the API's JSON error body.
+//! The connection type hyper serves: a client's stream (plain TCP or TLS,
+//! [`Served`]) that gives hyper's own error answers the API's JSON error
+//! body.
 //!
 //! hyper answers a request it cannot parse (a garbage request line, a
 //! request target over 65,534 bytes, more than 100 header fields, a head
@@ -11,6 +12,7 @@
 //! a head with the same status, `content-type: application/json` and the
 //! JSON body. Everything else passes through untouched.
 
+use super::conn::Served;
 use bytes::Bytes;
 use herald_protocol::ErrorCode;
 use serde_json::json;
@@ -18,28 +20,27 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-/// A served TCP connection; see the module doc.
+/// A served connection; see the module doc.
 pub(crate) struct ServerIo {
-    stream: TcpStream,
+    stream: Served,
     /// A rewritten answer not yet fully written, and how much of it was.
     pending: Option<(Bytes, usize)>,
 }
 
 impl ServerIo {
     /// Wraps an accepted stream.
-    pub(crate) fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: Served) -> Self {
         Self {
             stream,
             pending: None,
         }
     }
 
-    /// The stream back, for a WebSocket upgrade (hyper wrote only the 101
-    /// head, never rewritten, so nothing is pending).
-    pub(crate) fn into_stream(self) -> TcpStream {
-        self.stream
+    /// The connection back, for a WebSocket upgrade (hyper wrote only the
+    /// 101 head, never rewritten, so nothing is pending).
+    pub(crate) fn into_conn(self) -> super::Conn {
+        super::Conn::from(self.stream)
     }
 
     /// Writes what is left of a rewritten answer.

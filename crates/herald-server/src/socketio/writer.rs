@@ -4,21 +4,25 @@
 //! `/ws` does), the recovery token computed here, in queue order. The
 //! connection's task keeps the client's input, polling, slow sockets and
 //! the close.
+//!
+//! Over TLS, as for `/ws` (`crate::ws::socket::WsWriter`), an item counts
+//! as written once its ciphertext is on the wire: otherwise it is left
+//! unfinished at its full length for the next call to flush.
 
 use super::engine::{frame_len, write_packets, OutPacket};
 use super::outgoing::{plain, Outgoing};
+use crate::http::Conn;
 use bytes::Bytes;
 use herald_node::{Outbound, SocketWriter};
 use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 /// Writes a Socket.IO connection's queue into its Engine.IO WebSocket.
 #[derive(Debug)]
 pub(super) struct SioWriter {
-    pub(super) stream: Arc<TcpStream>,
+    pub(super) stream: Arc<Conn>,
     /// Shared with the connection's task, which converts while the
     /// session is on polling and for the close.
     outgoing: Arc<Mutex<Outgoing>>,
@@ -29,7 +33,7 @@ pub(super) struct SioWriter {
 
 impl SioWriter {
     /// A writer of `stream`, tracking positions in `outgoing`.
-    pub(super) fn new(stream: Arc<TcpStream>, outgoing: Arc<Mutex<Outgoing>>) -> Self {
+    pub(super) fn new(stream: Arc<Conn>, outgoing: Arc<Mutex<Outgoing>>) -> Self {
         Self {
             stream,
             outgoing,
@@ -45,8 +49,13 @@ impl SioWriter {
 
 impl SocketWriter for SioWriter {
     fn write_now(&self, items: &[Outbound], offset: &mut usize) -> io::Result<usize> {
+        // TLS: ciphertext of earlier items first; none done while it waits.
+        if !self.stream.flush_now()? {
+            return Ok(0);
+        }
         let mut outgoing = self.outgoing.lock();
         let mut packets: Vec<OutPacket> = Vec::new();
+        let mut last_total = 0;
         for (done, item) in items.iter().enumerate() {
             let (written, total) = match item {
                 Outbound::Raw(frame) => (write_raw(&self.stream, frame, *offset)?, frame.len()),
@@ -67,6 +76,15 @@ impl SocketWriter for SioWriter {
                 return Ok(done);
             }
             *offset = 0;
+            last_total = total;
+        }
+        if !items.is_empty() && !self.stream.flush_now()? {
+            // TLS: the last item is in rustls, not all on the wire; left
+            // unfinished at its full length, the queue waits for the
+            // socket and the next call flushes it.
+            *offset = last_total;
+            self.mid_frame.store(true, Ordering::Release);
+            return Ok(items.len() - 1);
         }
         self.mid_frame.store(false, Ordering::Release);
         Ok(items.len())
@@ -74,7 +92,7 @@ impl SocketWriter for SioWriter {
 }
 
 /// Writes whole frames from byte `skip` on; returns the bytes taken.
-fn write_raw(stream: &TcpStream, frame: &[u8], skip: usize) -> io::Result<usize> {
+fn write_raw(stream: &Conn, frame: &[u8], skip: usize) -> io::Result<usize> {
     let rest = frame.get(skip..).unwrap_or_default();
     if rest.is_empty() {
         return Ok(0);

@@ -73,8 +73,8 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         return None;
     };
     let Ok(parts) = upgraded.downcast::<TokioIo<crate::http::ServerIo>>() else {
-        // Only if the HTTP server stopped serving plain TCP streams.
-        tracing::error!("upgraded connection is not a TCP stream; closing it");
+        // Only if the HTTP server stopped serving its own stream type.
+        tracing::error!("upgraded connection is not a served stream; closing it");
         return None;
     };
     let max = app.node.limits().max_message_bytes;
@@ -84,7 +84,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         None => pre.max_message_bytes(),
     };
     let mut socket = WsSocket::new(
-        parts.io.into_inner().into_stream(),
+        parts.io.into_inner().into_conn(),
         &parts.read_buf,
         first_max,
     );

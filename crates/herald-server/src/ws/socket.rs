@@ -1,17 +1,23 @@
-//! The TCP socket of one WebSocket connection, taken back from hyper after
-//! the upgrade. The connection's task reads it; writes come from whoever
+//! The socket of one WebSocket connection (plain TCP or TLS, see
+//! [`Conn`]), taken back from hyper after the upgrade. The connection's task reads it; writes come from whoever
 //! queues a frame (fan-out, the session, housekeeping) through
 //! [`WsWriter`], which frames each queued item on the fly and hands the
 //! kernel one vectored write per batch. Events are shared `Bytes`: the
 //! only per-recipient work is a 2–10 byte header.
+//!
+//! Over TLS an item counts as written only once its ciphertext is on the
+//! wire: one whose plaintext rustls took while the socket filled up is
+//! reported unfinished with its whole length as the offset, so the queue
+//! waits for the socket and the next write flushes it (see
+//! [`WsWriter::write_now`]).
 
 use super::frames::{self, FrameReader, Incoming, ReadError, MAX_HEADER};
+use crate::http::Conn;
 use herald_node::{Outbound, SocketWriter};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Bytes read per system call. On the stack, only during a read: an idle
 /// connection holds no read buffer at all.
@@ -34,7 +40,7 @@ const PING: &[u8] = &[0x89, 0x00];
 /// yet handled.
 #[derive(Debug)]
 pub(crate) struct WsSocket {
-    pub(crate) stream: Arc<TcpStream>,
+    pub(crate) stream: Arc<Conn>,
     reader: FrameReader,
     incoming: VecDeque<Incoming>,
     /// A framing error found behind frames still to handle (or in the
@@ -63,7 +69,7 @@ pub(crate) enum ReadFailure {
 impl WsSocket {
     /// A socket whose first bytes (read by hyper past the upgrade request)
     /// are `early`; frames over `max_message` bytes are refused.
-    pub(crate) fn new(stream: TcpStream, early: &[u8], max_message: usize) -> Self {
+    pub(crate) fn new(stream: Conn, early: &[u8], max_message: usize) -> Self {
         let mut socket = Self {
             stream: Arc::new(stream),
             reader: FrameReader::new(max_message),
@@ -179,18 +185,22 @@ impl WsSocket {
                 Err(e) => return Err(e),
             }
         }
+        // Over TLS the last bytes may still be ciphertext in rustls.
+        while !self.stream.flush_now()? {
+            self.stream.writable().await?;
+        }
         Ok(())
     }
 
-    /// Ends the TCP connection after the close frame: a FIN once everything
-    /// written has gone, then the client's remaining bytes are read and
+    /// Ends the connection after the close frame: TLS's `close_notify` and a
+    /// FIN once everything written has gone, then the client's remaining bytes are read and
     /// dropped until it closes too (at most `linger`, and at most
     /// [`LINGER_BYTES`]), so that unread input does not turn the close into
     /// a reset that could destroy the close frame before the client reads
     /// it. The deadline is checked between reads: a client that never stops
     /// sending keeps the socket readable, and the wait must still end.
     pub(crate) async fn shut_down(&self, linger: Duration) {
-        let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(std::net::Shutdown::Write);
+        self.stream.shutdown_write();
         let deadline = tokio::time::Instant::now() + linger;
         let mut left = LINGER_BYTES;
         let mut sink = [0u8; READ_CHUNK];
@@ -213,13 +223,17 @@ impl WsSocket {
 /// Writes a connection's queued items to its socket (see the module docs).
 #[derive(Debug)]
 pub(crate) struct WsWriter {
-    stream: Arc<TcpStream>,
+    stream: Arc<Conn>,
     /// Frames go out as binary messages (a binary codec's), else as text.
     binary: bool,
 }
 
 impl SocketWriter for WsWriter {
     fn write_now(&self, items: &[Outbound], offset: &mut usize) -> io::Result<usize> {
+        // TLS: ciphertext of earlier items first; none done while it waits.
+        if !self.stream.flush_now()? {
+            return Ok(0);
+        }
         let mut done = 0;
         while done < items.len() {
             let batch = &items[done..items.len().min(done + WRITE_BATCH)];
@@ -254,6 +268,13 @@ impl SocketWriter for WsWriter {
                     }
                 }
             }
+            if count == 0 {
+                // Only an item whose bytes all went out before (TLS: their
+                // ciphertext was flushed above).
+                *offset = 0;
+                done += 1;
+                continue;
+            }
             let mut written = match write_slices(&self.stream, &slices[..count]) {
                 Ok(0) if count > 0 => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
@@ -272,13 +293,32 @@ impl SocketWriter for WsWriter {
                 done += 1;
             }
         }
+        if done > 0 && !self.stream.flush_now()? {
+            // TLS: the last item's plaintext is in rustls, not all on the
+            // wire. Unfinished at its full length, the queue waits for the
+            // socket and calls again, which flushes it and counts it done.
+            done -= 1;
+            *offset = wire_len(&items[done], self.binary);
+        }
         Ok(done)
+    }
+}
+
+/// The bytes `item` takes on the wire.
+fn wire_len(item: &Outbound, binary: bool) -> usize {
+    match item {
+        Outbound::Frame { bytes, .. } => {
+            let mut head = [0u8; MAX_HEADER];
+            frames::data_header(binary, bytes.len(), &mut head) + bytes.len()
+        }
+        Outbound::Ping => PING.len(),
+        Outbound::Raw(bytes) => bytes.len(),
     }
 }
 
 /// One write of `slices`: a small total is copied together and sent as one
 /// buffer, a large one goes out as a vectored write.
-pub(crate) fn write_slices(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+pub(crate) fn write_slices(stream: &Conn, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     let total: usize = slices.iter().map(|s| s.len()).sum();
     if slices.len() == 1 || total > COALESCE {
         return match slices {
@@ -297,3 +337,5 @@ pub(crate) fn write_slices(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Re
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

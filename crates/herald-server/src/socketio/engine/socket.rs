@@ -164,7 +164,7 @@ impl EioSocket {
     /// [`Self::take_back_writes`], this side writes nothing: `send`,
     /// `ping` and `close` must not be called, and control frames (pongs, a
     /// close) are kept for [`Self::take_control`].
-    pub(crate) fn hand_over_writes(&mut self) -> Option<Arc<tokio::net::TcpStream>> {
+    pub(crate) fn hand_over_writes(&mut self) -> Option<Arc<crate::http::Conn>> {
         match &mut self.link {
             Link::WebSocket(link) if self.ended.is_none() => link.hand_over(),
             _ => None,

@@ -4,6 +4,7 @@
 //! written as one frame, its header, head and tail in one vectored write.
 
 use super::{EioEvent, OutPacket};
+use crate::http::Conn;
 use crate::ws::frames::{self, Incoming, ReadError, MAX_HEADER};
 use crate::ws::socket::{write_slices, Read, ReadFailure, WsSocket};
 use bytes::Bytes;
@@ -13,7 +14,6 @@ use hyper_util::rt::TokioIo;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
@@ -25,7 +25,7 @@ const MAX_CONTROL_BYTES: usize = 4096;
 /// How long a closed WebSocket waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Takes the TCP socket back from hyper after an upgrade, by `deadline`;
+/// Takes the socket (TCP or TLS) back from hyper after an upgrade, by `deadline`;
 /// frames over `max_payload` bytes will be refused.
 pub(super) async fn take_socket(
     on_upgrade: OnUpgrade,
@@ -36,12 +36,12 @@ pub(super) async fn take_socket(
         return None;
     };
     let Ok(parts) = upgraded.downcast::<TokioIo<crate::http::ServerIo>>() else {
-        // Only if the HTTP server stopped serving plain TCP streams.
-        tracing::error!("upgraded connection is not a TCP stream; closing it");
+        // Only if the HTTP server stopped serving its own stream type.
+        tracing::error!("upgraded connection is not a served stream; closing it");
         return None;
     };
     Some(WsSocket::new(
-        parts.io.into_inner().into_stream(),
+        parts.io.into_inner().into_conn(),
         &parts.read_buf,
         max_payload,
     ))
@@ -91,7 +91,8 @@ impl WsLink {
                     return event;
                 }
             }
-            let readable = if self.control.is_empty() || self.handed_over {
+            let flushed = self.control.is_empty() && !self.ciphertext_pending();
+            let readable = if flushed || self.handed_over {
                 self.socket.readable().await
             } else {
                 tokio::select! {
@@ -179,8 +180,14 @@ impl WsLink {
         }
     }
 
+    /// Whether bytes written earlier still wait in TLS (never for plain
+    /// TCP).
+    fn ciphertext_pending(&self) -> bool {
+        !matches!(self.socket.stream.flush_now(), Ok(true))
+    }
+
     /// Writes queued control frames without waiting; `Ok(true)` when none
-    /// are left.
+    /// are left (TLS: nor any of their ciphertext).
     fn flush_control_now(&mut self) -> io::Result<bool> {
         while !self.control.is_empty() {
             match self.socket.stream.try_write(&self.control) {
@@ -194,7 +201,7 @@ impl WsLink {
             }
         }
         self.control = Vec::new();
-        Ok(true)
+        self.socket.stream.flush_now()
     }
 
     /// Waits until the socket takes more, at most the stall time.
@@ -217,7 +224,7 @@ impl WsLink {
         let mut done = 0;
         loop {
             done += write_packets(&self.socket.stream, packets, done)?;
-            if done >= total {
+            if done >= total && self.socket.stream.flush_now()? {
                 return Ok(());
             }
             self.writable().await?;
@@ -228,8 +235,8 @@ impl WsLink {
     /// [`herald_node::SocketWriter`] on the connection's queue): from now
     /// on control frames (pongs, a close) are only kept, for
     /// [`Self::take_control`]. `None` while frames are still unwritten.
-    pub(super) fn hand_over(&mut self) -> Option<Arc<TcpStream>> {
-        if !self.control.is_empty() {
+    pub(super) fn hand_over(&mut self) -> Option<Arc<Conn>> {
+        if !self.control.is_empty() || self.ciphertext_pending() {
             return None;
         }
         self.handed_over = true;
@@ -294,7 +301,7 @@ pub(crate) fn frame_len(packet: &OutPacket) -> usize {
 /// the rest: it is full). Small writes (a head and its token) are copied
 /// into one `send`, which costs the kernel less than a `writev`.
 pub(crate) fn write_packets(
-    stream: &TcpStream,
+    stream: &Conn,
     packets: &[OutPacket],
     mut skip: usize,
 ) -> io::Result<usize> {

@@ -10,7 +10,7 @@
 use super::*;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Bound on any single wait of these tests.
 const WAIT: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ fn position(items: &[Outbound], done: usize, offset: usize) -> usize {
 /// A connected pair: the server end (to write with a [`WsWriter`]) and
 /// the client end. Small buffers make the kernel take only part of a
 /// large write.
-async fn pair(small_buffers: bool) -> (Arc<TcpStream>, TcpStream) {
+async fn pair(small_buffers: bool) -> (Arc<Conn>, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let socket = TcpSocket::new_v4().expect("socket");
@@ -74,7 +74,7 @@ async fn pair(small_buffers: bool) -> (Arc<TcpStream>, TcpStream) {
             .set_send_buffer_size(4096)
             .expect("SO_SNDBUF");
     }
-    (Arc::new(server), client)
+    (Arc::new(Conn::Plain(server)), client)
 }
 
 /// What driving the writer to the end produced.
@@ -93,7 +93,7 @@ struct Driven {
 /// so an `offset` or `done` that disagrees with the kernel fails here (a
 /// claim of more bytes than sent times out; fewer shows as extra bytes).
 async fn drive(
-    stream: &Arc<TcpStream>,
+    stream: &Arc<Conn>,
     client: &mut TcpStream,
     items: &[Outbound],
     mut done: usize,
@@ -142,7 +142,7 @@ async fn drive(
         out.received.extend_from_slice(&chunk);
     }
     // Nothing beyond what was claimed: the next bytes are the end.
-    let _ = socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Write);
+    let _ = socket2::SockRef::from(stream.tcp()).shutdown(std::net::Shutdown::Write);
     let mut rest = Vec::new();
     tokio::time::timeout(WAIT, client.read_to_end(&mut rest))
         .await
