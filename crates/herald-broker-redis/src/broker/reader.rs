@@ -137,7 +137,9 @@ impl RedisBroker {
             return Err(not_connected());
         }
         let channel = self.keys.room_channel(room);
-        let subscribed = self.clients.subscriber.ssubscribe(channel).await;
+        let subscribed = super::metrics::SUBSCRIBE
+            .time(self.clients.subscriber.ssubscribe(channel))
+            .await;
         subscribed.map_err(super::error::from_redis)
     }
 }

@@ -189,13 +189,13 @@ pub(super) struct Scripts {
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
-            heartbeat: LuaScript::new(HEARTBEAT),
-            nodes_by_age: LuaScript::new(NODES_BY_AGE),
-            node_is_dead: LuaScript::new(NODE_IS_DEAD),
-            admit: LuaScript::new(ADMIT),
-            rewrite: LuaScript::new(REWRITE),
-            renew_locks: LuaScript::new(RENEW_LOCKS),
-            release_lock: LuaScript::new(RELEASE_LOCK),
+            heartbeat: LuaScript::new(HEARTBEAT, "heartbeat"),
+            nodes_by_age: LuaScript::new(NODES_BY_AGE, "nodes_read"),
+            node_is_dead: LuaScript::new(NODE_IS_DEAD, "node_check"),
+            admit: LuaScript::new(ADMIT, "registry_admit"),
+            rewrite: LuaScript::new(REWRITE, "registry_rewrite"),
+            renew_locks: LuaScript::new(RENEW_LOCKS, "lock_renew"),
+            release_lock: LuaScript::new(RELEASE_LOCK, "lock_release"),
         }
     }
 }
