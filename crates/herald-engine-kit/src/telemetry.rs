@@ -103,6 +103,12 @@ impl Command {
         result
     }
 
+    /// Counts an error of this command that was refused before it was
+    /// sent (no connection), so it has no duration.
+    pub fn refused(&self) {
+        self.handles().1.increment(1);
+    }
+
     /// Records one command that took `elapsed` and succeeded or not (for
     /// call sites whose outcome is not a `Result`).
     pub fn record(&self, elapsed: std::time::Duration, ok: bool) {

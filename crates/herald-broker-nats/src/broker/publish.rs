@@ -210,7 +210,10 @@ impl NatsBroker {
         &self,
         request: PublishRequest,
     ) -> Result<PublishOutcome, BrokerError> {
-        self.check_ready()?;
+        if let Err(e) = self.check_ready() {
+            crate::commands::PUBLISH.refused();
+            return Err(e);
+        }
         let room = &request.room;
         let subject = self.names.room_subject(room);
         let meta = meta_of(&request, &self.node_id);

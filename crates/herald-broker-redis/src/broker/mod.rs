@@ -125,6 +125,7 @@ impl RedisBroker {
     /// publications); their readers hand it to their presence sink.
     pub async fn announce(&self, change: &PresenceChange) -> Result<(), BrokerError> {
         if !self.clients.commands.is_connected() {
+            metrics::PRESENCE_PUBLISH.refused();
             return Err(not_connected());
         }
         let channel = self.keys.room_channel(&change.room);

@@ -34,6 +34,12 @@ impl LuaScript {
         }
     }
 
+    /// Counts an error of the script's command refused before it was sent
+    /// (no connection to Redis).
+    pub(crate) fn refused(&self) {
+        self.command.refused();
+    }
+
     /// Runs the script, timed as its command. A NOSCRIPT answer means
     /// nothing ran, so sending the source is safe even with one command
     /// attempt.
