@@ -52,11 +52,19 @@ pub const COMMAND_ERRORS: &str = "herald_broker_command_errors_total";
 /// set per engine, documented in operations.md section 7), timed with
 /// [`Command::time`]. The metric handles are made on first use and kept,
 /// so a timed call costs two clock reads and no registry lookup.
-#[derive(Debug)]
 pub struct Command {
     engine: &'static str,
     command: &'static str,
     handles: std::sync::OnceLock<(metrics::Histogram, metrics::Counter)>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Command")
+            .field("engine", &self.engine)
+            .field("command", &self.command)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Command {

@@ -216,7 +216,10 @@ async fn send_queue_gauges_show_a_stalled_reader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_counted_per_transport_and_after_closes() {
-    let node = TestNode::start_process("").await;
+    // SSE notices a gone client at its next write: ping often.
+    let node =
+        TestNode::start_process("[limits]\nheartbeat_interval = \"500ms\"\nstale_timeout = \"5s\"\n")
+            .await;
     let by = |t: &str, transport: &str| {
         sample(t, "herald_connections_by_transport", &[("transport", transport)])
     };

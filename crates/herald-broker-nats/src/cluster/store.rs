@@ -197,7 +197,7 @@ pub(super) async fn purge(
         .purge()
         .filter(format!("{}{key}", store.prefix));
     let reply = crate::commands::REGISTRY_PURGE
-        .time(async {
+        .time(async move {
             match up_to {
                 // `sequence` purges what is below it.
                 Some(rev) => purge.sequence(rev + 1).await,
