@@ -107,6 +107,15 @@ fn alert_exprs() -> Vec<String> {
     exprs
 }
 
+/// Waits (bounded) until the node reaches its broker.
+async fn wait_ready(node: &TestNode) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.get("/ready").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the node never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn exposed(text: &str, family: &str) -> bool {
     text.lines().any(|l| {
         let name = match l.strip_prefix("# TYPE ") {
@@ -174,10 +183,20 @@ timeout = "1s"
         pid = std::process::id(),
     ))
     .await;
+    wait_ready(&node).await;
     let (mut c, _) = node.connect_user("alice").await;
     c.ping_ok().await;
     node.publish("user:alice", "deployed", json!({"n": 1})).await;
     c.expect_type("event", FRAME_WAIT).await;
+    // A join the (unreachable) backend must allow: a failed proxy call.
+    let refused = c
+        .request(json!({"type": "join_room", "room": "gated:1"}))
+        .await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    c.close().await;
+    // A refused token: an auth failure.
+    let bad = WsClient::connect(&node.ws_url(), TokenIn::Header("nope".into())).await;
+    assert!(bad.is_err());
     // Families with labels or samples appear as the node works (histograms
     // after their first sample): wait for them, bounded.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -26,6 +26,15 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// Waits (bounded) until the node reaches its broker.
+async fn wait_ready(node: &TestNode) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.get("/ready").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the node never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `/metrics` until `done` holds (bounded); returns the last text.
 async fn metrics_until(node: &TestNode, what: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -120,6 +129,7 @@ async fn redis_commands_are_timed_and_their_errors_counted() {
         std::process::id()
     ))
     .await;
+    wait_ready(&node).await;
     node.publish("user:carol", "m", json!(1)).await;
     let text = metrics_until(&node, "a timed redis publish", |t| {
         command_count(t, "redis", "publish") >= 1.0
@@ -161,6 +171,7 @@ async fn nats_commands_are_timed() {
         std::process::id()
     ))
     .await;
+    wait_ready(&node).await;
     node.publish("user:dave", "m", json!(1)).await;
     let text = metrics_until(&node, "a timed nats publish", |t| {
         command_count(t, "nats", "publish") >= 1.0 && command_count(t, "nats", "position") >= 1.0
