@@ -40,8 +40,8 @@ use herald_core::HistoryPolicy;
 use herald_core::{
     Broker, BrokerError, Publication, PublicationSink, PublishOutcome, PublishRequest, RoomKey,
 };
-use herald_protocol::StreamPosition;
 use herald_engine_kit::telemetry::{register_commands, Command};
+use herald_protocol::StreamPosition;
 use idempotency::IdempotencyCache;
 use parking_lot::Mutex;
 use std::collections::HashMap;

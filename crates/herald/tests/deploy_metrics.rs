@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn deploy_file(path: &str) -> String {
-    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(path);
+    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
@@ -87,7 +89,9 @@ fn alert_exprs() -> Vec<String> {
         for rule in g["rules"].as_vec().expect("rules is a list") {
             let alert = rule["alert"].as_str().expect("every rule is an alert");
             assert!(names.insert(alert.to_owned()), "{alert} twice");
-            let for_ = rule["for"].as_str().unwrap_or_else(|| panic!("{alert}: for"));
+            let for_ = rule["for"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{alert}: for"));
             assert!(
                 for_.ends_with('m') || for_.ends_with('s'),
                 "{alert}: for {for_}"
@@ -99,7 +103,10 @@ fn alert_exprs() -> Vec<String> {
                     "{alert}: annotations.{key}"
                 );
             }
-            assert!(!matches!(rule["labels"]["severity"], Yaml::BadValue), "{alert}: severity");
+            assert!(
+                !matches!(rule["labels"]["severity"], Yaml::BadValue),
+                "{alert}: severity"
+            );
             exprs.push(rule["expr"].as_str().expect("expr").to_owned());
         }
     }
@@ -140,7 +147,11 @@ fn families_are_extracted_from_promql() {
     let f: Vec<&str> = f.iter().map(String::as_str).collect();
     assert_eq!(
         f,
-        ["herald_delivery_latency_seconds", "herald_no", "herald_publish_total"]
+        [
+            "herald_delivery_latency_seconds",
+            "herald_no",
+            "herald_publish_total"
+        ]
     );
 }
 
@@ -186,7 +197,8 @@ timeout = "1s"
     wait_ready(&node).await;
     let (mut c, _) = node.connect_user("alice").await;
     c.ping_ok().await;
-    node.publish("user:alice", "deployed", json!({"n": 1})).await;
+    node.publish("user:alice", "deployed", json!({"n": 1}))
+        .await;
     c.expect_type("event", FRAME_WAIT).await;
     // A join the (unreachable) backend must allow: a failed proxy call.
     let refused = c

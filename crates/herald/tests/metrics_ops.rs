@@ -44,7 +44,10 @@ async fn metrics_until(node: &TestNode, what: &str, done: impl Fn(&str) -> bool)
         if done(&text) {
             return text;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -88,7 +91,10 @@ async fn a_zero_cap_counts_every_event_as_other() {
     })
     .await;
     let labels = [("namespace", "user"), ("event", "other")];
-    assert_eq!(sample(&text, "herald_events_published_total", &labels), Some(1.0));
+    assert_eq!(
+        sample(&text, "herald_events_published_total", &labels),
+        Some(1.0)
+    );
     assert!(!text.contains("event=\"anything\""), "{text}");
 }
 
@@ -135,7 +141,11 @@ async fn redis_commands_are_timed_and_their_errors_counted() {
         command_count(t, "redis", "publish") >= 1.0
     })
     .await;
-    assert_eq!(command_errors(&text, "redis", "publish"), 0.0, "registered at zero");
+    assert_eq!(
+        command_errors(&text, "redis", "publish"),
+        0.0,
+        "registered at zero"
+    );
     assert!(text.contains("herald_broker_command_duration_seconds_bucket{engine=\"redis\",command=\"publish\",le=\"0.0001\"}"), "latency buckets from 100 µs");
     redis.kill();
     // The node answers 503 while Redis is gone; each refusal is an error
@@ -197,7 +207,8 @@ async fn send_queue_gauges_show_a_stalled_reader() {
     // More than the kernel's buffers hold (see ws_framing.rs), unread.
     let pad = "p".repeat(PAD);
     for i in 0..EVENTS {
-        node.publish("global", "big", json!({"i": i, "pad": pad})).await;
+        node.publish("global", "big", json!({"i": i, "pad": pad}))
+            .await;
     }
     let text = metrics_until(&node, "a queue on the gauges", |t| {
         sample(t, "herald_send_queue_bytes", &[]).unwrap_or(0.0) >= PAD as f64
@@ -207,7 +218,13 @@ async fn send_queue_gauges_show_a_stalled_reader() {
     assert!((1.0..=EVENTS as f64).contains(&depth), "max depth {depth}");
     let queued: f64 = ["1-9", "10-99"]
         .iter()
-        .filter_map(|d| sample(&text, "herald_send_queue_depth_connections", &[("depth", d)]))
+        .filter_map(|d| {
+            sample(
+                &text,
+                "herald_send_queue_depth_connections",
+                &[("depth", d)],
+            )
+        })
         .sum();
     assert_eq!(queued, 1.0, "the one stalled connection:\n{text}");
     // Reading it all empties the queue, and the gauges follow.
@@ -228,11 +245,16 @@ async fn send_queue_gauges_show_a_stalled_reader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_counted_per_transport_and_after_closes() {
     // SSE notices a gone client at its next write: ping often.
-    let node =
-        TestNode::start_process("[limits]\nheartbeat_interval = \"500ms\"\nstale_timeout = \"5s\"\n")
-            .await;
+    let node = TestNode::start_process(
+        "[limits]\nheartbeat_interval = \"500ms\"\nstale_timeout = \"5s\"\n",
+    )
+    .await;
     let by = |t: &str, transport: &str| {
-        sample(t, "herald_connections_by_transport", &[("transport", transport)])
+        sample(
+            t,
+            "herald_connections_by_transport",
+            &[("transport", transport)],
+        )
     };
     let (mut ws, _) = node.connect_user("u1").await;
     ws.ping_ok().await;
@@ -242,11 +264,19 @@ async fn connections_are_counted_per_transport_and_after_closes() {
     let open = sio.next_frame(FRAME_WAIT).await.expect("Engine.IO open");
     assert!(open.payload.starts_with(b"0"), "open packet");
     let connect = format!(r#"40{{"token":"{}"}}"#, node.user_token("u3"));
-    sio.send_frame(1, connect.as_bytes()).await.expect("CONNECT");
+    sio.send_frame(1, connect.as_bytes())
+        .await
+        .expect("CONNECT");
     let answer = sio.next_frame(FRAME_WAIT).await.expect("CONNECT answer");
-    assert!(answer.payload.starts_with(b"40"), "{:?}", String::from_utf8_lossy(&answer.payload));
+    assert!(
+        answer.payload.starts_with(b"40"),
+        "{:?}",
+        String::from_utf8_lossy(&answer.payload)
+    );
     metrics_until(&node, "one connection per transport", |t| {
-        by(t, "websocket") == Some(1.0) && by(t, "sse") == Some(1.0) && by(t, "socketio") == Some(1.0)
+        by(t, "websocket") == Some(1.0)
+            && by(t, "sse") == Some(1.0)
+            && by(t, "socketio") == Some(1.0)
     })
     .await;
     ws.close().await;

@@ -49,7 +49,9 @@ impl LuaScript {
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<Value, Error> {
-        self.command.time(self.run_untimed(client, keys, args)).await
+        self.command
+            .time(self.run_untimed(client, keys, args))
+            .await
     }
 
     async fn run_untimed(

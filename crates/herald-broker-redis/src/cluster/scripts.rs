@@ -164,7 +164,9 @@ impl LuaScript {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, Error> {
-        self.command.time(self.run_untimed(client, keys, args)).await
+        self.command
+            .time(self.run_untimed(client, keys, args))
+            .await
     }
 
     async fn run_untimed<R: FromValue>(

@@ -271,7 +271,7 @@ impl Worker {
         }
     }
 
-        /// New entries for this consumer, waiting at most `options.block` (and
+    /// New entries for this consumer, waiting at most `options.block` (and
     /// not past the next claim pass).
     async fn read_new(&self, until_claim: Duration) -> Result<Vec<Entry>, StepError> {
         // BLOCK 0 would wait forever.
@@ -435,7 +435,10 @@ impl Worker {
             }
             Stage::Ack => {
                 let _: Value = INGEST_ACK
-                    .time(self.client.xack(&self.stream, GROUP, held.entry.id.as_str()))
+                    .time(
+                        self.client
+                            .xack(&self.stream, GROUP, held.entry.id.as_str()),
+                    )
                     .await?;
                 // Acknowledged entries are deleted: the stream then holds only
                 // work not yet done, which the group's id `0` relies on.

@@ -124,9 +124,9 @@ impl EventCounters {
         name: &'static str,
     ) -> &'s Counter {
         let labels = &self.labels;
-        pick(&slot.per_namespace[ns]).get_or_init(|| {
-            counter!(name, "namespace" => labels[ns].clone(), "event" => slot.event.clone())
-        })
+        pick(&slot.per_namespace[ns]).get_or_init(
+            || counter!(name, "namespace" => labels[ns].clone(), "event" => slot.event.clone()),
+        )
     }
 
     /// Counts one event of `event` accepted by the broker in `namespace`.

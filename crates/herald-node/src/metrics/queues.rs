@@ -108,7 +108,15 @@ mod tests {
     #[test]
     fn depths_fall_in_decade_buckets() {
         let mut s = QueueSample::default();
-        for (items, bytes) in [(0, 0), (1, 10), (9, 5), (10, 1), (999, 1), (1000, 7), (5000, 0)] {
+        for (items, bytes) in [
+            (0, 0),
+            (1, 10),
+            (9, 5),
+            (10, 1),
+            (999, 1),
+            (1000, 7),
+            (5000, 0),
+        ] {
             s.add(items, bytes);
         }
         assert_eq!(s.connections, [1, 2, 1, 1, 2]);
