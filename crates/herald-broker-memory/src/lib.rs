@@ -40,6 +40,7 @@ use herald_core::HistoryPolicy;
 use herald_core::{
     Broker, BrokerError, Publication, PublicationSink, PublishOutcome, PublishRequest, RoomKey,
 };
+use herald_engine_kit::telemetry::{register_commands, Command};
 use herald_protocol::StreamPosition;
 use idempotency::IdempotencyCache;
 use parking_lot::Mutex;
@@ -72,6 +73,12 @@ pub struct MemoryBroker {
     trimming: Mutex<()>,
 }
 
+/// The engine's timed commands (`herald_broker_command_duration_seconds
+/// {engine="memory"}`): in-process, so they show lock waits and the
+/// queueing to local members, not a network.
+static PUBLISH: Command = Command::new("memory", "publish");
+static HISTORY: Command = Command::new("memory", "history");
+
 fn new_epoch() -> Arc<str> {
     // Random per engine life: after a restart every client can tell its old
     // positions are void.
@@ -81,6 +88,7 @@ fn new_epoch() -> Arc<str> {
 impl MemoryBroker {
     /// A broker delivering to `sink`, without a node-wide history budget.
     pub fn new(sink: Arc<dyn PublicationSink>) -> Self {
+        register_commands(&[&PUBLISH, &HISTORY]);
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             sink,
@@ -215,7 +223,9 @@ impl Broker for MemoryBroker {
         if let Some(outcome) = self.earlier(&idem, &request.room) {
             return outcome;
         }
+        let started = Instant::now();
         let (outcome, writes) = self.publish_locked(request, idem);
+        PUBLISH.record(started.elapsed(), outcome.is_ok());
         // The room's lock is released: now write the sockets.
         writes.run();
         self.enforce_budget();
@@ -272,7 +282,9 @@ impl Broker for MemoryBroker {
                 complete: since == 0,
             });
         };
-        let page = stream.lock().read(since, limit, Instant::now(), &self.acct);
+        let started = Instant::now();
+        let page = stream.lock().read(since, limit, started, &self.acct);
+        HISTORY.record(started.elapsed(), true);
         Ok(page)
     }
 

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod commands;
 pub mod kv;
 pub mod names;
 pub mod wire;

@@ -31,6 +31,9 @@ impl WeakNode {
 pub(crate) struct Parts {
     pub(crate) node_id: Arc<str>,
     pub(crate) rooms: Arc<Rooms>,
+    /// Publishes and deliveries by namespace and event name, shared by the
+    /// rooms' fan-out and the node's publishes.
+    pub(crate) events: Arc<crate::metrics::EventCounters>,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     /// Webhook emission (off when `hooks` is empty).
@@ -51,6 +54,9 @@ impl Parts {
         } else {
             emitter.clone()
         };
+        let events = Arc::new(crate::metrics::EventCounters::new(
+            settings.namespaces.iter().map(|(name, _)| name),
+        ));
         let rooms = Arc::new(
             Rooms::new(
                 node_id.clone(),
@@ -59,11 +65,13 @@ impl Parts {
                 settings.limits.send_queue_messages.max(JOIN_BUFFER_FLOOR),
                 Flusher::new(tasks.clone()),
             )
-            .with_hooks(room_hooks),
+            .with_hooks(room_hooks)
+            .with_events(events.clone()),
         );
         Self {
             node_id,
             rooms,
+            events,
             cancel: CancellationToken::new(),
             tasks,
             hooks: emitter,

@@ -1,6 +1,14 @@
 //! The node's Prometheus metrics, registered through the `metrics` facade.
-//! Labels are bounded: close reasons, auth failure reasons and transport
-//! names, never room or user names.
+//! Labels are bounded: close reasons, auth failure reasons, transport
+//! names, configured namespaces and at most `metrics.max_event_names`
+//! event names ([`events`]), never room or user names.
+
+mod events;
+mod queues;
+
+pub(crate) use events::EventCounters;
+pub use events::{set_max_event_names, DEFAULT_MAX_EVENT_NAMES, OTHER};
+pub use queues::{sample_send_queues, QueueSample, DEPTH_BUCKETS};
 
 use crate::transport::Transport;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
@@ -76,6 +84,7 @@ pub fn describe() {
         gauge!("herald_connections_by_transport", "transport" => transport).set(0.0);
     }
     gauge!("herald_rooms").set(0.0);
+    queues::describe();
 }
 
 /// Sets the open-connection gauge.

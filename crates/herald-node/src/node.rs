@@ -161,6 +161,8 @@ pub(crate) struct Inner {
     /// The backend behind `proxy` rules and `rpc` frames, when configured.
     pub(crate) access_proxy: Option<Arc<dyn AccessProxy>>,
     pub(crate) rooms: Arc<Rooms>,
+    /// Publishes and deliveries by namespace and event name.
+    pub(crate) events: Arc<metrics::EventCounters>,
     pub(crate) registry: Registry,
     /// Webhook emission (off when no kind is configured).
     pub(crate) hooks: crate::hooks::Emitter,
@@ -239,6 +241,7 @@ impl Node {
                 verifier,
                 access_proxy: settings.access_proxy,
                 rooms: parts.rooms,
+                events: parts.events,
                 registry: Registry::with_hooks(registry_hooks),
                 hooks: parts.hooks,
                 outbox: engine.outbox,
@@ -436,6 +439,10 @@ impl Node {
     pub async fn publish(&self, input: PublishInput) -> Result<PublishOutcome, NodeError> {
         let name = RoomName::parse(&input.room)?;
         let history = self.history_policy(&name);
+        let counted = self
+            .inner
+            .events
+            .published_counter(name.namespace(), &input.event);
         let outcome = self
             .inner
             .broker
@@ -451,6 +458,7 @@ impl Node {
             .await?;
         if !outcome.duplicate {
             metrics::published();
+            counted.increment(1);
         }
         Ok(outcome)
     }

@@ -500,6 +500,13 @@ impl SendQueue {
         self.state.lock().items.len()
     }
 
+    /// Frames and bytes queued, read together under one lock (the
+    /// sampled send-queue metrics).
+    pub fn depth(&self) -> (usize, usize) {
+        let s = self.state.lock();
+        (s.items.len(), s.bytes)
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -52,6 +52,8 @@ pub(crate) struct Rooms {
     /// `member.*` and (alone) `room.*`, emitted under the room's shard
     /// lock so a room's events come in the order of its transitions.
     hooks: Emitter,
+    /// Deliveries by namespace and event name.
+    events: Arc<metrics::EventCounters>,
 }
 
 impl Rooms {
@@ -64,7 +66,14 @@ impl Rooms {
             count: AtomicUsize::new(0),
             flusher,
             hooks: Emitter::off(node_id_for_hooks),
+            events: Arc::new(metrics::EventCounters::new([])),
         }
+    }
+
+    /// The same rooms, counting deliveries into `events` (the node's).
+    pub(crate) fn with_events(mut self, events: Arc<metrics::EventCounters>) -> Self {
+        self.events = events;
+        self
     }
 
     /// The same rooms, emitting webhook events through `hooks`.
@@ -398,6 +407,9 @@ impl PublicationSink for Rooms {
                 }
             }
         }
+        // Once per publication, not per recipient.
+        self.events
+            .delivered(p.room.name.namespace(), &p.event, written.len());
         // Queued in order under the broker's lock; written after it.
         self.flusher.writes(written)
     }

@@ -401,6 +401,11 @@ impl Session {
         // Checked after the event name, which a `proxy` rule sends on.
         self.check_access(&name, Action::Send(&event)).await?;
         let hook = self.node.hook_message(&key, &event, &data);
+        let counted = self
+            .node
+            .inner
+            .events
+            .published_counter(name.namespace(), &event);
         let outcome = self
             .node
             .broker()
@@ -418,6 +423,7 @@ impl Session {
             })
             .await?;
         metrics::published();
+        counted.increment(1);
         if let Some(hook) = hook {
             self.node
                 .hook_message_sent(hook, &self.conn, &outcome.position);

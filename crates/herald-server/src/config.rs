@@ -8,6 +8,7 @@ mod bridge;
 #[cfg(not(feature = "bridge"))]
 use bridge as herald_bridge;
 mod env;
+mod metrics;
 mod namespaces;
 mod origins;
 mod proxy;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use herald_core::duration;
 pub use herald_core::duration::parse as parse_duration;
+pub use metrics::MetricsConfig;
 pub use namespaces::NamespaceToml;
 pub use proxy::ProxyConfig;
 pub use webhooks::WebhooksConfig;
@@ -53,6 +55,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// `[proxy]`: the backend's connect, join, send and RPC endpoints.
     pub proxy: ProxyConfig,
+    /// `[metrics]`: label bounds of the node's metrics.
+    pub metrics: MetricsConfig,
 }
 
 /// `[socketio]`: the Socket.IO v4 endpoint (docs/protocol.md 8).
@@ -416,6 +420,7 @@ impl Config {
         }
         self.validate_dev_mode(&mut problems);
         tls::validate(&self.server, &mut problems);
+        self.metrics.validate(&mut problems);
         if let Err(errors) = self.webhooks.resolve() {
             problems.extend(errors);
         }

@@ -74,6 +74,11 @@ fn install_metrics() -> Option<PrometheusHandle> {
             LATENCY_BUCKETS,
         )
         .ok()?
+        .set_buckets_for_metric(
+            Matcher::Full("herald_broker_command_duration_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .ok()?
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
         .ok()
@@ -161,6 +166,7 @@ pub async fn serve_on_with(
     let metrics = install_metrics();
     // After the recorder: its reload counter starts at 0 in /metrics.
     let tls = listener_tls(&config)?;
+    herald_node::metrics::set_max_event_names(config.metrics.max_event_names);
     let node_id = config
         .server
         .node_id
@@ -336,18 +342,27 @@ fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// How often the metrics upkeep runs: histogram folding and the sampled
+/// send-queue gauges.
+const METRICS_UPKEEP: Duration = Duration::from_secs(2);
+
 /// Histogram samples are buffered in the recorder until upkeep folds them
 /// into buckets; without this they pile up between scrapes (or forever,
-/// when nobody scrapes).
+/// when nobody scrapes). The same tick samples the send queues, walking
+/// the connections once instead of counting on every write.
 fn spawn_metrics_upkeep(node: &Node, handle: PrometheusHandle) {
     let cancel = node.cancellation();
+    let weak = node.downgrade();
     node.tasks().spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tick.tick() => handle.run_upkeep(),
+                _ = tick.tick() => {}
             }
+            handle.run_upkeep();
+            let Some(node) = weak.upgrade() else { return };
+            herald_node::metrics::sample_send_queues(&node);
         }
     });
 }

@@ -116,6 +116,7 @@ impl NatsBroker {
         presence_sink: Arc<dyn PresenceSink>,
     ) -> Arc<Self> {
         metrics::describe();
+        crate::commands::register();
         let names = Names::new(&settings.prefix);
         // No I/O: a handle by name, valid across re-creations.
         let stream = clients
@@ -173,9 +174,13 @@ impl NatsBroker {
             return Err(not_connected());
         }
         let (headers, body) = wire::encode_presence(change);
-        self.clients
-            .client
-            .publish_with_headers(self.names.delivery_subject(&change.room), headers, body)
+        let subject = self.names.delivery_subject(&change.room);
+        crate::commands::PRESENCE_PUBLISH
+            .time(
+                self.clients
+                    .client
+                    .publish_with_headers(subject, headers, body),
+            )
             .await
             .map_err(|e| error::unavailable("announce", e))
     }

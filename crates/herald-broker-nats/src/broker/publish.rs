@@ -179,10 +179,16 @@ impl NatsBroker {
     /// The room's last stored message, read from the stream.
     pub(super) async fn read_last(&self, room: &RoomKey) -> Result<Option<Stored>, BrokerError> {
         let stream = self.stream_handle()?;
-        match stream
-            .direct_get_last_for_subject(self.names.room_subject(room))
-            .await
-        {
+        let subject = self.names.room_subject(room);
+        let started = std::time::Instant::now();
+        let got = stream.direct_get_last_for_subject(subject).await;
+        // A room with no message yet is an answer, not a failure.
+        let ok = match &got {
+            Ok(_) => true,
+            Err(e) => matches!(e.kind(), DirectGetErrorKind::NotFound),
+        };
+        crate::commands::POSITION.record(started.elapsed(), ok);
+        match got {
             Ok(m) => message::decode(room.clone(), Some(m.sequence), &m.headers, &m.payload)
                 .map(Some)
                 .map_err(|e| internal("a room's last message", e)),
@@ -204,7 +210,10 @@ impl NatsBroker {
         &self,
         request: PublishRequest,
     ) -> Result<PublishOutcome, BrokerError> {
-        self.check_ready()?;
+        if let Err(e) = self.check_ready() {
+            crate::commands::PUBLISH.refused();
+            return Err(e);
+        }
         let room = &request.room;
         let subject = self.names.room_subject(room);
         let meta = meta_of(&request, &self.node_id);
@@ -249,6 +258,7 @@ impl NatsBroker {
             if let Some(id) = &msg_id {
                 publish = publish.message_id(id);
             }
+            let started = std::time::Instant::now();
             let sent = self
                 .clients
                 .jetstream
@@ -258,6 +268,12 @@ impl NatsBroker {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
+            // Losing the race for the next offset is retried, not a failure.
+            let ok = match &acked {
+                Ok(_) => true,
+                Err(e) => e.kind() == PublishErrorKind::WrongLastSequence,
+            };
+            crate::commands::PUBLISH.record(started.elapsed(), ok);
             match acked {
                 Ok(ack) if ack.duplicate => return self.duplicate(room, ack.sequence).await,
                 Ok(ack) => {
@@ -304,8 +320,8 @@ impl NatsBroker {
     /// original's position, or a conflict naming the original's room.
     async fn duplicate(&self, room: &RoomKey, seq: u64) -> Result<PublishOutcome, BrokerError> {
         let stream = self.stream_handle()?;
-        let original = stream
-            .direct_get(seq)
+        let original = crate::commands::HISTORY
+            .time(stream.direct_get(seq))
             .await
             .map_err(|e| unavailable("reading the original of a duplicate", e))?;
         let Some(first_room) = message::room_of_subject(original.subject.as_str()) else {

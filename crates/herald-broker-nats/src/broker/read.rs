@@ -55,10 +55,15 @@ impl NatsBroker {
     /// The message of `room` at or after stream sequence `seq`.
     async fn next_at(&self, room: &RoomKey, seq: u64) -> Result<Option<Stored>, BrokerError> {
         let stream = self.stream_handle()?;
-        match stream
-            .direct_get_next_for_subject(self.names.room_subject(room), Some(seq))
-            .await
-        {
+        let subject = self.names.room_subject(room);
+        let started = std::time::Instant::now();
+        let got = stream.direct_get_next_for_subject(subject, Some(seq)).await;
+        let ok = match &got {
+            Ok(_) => true,
+            Err(e) => matches!(e.kind(), DirectGetErrorKind::NotFound),
+        };
+        crate::commands::HISTORY.record(started.elapsed(), ok);
+        match got {
             Ok(m) => message::decode(room.clone(), Some(m.sequence), &m.headers, &m.payload)
                 .map(Some)
                 .map_err(|e| internal("a room's message", e)),

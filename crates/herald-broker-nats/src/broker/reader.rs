@@ -158,13 +158,14 @@ impl NatsBroker {
         workers: &Workers,
     ) -> Result<CancellationToken, BrokerError> {
         let subject = self.names.delivery_subject(room);
-        let subscription = self
-            .clients
-            .client
-            .subscribe(subject)
-            .await
-            .map_err(|e| super::error::unavailable("subscribe", e))?;
+        let started = std::time::Instant::now();
+        let subscription = self.clients.client.subscribe(subject).await;
+        let subscription = subscription.map_err(|e| {
+            crate::commands::SUBSCRIBE.record(started.elapsed(), false);
+            super::error::unavailable("subscribe", e)
+        })?;
         let flushed = self.round_trip().await;
+        crate::commands::SUBSCRIBE.record(started.elapsed(), flushed.is_ok());
         let stop = workers.cancel().child_token();
         // Started before the flush's outcome is known, so the subscription
         // is always drained or unsubscribed.

@@ -94,6 +94,16 @@ impl NatsCluster {
     }
 
     async fn beat(&self, node: &dyn ClusterNode, st: &mut BeatState) -> Result<(), BrokerError> {
+        crate::commands::HEARTBEAT
+            .time(self.beat_untimed(node, st))
+            .await
+    }
+
+    async fn beat_untimed(
+        &self,
+        node: &dyn ClusterNode,
+        st: &mut BeatState,
+    ) -> Result<(), BrokerError> {
         let _serial = self.beat.lock().await;
         if self.left.load(Ordering::Acquire) {
             return Ok(());

@@ -107,6 +107,17 @@ pub(super) async fn list(
     filter: &str,
     wait: Duration,
 ) -> Result<Vec<Listed>, BrokerError> {
+    crate::commands::REGISTRY_LIST
+        .time(list_untimed(client, store, filter, wait))
+        .await
+}
+
+async fn list_untimed(
+    client: &Client,
+    store: &Store,
+    filter: &str,
+    wait: Duration,
+) -> Result<Vec<Listed>, BrokerError> {
     let consumer = store
         .stream
         .create_consumer(OrderedConfig {
@@ -185,11 +196,15 @@ pub(super) async fn purge(
         .stream
         .purge()
         .filter(format!("{}{key}", store.prefix));
-    let reply = match up_to {
-        // `sequence` purges what is below it.
-        Some(rev) => purge.sequence(rev + 1).await,
-        None => purge.await,
-    };
+    let reply = crate::commands::REGISTRY_PURGE
+        .time(async move {
+            match up_to {
+                // `sequence` purges what is below it.
+                Some(rev) => purge.sequence(rev + 1).await,
+                None => purge.await,
+            }
+        })
+        .await;
     reply
         .map(|r| r.purged)
         .map_err(|e| nats_error("deleting a key", e))

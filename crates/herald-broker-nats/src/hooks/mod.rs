@@ -165,6 +165,12 @@ impl NatsOutbox {
     /// awaited. An event id already stored within the duplicate window is
     /// stored once.
     pub async fn publish(&self, events: &[HookEvent]) -> Result<(), BrokerError> {
+        crate::commands::OUTBOX_APPEND
+            .time(self.publish_untimed(events))
+            .await
+    }
+
+    async fn publish_untimed(&self, events: &[HookEvent]) -> Result<(), BrokerError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -205,6 +211,12 @@ impl NatsOutbox {
     /// nothing when this node no longer holds the lease (the next holder
     /// sends them again: at least once).
     async fn acknowledge(&self, entries: &[OutboxEntry]) -> Result<(), BrokerError> {
+        crate::commands::OUTBOX_ACK
+            .time(self.acknowledge_untimed(entries))
+            .await
+    }
+
+    async fn acknowledge_untimed(&self, entries: &[OutboxEntry]) -> Result<(), BrokerError> {
         let mut last = 0;
         for e in entries {
             let seq: u64 = e.cursor.parse().map_err(|_| {

@@ -47,6 +47,7 @@ impl RedisBroker {
         }
         if !self.clients.commands.is_connected() {
             self.forget_engine_epoch();
+            self.epoch_script.refused();
             return Err(not_connected());
         }
         let checked = Instant::now();

@@ -112,10 +112,10 @@ impl RedisBroker {
             sink,
             presence_sink,
             rooms: Rooms::new(NewEpoch::GapWhenNothingDelivered),
-            publish_script: LuaScript::new(script::PUBLISH),
-            read_script: LuaScript::new(script::READ),
+            publish_script: LuaScript::new(script::PUBLISH, "publish"),
+            read_script: LuaScript::new(script::READ, "history"),
             trimmed: publish::Trimmed::default(),
-            epoch_script: LuaScript::new(epoch::SCRIPT),
+            epoch_script: LuaScript::new(epoch::SCRIPT, "epoch"),
             engine_epoch: Mutex::new(None),
         })
     }
@@ -125,11 +125,14 @@ impl RedisBroker {
     /// publications); their readers hand it to their presence sink.
     pub async fn announce(&self, change: &PresenceChange) -> Result<(), BrokerError> {
         if !self.clients.commands.is_connected() {
+            metrics::PRESENCE_PUBLISH.refused();
             return Err(not_connected());
         }
         let channel = self.keys.room_channel(&change.room);
         let message = Value::Bytes(wire::encode_presence(change).into());
-        let published: Result<Value, _> = self.clients.commands.spublish(channel, message).await;
+        let published: Result<Value, _> = metrics::PRESENCE_PUBLISH
+            .time(self.clients.commands.spublish(channel, message))
+            .await;
         published.map(drop).map_err(from_redis)
     }
 
@@ -163,7 +166,9 @@ impl RedisBroker {
             return Ok(());
         }
         let channel = self.keys.room_channel(room);
-        let unsubscribed = self.clients.subscriber.sunsubscribe(channel).await;
+        let unsubscribed = metrics::UNSUBSCRIBE
+            .time(self.clients.subscriber.sunsubscribe(channel))
+            .await;
         unsubscribed.map_err(from_redis)
     }
 }

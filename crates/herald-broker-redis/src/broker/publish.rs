@@ -140,6 +140,7 @@ impl RedisBroker {
         // command timeout; answer at once instead.
         if !self.clients.commands.is_connected() {
             self.forget_engine_epoch();
+            self.publish_script.refused();
             return Err(not_connected());
         }
         let room = &request.room;

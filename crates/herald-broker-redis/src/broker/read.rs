@@ -24,6 +24,7 @@ impl RedisBroker {
     ) -> Result<Page, BrokerError> {
         if !self.clients.commands.is_connected() {
             self.forget_engine_epoch();
+            self.read_script.refused();
             return Err(not_connected());
         }
         let empty_epoch = self.engine_epoch().await?;

@@ -134,10 +134,13 @@ impl RedisBroker {
     pub(super) async fn subscribe_channel(&self, room: &RoomKey) -> Result<(), BrokerError> {
         use fred::interfaces::PubsubInterface;
         if !self.clients.subscriber.is_connected() {
+            metrics::SUBSCRIBE.refused();
             return Err(not_connected());
         }
         let channel = self.keys.room_channel(room);
-        let subscribed = self.clients.subscriber.ssubscribe(channel).await;
+        let subscribed = metrics::SUBSCRIBE
+            .time(self.clients.subscriber.ssubscribe(channel))
+            .await;
         subscribed.map_err(super::error::from_redis)
     }
 }

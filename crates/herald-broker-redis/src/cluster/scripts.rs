@@ -10,6 +10,7 @@ use fred::clients::Client;
 use fred::error::Error;
 use fred::interfaces::LuaInterface;
 use fred::types::FromValue;
+use herald_engine_kit::telemetry::Command;
 use parking_lot::Mutex;
 
 /// `KEYS[1]` nodes set; `ARGV[1]` node id. Scores the node with the
@@ -137,22 +138,38 @@ return 0
 /// One script, run by `EVALSHA` once its hash is known. The crate's fred
 /// build has no SHA-1, so the hash comes from the server (`SCRIPT LOAD`);
 /// on `NOSCRIPT` (another cluster master, or a restarted server) the body
-/// goes with `EVAL`, which also caches it there.
+/// goes with `EVAL`, which also caches it there. Each run is timed as the
+/// script's command (`herald_broker_command_duration_seconds`).
 pub(super) struct LuaScript {
     body: &'static str,
     sha: Mutex<Option<String>>,
+    command: Command,
 }
 
 impl LuaScript {
-    fn new(body: &'static str) -> Self {
+    fn new(body: &'static str, command: &'static str) -> Self {
+        let command = Command::new("redis", command);
+        command.register();
         Self {
             body,
             sha: Mutex::new(None),
+            command,
         }
     }
 
-    /// Runs the script with `keys` (one slot) and `args`.
+    /// Runs the script with `keys` (one slot) and `args`, timed.
     pub(super) async fn run<R: FromValue>(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<R, Error> {
+        self.command
+            .time(self.run_untimed(client, keys, args))
+            .await
+    }
+
+    async fn run_untimed<R: FromValue>(
         &self,
         client: &Client,
         keys: Vec<String>,
@@ -189,13 +206,13 @@ pub(super) struct Scripts {
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
-            heartbeat: LuaScript::new(HEARTBEAT),
-            nodes_by_age: LuaScript::new(NODES_BY_AGE),
-            node_is_dead: LuaScript::new(NODE_IS_DEAD),
-            admit: LuaScript::new(ADMIT),
-            rewrite: LuaScript::new(REWRITE),
-            renew_locks: LuaScript::new(RENEW_LOCKS),
-            release_lock: LuaScript::new(RELEASE_LOCK),
+            heartbeat: LuaScript::new(HEARTBEAT, "heartbeat"),
+            nodes_by_age: LuaScript::new(NODES_BY_AGE, "nodes_read"),
+            node_is_dead: LuaScript::new(NODE_IS_DEAD, "node_check"),
+            admit: LuaScript::new(ADMIT, "registry_admit"),
+            rewrite: LuaScript::new(REWRITE, "registry_rewrite"),
+            renew_locks: LuaScript::new(RENEW_LOCKS, "lock_renew"),
+            release_lock: LuaScript::new(RELEASE_LOCK, "lock_release"),
         }
     }
 }

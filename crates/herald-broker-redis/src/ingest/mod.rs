@@ -155,6 +155,7 @@ impl IngestConsumer {
         tasks: &TaskTracker,
     ) {
         describe_metrics();
+        worker::register_commands();
         let worker = worker::Worker::new(&clients, settings, target, options, cancel);
         tasks.spawn(worker.run());
     }

@@ -10,6 +10,7 @@ use fred::interfaces::{ClientLike, LuaInterface, StreamsInterface};
 use fred::types::config::Options;
 use fred::types::{ConnectHandle, Key, Value};
 use herald_engine_kit::backoff::Backoff;
+use herald_engine_kit::telemetry::Command;
 use metrics::counter;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -17,6 +18,26 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// XREADGROUP of new entries. It blocks up to `ingest.block` when the
+/// stream is idle, so its duration is the wait, not Redis' speed.
+static INGEST_READ: Command = Command::new("redis", "ingest_read");
+/// XACK and XDEL of a finished entry.
+static INGEST_ACK: Command = Command::new("redis", "ingest_ack");
+/// XAUTOCLAIM of entries idle on other consumers.
+static INGEST_CLAIM: Command = Command::new("redis", "ingest_claim");
+/// XADD of an entry to the dead-letter stream.
+static INGEST_DEAD_LETTER: Command = Command::new("redis", "ingest_dead_letter");
+
+/// Registers the ingest commands' metrics at zero.
+pub(super) fn register_commands() {
+    herald_engine_kit::telemetry::register_commands(&[
+        &INGEST_READ,
+        &INGEST_ACK,
+        &INGEST_CLAIM,
+        &INGEST_DEAD_LETTER,
+    ]);
+}
 
 /// Longest wait for the shutdown steps together (leaving the group, which
 /// may queue behind a blocking read, and closing the connection); under
@@ -259,10 +280,8 @@ impl Worker {
             timeout: Some(self.read_timeout),
             ..Default::default()
         };
-        let reply: Value = self
-            .client
-            .with_options(&options)
-            .xreadgroup(
+        let reply: Value = INGEST_READ
+            .time(self.client.with_options(&options).xreadgroup(
                 GROUP,
                 &self.node,
                 Some(self.options.batch as u64),
@@ -270,7 +289,7 @@ impl Worker {
                 false,
                 &self.stream,
                 ">",
-            )
+            ))
             .await?;
         Ok(reply::read_group(reply)?)
     }
@@ -281,9 +300,8 @@ impl Worker {
         let idle_ms = self.options.claim_idle.as_millis() as u64;
         let mut cursor = String::from("0-0");
         loop {
-            let reply: Value = self
-                .client
-                .xautoclaim(
+            let reply: Value = INGEST_CLAIM
+                .time(self.client.xautoclaim(
                     &self.stream,
                     GROUP,
                     &self.node,
@@ -291,7 +309,7 @@ impl Worker {
                     cursor.as_str(),
                     Some(self.options.batch as u64),
                     false,
-                )
+                ))
                 .await?;
             let (next, claimed) = reply::autoclaim(reply)?;
             if !claimed.is_empty() {
@@ -416,9 +434,11 @@ impl Worker {
                 Ok(false)
             }
             Stage::Ack => {
-                let _: Value = self
-                    .client
-                    .xack(&self.stream, GROUP, held.entry.id.as_str())
+                let _: Value = INGEST_ACK
+                    .time(
+                        self.client
+                            .xack(&self.stream, GROUP, held.entry.id.as_str()),
+                    )
                     .await?;
                 // Acknowledged entries are deleted: the stream then holds only
                 // work not yet done, which the group's id `0` relies on.
@@ -442,9 +462,8 @@ impl Worker {
         fields.push((Key::from_static_str("id"), entry.id.as_str().into()));
         fields.push((Key::from_static_str("node"), self.node.as_str().into()));
         let cap = ("MAXLEN", "~", self.options.dead_letter_max_len as i64);
-        let _: Value = self
-            .client
-            .xadd(&self.dead, false, cap, "*", fields)
+        let _: Value = INGEST_DEAD_LETTER
+            .time(self.client.xadd(&self.dead, false, cap, "*", fields))
             .await?;
         Ok(())
     }
