@@ -98,6 +98,7 @@ impl PublicationWire<'_> {
             exclude_connection: self.x,
             accepted_at: self.tu.and_then(local_instant),
             encoded: Default::default(),
+            trace: None,
         })
     }
 }

@@ -447,6 +447,7 @@ impl Node {
                 exclude_connection: input.exclude_connection,
                 idempotency_key: input.idempotency_key,
                 history,
+                trace: None,
             })
             .await?;
         if !outcome.duplicate {

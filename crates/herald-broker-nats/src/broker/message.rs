@@ -199,6 +199,7 @@ pub(super) fn decode(
         exclude_connection: meta.x.clone(),
         accepted_at: local_instant(meta.tu),
         encoded: Default::default(),
+        trace: None,
     };
     Ok(Stored {
         seq,
@@ -235,6 +236,7 @@ mod tests {
                 ttl: Duration::from_secs(60),
                 max_bytes: 100,
             },
+            trace: None,
         };
         let meta = meta_of(&request, "n1");
         let json = serde_json::to_string(&meta).expect("json");

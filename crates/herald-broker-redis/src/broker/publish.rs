@@ -247,6 +247,7 @@ mod tests {
             exclude_connection: Some("c2".into()),
             idempotency_key: None,
             history: HistoryPolicy::default(),
+            trace: None,
         };
         let body = encode_body(&request, 42, "ev1", "n1").expect("encodes");
         assert!(body.starts_with(br#""t":"acme","r":"project:7""#));
