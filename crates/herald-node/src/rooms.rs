@@ -52,6 +52,8 @@ pub(crate) struct Rooms {
     /// `member.*` and (alone) `room.*`, emitted under the room's shard
     /// lock so a room's events come in the order of its transitions.
     hooks: Emitter,
+    /// The node's tracer, set once when tracing is on (see `trace.rs`).
+    pub(crate) telemetry: std::sync::OnceLock<herald_telemetry::Telemetry>,
 }
 
 impl Rooms {
@@ -64,6 +66,7 @@ impl Rooms {
             count: AtomicUsize::new(0),
             flusher,
             hooks: Emitter::off(node_id_for_hooks),
+            telemetry: std::sync::OnceLock::new(),
         }
     }
 
@@ -370,6 +373,7 @@ impl PresenceSink for Rooms {
 
 impl PublicationSink for Rooms {
     fn deliver(&self, p: Arc<Publication>) -> Writes {
+        let span = crate::trace::fanout_start(&self.telemetry, &p);
         let mut written = Vec::new();
         {
             let shard = self.shard(&p.room).read();
@@ -398,6 +402,7 @@ impl PublicationSink for Rooms {
                 }
             }
         }
+        crate::trace::fanout_queued(span, &p, &written);
         // Queued in order under the broker's lock; written after it.
         self.flusher.writes(written)
     }

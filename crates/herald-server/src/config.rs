@@ -9,6 +9,7 @@ use bridge as herald_bridge;
 mod env;
 mod namespaces;
 mod proxy;
+mod telemetry;
 mod webhooks;
 
 use herald_core::Namespaces;
@@ -22,6 +23,7 @@ use herald_core::duration;
 pub use herald_core::duration::parse as parse_duration;
 pub use namespaces::NamespaceToml;
 pub use proxy::ProxyConfig;
+pub use telemetry::TelemetryConfig;
 pub use webhooks::WebhooksConfig;
 
 /// Smallest `limits.max_pending_message_bytes`: room for an `authenticate`
@@ -50,6 +52,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// `[proxy]`: the backend's connect, join, send and RPC endpoints.
     pub proxy: ProxyConfig,
+    /// `[telemetry]`: OpenTelemetry tracing over OTLP/HTTP (off by default).
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[socketio]`: the Socket.IO v4 endpoint (docs/protocol.md 8).
@@ -397,6 +401,7 @@ impl Config {
         if let Err(errors) = self.webhooks.resolve() {
             problems.extend(errors);
         }
+        self.telemetry.validate(&mut problems);
         let path = &self.socketio.path;
         if path.len() < 2
             || !path.starts_with('/')

@@ -19,6 +19,7 @@ mod guard;
 mod http;
 mod ops;
 mod publish_target;
+mod publish_trace;
 mod resume;
 mod serve;
 mod socketio;
