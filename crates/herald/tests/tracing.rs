@@ -90,15 +90,16 @@ async fn one_node_continues_the_publishers_trace_through_broker_and_fanout() {
         assert_eq!(ev["event"], "moved");
     }
 
-    let p = receiver
-        .wait_for("publish", named("publish", &trace))
-        .await;
+    let p = receiver.wait_for("publish", named("publish", &trace)).await;
     assert_eq!(p.parent_span_id, parent, "a child of the publisher's span");
     assert_eq!(p.kind, SERVER);
     assert_eq!(p.attr("herald.room"), "chat:traced");
     assert_eq!(p.attr("herald.event"), "moved");
     assert_eq!(p.attr("herald.source"), "http");
-    assert_eq!(p.resource.get("service.name").map(String::as_str), Some("herald"));
+    assert_eq!(
+        p.resource.get("service.name").map(String::as_str),
+        Some("herald")
+    );
     assert_eq!(
         p.resource.get("service.instance.id").map(String::as_str),
         Some("solo")
@@ -110,9 +111,7 @@ async fn one_node_continues_the_publishers_trace_through_broker_and_fanout() {
     assert_eq!(hop.kind, PRODUCER);
     assert_eq!(hop.attr("messaging.system"), "memory");
     assert_eq!(hop.attr("herald.offset"), "1");
-    let fanout = receiver
-        .wait_for("fanout", named("fanout", &trace))
-        .await;
+    let fanout = receiver.wait_for("fanout", named("fanout", &trace)).await;
     assert_eq!(fanout.parent_span_id, hop.span_id);
     assert_eq!(fanout.kind, CONSUMER);
     assert_eq!(fanout.attr("herald.recipients"), "2", "{fanout:?}");
@@ -128,7 +127,9 @@ async fn one_node_continues_the_publishers_trace_through_broker_and_fanout() {
     publish(&node, "chat:traced", "garbled", Some("00-not-a-trace-01")).await;
     for event in ["rooted", "garbled"] {
         let root = receiver
-            .wait_for(event, |s| s.name == "publish" && s.attr("herald.event") == event)
+            .wait_for(event, |s| {
+                s.name == "publish" && s.attr("herald.event") == event
+            })
             .await;
         assert_eq!(root.parent_span_id, "", "{event} starts a trace");
         assert_ne!(root.trace_id, trace);
@@ -175,7 +176,10 @@ async fn at_ratio_zero_only_a_sampled_traceparent_is_exported() {
         .into_iter()
         .filter(|s| s.trace_id != trace)
         .collect();
-    assert!(stray.is_empty(), "unsampled publishes were exported: {stray:#?}");
+    assert!(
+        stray.is_empty(),
+        "unsampled publishes were exported: {stray:#?}"
+    );
 }
 
 /// A client on node 2, a publish on node 1: node 2's fan-out continues
@@ -291,12 +295,16 @@ async fn a_collector_that_never_answers_slows_neither_publishing_nor_shutdown() 
     .await;
     assert!(published.is_ok(), "publishing stalled behind the collector");
     assert_eq!(a.collect_type("event", 40, FRAME_WAIT).await.len(), 40);
-    eventually("spans dropped and counted", Duration::from_secs(10), || async {
-        match node.metric_sum("herald_trace_spans_dropped_total").await {
-            Some(n) if n > 0.0 => Ok(n),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    eventually(
+        "spans dropped and counted",
+        Duration::from_secs(10),
+        || async {
+            match node.metric_sum("herald_trace_spans_dropped_total").await {
+                Some(n) if n > 0.0 => Ok(n),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     a.close().await;
     let started = Instant::now();

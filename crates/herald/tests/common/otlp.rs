@@ -48,7 +48,6 @@ pub struct OtlpReceiver {
     /// Its base URL, for `telemetry.otlp_endpoint`.
     pub endpoint: String,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
-    requests: Arc<Mutex<usize>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -66,17 +65,15 @@ impl OtlpReceiver {
             .expect("bind the OTLP receiver");
         let port = listener.local_addr().expect("local addr").port();
         let spans = Arc::new(Mutex::new(Vec::new()));
-        let requests = Arc::new(Mutex::new(0));
-        let (s, r) = (spans.clone(), requests.clone());
+        let s = spans.clone();
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(serve(socket, s.clone(), r.clone()));
+                tokio::spawn(serve(socket, s.clone()));
             }
         });
         OtlpReceiver {
             endpoint: format!("http://127.0.0.1:{port}"),
             spans,
-            requests,
             task,
         }
     }
@@ -84,11 +81,6 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().clone()
-    }
-
-    /// Export requests answered so far.
-    pub fn requests(&self) -> usize {
-        *self.requests.lock()
     }
 
     /// Waits (at most 15 s) for a span that `matches`; panics naming `what`
@@ -116,7 +108,7 @@ impl OtlpReceiver {
     }
 }
 
-async fn serve(socket: TcpStream, spans: Arc<Mutex<Vec<ReceivedSpan>>>, requests: Arc<Mutex<usize>>) {
+async fn serve(socket: TcpStream, spans: Arc<Mutex<Vec<ReceivedSpan>>>) {
     let mut reader = BufReader::new(socket);
     loop {
         let mut request_line = String::new();
@@ -157,14 +149,15 @@ async fn serve(socket: TcpStream, spans: Arc<Mutex<Vec<ReceivedSpan>>>, requests
         let status = match decoded {
             Some(request) => {
                 spans.lock().extend(flatten(request));
-                *requests.lock() += 1;
                 "200 OK"
             }
             None => "400 Bad Request",
         };
         let answer =
             format!("HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
-        if reader.get_mut().write_all(answer.as_bytes()).await.is_err() || !status.starts_with("200") {
+        if reader.get_mut().write_all(answer.as_bytes()).await.is_err()
+            || !status.starts_with("200")
+        {
             return;
         }
     }
