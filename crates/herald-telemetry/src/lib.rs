@@ -217,8 +217,11 @@ impl Telemetry {
 }
 
 fn resource(settings: &TelemetrySettings) -> Resource {
+    // Herald's version first, so an operator's `service.version` wins;
+    // the instance id last, so it always names the node.
     Resource::builder_empty()
         .with_service_name(settings.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .with_attributes(
             settings
                 .resource_attributes
@@ -229,7 +232,6 @@ fn resource(settings: &TelemetrySettings) -> Resource {
             "service.instance.id",
             settings.node_id.clone(),
         ))
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build()
 }
 
