@@ -4,7 +4,7 @@
 
 use crate::message::publish_body;
 use crate::plan::Transform;
-use herald_core::{PublishRefusal, PublishTarget};
+use herald_core::{PublishRefusal, PublishTarget, TraceContext};
 use herald_engine_kit::backoff::Backoff;
 use metrics::counter;
 use parking_lot::Mutex;
@@ -126,12 +126,14 @@ impl Handler {
         &self.label
     }
 
-    /// Builds the body and publishes it once.
+    /// Builds the body and publishes it once, continuing `trace` (the
+    /// message's `traceparent` header) when tracing is on.
     pub(crate) async fn attempt(
         &self,
         subject: &str,
         payload: &[u8],
         key: Option<&str>,
+        trace: Option<TraceContext>,
     ) -> Attempt {
         if payload.len() > self.max_message_bytes {
             return Attempt::Invalid {
@@ -152,7 +154,7 @@ impl Handler {
                 }
             }
         };
-        match self.target.publish_json(&body, key).await {
+        match self.target.publish_json(&body, key, trace).await {
             Ok(()) => Attempt::Published,
             Err(PublishRefusal::Invalid(message)) => Attempt::Invalid {
                 reason: "refused",
@@ -212,6 +214,12 @@ impl Handler {
     }
 }
 
+/// The trace context a NATS message carries in its `traceparent` header
+/// (W3C Trace Context); a malformed one is ignored, as the spec asks.
+pub(crate) fn nats_trace(headers: Option<&async_nats::HeaderMap>) -> Option<TraceContext> {
+    TraceContext::parse_traceparent(headers?.get("traceparent")?.as_str())
+}
+
 /// Publishes a message that has no redelivery (core NATS, Redis pub/sub):
 /// retried with backoff while the node answers `unavailable`, for at most
 /// `retry_for`, then dropped and counted.
@@ -219,13 +227,14 @@ pub(crate) async fn relay_once(
     handler: &Handler,
     subject: &str,
     payload: &[u8],
+    trace: Option<TraceContext>,
     retry_for: Duration,
     cancel: &CancellationToken,
 ) {
     let deadline = Instant::now() + retry_for;
     let mut backoff = Backoff::default();
     loop {
-        match handler.attempt(subject, payload, None).await {
+        match handler.attempt(subject, payload, None, trace).await {
             Attempt::Published => return handler.published(),
             Attempt::Invalid { reason, message } => {
                 return handler.invalid(subject, reason, &message)

@@ -262,7 +262,11 @@ async fn handle(
     backoff: &mut Backoff,
 ) -> Option<Duration> {
     let subject = msg.subject.as_str();
-    match handler.attempt(subject, &msg.payload, Some(key)).await {
+    let trace = crate::handler::nats_trace(msg.headers.as_ref());
+    match handler
+        .attempt(subject, &msg.payload, Some(key), trace)
+        .await
+    {
         Attempt::Published => {
             let _ = msg.ack().await;
             handler.published();

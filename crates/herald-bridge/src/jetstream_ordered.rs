@@ -195,9 +195,14 @@ async fn pull(
 /// room's later messages keep waiting behind it) and acknowledges it.
 async fn publish(s: &Shared, (msg, key): Job) {
     let subject = msg.subject.as_str();
+    let trace = crate::handler::nats_trace(msg.headers.as_ref());
     let mut backoff = Backoff::default();
     loop {
-        match s.handler.attempt(subject, &msg.payload, Some(&key)).await {
+        match s
+            .handler
+            .attempt(subject, &msg.payload, Some(&key), trace)
+            .await
+        {
             Attempt::Published => {
                 let _ = msg.ack().await;
                 return s.handler.published();

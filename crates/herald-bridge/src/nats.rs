@@ -6,6 +6,13 @@
 
 use crate::handler::{relay_once, Handler};
 use crate::lanes::{Lanes, LANES};
+
+/// A message for a lane: its subject, payload and `traceparent` context.
+type Job = (
+    async_nats::Subject,
+    bytes::Bytes,
+    Option<herald_core::TraceContext>,
+);
 use crate::leader::{leading, Lease};
 use crate::plan::NatsConnection;
 use crate::BridgeError;
@@ -81,13 +88,13 @@ pub(crate) async fn run_core(
     let work_handler = handler.clone();
     let work_cancel = cancel.clone();
     let lanes = Lanes::spawn(
-        move |(subject, payload): (async_nats::Subject, bytes::Bytes)| {
+        move |(subject, payload, trace): Job| {
             let (handler, cancel) = (work_handler.clone(), work_cancel.clone());
-            async move { relay_once(&handler, &subject, &payload, retry_for, &cancel).await }
+            async move { relay_once(&handler, &subject, &payload, trace, retry_for, &cancel).await }
         },
         {
             let handler = handler.clone();
-            move |(subject, _): (async_nats::Subject, bytes::Bytes)| {
+            move |(subject, _, _): Job| {
                 let handler = handler.clone();
                 async move { handler.dropped(&subject, "the node is shutting down") }
             }
@@ -145,7 +152,8 @@ pub(crate) async fn run_core(
                     };
                     backoff.reset();
                     let lane = handler.lane(&msg.subject, &msg.payload, LANES);
-                    if !lanes.send(lane, (msg.subject, msg.payload)).await {
+                    let trace = crate::handler::nats_trace(msg.headers.as_ref());
+                    if !lanes.send(lane, (msg.subject, msg.payload, trace)).await {
                         return;
                     }
                 }

@@ -222,7 +222,8 @@ fn route_lanes(
     Lanes::spawn(
         move |(channel, payload): Job| {
             let (handler, cancel) = (work_handler.clone(), work_cancel.clone());
-            async move { relay_once(&handler, &channel, &payload, retry_for, &cancel).await }
+            // Redis pub/sub messages have no headers: nothing to continue.
+            async move { relay_once(&handler, &channel, &payload, None, retry_for, &cancel).await }
         },
         move |(channel, _): Job| {
             let handler = drop_handler.clone();

@@ -350,6 +350,7 @@ impl MemoryBroker {
             exclude_connection: request.exclude_connection,
             accepted_at: Some(Instant::now()),
             encoded: Default::default(),
+            trace: request.trace,
         });
         stream.store(publication.clone(), request.history, &self.acct);
         if let Some(key) = idem {

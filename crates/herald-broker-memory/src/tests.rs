@@ -32,6 +32,7 @@ fn request(room: RoomKey, size: usize) -> PublishRequest {
             ttl: Duration::from_secs(60),
             max_bytes: 0,
         },
+        trace: None,
     }
 }
 

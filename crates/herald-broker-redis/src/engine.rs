@@ -137,12 +137,17 @@ struct Ingest(Arc<dyn PublishTarget>);
 
 #[async_trait]
 impl IngestTarget for Ingest {
-    async fn publish(&self, entry_id: &str, payload: &str) -> Result<(), IngestFailure> {
+    async fn publish(
+        &self,
+        entry_id: &str,
+        payload: &str,
+        trace: Option<herald_core::TraceContext>,
+    ) -> Result<(), IngestFailure> {
         // A re-delivered entry (its consumer died between publishing and
         // acknowledging) must not publish twice.
         let key = format!("ingest:{entry_id}");
         self.0
-            .publish_json(payload.as_bytes(), Some(&key))
+            .publish_json(payload.as_bytes(), Some(&key), trace)
             .await
             .map_err(|e| match e {
                 PublishRefusal::Invalid(m) => IngestFailure::Invalid(m),

@@ -5,7 +5,7 @@
 //!   (see [`PublicationWire`]); the same bytes are stored in the stream.
 //! - `m` + a presence change ([`PresenceWire`]).
 
-use herald_core::{PresenceChange, Publication, RoomKey, RoomName, Tenant};
+use herald_core::{PresenceChange, Publication, RoomKey, RoomName, Tenant, TraceContext};
 use herald_protocol::{Sender, StreamPosition};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -55,6 +55,10 @@ pub struct PublicationWire<'a> {
     /// histogram measures from it (across hosts, as exact as their clocks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tu: Option<u64>,
+    /// The publishing node's `broker.publish` span, as a W3C `traceparent`
+    /// (only on traced publications; older nodes neither write nor read it).
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub tp: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// When a publication accepted at `accepted_us` (µs since the Unix epoch,
@@ -98,6 +102,8 @@ impl PublicationWire<'_> {
             exclude_connection: self.x,
             accepted_at: self.tu.and_then(local_instant),
             encoded: Default::default(),
+            // A malformed value (from a foreign writer) only loses the trace.
+            trace: self.tp.as_deref().and_then(TraceContext::parse_traceparent),
         })
     }
 }
@@ -208,7 +214,27 @@ mod tests {
                 assert_eq!(p.position.offset, 7);
                 assert_eq!(p.data.get(), r#"{"x":1.50}"#);
                 assert_eq!(node, "n2");
+                assert_eq!(p.trace, None, "no tp: no trace");
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_publication_carries_its_traceparent() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let msg = format!(
+            r#"p{{"o":7,"e":"ab12","t":"","r":"r","n":"u","d":1,"ts":1,"id":"e1","nd":"n2","tp":"{tp}"}}"#
+        );
+        match decode_room_message(msg.as_bytes()).expect("decodes") {
+            RoomMessage::Publication(p, _) => {
+                assert_eq!(p.trace.map(|t| t.to_traceparent()).as_deref(), Some(tp));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = br#"p{"o":7,"e":"ab12","t":"","r":"r","n":"u","d":1,"ts":1,"id":"e1","nd":"n2","tp":"junk"}"#;
+        match decode_room_message(bad).expect("a bad traceparent still decodes") {
+            RoomMessage::Publication(p, _) => assert_eq!(p.trace, None),
             other => panic!("{other:?}"),
         }
     }

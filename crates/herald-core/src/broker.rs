@@ -4,7 +4,7 @@
 //! hands every publication to the node's [`PublicationSink`]. The node keeps
 //! one subscription per room, shared by all its local members.
 
-use crate::RoomKey;
+use crate::{RoomKey, TraceContext};
 use async_trait::async_trait;
 use herald_protocol::{
     ClientCodec, PublicationFrame, Sender, StreamPosition, CODEC_SLOTS, HERALD_JSON,
@@ -44,6 +44,10 @@ pub struct PublishRequest {
     pub idempotency_key: Option<String>,
     /// History kept for the room.
     pub history: HistoryPolicy,
+    /// The trace this publish continues (the node's `broker.publish` span),
+    /// when tracing is on and the publish is sampled; engines carry it to
+    /// every node's fan-out and never interpret it.
+    pub trace: Option<TraceContext>,
 }
 
 /// A published event as delivered to nodes and kept in history.
@@ -68,6 +72,11 @@ pub struct Publication {
     /// When this process accepted it (local publications only), for the
     /// publish-to-write latency histogram.
     pub accepted_at: Option<Instant>,
+    /// The publishing node's `broker.publish` span, carried through the
+    /// engine so each node's fan-out span continues the trace; `None` when
+    /// tracing is off or the publish was not sampled (and for messages from
+    /// older nodes).
+    pub trace: Option<TraceContext>,
     /// Its frame per codec, encoded on first use; engines build it with
     /// `Default::default()`.
     pub encoded: EncodedFrames,

@@ -18,6 +18,7 @@
 
 use crate::{
     Broker, Cluster, ClusterNode, HookSet, Outbox, Presence, PresenceSink, PublicationSink,
+    TraceContext,
 };
 use async_trait::async_trait;
 use std::future::Future;
@@ -143,10 +144,13 @@ pub trait PublishTarget: Send + Sync + 'static {
     /// Publishes `body`; `default_idempotency_key` is used when the body
     /// has none, so a re-delivered request publishes once (`None` for
     /// sources without message ids, such as core NATS or Redis pub/sub).
+    /// `trace` is the message's own trace context (a `traceparent` header
+    /// or field), which the publish continues when tracing is on.
     async fn publish_json(
         &self,
         body: &[u8],
         default_idempotency_key: Option<&str>,
+        trace: Option<TraceContext>,
     ) -> Result<(), PublishRefusal>;
 }
 
@@ -156,7 +160,12 @@ pub struct NoPublishTarget;
 
 #[async_trait]
 impl PublishTarget for NoPublishTarget {
-    async fn publish_json(&self, _body: &[u8], _key: Option<&str>) -> Result<(), PublishRefusal> {
+    async fn publish_json(
+        &self,
+        _body: &[u8],
+        _key: Option<&str>,
+        _trace: Option<TraceContext>,
+    ) -> Result<(), PublishRefusal> {
         Err(PublishRefusal::Unavailable(
             "the node is not running".into(),
         ))

@@ -15,6 +15,7 @@ mod identity;
 pub mod namespace;
 pub mod presence;
 mod room;
+pub mod trace;
 mod verify;
 
 pub use access::{AccessDecision, AccessProxy, ProxyFailure};
@@ -37,4 +38,5 @@ pub use presence::{LocalPresence, Presence, PresenceChange, PresenceSink};
 pub use room::{
     RoomError, RoomKey, RoomName, Tenant, TenantError, MAX_ROOM_NAME_BYTES, MAX_TENANT_BYTES,
 };
+pub use trace::TraceContext;
 pub use verify::{CredentialContext, TokenVerifier, Verified, VerifyError};

@@ -53,6 +53,7 @@ fn publication() -> Publication {
         exclude_connection: None,
         accepted_at: None,
         encoded: Default::default(),
+        trace: None,
     }
 }
 

@@ -420,6 +420,7 @@ mod tests {
             exclude_connection: None,
             accepted_at: None,
             encoded: Default::default(),
+            trace: None,
         })
     }
 

@@ -30,6 +30,7 @@ mod session;
 mod session_auth;
 mod session_presence;
 mod slots;
+mod trace;
 mod transport;
 
 pub use admission::Admission;

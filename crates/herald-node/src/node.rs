@@ -437,6 +437,14 @@ impl Node {
 
     /// Publishes one event from the HTTP API.
     pub async fn publish(&self, input: PublishInput) -> Result<PublishOutcome, NodeError> {
+        self.publish_with(input, None).await
+    }
+
+    pub(crate) async fn publish_with(
+        &self,
+        input: PublishInput,
+        trace: Option<herald_core::TraceContext>,
+    ) -> Result<PublishOutcome, NodeError> {
         let name = RoomName::parse(&input.room)?;
         let history = self.history_policy(&name);
         let counted = self
@@ -454,6 +462,7 @@ impl Node {
                 exclude_connection: input.exclude_connection,
                 idempotency_key: input.idempotency_key,
                 history,
+                trace,
             })
             .await?;
         if !outcome.duplicate {

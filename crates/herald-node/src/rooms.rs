@@ -54,6 +54,8 @@ pub(crate) struct Rooms {
     hooks: Emitter,
     /// Deliveries by namespace and event name.
     events: Arc<metrics::EventCounters>,
+    /// The node's tracer, set once when tracing is on (see `trace.rs`).
+    pub(crate) telemetry: std::sync::OnceLock<herald_telemetry::Telemetry>,
 }
 
 impl Rooms {
@@ -67,6 +69,7 @@ impl Rooms {
             flusher,
             hooks: Emitter::off(node_id_for_hooks),
             events: Arc::new(metrics::EventCounters::new([])),
+            telemetry: std::sync::OnceLock::new(),
         }
     }
 
@@ -379,6 +382,7 @@ impl PresenceSink for Rooms {
 
 impl PublicationSink for Rooms {
     fn deliver(&self, p: Arc<Publication>) -> Writes {
+        let span = crate::trace::fanout_start(&self.telemetry, &p);
         let mut written = Vec::new();
         {
             let shard = self.shard(&p.room).read();
@@ -410,6 +414,7 @@ impl PublicationSink for Rooms {
         // Once per publication, not per recipient.
         self.events
             .delivered(p.room.name.namespace(), &p.event, written.len());
+        crate::trace::fanout_queued(span, &p, &written);
         // Queued in order under the broker's lock; written after it.
         self.flusher.writes(written)
     }

@@ -50,6 +50,7 @@ fn publication(offset: u64) -> Arc<Publication> {
         exclude_connection: None,
         accepted_at: None,
         encoded: Default::default(),
+        trace: None,
     })
 }
 

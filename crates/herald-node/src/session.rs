@@ -420,6 +420,7 @@ impl Session {
                 exclude_connection: None,
                 idempotency_key: None,
                 history: self.node.history_policy(&name),
+                trace: None,
             })
             .await?;
         metrics::published();

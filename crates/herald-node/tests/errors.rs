@@ -157,6 +157,7 @@ impl FailingReads {
                 ttl: Duration::from_secs(3600),
                 max_bytes: 0,
             },
+            trace: None,
         };
         if let Err(e) = self.inner.publish(event).await {
             return e;

@@ -3,16 +3,18 @@
 use crate::audit;
 use crate::error::ApiError;
 use crate::extract::{Admin, ApiKey, JsonBody, Publish};
+use crate::publish_trace;
 use crate::request_id::RequestId;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_auth::MintRequest;
 use herald_core::{RoomKey, RoomName, Tenant};
 use herald_node::PublishInput;
 use herald_protocol::ErrorCode;
+use herald_telemetry::PublishSource;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -137,16 +139,19 @@ pub(crate) fn parse_publish(json: &[u8]) -> Result<PublishInput, ApiError> {
     publish_input(crate::extract::parse_json(json)?)
 }
 
-/// `POST /api/v1/publish`
+/// `POST /api/v1/publish`; a `traceparent` header is continued when
+/// tracing is on.
 pub(crate) async fn publish(
     key: ApiKey<Publish>,
     request_id: RequestId,
     State(app): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<Response, ApiError> {
     let input = publish_input(body)?;
     let room = input.room.clone();
-    let outcome = app.node.publish(input).await?;
+    let parent = publish_trace::traceparent(&headers);
+    let outcome = publish_trace::publish(&app.node, input, parent, PublishSource::Http).await?;
     tracing::debug!(
         request_id = request_id.as_str(),
         api_key = key.name(),
@@ -174,11 +179,13 @@ pub(crate) struct BroadcastBody {
     tenant: Option<String>,
 }
 
-/// `POST /api/v1/broadcast`
+/// `POST /api/v1/broadcast`: one `publish` span (when traced) with a
+/// `broker.publish` span per room.
 pub(crate) async fn broadcast(
     key: ApiKey<Publish>,
     request_id: RequestId,
     State(app): State<AppState>,
+    headers: HeaderMap,
     JsonBody(b): JsonBody<BroadcastBody>,
 ) -> Result<Response, ApiError> {
     check_event(&b.event)?;
@@ -195,19 +202,27 @@ pub(crate) async fn broadcast(
         .iter()
         .map(|r| room_key(b.tenant.as_deref(), r))
         .collect::<Result<Vec<_>, _>>()?;
+    let input = |key: &RoomKey| PublishInput {
+        tenant: key.tenant.clone(),
+        room: key.name.to_string(),
+        event: b.event.clone(),
+        data: b.data.clone(),
+        idempotency_key: None,
+        exclude_connection: None,
+    };
+    let span = publish_trace::start(
+        &app.node,
+        publish_trace::traceparent(&headers),
+        PublishSource::Broadcast,
+        &input(&keys[0]),
+        None,
+    );
     let mut results = Vec::with_capacity(keys.len());
     for (i, room) in keys.iter().enumerate() {
-        let published = app
-            .node
-            .publish(PublishInput {
-                tenant: room.tenant.clone(),
-                room: room.name.to_string(),
-                event: b.event.clone(),
-                data: b.data.clone(),
-                idempotency_key: None,
-                exclude_connection: None,
-            })
-            .await;
+        let published = match &span {
+            Some(span) => publish_trace::broker_hop(&app.node, span, input(room)).await,
+            None => app.node.publish(input(room)).await,
+        };
         match published {
             Ok(outcome) => results.push(json!({
                 "room": room.name.as_str(),
@@ -215,10 +230,16 @@ pub(crate) async fn broadcast(
                 "offset": outcome.position.offset,
             })),
             Err(e) => {
+                if let Some(span) = span {
+                    publish_trace::end(span, Err(&e));
+                }
                 tracing::warn!(room = %room.name, published = i, error = %e, "broadcast stopped at a failed room");
                 return Ok(partial_broadcast(ApiError::from(e), results, &keys[i..]));
             }
         }
+    }
+    if let Some(span) = span {
+        publish_trace::end(span, Ok(results.len()));
     }
     tracing::debug!(
         request_id = request_id.as_str(),

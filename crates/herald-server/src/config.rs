@@ -12,6 +12,7 @@ mod metrics;
 mod namespaces;
 mod origins;
 mod proxy;
+mod telemetry;
 mod tls;
 mod webhooks;
 
@@ -27,6 +28,7 @@ pub use herald_core::duration::parse as parse_duration;
 pub use metrics::MetricsConfig;
 pub use namespaces::NamespaceToml;
 pub use proxy::ProxyConfig;
+pub use telemetry::TelemetryConfig;
 pub use webhooks::WebhooksConfig;
 
 /// Smallest `limits.max_pending_message_bytes`: room for an `authenticate`
@@ -57,6 +59,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[metrics]`: label bounds of the node's metrics.
     pub metrics: MetricsConfig,
+    /// `[telemetry]`: OpenTelemetry tracing over OTLP/HTTP (off by default).
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[socketio]`: the Socket.IO v4 endpoint (docs/protocol.md 8).
@@ -424,6 +428,7 @@ impl Config {
         if let Err(errors) = self.webhooks.resolve() {
             problems.extend(errors);
         }
+        self.telemetry.validate(&mut problems);
         let path = &self.socketio.path;
         if path.len() < 2
             || !path.starts_with('/')

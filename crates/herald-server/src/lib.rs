@@ -21,6 +21,7 @@ mod http;
 mod ops;
 mod origin;
 mod publish_target;
+mod publish_trace;
 mod request_id;
 mod resume;
 mod serve;

@@ -4,19 +4,30 @@
 
 use crate::api::parse_publish;
 use async_trait::async_trait;
-use herald_core::{BrokerError, PublishRefusal, PublishTarget};
+use herald_core::{BrokerError, PublishRefusal, PublishTarget, TraceContext};
 use herald_node::{Node, NodeError, WeakNode};
+use herald_telemetry::PublishSource;
 use std::sync::OnceLock;
 
 /// The node's publish path, filled once the node exists (the engine is
 /// started first). It holds the node weakly: the engine's tasks hold it,
 /// and the node owns them.
-#[derive(Default)]
 pub(crate) struct ApiPublish {
     node: OnceLock<WeakNode>,
+    /// What its `publish` spans say the publish came from.
+    source: PublishSource,
 }
 
 impl ApiPublish {
+    /// A publish path for publications from `source` (the Redis ingest
+    /// stream, or the bridges).
+    pub(crate) fn new(source: PublishSource) -> Self {
+        Self {
+            node: OnceLock::new(),
+            source,
+        }
+    }
+
     /// Points it at `node`.
     pub(crate) fn fill(&self, node: &Node) {
         let _ = self.node.set(node.downgrade());
@@ -29,6 +40,7 @@ impl PublishTarget for ApiPublish {
         &self,
         body: &[u8],
         default_idempotency_key: Option<&str>,
+        trace: Option<TraceContext>,
     ) -> Result<(), PublishRefusal> {
         let Some(node) = self.node.get().and_then(WeakNode::upgrade) else {
             return Err(PublishRefusal::Unavailable(
@@ -40,7 +52,7 @@ impl PublishTarget for ApiPublish {
         if input.idempotency_key.is_none() {
             input.idempotency_key = default_idempotency_key.map(str::to_owned);
         }
-        match node.publish(input).await {
+        match crate::publish_trace::publish(&node, input, trace, self.source).await {
             Ok(_) => Ok(()),
             // A broker failure is not the request's fault: retry it rather
             // than drop it as invalid.

@@ -9,6 +9,7 @@ use crate::config::{ApiKeyConfig, Config, ConfigError, Scope};
 use crate::publish_target::ApiPublish;
 use herald_core::{EngineError, Engines};
 use herald_node::{Node, NodeSettings};
+use herald_telemetry::{PublishSource, Telemetry};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,7 +187,7 @@ pub async fn serve_on_with(
         .map_err(|errors| ServeError::Config(ConfigError::Many(errors)))?;
     let bridges = bridge_plan(&config)?;
     let verifier = build_verifier(&config, authenticator.clone(), &http)?;
-    let publish = Arc::new(ApiPublish::default());
+    let publish = Arc::new(ApiPublish::new(PublishSource::Ingest));
     let node = Node::start(
         settings,
         verifier,
@@ -195,13 +196,21 @@ pub async fn serve_on_with(
         publish.clone(),
     )?;
     publish.fill(&node);
+    if let Err(e) = start_tracing(&config, &node_id, &node) {
+        node.drain(Duration::ZERO).await;
+        node.leave_cluster().await;
+        node.shutdown_engine().await;
+        return Err(e);
+    }
     if let Err(e) = start_webhooks(webhooks, &node) {
         node.drain(Duration::ZERO).await;
         node.leave_cluster().await;
         node.shutdown_engine().await;
         return Err(e);
     }
-    if let Err(e) = start_bridges(bridges, &node_id, &node, publish.clone()) {
+    let bridge_publish = Arc::new(ApiPublish::new(PublishSource::Bridge));
+    bridge_publish.fill(&node);
+    if let Err(e) = start_bridges(bridges, &node_id, &node, bridge_publish) {
         node.drain(Duration::ZERO).await;
         node.leave_cluster().await;
         node.shutdown_engine().await;
@@ -297,6 +306,35 @@ fn start_bridges(
     }
     tracing::info!(bridges = plan.routes.len(), "starting ingest bridges");
     herald_bridge::spawn(plan, node_id, publish, node.cancellation(), node.tasks())?;
+    Ok(())
+}
+
+/// Turns tracing on when `telemetry.otlp_endpoint` is set: the export
+/// task runs on the node's tracker and flushes when its token is cancelled
+/// (at the end of the drain).
+fn start_tracing(config: &Config, node_id: &str, node: &Node) -> Result<(), ServeError> {
+    let Some(settings) = config.telemetry.settings(node_id) else {
+        return Ok(());
+    };
+    let telemetry =
+        Telemetry::start(&settings, node.cancellation(), node.tasks()).map_err(|e| match e {
+            herald_telemetry::TelemetryError::Invalid { key, message } => {
+                ServeError::Config(ConfigError::Invalid {
+                    key: key.into(),
+                    message,
+                })
+            }
+            other => ServeError::Config(ConfigError::Invalid {
+                key: "telemetry.otlp_endpoint".into(),
+                message: other.to_string(),
+            }),
+        })?;
+    tracing::info!(
+        endpoint = %settings.endpoint,
+        sample_ratio = settings.sample_ratio,
+        "tracing on: spans exported over OTLP/HTTP"
+    );
+    node.enable_tracing(telemetry);
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! The room is the subject's last token ([`crate::names::room_token`]).
 
 use async_nats::HeaderMap;
-use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant};
+use herald_core::{Publication, PublishRequest, RoomKey, RoomName, Tenant, TraceContext};
 use herald_protocol::{Sender, StreamPosition};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -21,6 +21,10 @@ pub(super) const EPOCH: &str = "Herald-Epoch";
 pub(super) const BYTES: &str = "Herald-Bytes";
 /// Everything else ([`Meta`]).
 pub(super) const META: &str = "Herald-Meta";
+/// The publishing node's `broker.publish` span, as a W3C `traceparent`
+/// (traced publications only; the standard header name, so NATS tooling
+/// that propagates trace context recognises it).
+pub(super) const TRACEPARENT: &str = "traceparent";
 /// Set by the server on stored, republished and directly read messages.
 const SEQUENCE: &str = "Nats-Sequence";
 
@@ -130,13 +134,22 @@ pub(super) fn event_bytes(data: &RawValue, meta_json: &str) -> u64 {
 }
 
 /// The headers of one publish attempt: its position and the room's
-/// cumulative bytes through it, and the metadata.
-pub(super) fn headers(position: &StreamPosition, cb: u64, meta_json: &str) -> HeaderMap {
+/// cumulative bytes through it, the metadata, and the trace context when
+/// the publish is traced.
+pub(super) fn headers(
+    position: &StreamPosition,
+    cb: u64,
+    meta_json: &str,
+    trace: Option<&TraceContext>,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(OFFSET, position.offset.to_string().as_str());
     headers.insert(EPOCH, position.epoch.as_str());
     headers.insert(BYTES, cb.to_string().as_str());
     headers.insert(META, meta_json);
+    if let Some(trace) = trace {
+        headers.insert(TRACEPARENT, trace.to_traceparent().as_str());
+    }
     headers
 }
 
@@ -199,6 +212,11 @@ pub(super) fn decode(
         exclude_connection: meta.x.clone(),
         accepted_at: local_instant(meta.tu),
         encoded: Default::default(),
+        // Absent on untraced publications and from older nodes; a
+        // malformed one only loses the trace.
+        trace: headers
+            .get(TRACEPARENT)
+            .and_then(|v| TraceContext::parse_traceparent(v.as_str())),
     };
     Ok(Stored {
         seq,
@@ -235,10 +253,18 @@ mod tests {
                 ttl: Duration::from_secs(60),
                 max_bytes: 100,
             },
+            trace: TraceContext::parse_traceparent(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
         };
         let meta = meta_of(&request, "n1");
         let json = serde_json::to_string(&meta).expect("json");
-        let h = headers(&StreamPosition::new("00ff", 3), 42, &json);
+        let h = headers(
+            &StreamPosition::new("00ff", 3),
+            42,
+            &json,
+            request.trace.as_ref(),
+        );
         let body = request.data.get().as_bytes();
         let stored = decode(room.clone(), Some(9), &h, body).expect("decodes");
         assert_eq!(stored.seq, 9);
@@ -250,6 +276,7 @@ mod tests {
             "escaped in JSON, never in the header"
         );
         assert_eq!(p.exclude_connection.as_deref(), Some("c2"));
+        assert_eq!(p.trace, request.trace, "the trace context travels along");
         assert_eq!(stored.meta.k, 5);
         assert_eq!(stored.cb, 42);
         let subject = crate::names::Names::new("h").room_subject(&room);

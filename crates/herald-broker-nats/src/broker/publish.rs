@@ -253,7 +253,7 @@ impl NatsBroker {
             let cb = cb + bytes;
             let mut publish = PublishMessage::build()
                 .payload(payload.clone())
-                .headers(headers(&position, cb, &meta_json))
+                .headers(headers(&position, cb, &meta_json, request.trace.as_ref()))
                 .expected_last_subject_sequence(expected);
             if let Some(id) = &msg_id {
                 publish = publish.message_id(id);

@@ -84,6 +84,9 @@ struct Body<'a> {
     x: Option<&'a str>,
     nd: &'a str,
     tu: u64,
+    /// The `broker.publish` span's `traceparent` (traced publishes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tp: Option<String>,
 }
 
 /// The JSON the script splices its position in front of: the body without
@@ -107,6 +110,10 @@ pub(super) fn encode_body(
         tu: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        tp: request
+            .trace
+            .as_ref()
+            .map(herald_core::TraceContext::to_traceparent),
     };
     let json = serde_json::to_vec(&body).map_err(|e| BrokerError::Internal(e.to_string()))?;
     Ok(bytes::Bytes::from(json).slice(1..))
@@ -248,6 +255,7 @@ mod tests {
             exclude_connection: Some("c2".into()),
             idempotency_key: None,
             history: HistoryPolicy::default(),
+            trace: herald_core::TraceContext::parse_traceparent(TRACEPARENT),
         };
         let body = encode_body(&request, 42, "ev1", "n1").expect("encodes");
         assert!(body.starts_with(br#""t":"acme","r":"project:7""#));
@@ -263,5 +271,8 @@ mod tests {
         assert_eq!(p.ts, 42);
         assert_eq!(p.exclude_connection.as_deref(), Some("c2"));
         assert_eq!(p.from.as_ref().map(|f| f.user_id.as_str()), Some("u"));
+        assert_eq!(p.trace, request.trace, "the trace context travels along");
     }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 }

@@ -1,6 +1,7 @@
 //! The ingest stream consumer: services append `POST /api/v1/publish`
-//! objects to `<prefix>:ingest` (field `payload`), and the cluster publishes
-//! each entry once.
+//! objects to `<prefix>:ingest` (field `payload`, with an optional field
+//! `traceparent`, a W3C trace context the publish continues), and the
+//! cluster publishes each entry once.
 //!
 //! All nodes read the stream as one consumer group, `herald`, each node a
 //! consumer named by its node id. An entry is acknowledged (`XACK`) only
@@ -44,6 +45,7 @@ mod worker;
 
 use crate::{RedisClients, RedisSettings};
 use async_trait::async_trait;
+use herald_core::TraceContext;
 use metrics::{counter, describe_counter};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +83,15 @@ pub trait IngestTarget: Send + Sync + 'static {
     /// It must return (the broker's command timeout bounds it): a call that
     /// never returns stalls this node's consumer until its entries are
     /// claimed by another node.
-    async fn publish(&self, entry_id: &str, payload: &str) -> Result<(), IngestFailure>;
+    ///
+    /// `trace` is the entry's `traceparent` field, when it has a valid one:
+    /// the publish continues that trace.
+    async fn publish(
+        &self,
+        entry_id: &str,
+        payload: &str,
+        trace: Option<TraceContext>,
+    ) -> Result<(), IngestFailure>;
 }
 
 /// Tuning of the consumer; [`IngestOptions::default`] is what

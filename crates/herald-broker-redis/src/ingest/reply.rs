@@ -58,6 +58,17 @@ impl Entry {
         }
     }
 
+    /// The `traceparent` field (a W3C trace context), when present and
+    /// valid; a malformed one is ignored, as the W3C spec asks.
+    pub fn traceparent(&self) -> Option<herald_core::TraceContext> {
+        self.fields
+            .as_ref()?
+            .iter()
+            .find(|(k, _)| k.as_bytes() == b"traceparent")
+            .and_then(|(_, v)| v.as_str())
+            .and_then(|text| herald_core::TraceContext::parse_traceparent(&text))
+    }
+
     /// The `payload` field's raw value, if any.
     pub fn payload_value(&self) -> Option<&Value> {
         self.fields

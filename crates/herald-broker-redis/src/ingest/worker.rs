@@ -408,7 +408,8 @@ impl Worker {
                         kind: "invalid",
                     },
                     Payload::Text(payload) => {
-                        match self.target.publish(&held.entry.id, &payload).await {
+                        let trace = held.entry.traceparent();
+                        match self.target.publish(&held.entry.id, &payload, trace).await {
                             Ok(()) => {
                                 counter!("herald_ingest_published_total").increment(1);
                                 Stage::Ack

@@ -95,7 +95,12 @@ impl Target {
 
 #[async_trait]
 impl IngestTarget for Target {
-    async fn publish(&self, entry_id: &str, payload: &str) -> Result<(), IngestFailure> {
+    async fn publish(
+        &self,
+        entry_id: &str,
+        payload: &str,
+        _trace: Option<herald_core::TraceContext>,
+    ) -> Result<(), IngestFailure> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         if payload.contains(r#""room":"bad""#) {
             return Err(IngestFailure::Invalid("room: bad".into()));

@@ -280,6 +280,7 @@ pub fn request_with(room: &RoomKey, data: &str, size: usize, ttl: Duration) -> P
             ttl,
             max_bytes: 0,
         },
+        trace: None,
     }
 }
 
