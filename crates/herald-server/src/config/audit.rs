@@ -65,20 +65,25 @@ hs256_secret = "0123456789abcdef0123456789abcdef"
         Config::from_toml(&format!("{KEYS}{keys}")).map_err(|e| e.to_string())
     }
 
+    /// An `[[auth.api_keys]]` entry with the given name (`None`: no `name`
+    /// key, so the default applies).
+    fn key(key: &str, scope: &str, name: Option<&str>) -> String {
+        let name = name.map(|n| format!("name = {n:?}\n")).unwrap_or_default();
+        format!("[[auth.api_keys]]\nkey = {key:?}\nscopes = [{scope:?}]\n{name}")
+    }
+
+    /// An admin key then a publish key, named as given.
+    fn two_keys(first: Option<&str>, second: Option<&str>) -> String {
+        format!(
+            "{}{}",
+            key("first-key-000000000000", "admin", first),
+            key("second-key-00000000000", "publish", second)
+        )
+    }
+
     #[test]
     fn names_default_to_the_position_and_show_in_config_show() {
-        let c = config(
-            r#"
-[[auth.api_keys]]
-key = "first-key-000000000000"
-scopes = ["admin"]
-[[auth.api_keys]]
-key = "second-key-00000000000"
-scopes = ["publish"]
-name = "billing-svc.v2"
-"#,
-        )
-        .expect("valid");
+        let c = config(&two_keys(None, Some("billing-svc.v2"))).expect("valid");
         let names: Vec<String> = c
             .auth
             .api_keys
@@ -95,49 +100,20 @@ name = "billing-svc.v2"
 
     #[test]
     fn duplicate_and_bad_names_are_refused_naming_the_key() {
-        let e = config(
-            r#"
-[[auth.api_keys]]
-key = "first-key-000000000000"
-scopes = ["admin"]
-name = "ops"
-[[auth.api_keys]]
-key = "second-key-00000000000"
-scopes = ["publish"]
-name = "ops"
-"#,
-        )
-        .expect_err("duplicate");
+        let e = config(&two_keys(Some("ops"), Some("ops"))).expect_err("duplicate");
         assert!(e.contains("auth.api_keys[1].name"), "{e}");
         assert!(e.contains("auth.api_keys[0]"), "{e}");
 
         // A default name counts too.
-        let e = config(
-            r#"
-[[auth.api_keys]]
-key = "first-key-000000000000"
-scopes = ["admin"]
-name = "key-2"
-[[auth.api_keys]]
-key = "second-key-00000000000"
-scopes = ["publish"]
-"#,
-        )
-        .expect_err("duplicate default");
+        let e = config(&two_keys(Some("key-2"), None)).expect_err("duplicate default");
         assert!(e.contains("auth.api_keys[1].name"), "{e}");
 
+        let one = |name: &str| config(&key("first-key-000000000000", "admin", Some(name)));
         let long = "x".repeat(65);
         for bad in ["", "has space", "naïve", long.as_str(), "a/b"] {
-            let e = config(&format!(
-                "[[auth.api_keys]]\nkey = \"first-key-000000000000\"\nscopes = [\"admin\"]\nname = {bad:?}\n"
-            ))
-            .expect_err("bad name");
+            let e = one(bad).expect_err("bad name");
             assert!(e.contains("auth.api_keys[0].name"), "{bad:?}: {e}");
         }
-        assert!(config(&format!(
-            "[[auth.api_keys]]\nkey = \"first-key-000000000000\"\nscopes = [\"admin\"]\nname = {:?}\n",
-            "x".repeat(64)
-        ))
-        .is_ok());
+        assert!(one(&"x".repeat(64)).is_ok());
     }
 }
