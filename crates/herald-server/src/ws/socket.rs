@@ -336,6 +336,8 @@ pub(crate) fn write_slices(stream: &Conn, slices: &[IoSlice<'_>]) -> io::Result<
 }
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tls_tests;

@@ -7,21 +7,11 @@
 //! The expected bytes are built here independently of [`frames`], so a
 //! wrong header would show too.
 
+use super::test_support::{tcp_pair, text, WAIT};
 use super::*;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-/// Bound on any single wait of these tests.
-const WAIT: Duration = Duration::from_secs(10);
-
-fn text(n: usize, tag: u8) -> Outbound {
-    Outbound::Frame {
-        bytes: Bytes::from(vec![tag; n]),
-        publication: None,
-        change: None,
-    }
-}
+use tokio::net::TcpStream;
 
 /// The bytes `item` puts on the wire: an unmasked final text frame
 /// (RFC 6455 5.2), a bare ping, or raw bytes.
@@ -60,20 +50,7 @@ fn position(items: &[Outbound], done: usize, offset: usize) -> usize {
 /// the client end. Small buffers make the kernel take only part of a
 /// large write.
 async fn pair(small_buffers: bool) -> (Arc<Conn>, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let socket = TcpSocket::new_v4().expect("socket");
-    if small_buffers {
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    }
-    let (client, accepted) = tokio::join!(socket.connect(addr), listener.accept());
-    let client = client.expect("connect");
-    let (server, _) = accepted.expect("accept");
-    if small_buffers {
-        socket2::SockRef::from(&server)
-            .set_send_buffer_size(4096)
-            .expect("SO_SNDBUF");
-    }
+    let (server, client) = tcp_pair(small_buffers).await;
     (Arc::new(Conn::Plain(server)), client)
 }
 

@@ -8,24 +8,13 @@
 //! the record holding their end still waits: the unfinished item makes
 //! the queue wait for the socket, and the next write flushes first.)
 
+use super::test_support::{tcp_pair, text, WAIT};
 use super::*;
 use crate::http::Served;
-use bytes::Bytes;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-
-/// Bound on any single wait of these tests.
-const WAIT: Duration = Duration::from_secs(10);
-
-fn text(n: usize, tag: u8) -> Outbound {
-    Outbound::Frame {
-        bytes: Bytes::from(vec![tag; n]),
-        publication: None,
-        change: None,
-    }
-}
 
 /// The wire bytes of `items` (text frames), built by the writer's own
 /// header code: the plain-TCP tests check the headers independently.
@@ -66,16 +55,7 @@ async fn tls_pair() -> (Arc<Conn>, TlsStream<TcpStream>) {
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let (client, accepted) = tokio::join!(socket.connect(addr), listener.accept());
-    let client = client.expect("connect");
-    let (server, _) = accepted.expect("accept");
-    socket2::SockRef::from(&server)
-        .set_send_buffer_size(4096)
-        .expect("SO_SNDBUF");
+    let (server, client) = tcp_pair(true).await;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
     let name = ServerName::try_from("localhost").expect("name");
