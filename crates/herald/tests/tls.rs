@@ -82,17 +82,12 @@ async fn changed_files_swap_the_certificate_for_new_handshakes_and_open_connecti
 
     let second = pki.leaf("node-second", 2);
     files.write(&second);
-    eventually(
+    until_presented(
+        node.port,
+        &pki,
+        &second,
         "the new certificate on new handshakes",
         Duration::from_secs(15),
-        || async {
-            let der = presented(node.port, &pki).await;
-            if der == second.der {
-                Ok(())
-            } else {
-                Err("the old certificate".to_owned())
-            }
-        },
     )
     .await;
 
@@ -181,14 +176,13 @@ async fn sighup_reloads_through_the_binary_and_a_failed_reload_keeps_the_certifi
     let second = pki.leaf("node-second", 2);
     files.write_unnoticed(&second);
     node.signal("HUP");
-    eventually("SIGHUP's reload", Duration::from_secs(10), || async {
-        let der = presented(node.port, &pki).await;
-        if der == second.der {
-            Ok(())
-        } else {
-            Err("the old certificate".to_owned())
-        }
-    })
+    until_presented(
+        node.port,
+        &pki,
+        &second,
+        "SIGHUP's reload",
+        Duration::from_secs(10),
+    )
     .await;
     assert_eq!(node.metric(&pki, ok).await, Some(1.0));
 
@@ -209,6 +203,18 @@ async fn sighup_reloads_through_the_binary_and_a_failed_reload_keeps_the_certifi
     )
     .await;
     assert_eq!(presented(node.port, &pki).await, second.der);
+}
+
+/// Waits until new handshakes on `port` present `leaf`'s certificate.
+async fn until_presented(port: u16, pki: &Pki, leaf: &pki::Leaf, what: &str, within: Duration) {
+    eventually(what, within, || async {
+        if presented(port, pki).await == leaf.der {
+            Ok(())
+        } else {
+            Err("the old certificate".to_owned())
+        }
+    })
+    .await;
 }
 
 /// Writes a config with the TLS files of `leaf` (and `extra` keys) into a
