@@ -47,17 +47,41 @@ fn rand_u32() -> u32 {
 
 /// `POST /api/v1/publish` with an optional `traceparent` header.
 async fn publish(node: &TestNode, room: &str, event: &str, traceparent: Option<&str>) -> Value {
+    let headers: Vec<(&str, &str)> = traceparent
+        .map(|tp| ("traceparent", tp))
+        .into_iter()
+        .collect();
+    publish_with(node, room, event, &headers).await
+}
+
+/// `POST /api/v1/publish` with these extra headers.
+async fn publish_with(node: &TestNode, room: &str, event: &str, headers: &[(&str, &str)]) -> Value {
     let mut req = reqwest::Client::new()
         .post(format!("{}/api/v1/publish", node.url()))
         .bearer_auth(ADMIN_KEY)
         .timeout(Duration::from_secs(10))
         .json(&json!({"room": room, "event": event, "data": {"n": 1}}));
-    if let Some(tp) = traceparent {
-        req = req.header("traceparent", tp);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let resp = req.send().await.expect("publish answered");
     assert_eq!(resp.status().as_u16(), 200, "publish {event}");
     resp.json().await.expect("JSON answer")
+}
+
+/// A sampled `traceparent` under a fresh trace: (header, trace id,
+/// parent span id).
+fn sampled() -> (String, String, String) {
+    let (trace, parent) = ids();
+    (format!("00-{trace}-{parent}-01"), trace, parent)
+}
+
+/// Publishes under a fresh sampled `traceparent`; returns its trace id
+/// and parent span id.
+async fn publish_traced(node: &TestNode, room: &str, event: &str) -> (String, String) {
+    let (traceparent, trace, parent) = sampled();
+    publish(node, room, event, Some(&traceparent)).await;
+    (trace, parent)
 }
 
 fn named<'a>(name: &'a str, trace: &'a str) -> impl Fn(&ReceivedSpan) -> bool + 'a {
@@ -77,14 +101,7 @@ async fn one_node_continues_the_publishers_trace_through_broker_and_fanout() {
     a.join("chat:traced").await;
     b.join("chat:traced").await;
 
-    let (trace, parent) = ids();
-    publish(
-        &node,
-        "chat:traced",
-        "moved",
-        Some(&format!("00-{trace}-{parent}-01")),
-    )
-    .await;
+    let (trace, parent) = publish_traced(&node, "chat:traced", "moved").await;
     for c in [&mut a, &mut b] {
         let ev = c.expect_type("event", FRAME_WAIT).await;
         assert_eq!(ev["event"], "moved");
@@ -158,14 +175,7 @@ async fn at_ratio_zero_only_a_sampled_traceparent_is_exported() {
         Some(&format!("00-{unsampled_trace}-{parent}-00")),
     )
     .await;
-    let (trace, parent) = ids();
-    publish(
-        &node,
-        "chat:ratio",
-        "loud",
-        Some(&format!("00-{trace}-{parent}-01")),
-    )
-    .await;
+    let (trace, _) = publish_traced(&node, "chat:ratio", "loud").await;
     assert_eq!(a.collect_type("event", 3, FRAME_WAIT).await.len(), 3);
     // The sampled publish arrives whole, which proves the exporter works
     // and that everything published before it was sent (or not) already.
@@ -189,14 +199,7 @@ async fn across_nodes(broker_url: &str, engine: &str) {
     let c = TestCluster::start(2, broker_url, &telemetry(&receiver.endpoint, 1.0)).await;
     let (mut far, _) = c.node(1).connect_user("far").await;
     far.join("chat:hop").await;
-    let (trace, parent) = ids();
-    publish(
-        c.node(0),
-        "chat:hop",
-        "crossed",
-        Some(&format!("00-{trace}-{parent}-01")),
-    )
-    .await;
+    let (trace, parent) = publish_traced(c.node(0), "chat:hop", "crossed").await;
     let ev = far.expect_type("event", FRAME_WAIT).await;
     assert_eq!(ev["event"], "crossed");
 
