@@ -151,7 +151,14 @@ pub(crate) async fn publish(
     let input = publish_input(body)?;
     let room = input.room.clone();
     let parent = publish_trace::traceparent(&headers);
-    let outcome = publish_trace::publish(&app.node, input, parent, PublishSource::Http).await?;
+    let outcome = publish_trace::publish(
+        &app.node,
+        input,
+        parent,
+        PublishSource::Http,
+        Some(&request_id),
+    )
+    .await?;
     tracing::debug!(
         request_id = request_id.as_str(),
         api_key = key.name(),
@@ -216,6 +223,7 @@ pub(crate) async fn broadcast(
         PublishSource::Broadcast,
         &input(&keys[0]),
         None,
+        Some(&request_id),
     );
     let mut results = Vec::with_capacity(keys.len());
     for (i, room) in keys.iter().enumerate() {

@@ -52,7 +52,7 @@ impl PublishTarget for ApiPublish {
         if input.idempotency_key.is_none() {
             input.idempotency_key = default_idempotency_key.map(str::to_owned);
         }
-        match crate::publish_trace::publish(&node, input, trace, self.source).await {
+        match crate::publish_trace::publish(&node, input, trace, self.source, None).await {
             Ok(_) => Ok(()),
             // A broker failure is not the request's fault: retry it rather
             // than drop it as invalid.

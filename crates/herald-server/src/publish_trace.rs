@@ -3,6 +3,7 @@
 //! (herald-telemetry). With tracing off, or a publish not sampled, this
 //! is [`Node::publish`] after one check.
 
+use crate::request_id::RequestId;
 use axum::http::HeaderMap;
 use herald_core::{PublishOutcome, TraceContext};
 use herald_node::{Node, NodeError, PublishInput};
@@ -16,14 +17,16 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> Option<TraceContext> {
 }
 
 /// Publishes `input`, traced when the node traces and the publish is
-/// sampled (`parent` being the publisher's context, if any).
+/// sampled (`parent` being the publisher's context, if any; `request_id`
+/// the API call's, if it came through the HTTP API).
 pub(crate) async fn publish(
     node: &Node,
     input: PublishInput,
     parent: Option<TraceContext>,
     source: PublishSource,
+    request_id: Option<&RequestId>,
 ) -> Result<PublishOutcome, NodeError> {
-    let Some(span) = start(node, parent, source, &input, Some(&input.room)) else {
+    let Some(span) = start(node, parent, source, &input, Some(&input.room), request_id) else {
         return node.publish(input).await;
     };
     let result = broker_hop(node, &span, input).await;
@@ -38,9 +41,16 @@ pub(crate) fn start(
     source: PublishSource,
     input: &PublishInput,
     room: Option<&str>,
+    request_id: Option<&RequestId>,
 ) -> Option<PublishSpan> {
-    node.telemetry()?
-        .publish_span(parent, source, input.tenant.as_str(), room, &input.event)
+    node.telemetry()?.publish_span(
+        parent,
+        source,
+        input.tenant.as_str(),
+        room,
+        &input.event,
+        request_id.map(RequestId::as_str),
+    )
 }
 
 /// One engine call under `span`, in its own `broker.publish` span whose

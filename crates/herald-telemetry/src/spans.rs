@@ -133,6 +133,9 @@ impl Telemetry {
     /// `traceparent`) or a new root. `None` when not sampled (an unsampled
     /// parent, or a root the ratio left out). `room` is `None` for a
     /// broadcast (its `broker.publish` spans name the rooms).
+    /// `request_id` is the HTTP API call's request id, when the publish
+    /// came through the API (the `herald.request_id` attribute, so a trace
+    /// can be found from the id a client logged).
     pub fn publish_span(
         &self,
         parent: Option<TraceContext>,
@@ -140,6 +143,7 @@ impl Telemetry {
         tenant: &str,
         room: Option<&str>,
         event: &str,
+        request_id: Option<&str>,
     ) -> Option<PublishSpan> {
         let parent = parent.as_ref().map_or_else(Context::new, remote);
         let mut attributes = vec![
@@ -152,6 +156,9 @@ impl Telemetry {
         }
         if let Some(room) = room {
             attributes.push(KeyValue::new("herald.room", room.to_owned()));
+        }
+        if let Some(id) = request_id {
+            attributes.push(KeyValue::new("herald.request_id", id.to_owned()));
         }
         let held = Held::start(self, "publish", source.kind(), &parent, attributes)?;
         Some(PublishSpan {

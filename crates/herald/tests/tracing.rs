@@ -101,7 +101,15 @@ async fn one_node_continues_the_publishers_trace_through_broker_and_fanout() {
     a.join("chat:traced").await;
     b.join("chat:traced").await;
 
-    let (trace, parent) = publish_traced(&node, "chat:traced", "moved").await;
+    let (traceparent, trace, parent) = sampled();
+    let request_id = format!("req-{trace}");
+    publish_with(
+        &node,
+        "chat:traced",
+        "moved",
+        &[("traceparent", &traceparent), ("x-request-id", &request_id)],
+    )
+    .await;
     for c in [&mut a, &mut b] {
         let ev = c.expect_type("event", FRAME_WAIT).await;
         assert_eq!(ev["event"], "moved");
@@ -113,6 +121,7 @@ async fn one_node_continues_the_publishers_trace_through_broker_and_fanout() {
     assert_eq!(p.attr("herald.room"), "chat:traced");
     assert_eq!(p.attr("herald.event"), "moved");
     assert_eq!(p.attr("herald.source"), "http");
+    assert_eq!(p.attr("herald.request_id"), request_id);
     assert_eq!(
         p.resource.get("service.name").map(String::as_str),
         Some("herald")
