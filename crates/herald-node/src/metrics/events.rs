@@ -98,8 +98,17 @@ impl EventCounters {
 
     /// Runs `f` on the slot of `event`, admitting it while under the cap.
     fn with_slot<R>(&self, event: &str, f: impl FnOnce(&EventSlot) -> R) -> R {
-        if let Some(slot) = self.names.read().get(event) {
-            return f(slot);
+        {
+            let names = self.names.read();
+            if let Some(slot) = names.get(event) {
+                return f(slot);
+            }
+            // Names are never removed: once full, a new name is `other`
+            // without queueing every such publish on the write lock.
+            if names.len() >= self.cap {
+                drop(names);
+                return f(&self.other);
+            }
         }
         let slot = {
             let mut names = self.names.write();
