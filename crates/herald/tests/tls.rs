@@ -219,10 +219,9 @@ async fn until_presented(port: u16, pki: &Pki, leaf: &pki::Leaf, what: &str, wit
 
 /// Writes a config with the TLS files of `leaf` (and `extra` keys) into a
 /// fresh directory; returns it and the files.
-fn config_with(pki: &Pki, leaf: &pki::Leaf, extra: &str) -> (Files, std::path::PathBuf) {
+fn config_with(leaf: &pki::Leaf, extra: &str) -> (Files, std::path::PathBuf) {
     let files = Files::new(leaf);
     let text = support::config_toml(&files, extra);
-    let _ = pki;
     let path = files.dir.join("herald.toml");
     std::fs::write(&path, text).expect("config");
     (files, path)
@@ -234,7 +233,7 @@ fn bad_certificates_stop_the_node_and_fail_config_check_naming_the_key() {
     let good = pki.leaf("node", 1);
     let other = pki.leaf("other", 2);
 
-    let (files, config) = config_with(&pki, &good, "");
+    let (files, config) = config_with(&good, "");
     std::fs::write(&files.cert, "not a certificate\n").expect("write");
     let path = config.to_str().expect("utf-8");
     for args in [
@@ -250,7 +249,7 @@ fn bad_certificates_stop_the_node_and_fail_config_check_naming_the_key() {
     }
 
     // A key that is not the certificate's.
-    let (files, config) = config_with(&pki, &good, "");
+    let (files, config) = config_with(&good, "");
     std::fs::write(&files.key, &other.key_pem).expect("write");
     let (code, _, stderr) = run_herald(
         &[
@@ -288,7 +287,7 @@ fn bad_certificates_stop_the_node_and_fail_config_check_naming_the_key() {
     );
 
     // An expired certificate is a warning only.
-    let (_files, config) = config_with(&pki, &pki.expired_leaf("old"), "");
+    let (_files, config) = config_with(&pki.expired_leaf("old"), "");
     let (code, _, stderr) = run_herald(
         &[
             "config",
