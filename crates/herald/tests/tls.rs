@@ -227,6 +227,13 @@ fn config_with(leaf: &pki::Leaf, extra: &str) -> (Files, std::path::PathBuf) {
     (files, path)
 }
 
+/// `herald config check --config <config>`: its exit code and stderr.
+fn config_check(config: &std::path::Path) -> (Option<i32>, String) {
+    let path = config.to_str().expect("utf-8");
+    let (code, _, stderr) = run_herald(&["config", "check", "--config", path], &[]);
+    (code, stderr)
+}
+
 #[test]
 fn bad_certificates_stop_the_node_and_fail_config_check_naming_the_key() {
     let pki = Pki::new("Herald test CA");
@@ -251,15 +258,7 @@ fn bad_certificates_stop_the_node_and_fail_config_check_naming_the_key() {
     // A key that is not the certificate's.
     let (files, config) = config_with(&good, "");
     std::fs::write(&files.key, &other.key_pem).expect("write");
-    let (code, _, stderr) = run_herald(
-        &[
-            "config",
-            "check",
-            "--config",
-            config.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
+    let (code, stderr) = config_check(&config);
     assert_ne!(code, Some(0));
     assert!(
         stderr.contains("server.tls_key_file") && stderr.contains("does not match"),
@@ -288,15 +287,7 @@ fn bad_certificates_stop_the_node_and_fail_config_check_naming_the_key() {
 
     // An expired certificate is a warning only.
     let (_files, config) = config_with(&pki.expired_leaf("old"), "");
-    let (code, _, stderr) = run_herald(
-        &[
-            "config",
-            "check",
-            "--config",
-            config.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
+    let (code, stderr) = config_check(&config);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("warning: server.tls_cert_file") && stderr.contains("expired"),
