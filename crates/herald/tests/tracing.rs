@@ -286,10 +286,14 @@ async fn a_collector_that_never_answers_slows_neither_publishing_nor_shutdown() 
         .await
         .expect("bind");
     let endpoint = format!("http://{}", hole.local_addr().expect("addr"));
+    // Told of each connection the exporter opens, that is, of an export
+    // now waiting for its timeout.
+    let (opened, mut exporting) = tokio::sync::mpsc::unbounded_channel();
     let held = tokio::spawn(async move {
         let mut sockets = Vec::new();
         while let Ok((s, _)) = hole.accept().await {
             sockets.push(s);
+            let _ = opened.send(());
         }
     });
     let mut node = TestNode::start_process(&format!(
@@ -299,6 +303,12 @@ async fn a_collector_that_never_answers_slows_neither_publishing_nor_shutdown() 
     .await;
     let (mut a, _) = node.connect_user("a").await;
     a.join("chat:dead").await;
+    // One traced publish, and its export hangs: from then on the export
+    // task is stuck, so the queue (4 spans) fills whatever the timing.
+    publish(&node, "chat:dead", "first", None).await;
+    tokio::time::timeout(Duration::from_secs(10), exporting.recv())
+        .await
+        .expect("the exporter never reached the collector");
     let published = tokio::time::timeout(Duration::from_secs(15), async {
         for i in 0..40 {
             publish(&node, "chat:dead", &format!("e{i}"), None).await;
@@ -306,7 +316,7 @@ async fn a_collector_that_never_answers_slows_neither_publishing_nor_shutdown() 
     })
     .await;
     assert!(published.is_ok(), "publishing stalled behind the collector");
-    assert_eq!(a.collect_type("event", 40, FRAME_WAIT).await.len(), 40);
+    assert_eq!(a.collect_type("event", 41, FRAME_WAIT).await.len(), 41);
     eventually(
         "spans dropped and counted",
         Duration::from_secs(10),
