@@ -1,13 +1,12 @@
 //! Send-queue figures, sampled by walking the node's connections (every
 //! few seconds, from the server's metrics upkeep) rather than per write:
 //! `herald_send_queue_bytes`, `herald_send_queue_max_depth` and
-//! `herald_send_queue_depth_connections{depth}`. The same walk resets
-//! `herald_connections_by_transport` to the registry's count, so a
-//! connection that left without its close being counted cannot skew the
-//! gauge for longer than one period.
+//! `herald_send_queue_depth_connections{depth}`. Connections per transport
+//! are not set here: `connection_opened` / `connection_closed` keep that
+//! gauge exact as they happen, and a second writer would race them (a
+//! walk that read before an open would overwrite its increment).
 
 use crate::node::Node;
-use crate::transport::Transport;
 use metrics::{describe_gauge, gauge};
 
 const BYTES: &str = "herald_send_queue_bytes";
@@ -37,8 +36,6 @@ pub struct QueueSample {
     pub max_depth: usize,
     /// Connections per [`DEPTH_BUCKETS`] bucket.
     pub connections: [usize; 5],
-    /// Connections per transport name.
-    pub transports: Vec<(&'static str, usize)>,
 }
 
 impl QueueSample {
@@ -62,13 +59,6 @@ pub(crate) fn describe() {
     publish(&QueueSample::default());
 }
 
-fn count_transport(counts: &mut Vec<(&'static str, usize)>, name: &'static str) {
-    match counts.iter_mut().find(|(n, _)| *n == name) {
-        Some((_, c)) => *c += 1,
-        None => counts.push((name, 1)),
-    }
-}
-
 fn publish(sample: &QueueSample) {
     gauge!(BYTES).set(sample.bytes as f64);
     gauge!(MAX_DEPTH).set(sample.max_depth as f64);
@@ -80,24 +70,14 @@ fn publish(sample: &QueueSample) {
 /// Walks `node`'s connections (one shard at a time, each queue's lock
 /// taken briefly) and sets the send-queue gauges. Returns what it found.
 pub fn sample_send_queues(node: &Node) -> QueueSample {
-    let mut sample = QueueSample {
-        transports: [Transport::WEBSOCKET, Transport::SSE, Transport::SOCKETIO]
-            .iter()
-            .map(|t| (t.name, 0))
-            .collect(),
-        ..QueueSample::default()
-    };
+    let mut sample = QueueSample::default();
     node.inner.registry.for_each_shard(|conns| {
         for conn in conns {
             let (items, bytes) = conn.queue.depth();
             sample.add(items, bytes);
-            count_transport(&mut sample.transports, conn.transport.name);
         }
     });
     publish(&sample);
-    for (name, n) in &sample.transports {
-        gauge!("herald_connections_by_transport", "transport" => *name).set(*n as f64);
-    }
     sample
 }
 
