@@ -113,7 +113,7 @@ pub struct FrameError {
 }
 
 impl FrameError {
-    fn bad(id: Option<RequestId>, message: impl Into<String>) -> Self {
+    pub(crate) fn bad(id: Option<RequestId>, message: impl Into<String>) -> Self {
         Self {
             id,
             code: ErrorCode::BadRequest,
@@ -161,26 +161,36 @@ struct SendMessage {
 pub fn parse_client_frame(text: &str) -> Result<(Option<RequestId>, ClientRequest), FrameError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| FrameError::bad(None, format!("invalid JSON: {e}")))?;
-    let Value::Object(mut map) = value else {
+    let Value::Object(map) = value else {
         return Err(FrameError::bad(None, "a frame must be a JSON object"));
     };
-    let id = match map.remove("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(RequestId::Number(n)),
-        Some(Value::String(s)) if s.len() <= MAX_REQUEST_ID_BYTES => Some(RequestId::String(s)),
-        Some(Value::String(_)) => {
-            return Err(FrameError::bad(
-                None,
-                format!("field `id` is longer than {MAX_REQUEST_ID_BYTES} bytes"),
-            ))
-        }
-        Some(_) => {
-            return Err(FrameError::bad(
-                None,
-                "field `id` must be a number or a string",
-            ))
-        }
-    };
+    parse_client_map(map)
+}
+
+/// A frame's request id read from its `id` field (`None` when absent or
+/// null); an error when the field is not a short string or a number.
+pub(crate) fn request_id_of(value: Option<Value>) -> Result<Option<RequestId>, FrameError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(Some(RequestId::Number(n))),
+        Some(Value::String(s)) if s.len() <= MAX_REQUEST_ID_BYTES => Ok(Some(RequestId::String(s))),
+        Some(Value::String(_)) => Err(FrameError::bad(
+            None,
+            format!("field `id` is longer than {MAX_REQUEST_ID_BYTES} bytes"),
+        )),
+        Some(_) => Err(FrameError::bad(
+            None,
+            "field `id` must be a number or a string",
+        )),
+    }
+}
+
+/// Parses a frame already read into a map of its fields (from JSON text
+/// or from MessagePack): the same rules whatever the encoding.
+pub(crate) fn parse_client_map(
+    mut map: serde_json::Map<String, Value>,
+) -> Result<(Option<RequestId>, ClientRequest), FrameError> {
+    let id = request_id_of(map.remove("id"))?;
     let kind = match map.remove("type") {
         Some(Value::String(s)) => s,
         Some(_) => return Err(FrameError::bad(id, "field `type` must be a string")),

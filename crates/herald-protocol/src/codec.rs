@@ -2,10 +2,9 @@
 //!
 //! The protocol's requests and replies ([`ClientRequest`], [`ServerFrame`],
 //! [`PublicationFrame`]) are independent of their encoding; a codec turns a
-//! client's message into a request and a server frame into bytes. Herald
-//! JSON ([`HeraldJson`]) is the only codec today; another (MessagePack) is
-//! one more implementation of [`ClientCodec`] with its own
-//! [`ClientCodec::slot`].
+//! client's message into a request and a server frame into bytes: Herald
+//! JSON ([`HeraldJson`], slot 0), Socket.IO (slot 1, in herald-socketio)
+//! and MessagePack ([`crate::HeraldMsgpack`], slot 2).
 
 use crate::server::{DirectFrame, PublicationFrame};
 use crate::{ClientRequest, ErrorCode, FrameError, RequestId, ServerFrame};
