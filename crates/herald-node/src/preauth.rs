@@ -161,6 +161,21 @@ impl PreAuth {
         Step::Continue(Some(self.error(None, ErrorCode::BadRequest, message)))
     }
 
+    /// Handles a text message: binary codecs (MessagePack) refuse one.
+    pub async fn handle_text(&mut self, text: &str) -> Step {
+        if !self.codec.binary() {
+            return self.handle_message(text.as_bytes()).await;
+        }
+        if let Some(refusal) = self.count() {
+            return Step::Close(refusal);
+        }
+        Step::Continue(Some(self.error(
+            None,
+            ErrorCode::BadRequest,
+            crate::session::TEXT_REFUSED,
+        )))
+    }
+
     /// Handles one client message: `authenticate` verifies the token (by
     /// the deadline), `ping` is answered, anything else is refused with
     /// `unauthorized` while the connection stays open.

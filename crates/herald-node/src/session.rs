@@ -20,6 +20,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The reply to a text frame on a binary codec's connection.
+pub(crate) const TEXT_REFUSED: &str =
+    "text frames are not supported with herald.v1.msgpack; send MessagePack in binary frames";
+
 /// A new rate-limit episode starts after this long without a refusal.
 const EPISODE_GAP: Duration = Duration::from_secs(1);
 
@@ -76,9 +80,17 @@ impl Session {
         &self.conn
     }
 
-    /// Handles one text frame from the client.
+    /// Handles one text frame from the client: a binary codec's connection
+    /// (MessagePack) refuses it, as a text one refuses binary frames.
     pub async fn handle_text(&mut self, text: &str) {
-        self.handle_message(text.as_bytes()).await;
+        if !self.conn.codec.binary() {
+            return self.handle_message(text.as_bytes()).await;
+        }
+        self.conn.touch();
+        metrics::message_received();
+        if self.admit_rate(None) {
+            self.reply_error(None, ErrorCode::BadRequest, TEXT_REFUSED.into());
+        }
     }
 
     /// Handles one message from the client, in the connection's codec.

@@ -100,14 +100,19 @@ impl<S: RequiredScope> FromRequestParts<AppState> for ApiKey<S> {
 /// A JSON request body parsed into `T`: 413 `too_large` over
 /// [`MAX_BODY_BYTES`] (at once when `Content-Length` says so), 408 when the
 /// body does not arrive within `server.body_timeout`, 400 `bad_request`
-/// when it is not the JSON `T` wants.
+/// when it is not the JSON `T` wants. A MessagePack body
+/// (`Content-Type: application/msgpack`) is read as the same JSON.
 pub(crate) struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
-        let body = read_body(req, app.body_timeout).await?;
+        let msgpack = crate::msgpack_body::is_msgpack(req.headers());
+        let mut body = read_body(req, app.body_timeout).await?;
+        if msgpack {
+            body = crate::msgpack_body::to_json(&body)?;
+        }
         parse_json(&body).map(JsonBody)
     }
 }

@@ -18,6 +18,7 @@ mod extract;
 pub mod fuzzing;
 mod guard;
 mod http;
+mod msgpack_body;
 mod ops;
 mod origin;
 mod publish_target;

@@ -38,6 +38,8 @@ pub(super) struct Start {
     /// The place among unauthenticated sockets (`None` when the upgrade
     /// carried the token), given back once authenticated.
     pub(super) pending: Option<PendingSlot>,
+    /// The encoding the upgrade negotiated (`Sec-WebSocket-Protocol`).
+    pub(super) codec: &'static dyn herald_protocol::ClientCodec,
 }
 
 /// One WebSocket connection, start to end. Only the socket, the session
@@ -63,11 +65,13 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         verified,
         credential,
         pending,
+        codec,
     } = *start;
     // One deadline for the whole unauthenticated phase: the upgrade, every
     // read and write, and the token's verification.
     let mut pre = PreAuth::new(&app.node);
     pre.set_context(credential);
+    pre.set_codec(codec);
     let deadline = pre.deadline();
     let Ok(Ok(upgraded)) = timeout_at(deadline, on_upgrade).await else {
         return None;
@@ -183,7 +187,7 @@ async fn await_authenticate(
             },
             Incoming::Pong => pre.control(),
             Incoming::Binary(message) => pre.handle_binary(&message).await,
-            Incoming::Text(text) => pre.handle_message(text.as_bytes()).await,
+            Incoming::Text(text) => pre.handle_text(&text).await,
         };
         match step {
             Step::Continue(None) => {}

@@ -1,6 +1,7 @@
 //! The WebSocket transport (PROTOCOL.md 3): the upgrade and its checks
 //! here; the connection's life in [`connection`]; framing in [`frames`];
-//! the socket and its writer in [`socket`].
+//! the socket and its writer in [`socket`]; the encoding (JSON or
+//! MessagePack) chosen by subprotocol in [`subprotocol`].
 //!
 //! Herald owns the upgraded TCP socket instead of handing it to a
 //! WebSocket library: fan-out writes each event's shared bytes straight
@@ -12,6 +13,7 @@
 mod connection;
 pub(crate) mod frames;
 pub(crate) mod socket;
+mod subprotocol;
 
 use crate::api::bearer;
 use crate::credential::CredentialSource;
@@ -137,6 +139,7 @@ pub(crate) async fn upgrade(
         )
         .into_response();
     }
+    let negotiated = subprotocol::negotiate(&headers);
     let tasks = app.node.tasks().clone();
     let start = Box::new(connection::Start {
         app,
@@ -144,9 +147,10 @@ pub(crate) async fn upgrade(
         verified,
         credential,
         pending,
+        codec: negotiated.codec,
     });
     tasks.spawn(connection::run(start, slot));
-    (
+    let mut response = (
         StatusCode::SWITCHING_PROTOCOLS,
         [
             (header::UPGRADE, HeaderValue::from_static("websocket")),
@@ -154,5 +158,11 @@ pub(crate) async fn upgrade(
             (header::SEC_WEBSOCKET_ACCEPT, ws.accept),
         ],
     )
-        .into_response()
+        .into_response();
+    if let Some(answer) = negotiated.answer {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, answer);
+    }
+    response
 }
