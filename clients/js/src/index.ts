@@ -6,6 +6,7 @@ export { HeraldError, TimeoutError, UnsupportedError } from './errors.js';
 export type { HeraldErrorCode, ProtocolErrorCode, ClientErrorCode } from './errors.js';
 export { backoffDelay } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';
+export type { Encoding } from './codec.js';
 export { decodeJwtPayload, tokenExpiryMs } from './jwt.js';
 export type { Unsubscribe } from './emitter.js';
 export type {

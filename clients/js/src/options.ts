@@ -1,4 +1,5 @@
 import type { BackoffOptions } from './backoff.js';
+import type { Encoding } from './codec.js';
 import type {
   EventSourceConstructor,
   HeraldDirectEvent,
@@ -28,6 +29,13 @@ export interface ConnectOptions {
   WebSocket?: WebSocketConstructor;
   /** EventSource implementation; default `globalThis.EventSource`. */
   EventSource?: EventSourceConstructor;
+  /**
+   * Frame encoding on WebSocket: `'json'` (default) or `'msgpack'`, which
+   * offers the `herald.v1.msgpack` subprotocol and exchanges MessagePack
+   * binary frames (event `data` arrives as the same values). SSE is always
+   * JSON.
+   */
+  encoding?: Encoding;
   /** Transports to use, in order of preference. Default `['websocket', 'sse']`. */
   transports?: TransportKind[];
   /** Reconnect delays: full jitter over exponential bounds. Default 500 ms to 30 s. */

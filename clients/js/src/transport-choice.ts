@@ -1,3 +1,4 @@
+import { codecFor, type WireCodec } from './codec.js';
 import type { ConnectOptions } from './options.js';
 import { SseTransport, WebSocketTransport, type Transport, type TransportHandlers } from './transport.js';
 import type { EventSourceConstructor, TransportKind, WebSocketConstructor } from './types.js';
@@ -25,9 +26,11 @@ export class TransportChoice {
   private wsFailures = 0;
   private _sseOnly = false;
   private lastKind: TransportKind | undefined;
+  private readonly codec: WireCodec;
 
   constructor(private readonly opts: ConnectOptions) {
     this.urls = endpoints(opts.url);
+    this.codec = codecFor(opts.encoding);
   }
 
   /** WebSocket was given up for SSE. */
@@ -73,7 +76,7 @@ export class TransportChoice {
     const previous = this.lastKind;
     this.lastKind = kind;
     if (kind === 'websocket') {
-      return { transport: new WebSocketTransport(this.wsCtor()!, this.urls.ws, handlers), previous };
+      return { transport: new WebSocketTransport(this.wsCtor()!, this.urls.ws, handlers, this.codec), previous };
     }
     const f = this.opts.fetch ?? (typeof fetch === 'function' ? fetch.bind(globalThis) : undefined);
     return { transport: new SseTransport(this.esCtor()!, `${this.urls.sse}?${sseQuery()}`, handlers, f), previous };

@@ -1,3 +1,4 @@
+import { codecFor, type WireCodec } from './codec.js';
 import type {
   EventSourceConstructor,
   EventSourceLike,
@@ -39,18 +40,6 @@ export interface Transport {
   close(code?: number, reason?: string): void;
 }
 
-function parse(text: unknown): ServerFrame | undefined {
-  if (typeof text !== 'string') return undefined;
-  try {
-    const v: unknown = JSON.parse(text);
-    return v && typeof v === 'object' && typeof (v as { type?: unknown }).type === 'string'
-      ? (v as ServerFrame)
-      : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 const OPEN = 1;
 
 export class WebSocketTransport implements Transport {
@@ -59,9 +48,16 @@ export class WebSocketTransport implements Transport {
   private opened = false;
   private done = false;
 
-  constructor(Ctor: WebSocketConstructor, url: string, private h: TransportHandlers) {
+  constructor(
+    Ctor: WebSocketConstructor,
+    url: string,
+    private h: TransportHandlers,
+    private readonly codec: WireCodec = codecFor('json'),
+  ) {
     try {
-      this.ws = new Ctor(url);
+      // JSON offers no subprotocol, as before encodings could be chosen.
+      this.ws = codec.subprotocol ? new Ctor(url, codec.subprotocol) : new Ctor(url);
+      if (codec.binary) this.ws.binaryType = 'arraybuffer';
     } catch (err) {
       // Bad URL, blocked scheme, or a test double that always fails.
       const reason = err instanceof Error ? err.message : String(err);
@@ -75,7 +71,7 @@ export class WebSocketTransport implements Transport {
     };
     ws.onmessage = (ev) => {
       if (this.done) return;
-      const frame = parse(typeof ev.data === 'string' ? ev.data : String(ev.data));
+      const frame = this.codec.decode(ev.data);
       if (frame) this.h.onFrame(frame);
     };
     ws.onerror = () => {
@@ -93,7 +89,7 @@ export class WebSocketTransport implements Transport {
   send(frame: object): boolean {
     if (this.done || !this.ws || this.ws.readyState !== OPEN) return false;
     try {
-      this.ws.send(JSON.stringify(frame));
+      this.ws.send(this.codec.encode(frame));
       return true;
     } catch {
       return false;
@@ -159,7 +155,7 @@ export class SseTransport implements Transport {
     for (const type of SSE_TYPES) {
       es.addEventListener(type, (ev: { data?: unknown }) => {
         if (this.done) return;
-        const frame = parse(ev.data);
+        const frame = codecFor('json').decode(ev.data);
         if (frame) this.h.onFrame(frame);
       });
     }

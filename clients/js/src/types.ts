@@ -133,7 +133,9 @@ export interface WebSocketLike {
   onmessage: ((ev: { data: any }) => void) | null;
   onclose: ((ev: { code: number; reason: string; wasClean?: boolean }) => void) | null;
   onerror: ((ev: any) => void) | null;
-  send(data: string): void;
+  /** Set to `'arraybuffer'` for MessagePack (browsers and `ws` both take it). */
+  binaryType?: string;
+  send(data: string | Uint8Array): void;
   close(code?: number, reason?: string): void;
 }
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
