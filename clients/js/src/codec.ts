@@ -1,4 +1,6 @@
-import { decode, encode } from '@msgpack/msgpack';
+// Types only: the package is imported on first use (see loadCodec), so a
+// JSON-only page, or one loading dist/ as plain ES modules, never needs it.
+import type * as Msgpack from '@msgpack/msgpack';
 import type { ServerFrame } from './types.js';
 
 /** How frames are written on a WebSocket: Herald JSON text, or MessagePack binary. */
@@ -37,27 +39,48 @@ const JSON_CODEC: WireCodec = {
   },
 };
 
-const MSGPACK_CODEC: WireCodec = {
-  subprotocol: 'herald.v1.msgpack',
-  binary: true,
-  // Undefined fields are left out, as JSON.stringify does.
-  encode: (frame) => encode(frame, { ignoreUndefined: true }),
-  decode(data) {
-    let bytes: Uint8Array;
-    if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
-    else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    else return undefined;
-    try {
-      return asFrame(decode(bytes));
-    } catch {
-      return undefined;
-    }
-  },
-};
+function msgpackCodec({ decode, encode }: typeof Msgpack): WireCodec {
+  return {
+    subprotocol: 'herald.v1.msgpack',
+    binary: true,
+    // Undefined fields are left out, as JSON.stringify does.
+    encode: (frame) => encode(frame, { ignoreUndefined: true }),
+    decode(data) {
+      let bytes: Uint8Array;
+      if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+      else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      else return undefined;
+      try {
+        return asFrame(decode(bytes));
+      } catch {
+        return undefined;
+      }
+    },
+  };
+}
 
-/** @internal The codec of an `encoding` option (default JSON). */
-export function codecFor(encoding: Encoding | undefined): WireCodec {
-  if (encoding === undefined || encoding === 'json') return JSON_CODEC;
-  if (encoding === 'msgpack') return MSGPACK_CODEC;
+/** @internal The JSON codec, usable at once. */
+export const JSON_WIRE: WireCodec = JSON_CODEC;
+
+/** @internal Throws a TypeError for an `encoding` option that is neither 'json' nor 'msgpack'. */
+export function checkEncoding(encoding: unknown): asserts encoding is Encoding | undefined {
+  if (encoding === undefined || encoding === 'json' || encoding === 'msgpack') return;
   throw new TypeError(`connect: \`encoding\` must be 'json' or 'msgpack', not ${JSON.stringify(encoding)}`);
+}
+
+let msgpack: Promise<WireCodec> | undefined;
+
+/**
+ * @internal The codec of an `encoding` option (default JSON). MessagePack
+ * imports `@msgpack/msgpack` the first time; in a browser without a bundler
+ * that bare name needs an import map.
+ */
+export function loadCodec(encoding: Encoding | undefined): Promise<WireCodec> {
+  checkEncoding(encoding);
+  if (encoding !== 'msgpack') return Promise.resolve(JSON_CODEC);
+  msgpack ??= import('@msgpack/msgpack').then(msgpackCodec, (err: unknown) => {
+    msgpack = undefined; // a later connect may try again
+    throw err;
+  });
+  return msgpack;
 }

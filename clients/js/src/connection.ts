@@ -136,6 +136,17 @@ export class Connection implements RequestHost, RoomsHost, TokenHost {
       this.finish(1006, 'no usable transport', new HeraldError('unsupported', 'no WebSocket or EventSource implementation available'));
       return;
     }
+    if (kind === 'websocket' && !this.choice.codecReady) {
+      try {
+        await this.choice.loadCodec();
+      } catch (err) {
+        if (this._closed || gen !== this._gen) return;
+        const why = err instanceof Error ? err.message : String(err);
+        this.finish(1006, 'encoding unavailable', new HeraldError('unsupported', `encoding 'msgpack' needs the @msgpack/msgpack package: ${why}`));
+        return;
+      }
+      if (this._closed || gen !== this._gen) return;
+    }
     const { transport, previous: prev } = this.choice.open(
       kind,
       {

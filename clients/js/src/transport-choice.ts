@@ -1,4 +1,4 @@
-import { codecFor, type WireCodec } from './codec.js';
+import { checkEncoding, JSON_WIRE, loadCodec, type WireCodec } from './codec.js';
 import type { ConnectOptions } from './options.js';
 import { SseTransport, WebSocketTransport, type Transport, type TransportHandlers } from './transport.js';
 import type { EventSourceConstructor, TransportKind, WebSocketConstructor } from './types.js';
@@ -26,11 +26,24 @@ export class TransportChoice {
   private wsFailures = 0;
   private _sseOnly = false;
   private lastKind: TransportKind | undefined;
-  private readonly codec: WireCodec;
+  private codec: WireCodec = JSON_WIRE;
+  private _codecReady: boolean;
 
   constructor(private readonly opts: ConnectOptions) {
     this.urls = endpoints(opts.url);
-    this.codec = codecFor(opts.encoding);
+    checkEncoding(opts.encoding);
+    this._codecReady = (opts.encoding ?? 'json') === 'json';
+  }
+
+  /** The WebSocket codec of the `encoding` option is loaded (JSON always is). */
+  get codecReady(): boolean {
+    return this._codecReady;
+  }
+
+  /** Loads the `encoding` option's codec (MessagePack is imported on first use). */
+  async loadCodec(): Promise<void> {
+    this.codec = await loadCodec(this.opts.encoding);
+    this._codecReady = true;
   }
 
   /** WebSocket was given up for SSE. */

@@ -1,4 +1,4 @@
-import { codecFor, type WireCodec } from './codec.js';
+import { JSON_WIRE, type WireCodec } from './codec.js';
 import type {
   EventSourceConstructor,
   EventSourceLike,
@@ -52,7 +52,7 @@ export class WebSocketTransport implements Transport {
     Ctor: WebSocketConstructor,
     url: string,
     private h: TransportHandlers,
-    private readonly codec: WireCodec = codecFor('json'),
+    private readonly codec: WireCodec = JSON_WIRE,
   ) {
     try {
       // JSON offers no subprotocol, as before encodings could be chosen.
@@ -155,7 +155,7 @@ export class SseTransport implements Transport {
     for (const type of SSE_TYPES) {
       es.addEventListener(type, (ev: { data?: unknown }) => {
         if (this.done) return;
-        const frame = codecFor('json').decode(ev.data);
+        const frame = JSON_WIRE.decode(ev.data);
         if (frame) this.h.onFrame(frame);
       });
     }

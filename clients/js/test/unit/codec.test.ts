@@ -1,7 +1,7 @@
 import { decode, encode } from '@msgpack/msgpack';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { connect, type HeraldClient, type HeraldEvent } from '../../src/index.js';
-import { codecFor } from '../../src/codec.js';
+import { loadCodec } from '../../src/codec.js';
 import { ev, FakeWebSocket, flush, openWsClient, authenticated } from './fakes.js';
 
 /** A WebSocket double speaking MessagePack: records the offered subprotocols and binaryType. */
@@ -36,8 +36,8 @@ afterEach(() => {
 });
 
 describe('the codec seam', () => {
-  it('JSON stays text and offers no subprotocol', () => {
-    const json = codecFor(undefined);
+  it('JSON stays text and offers no subprotocol', async () => {
+    const json = await loadCodec(undefined);
     expect(json.subprotocol).toBeUndefined();
     expect(json.binary).toBe(false);
     expect(json.encode({ type: 'ping', id: 1, x: undefined })).toBe('{"type":"ping","id":1}');
@@ -46,8 +46,8 @@ describe('the codec seam', () => {
     expect(json.decode('[1]')).toBeUndefined();
   });
 
-  it('MessagePack carries the same tree in binary', () => {
-    const mp = codecFor('msgpack');
+  it('MessagePack carries the same tree in binary', async () => {
+    const mp = await loadCodec('msgpack');
     expect(mp.subprotocol).toBe('herald.v1.msgpack');
     expect(mp.binary).toBe(true);
     const frame = { type: 'send_message', id: 3, room: 'r', data: { a: [1, 2.5, null, 'é'] }, event: undefined };
@@ -69,6 +69,8 @@ describe('the codec seam', () => {
 
 describe('a client with encoding: msgpack', () => {
   it('offers herald.v1.msgpack, reads ArrayBuffers and sends binary frames', async () => {
+    // The package is imported on first use; load it outside the fake clock.
+    await loadCodec('msgpack');
     const client = openWsClient(clients, { WebSocket: MsgpackWebSocket, encoding: 'msgpack' });
     await flush();
     const ws = FakeWebSocket.last() as MsgpackWebSocket;
