@@ -305,6 +305,21 @@ async fn bad_input_is_refused_like_bad_json() {
     assert!(message.contains("`data.raw`"), "{answer}");
     let (status, _) = post_msgpack_bytes(&node, "/api/v1/publish", vec![0x93, 0x01]).await;
     assert_eq!(status, 400);
+
+    // Before authentication too: text is refused, MessagePack still works.
+    let mut pre = MsgpackClient::connect(&node, "herald.v1.msgpack", None).await;
+    pre.ws
+        .send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("send");
+    let err = pre.expect_type("error").await;
+    assert_eq!(err["code"], "bad_request", "{err}");
+    pre.send_bytes(vec![0xc1]).await;
+    assert_eq!(pre.expect_type("error").await["code"], "bad_request");
+    let auth = pre
+        .request(json!({"type": "authenticate", "token": node.user_token("eve")}))
+        .await;
+    assert_eq!(auth["type"], "authenticated", "{auth}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
