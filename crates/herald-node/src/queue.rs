@@ -16,7 +16,8 @@
 //!
 //! A push that would pass either bound does not wait either: it reports an
 //! overflow and the connection is cut (4011), so one slow client never
-//! slows anyone else.
+//! slows anyone else; in a namespace with `overflow = "drop"` or
+//! `"conflate"` fan-out first tries to make room (`overflow.rs`).
 
 use crate::metrics;
 use bytes::Bytes;
@@ -73,6 +74,15 @@ pub enum PositionChange {
     /// `authenticated`: the auto-joined rooms at their positions; a room
     /// already tracked (being resumed) keeps its own.
     Listed(Vec<(RoomName, StreamPosition)>),
+    /// `events_dropped`: the room lost events after `position` (a full
+    /// queue shed them, see `queue/overflow.rs`). Moves no position: the
+    /// kept events after the gap still do.
+    Dropped {
+        /// The room.
+        room: RoomName,
+        /// The position just before its first dropped event.
+        position: StreamPosition,
+    },
 }
 
 impl Outbound {
@@ -572,6 +582,8 @@ fn record_written<'a>(items: impl Iterator<Item = &'a Outbound>) {
         metrics::messages_sent(frames);
     }
 }
+
+mod overflow;
 
 #[cfg(test)]
 mod tests;

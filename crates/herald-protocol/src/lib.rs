@@ -18,6 +18,6 @@ pub use codec::{ClientCodec, ClientFrame, HeraldJson, CODEC_SLOTS, HERALD_JSON};
 pub use codes::{CloseCode, ErrorCode};
 pub use position::StreamPosition;
 pub use server::{
-    encode, encode_publication, DirectFrame, Disconnect, JoinedRoom, MemberSummary,
+    encode, encode_publication, DirectFrame, Disconnect, DroppedRoom, JoinedRoom, MemberSummary,
     PublicationFrame, Sender, ServerFrame,
 };
