@@ -17,7 +17,8 @@
 //!    room's first dropped event was, an `events_dropped` notice takes its
 //!    place, naming the position just before it; a room already named by a
 //!    queued notice at or before that position gets no second one (resuming
-//!    from the earlier position replays the later gap too).
+//!    from the earlier position replays the later gap too). Notices count
+//!    against `limits.send_queue_bytes` but not `send_queue_messages`.
 //! 3. If even that is not enough (only critical or control frames left),
 //!    the push overflows and the caller cuts the connection, as in
 //!    `disconnect`.
@@ -113,9 +114,11 @@ impl SendQueue {
             remove: vec![false; n],
             ..Plan::default()
         };
+        // Notices count against the byte bound but not the frame bound:
+        // dropping one room's single event would otherwise free nothing.
         let net = |plan: &Plan| {
             (
-                plan.removed_items as isize - plan.notices.len() as isize,
+                plan.removed_items as isize,
                 plan.removed_bytes as isize - plan.notice_bytes as isize,
             )
         };
@@ -236,3 +239,7 @@ fn notice(codec: &dyn ClientCodec, p: &Publication, before: StreamPosition) -> O
         },
     )
 }
+
+#[cfg(test)]
+#[path = "overflow_tests.rs"]
+mod tests;
