@@ -201,7 +201,7 @@ impl Rooms {
             let entry = shard.get_mut(room)?;
             let member = entry.members.get_mut(conn)?;
             if let Some(frame) = first {
-                enqueued(conn, conn.queue.enqueue(frame));
+                enqueued(conn, conn.queue.enqueue_or_shed(frame, conn.codec));
             }
             let mut last = position.offset;
             for p in replay {
@@ -316,7 +316,11 @@ fn tell_live<'a>(
             Some(cell) => cell.get_or_insert_with(|| codec.encode(frame)).clone(),
             None => codec.encode(frame),
         };
-        if enqueued(&m.conn, m.conn.queue.enqueue(Outbound::control(bytes))) {
+        let queued = m
+            .conn
+            .queue
+            .enqueue_or_shed(Outbound::control(bytes), codec);
+        if enqueued(&m.conn, queued) {
             written.push(m.conn.clone());
         }
     }

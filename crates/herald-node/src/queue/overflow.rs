@@ -44,19 +44,14 @@ struct Plan {
 }
 
 impl SendQueue {
-    /// Queues a room event that a plain enqueue found no room for, making
-    /// room by conflating and dropping sheddable events (see the module
+    /// Queues an item (a room event, or a control frame or ping of the
+    /// connection) that a plain enqueue found no room for, making room by
+    /// conflating and dropping sheddable events (see the module
     /// documentation). `codec` encodes the `events_dropped` notices.
     /// [`PushResult::Overflow`] means the caller cuts the connection.
     pub(crate) fn enqueue_shedding(&self, item: Outbound, codec: &dyn ClientCodec) -> PushResult {
         let len = item.len();
-        let incoming = match &item {
-            Outbound::Frame {
-                publication: Some(p),
-                ..
-            } => p.clone(),
-            _ => return self.enqueue(item),
-        };
+        let incoming = publication(&item).cloned();
         let mut s = self.state.lock();
         if s.closing.is_some() {
             return PushResult::Closed;
@@ -67,7 +62,7 @@ impl SendQueue {
             s.items.push_back(item);
             return PushResult::Queued;
         }
-        let Some(plan) = self.plan(&s, &incoming, len, codec) else {
+        let Some(plan) = self.plan(&s, incoming.as_deref(), len, codec) else {
             return PushResult::Overflow;
         };
         let notice_count = plan.notices.len() as u64;
@@ -103,7 +98,7 @@ impl SendQueue {
     fn plan(
         &self,
         s: &State,
-        incoming: &Arc<Publication>,
+        incoming: Option<&Publication>,
         len: usize,
         codec: &dyn ClientCodec,
     ) -> Option<Plan> {
@@ -125,8 +120,10 @@ impl SendQueue {
 
         // 1. Conflation, newest first: the first of each key seen stays.
         let mut newer: HashSet<(&RoomKey, &str)> = HashSet::new();
-        if let Some(key) = incoming.conflation_key.as_deref() {
-            newer.insert((&incoming.room, key));
+        if let Some(p) = incoming {
+            if let Some(key) = p.conflation_key.as_deref() {
+                newer.insert((&p.room, key));
+            }
         }
         for i in (first..n).rev() {
             let Some(p) = publication(&s.items[i]) else {
