@@ -12,6 +12,7 @@ export type {
   ConnectionState,
   EventSourceConstructor,
   EventSourceLike,
+  EventsDropped,
   HeraldDirectEvent,
   HeraldEvent,
   Member,
