@@ -22,7 +22,7 @@
 use crate::metrics;
 use bytes::Bytes;
 use herald_core::{Publication, RoomName};
-use herald_protocol::{ClientCodec, CloseCode, StreamPosition};
+use herald_protocol::{CloseCode, StreamPosition};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -285,26 +285,6 @@ impl SendQueue {
         s.bytes += len;
         s.items.push_back(item);
         Ok(())
-    }
-
-    /// [`Self::push`] for a control frame or ping of a connection whose
-    /// codec is `codec`: a full queue first sheds what its namespaces allow
-    /// (`overflow.rs`); only then does the push overflow.
-    pub(crate) fn push_shedding(&self, item: Outbound, codec: &dyn ClientCodec) -> PushResult {
-        let result = self.enqueue_or_shed(item, codec);
-        if result == PushResult::Queued {
-            self.flush();
-        }
-        result
-    }
-
-    /// [`Self::push_shedding`] without the write (see [`Self::enqueue`]).
-    pub(crate) fn enqueue_or_shed(&self, item: Outbound, codec: &dyn ClientCodec) -> PushResult {
-        match self.try_enqueue(item) {
-            Ok(()) => PushResult::Queued,
-            Err((PushResult::Overflow, item)) => self.enqueue_shedding(item, codec),
-            Err((result, _)) => result,
-        }
     }
 
     /// Writes what is queued if nobody else is writing and the socket is not

@@ -44,6 +44,26 @@ struct Plan {
 }
 
 impl SendQueue {
+    /// [`Self::push`] for a control frame or ping of a connection whose
+    /// codec is `codec`: a full queue first sheds what its namespaces allow
+    /// (`overflow.rs`); only then does the push overflow.
+    pub(crate) fn push_shedding(&self, item: Outbound, codec: &dyn ClientCodec) -> PushResult {
+        let result = self.enqueue_or_shed(item, codec);
+        if result == PushResult::Queued {
+            self.flush();
+        }
+        result
+    }
+
+    /// [`Self::push_shedding`] without the write (see [`Self::enqueue`]).
+    pub(crate) fn enqueue_or_shed(&self, item: Outbound, codec: &dyn ClientCodec) -> PushResult {
+        match self.try_enqueue(item) {
+            Ok(()) => PushResult::Queued,
+            Err((PushResult::Overflow, item)) => self.enqueue_shedding(item, codec),
+            Err((result, _)) => result,
+        }
+    }
+
     /// Queues an item (a room event, or a control frame or ping of the
     /// connection) that a plain enqueue found no room for, making room by
     /// conflating and dropping sheddable events (see the module
