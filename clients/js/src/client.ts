@@ -28,7 +28,7 @@ export function connect(options: ConnectOptions): HeraldClient {
  */
 export class HeraldClient extends Emitter<ClientEvents> implements RoomOwner {
   /** Counters, for monitoring and tests. */
-  readonly stats = { reconnects: 0, duplicatesDropped: 0, tokenRefreshes: 0, recoveryFailures: 0 };
+  readonly stats = { reconnects: 0, duplicatesDropped: 0, tokenRefreshes: 0, recoveryFailures: 0, eventsDropped: 0 };
   private readonly conn: Connection;
 
   constructor(options: ConnectOptions) {

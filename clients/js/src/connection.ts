@@ -247,6 +247,9 @@ export class Connection implements RequestHost, RoomsHost, TokenHost {
       case 'member_left':
         this.rooms.onMember(f);
         break;
+      case 'events_dropped':
+        this.rooms.onDropped(f);
+        break;
       case 'disconnect':
         this.advice = f;
         if (this.t instanceof SseTransport) this.t.end(f.code, f.reason);

@@ -13,6 +13,7 @@ export type {
   ConnectionState,
   EventSourceConstructor,
   EventSourceLike,
+  EventsDropped,
   HeraldDirectEvent,
   HeraldEvent,
   Member,

@@ -1,6 +1,7 @@
 import type { BackoffOptions } from './backoff.js';
 import type { Encoding } from './codec.js';
 import type {
+  EventsDropped,
   EventSourceConstructor,
   HeraldDirectEvent,
   HeraldEvent,
@@ -76,6 +77,12 @@ export interface ClientEvents {
   direct: HeraldDirectEvent;
   /** A room could not be resumed after a reconnect; reload it. */
   recovery_failed: RecoveryFailed;
+  /**
+   * The server dropped events of a room from this connection's full queue
+   * (a slow link, namespace `overflow = "drop"`). The client is already
+   * re-joining the room from `offset`: the dropped events follow, in order.
+   */
+  events_dropped: EventsDropped;
   /** An error not tied to a request: an unsolicited `error` frame, a failed token refresh. */
   error: Error;
   /** A new token was accepted (sent with `authenticate`, or a reopened SSE stream). */
@@ -91,6 +98,8 @@ export interface ClientStats {
   duplicatesDropped: number;
   tokenRefreshes: number;
   recoveryFailures: number;
+  /** Rooms re-joined after an `events_dropped` notice. */
+  eventsDropped: number;
 }
 
 /** @internal Emits one of the client's events (`ClientEvents`, or a state name). */

@@ -1,6 +1,6 @@
 import { Emitter, type Unsubscribe } from './emitter.js';
 import { TimeoutError } from './errors.js';
-import type { HeraldEvent, Member, Position, RecoveryFailed } from './types.js';
+import type { EventsDropped, HeraldEvent, Member, Position, RecoveryFailed } from './types.js';
 
 /** Room lifecycle and catch-all listeners; any other name is an event name. */
 export interface RoomLifecycleEvents {
@@ -16,6 +16,8 @@ export interface RoomLifecycleEvents {
   member_left: Member & { room: string };
   /** The room could not be resumed after a reconnect: reload its state. */
   recovery_failed: RecoveryFailed;
+  /** The server dropped events of this room (slow link); they are being replayed. */
+  events_dropped: EventsDropped;
 }
 
 const RESERVED = new Set<string>([
@@ -26,6 +28,7 @@ const RESERVED = new Set<string>([
   'member_joined',
   'member_left',
   'recovery_failed',
+  'events_dropped',
 ]);
 
 /** The client's side of a room; the library calls these. */

@@ -4,6 +4,8 @@ import type { RequestKind } from './requests.js';
 import { Room, type RoomOwner } from './room.js';
 import type {
   AuthenticatedFrame,
+  EventsDropped,
+  EventsDroppedFrame,
   HeraldEvent,
   MemberFrame,
   RecoveryFailed,
@@ -218,6 +220,34 @@ export class RoomBook {
       const m = { user_id: f.user_id, connection_id: f.connection_id };
       if (f.type === 'member_joined') room._memberJoined(m);
       else room._memberLeft(m);
+    }
+  }
+
+  /**
+   * `events_dropped`: the server's queue for this connection dropped events
+   * of these rooms after `offset`. Each room is re-joined with `since` =
+   * that position. Until its `room_joined`, frames of the room are dropped
+   * (as during any resync): the kept events that follow the gap come again
+   * in the replay, so every event is delivered once, in offset order. A
+   * room already re-joining resumes from an earlier position, which covers
+   * this gap too. WebSocket only (SSE streams reconnect from their id).
+   */
+  onDropped(f: EventsDroppedFrame): void {
+    for (const d of f.rooms ?? []) {
+      const room = this.map.get(d.room);
+      if (!room || !room._desired || !room._joined || room._resyncing) continue;
+      if (this.host.transportKind !== 'websocket') continue;
+      const pos = room._position;
+      // Never move forward past events not yet delivered, nor back past
+      // ones that were (those would come twice).
+      if (!pos || pos.epoch !== d.epoch || pos.offset > d.offset) {
+        room._position = { epoch: d.epoch, offset: d.offset };
+      }
+      this.sendJoin(room);
+      const info: EventsDropped = { room: d.room, epoch: room._position!.epoch, offset: room._position!.offset };
+      this.stats.eventsDropped++;
+      room._emit('events_dropped', info);
+      this.emit('events_dropped', info);
     }
   }
 

@@ -106,6 +106,21 @@ export interface ErrorFrame {
   message: string;
 }
 
+/** `events_dropped`: a full server queue dropped events of these rooms (namespace `overflow = "drop"`). */
+export interface EventsDroppedFrame {
+  type: 'events_dropped';
+  /** Each room and the position just before its first dropped event. */
+  rooms: Array<{ room: string; epoch: string; offset: number }>;
+}
+
+/** What the client emits for each room of an `events_dropped` frame, after it started recovering the room. */
+export interface EventsDropped {
+  room: string;
+  /** The position the room is resumed from (just before the first dropped event). */
+  epoch: string;
+  offset: number;
+}
+
 export interface DisconnectFrame {
   type: 'disconnect';
   code: number;
@@ -122,6 +137,7 @@ export type ServerFrame =
   | PongFrame
   | ErrorFrame
   | DisconnectFrame
+  | EventsDroppedFrame
   | RpcResultFrame
   | HeraldDirectEvent
   | (HeraldEvent & { type: 'event' | 'message' });

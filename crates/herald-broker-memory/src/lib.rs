@@ -351,6 +351,9 @@ impl MemoryBroker {
             accepted_at: Some(Instant::now()),
             encoded: Default::default(),
             trace: request.trace,
+            critical: request.critical,
+            conflation_key: request.conflation_key,
+            policy: Default::default(),
         });
         stream.store(publication.clone(), request.history, &self.acct);
         if let Some(key) = idem {

@@ -33,6 +33,8 @@ fn request(room: RoomKey, size: usize) -> PublishRequest {
             max_bytes: 0,
         },
         trace: None,
+        critical: false,
+        conflation_key: None,
     }
 }
 

@@ -59,6 +59,13 @@ pub struct PublicationWire<'a> {
     /// (only on traced publications; older nodes neither write nor read it).
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub tp: Option<std::borrow::Cow<'a, str>>,
+    /// Critical under backpressure (written only when true; older
+    /// messages decode as not critical).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cr: bool,
+    /// Conflation key (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ck: Option<String>,
 }
 
 /// When a publication accepted at `accepted_us` (µs since the Unix epoch,
@@ -104,6 +111,9 @@ impl PublicationWire<'_> {
             encoded: Default::default(),
             // A malformed value (from a foreign writer) only loses the trace.
             trace: self.tp.as_deref().and_then(TraceContext::parse_traceparent),
+            critical: self.cr,
+            conflation_key: self.ck,
+            policy: Default::default(),
         })
     }
 }
@@ -215,6 +225,8 @@ mod tests {
                 assert_eq!(p.data.get(), r#"{"x":1.50}"#);
                 assert_eq!(node, "n2");
                 assert_eq!(p.trace, None, "no tp: no trace");
+                assert!(!p.critical, "no cr: not critical");
+                assert_eq!(p.conflation_key, None, "no ck: no key");
             }
             other => panic!("{other:?}"),
         }

@@ -48,6 +48,12 @@ pub struct PublishRequest {
     /// when tracing is on and the publish is sampled; engines carry it to
     /// every node's fan-out and never interpret it.
     pub trace: Option<TraceContext>,
+    /// Never dropped or conflated under backpressure (the publisher's flag
+    /// or the namespace's `critical_events`, resolved by the node).
+    pub critical: bool,
+    /// Events of a room with the same key supersede each other in a
+    /// `conflate` namespace's full queue.
+    pub conflation_key: Option<String>,
 }
 
 /// A published event as delivered to nodes and kept in history.
@@ -77,6 +83,17 @@ pub struct Publication {
     /// tracing is off or the publish was not sampled (and for messages from
     /// older nodes).
     pub trace: Option<TraceContext>,
+    /// Published as critical (see [`PublishRequest::critical`]); engines
+    /// carry it and keep it in history. Messages from older nodes: false.
+    pub critical: bool,
+    /// The publisher's conflation key (see
+    /// [`PublishRequest::conflation_key`]), carried and kept like
+    /// `critical`.
+    pub conflation_key: Option<String>,
+    /// How a full queue may treat this event, resolved once by the
+    /// receiving node's fan-out; engines build it with
+    /// `Default::default()`.
+    pub policy: crate::PolicyCell,
     /// Its frame per codec, encoded on first use; engines build it with
     /// `Default::default()`.
     pub encoded: EncodedFrames,

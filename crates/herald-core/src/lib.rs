@@ -14,6 +14,7 @@ pub mod hooks;
 mod identity;
 pub mod namespace;
 pub mod presence;
+pub mod priority;
 mod room;
 pub mod trace;
 mod verify;
@@ -35,6 +36,7 @@ pub use hooks::{HookEvent, HookKind, HookSet, Outbox, OutboxEntry, SentMessage, 
 pub use identity::Identity;
 pub use namespace::{NamespaceConfig, Namespaces, Rule, RuleError};
 pub use presence::{LocalPresence, Presence, PresenceChange, PresenceSink};
+pub use priority::{EventPolicy, Overflow, PolicyCell};
 pub use room::{
     RoomError, RoomKey, RoomName, Tenant, TenantError, MAX_ROOM_NAME_BYTES, MAX_TENANT_BYTES,
 };

@@ -144,6 +144,10 @@ pub struct NamespaceConfig {
     pub history_max_bytes: Option<usize>,
     /// A room joined at connect: `user:{sub}` style or a fixed name.
     pub auto_join: Option<String>,
+    /// What happens to a connection whose send queue is full.
+    pub overflow: crate::Overflow,
+    /// Event names always treated as critical (never dropped or conflated).
+    pub critical_events: Vec<String>,
 }
 
 impl Default for NamespaceConfig {
@@ -156,6 +160,8 @@ impl Default for NamespaceConfig {
             history_ttl: Duration::ZERO,
             history_max_bytes: None,
             auto_join: None,
+            overflow: crate::Overflow::Disconnect,
+            critical_events: Vec::new(),
         }
     }
 }
@@ -248,6 +254,15 @@ impl Namespaces {
     /// namespace is unknown).
     pub fn for_room(&self, room: &RoomName) -> &NamespaceConfig {
         self.map.get(room.namespace()).unwrap_or(&self.fallback)
+    }
+
+    /// Whether any namespace sheds events or lists critical ones (when
+    /// none does, fan-out resolves no policy at all).
+    pub fn uses_priorities(&self) -> bool {
+        self.map
+            .values()
+            .chain(std::iter::once(&self.fallback))
+            .any(|ns| ns.overflow != crate::Overflow::Disconnect || !ns.critical_events.is_empty())
     }
 
     /// The claims any `claim:<name>` rule reads. A connection needs to

@@ -54,6 +54,9 @@ fn publication() -> Publication {
         accepted_at: None,
         encoded: Default::default(),
         trace: None,
+        critical: false,
+        conflation_key: None,
+        policy: Default::default(),
     }
 }
 

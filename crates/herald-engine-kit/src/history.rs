@@ -69,6 +69,9 @@ mod tests {
                     accepted_at: None,
                     encoded: Default::default(),
                     trace: None,
+                    critical: false,
+                    conflation_key: None,
+                    policy: Default::default(),
                 })
             })
             .collect()

@@ -116,7 +116,9 @@ impl Connection {
 
     /// Queues an item as [`Self::send`] does.
     pub(crate) fn send_item(&self, frame: Outbound) {
-        if self.queue.push(frame) == PushResult::Overflow {
+        // A reply must not cut a client whose queue holds events its
+        // namespaces let go (`overflow = "drop"` / `"conflate"`).
+        if self.queue.push_shedding(frame, self.codec) == PushResult::Overflow {
             self.close(CloseCode::SlowConsumer);
         }
     }

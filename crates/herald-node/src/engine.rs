@@ -66,7 +66,8 @@ impl Parts {
                 Flusher::new(tasks.clone()),
             )
             .with_hooks(room_hooks)
-            .with_events(events.clone()),
+            .with_events(events.clone())
+            .with_priorities(&settings.namespaces),
         );
         Self {
             node_id,

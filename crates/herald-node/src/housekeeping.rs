@@ -3,7 +3,7 @@
 //! token expired (4012).
 
 use crate::node::{now_ms, Node};
-use crate::queue::{Outbound, PushResult};
+use crate::queue::Outbound;
 use herald_protocol::CloseCode;
 use std::time::Duration;
 
@@ -57,10 +57,9 @@ fn sweep(node: &Node) {
                 continue;
             } else if conn.silent_for_ms(now) >= stale_ms {
                 conn.close(CloseCode::Stale);
-            } else if conn.ping_due(now, ping_ms)
-                && conn.queue.push(Outbound::Ping) == PushResult::Overflow
-            {
-                conn.close(CloseCode::SlowConsumer);
+            } else if conn.ping_due(now, ping_ms) {
+                // Cuts (4011) when even shedding leaves no room.
+                conn.send_item(Outbound::Ping);
             }
         }
     });

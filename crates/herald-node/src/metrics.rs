@@ -55,6 +55,14 @@ pub fn describe() {
         "herald_send_queue_overflows_total",
         "Connections cut as slow consumers"
     );
+    describe_counter!(
+        "herald_send_queue_dropped_events_total",
+        "Queued events a full send queue removed instead of cutting the connection, by reason (drop, conflate)"
+    );
+    describe_counter!(
+        "herald_events_dropped_notices_total",
+        "events_dropped notices queued to clients whose full queue dropped events"
+    );
     describe_gauge!(
         "herald_rooms",
         "Rooms with at least one member on this node"
@@ -71,8 +79,12 @@ pub fn describe() {
         "herald_publish_total",
         "herald_send_queue_overflows_total",
         "herald_rate_limited_total",
+        "herald_events_dropped_notices_total",
     ] {
         counter!(name).increment(0);
+    }
+    for reason in ["drop", "conflate"] {
+        counter!("herald_send_queue_dropped_events_total", "reason" => reason).increment(0);
     }
     gauge!("herald_connections").set(0.0);
     for transport in [
@@ -152,6 +164,21 @@ pub fn delivery_latency(d: Duration) {
 /// Counts a slow-consumer cut.
 pub fn send_queue_overflow() {
     counter!("herald_send_queue_overflows_total").increment(1);
+}
+
+/// Counts events a full queue shed (by reason) and the `events_dropped`
+/// notices it queued.
+pub fn events_shed(dropped: u64, conflated: u64, notices: u64) {
+    if dropped > 0 {
+        counter!("herald_send_queue_dropped_events_total", "reason" => "drop").increment(dropped);
+    }
+    if conflated > 0 {
+        counter!("herald_send_queue_dropped_events_total", "reason" => "conflate")
+            .increment(conflated);
+    }
+    if notices > 0 {
+        counter!("herald_events_dropped_notices_total").increment(notices);
+    }
 }
 
 /// Sets the room gauge.

@@ -101,6 +101,13 @@ pub struct PublishInput {
     pub idempotency_key: Option<String>,
     /// Connection that must not receive the event.
     pub exclude_connection: Option<String>,
+    /// Never dropped or conflated under backpressure (also when the
+    /// namespace lists the event name in `critical_events`).
+    pub critical: bool,
+    /// Supersedes queued events of the room with the same key in a
+    /// `conflate` namespace (checked with
+    /// [`herald_core::priority::check_conflation_key`]).
+    pub conflation_key: Option<String>,
 }
 
 /// Per-node figures for `/api/v1/stats`.
@@ -446,7 +453,19 @@ impl Node {
         trace: Option<herald_core::TraceContext>,
     ) -> Result<PublishOutcome, NodeError> {
         let name = RoomName::parse(&input.room)?;
+        if let Some(key) = &input.conflation_key {
+            herald_core::priority::check_conflation_key(key)
+                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        }
         let history = self.history_policy(&name);
+        // Resolved once here so it travels with the event and its history.
+        let critical = input.critical
+            || self
+                .inner
+                .namespaces
+                .for_room(&name)
+                .critical_events
+                .contains(&input.event);
         let counted = self
             .inner
             .events
@@ -463,6 +482,8 @@ impl Node {
                 idempotency_key: input.idempotency_key,
                 history,
                 trace,
+                critical,
+                conflation_key: input.conflation_key,
             })
             .await?;
         if !outcome.duplicate {

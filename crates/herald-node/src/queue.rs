@@ -16,7 +16,8 @@
 //!
 //! A push that would pass either bound does not wait either: it reports an
 //! overflow and the connection is cut (4011), so one slow client never
-//! slows anyone else.
+//! slows anyone else; in a namespace with `overflow = "drop"` or
+//! `"conflate"` fan-out first tries to make room (`overflow.rs`).
 
 use crate::metrics;
 use bytes::Bytes;
@@ -73,6 +74,15 @@ pub enum PositionChange {
     /// `authenticated`: the auto-joined rooms at their positions; a room
     /// already tracked (being resumed) keeps its own.
     Listed(Vec<(RoomName, StreamPosition)>),
+    /// `events_dropped`: the room lost events after `position` (a full
+    /// queue shed them, see `queue/overflow.rs`). Moves no position: the
+    /// kept events after the gap still do.
+    Dropped {
+        /// The room.
+        room: RoomName,
+        /// The position just before its first dropped event.
+        position: StreamPosition,
+    },
 }
 
 impl Outbound {
@@ -256,17 +266,25 @@ impl SendQueue {
     /// [`Self::flush`] afterwards (fan-out queues under a room lock and
     /// writes after letting it go).
     pub(crate) fn enqueue(&self, item: Outbound) -> PushResult {
+        match self.try_enqueue(item) {
+            Ok(()) => PushResult::Queued,
+            Err((result, _)) => result,
+        }
+    }
+
+    /// [`Self::enqueue`], giving the item back when it was not queued.
+    fn try_enqueue(&self, item: Outbound) -> Result<(), (PushResult, Outbound)> {
         let len = item.len();
         let mut s = self.state.lock();
         if s.closing.is_some() {
-            return PushResult::Closed;
+            return Err((PushResult::Closed, item));
         }
         if s.items.len() >= self.max_items || s.bytes + len > self.max_bytes {
-            return PushResult::Overflow;
+            return Err((PushResult::Overflow, item));
         }
         s.bytes += len;
         s.items.push_back(item);
-        PushResult::Queued
+        Ok(())
     }
 
     /// Writes what is queued if nobody else is writing and the socket is not
@@ -572,6 +590,8 @@ fn record_written<'a>(items: impl Iterator<Item = &'a Outbound>) {
         metrics::messages_sent(frames);
     }
 }
+
+mod overflow;
 
 #[cfg(test)]
 mod tests;

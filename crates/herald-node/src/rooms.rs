@@ -22,7 +22,8 @@ use crate::metrics;
 use crate::queue::{Outbound, PushResult};
 use herald_core::broker::Writes;
 use herald_core::{
-    MemberRecord, PresenceChange, PresenceSink, Publication, PublicationSink, RoomKey,
+    EventPolicy, MemberRecord, Namespaces, Overflow, PresenceChange, PresenceSink, Publication,
+    PublicationSink, RoomKey,
 };
 use herald_protocol::{CloseCode, MemberSummary, ServerFrame, StreamPosition, CODEC_SLOTS};
 use parking_lot::{Mutex, RwLock};
@@ -56,6 +57,9 @@ pub(crate) struct Rooms {
     events: Arc<metrics::EventCounters>,
     /// The node's tracer, set once when tracing is on (see `trace.rs`).
     pub(crate) telemetry: std::sync::OnceLock<herald_telemetry::Telemetry>,
+    /// The namespaces, when one of them sheds events or lists critical
+    /// ones: fan-out then resolves each event's policy once.
+    priorities: Option<Arc<Namespaces>>,
 }
 
 impl Rooms {
@@ -70,7 +74,17 @@ impl Rooms {
             hooks: Emitter::off(node_id_for_hooks),
             events: Arc::new(metrics::EventCounters::new([])),
             telemetry: std::sync::OnceLock::new(),
+            priorities: None,
         }
+    }
+
+    /// The same rooms, resolving each event's backpressure policy from
+    /// `namespaces` (only kept when a namespace uses priorities).
+    pub(crate) fn with_priorities(mut self, namespaces: &Namespaces) -> Self {
+        self.priorities = namespaces
+            .uses_priorities()
+            .then(|| Arc::new(namespaces.clone()));
+        self
     }
 
     /// The same rooms, counting deliveries into `events` (the node's).
@@ -187,7 +201,7 @@ impl Rooms {
             let entry = shard.get_mut(room)?;
             let member = entry.members.get_mut(conn)?;
             if let Some(frame) = first {
-                enqueued(conn, conn.queue.enqueue(frame));
+                enqueued(conn, conn.queue.enqueue_or_shed(frame, conn.codec));
             }
             let mut last = position.offset;
             for p in replay {
@@ -302,7 +316,11 @@ fn tell_live<'a>(
             Some(cell) => cell.get_or_insert_with(|| codec.encode(frame)).clone(),
             None => codec.encode(frame),
         };
-        if enqueued(&m.conn, m.conn.queue.enqueue(Outbound::control(bytes))) {
+        let queued = m
+            .conn
+            .queue
+            .enqueue_or_shed(Outbound::control(bytes), codec);
+        if enqueued(&m.conn, queued) {
             written.push(m.conn.clone());
         }
     }
@@ -318,14 +336,18 @@ pub(crate) fn enqueue_publication(
     if !passes(conn, p) {
         return false;
     }
-    enqueued(
-        conn,
-        conn.queue.enqueue(Outbound::Frame {
-            bytes: frame.clone(),
-            publication: Some(p.clone()),
-            change: None,
-        }),
-    )
+    let item = || Outbound::Frame {
+        bytes: frame.clone(),
+        publication: Some(p.clone()),
+        change: None,
+    };
+    let mut result = conn.queue.enqueue(item());
+    // Only a full queue pays for the policy: the cell read and the
+    // shedding path are off the per-recipient path.
+    if result == PushResult::Overflow && p.policy.get().overflow != Overflow::Disconnect {
+        result = conn.queue.enqueue_shedding(item(), conn.codec);
+    }
+    enqueued(conn, result)
 }
 
 fn enqueued(conn: &Connection, result: PushResult) -> bool {
@@ -383,6 +405,14 @@ impl PresenceSink for Rooms {
 impl PublicationSink for Rooms {
     fn deliver(&self, p: Arc<Publication>) -> Writes {
         let span = crate::trace::fanout_start(&self.telemetry, &p);
+        if let Some(namespaces) = &self.priorities {
+            // Once per event, before any queue can see it.
+            let ns = namespaces.for_room(&p.room.name);
+            p.policy.set(EventPolicy {
+                overflow: ns.overflow,
+                critical: p.critical || ns.critical_events.contains(&p.event),
+            });
+        }
         let mut written = Vec::new();
         {
             let shard = self.shard(&p.room).read();

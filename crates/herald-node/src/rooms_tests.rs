@@ -51,6 +51,9 @@ fn publication(offset: u64) -> Arc<Publication> {
         accepted_at: None,
         encoded: Default::default(),
         trace: None,
+        critical: false,
+        conflation_key: None,
+        policy: Default::default(),
     })
 }
 

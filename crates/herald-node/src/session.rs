@@ -433,6 +433,8 @@ impl Session {
                 idempotency_key: None,
                 history: self.node.history_policy(&name),
                 trace: None,
+                critical: false,
+                conflation_key: None,
             })
             .await?;
         metrics::published();

@@ -158,6 +158,8 @@ impl FailingReads {
                 max_bytes: 0,
             },
             trace: None,
+            critical: false,
+            conflation_key: None,
         };
         if let Err(e) = self.inner.publish(event).await {
             return e;
@@ -258,6 +260,8 @@ async fn publish(node: &Node, room: &str, event: &str) -> u64 {
         data: serde_json::value::to_raw_value(&json!({})).expect("raw"),
         idempotency_key: None,
         exclude_connection: None,
+        critical: false,
+        conflation_key: None,
     })
     .await
     .expect("publish")

@@ -174,6 +174,8 @@ async fn publish_to(node: &Node, room: &str, n: u64) -> StreamPosition {
         data: serde_json::value::to_raw_value(&json!({ "n": n })).expect("raw"),
         idempotency_key: None,
         exclude_connection: None,
+        critical: false,
+        conflation_key: None,
     })
     .await
     .expect("publish")

@@ -106,6 +106,8 @@ async fn publish(node: &Node, room: &str, event: &str, n: u64) -> u64 {
         data: serde_json::value::to_raw_value(&json!({ "n": n })).expect("raw"),
         idempotency_key: None,
         exclude_connection: None,
+        critical: false,
+        conflation_key: None,
     })
     .await
     .expect("publish")

@@ -24,6 +24,6 @@ pub use msgpack::{
 pub use msgpack_json::{msgpack_to_json, MsgpackError, MAX_MSGPACK_DEPTH};
 pub use position::StreamPosition;
 pub use server::{
-    encode, encode_publication, DirectFrame, Disconnect, JoinedRoom, MemberSummary,
+    encode, encode_publication, DirectFrame, Disconnect, DroppedRoom, JoinedRoom, MemberSummary,
     PublicationFrame, Sender, ServerFrame,
 };

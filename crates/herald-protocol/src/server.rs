@@ -167,6 +167,26 @@ pub enum ServerFrame {
     },
     /// The server is about to close the connection.
     Disconnect(Disconnect),
+    /// Events of these rooms were dropped from this connection's full send
+    /// queue (namespace `overflow = "drop"` or `"conflate"`); queued where
+    /// the first dropped event of each room was. `join_room` with `since`
+    /// = a room's position replays what was lost.
+    EventsDropped {
+        /// Each room that lost events, and where its gap starts.
+        rooms: Vec<DroppedRoom>,
+    },
+}
+
+/// A room in the `events_dropped` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DroppedRoom {
+    /// Room name.
+    pub room: String,
+    /// Stream epoch of the dropped events.
+    pub epoch: String,
+    /// The offset just before the room's first dropped event: resume from
+    /// here (`since`) to get every dropped event back.
+    pub offset: u64,
 }
 
 /// Serializes a control frame. Serializing these types cannot fail (no maps
@@ -387,5 +407,20 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
         assert_eq!(v["type"], "disconnect");
         assert_eq!(v["code"], 4011);
+    }
+
+    #[test]
+    fn events_dropped_lists_rooms_and_positions() {
+        let frame = ServerFrame::EventsDropped {
+            rooms: vec![DroppedRoom {
+                room: "agent:7".into(),
+                epoch: "e1".into(),
+                offset: 41,
+            }],
+        };
+        assert_eq!(
+            &encode(&frame)[..],
+            br#"{"type":"events_dropped","rooms":[{"room":"agent:7","epoch":"e1","offset":41}]}"#
+        );
     }
 }

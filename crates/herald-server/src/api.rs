@@ -109,6 +109,21 @@ pub(crate) struct PublishBody {
     idempotency_key: Option<String>,
     #[serde(default)]
     exclude_connection: Option<String>,
+    #[serde(default)]
+    critical: bool,
+    #[serde(default)]
+    conflation_key: Option<String>,
+}
+
+/// Checks a publisher's `conflation_key`, naming the field.
+fn check_conflation_key(key: Option<&str>) -> Result<(), ApiError> {
+    match key.map(herald_core::priority::check_conflation_key) {
+        Some(Err(_)) => Err(ApiError::bad_request(format!(
+            "`conflation_key` must be 1 to {} bytes",
+            herald_core::priority::MAX_CONFLATION_KEY_BYTES
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a publish body (shared by the HTTP API and the ingest stream).
@@ -124,6 +139,7 @@ pub(crate) fn publish_input(b: PublishBody) -> Result<PublishInput, ApiError> {
             "`idempotency_key` must be 1 to 255 bytes",
         ));
     }
+    check_conflation_key(b.conflation_key.as_deref())?;
     Ok(PublishInput {
         tenant: key.tenant,
         room: b.room,
@@ -131,6 +147,8 @@ pub(crate) fn publish_input(b: PublishBody) -> Result<PublishInput, ApiError> {
         data: b.data,
         idempotency_key: b.idempotency_key,
         exclude_connection: b.exclude_connection,
+        critical: b.critical,
+        conflation_key: b.conflation_key,
     })
 }
 
@@ -184,6 +202,10 @@ pub(crate) struct BroadcastBody {
     data: Box<RawValue>,
     #[serde(default)]
     tenant: Option<String>,
+    #[serde(default)]
+    critical: bool,
+    #[serde(default)]
+    conflation_key: Option<String>,
 }
 
 /// `POST /api/v1/broadcast`: one `publish` span (when traced) with a
@@ -197,6 +219,7 @@ pub(crate) async fn broadcast(
 ) -> Result<Response, ApiError> {
     check_event(&b.event)?;
     check_data(&b.data)?;
+    check_conflation_key(b.conflation_key.as_deref())?;
     if b.rooms.is_empty() || b.rooms.len() > MAX_BROADCAST_ROOMS {
         return Err(ApiError::bad_request(format!(
             "`rooms` must list 1 to {MAX_BROADCAST_ROOMS} rooms"
@@ -216,6 +239,8 @@ pub(crate) async fn broadcast(
         data: b.data.clone(),
         idempotency_key: None,
         exclude_connection: None,
+        critical: b.critical,
+        conflation_key: b.conflation_key.clone(),
     };
     let span = publish_trace::start(
         &app.node,

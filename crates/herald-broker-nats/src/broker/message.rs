@@ -55,6 +55,13 @@ pub(super) struct Meta {
     pub ex: u64,
     /// The room's `history.max_bytes` when published (0: none).
     pub b: usize,
+    /// Critical under backpressure (written only when true; older
+    /// messages read as not critical).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cr: bool,
+    /// Conflation key (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ck: Option<String>,
 }
 
 /// What the node needs of a stored or delivered message.
@@ -124,6 +131,8 @@ pub(super) fn meta_of(request: &PublishRequest, node_id: &str) -> Meta {
         k: keep,
         ex: ts.saturating_add(ttl),
         b: request.history.max_bytes,
+        cr: request.critical,
+        ck: request.conflation_key.clone(),
     }
 }
 
@@ -217,6 +226,9 @@ pub(super) fn decode(
         trace: headers
             .get(TRACEPARENT)
             .and_then(|v| TraceContext::parse_traceparent(v.as_str())),
+        critical: meta.cr,
+        conflation_key: meta.ck.clone(),
+        policy: Default::default(),
     };
     Ok(Stored {
         seq,
@@ -256,6 +268,8 @@ mod tests {
             trace: TraceContext::parse_traceparent(
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             ),
+            critical: true,
+            conflation_key: Some("run-1".into()),
         };
         let meta = meta_of(&request, "n1");
         let json = serde_json::to_string(&meta).expect("json");
@@ -277,6 +291,8 @@ mod tests {
         );
         assert_eq!(p.exclude_connection.as_deref(), Some("c2"));
         assert_eq!(p.trace, request.trace, "the trace context travels along");
+        assert!(p.critical, "critical travels along");
+        assert_eq!(p.conflation_key.as_deref(), Some("run-1"));
         assert_eq!(stored.meta.k, 5);
         assert_eq!(stored.cb, 42);
         let subject = crate::names::Names::new("h").room_subject(&room);

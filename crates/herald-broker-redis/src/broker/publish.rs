@@ -87,6 +87,12 @@ struct Body<'a> {
     /// The `broker.publish` span's `traceparent` (traced publishes only).
     #[serde(skip_serializing_if = "Option::is_none")]
     tp: Option<String>,
+    /// Critical (only written when true).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cr: bool,
+    /// Conflation key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ck: Option<&'a str>,
 }
 
 /// The JSON the script splices its position in front of: the body without
@@ -114,6 +120,8 @@ pub(super) fn encode_body(
             .trace
             .as_ref()
             .map(herald_core::TraceContext::to_traceparent),
+        cr: request.critical,
+        ck: request.conflation_key.as_deref(),
     };
     let json = serde_json::to_vec(&body).map_err(|e| BrokerError::Internal(e.to_string()))?;
     Ok(bytes::Bytes::from(json).slice(1..))
@@ -256,6 +264,8 @@ mod tests {
             idempotency_key: None,
             history: HistoryPolicy::default(),
             trace: herald_core::TraceContext::parse_traceparent(TRACEPARENT),
+            critical: true,
+            conflation_key: Some("run-1".into()),
         };
         let body = encode_body(&request, 42, "ev1", "n1").expect("encodes");
         assert!(body.starts_with(br#""t":"acme","r":"project:7""#));
@@ -272,6 +282,8 @@ mod tests {
         assert_eq!(p.exclude_connection.as_deref(), Some("c2"));
         assert_eq!(p.from.as_ref().map(|f| f.user_id.as_str()), Some("u"));
         assert_eq!(p.trace, request.trace, "the trace context travels along");
+        assert!(p.critical, "critical travels along");
+        assert_eq!(p.conflation_key.as_deref(), Some("run-1"));
     }
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

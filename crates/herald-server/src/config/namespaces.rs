@@ -31,6 +31,11 @@ pub struct NamespaceToml {
     pub history_max_bytes: Option<usize>,
     /// Auto-joined room template, `""` to turn a shipped one off.
     pub auto_join: Option<String>,
+    /// What a full send queue does: `disconnect` (default), `drop` or
+    /// `conflate`.
+    pub overflow: Option<String>,
+    /// Event names that are always critical (never dropped or conflated).
+    pub critical_events: Option<Vec<String>>,
 }
 
 mod opt_duration {
@@ -120,6 +125,20 @@ pub(super) fn merge(tables: &BTreeMap<String, NamespaceToml>) -> Result<Namespac
                 cfg.auto_join = Some(tpl.clone());
             }
         }
+        if let Some(overflow) = &t.overflow {
+            cfg.overflow = overflow
+                .parse::<herald_core::Overflow>()
+                .map_err(|e| invalid(key("overflow"), e.to_string()))?;
+        }
+        if let Some(names) = &t.critical_events {
+            if let Some(bad) = names.iter().find(|n| n.is_empty() || n.len() > 255) {
+                return Err(invalid(
+                    key("critical_events"),
+                    format!("`{bad}` is not an event name (1 to 255 bytes)"),
+                ));
+            }
+            cfg.critical_events = names.clone();
+        }
         if cfg.history_size > 0 && cfg.history_ttl.is_zero() {
             return Err(invalid(
                 key("history_ttl"),
@@ -129,4 +148,41 @@ pub(super) fn merge(tables: &BTreeMap<String, NamespaceToml>) -> Result<Namespac
         ns.insert(name.clone(), cfg);
     }
     Ok(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use herald_core::Overflow;
+
+    #[test]
+    fn overflow_and_critical_events_are_read_and_checked() {
+        let c = Config::from_toml(
+            "[namespaces.agent]\noverflow = \"conflate\"\ncritical_events = [\"agent.completed\"]\n",
+        )
+        .expect("valid");
+        let ns = c.namespace_rules().expect("rules");
+        let agent = ns.get("agent").expect("agent");
+        assert_eq!(agent.overflow, Overflow::Conflate);
+        assert_eq!(agent.critical_events, vec!["agent.completed".to_owned()]);
+        assert_eq!(
+            ns.get("user").expect("user").overflow,
+            Overflow::Disconnect,
+            "the default stays today's cut"
+        );
+        let err = Config::from_toml("[namespaces.agent]\noverflow = \"shed\"\n")
+            .and_then(|c| c.namespace_rules().map(|_| c))
+            .expect_err("unknown policy");
+        assert!(
+            err.to_string().contains("namespaces.agent.overflow"),
+            "{err}"
+        );
+        let err = Config::from_toml("[namespaces.agent]\ncritical_events = [\"\"]\n")
+            .and_then(|c| c.namespace_rules().map(|_| c))
+            .expect_err("empty name");
+        assert!(
+            err.to_string().contains("namespaces.agent.critical_events"),
+            "{err}"
+        );
+    }
 }

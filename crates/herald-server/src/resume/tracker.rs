@@ -110,6 +110,9 @@ impl Tracker {
                     self.set(room.as_str(), &position.epoch, position.offset, false);
                 }
             }
+            // The kept events after the gap move the room on; the client
+            // recovers the gap itself (docs/protocol.md, priorities).
+            PositionChange::Dropped { .. } => {}
         }
     }
 
@@ -264,6 +267,9 @@ mod tests {
             accepted_at: None,
             encoded: Default::default(),
             trace: None,
+            critical: false,
+            conflation_key: None,
+            policy: Default::default(),
         }
     }
 

@@ -191,3 +191,18 @@ fn the_token_is_appended_without_copying_the_event() {
     assert!(event_head(&Bytes::from_static(b"431[{}]")).is_none());
     assert_eq!(split_packets(&Bytes::from_static(b"40")).count(), 1);
 }
+
+#[test]
+fn events_dropped_is_an_event_of_that_name() {
+    let notice = SOCKET_IO.encode(&ServerFrame::EventsDropped {
+        rooms: vec![herald_protocol::DroppedRoom {
+            room: "feed:1".into(),
+            epoch: "E".into(),
+            offset: 41,
+        }],
+    });
+    assert_eq!(
+        &notice[..],
+        br#"42["events_dropped",{"rooms":[{"epoch":"E","offset":41,"room":"feed:1"}]}]"#
+    );
+}

@@ -281,6 +281,8 @@ pub fn request_with(room: &RoomKey, data: &str, size: usize, ttl: Duration) -> P
             max_bytes: 0,
         },
         trace: None,
+        critical: false,
+        conflation_key: None,
     }
 }
 
