@@ -346,7 +346,8 @@ async fn chromium_websocket_negotiates_permessage_deflate() {
         .unwrap_or_else(|e| panic!("no room_joined: {e}; errors {:?}", page.errors()));
     let ext = page.eval("window.ext").await.expect("ws.extensions");
     assert!(
-        ext.as_str().is_some_and(|e| e.starts_with("permessage-deflate")),
+        ext.as_str()
+            .is_some_and(|e| e.starts_with("permessage-deflate")),
         "the browser's WebSocket negotiated deflate: {ext}"
     );
     let text = "sphinx of black quartz, judge my vow ".repeat(40);

@@ -5,10 +5,10 @@
 
 use super::engine::OutPacket;
 use crate::resume::Tracker;
-use bytes::Bytes;
-use herald_node::{metrics, Outbound};
 use crate::ws::deflate::{zip, Deflate};
+use bytes::Bytes;
 use herald_core::Publication;
+use herald_node::{metrics, Outbound};
 use herald_protocol::ClientCodec;
 use herald_socketio::codec::{event_head, split_packets, SOCKET_IO};
 

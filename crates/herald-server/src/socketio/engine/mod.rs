@@ -349,8 +349,7 @@ async fn open_websocket(open: Box<WsOpen>) -> Option<Box<EioStart>> {
         sid,
         start,
     } = *open;
-    let socket =
-        websocket::take_socket(on_upgrade, deadline, config.max_payload, deflate).await?;
+    let socket = websocket::take_socket(on_upgrade, deadline, config.max_payload, deflate).await?;
     let packet = websocket::text_frame(&config.handshake(&sid, Vec::new()));
     let written = tokio::time::timeout_at(deadline, socket.write_all(&packet)).await;
     if !matches!(written, Ok(Ok(()))) {
