@@ -403,4 +403,48 @@ mod tests {
         assert!(Writes::none().is_empty());
         Writes::none().run();
     }
+
+    #[test]
+    fn each_slot_and_window_is_compressed_once() {
+        use super::Publication;
+        use crate::{RoomKey, RoomName, Tenant};
+        use herald_protocol::StreamPosition;
+        let room = RoomKey::new(
+            Tenant::default_tenant(),
+            RoomName::parse("r").expect("room"),
+        );
+        let p = Publication {
+            room,
+            position: StreamPosition::new("e", 1),
+            event: "e".into(),
+            data: serde_json::value::to_raw_value(&1).expect("raw"),
+            ts: 0,
+            event_id: "id".into(),
+            from: None,
+            exclude_connection: None,
+            accepted_at: None,
+            trace: None,
+            encoded: Default::default(),
+        };
+        let runs = AtomicUsize::new(0);
+        let runs = &runs;
+        let z = |tag: &'static [u8]| {
+            move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+                bytes::Bytes::from_static(tag)
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(p.deflated(0, 15, z(b"a")), &b"a"[..]);
+            assert_eq!(p.deflated(1, 15, z(b"b")), &b"b"[..]);
+            assert_eq!(p.deflated(0, 10, z(b"c")), &b"c"[..]);
+            assert_eq!(p.deflated(1, 9, z(b"d")), &b"d"[..]);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 4, "once per (slot, window)");
+        assert_eq!(
+            p.deflated(0, 15, z(b"x")),
+            &b"a"[..],
+            "the first answer stays"
+        );
+    }
 }
