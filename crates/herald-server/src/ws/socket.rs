@@ -289,12 +289,13 @@ impl SocketWriter for WsWriter {
         // Compressed payloads of this batch, in item order (no allocation
         // unless one is); `zipped[i]` marks the items that use one.
         let mut compressed: Vec<Bytes> = Vec::new();
-        let mut zipped = [false; WRITE_BATCH];
+        let mut zipped;
         while done < items.len() {
             let batch = &items[done..items.len().min(done + WRITE_BATCH)];
             let mut heads = [[0u8; MAX_HEADER]; WRITE_BATCH];
             let mut head_lens = [0usize; WRITE_BATCH];
             compressed.clear();
+            zipped = [false; WRITE_BATCH];
             for (i, item) in batch.iter().enumerate() {
                 if let Outbound::Frame {
                     bytes, publication, ..
