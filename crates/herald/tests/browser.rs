@@ -366,7 +366,15 @@ async fn chromium_websocket_negotiates_permessage_deflate() {
     let got: Vec<Value> = serde_json::from_str(got.as_str().expect("JSON text")).expect("JSON");
     let want: Vec<Value> = (0..3).map(|n| json!({"n": n, "text": text})).collect();
     assert_eq!(got, want);
-    let sent = node.metric_sum("herald_ws_compressed_frames_total").await;
+    // Counted once each write returned, maybe just after the page read it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let sent = loop {
+        let sent = node.metric_sum("herald_ws_compressed_frames_total").await;
+        if sent == Some(3.0) || std::time::Instant::now() > deadline {
+            break sent;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(sent, Some(3.0), "the node sent them compressed");
     page.close().await;
 }

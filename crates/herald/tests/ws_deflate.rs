@@ -94,6 +94,18 @@ async fn next_room_event(ws: &mut RawWs) -> (Value, bool) {
     }
 }
 
+/// The metric once it reads `want`, or its last value after a deadline.
+async fn wait_metric(node: &TestNode, name: &str, want: f64) -> Option<f64> {
+    let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+    loop {
+        let value = node.metric_sum(name).await;
+        if value == Some(want) || tokio::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn raw_join(ws: &mut RawWs, room: &str) {
     let join = json!({"type": "join_room", "id": 1, "room": room}).to_string();
     ws.send_frame(TEXT, join.as_bytes()).await.expect("write");
@@ -168,7 +180,9 @@ async fn one_fan_out_reaches_compressing_and_plain_recipients_alike() {
     }
     assert_eq!(plain_small["data"], small);
     // Compressed once for the event per window, sent to both recipients.
-    let frames = node.metric_sum("herald_ws_compressed_frames_total").await;
+    // Counted once the write returned, which may be just after the
+    // client read the bytes: waited for.
+    let frames = wait_metric(&node, "herald_ws_compressed_frames_total", 2.0).await;
     assert_eq!(frames, Some(2.0));
     let events = node.metric_sum("herald_ws_compressed_events_total").await;
     assert_eq!(events, Some(2.0), "one per (event, window): 15 and 9 bits");
