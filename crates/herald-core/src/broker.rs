@@ -89,8 +89,10 @@ pub struct Publication {
 /// stored event does not carry empty cells for codecs nobody uses.
 ///
 /// The permessage-deflate payloads (compressed once per event, shared by
-/// every recipient that negotiated the same window) live in the same
-/// lazily allocated part: a stored event nobody compressed is no bigger.
+/// every recipient that negotiated the same window) are allocated when
+/// the event is first compressed, behind one cell of that lazily allocated
+/// part: a stored event encoded for one codec and never compressed is no
+/// bigger.
 #[derive(Debug, Default)]
 pub struct EncodedFrames {
     first: OnceLock<bytes::Bytes>,
@@ -105,13 +107,22 @@ const SMALL_WINDOWS: usize = 6;
 #[derive(Debug, Default)]
 struct Rest {
     codecs: [OnceLock<bytes::Bytes>; CODEC_SLOTS - 1],
+    /// The compressed frames, allocated when the event is first
+    /// compressed: an event encoded for several codecs but never
+    /// compressed carries only this empty cell.
+    deflated: OnceLock<Box<Deflated>>,
+}
+
+/// An event's permessage-deflate payloads.
+#[derive(Debug, Default)]
+struct Deflated {
     /// Per codec slot: the frame deflated with a 15-bit window, what
     /// nearly every client negotiates.
-    deflated: [OnceLock<bytes::Bytes>; CODEC_SLOTS],
+    full: [OnceLock<bytes::Bytes>; CODEC_SLOTS],
     /// Frames deflated with a smaller window a client asked for
     /// (`server_max_window_bits` 9..=14), by slot and window: rare, so
     /// allocated only when one is first used.
-    deflated_small: OnceLock<Box<[OnceLock<bytes::Bytes>; SMALL_WINDOWS * CODEC_SLOTS]>>,
+    small: OnceLock<Box<[OnceLock<bytes::Bytes>; SMALL_WINDOWS * CODEC_SLOTS]>>,
 }
 
 impl EncodedFrames {
@@ -152,16 +163,16 @@ impl Publication {
         window_bits: u8,
         compress: impl FnOnce() -> bytes::Bytes,
     ) -> bytes::Bytes {
-        let rest = self.encoded.rest();
+        let deflated = self.encoded.rest().deflated.get_or_init(Box::default);
         if window_bits == 15 {
-            if let Some(cell) = rest.deflated.get(slot) {
+            if let Some(cell) = deflated.full.get(slot) {
                 return cell.get_or_init(compress).clone();
             }
             return compress();
         }
         let window = usize::from(window_bits.clamp(9, 14) - 9);
-        let cells = rest
-            .deflated_small
+        let cells = deflated
+            .small
             .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
         match cells.get(slot * SMALL_WINDOWS + window) {
             Some(cell) if slot < CODEC_SLOTS => cell.get_or_init(compress).clone(),
