@@ -104,18 +104,54 @@ pub struct Publication {
 /// clone of [`bytes::Bytes`]. The first codec's (Herald JSON's) cell is
 /// inline; the others' are allocated when one is first used, so every
 /// stored event does not carry empty cells for codecs nobody uses.
+///
+/// The permessage-deflate payloads (compressed once per event, shared by
+/// every recipient that negotiated the same window) are allocated when
+/// the event is first compressed, behind one cell of that lazily allocated
+/// part: a stored event encoded for one codec and never compressed is no
+/// bigger.
 #[derive(Debug, Default)]
 pub struct EncodedFrames {
     first: OnceLock<bytes::Bytes>,
-    rest: OnceLock<Box<[OnceLock<bytes::Bytes>; CODEC_SLOTS - 1]>>,
+    rest: OnceLock<Box<Rest>>,
+}
+
+/// Window sizes below 15 bits a client may ask for (9..=14).
+const SMALL_WINDOWS: usize = 6;
+
+/// What [`EncodedFrames`] allocates on first use of a codec other than the
+/// first, or of compression.
+#[derive(Debug, Default)]
+struct Rest {
+    codecs: [OnceLock<bytes::Bytes>; CODEC_SLOTS - 1],
+    /// The compressed frames, allocated when the event is first
+    /// compressed: an event encoded for several codecs but never
+    /// compressed carries only this empty cell.
+    deflated: OnceLock<Box<Deflated>>,
+}
+
+/// An event's permessage-deflate payloads.
+#[derive(Debug, Default)]
+struct Deflated {
+    /// Per codec slot: the frame deflated with a 15-bit window, what
+    /// nearly every client negotiates.
+    full: [OnceLock<bytes::Bytes>; CODEC_SLOTS],
+    /// Frames deflated with a smaller window a client asked for
+    /// (`server_max_window_bits` 9..=14), by slot and window: rare, so
+    /// allocated only when one is first used.
+    small: OnceLock<Box<[OnceLock<bytes::Bytes>; SMALL_WINDOWS * CODEC_SLOTS]>>,
 }
 
 impl EncodedFrames {
     fn cell(&self, slot: usize) -> Option<&OnceLock<bytes::Bytes>> {
         match slot {
             0 => Some(&self.first),
-            n => self.rest.get_or_init(Box::default).get(n - 1),
+            n => self.rest().codecs.get(n - 1),
         }
+    }
+
+    fn rest(&self) -> &Rest {
+        self.rest.get_or_init(Box::default)
     }
 }
 
@@ -129,6 +165,35 @@ impl Publication {
                 Cow::Borrowed(cell.get_or_init(|| codec.encode_publication(&self.frame())))
             }
             None => Cow::Owned(codec.encode_publication(&self.frame())),
+        }
+    }
+
+    /// The permessage-deflate payload of this event's frame in the codec
+    /// at `slot`, for a raw-deflate window of `window_bits` (9..=15):
+    /// `compress` runs once per (slot, window) for the event and every
+    /// recipient shares its bytes. `compress` returns empty bytes when the
+    /// frame is better sent plain; that answer is kept too, so the same
+    /// recipient always gets the same bytes.
+    pub fn deflated(
+        &self,
+        slot: usize,
+        window_bits: u8,
+        compress: impl FnOnce() -> bytes::Bytes,
+    ) -> bytes::Bytes {
+        let deflated = self.encoded.rest().deflated.get_or_init(Box::default);
+        if window_bits == 15 {
+            if let Some(cell) = deflated.full.get(slot) {
+                return cell.get_or_init(compress).clone();
+            }
+            return compress();
+        }
+        let window = usize::from(window_bits.clamp(9, 14) - 9);
+        let cells = deflated
+            .small
+            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+        match cells.get(slot * SMALL_WINDOWS + window) {
+            Some(cell) if slot < CODEC_SLOTS => cell.get_or_init(compress).clone(),
+            _ => compress(),
         }
     }
 
@@ -365,5 +430,49 @@ mod tests {
         );
         assert!(Writes::none().is_empty());
         Writes::none().run();
+    }
+
+    #[test]
+    fn each_slot_and_window_is_compressed_once() {
+        use super::Publication;
+        use crate::{RoomKey, RoomName, Tenant};
+        use herald_protocol::StreamPosition;
+        let room = RoomKey::new(
+            Tenant::default_tenant(),
+            RoomName::parse("r").expect("room"),
+        );
+        let p = Publication {
+            room,
+            position: StreamPosition::new("e", 1),
+            event: "e".into(),
+            data: serde_json::value::to_raw_value(&1).expect("raw"),
+            ts: 0,
+            event_id: "id".into(),
+            from: None,
+            exclude_connection: None,
+            accepted_at: None,
+            trace: None,
+            encoded: Default::default(),
+        };
+        let runs = AtomicUsize::new(0);
+        let runs = &runs;
+        let z = |tag: &'static [u8]| {
+            move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+                bytes::Bytes::from_static(tag)
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(p.deflated(0, 15, z(b"a")), &b"a"[..]);
+            assert_eq!(p.deflated(1, 15, z(b"b")), &b"b"[..]);
+            assert_eq!(p.deflated(0, 10, z(b"c")), &b"c"[..]);
+            assert_eq!(p.deflated(1, 9, z(b"d")), &b"d"[..]);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 4, "once per (slot, window)");
+        assert_eq!(
+            p.deflated(0, 15, z(b"x")),
+            &b"a"[..],
+            "the first answer stays"
+        );
     }
 }

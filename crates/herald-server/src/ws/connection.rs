@@ -40,6 +40,8 @@ pub(super) struct Start {
     pub(super) pending: Option<PendingSlot>,
     /// The encoding the upgrade negotiated (`Sec-WebSocket-Protocol`).
     pub(super) codec: &'static dyn herald_protocol::ClientCodec,
+    /// What permessage-deflate negotiated in the upgrade, if it was.
+    pub(super) deflate: Option<super::deflate::Deflate>,
 }
 
 /// One WebSocket connection, start to end. Only the socket, the session
@@ -66,6 +68,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         credential,
         pending,
         codec,
+        deflate,
     } = *start;
     // One deadline for the whole unauthenticated phase: the upgrade, every
     // read and write, and the token's verification.
@@ -91,6 +94,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         parts.io.into_inner().into_conn(),
         &parts.read_buf,
         first_max,
+        deflate,
     );
     let (Verified { identity, rooms }, reply_to) = match verified {
         Some(v) => (v, None),
@@ -100,7 +104,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
     socket.set_max_message(max);
     let binary = pre.codec().binary();
     let options = OpenOptions {
-        writer: Some(socket.writer(binary)),
+        writer: Some(socket.writer(binary, pre.codec().slot())),
         rooms,
         ..OpenOptions::default()
     };

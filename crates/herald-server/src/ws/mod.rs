@@ -11,6 +11,7 @@
 //! tungstenite still parses and formats frame headers.
 
 mod connection;
+pub(crate) mod deflate;
 pub(crate) mod frames;
 pub(crate) mod socket;
 mod subprotocol;
@@ -140,6 +141,7 @@ pub(crate) async fn upgrade(
         .into_response();
     }
     let negotiated = subprotocol::negotiate(&headers);
+    let deflate = deflate::negotiate(&headers, &app.compression);
     let tasks = app.node.tasks().clone();
     let start = Box::new(connection::Start {
         app,
@@ -148,6 +150,7 @@ pub(crate) async fn upgrade(
         credential,
         pending,
         codec: negotiated.codec,
+        deflate: deflate.as_ref().map(|(d, _)| *d),
     });
     tasks.spawn(connection::run(start, slot));
     let mut response = (
@@ -163,6 +166,11 @@ pub(crate) async fn upgrade(
         response
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, answer);
+    }
+    if let Some((_, answer)) = deflate {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
     }
     response
 }
