@@ -452,6 +452,9 @@ mod tests {
             exclude_connection: None,
             accepted_at: None,
             trace: None,
+            critical: false,
+            conflation_key: None,
+            policy: Default::default(),
             encoded: Default::default(),
         };
         let runs = AtomicUsize::new(0);
