@@ -187,6 +187,12 @@ pub fn incoming(text: &str) -> Incoming {
     Incoming::Event(stamp)
 }
 
+/// The second element (`data`) of a `42[...]` event frame.
+pub fn event_data(text: &str) -> Option<&str> {
+    let args = serde_json::from_str::<Vec<&RawValue>>(text.strip_prefix("42")?).ok()?;
+    args.get(1).map(|d| d.get())
+}
+
 /// `POST /publish {room, event, data}` to Node's peer server.
 pub fn publish_request(
     http: &reqwest::Client,
