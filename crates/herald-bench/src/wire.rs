@@ -393,3 +393,136 @@ impl AsyncWrite for WireStream {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{Compress, Compression, FlushCompress};
+
+    /// A message compressed as a permessage-deflate sender does: sync
+    /// flush, the `00 00 ff ff` tail removed (RFC 7692 7.2.1).
+    fn deflate(z: &mut Compress, msg: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(msg.len() + 64);
+        z.compress_vec(msg, &mut out, FlushCompress::Sync)
+            .expect("in memory");
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        write_frame(&mut f, 0, payload);
+        f[0] = b0;
+        f
+    }
+
+    async fn stream(offer: bool) -> (WireStream, Arc<WireStats>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let stats = Arc::new(WireStats::default());
+        (WireStream::new(c, stats.clone(), offer), stats)
+    }
+
+    const HEAD: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n";
+
+    #[test]
+    fn answers() {
+        let a = |s: &str| parse_answer(&format!("HTTP/1.1 101 x\r\n{s}\r\n\r\n"));
+        assert_eq!(a("Upgrade: websocket"), Ok(None));
+        assert_eq!(
+            a("sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_max_window_bits=15"),
+            Ok(Some(Agreed { no_context_takeover: true }))
+        );
+        assert_eq!(
+            a("Sec-WebSocket-Extensions: permessage-deflate"),
+            Ok(Some(Agreed { no_context_takeover: false }))
+        );
+        assert!(a("Sec-WebSocket-Extensions: x-webkit-deflate-frame").is_err());
+        assert!(a("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=20").is_err());
+        assert!(a("Sec-WebSocket-Extensions: permessage-deflate; mystery").is_err());
+    }
+
+    #[tokio::test]
+    async fn inflates_each_message_alone_and_passes_the_rest() {
+        let (mut w, stats) = stream(true).await;
+        let one = br#"{"type":"event","data":{"text":"hello hello hello hello"}}"#;
+        let two = br#"{"type":"event","data":{"text":"again, and again, and again"}}"#;
+        let z1 = deflate(&mut Compress::new(Compression::default(), false), one);
+        let z2 = deflate(&mut Compress::new(Compression::default(), false), two);
+        let mut wire = HEAD.as_bytes().to_vec();
+        wire.extend(frame(0xC1, &z1)); // FIN|RSV1|text
+        // Fragmented compressed message with a ping between its frames.
+        let (a, b) = z2.split_at(z2.len() / 2);
+        wire.extend(frame(0x41, a)); // RSV1|text, not FIN
+        wire.extend(frame(0x89, b"p")); // ping
+        wire.extend(frame(0x80, b)); // FIN continuation
+        wire.extend(frame(0x81, b"plain")); // uncompressed text
+        // Fed in small pieces, as reads may split anything.
+        for piece in wire.chunks(7) {
+            w.raw.extend_from_slice(piece);
+            w.process().expect("valid stream");
+        }
+        let mut want = HEAD.as_bytes().to_vec();
+        want.extend(frame(0x81, one));
+        want.extend(frame(0x89, b"p"));
+        want.extend(frame(0x81, two));
+        want.extend(frame(0x81, b"plain"));
+        assert_eq!(w.out, want);
+        assert_eq!(stats.negotiated.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.context_takeover.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.inflated.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn keeps_the_window_under_context_takeover() {
+        let (mut w, stats) = stream(true).await;
+        let mut z = Compress::new(Compression::default(), false);
+        let msg = br#"{"type":"event","data":{"tool":"web_search","output":"the same words"}}"#;
+        let mut wire = b"HTTP/1.1 101 OK\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n".to_vec();
+        let first = deflate(&mut z, msg);
+        let second = deflate(&mut z, msg);
+        // The second refers back to the first: it only inflates with its window.
+        assert!(second.len() < first.len() / 2);
+        wire.extend(frame(0xC1, &first));
+        wire.extend(frame(0xC1, &second));
+        w.raw.extend_from_slice(&wire);
+        w.process().expect("valid stream");
+        let head_len = wire.len() - frame(0xC1, &first).len() - frame(0xC1, &second).len();
+        let mut want = wire[..head_len].to_vec();
+        want.extend(frame(0x81, msg));
+        want.extend(frame(0x81, msg));
+        assert_eq!(w.out, want);
+        assert_eq!(stats.context_takeover.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn refusals_and_bad_frames() {
+        // Offer refused: everything after the head passes untouched.
+        let (mut w, stats) = stream(true).await;
+        w.raw.extend_from_slice(b"HTTP/1.1 101 OK\r\n\r\n\x81\x02hi");
+        w.process().expect("plain");
+        assert!(w.out.ends_with(b"\x81\x02hi"));
+        assert!(matches!(w.mode, Mode::Plain));
+        assert_eq!(stats.negotiated.load(Ordering::Relaxed), 0);
+        // Garbage where a compressed message should be is an error, not a panic.
+        let (mut w, _) = stream(true).await;
+        w.raw.extend_from_slice(HEAD.as_bytes());
+        w.raw.extend(frame(0xC1, &[0xff, 0xff, 0xff, 0xff, 0xff]));
+        assert!(w.process().is_err());
+        // Masked server frames and stray continuations are refused.
+        let (mut w, _) = stream(true).await;
+        w.raw.extend_from_slice(HEAD.as_bytes());
+        w.raw.extend_from_slice(&[0x81, 0x81, 1, 2, 3, 4, b'x']);
+        assert!(w.process().is_err());
+        let (mut w, _) = stream(true).await;
+        w.raw.extend_from_slice(HEAD.as_bytes());
+        w.raw.extend(frame(0x80, b"x"));
+        assert!(w.process().is_err());
+    }
+}
