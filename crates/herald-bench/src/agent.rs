@@ -31,6 +31,25 @@ Next I will open the pull request, link the issue, and ask for a review from \
 the team that owns the parser; the change is small but touches the wire \
 format, so it needs a second pair of eyes before it ships. ";
 
+/// Words the prose part of outputs is drawn from, so that no two outputs
+/// repeat each other whole (a 32 KiB deflate window would otherwise hold
+/// every output ever sent, which real outputs are not).
+const WORDS: [&str; 128] = [
+    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be",
+    "by", "this", "are", "from", "or", "have", "an", "they", "which", "one", "you", "were",
+    "all", "we", "when", "there", "can", "more", "if", "no", "out", "so", "said", "what", "up",
+    "its", "about", "into", "than", "them", "only", "other", "new", "some", "could", "time",
+    "these", "two", "may", "then", "first", "any", "like", "now", "such", "our", "over", "also",
+    "after", "where", "most", "through", "before", "because", "each", "same", "between",
+    "request", "response", "customer", "order", "refund", "invoice", "report", "summary",
+    "table", "query", "result", "results", "error", "warning", "build", "test", "tests",
+    "failed", "passed", "function", "module", "parser", "header", "buffer", "length", "value",
+    "values", "field", "record", "document", "documents", "source", "figure", "figures",
+    "revenue", "quarter", "region", "total", "number", "version", "release", "branch",
+    "review", "change", "changes", "issue", "ticket", "account", "payment", "provider",
+    "confirmed", "pending", "likely", "however", "next", "step", "plan",
+];
+
 const TOOLS: [(&str, &str); 6] = [
     ("web_search", r#"{"query":"quarterly revenue restatement","max_results":5}"#),
     ("read_file", r#"{"path":"src/parser/header.rs","start_line":1,"end_line":80}"#),
@@ -98,13 +117,51 @@ pub fn agent_data_at(seq: u64, t_us: u64, bytes: usize) -> String {
         iso8601(started_ms),
         r % 4000,
     );
-    // Fill to the size with corpus text from a start that moves per event.
+    // Fill to the size: a slice of the corpus (code, logs: what tools
+    // return, and what repeats between events) from a start that moves per
+    // event, then prose drawn word by word.
     let want = bytes.saturating_sub(s.len() + 4).max(200);
-    let text = corpus_slice((r >> 8) as usize, want);
+    let mut text = corpus_slice((r >> 8) as usize, want / 3);
+    prose(&mut text, mix(r), want);
     let escaped = serde_json::to_string(&text).unwrap_or_else(|_| "\"\"".into());
     s.push_str(&escaped);
     s.push_str("}}");
     s
+}
+
+/// Appends words drawn from [`WORDS`] (common ones more often) by a
+/// generator seeded with `seed` until `text` is `want` bytes long, as sentences.
+fn prose(text: &mut String, mut seed: u64, want: usize) {
+    let mut capital = true;
+    let mut n = 0u32;
+    text.push(' ');
+    while text.len() < want {
+        seed = mix(seed);
+        // The product of two uniform draws leans toward the list's start
+        // (the common words), as word frequencies in real text do.
+        let n_words = WORDS.len() as u64;
+        let w = WORDS[((seed % n_words) * ((seed >> 8) % n_words + 1) / n_words) as usize];
+        if capital {
+            let mut cs = w.chars();
+            if let Some(c) = cs.next() {
+                text.push(c.to_ascii_uppercase());
+                text.push_str(cs.as_str());
+            }
+            capital = false;
+        } else {
+            text.push_str(w);
+        }
+        n += 1;
+        if n % 11 == 0 || (seed >> 40) % 17 == 0 {
+            text.push_str(". ");
+            capital = true;
+        } else if (seed >> 32) % 9 == 0 {
+            text.push_str(", ");
+        } else {
+            text.push(' ');
+        }
+    }
+    text.truncate(want);
 }
 
 /// `want` characters of the corpus from `start`, wrapping around; shorter
@@ -188,6 +245,24 @@ mod tests {
         let ratio = d.len() as f64 / z.len() as f64;
         // Real JSON events compress about 1.5-3x alone; padding ~50x.
         assert!((1.3..4.0).contains(&ratio), "ratio {ratio}");
+    }
+
+    #[test]
+    fn successive_events_do_not_repeat_whole() {
+        use flate2::{Compress, Compression, FlushCompress};
+        // One deflate stream over 50 events (context takeover, as a
+        // per-connection compressor keeps it): the window helps, but the
+        // prose part still costs bytes.
+        let mut z = Compress::new(Compression::new(6), false);
+        let (mut raw, mut out) = (0, Vec::with_capacity(64 * 1024));
+        for seq in 1000..1050 {
+            let d = agent_data_at(seq, 1_796_000_000_000_000, 1024);
+            raw += d.len();
+            z.compress_vec(d.as_bytes(), &mut out, FlushCompress::Sync)
+                .expect("in memory");
+        }
+        let ratio = raw as f64 / out.len() as f64;
+        assert!(ratio < 6.0, "ratio {ratio}");
     }
 
     #[test]
