@@ -34,6 +34,7 @@ format, so it needs a second pair of eyes before it ships. ";
 /// Words the prose part of outputs is drawn from, so that no two outputs
 /// repeat each other whole (a 32 KiB deflate window would otherwise hold
 /// every output ever sent, which real outputs are not).
+#[rustfmt::skip]
 const WORDS: [&str; 128] = [
     "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be",
     "by", "this", "are", "from", "or", "have", "an", "they", "which", "one", "you", "were",
@@ -51,12 +52,30 @@ const WORDS: [&str; 128] = [
 ];
 
 const TOOLS: [(&str, &str); 6] = [
-    ("web_search", r#"{"query":"quarterly revenue restatement","max_results":5}"#),
-    ("read_file", r#"{"path":"src/parser/header.rs","start_line":1,"end_line":80}"#),
-    ("run_tests", r#"{"package":"parser","filter":"header","timeout_s":120}"#),
-    ("sql_query", r#"{"database":"analytics","statement":"SELECT region, SUM(amount)"}"#),
-    ("send_email", r#"{"to":"customer@example.com","template":"refund_status"}"#),
-    ("create_pull_request", r#"{"repo":"acme/parser","base":"main","draft":false}"#),
+    (
+        "web_search",
+        r#"{"query":"quarterly revenue restatement","max_results":5}"#,
+    ),
+    (
+        "read_file",
+        r#"{"path":"src/parser/header.rs","start_line":1,"end_line":80}"#,
+    ),
+    (
+        "run_tests",
+        r#"{"package":"parser","filter":"header","timeout_s":120}"#,
+    ),
+    (
+        "sql_query",
+        r#"{"database":"analytics","statement":"SELECT region, SUM(amount)"}"#,
+    ),
+    (
+        "send_email",
+        r#"{"to":"customer@example.com","template":"refund_status"}"#,
+    ),
+    (
+        "create_pull_request",
+        r#"{"repo":"acme/parser","base":"main","draft":false}"#,
+    ),
 ];
 
 /// A SplitMix64 step: a deterministic spread of the sequence number.
@@ -152,10 +171,10 @@ fn prose(text: &mut String, mut seed: u64, want: usize) {
             text.push_str(w);
         }
         n += 1;
-        if n % 11 == 0 || (seed >> 40) % 17 == 0 {
+        if n.is_multiple_of(11) || (seed >> 40).is_multiple_of(17) {
             text.push_str(". ");
             capital = true;
-        } else if (seed >> 32) % 9 == 0 {
+        } else if (seed >> 32).is_multiple_of(9) {
             text.push_str(", ");
         } else {
             text.push(' ');
@@ -173,7 +192,11 @@ fn corpus_slice(start: usize, want: usize) -> String {
     let mut cost = 0;
     while cost < want {
         let c = bytes[i] as char; // the corpus is ASCII
-        cost += if c == '\n' || c == '"' || c == '\\' { 2 } else { 1 };
+        cost += if c == '\n' || c == '"' || c == '\\' {
+            2
+        } else {
+            1
+        };
         out.push(c);
         i = (i + 1) % bytes.len();
     }
@@ -230,7 +253,10 @@ mod tests {
             assert_eq!(v["s"], seq);
             assert_eq!(d, agent_data_at(seq, 1_796_000_000_000_000, 1024));
         }
-        assert_ne!(agent_data_at(1, 5_000_000, 1024), agent_data_at(2, 5_000_000, 1024));
+        assert_ne!(
+            agent_data_at(1, 5_000_000, 1024),
+            agent_data_at(2, 5_000_000, 1024)
+        );
         assert!(!check(r#"{"t":1,"s":1,"p":"xxxx"}"#));
     }
 

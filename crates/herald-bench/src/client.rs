@@ -1,17 +1,17 @@
 //! Reaching the server: the loopback-only target, tokens minted locally,
 //! source addresses, and one WebSocket connection up to `authenticated`.
 
+use crate::wire::{WireStats, WireStream};
 use anyhow::{bail, Context, Result};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
-use crate::wire::{WireStats, WireStream};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -145,7 +145,7 @@ impl Ctx {
     /// agent-event check: one in eight, to spare the client's CPU (every
     /// event is still parsed as JSON for its stamp).
     pub fn check_agent(&self, n: u64) -> bool {
-        self.agent_check && n % 8 == 0
+        self.agent_check && n.is_multiple_of(8)
     }
 
     /// The same context offering permessage-deflate when `on`.

@@ -6,8 +6,8 @@
 //! server's pid, what the server spent (RSS, CPU time, descriptors from
 //! /proc). See docs/benchmarks.md.
 
-mod client;
 mod agent;
+mod client;
 mod conn;
 mod metrics;
 mod peers;
@@ -217,9 +217,11 @@ impl Common {
         let sources = self
             .sources
             .unwrap_or_else(|| client::default_sources(conns));
-        Ok(client::Ctx::new(target, &self.secret, sources, self.id_offset)
-            .with_peer(self.peer())
-            .with_deflate(self.deflate))
+        Ok(
+            client::Ctx::new(target, &self.secret, sources, self.id_offset)
+                .with_peer(self.peer())
+                .with_deflate(self.deflate),
+        )
     }
 
     /// The peer under test, or `None` for Herald.

@@ -3,9 +3,9 @@
 //! Each event's `s` is its room's sequence number (1, 2, … per room).
 
 use crate::client::stamped_data;
-use clap::ValueEnum;
 use crate::peers::Peer;
 use anyhow::{Context, Result};
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,9 +27,7 @@ impl PayloadKind {
     pub fn data(self, seq: u64, bytes: usize) -> String {
         match self {
             PayloadKind::Padded => stamped_data(seq, bytes),
-            PayloadKind::Agent => {
-                crate::agent::agent_data_at(seq, crate::metrics::now_us(), bytes)
-            }
+            PayloadKind::Agent => crate::agent::agent_data_at(seq, crate::metrics::now_us(), bytes),
         }
     }
 }

@@ -71,7 +71,9 @@ pub fn parse_answer(head: &str) -> Result<Option<Agreed>, String> {
             let mut parts = ext.split(';').map(str::trim);
             let ext_name = parts.next().unwrap_or_default();
             if !ext_name.eq_ignore_ascii_case("permessage-deflate") {
-                return Err(format!("server answered extension `{ext_name}`, not offered"));
+                return Err(format!(
+                    "server answered extension `{ext_name}`, not offered"
+                ));
             }
             if agreed.is_some() {
                 return Err("server answered permessage-deflate twice".into());
@@ -187,7 +189,11 @@ impl WireStream {
         Self {
             inner,
             stats,
-            mode: if offer_deflate { Mode::Head } else { Mode::Plain },
+            mode: if offer_deflate {
+                Mode::Head
+            } else {
+                Mode::Plain
+            },
             raw: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
@@ -294,7 +300,10 @@ fn frame_bounds(b: &[u8]) -> io::Result<Option<(usize, usize)>> {
         127 if b.len() >= 10 => {
             let mut n = [0u8; 8];
             n.copy_from_slice(&b[2..10]);
-            (10, usize::try_from(u64::from_be_bytes(n)).unwrap_or(usize::MAX))
+            (
+                10,
+                usize::try_from(u64::from_be_bytes(n)).unwrap_or(usize::MAX),
+            )
         }
         126 | 127 => return Ok(None),
         n => (2, n as usize),
@@ -364,7 +373,9 @@ impl AsyncRead for WireStream {
                 }
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
-            me.stats.bytes.fetch_add(got.len() as u64, Ordering::Relaxed);
+            me.stats
+                .bytes
+                .fetch_add(got.len() as u64, Ordering::Relaxed);
             me.raw.extend_from_slice(got);
             if matches!(me.mode, Mode::Plain) {
                 let rest = std::mem::take(&mut me.raw);
@@ -441,10 +452,14 @@ mod tests {
         );
         assert_eq!(
             a("Sec-WebSocket-Extensions: permessage-deflate"),
-            Ok(Some(Agreed { no_context_takeover: false }))
+            Ok(Some(Agreed {
+                no_context_takeover: false
+            }))
         );
         assert!(a("Sec-WebSocket-Extensions: x-webkit-deflate-frame").is_err());
-        assert!(a("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=20").is_err());
+        assert!(
+            a("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=20").is_err()
+        );
         assert!(a("Sec-WebSocket-Extensions: permessage-deflate; mystery").is_err());
     }
 
@@ -457,13 +472,13 @@ mod tests {
         let z2 = deflate(&mut Compress::new(Compression::default(), false), two);
         let mut wire = HEAD.as_bytes().to_vec();
         wire.extend(frame(0xC1, &z1)); // FIN|RSV1|text
-        // Fragmented compressed message with a ping between its frames.
+                                       // Fragmented compressed message with a ping between its frames.
         let (a, b) = z2.split_at(z2.len() / 2);
         wire.extend(frame(0x41, a)); // RSV1|text, not FIN
         wire.extend(frame(0x89, b"p")); // ping
         wire.extend(frame(0x80, b)); // FIN continuation
         wire.extend(frame(0x81, b"plain")); // uncompressed text
-        // Fed in small pieces, as reads may split anything.
+                                            // Fed in small pieces, as reads may split anything.
         for piece in wire.chunks(7) {
             w.raw.extend_from_slice(piece);
             w.process().expect("valid stream");
@@ -484,7 +499,8 @@ mod tests {
         let (mut w, stats) = stream(true).await;
         let mut z = Compress::new(Compression::default(), false);
         let msg = br#"{"type":"event","data":{"tool":"web_search","output":"the same words"}}"#;
-        let mut wire = b"HTTP/1.1 101 OK\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n".to_vec();
+        let mut wire =
+            b"HTTP/1.1 101 OK\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n".to_vec();
         let first = deflate(&mut z, msg);
         let second = deflate(&mut z, msg);
         // The second refers back to the first: it only inflates with its window.
@@ -505,7 +521,8 @@ mod tests {
     async fn refusals_and_bad_frames() {
         // Offer refused: everything after the head passes untouched.
         let (mut w, stats) = stream(true).await;
-        w.raw.extend_from_slice(b"HTTP/1.1 101 OK\r\n\r\n\x81\x02hi");
+        w.raw
+            .extend_from_slice(b"HTTP/1.1 101 OK\r\n\r\n\x81\x02hi");
         w.process().expect("plain");
         assert!(w.out.ends_with(b"\x81\x02hi"));
         assert!(matches!(w.mode, Mode::Plain));
