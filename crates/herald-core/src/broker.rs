@@ -11,7 +11,7 @@ use herald_protocol::{
 };
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How much of a room's stream to keep.
@@ -87,18 +87,40 @@ pub struct Publication {
 /// clone of [`bytes::Bytes`]. The first codec's (Herald JSON's) cell is
 /// inline; the others' are allocated when one is first used, so every
 /// stored event does not carry empty cells for codecs nobody uses.
+///
+/// The permessage-deflate payloads (compressed once per event, shared by
+/// every recipient that negotiated the same window) live in the same
+/// lazily allocated part: a stored event nobody compressed is no bigger.
 #[derive(Debug, Default)]
 pub struct EncodedFrames {
     first: OnceLock<bytes::Bytes>,
-    rest: OnceLock<Box<[OnceLock<bytes::Bytes>; CODEC_SLOTS - 1]>>,
+    rest: OnceLock<Box<Rest>>,
+}
+
+/// What [`EncodedFrames`] allocates on first use of a codec other than the
+/// first, or of compression.
+#[derive(Debug, Default)]
+struct Rest {
+    codecs: [OnceLock<bytes::Bytes>; CODEC_SLOTS - 1],
+    /// Per codec slot: the frame deflated with a 15-bit window, what
+    /// nearly every client negotiates.
+    deflated: [OnceLock<bytes::Bytes>; CODEC_SLOTS],
+    /// Frames deflated with a smaller window a client asked for
+    /// (`server_max_window_bits`), as (slot, window bits, bytes): rare,
+    /// so a list behind a lock, compressed under it (still once).
+    deflated_small: Mutex<Vec<(u8, u8, bytes::Bytes)>>,
 }
 
 impl EncodedFrames {
     fn cell(&self, slot: usize) -> Option<&OnceLock<bytes::Bytes>> {
         match slot {
             0 => Some(&self.first),
-            n => self.rest.get_or_init(Box::default).get(n - 1),
+            n => self.rest().codecs.get(n - 1),
         }
+    }
+
+    fn rest(&self) -> &Rest {
+        self.rest.get_or_init(Box::default)
     }
 }
 
@@ -113,6 +135,35 @@ impl Publication {
             }
             None => Cow::Owned(codec.encode_publication(&self.frame())),
         }
+    }
+
+    /// The permessage-deflate payload of this event's frame in the codec
+    /// at `slot`, for a raw-deflate window of `window_bits` (9..=15):
+    /// `compress` runs once per (slot, window) for the event and every
+    /// recipient shares its bytes. `compress` returns empty bytes when the
+    /// frame is better sent plain; that answer is kept too, so the same
+    /// recipient always gets the same bytes.
+    pub fn deflated(
+        &self,
+        slot: usize,
+        window_bits: u8,
+        compress: impl FnOnce() -> bytes::Bytes,
+    ) -> bytes::Bytes {
+        let rest = self.encoded.rest();
+        if window_bits == 15 {
+            if let Some(cell) = rest.deflated.get(slot) {
+                return cell.get_or_init(compress).clone();
+            }
+            return compress();
+        }
+        let key = (slot.min(usize::from(u8::MAX)) as u8, window_bits);
+        let mut small = rest.deflated_small.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, bytes)) = small.iter().find(|(s, w, _)| (*s, *w) == key) {
+            return bytes.clone();
+        }
+        let bytes = compress();
+        small.push((key.0, key.1, bytes.clone()));
+        bytes
     }
 
     /// The frame in Herald JSON ([`Self::encoded`] with that codec).

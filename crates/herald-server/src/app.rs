@@ -28,6 +28,8 @@ pub struct AppState {
     pub(crate) forward_headers: Arc<[String]>,
     /// `server.allowed_origins`.
     pub(crate) origins: Arc<OriginPolicy>,
+    /// `[compression]`: permessage-deflate on WebSockets.
+    pub(crate) compression: crate::config::CompressionConfig,
 }
 
 /// Every route of PROTOCOL.md 2.

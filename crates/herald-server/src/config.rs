@@ -5,6 +5,7 @@
 mod audit;
 mod auth;
 mod bridge;
+mod compression;
 // A build without bridges reads `[bridge]` into a table that refuses keys.
 #[cfg(not(feature = "bridge"))]
 use bridge as herald_bridge;
@@ -27,6 +28,7 @@ use std::time::Duration;
 pub use auth::{ApiKeyConfig, AuthConfig, Scope};
 use herald_core::duration;
 pub use herald_core::duration::parse as parse_duration;
+pub use compression::CompressionConfig;
 pub use metrics::MetricsConfig;
 pub use namespaces::NamespaceToml;
 pub use proxy::ProxyConfig;
@@ -63,6 +65,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[telemetry]`: OpenTelemetry tracing over OTLP/HTTP (off by default).
     pub telemetry: TelemetryConfig,
+    /// `[compression]`: permessage-deflate on WebSockets (off by default).
+    pub compression: CompressionConfig,
 }
 
 /// `[socketio]`: the Socket.IO v4 endpoint (docs/protocol.md 8).
@@ -356,6 +360,7 @@ impl Config {
             problems.extend(errors);
         }
         self.telemetry.validate(&mut problems);
+        self.compression.validate(&mut problems);
         let path = &self.socketio.path;
         if path.len() < 2
             || !path.starts_with('/')

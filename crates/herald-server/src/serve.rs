@@ -236,6 +236,7 @@ pub async fn serve_on_with(
         socketio: Arc::new(config.socketio.clone()),
         forward_headers: config.proxy.forward_header_names().into(),
         origins: Arc::new(origins),
+        compression: config.compression,
     };
     let local = listener
         .local_addr()

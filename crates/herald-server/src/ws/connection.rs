@@ -38,6 +38,8 @@ pub(super) struct Start {
     /// The place among unauthenticated sockets (`None` when the upgrade
     /// carried the token), given back once authenticated.
     pub(super) pending: Option<PendingSlot>,
+    /// What permessage-deflate negotiated in the upgrade, if it was.
+    pub(super) deflate: Option<super::deflate::Deflate>,
 }
 
 /// One WebSocket connection, start to end. Only the socket, the session
@@ -63,6 +65,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         verified,
         credential,
         pending,
+        deflate,
     } = *start;
     // One deadline for the whole unauthenticated phase: the upgrade, every
     // read and write, and the token's verification.
@@ -87,6 +90,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
         parts.io.into_inner().into_conn(),
         &parts.read_buf,
         first_max,
+        deflate,
     );
     let (Verified { identity, rooms }, reply_to) = match verified {
         Some(v) => (v, None),
@@ -96,7 +100,7 @@ async fn open(start: Box<Start>) -> Option<(WsSocket, Session)> {
     socket.set_max_message(max);
     let binary = pre.codec().binary();
     let options = OpenOptions {
-        writer: Some(socket.writer(binary)),
+        writer: Some(socket.writer(binary, pre.codec().slot())),
         rooms,
         ..OpenOptions::default()
     };

@@ -48,6 +48,8 @@ pub(crate) enum ReadError {
 #[derive(Debug)]
 struct Fragments {
     text: bool,
+    /// Its first frame had RSV1 (permessage-deflate): inflate when whole.
+    compressed: bool,
     data: Vec<u8>,
 }
 
@@ -58,8 +60,10 @@ pub(crate) struct FrameReader {
     partial: Vec<u8>,
     /// A fragmented message in progress.
     fragments: Option<Box<Fragments>>,
-    /// Largest frame, and largest message, accepted.
+    /// Largest frame, and largest message (inflated), accepted.
     max_message: usize,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    deflate: bool,
 }
 
 impl FrameReader {
@@ -69,7 +73,14 @@ impl FrameReader {
             partial: Vec::new(),
             fragments: None,
             max_message,
+            deflate: false,
         }
+    }
+
+    /// Accepts compressed messages (RSV1 on a message's first frame) from
+    /// now on: permessage-deflate was negotiated.
+    pub(crate) fn accept_deflate(&mut self) {
+        self.deflate = true;
     }
 
     /// Changes the largest frame and message accepted from now on (a
@@ -134,7 +145,10 @@ impl FrameReader {
         payload: &mut Vec<u8>,
         out: &mut Vec<Incoming>,
     ) -> Result<(), ReadError> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        // RSV1 marks a compressed message, on its first frame only, and
+        // only with permessage-deflate negotiated.
+        let first_data = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !(self.deflate && first_data)) {
             return Err(ReadError::Protocol(
                 "reserved bits set without an extension",
             ));
@@ -162,7 +176,8 @@ impl FrameReader {
                 fragments.data.extend_from_slice(payload);
                 if header.is_final {
                     if let Some(done) = self.fragments.take() {
-                        out.push(message(done.text, done.data)?);
+                        let data = self.inflated(done.compressed, done.data)?;
+                        out.push(message(done.text, data)?);
                     }
                 }
             }
@@ -175,16 +190,30 @@ impl FrameReader {
                 let text = data == Data::Text;
                 let payload = std::mem::take(payload);
                 if header.is_final {
+                    let payload = self.inflated(header.rsv1, payload)?;
                     out.push(message(text, payload)?);
                 } else {
                     self.fragments = Some(Box::new(Fragments {
                         text,
+                        compressed: header.rsv1,
                         data: payload,
                     }));
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl FrameReader {
+    /// A whole message's payload, inflated when it came compressed; the
+    /// size limit applies to the inflated bytes.
+    fn inflated(&self, compressed: bool, data: Vec<u8>) -> Result<Vec<u8>, ReadError> {
+        if compressed {
+            super::deflate::zip::inflate(&data, self.max_message)
+        } else {
+            Ok(data)
+        }
     }
 }
 
@@ -244,6 +273,14 @@ pub(crate) fn header(opcode: OpCode, len: usize, out: &mut [u8; MAX_HEADER]) -> 
 /// codec, else text.
 pub(crate) fn data_header(binary: bool, len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
     header(data_opcode(binary), len, out)
+}
+
+/// [`data_header`] for a permessage-deflate message: RSV1 set.
+pub(crate) fn compressed_header(binary: bool, len: usize, out: &mut [u8; MAX_HEADER]) -> usize {
+    let n = header(data_opcode(binary), len, out);
+    // RSV1 is bit 6 of the first byte (RFC 6455 5.2).
+    out[0] |= 0x40;
+    n
 }
 
 fn data_opcode(binary: bool) -> OpCode {

@@ -10,6 +10,7 @@
 //! tungstenite still parses and formats frame headers.
 
 mod connection;
+pub(crate) mod deflate;
 pub(crate) mod frames;
 pub(crate) mod socket;
 
@@ -137,6 +138,7 @@ pub(crate) async fn upgrade(
         )
         .into_response();
     }
+    let deflate = deflate::negotiate(&headers, &app.compression);
     let tasks = app.node.tasks().clone();
     let start = Box::new(connection::Start {
         app,
@@ -144,9 +146,10 @@ pub(crate) async fn upgrade(
         verified,
         credential,
         pending,
+        deflate: deflate.as_ref().map(|(d, _)| *d),
     });
     tasks.spawn(connection::run(start, slot));
-    (
+    let mut response = (
         StatusCode::SWITCHING_PROTOCOLS,
         [
             (header::UPGRADE, HeaderValue::from_static("websocket")),
@@ -154,5 +157,11 @@ pub(crate) async fn upgrade(
             (header::SEC_WEBSOCKET_ACCEPT, ws.accept),
         ],
     )
-        .into_response()
+        .into_response();
+    if let Some((_, answer)) = deflate {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
+    }
+    response
 }

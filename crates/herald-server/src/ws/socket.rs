@@ -11,8 +11,11 @@
 //! waits for the socket and the next write flushes it (see
 //! [`WsWriter::write_now`]).
 
+use super::deflate::{zip, Deflate};
 use super::frames::{self, FrameReader, Incoming, ReadError, MAX_HEADER};
+use bytes::Bytes;
 use crate::http::Conn;
+use herald_core::Publication;
 use herald_node::{Outbound, SocketWriter};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -46,6 +49,8 @@ pub(crate) struct WsSocket {
     /// A framing error found behind frames still to handle (or in the
     /// bytes hyper read past the upgrade request), reported at the next read.
     deferred_error: Option<ReadError>,
+    /// What permessage-deflate negotiated, if it was.
+    deflate: Option<Deflate>,
 }
 
 /// How reading ended this time.
@@ -69,12 +74,23 @@ pub(crate) enum ReadFailure {
 impl WsSocket {
     /// A socket whose first bytes (read by hyper past the upgrade request)
     /// are `early`; frames over `max_message` bytes are refused.
-    pub(crate) fn new(stream: Conn, early: &[u8], max_message: usize) -> Self {
+    /// `deflate` is what permessage-deflate negotiated in the upgrade.
+    pub(crate) fn new(
+        stream: Conn,
+        early: &[u8],
+        max_message: usize,
+        deflate: Option<Deflate>,
+    ) -> Self {
+        let mut reader = FrameReader::new(max_message);
+        if deflate.is_some() {
+            reader.accept_deflate();
+        }
         let mut socket = Self {
             stream: Arc::new(stream),
-            reader: FrameReader::new(max_message),
+            reader,
             incoming: VecDeque::new(),
             deferred_error: None,
+            deflate,
         };
         let mut frames = Vec::new();
         socket.deferred_error = socket.reader.feed(early, &mut frames).err();
@@ -89,12 +105,22 @@ impl WsSocket {
     }
 
     /// A writer for this socket's send queue; `binary` sends frames as
-    /// binary messages (a binary codec's), else as text.
-    pub(crate) fn writer(&self, binary: bool) -> Arc<dyn SocketWriter> {
+    /// binary messages (a binary codec's), else as text; `slot` is the
+    /// codec's (whose frames a compressed event caches).
+    pub(crate) fn writer(&self, binary: bool, slot: usize) -> Arc<dyn SocketWriter> {
         Arc::new(WsWriter {
             stream: self.stream.clone(),
             binary,
+            deflate: self.deflate.map(|deflate| WriterDeflate {
+                deflate,
+                slot: slot.min(usize::from(u8::MAX)) as u8,
+            }),
         })
+    }
+
+    /// What permessage-deflate negotiated, if it was.
+    pub(crate) fn deflate(&self) -> Option<Deflate> {
+        self.deflate
     }
 
     /// The next frame already read, if any.
@@ -226,6 +252,31 @@ pub(crate) struct WsWriter {
     stream: Arc<Conn>,
     /// Frames go out as binary messages (a binary codec's), else as text.
     binary: bool,
+    /// permessage-deflate, when negotiated: room events of at least
+    /// `min_bytes` go out as their publication's shared compressed bytes.
+    deflate: Option<WriterDeflate>,
+}
+
+/// A writer's compression: the negotiated settings and its codec's slot.
+#[derive(Debug, Clone, Copy)]
+struct WriterDeflate {
+    deflate: Deflate,
+    slot: u8,
+}
+
+impl WriterDeflate {
+    /// The compressed payload for a frame, if it goes out compressed:
+    /// always the same answer for the same item (cached on the event).
+    fn payload(&self, bytes: &Bytes, publication: Option<&Arc<Publication>>) -> Option<Bytes> {
+        let p = publication?;
+        if bytes.len() < self.deflate.min_bytes as usize {
+            return None;
+        }
+        let z = p.deflated(usize::from(self.slot), self.deflate.window_bits, || {
+            zip::compress(bytes, self.deflate)
+        });
+        (!z.is_empty()).then_some(z)
+    }
 }
 
 impl SocketWriter for WsWriter {
@@ -235,21 +286,47 @@ impl SocketWriter for WsWriter {
             return Ok(0);
         }
         let mut done = 0;
+        // Compressed payloads of this batch, in item order (no allocation
+        // unless one is); `zipped[i]` marks the items that use one.
+        let mut compressed: Vec<Bytes> = Vec::new();
+        let mut zipped = [false; WRITE_BATCH];
         while done < items.len() {
             let batch = &items[done..items.len().min(done + WRITE_BATCH)];
             let mut heads = [[0u8; MAX_HEADER]; WRITE_BATCH];
             let mut head_lens = [0usize; WRITE_BATCH];
+            compressed.clear();
             for (i, item) in batch.iter().enumerate() {
-                if let Outbound::Frame { bytes, .. } = item {
-                    head_lens[i] = frames::data_header(self.binary, bytes.len(), &mut heads[i]);
+                if let Outbound::Frame {
+                    bytes, publication, ..
+                } = item
+                {
+                    let z = self
+                        .deflate
+                        .and_then(|d| d.payload(bytes, publication.as_ref()));
+                    zipped[i] = z.is_some();
+                    head_lens[i] = match z {
+                        Some(z) => {
+                            let n = frames::compressed_header(self.binary, z.len(), &mut heads[i]);
+                            compressed.push(z);
+                            n
+                        }
+                        None => frames::data_header(self.binary, bytes.len(), &mut heads[i]),
+                    };
                 }
             }
+            let mut next_zipped = compressed.iter();
             let mut slices = [IoSlice::new(&[]); 2 * WRITE_BATCH];
             let mut lens = [0usize; WRITE_BATCH];
             let mut count = 0;
             for (i, item) in batch.iter().enumerate() {
                 let (head, body): (&[u8], &[u8]) = match item {
-                    Outbound::Frame { bytes, .. } => (&heads[i][..head_lens[i]], bytes),
+                    Outbound::Frame { bytes, .. } => {
+                        let body = match zipped[i].then(|| next_zipped.next()).flatten() {
+                            Some(z) => z,
+                            None => bytes,
+                        };
+                        (&heads[i][..head_lens[i]], body)
+                    }
                     Outbound::Ping => (PING, &[]),
                     Outbound::Raw(bytes) => (&[], bytes),
                 };
@@ -282,34 +359,50 @@ impl SocketWriter for WsWriter {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            for len in &lens[..batch.len()] {
+            let mut sent_zipped = 0;
+            for (i, len) in lens[..batch.len()].iter().enumerate() {
                 if written < *len {
                     // The socket took part of this item: it is full.
                     *offset += written;
+                    zip::count_frames(sent_zipped);
                     return Ok(done);
                 }
                 written -= len;
                 *offset = 0;
                 done += 1;
+                sent_zipped += u64::from(zipped[i]);
             }
+            zip::count_frames(sent_zipped);
         }
         if done > 0 && !self.stream.flush_now()? {
             // TLS: the last item's plaintext is in rustls, not all on the
             // wire. Unfinished at its full length, the queue waits for the
             // socket and calls again, which flushes it and counts it done.
             done -= 1;
-            *offset = wire_len(&items[done], self.binary);
+            *offset = self.wire_len(&items[done]);
         }
         Ok(done)
     }
 }
 
-/// The bytes `item` takes on the wire.
-fn wire_len(item: &Outbound, binary: bool) -> usize {
+impl WsWriter {
+    /// The bytes `item` takes on the wire.
+    fn wire_len(&self, item: &Outbound) -> usize {
+        wire_len(item, self.binary, self.deflate)
+    }
+}
+
+/// The bytes `item` takes on the wire (compressed as the writer sends it).
+fn wire_len(item: &Outbound, binary: bool, deflate: Option<WriterDeflate>) -> usize {
     match item {
-        Outbound::Frame { bytes, .. } => {
+        Outbound::Frame {
+            bytes, publication, ..
+        } => {
+            let len = deflate
+                .and_then(|d| d.payload(bytes, publication.as_ref()))
+                .map_or(bytes.len(), |z| z.len());
             let mut head = [0u8; MAX_HEADER];
-            frames::data_header(binary, bytes.len(), &mut head) + bytes.len()
+            frames::data_header(binary, len, &mut head) + len
         }
         Outbound::Ping => PING.len(),
         Outbound::Raw(bytes) => bytes.len(),

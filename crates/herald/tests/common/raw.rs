@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 pub struct RawWs {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The server's handshake answer (status line and headers).
+    pub handshake: String,
 }
 
 /// One frame parsed from the server.
@@ -20,6 +22,8 @@ pub struct RawWs {
 pub struct RawFrame {
     pub opcode: u8,
     pub payload: Vec<u8>,
+    /// RSV1: a permessage-deflate message's payload is compressed.
+    pub rsv1: bool,
 }
 
 /// What reading a raw socket until the end produced.
@@ -51,14 +55,20 @@ impl RawWs {
     /// Like [`RawWs::connect`], with `early` bytes (frames) sent in the same
     /// write as the upgrade request, before its answer.
     pub async fn connect_with_early(addr: &str, path_and_query: &str, early: &[u8]) -> RawWs {
-        Self::connect_opts(addr, path_and_query, early, None).await
+        Self::connect_opts(addr, path_and_query, early, None, "").await
+    }
+
+    /// Like [`RawWs::connect`], with `headers` (`Name: value\r\n` lines)
+    /// added to the upgrade request.
+    pub async fn connect_with_headers(addr: &str, path_and_query: &str, headers: &str) -> RawWs {
+        Self::connect_opts(addr, path_and_query, &[], None, headers).await
     }
 
     /// Like [`RawWs::connect`], with the socket's receive buffer set to
     /// `rcvbuf` bytes before connecting: a small window makes the server's
     /// writes stop part-way as soon as the client stops reading.
     pub async fn connect_small_window(addr: &str, path_and_query: &str, rcvbuf: u32) -> RawWs {
-        Self::connect_opts(addr, path_and_query, &[], Some(rcvbuf)).await
+        Self::connect_opts(addr, path_and_query, &[], Some(rcvbuf), "").await
     }
 
     async fn connect_opts(
@@ -66,6 +76,7 @@ impl RawWs {
         path_and_query: &str,
         early: &[u8],
         rcvbuf: Option<u32>,
+        headers: &str,
     ) -> RawWs {
         let socket = tokio::net::TcpSocket::new_v4().expect("tcp socket");
         if let Some(size) = rcvbuf {
@@ -77,7 +88,7 @@ impl RawWs {
             .expect("tcp connect timed out")
             .expect("tcp connect");
         let req = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
         );
         let mut first = req.into_bytes();
         first.extend_from_slice(early);
@@ -102,7 +113,11 @@ impl RawWs {
             "raw upgrade refused: {head}"
         );
         buf.drain(..header_end);
-        RawWs { stream, buf }
+        RawWs {
+            stream,
+            buf,
+            handshake: head,
+        }
     }
 
     /// Writes one masked, final client frame.
@@ -148,6 +163,7 @@ impl RawWs {
             return None;
         }
         let opcode = b[0] & 0x0f;
+        let rsv1 = b[0] & 0x40 != 0;
         let masked = b[1] & 0x80 != 0;
         let mut len = (b[1] & 0x7f) as usize;
         let mut pos = 2;
@@ -186,7 +202,11 @@ impl RawWs {
             }
         }
         self.buf.drain(..pos + len);
-        Some(RawFrame { opcode, payload })
+        Some(RawFrame {
+            opcode,
+            payload,
+            rsv1,
+        })
     }
 
     /// Reads frames until a close frame, EOF, an error or `timeout`.

@@ -44,6 +44,7 @@ pub(super) async fn take_socket(
         parts.io.into_inner().into_conn(),
         &parts.read_buf,
         max_payload,
+        None,
     ))
 }
 

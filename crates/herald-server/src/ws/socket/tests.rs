@@ -79,6 +79,7 @@ async fn drive(
     let writer = WsWriter {
         stream: stream.clone(),
         binary: false,
+        deflate: None,
     };
     let start = position(items, done, offset);
     let mut out = Driven {
@@ -218,6 +219,7 @@ async fn long_batches_go_out_whole_and_in_order() {
         let writer = WsWriter {
             stream: stream.clone(),
             binary: false,
+            deflate: None,
         };
         let mut offset = 0;
         let done = writer.write_now(&items, &mut offset).expect("write");

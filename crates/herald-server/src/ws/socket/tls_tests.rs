@@ -84,6 +84,7 @@ async fn once_every_item_is_reported_done_every_byte_reaches_the_client_in_order
     let writer = WsWriter {
         stream: conn.clone(),
         binary: false,
+        deflate: None,
     };
     let (mut done, mut offset) = (0, 0);
     let mut received = Vec::new();
@@ -99,7 +100,7 @@ async fn once_every_item_is_reported_done_every_byte_reaches_the_client_in_order
         if done == items.len() {
             break;
         }
-        if offset == wire_len(&items[done], false) {
+        if offset == wire_len(&items[done], false, None) {
             held_whole += 1;
         }
         // Make room: take what has arrived (the socket holds 4 KiB).
