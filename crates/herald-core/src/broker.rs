@@ -157,7 +157,10 @@ impl Publication {
             return compress();
         }
         let key = (slot.min(usize::from(u8::MAX)) as u8, window_bits);
-        let mut small = rest.deflated_small.lock().unwrap_or_else(|e| e.into_inner());
+        let mut small = rest
+            .deflated_small
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some((_, _, bytes)) = small.iter().find(|(s, w, _)| (*s, *w) == key) {
             return bytes.clone();
         }

@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use auth::{ApiKeyConfig, AuthConfig, Scope};
+pub use compression::CompressionConfig;
 use herald_core::duration;
 pub use herald_core::duration::parse as parse_duration;
-pub use compression::CompressionConfig;
 pub use metrics::MetricsConfig;
 pub use namespaces::NamespaceToml;
 pub use proxy::ProxyConfig;

@@ -74,7 +74,11 @@ async fn next_event(ws: &mut RawWs) -> (Value, bool) {
         if f.opcode != TEXT {
             continue;
         }
-        let bytes = if f.rsv1 { inflate(&f.payload) } else { f.payload };
+        let bytes = if f.rsv1 {
+            inflate(&f.payload)
+        } else {
+            f.payload
+        };
         return (serde_json::from_slice(&bytes).expect("JSON"), f.rsv1);
     }
 }
@@ -148,7 +152,8 @@ async fn one_fan_out_reaches_compressing_and_plain_recipients_alike() {
     let big = json!({"text": "the quick brown fox jumps over the lazy dog ".repeat(40)});
     let small = json!({"n": 1});
     node.publish("project:deflate", "big", big.clone()).await;
-    node.publish("project:deflate", "small", small.clone()).await;
+    node.publish("project:deflate", "small", small.clone())
+        .await;
     let (plain_big, plain_zipped) = next_room_event(&mut plain).await;
     let (plain_small, _) = next_room_event(&mut plain).await;
     assert!(!plain_zipped, "a plain recipient never gets RSV1");
@@ -167,7 +172,9 @@ async fn one_fan_out_reaches_compressing_and_plain_recipients_alike() {
     assert_eq!(frames, Some(2.0));
     let events = node.metric_sum("herald_ws_compressed_events_total").await;
     assert_eq!(events, Some(2.0), "one per (event, window): 15 and 9 bits");
-    let negotiated = node.metric_sum("herald_ws_compression_negotiated_total").await;
+    let negotiated = node
+        .metric_sum("herald_ws_compression_negotiated_total")
+        .await;
     assert_eq!(negotiated, Some(2.0));
 }
 
@@ -215,7 +222,10 @@ async fn a_deflate_bomb_is_cut_at_the_message_limit() {
     bomb.extend(std::iter::repeat_n(b' ', 16 << 20));
     bomb.extend_from_slice(br#""}"#);
     let z = deflate(&bomb);
-    assert!(z.len() < 65536, "the compressed frame itself is within limits");
+    assert!(
+        z.len() < 65536,
+        "the compressed frame itself is within limits"
+    );
     ws.send_raw(&compressed_frame(true, TEXT, &z))
         .await
         .expect("write");

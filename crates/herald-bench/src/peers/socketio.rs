@@ -273,6 +273,16 @@ mod tests {
     }
 
     #[test]
+    fn event_data_is_the_second_element() {
+        let data = crate::agent::agent_data_at(8, 1_796_000_000_000_000, 1024);
+        let frame = format!(r#"42["bench",{data},{{"room":"r","offset":8}}]"#);
+        assert_eq!(event_data(&frame), Some(data.as_str()));
+        assert!(event_data(&frame).is_some_and(crate::agent::check));
+        assert_eq!(event_data(r#"42["bench"]"#), None);
+        assert_eq!(event_data("2"), None);
+    }
+
+    #[test]
     fn connect_and_join_packets() {
         assert_eq!(connect_packet("a.b\"c"), r#"40{"token":"a.b\"c"}"#);
         assert_eq!(

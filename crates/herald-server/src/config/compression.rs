@@ -37,7 +37,10 @@ impl CompressionConfig {
         if !(1..=9).contains(&self.level) {
             problems.push(invalid(
                 "compression.level",
-                format!("{} is not a zlib level: use 1 (fastest) to 9 (smallest)", self.level),
+                format!(
+                    "{} is not a zlib level: use 1 (fastest) to 9 (smallest)",
+                    self.level
+                ),
             ));
         }
         if self.min_bytes > u32::MAX as usize {
@@ -66,7 +69,9 @@ mod tests {
             .validate(&mut problems);
         }
         assert_eq!(problems.len(), 2);
-        assert!(problems.iter().all(|p| p.to_string().contains("compression.level")));
+        assert!(problems
+            .iter()
+            .all(|p| p.to_string().contains("compression.level")));
         assert!(!CompressionConfig::default().enabled, "off by default");
     }
 }

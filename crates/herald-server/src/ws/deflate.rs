@@ -48,8 +48,7 @@ pub(crate) fn negotiate(
         let Some(window_bits) = accept(offer) else {
             continue;
         };
-        let mut answer =
-            format!("{NAME}; server_no_context_takeover; client_no_context_takeover");
+        let mut answer = format!("{NAME}; server_no_context_takeover; client_no_context_takeover");
         if let Some(bits) = window_bits {
             answer.push_str(&format!("; server_max_window_bits={bits}"));
         }
@@ -125,8 +124,7 @@ fn unquote(v: &str) -> Option<&str> {
 
 /// A window-bits value: 8..=15, digits only, no leading zero.
 fn window_bits(v: &str) -> Option<u8> {
-    if v.is_empty() || v.len() > 2 || v.starts_with('0') || !v.bytes().all(|b| b.is_ascii_digit())
-    {
+    if v.is_empty() || v.len() > 2 || v.starts_with('0') || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let bits: u8 = v.parse().ok()?;

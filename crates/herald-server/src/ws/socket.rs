@@ -13,8 +13,8 @@
 
 use super::deflate::{zip, Deflate};
 use super::frames::{self, FrameReader, Incoming, ReadError, MAX_HEADER};
-use bytes::Bytes;
 use crate::http::Conn;
+use bytes::Bytes;
 use herald_core::Publication;
 use herald_node::{Outbound, SocketWriter};
 use std::collections::VecDeque;

@@ -167,10 +167,17 @@ mod tests {
 
     #[test]
     fn a_compressed_frame_inflates_to_itself() {
-        let frame = br#"{"type":"event","room":"r","data":{"text":"hello hello hello hello hello"}}"#
-            .repeat(20);
+        let frame =
+            br#"{"type":"event","room":"r","data":{"text":"hello hello hello hello hello"}}"#
+                .repeat(20);
         for window_bits in [9, 12, 15] {
-            let z = compress(&frame, Deflate { window_bits, ..DEFLATE });
+            let z = compress(
+                &frame,
+                Deflate {
+                    window_bits,
+                    ..DEFLATE
+                },
+            );
             assert!(!z.is_empty() && z.len() < frame.len());
             assert!(!z.ends_with(&TAIL), "the sync tail is removed");
             assert_eq!(inflate(&z, 1 << 20).expect("inflates"), frame);
@@ -185,6 +192,9 @@ mod tests {
         assert!(z.len() < 10_000);
         assert_eq!(inflate(&z, 64 << 10), Err(ReadError::TooBig));
         assert_eq!(inflate(&z, 4 << 20).expect("fits").len(), 4 << 20);
-        assert!(matches!(inflate(&[0xff; 16], 1024), Err(ReadError::Protocol(_))));
+        assert!(matches!(
+            inflate(&[0xff; 16], 1024),
+            Err(ReadError::Protocol(_))
+        ));
     }
 }
