@@ -11,7 +11,7 @@ use herald_protocol::{
 };
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How much of a room's stream to keep.
@@ -97,6 +97,9 @@ pub struct EncodedFrames {
     rest: OnceLock<Box<Rest>>,
 }
 
+/// Window sizes below 15 bits a client may ask for (9..=14).
+const SMALL_WINDOWS: usize = 6;
+
 /// What [`EncodedFrames`] allocates on first use of a codec other than the
 /// first, or of compression.
 #[derive(Debug, Default)]
@@ -106,9 +109,9 @@ struct Rest {
     /// nearly every client negotiates.
     deflated: [OnceLock<bytes::Bytes>; CODEC_SLOTS],
     /// Frames deflated with a smaller window a client asked for
-    /// (`server_max_window_bits`), as (slot, window bits, bytes): rare,
-    /// so a list behind a lock, compressed under it (still once).
-    deflated_small: Mutex<Vec<(u8, u8, bytes::Bytes)>>,
+    /// (`server_max_window_bits` 9..=14), by slot and window: rare, so
+    /// allocated only when one is first used.
+    deflated_small: OnceLock<Box<[OnceLock<bytes::Bytes>; SMALL_WINDOWS * CODEC_SLOTS]>>,
 }
 
 impl EncodedFrames {
@@ -156,17 +159,14 @@ impl Publication {
             }
             return compress();
         }
-        let key = (slot.min(usize::from(u8::MAX)) as u8, window_bits);
-        let mut small = rest
+        let window = usize::from(window_bits.clamp(9, 14) - 9);
+        let cells = rest
             .deflated_small
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some((_, _, bytes)) = small.iter().find(|(s, w, _)| (*s, *w) == key) {
-            return bytes.clone();
+            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+        match cells.get(slot * SMALL_WINDOWS + window) {
+            Some(cell) if slot < CODEC_SLOTS => cell.get_or_init(compress).clone(),
+            _ => compress(),
         }
-        let bytes = compress();
-        small.push((key.0, key.1, bytes.clone()));
-        bytes
     }
 
     /// The frame in Herald JSON ([`Self::encoded`] with that codec).
@@ -402,5 +402,49 @@ mod tests {
         );
         assert!(Writes::none().is_empty());
         Writes::none().run();
+    }
+
+    #[test]
+    fn each_slot_and_window_is_compressed_once() {
+        use super::Publication;
+        use crate::{RoomKey, RoomName, Tenant};
+        use herald_protocol::StreamPosition;
+        let room = RoomKey::new(
+            Tenant::default_tenant(),
+            RoomName::parse("r").expect("room"),
+        );
+        let p = Publication {
+            room,
+            position: StreamPosition::new("e", 1),
+            event: "e".into(),
+            data: serde_json::value::to_raw_value(&1).expect("raw"),
+            ts: 0,
+            event_id: "id".into(),
+            from: None,
+            exclude_connection: None,
+            accepted_at: None,
+            trace: None,
+            encoded: Default::default(),
+        };
+        let runs = AtomicUsize::new(0);
+        let runs = &runs;
+        let z = |tag: &'static [u8]| {
+            move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+                bytes::Bytes::from_static(tag)
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(p.deflated(0, 15, z(b"a")), &b"a"[..]);
+            assert_eq!(p.deflated(1, 15, z(b"b")), &b"b"[..]);
+            assert_eq!(p.deflated(0, 10, z(b"c")), &b"c"[..]);
+            assert_eq!(p.deflated(1, 9, z(b"d")), &b"d"[..]);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 4, "once per (slot, window)");
+        assert_eq!(
+            p.deflated(0, 15, z(b"x")),
+            &b"a"[..],
+            "the first answer stays"
+        );
     }
 }

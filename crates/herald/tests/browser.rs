@@ -303,3 +303,70 @@ async fn eventsource_in_headless_chromium_receives_and_resumes() {
     // Close the EventSource before the browser goes.
     let _ = page.eval("window.es.close(); true").await;
 }
+
+/// A page whose WebSocket joins `room` and records every frame, and the
+/// extensions it negotiated.
+fn ws_page_html(ws_url: &str, room: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>herald ws deflate</title></head>
+<body><script>
+window.frames_in = [];
+window.ext = null;
+const ws = new WebSocket({url});
+ws.onopen = () => {{ window.ext = ws.extensions; }};
+ws.onmessage = (m) => {{
+  const f = JSON.parse(m.data);
+  window.frames_in.push(f);
+  if (f.type === "authenticated") ws.send(JSON.stringify({{type: "join_room", id: 1, room: {room}}}));
+}};
+</script></body></html>"#,
+        url = cdp::js_str(ws_url),
+        room = cdp::js_str(room)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_websocket_negotiates_permessage_deflate() {
+    if cdp::skip_browser_tests("chromium_websocket_negotiates_permessage_deflate") {
+        return;
+    }
+    let config = format!("{FEED}\n[compression]\nenabled = true\nmin_bytes = 256\n");
+    let node = TestNode::start_process(&config).await;
+    let token = node.user_token("zipper");
+    let ws_url = format!("{}?token={token}", node.ws_url());
+    let page_port = serve_page(ws_page_html(&ws_url, "feed:z")).await;
+    let browser = Chromium::launch();
+    let mut page = browser
+        .new_page(&format!("http://127.0.0.1:{page_port}/index.html"))
+        .await;
+    let joined = "window.frames_in.some(f => f.type === 'room_joined')";
+    page.wait_for(joined, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("no room_joined: {e}; errors {:?}", page.errors()));
+    let ext = page.eval("window.ext").await.expect("ws.extensions");
+    assert!(
+        ext.as_str()
+            .is_some_and(|e| e.starts_with("permessage-deflate")),
+        "the browser's WebSocket negotiated deflate: {ext}"
+    );
+    let text = "sphinx of black quartz, judge my vow ".repeat(40);
+    for n in 0..3 {
+        node.publish("feed:z", "big", json!({"n": n, "text": text}))
+            .await;
+    }
+    let events = "window.frames_in.filter(f => f.type === 'event').length >= 3";
+    page.wait_for(events, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("no events: {e}; errors {:?}", page.errors()));
+    let got = page
+        .eval("JSON.stringify(window.frames_in.filter(f => f.type === 'event').map(f => f.data))")
+        .await
+        .expect("events");
+    let got: Vec<Value> = serde_json::from_str(got.as_str().expect("JSON text")).expect("JSON");
+    let want: Vec<Value> = (0..3).map(|n| json!({"n": n, "text": text})).collect();
+    assert_eq!(got, want);
+    let sent = node.metric_sum("herald_ws_compressed_frames_total").await;
+    assert_eq!(sent, Some(3.0), "the node sent them compressed");
+    page.close().await;
+}

@@ -5,9 +5,12 @@
 
 use super::engine::OutPacket;
 use crate::resume::Tracker;
+use crate::ws::deflate::{zip, Deflate};
 use bytes::Bytes;
+use herald_core::Publication;
 use herald_node::{metrics, Outbound};
-use herald_socketio::codec::{event_head, split_packets};
+use herald_protocol::ClientCodec;
+use herald_socketio::codec::{event_head, split_packets, SOCKET_IO};
 
 /// Turns queued items into packets, tracking the client's positions.
 #[derive(Debug)]
@@ -56,6 +59,38 @@ impl Outgoing {
     /// (again, with the same result, when called again for the same item);
     /// returns whether it was a ping. Counts nothing.
     pub(super) fn add(&mut self, item: &Outbound, out: &mut Vec<OutPacket>) -> bool {
+        self.add_with(item, out, None)
+    }
+
+    /// [`Self::add`] for a WebSocket that negotiated `deflate`: a room
+    /// event of at least `min_bytes` becomes one compressed packet, the
+    /// event's bytes deflated once for every recipient (cached on the
+    /// publication) and this connection's end of the packet (its recovery
+    /// token, or just the closing `]`) added as a stored deflate block
+    /// (see [`zip::stored_tail`]), so the token costs no compression.
+    pub(super) fn add_with(
+        &mut self,
+        item: &Outbound,
+        out: &mut Vec<OutPacket>,
+        deflate: Option<Deflate>,
+    ) -> bool {
+        if let (
+            Some(d),
+            Outbound::Frame {
+                bytes,
+                publication: Some(p),
+                change: None,
+            },
+        ) = (deflate, item)
+        {
+            // The token carries the positions after this event (as below;
+            // moving them again for the same event changes nothing).
+            self.tracker.on_publication(p);
+            if let Some(packet) = self.compressed(bytes, p, d) {
+                out.push(packet);
+                return false;
+            }
+        }
         match item {
             Outbound::Frame {
                 bytes,
@@ -79,6 +114,36 @@ impl Outgoing {
         }
     }
 
+    /// The compressed packet of a room event's frame, or `None` when it
+    /// goes plain (small, not one event packet, or no saving).
+    fn compressed(&self, bytes: &Bytes, p: &Publication, d: Deflate) -> Option<OutPacket> {
+        if bytes.len() < d.min_bytes as usize {
+            return None;
+        }
+        let mut packets = split_packets(bytes);
+        let packet = packets.next()?;
+        if packets.next().is_some() {
+            return None;
+        }
+        let head = event_head(&packet)?;
+        let z = p.deflated(SOCKET_IO.slot(), d.window_bits, || zip::compress(&head, d));
+        if z.is_empty() {
+            return None;
+        }
+        // The packet's end: the token after the tracker moved (as
+        // `packet` does below), or the bare `]`.
+        let tail = if self.recovery {
+            self.tracker.token_tail()
+        } else {
+            Bytes::from_static(b"]")
+        };
+        Some(OutPacket {
+            head: z,
+            tail: Some(zip::stored_tail(&tail)?),
+            compressed: true,
+        })
+    }
+
     /// One packet, with the token when it is an event and recovery is on:
     /// a tail of its own (one allocation, the text copied; a shared one
     /// would cost an allocation and atomic counts of its own to share).
@@ -89,19 +154,25 @@ impl Outgoing {
                 return OutPacket {
                     head,
                     tail: Some(tail),
+                    compressed: false,
                 };
             }
         }
         OutPacket {
             head: packet,
             tail: None,
+            compressed: false,
         }
     }
 }
 
 /// A packet sent as it is.
 pub(super) fn plain(head: Bytes) -> OutPacket {
-    OutPacket { head, tail: None }
+    OutPacket {
+        head,
+        tail: None,
+        compressed: false,
+    }
 }
 
 #[cfg(test)]

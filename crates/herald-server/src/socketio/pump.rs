@@ -284,8 +284,9 @@ async fn hand_over(
     if let Err(end) = send(socket, &[], conn).await {
         return Some(end);
     }
+    let deflate = socket.deflate();
     if let Some(stream) = socket.hand_over_writes() {
-        let w = Arc::new(SioWriter::new(stream, outgoing.clone()));
+        let w = Arc::new(SioWriter::new(stream, outgoing.clone(), deflate));
         conn.queue.attach(w.clone());
         *writer = Some(w);
     }

@@ -12,6 +12,7 @@
 use super::engine::{frame_len, write_packets, OutPacket};
 use super::outgoing::{plain, Outgoing};
 use crate::http::Conn;
+use crate::ws::deflate::{zip, Deflate};
 use bytes::Bytes;
 use herald_node::{Outbound, SocketWriter};
 use parking_lot::Mutex;
@@ -29,15 +30,23 @@ pub(super) struct SioWriter {
     /// The last write ended inside a frame: nothing else may be written to
     /// the socket until its rest is.
     mid_frame: AtomicBool,
+    /// permessage-deflate, when the socket negotiated it: room events go
+    /// out compressed (see [`Outgoing::add_with`]).
+    deflate: Option<Deflate>,
 }
 
 impl SioWriter {
     /// A writer of `stream`, tracking positions in `outgoing`.
-    pub(super) fn new(stream: Arc<Conn>, outgoing: Arc<Mutex<Outgoing>>) -> Self {
+    pub(super) fn new(
+        stream: Arc<Conn>,
+        outgoing: Arc<Mutex<Outgoing>>,
+        deflate: Option<Deflate>,
+    ) -> Self {
         Self {
             stream,
             outgoing,
             mid_frame: AtomicBool::new(false),
+            deflate,
         }
     }
 
@@ -63,13 +72,16 @@ impl SocketWriter for SioWriter {
                     // A partly written item is converted again: the same
                     // packets, the positions moved to the same place.
                     packets.clear();
-                    if outgoing.add(item, &mut packets) {
+                    if outgoing.add_with(item, &mut packets, self.deflate) {
                         packets.push(plain(Bytes::from_static(b"2")));
                     }
                     let total = packets.iter().map(frame_len).sum();
                     (write_packets(&self.stream, &packets, *offset)?, total)
                 }
             };
+            if *offset + written >= total && packets.iter().any(|p| p.compressed) {
+                zip::count_frames(1);
+            }
             if *offset + written < total {
                 *offset += written;
                 self.mid_frame.store(*offset > 0, Ordering::Release);

@@ -429,6 +429,8 @@ pub(crate) fn write_slices(stream: &Conn, slices: &[IoSlice<'_>]) -> io::Result<
 }
 
 #[cfg(test)]
+mod deflate_tests;
+#[cfg(test)]
 mod test_support;
 #[cfg(test)]
 mod tests;

@@ -286,7 +286,9 @@ async fn handshake(
         return polling::packets_response(open);
     };
     let accept = upgrade.accept.clone();
+    let deflate = crate::ws::deflate::negotiate(&parts.headers, &app.compression);
     let open = Box::new(WsOpen {
+        deflate: deflate.as_ref().map(|(d, _)| *d),
         on_upgrade: upgrade.on_upgrade,
         deadline: Instant::now() + app.node.limits().auth_timeout,
         config,
@@ -301,11 +303,13 @@ async fn handshake(
         },
     });
     tasks.spawn(websocket_session(open));
-    switching_protocols(accept)
+    switching_protocols(accept, deflate.map(|(_, answer)| answer))
 }
 
 /// What a WebSocket session starts from, boxed (see [`websocket_session`]).
 struct WsOpen {
+    /// What permessage-deflate negotiated, if it was.
+    deflate: Option<crate::ws::deflate::Deflate>,
     on_upgrade: hyper::upgrade::OnUpgrade,
     deadline: Instant,
     config: Config,
@@ -338,13 +342,14 @@ async fn websocket_session(open: Box<WsOpen>) {
 /// deadline.
 async fn open_websocket(open: Box<WsOpen>) -> Option<Box<EioStart>> {
     let WsOpen {
+        deflate,
         on_upgrade,
         deadline,
         config,
         sid,
         start,
     } = *open;
-    let socket = websocket::take_socket(on_upgrade, deadline, config.max_payload).await?;
+    let socket = websocket::take_socket(on_upgrade, deadline, config.max_payload, deflate).await?;
     let packet = websocket::text_frame(&config.handshake(&sid, Vec::new()));
     let written = tokio::time::timeout_at(deadline, socket.write_all(&packet)).await;
     if !matches!(written, Ok(Ok(()))) {
@@ -378,15 +383,20 @@ async fn probe(app: AppState, shared: Arc<PollShared>, request: Request) -> Resp
         Err(refusal) => return refusal.into_response(),
     };
     let cancel = app.node.cancellation();
-    app.node
-        .tasks()
-        .spawn(upgrade::probe(shared, upgrade.on_upgrade, cancel));
-    switching_protocols(upgrade.accept)
+    let deflate = crate::ws::deflate::negotiate(&parts.headers, &app.compression);
+    app.node.tasks().spawn(upgrade::probe(
+        shared,
+        upgrade.on_upgrade,
+        cancel,
+        deflate.as_ref().map(|(d, _)| *d),
+    ));
+    switching_protocols(upgrade.accept, deflate.map(|(_, answer)| answer))
 }
 
-/// The 101 answer to a WebSocket upgrade.
-fn switching_protocols(accept: HeaderValue) -> Response {
-    (
+/// The 101 answer to a WebSocket upgrade, with the permessage-deflate
+/// answer when it was negotiated.
+fn switching_protocols(accept: HeaderValue, extension: Option<HeaderValue>) -> Response {
+    let mut response = (
         StatusCode::SWITCHING_PROTOCOLS,
         [
             (header::UPGRADE, HeaderValue::from_static("websocket")),
@@ -394,7 +404,13 @@ fn switching_protocols(accept: HeaderValue) -> Response {
             (header::SEC_WEBSOCKET_ACCEPT, accept),
         ],
     )
-        .into_response()
+        .into_response();
+    if let Some(extension) = extension {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, extension);
+    }
+    response
 }
 
 /// Handed to the Socket.IO layer for each new Engine.IO session, once the
@@ -448,6 +464,9 @@ pub(crate) struct OutPacket {
     pub(crate) head: Bytes,
     /// The rest of the packet, if any.
     pub(crate) tail: Option<Bytes>,
+    /// `head` and `tail` are a permessage-deflate message (RSV1): only
+    /// ever made for a WebSocket that negotiated it.
+    pub(crate) compressed: bool,
 }
 
 /// The Engine.IO session is gone.

@@ -171,6 +171,15 @@ impl EioSocket {
         }
     }
 
+    /// What permessage-deflate negotiated, when the session is on a
+    /// WebSocket that negotiated it.
+    pub(crate) fn deflate(&self) -> Option<crate::ws::deflate::Deflate> {
+        match &self.link {
+            Link::WebSocket(link) => link.deflate(),
+            _ => None,
+        }
+    }
+
     /// Whether the writes are handed over.
     pub(crate) fn writes_handed_over(&self) -> bool {
         matches!(&self.link, Link::WebSocket(link) if link.handed_over())
@@ -197,6 +206,7 @@ impl EioSocket {
         self.send(&[OutPacket {
             head: Bytes::from_static(b"2"),
             tail: None,
+            compressed: false,
         }])
         .await
     }
@@ -229,6 +239,7 @@ impl EioSocket {
                 let close = [OutPacket {
                     head: Bytes::from_static(b"1"),
                     tail: None,
+                    compressed: false,
                 }];
                 for packets in [last, &close[..]] {
                     if packets.is_empty() {

@@ -27,11 +27,12 @@ pub(super) async fn probe(
     shared: Arc<PollShared>,
     on_upgrade: hyper::upgrade::OnUpgrade,
     cancel: CancellationToken,
+    deflate: Option<crate::ws::deflate::Deflate>,
 ) {
     let config = shared.config;
     let deadline = Instant::now() + config.ping_timeout;
     let Some(mut socket) =
-        super::websocket::take_socket(on_upgrade, deadline, config.max_payload).await
+        super::websocket::take_socket(on_upgrade, deadline, config.max_payload, deflate).await
     else {
         return;
     };

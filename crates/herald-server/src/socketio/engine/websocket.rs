@@ -5,6 +5,7 @@
 
 use super::{EioEvent, OutPacket};
 use crate::http::Conn;
+use crate::ws::deflate::Deflate;
 use crate::ws::frames::{self, Incoming, ReadError, MAX_HEADER};
 use crate::ws::socket::{write_slices, Read, ReadFailure, WsSocket};
 use bytes::Bytes;
@@ -31,6 +32,7 @@ pub(super) async fn take_socket(
     on_upgrade: OnUpgrade,
     deadline: Instant,
     max_payload: usize,
+    deflate: Option<Deflate>,
 ) -> Option<WsSocket> {
     let Ok(Ok(upgraded)) = timeout_at(deadline, on_upgrade).await else {
         return None;
@@ -44,7 +46,7 @@ pub(super) async fn take_socket(
         parts.io.into_inner().into_conn(),
         &parts.read_buf,
         max_payload,
-        None,
+        deflate,
     ))
 }
 
@@ -156,11 +158,7 @@ impl WsLink {
         for packet in packets {
             let tail: &[u8] = packet.tail.as_deref().unwrap_or(&[]);
             let mut head = [0u8; MAX_HEADER];
-            let n = frames::header(
-                OpCode::Data(Data::Text),
-                packet.head.len() + tail.len(),
-                &mut head,
-            );
+            let n = packet_header(packet, &mut head);
             self.control.extend_from_slice(&head[..n]);
             self.control.extend_from_slice(&packet.head);
             self.control.extend_from_slice(tail);
@@ -244,6 +242,11 @@ impl WsLink {
         Some(self.socket.stream.clone())
     }
 
+    /// What permessage-deflate negotiated on this socket, if it was.
+    pub(super) fn deflate(&self) -> Option<Deflate> {
+        self.socket.deflate()
+    }
+
     /// Whether the writes are handed over.
     pub(super) fn handed_over(&self) -> bool {
         self.handed_over
@@ -286,6 +289,15 @@ impl WsLink {
     }
 }
 
+/// The text frame header of `packet` (RSV1 set when it is compressed).
+fn packet_header(packet: &OutPacket, out: &mut [u8; MAX_HEADER]) -> usize {
+    if packet.compressed {
+        frames::compressed_header(false, packet.len(), out)
+    } else {
+        frames::header(OpCode::Data(Data::Text), packet.len(), out)
+    }
+}
+
 /// A packet's length as a text frame, header included.
 pub(crate) fn frame_len(packet: &OutPacket) -> usize {
     let len = packet.len();
@@ -318,7 +330,7 @@ pub(crate) fn write_packets(
         let mut heads = [[0u8; MAX_HEADER]; WRITE_BATCH];
         let mut head_lens = [0usize; WRITE_BATCH];
         for (i, packet) in batch.iter().enumerate() {
-            head_lens[i] = frames::header(OpCode::Data(Data::Text), packet.len(), &mut heads[i]);
+            head_lens[i] = packet_header(packet, &mut heads[i]);
         }
         let mut slices = [IoSlice::new(&[]); 3 * WRITE_BATCH];
         let mut count = 0;

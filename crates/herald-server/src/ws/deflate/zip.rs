@@ -50,12 +50,12 @@ pub(crate) fn compress(frame: &[u8], deflate: Deflate) -> Bytes {
         compressor.reset();
         deflate_all(compressor, frame)
     });
-    let Some(mut out) = out else {
+    // A sync flush always ends with the tail; without it the message
+    // could not be continued by [`stored_tail`]: sent plain.
+    let Some(mut out) = out.filter(|o| o.ends_with(&TAIL)) else {
         return Bytes::new();
     };
-    if out.ends_with(&TAIL) {
-        out.truncate(out.len() - TAIL.len());
-    }
+    out.truncate(out.len() - TAIL.len());
     if out.len() >= frame.len() {
         return Bytes::new();
     }
@@ -65,6 +65,24 @@ pub(crate) fn compress(frame: &[u8], deflate: Deflate) -> Bytes {
         .increment(out.len() as u64);
     metrics::counter!("herald_ws_compressed_events_total").increment(1);
     Bytes::from(out)
+}
+
+/// Bytes that continue a message from [`compress`] with `tail` stored
+/// uncompressed, so one compressed event can end differently per
+/// recipient (a Socket.IO recovery token). [`compress`] ends inside the
+/// empty stored block of its sync flush, just after its byte-aligned
+/// header: `tail`'s length and its complement (RFC 1951 3.2.4) make that
+/// block carry `tail`, and a last `0x00` opens another empty stored block,
+/// which the receiver's appended `00 00 ff ff` (RFC 7692 7.2.2) closes.
+/// `None` when `tail` is over 65535 bytes (one stored block).
+pub(crate) fn stored_tail(tail: &[u8]) -> Option<Bytes> {
+    let len = u16::try_from(tail.len()).ok()?;
+    let mut out = Vec::with_capacity(tail.len() + 5);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(tail);
+    out.push(0x00);
+    Some(Bytes::from(out))
 }
 
 /// `input` through `compressor` with a sync flush; `None` on a zlib error.
@@ -183,6 +201,17 @@ mod tests {
             assert_eq!(inflate(&z, 1 << 20).expect("inflates"), frame);
         }
         assert!(compress(b"x", DEFLATE).is_empty(), "no saving: sent plain");
+    }
+
+    #[test]
+    fn a_stored_tail_continues_a_compressed_head() {
+        let head = br#"42["event",{"text":"hello hello hello hello hello hello hello"}"#;
+        let z = compress(head, DEFLATE);
+        let tail = stored_tail(br#","r~E~3"]"#).expect("short");
+        let message = [&z[..], &tail[..]].concat();
+        let mut want = head.to_vec();
+        want.extend_from_slice(br#","r~E~3"]"#);
+        assert_eq!(inflate(&message, 1 << 20).expect("inflates"), want);
     }
 
     #[test]
