@@ -7,7 +7,8 @@
 // `data` to that room. connectionStateRecovery stays off (its default).
 // Listens on 127.0.0.1:$PORT (loopback only). With REDIS_URL set, servers
 // share rooms through the Redis adapter (@socket.io/redis-adapter), so a
-// publish on one reaches sockets on the others.
+// publish on one reaches sockets on the others. PERMESSAGE_DEFLATE=1 (with
+// DEFLATE_THRESHOLD, DEFLATE_LEVEL) turns on perMessageDeflate, see below.
 'use strict';
 
 const crypto = require('crypto');
@@ -51,10 +52,32 @@ const httpServer = http.createServer((req, res) => {
   });
 });
 
+// PERMESSAGE_DEFLATE=1 turns on Socket.IO's `perMessageDeflate` (the ws
+// package's permessage-deflate, compressed per connection) for messages of
+// at least DEFLATE_THRESHOLD bytes (default 1024, Socket.IO's own) at zlib
+// level DEFLATE_LEVEL (default 6, zlib's). Off by default, as before.
+function deflateOption() {
+  if (!['1', 'true', 'on'].includes(String(process.env.PERMESSAGE_DEFLATE || '').toLowerCase())) {
+    return false;
+  }
+  const threshold = Number(process.env.DEFLATE_THRESHOLD || 1024);
+  const level = Number(process.env.DEFLATE_LEVEL || 6);
+  if (!Number.isInteger(threshold) || threshold < 0) {
+    console.error(`DEFLATE_THRESHOLD must be a non-negative integer, got ${process.env.DEFLATE_THRESHOLD}`);
+    process.exit(2);
+  }
+  if (!Number.isInteger(level) || level < 0 || level > 9) {
+    console.error(`DEFLATE_LEVEL must be 0-9, got ${process.env.DEFLATE_LEVEL}`);
+    process.exit(2);
+  }
+  return { threshold, zlibDeflateOptions: { level } };
+}
+const perMessageDeflate = deflateOption();
+
 const io = new Server(httpServer, {
   transports: ['websocket'],
   serveClient: false,
-  perMessageDeflate: false,
+  perMessageDeflate,
 });
 
 async function useRedis(url) {
@@ -110,7 +133,8 @@ io.on('connection', (socket) => {
   .then(() => {
     httpServer.listen(port, host, () => {
       const adapter = process.env.REDIS_URL ? ' with the Redis adapter' : '';
-      console.log(`socket.io ${require('socket.io/package.json').version} on ${host}:${port}${adapter}`);
+      const deflate = perMessageDeflate ? ` perMessageDeflate ${JSON.stringify(perMessageDeflate)}` : '';
+      console.log(`socket.io ${require('socket.io/package.json').version} on ${host}:${port}${adapter}${deflate}`);
     });
   })
   .catch((e) => {

@@ -1,19 +1,23 @@
 //! Reaching the server: the loopback-only target, tokens minted locally,
 //! source addresses, and one WebSocket connection up to `authenticated`.
 
+use crate::wire::{WireStats, WireStream};
 use anyhow::{bail, Context, Result};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-/// One client WebSocket.
-pub type Ws = WebSocketStream<TcpStream>;
+/// One client WebSocket, over a socket that counts (and, with `--deflate`,
+/// inflates) what it reads.
+pub type Ws = WebSocketStream<WireStream>;
 
 /// How long a connect (TCP, upgrade, `authenticated`) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -107,6 +111,12 @@ pub struct Ctx {
     /// Where clients reconnect after a drop (`storm --reconnect-url`);
     /// empty: back to `target`.
     pub reconnect: Vec<Target>,
+    /// Offer permessage-deflate on every upgrade (`--deflate`).
+    pub deflate: bool,
+    /// Bytes read and deflate outcomes over every connection.
+    pub wire: Arc<WireStats>,
+    /// Events carry agent payloads: check them on arrival.
+    pub agent_check: bool,
 }
 
 impl Ctx {
@@ -119,7 +129,29 @@ impl Ctx {
             id_offset,
             peer: None,
             reconnect: Vec::new(),
+            deflate: false,
+            wire: Arc::default(),
+            agent_check: false,
         }
+    }
+
+    /// The same context checking delivered events as agent events.
+    pub fn with_agent_check(mut self, on: bool) -> Self {
+        self.agent_check = on;
+        self
+    }
+
+    /// Whether delivery `n` (an offset or sequence number) gets the full
+    /// agent-event check: one in eight, to spare the client's CPU (every
+    /// event is still parsed as JSON for its stamp).
+    pub fn check_agent(&self, n: u64) -> bool {
+        self.agent_check && n.is_multiple_of(8)
+    }
+
+    /// The same context offering permessage-deflate when `on`.
+    pub fn with_deflate(mut self, on: bool) -> Self {
+        self.deflate = on;
+        self
     }
 
     /// The same context with clients reconnecting to `targets` after a drop.
@@ -241,8 +273,18 @@ impl Ctx {
             .await
             .map_err(|e| format!("tcp: {:?}", e.kind()))?;
         let _ = stream.set_nodelay(true);
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| format!("ws request: {e}"))?;
+        if self.deflate {
+            req.headers_mut().insert(
+                "sec-websocket-extensions",
+                tungstenite::http::HeaderValue::from_static(crate::wire::OFFER),
+            );
+        }
+        let stream = WireStream::new(stream, self.wire.clone(), self.deflate);
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
             .await
             .map_err(|e| match e {
                 tungstenite::Error::Http(r) => format!("http {}", r.status().as_u16()),

@@ -316,6 +316,9 @@ fn handle(sh: &Shared, st: &mut State, text: &str) {
             } else if let Some(Ok(stamp)) = f.data.map(|d| serde_json::from_str::<Stamp>(d.get())) {
                 sh.recorder.record(stamp.t, now_us());
             }
+            if sh.ctx.check_agent(offset) && !f.data.is_some_and(|d| crate::agent::check(d.get())) {
+                sh.count_error("bad agent event");
+            }
             if let Some((_, t)) = st.rooms.get_mut(room) {
                 t.see(offset);
             }

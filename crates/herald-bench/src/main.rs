@@ -6,6 +6,7 @@
 //! server's pid, what the server spent (RSS, CPU time, descriptors from
 //! /proc). See docs/benchmarks.md.
 
+mod agent;
 mod client;
 mod conn;
 mod metrics;
@@ -16,6 +17,7 @@ mod publish;
 mod report;
 mod run;
 mod scenarios;
+mod wire;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -90,6 +92,11 @@ pub struct Common {
     /// `--target socketio`: the endpoint's path.
     #[arg(long, global = true, default_value = "/socket.io/")]
     pub socketio_path: String,
+    /// Offer permessage-deflate (RFC 7692) on every WebSocket and inflate
+    /// compressed messages (Herald's /ws, Socket.IO). Wire bytes are
+    /// counted either way.
+    #[arg(long, global = true)]
+    pub deflate: bool,
     /// `--target sockudo`: the Pusher app id.
     #[arg(long, global = true, default_value = "herald-bench")]
     pub pusher_app_id: String,
@@ -210,7 +217,11 @@ impl Common {
         let sources = self
             .sources
             .unwrap_or_else(|| client::default_sources(conns));
-        Ok(client::Ctx::new(target, &self.secret, sources, self.id_offset).with_peer(self.peer()))
+        Ok(
+            client::Ctx::new(target, &self.secret, sources, self.id_offset)
+                .with_peer(self.peer())
+                .with_deflate(self.deflate),
+        )
     }
 
     /// The peer under test, or `None` for Herald.

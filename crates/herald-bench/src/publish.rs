@@ -5,11 +5,32 @@
 use crate::client::stamped_data;
 use crate::peers::Peer;
 use anyhow::{Context, Result};
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// What each event's `data` looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadKind {
+    /// The stamp padded with `x` to the size (compresses to almost nothing).
+    Padded,
+    /// A ~1 KiB agent `tool.completed` event, varied per event (see agent.rs).
+    Agent,
+}
+
+impl PayloadKind {
+    /// The `data` JSON of event `seq` of about `bytes` bytes, stamped now.
+    pub fn data(self, seq: u64, bytes: usize) -> String {
+        match self {
+            PayloadKind::Padded => stamped_data(seq, bytes),
+            PayloadKind::Agent => crate::agent::agent_data_at(seq, crate::metrics::now_us(), bytes),
+        }
+    }
+}
 
 /// What to publish.
 #[derive(Debug, Clone)]
@@ -24,6 +45,8 @@ pub struct PublishPlan {
     pub payload: usize,
     /// Concurrent HTTP clients.
     pub publishers: usize,
+    /// What `data` looks like.
+    pub kind: PayloadKind,
 }
 
 /// What the publishers did.
@@ -197,7 +220,7 @@ async fn one_publisher(
         };
         let seq = i / rooms + 1;
         match api
-            .publish(http, room, &stamped_data(seq, plan.payload), seq)
+            .publish(http, room, &plan.kind.data(seq, plan.payload), seq)
             .await
         {
             Ok(offset) => {

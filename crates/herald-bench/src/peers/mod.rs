@@ -129,6 +129,15 @@ impl Peer {
         }
     }
 
+    /// The `data` of an event frame, as JSON text (Socket.IO only; the
+    /// Pusher protocol carries it as a string).
+    pub fn event_data<'a>(&self, text: &'a str) -> Option<&'a str> {
+        match self {
+            Peer::SocketIo(_) => socketio::event_data(text),
+            Peer::Pusher(_) => None,
+        }
+    }
+
     /// The HTTP request publishing `data` (a JSON object) as `event` to `room`.
     pub fn publish_request(
         &self,
@@ -250,6 +259,9 @@ async fn receive(
                 };
                 match peer.incoming(&text) {
                     Incoming::Event(st) => {
+                        if sh.ctx.check_agent(st.s) && !peer.event_data(&text).is_some_and(crate::agent::check) {
+                            sh.count_error("bad agent event");
+                        }
                         sh.recorder.record(st.t, now_us());
                         tracker.see(st.s);
                     }

@@ -187,6 +187,12 @@ pub fn incoming(text: &str) -> Incoming {
     Incoming::Event(stamp)
 }
 
+/// The second element (`data`) of a `42[...]` event frame.
+pub fn event_data(text: &str) -> Option<&str> {
+    let args = serde_json::from_str::<Vec<&RawValue>>(text.strip_prefix("42")?).ok()?;
+    args.get(1).map(|d| d.get())
+}
+
 /// `POST /publish {room, event, data}` to Node's peer server.
 pub fn publish_request(
     http: &reqwest::Client,
@@ -264,6 +270,16 @@ mod tests {
             incoming(r#"42["bench",{"t":1,"s":1},{"room":"r"}]"#),
             Incoming::Bad("socket.io event meta without offset")
         );
+    }
+
+    #[test]
+    fn event_data_is_the_second_element() {
+        let data = crate::agent::agent_data_at(8, 1_796_000_000_000_000, 1024);
+        let frame = format!(r#"42["bench",{data},{{"room":"r","offset":8}}]"#);
+        assert_eq!(event_data(&frame), Some(data.as_str()));
+        assert!(event_data(&frame).is_some_and(crate::agent::check));
+        assert_eq!(event_data(r#"42["bench"]"#), None);
+        assert_eq!(event_data("2"), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! order, and deliveries per server CPU-second.
 
 use crate::conn::ConnSpec;
-use crate::publish::{self, PublishPlan};
+use crate::publish::{self, PayloadKind, PublishPlan};
 use crate::report::Report;
 use crate::run::{account, Run};
 use crate::Common;
@@ -31,6 +31,11 @@ pub struct FanoutArgs {
     /// Bytes of each event's `data`.
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
+    /// What `data` looks like: the padded stamp, or a realistic agent
+    /// event (use `--payload 1024` for ~1 KiB ones); agent events are
+    /// checked on arrival (one in eight in full, every one as JSON).
+    #[arg(long, value_enum, default_value_t = PayloadKind::Padded)]
+    pub payload_kind: PayloadKind,
     /// Concurrent HTTP publishers.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
@@ -45,7 +50,10 @@ pub async fn run(c: &Common, a: &FanoutArgs) -> Result<Report> {
     let n = a.conns as u64;
     let rooms: Vec<String> = (0..a.rooms as u64).map(|r| c.room(ns, r)).collect();
     let limit = Duration::from_secs(300 + a.duration + 60);
-    let mut run = Run::new("fanout", c.ctx(a.conns)?, c.server()?, limit, c.concurrency);
+    let ctx = c
+        .ctx(a.conns)?
+        .with_agent_check(a.payload_kind == PayloadKind::Agent);
+    let mut run = Run::new("fanout", ctx, c.server()?, limit, c.concurrency);
     for i in 0..n {
         run.spawn(ConnSpec::listener(
             i,
@@ -66,7 +74,10 @@ pub async fn run(c: &Common, a: &FanoutArgs) -> Result<Report> {
         count: (a.rate * a.duration as f64).ceil() as u64,
         payload: a.payload,
         publishers: a.publishers,
+        kind: a.payload_kind,
     };
+    let wire = run.sh.ctx.wire.clone();
+    let wire0 = wire.bytes.load(Ordering::Relaxed);
     let before = run.server_sample();
     let bench0 = super::bench_cpu_s();
     let t0 = run.elapsed_s();
@@ -74,6 +85,7 @@ pub async fn run(c: &Common, a: &FanoutArgs) -> Result<Report> {
     run.drain(Duration::from_secs(10)).await;
     let after = run.server_sample();
     let bench1 = super::bench_cpu_s();
+    let wire_bytes = wire.bytes.load(Ordering::Relaxed) - wire0;
     let window_s = run.elapsed_s() - t0;
     let latency = run.sh.recorder.total();
     let deliveries = run.sh.recorder.deliveries();
@@ -92,6 +104,7 @@ pub async fn run(c: &Common, a: &FanoutArgs) -> Result<Report> {
         params: json!({
             "target": c.target, "conns": a.conns, "rooms": a.rooms, "rate": a.rate,
             "duration_s": a.duration, "payload": a.payload, "namespace": ns,
+            "payload_kind": a.payload_kind, "deflate": c.deflate,
         }),
         figures: json!({
             "subscribers_joined": joined,
@@ -102,6 +115,7 @@ pub async fn run(c: &Common, a: &FanoutArgs) -> Result<Report> {
             "delivery": super::delivery_figures(latency, &acc),
             "server": server,
             "bench_cpu_s": bench1 - bench0,
+            "wire": super::wire_figures(&wire, wire_bytes, deliveries),
             "failures": failures,
         }),
         timeline,

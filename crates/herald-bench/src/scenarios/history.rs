@@ -2,7 +2,7 @@
 //! history and reports the server's memory per stored event, both as RSS
 //! growth and as its own `history_bytes` from `/api/v1/stats`.
 
-use crate::publish::{self, PublishPlan};
+use crate::publish::{self, PayloadKind, PublishPlan};
 use crate::report::Report;
 use crate::Common;
 use anyhow::{bail, Result};
@@ -48,6 +48,7 @@ pub async fn run(c: &Common, a: &HistoryArgs) -> Result<Report> {
         count: a.events,
         payload: a.payload,
         publishers: a.publishers,
+        kind: PayloadKind::Padded,
     };
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let pubs = publish::run(&http, &base, &c.api_key, &plan, stop).await;

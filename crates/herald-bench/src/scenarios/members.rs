@@ -9,7 +9,7 @@
 use crate::client::{Frame, Ws};
 use crate::conn::ConnSpec;
 use crate::metrics::{now_us, Recorder};
-use crate::publish::{self, PublishPlan};
+use crate::publish::{self, PayloadKind, PublishPlan};
 use crate::report::Report;
 use crate::run::{account, Run, Shared};
 use crate::Common;
@@ -117,6 +117,7 @@ pub async fn run(c: &Common, a: &MembersArgs) -> Result<Report> {
         count: (a.rate * a.limit as f64).ceil() as u64,
         payload: a.payload,
         publishers: 2,
+        kind: PayloadKind::Padded,
     };
     let (pub_stop_tx, pub_stop) = watch::channel(false);
     let api = c.publish_api();

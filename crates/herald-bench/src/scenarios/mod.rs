@@ -60,3 +60,17 @@ pub fn failure_figures(run: &Run) -> Value {
         "error_frames": run.sh.errors(),
     })
 }
+
+/// Bytes on the wire (read from server sockets over the window) per
+/// delivery, and how permessage-deflate went.
+pub fn wire_figures(w: &crate::wire::WireStats, bytes: u64, deliveries: u64) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "bytes": bytes,
+        "bytes_per_delivery": bytes as f64 / deliveries.max(1) as f64,
+        "deflate_offered": w.offered.load(Relaxed),
+        "deflate_negotiated": w.negotiated.load(Relaxed),
+        "deflate_context_takeover": w.context_takeover.load(Relaxed),
+        "messages_inflated": w.inflated.load(Relaxed),
+    })
+}

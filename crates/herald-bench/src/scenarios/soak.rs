@@ -4,7 +4,7 @@
 
 use crate::conn::ConnSpec;
 use crate::procfs::ProcSample;
-use crate::publish::{self, PublishPlan};
+use crate::publish::{self, PayloadKind, PublishPlan};
 use crate::report::Report;
 use crate::run::{account, Run};
 use crate::Common;
@@ -80,6 +80,7 @@ pub async fn run(c: &Common, a: &SoakArgs) -> Result<Report> {
         count: (a.rate * a.duration as f64).ceil() as u64,
         payload: 100,
         publishers: 2,
+        kind: PayloadKind::Padded,
     };
     let (base, key, stop) = (c.url_base(), c.api_key.clone(), run.sh.stop.clone());
     let publisher =

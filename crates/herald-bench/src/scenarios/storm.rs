@@ -14,7 +14,7 @@
 use crate::client::{parse_target_for, Target};
 use crate::conn::ConnSpec;
 use crate::procfs::{self, MachineCpu, Proc, ProcSample};
-use crate::publish::{self, PublishPlan};
+use crate::publish::{self, PayloadKind, PublishPlan};
 use crate::report::Report;
 use crate::run::{account, Run};
 use crate::Common;
@@ -184,6 +184,7 @@ pub async fn run(c: &Common, a: &StormArgs) -> Result<Report> {
         count: (a.rate * a.duration as f64).ceil() as u64,
         payload: a.payload,
         publishers: 2,
+        kind: PayloadKind::Padded,
     };
     let base = c.publish_base();
     let key = c.api_key.clone();
