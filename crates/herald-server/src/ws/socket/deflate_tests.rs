@@ -27,6 +27,9 @@ fn event(bytes: Vec<u8>, offset: u64) -> Outbound {
         exclude_connection: None,
         accepted_at: None,
         trace: None,
+        critical: false,
+        conflation_key: None,
+        policy: Default::default(),
         encoded: Default::default(),
     };
     Outbound::Frame {
