@@ -70,47 +70,10 @@ done
 
 mkdir -p "$OUT"
 SPID=""
+# shellcheck source=peers/lib.sh
+. "$HERE/lib.sh"
 
-stop_server() {
-  [ -n "$SPID" ] || return 0
-  if kill -0 "$SPID" 2>/dev/null; then
-    kill "$SPID" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$SPID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$SPID" 2>/dev/null || true
-  fi
-  wait "$SPID" 2>/dev/null || true
-  SPID=""
-}
 trap stop_server EXIT INT TERM
-
-# A loopback port nobody listens on.
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 20000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return 0
-    fi
-  done
-  echo "no free port found" >&2
-  return 1
-}
-
-# Waits (at most 30 s) until something listens on $1.
-wait_port() {
-  for _ in $(seq 1 300); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-      return 0
-    fi
-    kill -0 "$SPID" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 
 # Starts server $1 on port $2 with its log in $3; SPID is the server's own
 # pid (exec), so that /proc figures are the server's.
@@ -136,12 +99,7 @@ start_server() {
       ;;
   esac
   SPID=$!
-  if ! wait_port "$port"; then
-    echo "$target did not listen on $port; log:" >&2
-    tail -20 "$log" >&2
-    stop_server
-    return 1
-  fi
+  await_server "$target" "$port" "$log"
 }
 
 run_bench() {
@@ -160,14 +118,9 @@ run_bench() {
         --payload "$PAYLOAD" --payload-kind agent)
       ;;
   esac
-  echo "\$ herald-bench ${args[*]}" | sed "s/--server-pid [0-9]*/--server-pid \$SPID/" \
-    >"$OUT/$name.cmd"
-  HBENCH_SECRET=$SECRET HBENCH_API_KEY=$API_KEY timeout "$RUN_LIMIT" \
-    "$BENCH" "${args[@]}" >"$OUT/$name.json" 2>"$OUT/$name.err"
+  run_herald_bench "$name" "${args[@]}"
 }
 
-# shellcheck source=peers/lib.sh
-. "$HERE/lib.sh"
 case " $TARGETS " in *" socketio"*) TARGETS_FOR_CHECK="socketio" ;; *) TARGETS_FOR_CHECK="" ;; esac
 TARGETS_ALL=$TARGETS
 TARGETS=$TARGETS_FOR_CHECK check_prerequisites
@@ -191,7 +144,7 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ "$target" = floor ]; then
       run_bench floor "" "$name" || echo "   bench exited $?" | tee -a "$OUT/runs.txt"
     else
-      port=$(free_port)
+      port=$(free_loopback_port)
       if start_server "$target" "$port" "$OUT/$name.server.log"; then
         run_bench "$target" "$port" "$name" || echo "   bench exited $?" | tee -a "$OUT/runs.txt"
         stop_server
