@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::{
-    msgpack_to_json, ClientRequest, Disconnect, ErrorCode, JoinedRoom, MemberSummary,
+    msgpack_to_json, ClientRequest, Disconnect, DroppedRoom, ErrorCode, JoinedRoom, MemberSummary,
     StreamPosition, HERALD_JSON, MAX_MSGPACK_DEPTH,
 };
 use serde_json::{json, Value};
@@ -108,6 +108,20 @@ fn every_server_frame() -> Vec<ServerFrame> {
             reason: "slow_consumer".into(),
             reconnect: true,
         }),
+        ServerFrame::EventsDropped {
+            rooms: vec![
+                DroppedRoom {
+                    room: "agent:7".into(),
+                    epoch: "e1".into(),
+                    offset: 41,
+                },
+                DroppedRoom {
+                    room: "chat".into(),
+                    epoch: "e2".into(),
+                    offset: u64::MAX,
+                },
+            ],
+        },
     ]
 }
 
