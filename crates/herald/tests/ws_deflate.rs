@@ -1,6 +1,7 @@
 //! permessage-deflate (RFC 7692) on `/ws`: the negotiation answers, one
 //! fan-out to a compressing and a plain recipient, `min_bytes`, compressed
-//! client messages, a deflate bomb, and compression being off by default.
+//! client messages, a deflate bomb, compression being off by default, and
+//! `herald.v1.msgpack` frames compressed (each codec's own bytes).
 //! The client is the tests' hand-made one (tungstenite has no deflate);
 //! flate2 decodes and encodes as a client would. Third-party clients are
 //! in clients/python/tests/test_ws_deflate.py, tests/browser.rs and
@@ -13,6 +14,7 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use serde_json::{json, Value};
 
 const TEXT: u8 = 1;
+const BINARY: u8 = 2;
 const CONTINUATION: u8 = 0;
 const ON: &str = "[compression]\nenabled = true\nmin_bytes = 256\n";
 const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
@@ -245,4 +247,71 @@ async fn a_deflate_bomb_is_cut_at_the_message_limit() {
         .expect("write");
     let end = ws.read_until_end(FRAME_WAIT).await;
     assert_eq!(end.close.as_ref().map(|c| c.0), Some(1009), "{end:?}");
+}
+
+/// The next binary frame's MessagePack as its JSON tree, inflated when RSV1
+/// is set; with whether it was.
+async fn next_msgpack(ws: &mut RawWs) -> (Value, bool) {
+    loop {
+        let f = ws.next_frame(FRAME_WAIT).await.expect("a frame");
+        if f.opcode != BINARY {
+            continue;
+        }
+        let bytes = if f.rsv1 {
+            inflate(&f.payload)
+        } else {
+            f.payload
+        };
+        return (rmp_serde::from_slice(&bytes).expect("MessagePack"), f.rsv1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgpack_events_are_compressed_msgpack_beside_compressed_json() {
+    // One event to a compressing JSON client and a compressing MessagePack
+    // client: each gets its own codec's frame compressed (the compressed
+    // bytes are cached per codec slot, not shared across codecs).
+    let node = TestNode::start_process(ON).await;
+    let mut json_ws = raw_user(&node, "zjson", OFFER).await;
+    raw_join(&mut json_ws, "project:deflate").await;
+
+    let claims = json!({"projects": ["deflate"]});
+    let token = node.token(
+        "zpack",
+        &[],
+        None,
+        claims,
+        std::time::Duration::from_secs(3600),
+    );
+    let headers = format!("{OFFER}Sec-WebSocket-Protocol: herald.v1.msgpack\r\n");
+    let path = format!("/ws?token={token}");
+    let mut packed = RawWs::connect_with_headers(&node.addr(), &path, &headers).await;
+    assert!(
+        extension(&packed.handshake).is_some(),
+        "{}",
+        packed.handshake
+    );
+    let (first, _) = next_msgpack(&mut packed).await;
+    assert_eq!(first["type"], "authenticated", "{first}");
+    let join = json!({"type": "join_room", "id": 1, "room": "project:deflate"});
+    let join = rmp_serde::to_vec_named(&join).expect("encode");
+    packed.send_frame(BINARY, &join).await.expect("write");
+    let (reply, _) = next_msgpack(&mut packed).await;
+    assert_eq!(reply["type"], "room_joined", "{reply}");
+
+    let big = json!({"text": "the quick brown fox jumps over the lazy dog ".repeat(40), "n": 7});
+    node.publish("project:deflate", "big", big.clone()).await;
+    let (as_json, json_zipped) = next_room_event(&mut json_ws).await;
+    let (as_msgpack, msgpack_zipped) = loop {
+        let (frame, compressed) = next_msgpack(&mut packed).await;
+        if frame["type"] == "event" {
+            break (frame, compressed);
+        }
+        assert!(!compressed, "only room events are compressed: {frame}");
+    };
+    assert!(json_zipped && msgpack_zipped, "both over min_bytes");
+    assert_eq!(as_json["data"], big);
+    assert_eq!(as_msgpack, as_json, "the same event in each codec");
+    let events = wait_metric(&node, "herald_ws_compressed_events_total", 2.0).await;
+    assert_eq!(events, Some(2.0), "compressed once per codec");
 }
