@@ -69,20 +69,25 @@ async fn raw_user(node: &TestNode, sub: &str, headers: &str) -> RawWs {
     ws
 }
 
-/// The next data frame's JSON, inflated when RSV1 is set; with whether it was.
-async fn next_event(ws: &mut RawWs) -> (Value, bool) {
+/// The next data frame of `opcode`'s payload, inflated when RSV1 is set;
+/// with whether it was.
+async fn next_payload(ws: &mut RawWs, opcode: u8) -> (Vec<u8>, bool) {
     loop {
         let f = ws.next_frame(FRAME_WAIT).await.expect("a frame");
-        if f.opcode != TEXT {
+        if f.opcode != opcode {
             continue;
         }
-        let bytes = if f.rsv1 {
-            inflate(&f.payload)
-        } else {
-            f.payload
-        };
-        return (serde_json::from_slice(&bytes).expect("JSON"), f.rsv1);
+        if f.rsv1 {
+            return (inflate(&f.payload), true);
+        }
+        return (f.payload, false);
     }
+}
+
+/// The next text frame's JSON, inflated when RSV1 is set; with whether it was.
+async fn next_event(ws: &mut RawWs) -> (Value, bool) {
+    let (bytes, compressed) = next_payload(ws, TEXT).await;
+    (serde_json::from_slice(&bytes).expect("JSON"), compressed)
 }
 
 /// The next room event (skipping presence and other frames).
@@ -252,18 +257,11 @@ async fn a_deflate_bomb_is_cut_at_the_message_limit() {
 /// The next binary frame's MessagePack as its JSON tree, inflated when RSV1
 /// is set; with whether it was.
 async fn next_msgpack(ws: &mut RawWs) -> (Value, bool) {
-    loop {
-        let f = ws.next_frame(FRAME_WAIT).await.expect("a frame");
-        if f.opcode != BINARY {
-            continue;
-        }
-        let bytes = if f.rsv1 {
-            inflate(&f.payload)
-        } else {
-            f.payload
-        };
-        return (rmp_serde::from_slice(&bytes).expect("MessagePack"), f.rsv1);
-    }
+    let (bytes, compressed) = next_payload(ws, BINARY).await;
+    (
+        rmp_serde::from_slice(&bytes).expect("MessagePack"),
+        compressed,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
