@@ -110,7 +110,10 @@ pub(crate) fn inflate(data: &[u8], max: usize) -> Result<Vec<u8>, ReadError> {
         let mut slot = cell.borrow_mut();
         let inflater = slot.get_or_insert_with(|| Decompress::new_with_window_bits(false, 15));
         inflater.reset(false);
-        let mut out = Vec::with_capacity(data.len().saturating_mul(2).clamp(64, max + 1));
+        // Not `clamp(64, max + 1)`: that panics when the limit is under 63
+        // bytes, which `limits.max_message_bytes` allows (found by fuzzing).
+        let capacity = data.len().saturating_mul(2).max(64);
+        let mut out = Vec::with_capacity(capacity.min(max.saturating_add(1)));
         for part in [data, &TAIL[..]] {
             if inflate_part(inflater, part, &mut out, max)? {
                 break;
@@ -225,5 +228,17 @@ mod tests {
             inflate(&[0xff; 16], 1024),
             Err(ReadError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn a_limit_under_the_buffer_guess_is_kept() {
+        // The fuzzer's input: a limit of 4 bytes (any under 63 once panicked).
+        if let Ok(out) = inflate(&[0xe2, 0x00], 4) {
+            assert!(out.len() <= 4);
+        }
+        let z = compress(&[b'a'; 300], DEFLATE);
+        assert_eq!(inflate(&z, 8), Err(ReadError::TooBig));
+        let z = compress(&[b'a'; 40], DEFLATE);
+        assert_eq!(inflate(&z, 40).expect("fits"), [b'a'; 40]);
     }
 }
