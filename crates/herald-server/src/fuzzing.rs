@@ -169,3 +169,60 @@ pub fn config(text: &str) {
         assert!(now.checked_add(d).is_some(), "{key} = {d:?} overflows");
     }
 }
+
+/// Decodes `bytes` as one client WebSocket message in every encoding a
+/// connection may negotiate (Herald JSON, `herald.v1.msgpack`): a bad
+/// message is an error reply, never a panic.
+pub fn client_message(bytes: &[u8]) {
+    use herald_protocol::{ClientCodec, HERALD_JSON, HERALD_MSGPACK};
+    let _ = HERALD_JSON.decode(bytes);
+    let _ = HERALD_MSGPACK.decode(bytes);
+}
+
+/// Reads `body` as an `application/msgpack` API body: turned into JSON as
+/// the API does, then through every body parser like a JSON body.
+pub fn msgpack_body(body: &[u8]) {
+    if let Ok(json) = crate::msgpack_body::to_json(body) {
+        publish_body(&json);
+        broadcast_body(&json);
+        token_body(&json);
+        direct_body(&json);
+    }
+}
+
+/// Reads `value` as a `Sec-WebSocket-Extensions` request header with
+/// compression on: an accepted offer has a window of 9 to 15 bits and an
+/// answer that always names `server_no_context_takeover` (compress-once
+/// depends on it).
+pub fn deflate_offer(value: &[u8]) {
+    use axum::http::{header, HeaderMap, HeaderValue};
+    let Ok(value) = HeaderValue::from_bytes(value) else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+    let config = crate::config::CompressionConfig {
+        enabled: true,
+        ..Default::default()
+    };
+    if let Some((deflate, answer)) = crate::ws::deflate::negotiate(&headers, &config) {
+        assert!(
+            (9..=15).contains(&deflate.window_bits),
+            "window of {} bits accepted",
+            deflate.window_bits
+        );
+        let answer = answer.to_str().unwrap_or_default();
+        assert!(
+            answer.contains("server_no_context_takeover"),
+            "answer `{answer}` lets the server keep its context"
+        );
+    }
+}
+
+/// Inflates `data` as a compressed client message with the limit `max`:
+/// what inflates is never longer than `max` (a deflate bomb is cut).
+pub fn inflate(data: &[u8], max: usize) {
+    if let Ok(out) = crate::ws::deflate::zip::inflate(data, max) {
+        assert!(out.len() <= max, "inflated {} bytes past {max}", out.len());
+    }
+}
