@@ -156,6 +156,36 @@ impl EncodedFrames {
 }
 
 impl Publication {
+    /// A room event as a plain publish makes it: no sender, no excluded
+    /// connection, no trace, not critical, no conflation key, nothing
+    /// encoded yet. Callers set the optional fields they need with struct
+    /// update syntax (`Publication { from, ..Publication::new(…) }`).
+    pub fn new(
+        room: RoomKey,
+        position: StreamPosition,
+        event: impl Into<String>,
+        data: Box<RawValue>,
+        ts: u64,
+        event_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            room,
+            position,
+            event: event.into(),
+            data,
+            ts,
+            event_id: event_id.into(),
+            from: None,
+            exclude_connection: None,
+            accepted_at: None,
+            trace: None,
+            critical: false,
+            conflation_key: None,
+            policy: Default::default(),
+            encoded: Default::default(),
+        }
+    }
+
     /// The `event` (or, with a sender, `message`) frame clients of `codec`
     /// receive, encoded on first use and shared by every recipient:
     /// borrowed from the cache, so a recipient's queue takes the only clone.
@@ -441,22 +471,14 @@ mod tests {
             Tenant::default_tenant(),
             RoomName::parse("r").expect("room"),
         );
-        let p = Publication {
+        let p = Publication::new(
             room,
-            position: StreamPosition::new("e", 1),
-            event: "e".into(),
-            data: serde_json::value::to_raw_value(&1).expect("raw"),
-            ts: 0,
-            event_id: "id".into(),
-            from: None,
-            exclude_connection: None,
-            accepted_at: None,
-            trace: None,
-            critical: false,
-            conflation_key: None,
-            policy: Default::default(),
-            encoded: Default::default(),
-        };
+            StreamPosition::new("e", 1),
+            "e",
+            serde_json::value::to_raw_value(&1).expect("raw"),
+            0,
+            "id",
+        );
         let runs = AtomicUsize::new(0);
         let runs = &runs;
         let z = |tag: &'static [u8]| {

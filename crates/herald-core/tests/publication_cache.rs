@@ -42,22 +42,14 @@ impl ClientCodec for Counting {
 }
 
 fn publication() -> Publication {
-    Publication {
-        room: RoomKey::new(Tenant::default(), RoomName::parse("r").expect("room")),
-        position: StreamPosition::new("e", 3),
-        event: "x".into(),
-        data: RawValue::from_string("1".into()).expect("raw"),
-        ts: 1,
-        event_id: "id".into(),
-        from: None,
-        exclude_connection: None,
-        accepted_at: None,
-        encoded: Default::default(),
-        trace: None,
-        critical: false,
-        conflation_key: None,
-        policy: Default::default(),
-    }
+    Publication::new(
+        RoomKey::new(Tenant::default(), RoomName::parse("r").expect("room")),
+        StreamPosition::new("e", 3),
+        "x",
+        RawValue::from_string("1".into()).expect("raw"),
+        1,
+        "id",
+    )
 }
 
 #[test]

@@ -409,22 +409,14 @@ mod tests {
     }
 
     fn publication_in(room: RoomKey, epoch: &str, offset: u64) -> Arc<Publication> {
-        Arc::new(Publication {
+        Arc::new(Publication::new(
             room,
-            position: StreamPosition::new(epoch, offset),
-            event: "e".into(),
-            data: RawValue::from_string("{}".into()).expect("raw"),
-            ts: 0,
-            event_id: "id".into(),
-            from: None,
-            exclude_connection: None,
-            accepted_at: None,
-            encoded: Default::default(),
-            trace: None,
-            critical: false,
-            conflation_key: None,
-            policy: Default::default(),
-        })
+            StreamPosition::new(epoch, offset),
+            "e",
+            RawValue::from_string("{}".into()).expect("raw"),
+            0,
+            "id",
+        ))
     }
 
     #[test]

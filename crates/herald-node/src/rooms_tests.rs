@@ -39,22 +39,14 @@ fn conn(i: usize) -> Arc<Connection> {
 }
 
 fn publication(offset: u64) -> Arc<Publication> {
-    Arc::new(Publication {
-        room: room(),
-        position: StreamPosition::new("e", offset),
-        event: "tick".into(),
-        data: serde_json::value::to_raw_value(&offset).expect("raw"),
-        ts: 0,
-        event_id: format!("id{offset}"),
-        from: None,
-        exclude_connection: None,
-        accepted_at: None,
-        encoded: Default::default(),
-        trace: None,
-        critical: false,
-        conflation_key: None,
-        policy: Default::default(),
-    })
+    Arc::new(Publication::new(
+        room(),
+        StreamPosition::new("e", offset),
+        "tick",
+        serde_json::value::to_raw_value(&offset).expect("raw"),
+        0,
+        format!("id{offset}"),
+    ))
 }
 
 /// Joins `conn` and turns it live at offset 0.

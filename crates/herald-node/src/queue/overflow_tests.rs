@@ -14,23 +14,19 @@ fn event(
     key: Option<&str>,
 ) -> Outbound {
     let p = Publication {
-        room: RoomKey::new(
-            Tenant::default_tenant(),
-            RoomName::parse(room).expect("room"),
-        ),
-        position: StreamPosition::new("e", offset),
-        event: "tick".into(),
-        data: RawValue::from_string(format!("{offset}")).expect("raw"),
-        ts: 0,
-        event_id: format!("id{offset}"),
-        from: None,
-        exclude_connection: None,
-        accepted_at: None,
-        trace: None,
         critical,
         conflation_key: key.map(str::to_owned),
-        policy: Default::default(),
-        encoded: Default::default(),
+        ..Publication::new(
+            RoomKey::new(
+                Tenant::default_tenant(),
+                RoomName::parse(room).expect("room"),
+            ),
+            StreamPosition::new("e", offset),
+            "tick",
+            RawValue::from_string(format!("{offset}")).expect("raw"),
+            0,
+            format!("id{offset}"),
+        )
     };
     p.policy.set(EventPolicy { overflow, critical });
     let p = Arc::new(p);

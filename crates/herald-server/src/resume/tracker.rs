@@ -255,22 +255,14 @@ mod tests {
     }
 
     fn publication(r: &str, epoch: &str, offset: u64) -> Publication {
-        Publication {
-            room: RoomKey::new(Tenant::default_tenant(), room(r)),
-            position: StreamPosition::new(epoch, offset),
-            event: "e".into(),
-            data: RawValue::from_string("1".into()).expect("raw"),
-            ts: 0,
-            event_id: "id".into(),
-            from: None,
-            exclude_connection: None,
-            accepted_at: None,
-            encoded: Default::default(),
-            trace: None,
-            critical: false,
-            conflation_key: None,
-            policy: Default::default(),
-        }
+        Publication::new(
+            RoomKey::new(Tenant::default_tenant(), room(r)),
+            StreamPosition::new(epoch, offset),
+            "e",
+            RawValue::from_string("1".into()).expect("raw"),
+            0,
+            "id",
+        )
     }
 
     fn resuming(entries: &[(&str, &str, u64)]) -> Tracker {

@@ -13,25 +13,17 @@ use tokio::io::AsyncReadExt;
 
 /// A room event whose frame is `bytes`.
 fn event(bytes: Vec<u8>, offset: u64) -> Outbound {
-    let p = Publication {
-        room: RoomKey::new(
+    let p = Publication::new(
+        RoomKey::new(
             Tenant::default_tenant(),
             RoomName::parse("r").expect("room"),
         ),
-        position: StreamPosition::new("e", offset),
-        event: "e".into(),
-        data: serde_json::value::to_raw_value(&offset).expect("raw"),
-        ts: 0,
-        event_id: format!("id{offset}"),
-        from: None,
-        exclude_connection: None,
-        accepted_at: None,
-        trace: None,
-        critical: false,
-        conflation_key: None,
-        policy: Default::default(),
-        encoded: Default::default(),
-    };
+        StreamPosition::new("e", offset),
+        "e",
+        serde_json::value::to_raw_value(&offset).expect("raw"),
+        0,
+        format!("id{offset}"),
+    );
     Outbound::Frame {
         bytes: Bytes::from(bytes),
         publication: Some(Arc::new(p)),
