@@ -114,6 +114,13 @@ impl Connection {
         self.send_item(Outbound::control(bytes));
     }
 
+    /// Queues a whole WebSocket frame (a pong), written at once when the
+    /// socket takes it. A full queue first sheds what its namespaces let go,
+    /// as for [`Self::send`], and otherwise cuts the connection (4011).
+    pub fn send_raw(&self, frame: Bytes) {
+        self.send_item(Outbound::Raw(frame));
+    }
+
     /// Queues an item as [`Self::send`] does.
     pub(crate) fn send_item(&self, frame: Outbound) {
         // A reply must not cut a client whose queue holds events its

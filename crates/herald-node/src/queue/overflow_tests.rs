@@ -226,3 +226,18 @@ fn byte_bound_counts_the_notices() {
     let s = q.state.lock();
     assert!(s.bytes <= 2 * one + 10, "{} bytes queued", s.bytes);
 }
+
+#[test]
+fn a_pong_makes_room_like_a_reply() {
+    // A client's ping answered while its queue is full of droppable
+    // events: the pong (a whole WebSocket frame) sheds, it does not cut.
+    let q = SendQueue::new(2, 1 << 20);
+    full(&q, [drop_ev("r", 1), drop_ev("r", 2)]);
+    let pong = || Outbound::Raw(bytes::Bytes::from_static(&[0x8a, 0x00]));
+    assert_eq!(q.enqueue(pong()), PushResult::Overflow);
+    assert_eq!(q.enqueue_shedding(pong(), &HERALD_JSON), PushResult::Queued);
+    let items = contents(&q);
+    assert_eq!(items[..2], ["notice r@0", "r@2"]);
+    assert!(items[2].starts_with("Raw"), "{items:?}");
+    bytes_match(&q);
+}

@@ -337,10 +337,7 @@ async fn handle(socket: &WsSocket, session: &mut Session, frame: Incoming) -> Op
         // ping over it is not answered.
         Incoming::Ping(payload) => {
             if session.handle_control() {
-                let pong = frames::control(Control::Pong, &payload);
-                if conn.queue.push(Outbound::Raw(pong)) == herald_node::PushResult::Overflow {
-                    conn.close(CloseCode::SlowConsumer);
-                }
+                conn.send_raw(frames::control(Control::Pong, &payload));
             }
         }
         Incoming::Pong => {
