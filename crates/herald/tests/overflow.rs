@@ -2,16 +2,20 @@
 //! reading in a namespace with `overflow = "drop"` or `"conflate"` is not
 //! cut; it keeps every critical event, is told where each room's gap starts
 //! and recovers the dropped events by offset; critical events alone still
-//! overflow into a cut. Real node processes (one metrics recorder each),
+//! overflow into a cut. SSE readers get the notice and resume the gap
+//! with `last_event_id`. Real node processes (one metrics recorder each),
 //! a raw WebSocket with a small receive window as the slow client.
 
 mod common;
 
+use common::sse::{bearer, open_ok, read_opening};
 use common::*;
 use herald_testkit::RedisServer;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 const PAD: usize = 4000;
@@ -308,5 +312,156 @@ async fn critical_events_alone_still_overflow_into_a_cut() {
         node.metric_sum("herald_send_queue_dropped_events_total")
             .await,
         Some(0.0)
+    );
+}
+
+/// Opens `/sse` for `room` on a raw socket with a small receive window and
+/// reads only the response head: a reader that then stops reading.
+async fn stuck_sse(node: &TestNode, token: &str, room: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let addr = node.addr().parse().expect("node address");
+    let mut stream = tokio::time::timeout(FRAME_WAIT, socket.connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let request = format!(
+        "GET /sse?rooms={room}&token={token} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        node.addr()
+    );
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(FRAME_WAIT, stream.read(&mut byte))
+            .await
+            .expect("response head timed out")
+            .expect("read head");
+        assert_eq!(n, 1, "closed during the response head");
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    assert!(text.starts_with("HTTP/1.1 200"), "SSE answered: {text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+    stream
+}
+
+/// Reads the chunked SSE body of `stream` until `done` says so (given the
+/// messages so far, as `(event, data)`), or panics after 20 s.
+async fn read_sse(
+    stream: &mut TcpStream,
+    mut done: impl FnMut(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    let (mut raw, mut body, mut msgs) = (Vec::new(), Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done(&msgs) {
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("{} SSE messages, then nothing", msgs.len()))
+            .expect("read");
+        assert!(n > 0, "stream ended after {} messages", msgs.len());
+        raw.extend_from_slice(&chunk[..n]);
+        // De-chunk: `<hex size>\r\n<data>\r\n`, whole chunks only.
+        while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+            let size = std::str::from_utf8(&raw[..eol])
+                .ok()
+                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+                .expect("chunk size");
+            if raw.len() < eol + 2 + size + 2 {
+                break;
+            }
+            body.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+            raw.drain(..eol + 2 + size + 2);
+        }
+        // Whole SSE messages: `event:` and `data:` lines, then a blank line.
+        while let Some(end) = body.windows(2).position(|w| w == b"\n\n") {
+            let text = String::from_utf8_lossy(&body[..end]).into_owned();
+            body.drain(..end + 2);
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim_start().to_owned())
+            };
+            if let (Some(event), Some(data)) = (field("event:"), field("data:")) {
+                msgs.push((event, serde_json::from_str(&data).expect("data JSON")));
+            }
+        }
+    }
+    msgs
+}
+
+/// SSE has no `join_room`: a reader that stops reading in a `drop`
+/// namespace gets the notice as an `events_dropped` SSE message, and a
+/// stream opened with `last_event_id` at the notice's position replays the
+/// gap, so the two streams together hold every offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_readers_get_the_notice_and_resume_the_gap_from_it() {
+    let node = TestNode::start_process(&config("drop", "", "")).await;
+    let room = "feed:sse";
+    let token = node.user_token("slow-sse");
+    let mut stuck = stuck_sse(&node, &token, room).await;
+    let pad = "s".repeat(PAD);
+    let published = publish_until_shed(
+        &node,
+        "herald_send_queue_dropped_events_total",
+        20,
+        |i| json!({"room": room, "event": "tick", "data": {"i": i, "pad": pad}}),
+    )
+    .await;
+    let last = published.last().map_or(0, |(o, _)| *o);
+    let offset_of = |v: &Value| v["offset"].as_u64().expect("offset");
+
+    let msgs = read_sse(&mut stuck, |m| {
+        m.iter().any(|(e, v)| e == "event" && offset_of(v) == last)
+    })
+    .await;
+    let live: BTreeSet<u64> = msgs
+        .iter()
+        .filter(|(e, _)| e == "event")
+        .map(|(_, v)| offset_of(v))
+        .collect();
+    assert!(live.len() < last as usize, "nothing was dropped live");
+    let (_, notice) = msgs
+        .iter()
+        .find(|(e, _)| e == "events_dropped")
+        .expect("an events_dropped SSE message");
+    assert_eq!(notice["type"], "events_dropped", "{notice}");
+    let gap = &notice["rooms"][0];
+    assert_eq!(gap["room"], room, "{notice}");
+    let (epoch, from) = (
+        gap["epoch"].as_str().expect("epoch"),
+        gap["offset"].as_u64().expect("offset"),
+    );
+    assert!(
+        (1..=from).all(|o| live.contains(&o)),
+        "every event before the notice's position arrived live"
+    );
+
+    let mut resumed = open_ok(
+        &node,
+        &format!("?rooms={room}&last_event_id={room}~{epoch}~{from}"),
+        &[("Authorization", &bearer(&token))],
+    )
+    .await;
+    // Its own `user:` room and `global` are joined too.
+    let (_, joined) = read_opening(&mut resumed, 3).await;
+    let feed = joined.get(room).unwrap_or_else(|| panic!("{joined:?}"));
+    assert_eq!(feed.json()["recovered"], true, "{feed:?}");
+    let mut replayed: Vec<u64> = resumed.early.iter().map(|m| offset_of(&m.json())).collect();
+    while replayed.last() != Some(&last) {
+        let m = resumed.next_msg(FRAME_WAIT).await;
+        if m.event == "event" {
+            replayed.push(offset_of(&m.json()));
+        }
+    }
+    assert_eq!(
+        replayed,
+        (from + 1..=last).collect::<Vec<_>>(),
+        "the gap and what followed, in order"
     );
 }
