@@ -225,30 +225,39 @@ export class RoomBook {
 
   /**
    * `events_dropped`: the server's queue for this connection dropped events
-   * of these rooms after `offset`. Each room is re-joined with `since` =
-   * that position. Until its `room_joined`, frames of the room are dropped
-   * (as during any resync): the kept events that follow the gap come again
-   * in the replay, so every event is delivered once, in offset order. A
-   * room already re-joining resumes from an earlier position, which covers
-   * this gap too. WebSocket only (SSE streams reconnect from their id).
+   * of these rooms after `offset`. Each room resumes from that position: on
+   * WebSocket it is re-joined with `since`; on SSE the stream is reopened
+   * with it in `last_event_id` (the stream's own id has moved past the gap
+   * with the kept events). Until the room's `room_joined`, its frames are
+   * dropped (as during any resync): the kept events that follow the gap
+   * come again in the replay, so every event is delivered once, in offset
+   * order. A room already re-joining resumes from an earlier position,
+   * which covers this gap too.
    */
   onDropped(f: EventsDroppedFrame): void {
+    const kind = this.host.transportKind;
+    let reopen = false;
     for (const d of f.rooms ?? []) {
       const room = this.map.get(d.room);
-      if (!room || !room._desired || !room._joined || room._resyncing) continue;
-      if (this.host.transportKind !== 'websocket') continue;
+      if (!room || !room._desired || !room._joined || room._resyncing || !kind) continue;
       const pos = room._position;
       // Never move forward past events not yet delivered, nor back past
       // ones that were (those would come twice).
       if (!pos || pos.epoch !== d.epoch || pos.offset > d.offset) {
         room._position = { epoch: d.epoch, offset: d.offset };
       }
-      this.sendJoin(room);
+      if (kind === 'websocket') {
+        this.sendJoin(room);
+      } else {
+        room._resyncing = true;
+        reopen = true;
+      }
       const info: EventsDropped = { room: d.room, epoch: room._position!.epoch, offset: room._position!.offset };
       this.stats.eventsDropped++;
       room._emit('events_dropped', info);
       this.emit('events_dropped', info);
     }
+    if (reopen) this.host.queueReopen();
   }
 
   /** Delivers an `event` or `message` frame, dropping it when it is at or before the room's position. */

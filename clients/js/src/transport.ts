@@ -123,6 +123,7 @@ const SSE_TYPES = [
   'message',
   'member_joined',
   'member_left',
+  'events_dropped',
   'disconnect',
 ] as const;
 

@@ -1,12 +1,14 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { EventsDropped, HeraldClient } from '../../src/index.js';
-import { accept, ev, FakeWebSocket, flush, openWsClient } from './fakes.js';
+import { accept, ev, FakeEventSource, FakeWebSocket, flush, openWsClient } from './fakes.js';
+import { connect } from '../../src/index.js';
 
 let clients: HeraldClient[] = [];
 
 beforeEach(() => {
   vi.useFakeTimers();
   FakeWebSocket.reset();
+  FakeEventSource.instances = [];
 });
 afterEach(() => {
   for (const c of clients) c.close();
@@ -51,6 +53,51 @@ describe('events_dropped', () => {
     ws.frame({ type: 'room_joined', id: rejoin.id, room: 'feed:1', epoch: 'E', offset: 6, recovered: true, replayed: 4 });
     for (const o of [3, 4, 5, 6, 7]) ws.frame(ev('feed:1', o, 'e', 'E'));
     expect(got).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(client.stats.eventsDropped).toBe(1);
+  });
+
+  it('on SSE, reopens the stream from the gap and delivers every offset once, in order', async () => {
+    const client = connect({
+      url: 'http://127.0.0.1:9/',
+      token: 'tok',
+      EventSource: FakeEventSource as any,
+      transports: ['sse'],
+      requestTimeoutMs: 1000,
+      fetch: (async () => new Response('{}', { status: 200 })) as any,
+    });
+    clients.push(client);
+    const got: string[] = [];
+    const notices: EventsDropped[] = [];
+    client.on('event', (e) => got.push(`${e.room}@${e.offset}`));
+    client.on('events_dropped', (d) => notices.push(d));
+    const pa = client.join('feed:1');
+    const pb = client.join('feed:2');
+    await flush();
+    let es = FakeEventSource.last();
+    es.open();
+    es.frame({ type: 'authenticated', connection_id: 'c1', user_id: 'u1', node_id: 'n1', rooms: [], heartbeat_interval_ms: 25000 });
+    es.frame({ type: 'room_joined', room: 'feed:1', epoch: 'E', offset: 0 });
+    es.frame({ type: 'room_joined', room: 'feed:2', epoch: 'F', offset: 0 });
+    await Promise.all([pa, pb]);
+    for (const o of [1, 2]) es.frame(ev('feed:1', o, 'e', 'E'));
+    es.frame(ev('feed:2', 1, 'e', 'F'));
+    // feed:1's 3 and 4 were dropped; 5 was kept and follows the notice.
+    es.frame({ type: 'events_dropped', rooms: [{ room: 'feed:1', epoch: 'E', offset: 2 }] });
+    es.frame(ev('feed:1', 5, 'e', 'E'));
+    es.frame(ev('feed:2', 2, 'e', 'F'));
+    expect(notices).toEqual([{ room: 'feed:1', epoch: 'E', offset: 2 }]);
+    await flush();
+    expect(es.closed).toBe(true);
+    es = FakeEventSource.last();
+    expect(FakeEventSource.instances).toHaveLength(2);
+    expect(es.query().get('last_event_id')).toBe('feed:1~E~2,feed:2~F~2');
+    es.open();
+    es.frame({ type: 'authenticated', connection_id: 'c2', user_id: 'u1', node_id: 'n1', rooms: [], heartbeat_interval_ms: 25000 });
+    es.frame({ type: 'room_joined', room: 'feed:1', epoch: 'E', offset: 5, recovered: true, replayed: 3 });
+    for (const o of [3, 4, 5]) es.frame(ev('feed:1', o, 'e', 'E'));
+    es.frame({ type: 'room_joined', room: 'feed:2', epoch: 'F', offset: 2, recovered: true, replayed: 0 });
+    es.frame(ev('feed:2', 3, 'e', 'F'));
+    expect(got).toEqual(['feed:1@1', 'feed:1@2', 'feed:2@1', 'feed:2@2', 'feed:1@3', 'feed:1@4', 'feed:1@5', 'feed:2@3']);
     expect(client.stats.eventsDropped).toBe(1);
   });
 
