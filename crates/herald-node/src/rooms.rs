@@ -22,7 +22,7 @@ use crate::metrics;
 use crate::queue::{Outbound, PushResult};
 use herald_core::broker::Writes;
 use herald_core::{
-    EventPolicy, MemberRecord, Namespaces, Overflow, PresenceChange, PresenceSink, Publication,
+    EventPolicy, MemberRecord, Namespaces, PresenceChange, PresenceSink, Publication,
     PublicationSink, RoomKey,
 };
 use herald_protocol::{CloseCode, MemberSummary, ServerFrame, StreamPosition, CODEC_SLOTS};
@@ -343,8 +343,10 @@ pub(crate) fn enqueue_publication(
     };
     let mut result = conn.queue.enqueue(item());
     // Only a full queue pays for the policy: the cell read and the
-    // shedding path are off the per-recipient path.
-    if result == PushResult::Overflow && p.policy.get().overflow != Overflow::Disconnect {
+    // shedding path are off the per-recipient path. Even an event of a
+    // `disconnect` namespace goes there, since queued `events_dropped`
+    // notices do not count against the frame bound; it sheds nothing.
+    if result == PushResult::Overflow {
         result = conn.queue.enqueue_shedding(item(), conn.codec);
     }
     enqueued(conn, result)

@@ -17,8 +17,11 @@
 //!    room's first dropped event was, an `events_dropped` notice takes its
 //!    place, naming the position just before it; a room already named by a
 //!    queued notice at or before that position gets no second one (resuming
-//!    from the earlier position replays the later gap too). Notices count
-//!    against `limits.send_queue_bytes` but not `send_queue_messages`.
+//!    from the earlier position replays the later gap too), unless the
+//!    room's `room_joined` lies between them: the client, re-joining, reads
+//!    notices before that reply as part of the old stream, so a drop after
+//!    it needs its own. Notices count against `limits.send_queue_bytes` but
+//!    not `send_queue_messages`, queued ones included.
 //! 3. If even that is not enough (only critical or control frames left),
 //!    the push overflows and the caller cuts the connection, as in
 //!    `disconnect`.
@@ -76,13 +79,23 @@ impl SendQueue {
         if s.closing.is_some() {
             return PushResult::Closed;
         }
-        if self.fits(&s, 0, 0, len) {
-            // Written meanwhile: room after all.
+        let notices = queued_notice_count(&s.items);
+        if self.fits(&s, notices, 0, 0, len) {
+            // Written meanwhile, or only notices in the way: room after all.
             s.bytes += len;
             s.items.push_back(item);
             return PushResult::Queued;
         }
-        let Some(plan) = self.plan(&s, incoming.as_deref(), len, codec) else {
+        // An event of a `disconnect` namespace never makes room: a full
+        // queue cuts its connection (other items, replies and pings, shed
+        // what their connection's namespaces allow).
+        if incoming
+            .as_ref()
+            .is_some_and(|p| p.policy.get().overflow == Overflow::Disconnect)
+        {
+            return PushResult::Overflow;
+        }
+        let Some(plan) = self.plan(&s, notices, incoming.as_deref(), len, codec) else {
             return PushResult::Overflow;
         };
         let notice_count = plan.notices.len() as u64;
@@ -106,9 +119,10 @@ impl SendQueue {
     }
 
     /// Whether the queue takes one more item of `len` bytes after removing
-    /// `removed` items and `freed` bytes (net of notices added).
-    fn fits(&self, s: &State, removed: isize, freed: isize, len: usize) -> bool {
-        let items = s.items.len() as isize - removed + 1;
+    /// `removed` items and `freed` bytes (net of notices added); `notices`
+    /// queued items are notices, which the frame bound does not count.
+    fn fits(&self, s: &State, notices: usize, removed: isize, freed: isize, len: usize) -> bool {
+        let items = (s.items.len() - notices) as isize - removed + 1;
         let bytes = s.bytes as isize - freed + len as isize;
         items <= self.max_items as isize && bytes <= self.max_bytes as isize
     }
@@ -118,6 +132,7 @@ impl SendQueue {
     fn plan(
         &self,
         s: &State,
+        notices: usize,
         incoming: Option<&Publication>,
         len: usize,
         codec: &dyn ClientCodec,
@@ -162,18 +177,29 @@ impl SendQueue {
             }
         }
         let (items, bytes) = net(&plan);
-        if self.fits(s, items, bytes, len) {
+        if self.fits(s, notices, items, bytes, len) {
             return Some(plan);
         }
 
         // 2. Drop sheddable events, oldest first, noting each room's gap.
-        let mut covered = queued_notices(&s.items);
-        let mut noted: HashSet<&RoomKey> = HashSet::new();
-        for i in first..n {
-            if plan.remove[i] {
+        // `covered`: per room, the earliest notice queued (or planned) since
+        // the room's last `room_joined`, walking the queue in order.
+        let mut covered: HashMap<&str, StreamPosition> = HashMap::new();
+        for i in 0..n {
+            let item = &s.items[i];
+            match change(item) {
+                Some(PositionChange::Dropped { room, position }) => {
+                    cover(&mut covered, room.as_str(), position);
+                }
+                Some(PositionChange::Joined { room, .. }) => {
+                    covered.remove(room.as_str());
+                }
+                _ => {}
+            }
+            if i < first || plan.remove[i] {
                 continue;
             }
-            let Some(p) = publication(&s.items[i]) else {
+            let Some(p) = publication(item) else {
                 continue;
             };
             if !p.policy.get().sheddable() {
@@ -181,7 +207,7 @@ impl SendQueue {
             }
             plan.remove[i] = true;
             plan.removed_items += 1;
-            plan.removed_bytes += s.items[i].len();
+            plan.removed_bytes += item.len();
             plan.dropped += 1;
             let before = StreamPosition::new(
                 p.position.epoch.clone(),
@@ -190,14 +216,14 @@ impl SendQueue {
             let already = covered
                 .get(p.room.name.as_str())
                 .is_some_and(|at| at.epoch == before.epoch && at.offset <= before.offset);
-            if !already && noted.insert(&p.room) {
+            if !already {
                 let notice = notice(codec, p, before.clone());
                 plan.notice_bytes += notice.len();
                 plan.notices.push((i, notice));
-                covered.insert(p.room.name.as_str().to_owned(), before);
+                covered.insert(p.room.name.as_str(), before);
             }
             let (items, bytes) = net(&plan);
-            if self.fits(s, items, bytes, len) {
+            if self.fits(s, notices, items, bytes, len) {
                 return Some(plan);
             }
         }
@@ -215,28 +241,39 @@ fn publication(item: &Outbound) -> Option<&Arc<Publication>> {
     }
 }
 
-/// The rooms named by `events_dropped` notices still queued, with the
-/// earliest position each names.
-fn queued_notices(items: &VecDeque<Outbound>) -> HashMap<String, StreamPosition> {
-    let mut out: HashMap<String, StreamPosition> = HashMap::new();
-    for item in items {
-        if let Outbound::Frame {
+/// The position change an item makes when written, if any.
+fn change(item: &Outbound) -> Option<&PositionChange> {
+    match item {
+        Outbound::Frame {
             change: Some(change),
             ..
-        } = item
-        {
-            if let PositionChange::Dropped { room, position } = change.as_ref() {
-                out.entry(room.as_str().to_owned())
-                    .and_modify(|p| {
-                        if p.epoch == position.epoch && position.offset < p.offset {
-                            *p = position.clone();
-                        }
-                    })
-                    .or_insert_with(|| position.clone());
-            }
-        }
+        } => Some(change),
+        _ => None,
     }
-    out
+}
+
+/// How many queued items are `events_dropped` notices.
+fn queued_notice_count(items: &VecDeque<Outbound>) -> usize {
+    items
+        .iter()
+        .filter(|item| matches!(change(item), Some(PositionChange::Dropped { .. })))
+        .count()
+}
+
+/// Records a notice for `room` at `position`, keeping the earliest.
+fn cover<'a>(
+    covered: &mut HashMap<&'a str, StreamPosition>,
+    room: &'a str,
+    position: &StreamPosition,
+) {
+    covered
+        .entry(room)
+        .and_modify(|p| {
+            if p.epoch == position.epoch && position.offset < p.offset {
+                *p = position.clone();
+            }
+        })
+        .or_insert_with(|| position.clone());
 }
 
 /// The `events_dropped` notice for `p`'s room, resuming from `before`.

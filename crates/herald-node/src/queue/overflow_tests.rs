@@ -94,7 +94,8 @@ fn drop_removes_oldest_non_critical_and_notes_the_gap_once() {
         q.enqueue_shedding(drop_ev("r", 5), &HERALD_JSON),
         PushResult::Queued
     );
-    // The notice takes 1's place (notices pass the frame bound).
+    // The notice takes 1's place (notices pass the frame bound, queued
+    // ones included: each later push drops one event, not two).
     assert_eq!(contents(&q), ["notice r@0", "r@2", "r@3", "r@4", "r@5"]);
     bytes_match(&q);
     // Later drops of the same room are covered by the queued notice.
@@ -102,7 +103,7 @@ fn drop_removes_oldest_non_critical_and_notes_the_gap_once() {
         q.enqueue_shedding(drop_ev("r", 6), &HERALD_JSON),
         PushResult::Queued
     );
-    assert_eq!(contents(&q), ["notice r@0", "r@4", "r@5", "r@6"]);
+    assert_eq!(contents(&q), ["notice r@0", "r@3", "r@4", "r@5", "r@6"]);
     bytes_match(&q);
 }
 
@@ -239,5 +240,88 @@ fn a_pong_makes_room_like_a_reply() {
     let items = contents(&q);
     assert_eq!(items[..2], ["notice r@0", "r@2"]);
     assert!(items[2].starts_with("Raw"), "{items:?}");
+    bytes_match(&q);
+}
+
+#[test]
+fn queued_notices_do_not_count_against_the_frame_bound() {
+    // Seven rooms through a bound of 3: each push drops one event and
+    // queues one notice; the notices never add up to a cut.
+    let q = SendQueue::new(3, 1 << 20);
+    full(&q, [drop_ev("a", 1), drop_ev("b", 1), drop_ev("c", 1)]);
+    for room in ["d", "e", "f", "g"] {
+        let r = q.enqueue_shedding(drop_ev(room, 1), &HERALD_JSON);
+        assert_eq!(r, PushResult::Queued, "push {room}: {:?}", contents(&q));
+    }
+    assert_eq!(
+        contents(&q),
+        [
+            "notice a@0",
+            "notice b@0",
+            "notice c@0",
+            "notice d@0",
+            "e@1",
+            "f@1",
+            "g@1"
+        ]
+    );
+    bytes_match(&q);
+    // An event of a `disconnect` namespace still fits beside the notices
+    // while the events themselves are under the bound...
+    let q = SendQueue::new(2, 1 << 20);
+    full(&q, [drop_ev("a", 1), drop_ev("a", 2)]);
+    assert_eq!(
+        q.enqueue_shedding(drop_ev("a", 3), &HERALD_JSON),
+        PushResult::Queued
+    );
+    assert_eq!(contents(&q), ["notice a@0", "a@2", "a@3"]);
+    let disconnect = || event("z", 1, Overflow::Disconnect, false, None);
+    assert_eq!(
+        q.enqueue_shedding(disconnect(), &HERALD_JSON),
+        PushResult::Overflow,
+        "2 events queued: full"
+    );
+    // ...and sheds nothing for itself once they are at it.
+    assert_eq!(contents(&q), ["notice a@0", "a@2", "a@3"]);
+}
+
+#[test]
+fn a_room_joined_ends_what_an_earlier_notice_covers() {
+    // The client re-joins after a first notice; a later shedding drops an
+    // event before that rejoin's `room_joined` (the earlier notice covers
+    // it) and one after it, which needs a notice of its own: the client
+    // takes notices before the reply as part of the stream it is leaving.
+    let joined = Outbound::changing(
+        bytes::Bytes::from_static(br#"{"type":"room_joined","room":"r"}"#),
+        super::super::PositionChange::Joined {
+            room: RoomName::parse("r").expect("room"),
+            position: StreamPosition::new("e", 10),
+            recovered: Some(true),
+        },
+    );
+    let q = SendQueue::new(3, 1 << 20);
+    full(&q, [drop_ev("r", 8), joined, drop_ev("r", 11)]);
+    assert_eq!(
+        q.enqueue_shedding(drop_ev("r", 12), &HERALD_JSON),
+        PushResult::Queued
+    );
+    assert_eq!(contents(&q), ["notice r@7", "room_joined", "r@11", "r@12"]);
+    assert_eq!(
+        q.enqueue_shedding(drop_ev("r", 13), &HERALD_JSON),
+        PushResult::Queued
+    );
+    assert_eq!(
+        contents(&q),
+        ["notice r@7", "room_joined", "notice r@10", "r@12", "r@13"]
+    );
+    // Later drops after the same `room_joined` are covered by its notice.
+    assert_eq!(
+        q.enqueue_shedding(drop_ev("r", 14), &HERALD_JSON),
+        PushResult::Queued
+    );
+    assert_eq!(
+        contents(&q),
+        ["notice r@7", "room_joined", "notice r@10", "r@13", "r@14"]
+    );
     bytes_match(&q);
 }
