@@ -73,42 +73,43 @@ impl ClientCodec for HeraldMsgpack {
 
     fn encode(&self, frame: &ServerFrame) -> Bytes {
         let encoded = match frame {
-            ServerFrame::RpcResult { id, data } => rmp_serde::to_vec_named(&RpcResult {
-                kind: "rpc_result",
-                id,
-                data: Transcoded(data),
-            }),
+            ServerFrame::RpcResult { id, data } => {
+                return with_data(data, 64 + data.get().len(), |data| RpcResult {
+                    kind: "rpc_result",
+                    id,
+                    data,
+                });
+            }
             other => rmp_serde::to_vec_named(other),
         };
         encoded.map_or_else(|_| Bytes::from_static(ENCODING_FAILED), Bytes::from)
     }
 
     fn encode_publication(&self, frame: &PublicationFrame<'_>) -> Bytes {
-        let out = Publication {
+        let len = 96 + frame.data.get().len() + frame.room.len() + frame.event.len();
+        with_data(frame.data, len, |data| Publication {
             kind: frame.kind,
             room: frame.room,
             event: frame.event,
-            data: Transcoded(frame.data),
+            data,
             epoch: frame.epoch,
             offset: frame.offset,
             ts: frame.ts,
             event_id: frame.event_id,
             from: frame.from,
-        };
-        let len = 96 + frame.data.get().len() + frame.room.len() + frame.event.len();
-        write(&out, len)
+        })
     }
 
     fn encode_direct(&self, frame: &DirectFrame<'_>) -> Bytes {
-        let out = Direct {
+        let len = 64 + frame.data.get().len() + frame.event.len();
+        with_data(frame.data, len, |data| Direct {
             kind: frame.kind,
             room: frame.room,
             event: frame.event,
-            data: Transcoded(frame.data),
+            data,
             ts: frame.ts,
             event_id: frame.event_id,
-        };
-        write(&out, 64 + frame.data.get().len() + frame.event.len())
+        })
     }
 }
 
@@ -122,13 +123,50 @@ fn write<T: Serialize>(value: &T, len: usize) -> Bytes {
     }
 }
 
+/// The frame `frame(data)` as a MessagePack map, with `data` transcoded to
+/// native values; when serde_json cannot read `data` as values (a lone
+/// surrogate escape, a number beyond float64: valid JSON text that some
+/// parsers refuse), `data` is sent as a str holding its JSON text rather
+/// than losing the event (docs/protocol.md 12.2).
+fn with_data<'a, T: Serialize>(
+    data: &'a RawValue,
+    len: usize,
+    frame: impl Fn(Transcoded<'a>) -> T,
+) -> Bytes {
+    let mut buf = Vec::with_capacity(len);
+    let mut serializer = rmp_serde::Serializer::new(&mut buf).with_struct_map();
+    if frame(Transcoded {
+        json: data,
+        as_text: false,
+    })
+    .serialize(&mut serializer)
+    .is_ok()
+    {
+        return Bytes::from(buf);
+    }
+    write(
+        &frame(Transcoded {
+            json: data,
+            as_text: true,
+        }),
+        len,
+    )
+}
+
 /// JSON text written as the MessagePack values it holds, streamed (no
-/// tree): objects become maps, integers integers, other numbers floats.
-struct Transcoded<'a>(&'a RawValue);
+/// tree): objects become maps, integers integers, other numbers floats;
+/// or, `as_text`, as one str of the JSON text.
+struct Transcoded<'a> {
+    json: &'a RawValue,
+    as_text: bool,
+}
 
 impl Serialize for Transcoded<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut json = serde_json::Deserializer::from_str(self.0.get());
+        if self.as_text {
+            return serializer.serialize_str(self.json.get());
+        }
+        let mut json = serde_json::Deserializer::from_str(self.json.get());
         serde_transcode::transcode(&mut json, serializer)
     }
 }

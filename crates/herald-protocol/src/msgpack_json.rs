@@ -96,8 +96,10 @@ pub(crate) fn msgpack_to_object(
 
 fn read_one(bytes: &[u8]) -> Result<rmpv::Value, MsgpackError> {
     let mut rest = bytes;
+    // rmpv spends two units of its depth budget per array or map level
+    // (the value, then its elements), so the budget is twice the levels.
     let value =
-        rmpv::decode::read_value_with_max_depth(&mut rest, MAX_MSGPACK_DEPTH).map_err(|e| {
+        rmpv::decode::read_value_with_max_depth(&mut rest, 2 * MAX_MSGPACK_DEPTH).map_err(|e| {
             MsgpackError {
                 path: String::new(),
                 message: format!("invalid MessagePack: {e}"),

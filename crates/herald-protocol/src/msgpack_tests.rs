@@ -318,3 +318,44 @@ fn subprotocols_name_their_codecs() {
         .expect("ping");
     assert!(matches!(request, ClientRequest::Ping));
 }
+
+#[test]
+fn nesting_is_refused_where_json_refuses_it() {
+    // The same request nested 1..=140 levels deep: read as MessagePack
+    // exactly when its JSON twin is read.
+    for levels in 1..=140usize {
+        let mut packed = vec![0x82, 0xa4];
+        packed.extend_from_slice(b"type");
+        packed.extend_from_slice(&[0xa4]);
+        packed.extend_from_slice(b"ping");
+        packed.extend_from_slice(&[0xa1, b'x']);
+        packed.extend(std::iter::repeat_n(0x91, levels));
+        packed.push(0xc0);
+        let json = format!(
+            r#"{{"type":"ping","x":{}null{}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        );
+        let json_read = HERALD_JSON.decode(json.as_bytes()).is_ok();
+        let msgpack_read = HERALD_MSGPACK.decode(&packed).is_ok();
+        assert_eq!(msgpack_read, json_read, "{levels} levels");
+    }
+}
+
+#[test]
+fn data_serde_json_cannot_read_still_reaches_msgpack_clients() {
+    for text in [r#"{"n":1e400}"#, r#"{"s":"\ud800"}"#] {
+        let data = raw(text);
+        let position = StreamPosition::new("e", 1);
+        let frame = PublicationFrame::new("r", "x", &data, &position, 1, "id", None);
+        let tree = generic(&HERALD_MSGPACK.encode_publication(&frame));
+        assert_eq!(tree["type"], "event", "{text}: {tree}");
+        assert_eq!(tree["data"], text, "the JSON text as a str");
+    }
+    // Readable data is still native values.
+    let data = raw(r#"{"n":1e300}"#);
+    let position = StreamPosition::new("e", 1);
+    let frame = PublicationFrame::new("r", "x", &data, &position, 1, "id", None);
+    let tree = generic(&HERALD_MSGPACK.encode_publication(&frame));
+    assert_eq!(tree["data"], json!({"n": 1e300}));
+}
