@@ -8,14 +8,14 @@
 
 mod common;
 
-use common::sse::{bearer, open_ok, read_opening};
+use common::sse::{bearer, open_ok, read_opening, stuck_sse};
 use common::*;
 use herald_testkit::RedisServer;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const PAD: usize = 4000;
@@ -315,41 +315,6 @@ async fn critical_events_alone_still_overflow_into_a_cut() {
     );
 }
 
-/// Opens `/sse` for `room` on a raw socket with a small receive window and
-/// reads only the response head: a reader that then stops reading.
-async fn stuck_sse(node: &TestNode, token: &str, room: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let addr = node.addr().parse().expect("node address");
-    let mut stream = tokio::time::timeout(FRAME_WAIT, socket.connect(addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    let request = format!(
-        "GET /sse?rooms={room}&token={token} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-        node.addr()
-    );
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut head = Vec::new();
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = tokio::time::timeout(FRAME_WAIT, stream.read(&mut byte))
-            .await
-            .expect("response head timed out")
-            .expect("read head");
-        assert_eq!(n, 1, "closed during the response head");
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head);
-    assert!(text.starts_with("HTTP/1.1 200"), "SSE answered: {text}");
-    assert!(
-        text.to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{text}"
-    );
-    stream
-}
-
 /// Reads the chunked SSE body of `stream` until `done` says so (given the
 /// messages so far, as `(event, data)`), or panics after 20 s.
 async fn read_sse(
@@ -404,7 +369,7 @@ async fn sse_readers_get_the_notice_and_resume_the_gap_from_it() {
     let node = TestNode::start_process(&config("drop", "", "")).await;
     let room = "feed:sse";
     let token = node.user_token("slow-sse");
-    let mut stuck = stuck_sse(&node, &token, room).await;
+    let mut stuck = stuck_sse(&node, &format!("?rooms={room}&token={token}")).await;
     let pad = "s".repeat(PAD);
     let published = publish_until_shed(
         &node,

@@ -5,38 +5,11 @@
 mod common;
 
 use common::cluster::connections;
-use common::sse::{bearer, open_sse, FEED};
+use common::sse::{bearer, open_sse, stuck_sse, FEED};
 use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-/// Opens `/sse` on a raw socket with a small receive buffer and reads only
-/// the response head, so that nothing more is read afterwards: the peer of
-/// a stuck browser tab, or one advertising a zero window on purpose.
-async fn stuck_sse_reader(node: &TestNode, token: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let addr = node.addr().parse().expect("node address");
-    let mut stream = tokio::time::timeout(FRAME_WAIT, socket.connect(addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    let request = format!(
-        "GET /sse?rooms=feed:1&token={token} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-        node.addr()
-    );
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut head = [0u8; 512];
-    let n = tokio::time::timeout(FRAME_WAIT, stream.read(&mut head))
-        .await
-        .expect("response head timed out")
-        .expect("read head");
-    let text = String::from_utf8_lossy(&head[..n]);
-    assert!(text.starts_with("HTTP/1.1 200"), "SSE answered: {text}");
-    stream
-}
+use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_reader_cut_as_slow_consumer_frees_its_slots_and_socket() {
@@ -47,7 +20,7 @@ async fn sse_reader_cut_as_slow_consumer_frees_its_slots_and_socket() {
     ))
     .await;
     let token = node.user_token("stuck");
-    let mut stuck = stuck_sse_reader(&node, &token).await;
+    let mut stuck = stuck_sse(&node, &format!("?rooms=feed:1&token={token}")).await;
     let listed = connections(&node, "stuck").await.expect("connections");
     assert_eq!(listed.len(), 1, "the stuck stream is open: {listed:?}");
 

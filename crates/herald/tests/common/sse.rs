@@ -1,11 +1,14 @@
 //! A small Server-Sent Events client for the `/sse` tests: a parser over
 //! reqwest's chunked body (standing in for a browser's EventSource), the
-//! request helpers, the opening-handshake reader and `id:` parsing.
+//! request helpers, the opening-handshake reader, `id:` parsing, and a raw
+//! reader that stops reading.
 
 use super::{TestNode, FRAME_WAIT};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 
 /// A one-hour token lifetime.
 pub const HOUR: Duration = Duration::from_secs(3600);
@@ -369,4 +372,41 @@ pub fn parse_id(id: &str) -> Vec<(String, String, u64)> {
 
 pub fn id_offsets(id: &str) -> BTreeMap<String, u64> {
     parse_id(id).into_iter().map(|(r, _, o)| (r, o)).collect()
+}
+
+/// Opens `/sse{query}` on a raw socket with a 4 KiB receive buffer and
+/// reads only the response head (checked: 200, chunked), so that nothing
+/// more is read unless the test does: the peer of a stuck browser tab, or
+/// one advertising a zero window on purpose.
+pub async fn stuck_sse(node: &TestNode, query: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let addr = node.addr().parse().expect("node address");
+    let mut stream = tokio::time::timeout(FRAME_WAIT, socket.connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let request = format!(
+        "GET /sse{query} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        node.addr()
+    );
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(FRAME_WAIT, stream.read(&mut byte))
+            .await
+            .expect("response head timed out")
+            .expect("read head");
+        assert_eq!(n, 1, "closed during the response head");
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    assert!(text.starts_with("HTTP/1.1 200"), "SSE answered: {text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+    stream
 }
