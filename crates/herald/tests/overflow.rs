@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::sse::{bearer, open_ok, read_opening, stuck_sse};
+use common::sse::{bearer, open_ok, read_opening, stuck_sse, SseItem, SseMsg, SseParser};
 use common::*;
 use herald_testkit::RedisServer;
 use serde_json::{json, Value};
@@ -316,12 +316,9 @@ async fn critical_events_alone_still_overflow_into_a_cut() {
 }
 
 /// Reads the chunked SSE body of `stream` until `done` says so (given the
-/// messages so far, as `(event, data)`), or panics after 20 s.
-async fn read_sse(
-    stream: &mut TcpStream,
-    mut done: impl FnMut(&[(String, Value)]) -> bool,
-) -> Vec<(String, Value)> {
-    let (mut raw, mut body, mut msgs) = (Vec::new(), Vec::new(), Vec::new());
+/// messages so far), or panics after 20 s.
+async fn read_sse(stream: &mut TcpStream, mut done: impl FnMut(&[SseMsg]) -> bool) -> Vec<SseMsg> {
+    let (mut raw, mut parser, mut msgs) = (Vec::new(), SseParser::default(), Vec::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done(&msgs) {
         let mut chunk = [0u8; 65536];
@@ -340,20 +337,12 @@ async fn read_sse(
             if raw.len() < eol + 2 + size + 2 {
                 break;
             }
-            body.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+            parser.push(&raw[eol + 2..eol + 2 + size]);
             raw.drain(..eol + 2 + size + 2);
         }
-        // Whole SSE messages: `event:` and `data:` lines, then a blank line.
-        while let Some(end) = body.windows(2).position(|w| w == b"\n\n") {
-            let text = String::from_utf8_lossy(&body[..end]).into_owned();
-            body.drain(..end + 2);
-            let field = |name: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim_start().to_owned())
-            };
-            if let (Some(event), Some(data)) = (field("event:"), field("data:")) {
-                msgs.push((event, serde_json::from_str(&data).expect("data JSON")));
+        while let Some(item) = parser.next_item() {
+            if let SseItem::Msg(msg) = item {
+                msgs.push(msg);
             }
         }
     }
@@ -381,10 +370,22 @@ async fn sse_readers_get_the_notice_and_resume_the_gap_from_it() {
     let last = published.last().map_or(0, |(o, _)| *o);
     let offset_of = |v: &Value| v["offset"].as_u64().expect("offset");
 
-    let msgs = read_sse(&mut stuck, |m| {
-        m.iter().any(|(e, v)| e == "event" && offset_of(v) == last)
+    // Each message is looked at once: `checked` of them were already.
+    let mut checked = 0;
+    let msgs: Vec<(String, Value)> = read_sse(&mut stuck, |m| {
+        let newest = m[checked..]
+            .iter()
+            .any(|x| x.event == "event" && offset_of(&x.json()) == last);
+        checked = m.len();
+        newest
     })
-    .await;
+    .await
+    .into_iter()
+    .map(|m| {
+        let data = m.json();
+        (m.event, data)
+    })
+    .collect();
     let live: BTreeSet<u64> = msgs
         .iter()
         .filter(|(e, _)| e == "event")

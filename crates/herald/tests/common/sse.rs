@@ -47,12 +47,19 @@ pub enum SseItem {
     Timeout,
 }
 
-/// A streaming SSE response with its own parser.
-pub struct SseStream {
-    pub resp: reqwest::Response,
+/// An event-stream parser fed bytes from any source (a reqwest body, or
+/// a raw socket's de-chunked body).
+#[derive(Default)]
+pub struct SseParser {
     buf: Vec<u8>,
     cur: SseMsg,
     has_fields: bool,
+}
+
+/// A streaming SSE response with its own parser.
+pub struct SseStream {
+    pub resp: reqwest::Response,
+    parser: SseParser,
     ended: Option<String>,
     /// Every message seen, in order.
     pub seen: Vec<SseMsg>,
@@ -61,7 +68,22 @@ pub struct SseStream {
     pub early: Vec<SseMsg>,
 }
 
-impl SseStream {
+impl SseParser {
+    /// Adds bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete message or comment in what was pushed.
+    pub fn next_item(&mut self) -> Option<SseItem> {
+        while let Some(line) = self.pop_line() {
+            if let Some(item) = self.take_line(line) {
+                return Some(item);
+            }
+        }
+        None
+    }
+
     /// Pops one complete line from the buffer (without its terminator).
     fn pop_line(&mut self) -> Option<String> {
         let pos = self.buf.iter().position(|&b| b == b'\n' || b == b'\r')?;
@@ -91,7 +113,6 @@ impl SseStream {
             if msg.data.ends_with('\n') {
                 msg.data.pop();
             }
-            self.seen.push(msg.clone());
             return Some(SseItem::Msg(msg));
         }
         if let Some(c) = line.strip_prefix(':') {
@@ -114,22 +135,25 @@ impl SseStream {
         }
         None
     }
+}
 
+impl SseStream {
     /// The next message or comment, bounded by `timeout`.
     pub async fn next_item(&mut self, timeout: Duration) -> SseItem {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            while let Some(line) = self.pop_line() {
-                if let Some(item) = self.take_line(line) {
-                    return item;
+            if let Some(item) = self.parser.next_item() {
+                if let SseItem::Msg(msg) = &item {
+                    self.seen.push(msg.clone());
                 }
+                return item;
             }
             if let Some(e) = &self.ended {
                 return SseItem::Ended(e.clone());
             }
             match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
                 Err(_) => return SseItem::Timeout,
-                Ok(Ok(Some(bytes))) => self.buf.extend_from_slice(&bytes),
+                Ok(Ok(Some(bytes))) => self.parser.push(&bytes),
                 Ok(Ok(None)) => self.ended = Some("stream ended".into()),
                 Ok(Err(e)) => self.ended = Some(format!("stream failed: {e}")),
             }
@@ -291,9 +315,7 @@ pub async fn open_sse(
     }
     Ok(SseStream {
         resp,
-        buf: Vec::new(),
-        cur: SseMsg::default(),
-        has_fields: false,
+        parser: SseParser::default(),
         ended: None,
         seen: Vec::new(),
         early: Vec::new(),
