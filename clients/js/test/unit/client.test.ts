@@ -1,19 +1,8 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { connect, HeraldError, TimeoutError, UnsupportedError, type HeraldClient, type StateChange } from '../../src/index.js';
-import { accept, ev, FakeWebSocket, flush, openWsClient, tokenFor } from './fakes.js';
+import { accept, ev, FakeWebSocket, flush, openWsClient, tokenFor, useFakes } from './fakes.js';
 
-let clients: HeraldClient[] = [];
-
-beforeEach(() => {
-  vi.useFakeTimers();
-  vi.setSystemTime(new Date('2026-01-01T00:00:00Z'));
-  FakeWebSocket.reset();
-});
-afterEach(() => {
-  for (const c of clients) c.close();
-  clients = [];
-  vi.useRealTimers();
-});
+const clients = useFakes('2026-01-01T00:00:00Z');
 
 const open = (extra: Record<string, unknown> = {}): HeraldClient => openWsClient(clients, extra);
 

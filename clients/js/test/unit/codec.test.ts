@@ -1,8 +1,8 @@
 import { decode, encode } from '@msgpack/msgpack';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { connect, type HeraldClient, type HeraldEvent } from '../../src/index.js';
+import { describe, expect, it } from 'vitest';
+import { connect, type HeraldEvent } from '../../src/index.js';
 import { loadCodec } from '../../src/codec.js';
-import { ev, FakeWebSocket, flush, openWsClient, authenticated } from './fakes.js';
+import { authenticated, ev, FakeWebSocket, flush, openWsClient, useFakes } from './fakes.js';
 
 /** A WebSocket double speaking MessagePack: records the offered subprotocols and binaryType. */
 class MsgpackWebSocket extends FakeWebSocket {
@@ -24,16 +24,7 @@ class MsgpackWebSocket extends FakeWebSocket {
   }
 }
 
-let clients: HeraldClient[] = [];
-beforeEach(() => {
-  vi.useFakeTimers();
-  FakeWebSocket.reset();
-});
-afterEach(() => {
-  for (const c of clients) c.close();
-  clients = [];
-  vi.useRealTimers();
-});
+const clients = useFakes();
 
 describe('the codec seam', () => {
   it('JSON stays text and offers no subprotocol', async () => {

@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
   HeraldError,
   TimeoutError,
@@ -7,21 +7,9 @@ import {
   type HeraldDirectEvent,
   type HeraldEvent,
 } from '../../src/index.js';
-import { accept, ev, FakeEventSource, FakeWebSocket, flush, openWsClient } from './fakes.js';
+import { accept, ev, FakeEventSource, FakeWebSocket, flush, openWsClient, useFakes } from './fakes.js';
 
-let clients: HeraldClient[] = [];
-
-beforeEach(() => {
-  vi.useFakeTimers();
-  vi.setSystemTime(new Date('2026-01-01T00:00:00Z'));
-  FakeWebSocket.reset();
-  FakeEventSource.instances = [];
-});
-afterEach(() => {
-  for (const c of clients) c.close();
-  clients = [];
-  vi.useRealTimers();
-});
+const clients = useFakes('2026-01-01T00:00:00Z');
 
 const open = (extra: Record<string, unknown> = {}): HeraldClient => openWsClient(clients, extra);
 

@@ -1,20 +1,8 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { EventsDropped, HeraldClient } from '../../src/index.js';
-import { accept, ev, FakeEventSource, FakeWebSocket, flush, openWsClient } from './fakes.js';
-import { connect } from '../../src/index.js';
+import { describe, expect, it } from 'vitest';
+import { connect, type EventsDropped } from '../../src/index.js';
+import { accept, ev, FakeEventSource, FakeWebSocket, flush, openWsClient, useFakes } from './fakes.js';
 
-let clients: HeraldClient[] = [];
-
-beforeEach(() => {
-  vi.useFakeTimers();
-  FakeWebSocket.reset();
-  FakeEventSource.instances = [];
-});
-afterEach(() => {
-  for (const c of clients) c.close();
-  clients = [];
-  vi.useRealTimers();
-});
+const clients = useFakes();
 
 async function joinedRoom(room: string) {
   const client = openWsClient(clients, {});

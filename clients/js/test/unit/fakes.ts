@@ -1,4 +1,4 @@
-import { vi } from 'vitest';
+import { afterEach, beforeEach, vi } from 'vitest';
 import { connect, type HeraldClient } from '../../src/index.js';
 
 /** A WebSocket double: the test plays the server. */
@@ -154,4 +154,23 @@ export function openWsClient(clients: HeraldClient[], extra: Record<string, unkn
   });
   clients.push(c);
   return c;
+}
+
+/**
+ * Fake timers (at `now`, when given) and fresh socket doubles around each
+ * test of the calling file; the clients a test pushes are closed after it.
+ */
+export function useFakes(now?: string): HeraldClient[] {
+  const clients: HeraldClient[] = [];
+  beforeEach(() => {
+    vi.useFakeTimers();
+    if (now) vi.setSystemTime(new Date(now));
+    FakeWebSocket.reset();
+    FakeEventSource.instances = [];
+  });
+  afterEach(() => {
+    for (const c of clients.splice(0)) c.close();
+    vi.useRealTimers();
+  });
+  return clients;
 }

@@ -1,18 +1,8 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { connect, UnsupportedError, type HeraldClient } from '../../src/index.js';
-import { FailingWebSocket, FakeEventSource, FakeWebSocket, flush, tokenFor } from './fakes.js';
+import { FailingWebSocket, FakeEventSource, FakeWebSocket, flush, tokenFor, useFakes } from './fakes.js';
 
-let clients: HeraldClient[] = [];
-beforeEach(() => {
-  vi.useFakeTimers();
-  FakeWebSocket.reset();
-  FakeEventSource.instances = [];
-});
-afterEach(() => {
-  for (const c of clients) c.close();
-  clients = [];
-  vi.useRealTimers();
-});
+const clients = useFakes();
 
 function open(extra: Record<string, unknown> = {}): HeraldClient {
   const c = connect({
